@@ -1,0 +1,60 @@
+// Registers the classes and the process-level knobs.
+#include "addon.h"
+
+#include "common.h"
+#include "model.h"
+#include "tensor.h"
+
+namespace tl {
+namespace {
+
+Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&] {
+    // Applies to threads LibTorch starts later as well, so the libuv workers that run
+    // jobs pick it up (Debian's LibTorch halves the core count by default).
+    torch::set_num_threads(info[0].As<Napi::Number>().Int32Value());
+    return info.Env().Undefined();
+  });
+}
+
+Napi::Value GetNumThreads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), torch::get_num_threads());
+}
+
+Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    Napi::Object result = Napi::Object::New(env);
+    result.Set("available", torch::cuda::is_available());
+    result.Set("deviceCount", static_cast<double>(torch::cuda::device_count()));
+    return result;
+  });
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* data = new AddonData();
+  data->tensorClass = Napi::Persistent(TensorWrap::Define(env));
+  data->modelClass = Napi::Persistent(ModelWrap::Define(env));
+  env.SetInstanceData(data);  // deleted by Node when this environment is torn down
+  exports.Set("Tensor", data->tensorClass.Value());
+  exports.Set("Model", data->modelClass.Value());
+  exports.Set("setNumThreads", Napi::Function::New<SetNumThreads>(env));
+  exports.Set("getNumThreads", Napi::Function::New<GetNumThreads>(env));
+  exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env));
+  exports.Set("torchVersion", TORCH_VERSION);
+  exports.Set("cudaBuild", Napi::Boolean::New(env,
+#ifdef TORCHLITE_WITH_CUDA
+                                               true
+#else
+                                               false
+#endif
+                                               ));
+  return exports;
+}
+
+}  // namespace
+}  // namespace tl
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return tl::Init(env, exports); }
+
+NODE_API_MODULE(torchlite, InitAddon)

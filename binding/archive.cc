@@ -1,0 +1,94 @@
+#include "archive.h"
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+namespace tl {
+namespace {
+
+namespace fs = std::filesystem;
+
+// torch::jit::load's own messages for these cases are zip-reader internals; checking
+// the file first lets users see what is actually wrong with it.
+void checkFile(const std::string& path) {
+  std::error_code ec;
+  fs::file_status status = fs::status(path, ec);
+  if (!fs::exists(status)) throw CodedError("TORCHLITE_FILE_NOT_FOUND", "no such file: " + path);
+  if (fs::is_directory(status))
+    throw CodedError("TORCHLITE_IS_DIRECTORY", path + " is a directory, not a TorchScript .pt file");
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw CodedError("TORCHLITE_FILE_UNREADABLE", "cannot open " + path + " for reading");
+  char magic[4] = {0, 0, 0, 0};
+  in.read(magic, sizeof magic);
+  if (in.gcount() == 0) throw CodedError("TORCHLITE_NOT_TORCHSCRIPT", path + " is empty");
+  if (static_cast<unsigned char>(magic[0]) == 0x80)
+    throw CodedError("TORCHLITE_NOT_TORCHSCRIPT",
+                     path + " is a legacy pickle from torch.save(), not TorchScript; export the model with "
+                            "torch.jit.script(model).save(path) or torch.jit.trace(model, example).save(path)");
+  if (in.gcount() < 4 || std::string(magic, 4) != std::string("PK\x03\x04", 4))
+    throw CodedError("TORCHLITE_NOT_TORCHSCRIPT", path + " is not a TorchScript archive (no zip signature)");
+}
+
+[[noreturn]] void explainLoadFailure(const std::string& path, const c10::Error& error) {
+  std::string message = error.what_without_backtrace();
+  if (message.find("constants.pkl") != std::string::npos || message.find("code/") != std::string::npos)
+    throw CodedError("TORCHLITE_NOT_TORCHSCRIPT",
+                     path + " holds torch.save() data (a state_dict or pickled module), not TorchScript; export "
+                            "the model with torch.jit.script(model).save(path) or torch.jit.trace(model, "
+                            "example).save(path)");
+  if (message.find("zip archive") != std::string::npos || message.find("central directory") != std::string::npos ||
+      message.find("file read failed") != std::string::npos)
+    throw CodedError("TORCHLITE_CORRUPT_FILE", path + " is a truncated or damaged archive");
+  throw;
+}
+
+bool hasTraceArgumentNames(const torch::jit::Module& module) {
+  static const std::regex traced(R"(argument_\d+)");
+  for (const torch::jit::Module& child : module.modules()) {
+    for (const torch::jit::Method& method : child.get_methods()) {
+      for (const c10::Argument& argument : method.function().getSchema().arguments())
+        if (std::regex_match(argument.name(), traced)) return true;
+    }
+  }
+  return false;
+}
+
+// Tracing freezes the `training` argument of normalisation and dropout calls into a
+// constant, which scripting never does; tracing also renames submodule arguments to
+// argument_N. Either mark is conclusive.
+bool hasConstantTrainingFlags(const torch::jit::Module& module) {
+  for (const torch::jit::Module& child : module.modules()) {
+    for (const torch::jit::Method& method : child.get_methods()) {
+      for (const torch::jit::Node* node : method.graph()->nodes()) {
+        const std::string kind = node->kind().toQualString();
+        size_t flag = kind == "aten::batch_norm" || kind == "aten::instance_norm" ? 5
+                      : kind.find("dropout") != std::string::npos                 ? 2
+                                                                                  : 0;
+        if (flag != 0 && node->inputs().size() > flag &&
+            node->input(flag)->node()->kind() == c10::prim::Constant)
+          return true;
+      }
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+ModelPtr loadArchive(const std::string& path, const torch::Device& device) {
+  checkFile(path);
+  torch::jit::ExtraFilesMap extra{{"torchlite.json", ""}};
+  torch::jit::Module module;
+  try {
+    module = torch::jit::load(path, device, extra);
+  } catch (const c10::Error& error) {
+    explainLoadFailure(path, error);
+  }
+  auto state = std::make_shared<ModelState>(std::move(module), device);
+  state->traced = hasTraceArgumentNames(state->module) || hasConstantTrainingFlags(state->module);
+  state->metadata = extra["torchlite.json"];
+  return state;
+}
+
+}  // namespace tl

@@ -1,0 +1,152 @@
+#include "common.h"
+
+#include <array>
+#include <utility>
+
+namespace tl {
+namespace {
+
+// The TorchScript interpreter wraps the real failure in a traceback; users need the
+// last "SomethingError: ..." line first, with the traceback kept for debugging.
+std::string rootCause(const std::string& message) {
+  static const std::array<const char*, 5> markers = {"RuntimeError: ", "ValueError: ", "IndexError: ",
+                                                     "TypeError: ", "NotImplementedError: "};
+  size_t best = std::string::npos;
+  size_t skip = 0;
+  for (const char* marker : markers) {
+    size_t at = message.rfind(marker);
+    if (at != std::string::npos && (best == std::string::npos || at > best)) {
+      best = at;
+      skip = std::char_traits<char>::length(marker);
+    }
+  }
+  std::string cause = best == std::string::npos ? message : message.substr(best + skip);
+  while (!cause.empty() && (cause.back() == '\n' || cause.back() == ' ')) cause.pop_back();
+  return cause;
+}
+
+bool contains(const std::string& text, const char* needle) { return text.find(needle) != std::string::npos; }
+
+// c10 raises most shape and dtype failures as plain c10::Error, so the code comes from
+// the message; these phrases are stable across LibTorch 1.13 and 2.x.
+std::string classify(const std::string& cause) {
+  if (contains(cause, "out of memory")) return "TORCH_OOM";
+  if (contains(cause, "scalar type") || contains(cause, "dtype") || contains(cause, "Expected object of scalar") ||
+      contains(cause, "expected both vectors to have same dtype") || contains(cause, "but found Long") ||
+      contains(cause, "but found Float") || contains(cause, "not implemented for"))
+    return "TORCH_DTYPE";
+  if (contains(cause, "shape") || contains(cause, "size mismatch") || contains(cause, "dimension") ||
+      contains(cause, "Expected 3D") || contains(cause, "Expected 4D") || contains(cause, "must match the size") ||
+      contains(cause, "cannot be multiplied") || contains(cause, "Sizes of tensors"))
+    return "TORCH_SHAPE";
+  if (contains(cause, "Expected a value of type") || contains(cause, "argument")) return "TORCH_ARGUMENT";
+  return "TORCH_ERROR";
+}
+
+}  // namespace
+
+ErrorInfo describe(std::exception_ptr error) {
+  try {
+    std::rethrow_exception(std::move(error));
+  } catch (const CodedError& e) {
+    return {e.code, e.what(), ""};
+  } catch (const c10::OutOfMemoryError& e) {
+    return {"TORCH_OOM", rootCause(e.what_without_backtrace()), e.what()};
+  } catch (const c10::IndexError& e) {
+    return {"TORCH_INDEX", rootCause(e.what_without_backtrace()), e.what()};
+  } catch (const c10::ValueError& e) {
+    return {"TORCH_VALUE", rootCause(e.what_without_backtrace()), e.what()};
+  } catch (const c10::TypeError& e) {
+    return {"TORCH_DTYPE", rootCause(e.what_without_backtrace()), e.what()};
+  } catch (const c10::Error& e) {
+    std::string cause = rootCause(e.what_without_backtrace());
+    return {classify(cause), cause, e.what()};
+  } catch (const std::bad_alloc&) {
+    return {"TORCH_OOM", "out of memory", ""};
+  } catch (const std::exception& e) {
+    std::string cause = rootCause(e.what());
+    return {classify(cause), cause, e.what()};
+  } catch (...) {
+    return {"TORCH_ERROR", "unknown native error", ""};
+  }
+}
+
+Napi::Error toJsError(Napi::Env env, const ErrorInfo& info) {
+  Napi::Error error = Napi::Error::New(env, info.message);
+  error.Set("code", info.code);
+  if (!info.backtrace.empty()) error.Set("backtrace", info.backtrace);
+  return error;
+}
+
+namespace {
+const std::array<std::pair<const char*, c10::ScalarType>, 10> kDtypes = {{
+    {"float32", c10::kFloat},
+    {"float64", c10::kDouble},
+    {"float16", c10::kHalf},
+    {"bfloat16", c10::kBFloat16},
+    {"int64", c10::kLong},
+    {"int32", c10::kInt},
+    {"int16", c10::kShort},
+    {"int8", c10::kChar},
+    {"uint8", c10::kByte},
+    {"bool", c10::kBool},
+}};
+}  // namespace
+
+c10::ScalarType parseDtype(const std::string& name) {
+  for (const auto& [key, type] : kDtypes)
+    if (name == key) return type;
+  throw CodedError("TORCHLITE_BAD_DTYPE", "unknown dtype '" + name + "'");
+}
+
+std::string dtypeName(c10::ScalarType type) {
+  for (const auto& [key, value] : kDtypes)
+    if (value == type) return key;
+  return c10::toString(type);
+}
+
+torch::Device parseDevice(const std::string& name) {
+  torch::Device device(torch::kCPU);
+  try {
+    device = torch::Device(name);
+  } catch (const c10::Error&) {
+    throw CodedError("TORCHLITE_BAD_DEVICE", "unknown device '" + name + "'; use 'cpu', 'cuda' or 'cuda:N'");
+  }
+  if (device.is_cuda()) {
+    if (!torch::cuda::is_available())
+      throw CodedError("TORCHLITE_CUDA_UNAVAILABLE",
+                       "device '" + name + "' requested but CUDA is not available (LibTorch " TORCH_VERSION
+                       " build without CUDA, or no GPU visible)");
+    int64_t count = static_cast<int64_t>(torch::cuda::device_count());
+    if (device.has_index() && device.index() >= count)
+      throw CodedError("TORCHLITE_CUDA_UNAVAILABLE", "device '" + name + "' requested but only " +
+                                                         std::to_string(count) + " CUDA device(s) are visible");
+    if (!device.has_index()) device = torch::Device(torch::kCUDA, 0);
+  }
+  return device;
+}
+
+std::string deviceName(const torch::Device& device) {
+  if (device.is_cuda()) return "cuda:" + std::to_string(device.has_index() ? device.index() : 0);
+  return device.str();
+}
+
+std::vector<int64_t> toShape(const Napi::Value& value) {
+  Napi::Array array = value.As<Napi::Array>();
+  std::vector<int64_t> shape(array.Length());
+  for (uint32_t i = 0; i < array.Length(); ++i) shape[i] = array.Get(i).As<Napi::Number>().Int64Value();
+  return shape;
+}
+
+Napi::Array fromShape(Napi::Env env, c10::IntArrayRef shape) {
+  Napi::Array array = Napi::Array::New(env, shape.size());
+  for (size_t i = 0; i < shape.size(); ++i) array.Set(i, Napi::Number::New(env, static_cast<double>(shape[i])));
+  return array;
+}
+
+std::string getString(const Napi::Object& options, const char* key, const std::string& fallback) {
+  Napi::Value value = options.Get(key);
+  return value.IsString() ? value.As<Napi::String>().Utf8Value() : fallback;
+}
+
+}  // namespace tl

@@ -1,0 +1,52 @@
+// Shared helpers: coded errors, the one place where C++ failures become JS errors,
+// and the dtype/device codecs used by every wrapper.
+#pragma once
+#include <exception>
+#include <functional>
+#include <string>
+
+#include "pch.h"
+
+namespace tl {
+
+// A failure with a stable code for JS (TORCHLITE_*). Thrown anywhere, including on
+// worker threads; it only becomes a JS error on the JS thread.
+struct CodedError : std::runtime_error {
+  CodedError(std::string code, const std::string& message) : std::runtime_error(message), code(std::move(code)) {}
+  std::string code;
+};
+
+// A failure described without V8, so worker threads can build it.
+struct ErrorInfo {
+  std::string code;
+  std::string message;
+  std::string backtrace;
+};
+
+ErrorInfo describe(std::exception_ptr error);
+Napi::Error toJsError(Napi::Env env, const ErrorInfo& info);
+
+// Runs a synchronous binding body. node-addon-api only forwards Napi::Error, so any
+// other C++ exception escaping a callback would terminate Node; this converts them.
+template <class F>
+auto guard(Napi::Env env, F&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (...) {
+    throw toJsError(env, describe(std::current_exception()));
+  }
+}
+
+c10::ScalarType parseDtype(const std::string& name);
+std::string dtypeName(c10::ScalarType type);
+// Validates availability too: a CUDA device on a machine without one is a coded error.
+torch::Device parseDevice(const std::string& name);
+std::string deviceName(const torch::Device& device);
+
+std::vector<int64_t> toShape(const Napi::Value& value);
+Napi::Array fromShape(Napi::Env env, c10::IntArrayRef shape);
+std::string getString(const Napi::Object& options, const char* key, const std::string& fallback);
+
+}  // namespace tl

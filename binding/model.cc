@@ -1,0 +1,221 @@
+#include "model.h"
+
+#include "addon.h"
+#include "archive.h"
+#include "ivalue.h"
+#include "job.h"
+#include "tensor.h"
+
+namespace tl {
+namespace {
+
+int64_t parameterCount(const torch::jit::Module& module, bool trainableOnly) {
+  int64_t count = 0;
+  for (const torch::Tensor& parameter : module.parameters())
+    if (!trainableOnly || parameter.requires_grad()) count += parameter.numel();
+  return count;
+}
+
+int64_t tensorBytes(const torch::jit::Module& module) {
+  int64_t bytes = 0;
+  for (const torch::Tensor& parameter : module.parameters()) bytes += parameter.numel() * parameter.element_size();
+  for (const torch::Tensor& buffer : module.buffers()) bytes += buffer.numel() * buffer.element_size();
+  return bytes;
+}
+
+// Traced and scripted type names carry module paths and mangling
+// (__torch__.torchvision.models.resnet.___torch_mangle_26.BatchNorm2d); users know
+// the layer by its class name alone.
+std::string typeName(const torch::jit::Module& module) { return module.type()->name()->name(); }
+
+Napi::Object describeTensor(Napi::Env env, const std::string& name, const torch::Tensor& tensor) {
+  Napi::Object entry = Napi::Object::New(env);
+  entry.Set("name", name);
+  entry.Set("shape", fromShape(env, tensor.sizes()));
+  entry.Set("dtype", dtypeName(tensor.scalar_type()));
+  entry.Set("numel", static_cast<double>(tensor.numel()));
+  return entry;
+}
+
+}  // namespace
+
+Napi::Function ModelWrap::Define(Napi::Env env) {
+  return DefineClass(env, "NativeModel",
+                     {
+                         StaticMethod<&ModelWrap::Load>("load"),
+                         InstanceMethod<&ModelWrap::Forward>("forward"),
+                         InstanceMethod<&ModelWrap::To>("to"),
+                         InstanceMethod<&ModelWrap::Modules>("modules"),
+                         InstanceMethod<&ModelWrap::Parameters>("parameters"),
+                         InstanceMethod<&ModelWrap::Buffers>("buffers"),
+                         InstanceMethod<&ModelWrap::StateDict>("stateDict"),
+                         InstanceMethod<&ModelWrap::SetTraining>("setTraining"),
+                         InstanceMethod<&ModelWrap::Info>("info"),
+                         InstanceMethod<&ModelWrap::Dispose>("dispose"),
+                     });
+}
+
+Napi::Object ModelWrap::Wrap(Napi::Env env, ModelPtr state) {
+  return addonData(env).modelClass.New({Napi::External<ModelPtr>::New(env, &state)});
+}
+
+ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal())
+    throw Napi::TypeError::New(info.Env(), "Model cannot be constructed directly; use loadPretrained()");
+  state_ = *info[0].As<Napi::External<ModelPtr>>().Data();
+  accountedBytes_ = tensorBytes(state_->module);
+  Napi::MemoryManagement::AdjustExternalMemory(info.Env(), accountedBytes_);
+}
+
+void ModelWrap::Finalize(Napi::Env env) { release(env); }
+
+void ModelWrap::release(Napi::Env env) {
+  if (accountedBytes_ != 0) Napi::MemoryManagement::AdjustExternalMemory(env, -accountedBytes_);
+  accountedBytes_ = 0;
+  state_.reset();
+}
+
+ModelPtr ModelWrap::live() const {
+  if (!state_) throw CodedError("TORCHLITE_DISPOSED", "Model has been disposed");
+  return state_;
+}
+
+Napi::Value ModelWrap::Load(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    torch::Device device = parseDevice(info[1].As<Napi::String>().Utf8Value());
+    return Job<ModelPtr>::Start(
+        env, [path, device] { return loadArchive(path, device); },
+        [](Napi::Env env, ModelPtr& state) -> Napi::Value { return Wrap(env, state); });
+  });
+}
+
+Napi::Value ModelWrap::Forward(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    Napi::Array args = info[0].As<Napi::Array>();
+    const c10::FunctionSchema& schema = state->module.get_method("forward").function().getSchema();
+    std::vector<c10::IValue> inputs;
+    for (uint32_t i = 0; i < args.Length(); ++i) {
+      // Argument 0 of a method schema is `self`.
+      c10::TypePtr expected = i + 1 < schema.arguments().size() ? schema.arguments()[i + 1].type() : nullptr;
+      inputs.push_back(toIValue(env, args.Get(i), expected));
+    }
+    return Job<c10::IValue>::Start(
+        env,
+        [state, inputs = std::move(inputs)]() mutable {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          // Grad mode is thread-local, so it has to be set on the worker itself.
+          torch::NoGradGuard noGrad;
+          return state->module.forward(std::move(inputs));
+        },
+        [](Napi::Env env, c10::IValue& output) { return fromIValue(env, output); });
+  });
+}
+
+Napi::Value ModelWrap::To(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    torch::Device device = parseDevice(info[0].As<Napi::String>().Utf8Value());
+    return Job<bool>::Start(
+        env,
+        [state, device] {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          state->module.to(device);
+          state->device = device;
+          return true;
+        },
+        [](Napi::Env env, bool&) { return env.Undefined(); });
+  });
+}
+
+Napi::Value ModelWrap::Modules(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    std::lock_guard<std::mutex> lock(state->mutex);
+    Napi::Array result = Napi::Array::New(env);
+    for (const auto& item : state->module.named_modules()) {
+      Napi::Object entry = Napi::Object::New(env);
+      entry.Set("path", item.name);
+      entry.Set("type", typeName(item.value));
+      entry.Set("params", static_cast<double>(parameterCount(item.value, false)));
+      entry.Set("trainable", static_cast<double>(parameterCount(item.value, true)));
+      result.Set(result.Length(), entry);
+    }
+    return result;
+  });
+}
+
+Napi::Value ModelWrap::Parameters(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    std::lock_guard<std::mutex> lock(state->mutex);
+    Napi::Array result = Napi::Array::New(env);
+    for (const auto& item : state->module.named_parameters()) {
+      Napi::Object entry = describeTensor(env, item.name, item.value);
+      entry.Set("requiresGrad", item.value.requires_grad());
+      result.Set(result.Length(), entry);
+    }
+    return result;
+  });
+}
+
+Napi::Value ModelWrap::Buffers(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    std::lock_guard<std::mutex> lock(state->mutex);
+    Napi::Array result = Napi::Array::New(env);
+    for (const auto& item : state->module.named_buffers()) result.Set(result.Length(), describeTensor(env, item.name, item.value));
+    return result;
+  });
+}
+
+Napi::Value ModelWrap::StateDict(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    std::lock_guard<std::mutex> lock(state->mutex);
+    Napi::Object result = Napi::Object::New(env);
+    // Detached views share storage with the model, as PyTorch's state_dict() does;
+    // torchlite tensors are read-only from JS, so nothing can write through them.
+    for (const auto& item : state->module.named_parameters()) result.Set(item.name, TensorWrap::Wrap(env, item.value.detach()));
+    for (const auto& item : state->module.named_buffers()) result.Set(item.name, TensorWrap::Wrap(env, item.value.detach()));
+    return result;
+  });
+}
+
+Napi::Value ModelWrap::SetTraining(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    std::lock_guard<std::mutex> lock(state->mutex);
+    state->module.train(info[0].As<Napi::Boolean>().Value());
+    return env.Undefined();
+  });
+}
+
+Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    Napi::Object result = Napi::Object::New(env);
+    result.Set("training", state->module.is_training());
+    result.Set("traced", state->traced);
+    result.Set("device", deviceName(state->device));
+    result.Set("metadata", state->metadata);
+    return result;
+  });
+}
+
+Napi::Value ModelWrap::Dispose(const Napi::CallbackInfo& info) {
+  release(info.Env());
+  return info.Env().Undefined();
+}
+
+}  // namespace tl

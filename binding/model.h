@@ -1,0 +1,51 @@
+// Model: a loaded TorchScript module and the JS handle on it.
+#pragma once
+#include <memory>
+#include <mutex>
+
+#include "common.h"
+
+namespace tl {
+
+struct ModelState {
+  ModelState(torch::jit::Module module, torch::Device device) : module(std::move(module)), device(device) {}
+
+  torch::jit::Module module;
+  torch::Device device;
+  bool traced = false;
+  std::string metadata;  // JSON text stored by torchlite's save, "" when absent
+  // Workers and JS-thread mutations (train/eval) take it, so a mode switch never
+  // lands in the middle of a forward running on another thread.
+  std::mutex mutex;
+};
+using ModelPtr = std::shared_ptr<ModelState>;
+
+class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  static Napi::Object Wrap(Napi::Env env, ModelPtr state);
+
+  explicit ModelWrap(const Napi::CallbackInfo& info);
+  void Finalize(Napi::Env env) override;
+
+ private:
+  static Napi::Value Load(const Napi::CallbackInfo& info);
+
+  Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value To(const Napi::CallbackInfo& info);
+  Napi::Value Modules(const Napi::CallbackInfo& info);
+  Napi::Value Parameters(const Napi::CallbackInfo& info);
+  Napi::Value Buffers(const Napi::CallbackInfo& info);
+  Napi::Value StateDict(const Napi::CallbackInfo& info);
+  Napi::Value SetTraining(const Napi::CallbackInfo& info);
+  Napi::Value Info(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+
+  ModelPtr live() const;
+  void release(Napi::Env env);
+
+  ModelPtr state_;
+  int64_t accountedBytes_ = 0;
+};
+
+}  // namespace tl

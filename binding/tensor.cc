@@ -1,0 +1,212 @@
+#include "tensor.h"
+
+#include <cstring>
+
+#include "addon.h"
+
+namespace tl {
+namespace {
+
+c10::ScalarType dtypeOfArray(napi_typedarray_type type) {
+  switch (type) {
+    case napi_float32_array: return c10::kFloat;
+    case napi_float64_array: return c10::kDouble;
+    case napi_int32_array: return c10::kInt;
+    case napi_bigint64_array: return c10::kLong;
+    case napi_int16_array: return c10::kShort;
+    case napi_int8_array: return c10::kChar;
+    case napi_uint8_array:
+    case napi_uint8_clamped_array: return c10::kByte;
+    default: throw CodedError("TORCHLITE_BAD_ARRAY", "unsupported typed array type");
+  }
+}
+
+// JS has no 16-bit float or bool arrays, so those come back widened.
+napi_typedarray_type arrayOfDtype(c10::ScalarType type) {
+  switch (type) {
+    case c10::kFloat: return napi_float32_array;
+    case c10::kDouble: return napi_float64_array;
+    case c10::kInt: return napi_int32_array;
+    case c10::kLong: return napi_bigint64_array;
+    case c10::kShort: return napi_int16_array;
+    case c10::kChar: return napi_int8_array;
+    default: return napi_uint8_array;
+  }
+}
+
+int64_t storageBytes(const torch::Tensor& tensor) {
+  return tensor.defined() && tensor.has_storage() ? static_cast<int64_t>(tensor.storage().nbytes()) : 0;
+}
+
+torch::TensorOptions optionsOf(const Napi::Object& options) {
+  return torch::TensorOptions()
+      .dtype(parseDtype(getString(options, "dtype", "float32")))
+      .device(parseDevice(getString(options, "device", "cpu")));
+}
+
+}  // namespace
+
+Napi::Function TensorWrap::Define(Napi::Env env) {
+  return DefineClass(env, "NativeTensor",
+                     {
+                         StaticMethod<&TensorWrap::FromArray>("fromArray"),
+                         StaticMethod<&TensorWrap::Full>("full"),
+                         StaticMethod<&TensorWrap::Randn>("randn"),
+                         StaticMethod<&TensorWrap::Arange>("arange"),
+                         StaticMethod<&TensorWrap::ManualSeed>("manualSeed"),
+                         InstanceMethod<&TensorWrap::Shape>("shape"),
+                         InstanceMethod<&TensorWrap::Dtype>("dtype"),
+                         InstanceMethod<&TensorWrap::Device>("device"),
+                         InstanceMethod<&TensorWrap::Numel>("numel"),
+                         InstanceMethod<&TensorWrap::ToTypedArray>("toTypedArray"),
+                         InstanceMethod<&TensorWrap::Item>("item"),
+                         InstanceMethod<&TensorWrap::To>("to"),
+                         InstanceMethod<&TensorWrap::Dispose>("dispose"),
+                     });
+}
+
+Napi::Object TensorWrap::Wrap(Napi::Env env, torch::Tensor tensor) {
+  return addonData(env).tensorClass.New({Napi::External<torch::Tensor>::New(env, &tensor)});
+}
+
+torch::Tensor TensorWrap::From(Napi::Env env, const Napi::Value& value) {
+  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(addonData(env).tensorClass.Value()))
+    throw CodedError("TORCHLITE_BAD_ARGUMENT", "expected a Tensor");
+  return ObjectWrap::Unwrap(value.As<Napi::Object>())->live();
+}
+
+TensorWrap::TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorWrap>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal())
+    throw Napi::TypeError::New(info.Env(), "Tensor cannot be constructed directly; use tensor() or a factory");
+  tensor_ = std::move(*info[0].As<Napi::External<torch::Tensor>>().Data());
+  // V8 cannot see LibTorch allocations; telling it keeps GC pressure honest when
+  // users forget dispose() and rely on finalizers.
+  accountedBytes_ = storageBytes(tensor_);
+  Napi::MemoryManagement::AdjustExternalMemory(info.Env(), accountedBytes_);
+}
+
+void TensorWrap::Finalize(Napi::Env env) { release(env); }
+
+void TensorWrap::release(Napi::Env env) {
+  if (accountedBytes_ != 0) Napi::MemoryManagement::AdjustExternalMemory(env, -accountedBytes_);
+  accountedBytes_ = 0;
+  tensor_ = torch::Tensor();
+}
+
+const torch::Tensor& TensorWrap::live() const {
+  if (!tensor_.defined()) throw CodedError("TORCHLITE_DISPOSED", "Tensor has been disposed");
+  return tensor_;
+}
+
+Napi::Value TensorWrap::FromArray(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    Napi::TypedArray array = info[0].As<Napi::TypedArray>();
+    std::vector<int64_t> shape = toShape(info[1]);
+    Napi::Object options = info[2].As<Napi::Object>();
+    c10::ScalarType source = dtypeOfArray(array.TypedArrayType());
+    int64_t numel = c10::multiply_integers(shape);
+    if (numel != static_cast<int64_t>(array.ElementLength()))
+      throw CodedError("TORCHLITE_BAD_SHAPE", "data length does not match the shape");
+    // Copy rather than alias: JS may write to or transfer the buffer while LibTorch
+    // (possibly on a worker thread) still reads it.
+    torch::Tensor tensor = torch::empty(shape, torch::TensorOptions().dtype(source));
+    if (array.ByteLength() > 0)
+      std::memcpy(tensor.data_ptr(), static_cast<uint8_t*>(array.ArrayBuffer().Data()) + array.ByteOffset(),
+                  array.ByteLength());
+    c10::ScalarType target = options.Get("dtype").IsString() ? parseDtype(getString(options, "dtype", "")) : source;
+    return Wrap(env, tensor.to(parseDevice(getString(options, "device", "cpu")), target));
+  });
+}
+
+Napi::Value TensorWrap::Full(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    double value = info[1].As<Napi::Number>().DoubleValue();
+    return Wrap(env, torch::full(toShape(info[0]), value, optionsOf(info[2].As<Napi::Object>())));
+  });
+}
+
+Napi::Value TensorWrap::Randn(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] { return Wrap(env, torch::randn(toShape(info[0]), optionsOf(info[1].As<Napi::Object>()))); });
+}
+
+Napi::Value TensorWrap::Arange(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    double start = info[0].As<Napi::Number>().DoubleValue();
+    double end = info[1].As<Napi::Number>().DoubleValue();
+    double step = info[2].As<Napi::Number>().DoubleValue();
+    return Wrap(env, torch::arange(start, end, step, optionsOf(info[3].As<Napi::Object>())));
+  });
+}
+
+Napi::Value TensorWrap::ManualSeed(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    torch::manual_seed(static_cast<uint64_t>(info[0].As<Napi::Number>().Int64Value()));
+    return env.Undefined();
+  });
+}
+
+Napi::Value TensorWrap::Shape(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&] { return fromShape(info.Env(), live().sizes()); });
+}
+
+Napi::Value TensorWrap::Dtype(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&] { return Napi::String::New(info.Env(), dtypeName(live().scalar_type())); });
+}
+
+Napi::Value TensorWrap::Device(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&] { return Napi::String::New(info.Env(), deviceName(live().device())); });
+}
+
+Napi::Value TensorWrap::Numel(const Napi::CallbackInfo& info) {
+  return guard(info.Env(), [&] { return Napi::Number::New(info.Env(), static_cast<double>(live().numel())); });
+}
+
+Napi::Value TensorWrap::ToTypedArray(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    torch::Tensor host = live().detach().to(torch::kCPU).contiguous();
+    if (host.scalar_type() == c10::kHalf || host.scalar_type() == c10::kBFloat16) host = host.to(c10::kFloat);
+    napi_typedarray_type type = arrayOfDtype(host.scalar_type());
+    size_t bytes = host.numel() * host.element_size();
+    Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, bytes);
+    if (bytes > 0) std::memcpy(buffer.Data(), host.data_ptr(), bytes);
+    napi_value result;
+    NAPI_THROW_IF_FAILED(env, napi_create_typedarray(env, type, host.numel(), buffer, 0, &result), Napi::Value());
+    return Napi::Value(env, result);
+  });
+}
+
+Napi::Value TensorWrap::Item(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&]() -> Napi::Value {
+    c10::Scalar scalar = live().item();
+    if (scalar.isBoolean()) return Napi::Boolean::New(env, scalar.toBool());
+    if (scalar.isIntegral(false)) return Napi::Number::New(env, static_cast<double>(scalar.toLong()));
+    return Napi::Number::New(env, scalar.toDouble());
+  });
+}
+
+Napi::Value TensorWrap::To(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    Napi::Object options = info[0].As<Napi::Object>();
+    const torch::Tensor& tensor = live();
+    torch::Device device = options.Get("device").IsString() ? parseDevice(getString(options, "device", ""))
+                                                            : tensor.device();
+    c10::ScalarType dtype = options.Get("dtype").IsString() ? parseDtype(getString(options, "dtype", ""))
+                                                            : tensor.scalar_type();
+    return Wrap(env, tensor.to(device, dtype));
+  });
+}
+
+Napi::Value TensorWrap::Dispose(const Napi::CallbackInfo& info) {
+  release(info.Env());
+  return info.Env().Undefined();
+}
+
+}  // namespace tl

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Builds build/Release/torchlite.node against the LibTorch that CMakeLists.txt finds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs="${TORCHLITE_BUILD_JOBS:-$(nproc)}"
+exec npx --no-install cmake-js build --out build --parallel "$jobs" --log-level warn "$@"
