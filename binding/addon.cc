@@ -21,6 +21,11 @@ Napi::Value GetNumThreads(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), torch::get_num_threads());
 }
 
+// V8's own statistics do not show adjustments, so tests read the total back from here.
+Napi::Value ExternalMemory(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(Napi::MemoryManagement::AdjustExternalMemory(info.Env(), 0)));
+}
+
 Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
@@ -40,6 +45,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Model", data->modelClass.Value());
   exports.Set("setNumThreads", Napi::Function::New<SetNumThreads>(env));
   exports.Set("getNumThreads", Napi::Function::New<GetNumThreads>(env));
+  exports.Set("externalMemory", Napi::Function::New<ExternalMemory>(env));
   exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env));
   exports.Set("torchVersion", TORCH_VERSION);
   exports.Set("cudaBuild", Napi::Boolean::New(env,

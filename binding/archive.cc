@@ -2,7 +2,6 @@
 
 #include <filesystem>
 #include <fstream>
-#include <regex>
 
 namespace tl {
 namespace {
@@ -43,20 +42,25 @@ void checkFile(const std::string& path) {
   throw;
 }
 
-bool hasTraceArgumentNames(const torch::jit::Module& module) {
-  static const std::regex traced(R"(argument_\d+)");
-  for (const torch::jit::Module& child : module.modules()) {
-    for (const torch::jit::Method& method : child.get_methods()) {
-      for (const c10::Argument& argument : method.function().getSchema().arguments())
-        if (std::regex_match(argument.name(), traced)) return true;
-    }
+// The tracer records only the Python line of each op, never the column, while the
+// TorchScript compiler records both; so a forward whose ops all sit at column 0 was
+// traced. A loaded node's own range points into the archive's code/, so look through
+// it to the range of the original Python source kept in the debug files.
+bool hasTracedSourceRanges(const torch::jit::Module& module) {
+  size_t ranged = 0;
+  for (const torch::jit::Node* node : module.get_method("forward").graph()->nodes()) {
+    auto original = node->sourceRange().findSourceRangeThatGenerated();
+    if (!original) continue;
+    auto location = original->file_line_col();
+    if (!location) continue;
+    ++ranged;
+    if (std::get<2>(*location) != 0) return false;
   }
-  return false;
+  return ranged > 0;
 }
 
-// Tracing freezes the `training` argument of normalisation and dropout calls into a
-// constant, which scripting never does; tracing also renames submodule arguments to
-// argument_N. Either mark is conclusive.
+// Tracing also freezes the `training` argument of normalisation and dropout calls into
+// a constant, which scripting never does; this still works when debug info was stripped.
 bool hasConstantTrainingFlags(const torch::jit::Module& module) {
   for (const torch::jit::Module& child : module.modules()) {
     for (const torch::jit::Method& method : child.get_methods()) {
@@ -86,7 +90,7 @@ ModelPtr loadArchive(const std::string& path, const torch::Device& device) {
     explainLoadFailure(path, error);
   }
   auto state = std::make_shared<ModelState>(std::move(module), device);
-  state->traced = hasTraceArgumentNames(state->module) || hasConstantTrainingFlags(state->module);
+  state->traced = hasTracedSourceRanges(state->module) || hasConstantTrainingFlags(state->module);
   state->metadata = extra["torchlite.json"];
   return state;
 }

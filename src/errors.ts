@@ -1,0 +1,84 @@
+/**
+ * Stable codes carried by {@link TorchError}. Codes starting with `TORCHLITE_` come from
+ * torchlite's own checks; `TORCH_` codes classify failures raised inside LibTorch.
+ */
+export type TorchErrorCode =
+  | 'TORCHLITE_FILE_NOT_FOUND'
+  | 'TORCHLITE_IS_DIRECTORY'
+  | 'TORCHLITE_FILE_UNREADABLE'
+  | 'TORCHLITE_NOT_TORCHSCRIPT'
+  | 'TORCHLITE_CORRUPT_FILE'
+  | 'TORCHLITE_NO_MATCH'
+  | 'TORCHLITE_DISPOSED'
+  | 'TORCHLITE_CUDA_UNAVAILABLE'
+  | 'TORCHLITE_BAD_DEVICE'
+  | 'TORCHLITE_BAD_DTYPE'
+  | 'TORCHLITE_BAD_ARGUMENT'
+  | 'TORCHLITE_UNSUPPORTED_OUTPUT'
+  | 'TORCHLITE_ADDON_LOAD'
+  | 'TORCH_SHAPE'
+  | 'TORCH_DTYPE'
+  | 'TORCH_ARGUMENT'
+  | 'TORCH_INDEX'
+  | 'TORCH_VALUE'
+  | 'TORCH_OOM'
+  | 'TORCH_ERROR';
+
+/** A failure inside LibTorch or while reading and writing files. Misuse throws `TypeError`/`RangeError` instead. */
+export class TorchError extends Error {
+  /** A stable code to branch on; the message may change between versions. */
+  readonly code: TorchErrorCode;
+  /** LibTorch's C++ backtrace or TorchScript traceback, when there is one. */
+  readonly backtrace?: string;
+
+  constructor(code: TorchErrorCode, message: string, options: { backtrace?: string; cause?: unknown } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'TorchError';
+    this.code = code;
+    if (options.backtrace) this.backtrace = options.backtrace;
+  }
+}
+
+interface NativeFailure {
+  message: string;
+  code?: string;
+  backtrace?: string;
+}
+
+function isNativeFailure(error: unknown): error is NativeFailure & Error {
+  return error instanceof Error && typeof (error as NativeFailure).code === 'string';
+}
+
+function convert(error: unknown, stack: string | undefined): unknown {
+  if (error instanceof TorchError || !isNativeFailure(error)) return error;
+  const converted = new TorchError(error.code as TorchErrorCode, error.message, { backtrace: error.backtrace });
+  if (stack !== undefined) converted.stack = `TorchError: ${error.message}${stack.slice(stack.indexOf('\n'))}`;
+  return converted;
+}
+
+/** Runs a synchronous native call, turning native failures into {@link TorchError}. */
+export function callNative<T>(body: () => T): T {
+  try {
+    return body();
+  } catch (error) {
+    throw convert(error, undefined);
+  }
+}
+
+/**
+ * Runs an asynchronous native call. The stack is captured before the call is queued, so
+ * a rejection points at the user's code rather than at a libuv callback.
+ */
+export async function callNativeAsync<T>(body: () => Promise<T>): Promise<T> {
+  const site: { stack?: string } = {};
+  Error.captureStackTrace(site, callNativeAsync);
+  try {
+    return await body();
+  } catch (error) {
+    throw convert(error, site.stack);
+  }
+}
+
+export function disposedError(what: string): TorchError {
+  return new TorchError('TORCHLITE_DISPOSED', `${what} has been disposed`);
+}

@@ -1,0 +1,122 @@
+// Loads the addon and types its raw surface. Nothing here is exported to users.
+import { existsSync, readdirSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
+import { join, resolve } from 'node:path';
+
+import { TorchError } from './errors';
+import { checkPositiveInteger } from './validate';
+
+export interface NativeTensorOptions {
+  dtype?: string;
+  device?: string;
+}
+
+export interface NativeTensor {
+  shape(): number[];
+  dtype(): string;
+  device(): string;
+  numel(): number;
+  toTypedArray(): ArrayBufferView;
+  item(): number | boolean;
+  to(options: NativeTensorOptions): NativeTensor;
+  dispose(): void;
+}
+
+export interface NativeTensorClass {
+  new (handle: never): NativeTensor;
+  fromArray(data: ArrayBufferView, shape: number[], options: NativeTensorOptions): NativeTensor;
+  full(shape: number[], value: number, options: NativeTensorOptions): NativeTensor;
+  randn(shape: number[], options: NativeTensorOptions): NativeTensor;
+  arange(start: number, end: number, step: number, options: NativeTensorOptions): NativeTensor;
+  manualSeed(seed: number): void;
+}
+
+export interface NativeModuleInfo {
+  path: string;
+  type: string;
+  params: number;
+  trainable: number;
+}
+
+export interface NativeTensorInfo {
+  name: string;
+  shape: number[];
+  dtype: string;
+  numel: number;
+}
+
+export interface NativeModel {
+  forward(inputs: unknown[]): Promise<unknown>;
+  to(device: string): Promise<void>;
+  modules(): NativeModuleInfo[];
+  parameters(): (NativeTensorInfo & { requiresGrad: boolean })[];
+  buffers(): NativeTensorInfo[];
+  stateDict(): Record<string, NativeTensor>;
+  setTraining(on: boolean): void;
+  info(): { training: boolean; traced: boolean; device: string; metadata: string };
+  dispose(): void;
+}
+
+export interface NativeModelClass {
+  load(path: string, device: string): Promise<NativeModel>;
+}
+
+export interface NativeAddon {
+  Tensor: NativeTensorClass;
+  Model: NativeModelClass;
+  setNumThreads(n: number): void;
+  getNumThreads(): number;
+  externalMemory(): number;
+  cudaInfo(): { available: boolean; deviceCount: number };
+  torchVersion: string;
+  cudaBuild: boolean;
+}
+
+const root = resolve(__dirname, '..');
+
+// A local build first, then prebuilds, as node-gyp-build orders them: a build made on
+// this machine is linked against its LibTorch, and a stale prebuild must not shadow it.
+// A candidate that fails to load (another LibTorch, another ABI) leaves the next its turn.
+function candidates(): string[] {
+  const found = [join(root, 'build', 'Release', 'torchlite.node')];
+  const prebuilds = join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+  if (existsSync(prebuilds))
+    for (const file of readdirSync(prebuilds).sort()) if (file.endsWith('.node')) found.push(join(prebuilds, file));
+  return found;
+}
+
+function load(): NativeAddon {
+  const failures: string[] = [];
+  for (const file of candidates()) {
+    if (!existsSync(file)) {
+      failures.push(`  - ${file}: not found`);
+      continue;
+    }
+    try {
+      return require(file) as NativeAddon;
+    } catch (error) {
+      failures.push(`  - ${file}: ${(error as Error).message.split('\n')[0]}`);
+    }
+  }
+  throw new TorchError(
+    'TORCHLITE_ADDON_LOAD',
+    [
+      'torchlite could not load its native addon. Tried:',
+      ...failures,
+      'A prebuild only loads with the LibTorch it was built against (same version, CPU or CUDA, C++ ABI). To fix:',
+      '  - build from source for the LibTorch on this machine: npm run build:native',
+      '  - on Debian/Ubuntu, install LibTorch and build: bash scripts/bootstrap.sh',
+      '  - point the build at another LibTorch with LIBTORCH=/path/to/libtorch or TORCHLITE_PYTHON=/path/to/python',
+      '  - "libtorch*.so: cannot open shared object file" means that LibTorch was moved or removed; rebuild',
+    ].join('\n'),
+  );
+}
+
+export const native: NativeAddon = load();
+
+// Debian's LibTorch starts with half the cores (it assumes SMT), which costs ~40% on a
+// 2-core box. TORCHLITE_NUM_THREADS lets a user who shares the machine choose fewer.
+const threads = process.env.TORCHLITE_NUM_THREADS;
+native.setNumThreads(
+  threads === undefined ? availableParallelism() : checkPositiveInteger(Number(threads), 'TORCHLITE_NUM_THREADS'),
+);

@@ -1,0 +1,67 @@
+import { spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+
+import { type Dtype, type ModelOutput, Tensor, tensor } from '../src';
+
+export const root = resolve(__dirname, '..');
+export const fixtures = join(root, 'test', 'fixtures');
+export const fixture = (name: string) => join(fixtures, name);
+
+export interface Encoded {
+  shape: number[];
+  dtype: string;
+  data: number[];
+}
+export type EncodedOutput = Encoded | EncodedOutput[] | { [key: string]: EncodedOutput };
+
+export const refs: Record<string, { input: Encoded; output: EncodedOutput }> = JSON.parse(
+  readFileSync(fixture('refs.json'), 'utf8'),
+);
+
+/** A Tensor from a JSON reference written by scripts/fixtures. */
+export function decode(encoded: Encoded): Tensor {
+  const dtype = encoded.dtype as Dtype;
+  const data = dtype === 'int64' ? BigInt64Array.from(encoded.data.map(BigInt)) : Float32Array.from(encoded.data);
+  return tensor(data, encoded.shape);
+}
+
+export function maxAbsDiff(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  if (actual.length !== expected.length) return Infinity;
+  let worst = 0;
+  for (let i = 0; i < actual.length; i++) worst = Math.max(worst, Math.abs(actual[i] - expected[i]));
+  return worst;
+}
+
+/** Largest difference between a model output and a reference, walking tuples and dicts alike. */
+export function outputDiff(actual: ModelOutput, expected: EncodedOutput): number {
+  if (Array.isArray(expected)) {
+    if (!Array.isArray(actual) || actual.length !== expected.length) return Infinity;
+    return Math.max(...expected.map((e, i) => outputDiff(actual[i], e)));
+  }
+  if ('data' in expected && Array.isArray(expected.data)) {
+    if (!(actual instanceof Tensor)) return Infinity;
+    if (actual.shape.join() !== (expected as Encoded).shape.join()) return Infinity;
+    return maxAbsDiff(actual.toTypedArray() as Float32Array, (expected as Encoded).data);
+  }
+  const record = expected as Record<string, EncodedOutput>;
+  const got = actual as Record<string, ModelOutput>;
+  if (Object.keys(got).sort().join() !== Object.keys(record).sort().join()) return Infinity;
+  return Math.max(...Object.keys(record).map((k) => outputDiff(got[k], record[k])));
+}
+
+export const PYTHON = '/usr/bin/python3';
+
+function pythonHas(module: string): boolean {
+  return spawnSync(PYTHON, ['-c', `import ${module}`], { stdio: 'ignore' }).status === 0;
+}
+
+export const hasTorch = pythonHas('torch');
+export const hasTorchvision = hasTorch && pythonHas('torchvision');
+
+/** Runs Python code with /usr/bin/python3 and returns stdout; throws with stderr on failure. */
+export function python(code: string, args: string[] = []): string {
+  const result = spawnSync(PYTHON, ['-c', code, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
+  if (result.status !== 0) throw new Error(`python failed: ${result.stderr}`);
+  return result.stdout;
+}

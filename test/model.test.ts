@@ -1,0 +1,147 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { loadPretrained, type Model, randn, Tensor, TorchError } from '../src';
+import { decode, fixture, outputDiff, refs } from './helpers';
+
+const ARCHITECTURES = ['resnet_small', 'mobilenet_small', 'mlp', 'tuple_out', 'text'] as const;
+const KINDS = ['scripted', 'traced'] as const;
+
+describe.each(KINDS)('%s fixtures', (kind) => {
+  it.each(ARCHITECTURES)('%s: forward matches Python within 1e-5', async (name) => {
+    await using model = await loadPretrained(fixture(`${name}.${kind}.pt`));
+    expect(model.isTraced).toBe(kind === 'traced');
+    const output = await model.forward(decode(refs[name].input));
+    expect(outputDiff(output, refs[name].output)).toBeLessThanOrEqual(1e-5);
+  });
+});
+
+describe('outputs', () => {
+  it('maps a tuple output to an array of tensors', async () => {
+    await using model = await loadPretrained(fixture('tuple_out.scripted.pt'));
+    const [logits, embedding] = await model.forward<Tensor[]>(decode(refs.tuple_out.input));
+    expect(logits.shape).toEqual([3, 3]);
+    expect(embedding.shape).toEqual([3, 8]);
+  });
+
+  it('maps a dict output to an object of tensors', async () => {
+    await using model = await loadPretrained(fixture('dict_out.scripted.pt'));
+    const out = await model.forward<Record<string, Tensor>>(decode(refs.dict_out.input));
+    expect(Object.keys(out).sort()).toEqual(['a', 'b']);
+    expect(outputDiff(out, refs.dict_out.output)).toBeLessThanOrEqual(1e-5);
+  });
+});
+
+describe('Model', () => {
+  let model: Model;
+  beforeAll(async () => {
+    model = await loadPretrained(fixture('resnet_small.scripted.pt'));
+  });
+  afterAll(() => model.dispose());
+
+  it('lists modules with Python paths and plain type names', () => {
+    const modules = model.modules();
+    expect(modules[0]).toEqual({ path: '', type: 'ResNetSmall', params: 11122, trainable: 11122 });
+    expect(modules.find((m) => m.path === 'layer1.0.conv1')).toEqual({ path: 'layer1.0.conv1', type: 'Conv2d', params: 576, trainable: 576 });
+    expect(modules.find((m) => m.path === 'layer2.0.downsample.1')?.type).toBe('BatchNorm2d');
+    expect(modules.find((m) => m.path === 'fc')).toEqual({ path: 'fc', type: 'Linear', params: 170, trainable: 170 });
+  });
+
+  it('lists parameters, filtered by prefix, glob and RegExp', () => {
+    const all = model.parameters();
+    expect(all).toHaveLength(32);
+    expect(all.reduce((n, p) => n + p.numel, 0)).toBe(11122);
+    expect(all.at(-1)).toEqual({ name: 'fc.bias', shape: [10], dtype: 'float32', numel: 10, requiresGrad: true });
+    expect(model.parameters('fc').map((p) => p.name)).toEqual(['fc.weight', 'fc.bias']);
+    expect(model.parameters('layer1.*.conv*').map((p) => p.name)).toEqual([
+      'layer1.0.conv1.weight', 'layer1.0.conv2.weight', 'layer1.1.conv1.weight', 'layer1.1.conv2.weight',
+    ]);
+    expect(model.parameters(/downsample/).map((p) => p.name)).toEqual([
+      'layer2.0.downsample.0.weight', 'layer2.0.downsample.1.weight', 'layer2.0.downsample.1.bias',
+    ]);
+    expect(model.parameters(['fc.bias', /^bn1\./]).map((p) => p.name)).toEqual(['bn1.weight', 'bn1.bias', 'fc.bias']);
+    // A prefix matches whole path segments only.
+    expect(() => model.parameters('layer')).toThrow(expect.objectContaining({ code: 'TORCHLITE_NO_MATCH' }));
+  });
+
+  it('lists buffers and exposes a state dict', () => {
+    const buffers = model.buffers();
+    expect(buffers.map((b) => b.name)).toContain('bn1.running_mean');
+    expect(buffers.find((b) => b.name === 'bn1.num_batches_tracked')).toEqual({ name: 'bn1.num_batches_tracked', shape: [], dtype: 'int64', numel: 1 });
+    const state = model.stateDict();
+    expect(Object.keys(state)).toHaveLength(32 + buffers.length);
+    expect(state['fc.weight'].shape).toEqual([10, 16]);
+    for (const t of Object.values(state)) t.dispose();
+  });
+
+  it('prints a summary with totals', () => {
+    const summary = model.summary();
+    expect(summary).toContain('ResNetSmall (scripted, cpu, eval mode)');
+    expect(summary).toMatch(/^ {2}0 {2,}BasicBlock +1,184 {2}yes$/m);
+    expect(summary).toContain('Total params:     11,122');
+    expect(summary).toContain('Trainable params: 11,122');
+    expect(summary).toContain('Frozen params:    0');
+  });
+
+  it('switches train and eval, which changes BatchNorm and dropout behaviour', async () => {
+    // Its own copy: a train-mode forward updates BatchNorm running statistics.
+    await using model = await loadPretrained(fixture('resnet_small.scripted.pt'));
+    const input = decode(refs.resnet_small.input);
+    expect(model.training).toBe(false);
+    const evalOut = await model.forward(input);
+    model.train();
+    expect(model.training).toBe(true);
+    const trainOut = await model.forward(input);
+    model.eval();
+    expect(outputDiff(evalOut, refs.resnet_small.output)).toBeLessThanOrEqual(1e-5);
+    expect(outputDiff(trainOut, refs.resnet_small.output)).toBeGreaterThan(1e-3);
+  });
+
+  it('moves to a device', async () => {
+    expect(await model.to('cpu')).toBe(model);
+    expect(model.device).toBe('cpu');
+  });
+
+  it('runs forward off the event loop: timers keep firing', async () => {
+    const input = randn([64, 3, 96, 96]);
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 5);
+    const started = Date.now();
+    await Promise.all([model.forward(input), model.forward(input)]);
+    clearInterval(timer);
+    const elapsed = Date.now() - started;
+    expect(elapsed).toBeGreaterThan(100);
+    expect(ticks).toBeGreaterThanOrEqual(Math.floor(elapsed / 5 / 4));
+  });
+
+  it('serialises calls in call order', async () => {
+    const input = decode(refs.resnet_small.input);
+    const order: number[] = [];
+    const runs = [0, 1, 2, 3, 4].map((i) => model.forward(input).then((out) => (order.push(i), out)));
+    const outputs = await Promise.all(runs);
+    expect(order).toEqual([0, 1, 2, 3, 4]);
+    for (const out of outputs) expect(outputDiff(out, refs.resnet_small.output)).toBeLessThanOrEqual(1e-5);
+  });
+});
+
+describe('dispose', () => {
+  it('is idempotent and waits for queued work', async () => {
+    const model = await loadPretrained(fixture('mlp.scripted.pt'));
+    const pending = model.forward(decode(refs.mlp.input));
+    model.dispose();
+    model.dispose();
+    expect(outputDiff(await pending, refs.mlp.output)).toBeLessThanOrEqual(1e-5);
+    expect(model.disposed).toBe(true);
+    await expect(model.forward(decode(refs.mlp.input))).rejects.toMatchObject({ code: 'TORCHLITE_DISPOSED', message: 'Model has been disposed' });
+    expect(() => model.parameters()).toThrow(TorchError);
+    expect(() => model.train()).toThrow(expect.objectContaining({ code: 'TORCHLITE_DISPOSED' }));
+  });
+
+  it('supports await using', async () => {
+    let outer: Model;
+    {
+      await using model = await loadPretrained(fixture('mlp.traced.pt'));
+      outer = model;
+    }
+    expect(outer.disposed).toBe(true);
+  });
+});
