@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import { type Dtype, type ModelOutput, Tensor, tensor } from '../src';
@@ -64,4 +65,27 @@ export function python(code: string, args: string[] = []): string {
   const result = spawnSync(PYTHON, ['-c', code, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (result.status !== 0) throw new Error(`python failed: ${result.stderr}`);
   return result.stdout;
+}
+
+/** Largest difference relative to the largest reference magnitude. */
+export function relativeDiff(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  let scale = 0;
+  for (let i = 0; i < expected.length; i++) scale = Math.max(scale, Math.abs(expected[i]));
+  return maxAbsDiff(actual, expected) / (scale || 1);
+}
+
+/**
+ * Exports torchvision models with scripts/fixtures/export_torchvision.py into a temporary
+ * folder; returns the folder and the shapes it reports.
+ */
+export function exportTorchvision(names: string[]): { dir: string; shapes: Record<string, { input: number[]; output: number[] }> } {
+  const dir = mkdtempSync(join(tmpdir(), 'torchlite-tv-'));
+  const result = spawnSync(PYTHON, [join(root, 'scripts', 'fixtures', 'export_torchvision.py'), dir, ...names], { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`export_torchvision.py failed: ${result.stderr}`);
+  return { dir, shapes: JSON.parse(result.stdout) };
+}
+
+export function readF32(path: string): Float32Array {
+  const bytes = readFileSync(path);
+  return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
 }

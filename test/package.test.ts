@@ -1,0 +1,61 @@
+// Packs the library as npm would publish it, installs the tarball into a fresh project,
+// and uses it from ESM, CommonJS and a ts-node script.
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { beforeAll, describe, expect, it } from 'vitest';
+
+import { fixture, root } from './helpers';
+
+const run = (cmd: string, args: string[], cwd: string) =>
+  execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, npm_config_loglevel: 'error' } });
+
+const SCRIPT = (imports: string) => `${imports}
+(async () => {
+  const model = await loadPretrained(${JSON.stringify(fixture('mlp.scripted.pt'))});
+  const out = await model.forward(tensor(new Float32Array(24), [2, 12]));
+  console.log(JSON.stringify({ shape: out.shape, traced: model.isTraced, error: new TorchError('TORCH_ERROR', 'x').name }));
+  model.dispose();
+})();
+`;
+
+describe('the packed package', () => {
+  let project: string;
+  beforeAll(() => {
+    const stage = mkdtempSync(join(tmpdir(), 'torchlite-pack-'));
+    run('npm', ['run', '--silent', 'prebuild'], root);
+    const tarball = run('npm', ['pack', '--silent', '--ignore-scripts', '--pack-destination', stage], root).trim().split('\n').pop()!;
+    project = join(stage, 'app');
+    run('mkdir', ['-p', project], stage);
+    writeFileSync(join(project, 'package.json'), JSON.stringify({ name: 'app', version: '1.0.0', private: true }));
+    // Dependencies come from the npm cache that `npm ci` filled; the addon from the tarball's prebuild.
+    run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', join(stage, tarball), `typescript@${require('typescript/package.json').version}`, `ts-node@${require('ts-node/package.json').version}`, '@types/node@20'], project);
+  });
+
+  const expected = { shape: [2, 4], traced: false, error: 'TorchError' };
+
+  it('imports from ESM', () => {
+    writeFileSync(join(project, 'esm.mjs'), SCRIPT("import { loadPretrained, tensor, TorchError } from 'torchlite';"));
+    expect(JSON.parse(run('node', ['esm.mjs'], project))).toEqual(expected);
+  });
+
+  it('requires from CommonJS, sharing one addon with ESM', () => {
+    writeFileSync(join(project, 'cjs.cjs'), SCRIPT("const { loadPretrained, tensor, TorchError } = require('torchlite');"));
+    expect(JSON.parse(run('node', ['cjs.cjs'], project))).toEqual(expected);
+    writeFileSync(join(project, 'same.mjs'), "import { createRequire } from 'node:module';\nimport * as esm from 'torchlite';\nconsole.log(esm.Tensor === createRequire(import.meta.url)('torchlite').Tensor);\n");
+    expect(run('node', ['same.mjs'], project).trim()).toBe('true');
+  });
+
+  it('runs a type-checked ts-node script with the generated .d.ts', () => {
+    writeFileSync(join(project, 'tsconfig.json'), JSON.stringify({ compilerOptions: { target: 'ES2022', module: 'commonjs', strict: true, lib: ['ES2022', 'ESNext.Disposable'], types: ['node'] } }));
+    writeFileSync(
+      join(project, 'script.ts'),
+      SCRIPT("import { loadPretrained, tensor, TorchError, type Tensor } from 'torchlite';\nconst check: (t: Tensor) => number[] = (t) => t.shape;\nvoid check;"),
+    );
+    expect(JSON.parse(run(join(project, 'node_modules', '.bin', 'ts-node'), ['script.ts'], project))).toEqual(expected);
+    writeFileSync(join(project, 'bad.ts'), "import { tensor } from 'torchlite';\nconst n: string = tensor([1]).numel;\n");
+    expect(() => run(join(project, 'node_modules', '.bin', 'ts-node'), ['bad.ts'], project)).toThrow(/TS2322/);
+  });
+});
