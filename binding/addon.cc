@@ -2,6 +2,7 @@
 #include "addon.h"
 
 #include "common.h"
+#include "layers.h"
 #include "model.h"
 #include "tensor.h"
 
@@ -46,6 +47,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setNumThreads", Napi::Function::New<SetNumThreads>(env));
   exports.Set("getNumThreads", Napi::Function::New<GetNumThreads>(env));
   exports.Set("externalMemory", Napi::Function::New<ExternalMemory>(env));
+  exports.Set("initLayerParameters", Napi::Function::New<InitLayerParameters>(env));
   exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env));
   exports.Set("torchVersion", TORCH_VERSION);
   exports.Set("cudaBuild", Napi::Boolean::New(env,

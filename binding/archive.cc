@@ -3,6 +3,11 @@
 #include <filesystem>
 #include <fstream>
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "surgery.h"
+
 namespace tl {
 namespace {
 
@@ -92,7 +97,42 @@ ModelPtr loadArchive(const std::string& path, const torch::Device& device) {
   auto state = std::make_shared<ModelState>(std::move(module), device);
   state->traced = hasTracedSourceRanges(state->module) || hasConstantTrainingFlags(state->module);
   state->metadata = extra["torchlite.json"];
+  if (state->traced) state->warnings = fixTracedTrainingFlags(state->module);
   return state;
+}
+
+namespace {
+
+void syncPath(const std::string& path, int flags) {
+  int fd = ::open(path.c_str(), flags);
+  if (fd < 0) return;  // directories cannot be opened on some filesystems; best effort
+  ::fsync(fd);
+  ::close(fd);
+}
+
+}  // namespace
+
+void saveArchive(ModelState& state, const std::string& path, const std::string& metadata) {
+  fs::path target(path);
+  fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) throw CodedError("TORCHLITE_FILE_NOT_FOUND", "no such directory: " + dir.string());
+  if (fs::is_directory(target, ec)) throw CodedError("TORCHLITE_IS_DIRECTORY", path + " is a directory");
+  fs::path temp = dir / ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()));
+  try {
+    state.module.save(temp.string(), {{"torchlite.json", metadata}});
+  } catch (const c10::Error& error) {
+    fs::remove(temp, ec);
+    throw CodedError("TORCHLITE_WRITE_FAILED", "cannot write " + path + ": " + error.what_without_backtrace());
+  }
+  syncPath(temp.string(), O_RDONLY);
+  fs::rename(temp, target, ec);
+  if (ec) {
+    fs::remove(temp, ec);
+    throw CodedError("TORCHLITE_WRITE_FAILED", "cannot write " + path + ": " + ec.message());
+  }
+  syncPath(dir.string(), O_RDONLY | O_DIRECTORY);
+  state.metadata = metadata;
 }
 
 }  // namespace tl

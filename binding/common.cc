@@ -9,8 +9,8 @@ namespace {
 // The TorchScript interpreter wraps the real failure in a traceback; users need the
 // last "SomethingError: ..." line first, with the traceback kept for debugging.
 std::string rootCause(const std::string& message) {
-  static const std::array<const char*, 5> markers = {"RuntimeError: ", "ValueError: ", "IndexError: ",
-                                                     "TypeError: ", "NotImplementedError: "};
+  static const std::array<const char*, 6> markers = {"RuntimeError: ", "ValueError: ",          "IndexError: ",
+                                                     "TypeError: ",    "NotImplementedError: ", "AssertionError: "};
   size_t best = std::string::npos;
   size_t skip = 0;
   for (const char* marker : markers) {

@@ -1,9 +1,13 @@
 #include "model.h"
 
+#include <set>
+
 #include "addon.h"
 #include "archive.h"
 #include "ivalue.h"
 #include "job.h"
+#include "layers.h"
+#include "surgery.h"
 #include "tensor.h"
 
 namespace tl {
@@ -51,12 +55,22 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::StateDict>("stateDict"),
                          InstanceMethod<&ModelWrap::SetTraining>("setTraining"),
                          InstanceMethod<&ModelWrap::Info>("info"),
+                         InstanceMethod<&ModelWrap::Replace>("replace"),
+                         InstanceMethod<&ModelWrap::SetRequiresGrad>("setRequiresGrad"),
+                         InstanceMethod<&ModelWrap::SetBatchNormPolicy>("setBatchNormPolicy"),
+                         InstanceMethod<&ModelWrap::Save>("save"),
                          InstanceMethod<&ModelWrap::Dispose>("dispose"),
                      });
 }
 
 Napi::Object ModelWrap::Wrap(Napi::Env env, ModelPtr state) {
   return addonData(env).modelClass.New({Napi::External<ModelPtr>::New(env, &state)});
+}
+
+ModelPtr ModelWrap::StateOf(Napi::Env env, const Napi::Value& value) {
+  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(addonData(env).modelClass.Value()))
+    throw CodedError("TORCHLITE_BAD_ARGUMENT", "expected a Model");
+  return ObjectWrap::Unwrap(value.As<Napi::Object>())->live();
 }
 
 ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap>(info) {
@@ -196,6 +210,8 @@ Napi::Value ModelWrap::SetTraining(const Napi::CallbackInfo& info) {
     ModelPtr state = live();
     std::lock_guard<std::mutex> lock(state->mutex);
     state->module.train(info[0].As<Napi::Boolean>().Value());
+    // train() resets every submodule, so the BatchNorm policy has to be applied again.
+    applyBatchNormPolicy(*state);
     return env.Undefined();
   });
 }
@@ -209,7 +225,75 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     result.Set("traced", state->traced);
     result.Set("device", deviceName(state->device));
     result.Set("metadata", state->metadata);
+    result.Set("bnPolicy", state->bnFrozenEval ? "frozen-eval" : "train");
+    Napi::Array warnings = Napi::Array::New(env, state->warnings.size());
+    for (size_t i = 0; i < state->warnings.size(); ++i) warnings.Set(i, state->warnings[i]);
+    result.Set("warnings", warnings);
     return result;
+  });
+}
+
+Napi::Value ModelWrap::Replace(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    std::lock_guard<std::mutex> lock(state->mutex);
+    torch::jit::Module replacement =
+        buildLayer(env, info[1].As<Napi::Object>(), path, state->module.type()->compilation_unit());
+    replaceSubmodule(*state, path, std::move(replacement));
+    applyBatchNormPolicy(*state);
+    return env.Undefined();
+  });
+}
+
+Napi::Value ModelWrap::SetRequiresGrad(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    Napi::Array names = info[0].As<Napi::Array>();
+    bool flag = info[1].As<Napi::Boolean>().Value();
+    std::set<std::string> selected;
+    for (uint32_t i = 0; i < names.Length(); ++i) selected.insert(names.Get(i).As<Napi::String>().Utf8Value());
+    std::lock_guard<std::mutex> lock(state->mutex);
+    for (const auto& item : state->module.named_parameters()) {
+      if (!selected.count(item.name)) continue;
+      torch::Tensor parameter = item.value;
+      parameter.requires_grad_(flag);
+      // A frozen parameter must end every step with an undefined grad: a zero-filled one
+      // still moves it through momentum and weight decay.
+      if (!flag) parameter.mutable_grad() = torch::Tensor();
+    }
+    applyBatchNormPolicy(*state);
+    return env.Undefined();
+  });
+}
+
+Napi::Value ModelWrap::SetBatchNormPolicy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    std::lock_guard<std::mutex> lock(state->mutex);
+    state->bnFrozenEval = info[0].As<Napi::String>().Utf8Value() == "frozen-eval";
+    applyBatchNormPolicy(*state);
+    return env.Undefined();
+  });
+}
+
+Napi::Value ModelWrap::Save(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    std::string path = info[0].As<Napi::String>().Utf8Value();
+    std::string metadata = info[1].As<Napi::String>().Utf8Value();
+    return Job<bool>::Start(
+        env,
+        [state, path, metadata] {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          saveArchive(*state, path, metadata);
+          return true;
+        },
+        [](Napi::Env env, bool&) { return env.Undefined(); });
   });
 }
 

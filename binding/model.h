@@ -14,6 +14,8 @@ struct ModelState {
   torch::Device device;
   bool traced = false;
   std::string metadata;  // JSON text stored by torchlite's save, "" when absent
+  std::vector<std::string> warnings;  // traced constructs that load could not fix
+  bool bnFrozenEval = true;           // BatchNorm policy 'frozen-eval' (else 'train')
   // Workers and JS-thread mutations (train/eval) take it, so a mode switch never
   // lands in the middle of a forward running on another thread.
   std::mutex mutex;
@@ -24,6 +26,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  public:
   static Napi::Function Define(Napi::Env env);
   static Napi::Object Wrap(Napi::Env env, ModelPtr state);
+  // The state behind a JS Model handle, or a coded error when it is not a live one.
+  static ModelPtr StateOf(Napi::Env env, const Napi::Value& value);
 
   explicit ModelWrap(const Napi::CallbackInfo& info);
   void Finalize(Napi::Env env) override;
@@ -38,6 +42,10 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value Buffers(const Napi::CallbackInfo& info);
   Napi::Value StateDict(const Napi::CallbackInfo& info);
   Napi::Value SetTraining(const Napi::CallbackInfo& info);
+  Napi::Value Replace(const Napi::CallbackInfo& info);
+  Napi::Value SetRequiresGrad(const Napi::CallbackInfo& info);
+  Napi::Value SetBatchNormPolicy(const Napi::CallbackInfo& info);
+  Napi::Value Save(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 

@@ -1,8 +1,9 @@
 import { callNative, callNativeAsync, disposedError, TorchError } from './errors';
 import { native, type NativeModel, type NativeTensor } from './native';
+import { dropout as dropoutLayer, type Layer, linear, sequential, specOf } from './nn';
 import { compilePattern, describePattern, type Pattern } from './patterns';
 import { type Device, type Dtype, Tensor } from './tensor';
-import { checkDevice, checkOptions, checkString, typeError } from './validate';
+import { checkDevice, checkFiniteNumber, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from './validate';
 
 /** What a model's forward accepts: tensors, numbers, booleans, strings, and lists of tensors. */
 export type ModelInput = Tensor | number | boolean | string | null | readonly ModelInput[];
@@ -30,6 +31,32 @@ export interface TensorInfo {
 export interface ParameterInfo extends TensorInfo {
   requiresGrad: boolean;
 }
+
+/** Parameter element counts after a freeze, unfreeze or requiresGrad call. */
+export interface FreezeResult {
+  trainable: number;
+  frozen: number;
+}
+
+/**
+ * `'frozen-eval'` keeps a BatchNorm layer whose parameters are all frozen in eval mode
+ * (running statistics untouched) even while the model trains; `'train'` lets every layer
+ * follow the model.
+ */
+export type BatchNormPolicy = 'frozen-eval' | 'train';
+
+export interface ResetClassifierOptions {
+  /** Dropout probability put in front of the new Linear; `0` adds no dropout layer. Defaults to `0`. */
+  dropout?: number;
+}
+
+export interface SaveOptions {
+  /** Any JSON (class names, preprocessing, recipe), stored in the archive and read back as `model.metadata`. Defaults to the model's current metadata. */
+  metadata?: unknown;
+}
+
+// Where classifier heads live in common architectures (torchvision, timm), checked in order.
+const HEAD_PATHS = ['fc', 'classifier', 'head', 'heads.head', 'heads', 'head.fc', 'last_linear'];
 
 export interface LoadOptions {
   /** Where the weights are placed. Defaults to `'cpu'`. */
@@ -69,13 +96,19 @@ export class Model implements Disposable, AsyncDisposable {
   /** @internal Use {@link loadPretrained}. */
   constructor(handle: NativeModel) {
     this.#native = handle;
+    for (const warning of handle.info().warnings) process.emitWarning(warning, { code: 'TORCHLITE_TRACED' });
     const text = handle.info().metadata;
     this.#metadata = text === '' ? undefined : JSON.parse(text);
   }
 
+  /** @internal The native handle, for other torchlite modules. */
+  static handle(model: Model): NativeModel {
+    if (model.#native === null) throw disposedError('Model');
+    return model.#native;
+  }
+
   get #live(): NativeModel {
-    if (this.#native === null) throw disposedError('Model');
-    return this.#native;
+    return Model.handle(this);
   }
 
   /** Queues `op` behind earlier operations so calls never interleave on the native model. */
@@ -159,6 +192,112 @@ export class Model implements Disposable, AsyncDisposable {
       `Trainable params: ${formatCount(total.trainable)}`,
       `Frozen params:    ${formatCount(total.params - total.trainable)}`,
     ].join('\n');
+  }
+
+  /**
+   * Puts `module` at `path` (`fc`, `classifier.3`, `layer1.0.conv1`): a native layer, an
+   * `nn.sequential`, `nn.identity()`, or another loaded model (copied in). The new
+   * parameters are trainable and on the model's device. Siblings that share the replaced
+   * module's class keep working.
+   */
+  replace(path: string, module: Layer | Model): this {
+    checkString(path, 'path');
+    const spec = specOf(module, 'module');
+    const live = this.#live;
+    callNative(() => live.replace(path, spec));
+    return this;
+  }
+
+  /**
+   * Replaces the final classifier Linear (`fc`, the last Linear of `classifier`, `head`,
+   * `heads.head`, …) by a fresh `nn.linear(inFeatures, numClasses)`, optionally behind
+   * dropout, like timm's `reset_classifier`. Returns the path it replaced.
+   */
+  resetClassifier(numClasses: number, options?: ResetClassifierOptions): string {
+    checkPositiveInteger(numClasses, 'numClasses');
+    const { dropout = 0 } = checkOptions<ResetClassifierOptions>(options, 'options', ['dropout']);
+    checkFiniteNumber(dropout, 'options.dropout');
+    if (dropout < 0 || dropout >= 1) throw rangeError('a probability in [0, 1)', 'options.dropout', dropout);
+    const path = this.#classifierPath();
+    const [, inFeatures] = this.parameters(`${path}.weight`)[0].shape;
+    const head = linear(inFeatures, numClasses);
+    this.replace(path, dropout > 0 ? sequential(dropoutLayer(dropout), head) : head);
+    return path;
+  }
+
+  #classifierPath(): string {
+    const linears = this.modules().filter((m) => m.type === 'Linear').map((m) => m.path);
+    for (const head of HEAD_PATHS) {
+      const inside = linears.filter((path) => path === head || path.startsWith(`${head}.`));
+      if (inside.length > 0) return inside[inside.length - 1];
+    }
+    if (linears.length === 0) throw new TorchError('TORCHLITE_NO_MATCH', 'No Linear classifier found in the model');
+    return linears[linears.length - 1];
+  }
+
+  /** Stops training the parameters under `patterns` (all when omitted). Their grads are cleared. */
+  freeze(patterns?: Pattern): FreezeResult {
+    return this.requiresGrad(patterns, false);
+  }
+
+  /** Trains the parameters under `patterns` (all when omitted) again. */
+  unfreeze(patterns?: Pattern): FreezeResult {
+    return this.requiresGrad(patterns, true);
+  }
+
+  /**
+   * Sets `requiresGrad` on the parameters whose names match `patterns` (a module or
+   * parameter path prefix, a glob, a RegExp, or an array; `undefined` means all). A
+   * pattern that matches nothing throws `TORCHLITE_NO_MATCH`.
+   */
+  requiresGrad(patterns: Pattern | undefined, flag: boolean): FreezeResult {
+    if (typeof flag !== 'boolean') throw typeError('a boolean', 'flag', flag);
+    const parts = patterns === undefined ? undefined : Array.isArray(patterns) ? patterns : [patterns as string | RegExp];
+    const all = this.parameters();
+    const names = new Set<string>();
+    if (parts === undefined) all.forEach((p) => names.add(p.name));
+    parts?.forEach((part, i) => {
+      const matches = compilePattern(part, Array.isArray(patterns) ? `patterns[${i}]` : 'patterns');
+      const hits = all.filter((p) => matches(p.name));
+      if (hits.length === 0) throw new TorchError('TORCHLITE_NO_MATCH', `No parameter matches ${describePattern(part)}`);
+      hits.forEach((p) => names.add(p.name));
+    });
+    const live = this.#live;
+    callNative(() => live.setRequiresGrad([...names], flag));
+    const after = this.parameters();
+    const trainable = after.reduce((n, p) => n + (p.requiresGrad ? p.numel : 0), 0);
+    return { trainable, frozen: after.reduce((n, p) => n + p.numel, 0) - trainable };
+  }
+
+  /** How BatchNorm layers with frozen parameters behave in `train()`. Defaults to `'frozen-eval'`. */
+  get bnPolicy(): BatchNormPolicy {
+    return this.#live.info().bnPolicy as BatchNormPolicy;
+  }
+
+  set bnPolicy(policy: BatchNormPolicy) {
+    const value = checkOneOf(policy, 'bnPolicy', ['frozen-eval', 'train'] as const);
+    const live = this.#live;
+    callNative(() => live.setBatchNormPolicy(value));
+  }
+
+  /**
+   * Writes a TorchScript archive that Python's `torch.jit.load` reads, atomically
+   * (temporary file, fsync, rename).
+   */
+  save(path: string, options?: SaveOptions): Promise<void> {
+    return callNativeAsync(async () => {
+      checkString(path, 'path');
+      const { metadata = this.#metadata } = checkOptions<SaveOptions>(options, 'options', ['metadata']);
+      let text: string;
+      try {
+        text = metadata === undefined ? '' : JSON.stringify(metadata);
+      } catch (error) {
+        throw typeError(`JSON-serialisable metadata (${(error as Error).message})`, 'options.metadata', metadata);
+      }
+      if (text === undefined) throw typeError('JSON-serialisable metadata', 'options.metadata', metadata);
+      await this.#enqueue((handle) => handle.save(path, text));
+      this.#metadata = metadata;
+    });
   }
 
   /** Switches dropout and normalisation layers to training behaviour (`on = false` is {@link Model.eval}). */

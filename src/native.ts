@@ -53,7 +53,11 @@ export interface NativeModel {
   buffers(): NativeTensorInfo[];
   stateDict(): Record<string, NativeTensor>;
   setTraining(on: boolean): void;
-  info(): { training: boolean; traced: boolean; device: string; metadata: string };
+  info(): { training: boolean; traced: boolean; device: string; metadata: string; bnPolicy: string; warnings: string[] };
+  replace(path: string, spec: object): void;
+  setRequiresGrad(names: string[], flag: boolean): void;
+  setBatchNormPolicy(policy: string): void;
+  save(path: string, metadata: string): Promise<void>;
   dispose(): void;
 }
 
@@ -67,6 +71,7 @@ export interface NativeAddon {
   setNumThreads(n: number): void;
   getNumThreads(): number;
   externalMemory(): number;
+  initLayerParameters(shape: number[], bias: boolean): { weight: NativeTensor; bias?: NativeTensor };
   cudaInfo(): { available: boolean; deviceCount: number };
   torchVersion: string;
   cudaBuild: boolean;
