@@ -48,6 +48,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                      {
                          StaticMethod<&ModelWrap::Load>("load"),
                          InstanceMethod<&ModelWrap::Forward>("forward"),
+                         InstanceMethod<&ModelWrap::ProbeGradients>("probeGradients"),
                          InstanceMethod<&ModelWrap::To>("to"),
                          InstanceMethod<&ModelWrap::Modules>("modules"),
                          InstanceMethod<&ModelWrap::Parameters>("parameters"),
@@ -105,27 +106,74 @@ Napi::Value ModelWrap::Load(const Napi::CallbackInfo& info) {
   });
 }
 
+std::vector<c10::IValue> ModelWrap::Inputs(Napi::Env env, const ModelState& state, const Napi::Value& value) {
+  Napi::Array args = value.As<Napi::Array>();
+  const c10::FunctionSchema& schema = state.module.get_method("forward").function().getSchema();
+  std::vector<c10::IValue> inputs;
+  for (uint32_t i = 0; i < args.Length(); ++i) {
+    // Argument 0 of a method schema is `self`.
+    c10::TypePtr expected = i + 1 < schema.arguments().size() ? schema.arguments()[i + 1].type() : nullptr;
+    inputs.push_back(toIValue(env, args.Get(i), expected));
+  }
+  return inputs;
+}
+
 Napi::Value ModelWrap::Forward(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
     ModelPtr state = live();
-    Napi::Array args = info[0].As<Napi::Array>();
-    const c10::FunctionSchema& schema = state->module.get_method("forward").function().getSchema();
-    std::vector<c10::IValue> inputs;
-    for (uint32_t i = 0; i < args.Length(); ++i) {
-      // Argument 0 of a method schema is `self`.
-      c10::TypePtr expected = i + 1 < schema.arguments().size() ? schema.arguments()[i + 1].type() : nullptr;
-      inputs.push_back(toIValue(env, args.Get(i), expected));
-    }
     return Job<c10::IValue>::Start(
         env,
-        [state, inputs = std::move(inputs)]() mutable {
+        [state, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           // Grad mode is thread-local, so it has to be set on the worker itself.
           torch::NoGradGuard noGrad;
           return state->module.forward(std::move(inputs));
         },
         [](Napi::Env env, c10::IValue& output) { return fromIValue(env, output); });
+  });
+}
+
+namespace {
+void sumTensors(const c10::IValue& value, torch::Tensor& total) {
+  if (value.isTensor()) {
+    torch::Tensor sum = value.toTensor().to(torch::kFloat).sum();
+    total = total.defined() ? total + sum : sum;
+  } else if (value.isTuple() || value.isList()) {
+    for (const c10::IValue& item : value.isTuple() ? value.toTupleRef().elements().vec() : value.toListRef().vec())
+      sumTensors(item, total);
+  } else if (value.isGenericDict()) {
+    for (const auto& entry : value.toGenericDict()) sumTensors(entry.value(), total);
+  }
+}
+}  // namespace
+
+Napi::Value ModelWrap::ProbeGradients(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    using Result = std::vector<std::pair<std::string, bool>>;
+    return Job<Result>::Start(
+        env,
+        [state, inputs = Inputs(env, *state, info[0])]() mutable {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          torch::AutoGradMode enableGrad(true);
+          torch::Tensor total;
+          sumTensors(state->module.forward(std::move(inputs)), total);
+          if (total.defined() && total.requires_grad()) total.backward();
+          Result result;
+          for (const auto& item : state->module.named_parameters()) {
+            torch::Tensor parameter = item.value;
+            result.emplace_back(item.name, parameter.grad().defined() && parameter.grad().abs().sum().item<double>() > 0);
+            parameter.mutable_grad() = torch::Tensor();
+          }
+          return result;
+        },
+        [](Napi::Env env, Result& result) -> Napi::Value {
+          Napi::Object object = Napi::Object::New(env);
+          for (const auto& [name, flowed] : result) object.Set(name, flowed);
+          return object;
+        });
   });
 }
 

@@ -35,7 +35,10 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  private:
   static Napi::Value Load(const Napi::CallbackInfo& info);
 
+  static std::vector<c10::IValue> Inputs(Napi::Env env, const ModelState& state, const Napi::Value& value);
+
   Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value ProbeGradients(const Napi::CallbackInfo& info);
   Napi::Value To(const Napi::CallbackInfo& info);
   Napi::Value Modules(const Napi::CallbackInfo& info);
   Napi::Value Parameters(const Napi::CallbackInfo& info);

@@ -127,6 +127,17 @@ export class Model implements Disposable, AsyncDisposable {
     });
   }
 
+  /**
+   * @internal Runs forward and backward on the sum of the outputs, and reports which
+   * parameters received a non-zero gradient; grads are cleared afterwards. For tests.
+   */
+  probeGradients(...inputs: ModelInput[]): Promise<Record<string, boolean>> {
+    return callNativeAsync(async () => {
+      const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
+      return this.#enqueue((handle) => handle.probeGradients(args));
+    });
+  }
+
   /** Moves parameters and buffers to `device`. */
   to(device: Device): Promise<this> {
     return callNativeAsync(async () => {

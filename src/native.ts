@@ -47,6 +47,7 @@ export interface NativeTensorInfo {
 
 export interface NativeModel {
   forward(inputs: unknown[]): Promise<unknown>;
+  probeGradients(inputs: unknown[]): Promise<Record<string, boolean>>;
   to(device: string): Promise<void>;
   modules(): NativeModuleInfo[];
   parameters(): (NativeTensorInfo & { requiresGrad: boolean })[];

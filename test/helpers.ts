@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -88,4 +88,20 @@ export function exportTorchvision(names: string[]): { dir: string; shapes: Recor
 export function readF32(path: string): Float32Array {
   const bytes = readFileSync(path);
   return new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength));
+}
+
+/** Loads `model` with Python's torch.jit.load, runs it in eval mode on `input`, and returns the output. */
+export function pythonForward(model: string, input: Tensor): Float32Array {
+  const dir = mkdtempSync(join(tmpdir(), 'torchlite-py-'));
+  const data = input.toTypedArray() as Float32Array;
+  writeFileSync(join(dir, 'input.f32'), new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  python(
+    `import sys, numpy, torch
+m = torch.jit.load(sys.argv[1]).eval()
+x = torch.from_numpy(numpy.fromfile(sys.argv[2], dtype="<f4").reshape(${JSON.stringify(input.shape)}))
+with torch.no_grad():
+    m(x).numpy().astype("<f4").tofile(sys.argv[3])`,
+    [model, join(dir, 'input.f32'), join(dir, 'output.f32')],
+  );
+  return readF32(join(dir, 'output.f32'));
 }
