@@ -3,6 +3,8 @@
 
 #include "common.h"
 #include "layers.h"
+#include "loss.h"
+#include "optimizer.h"
 #include "model.h"
 #include "tensor.h"
 
@@ -41,9 +43,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData();
   data->tensorClass = Napi::Persistent(TensorWrap::Define(env));
   data->modelClass = Napi::Persistent(ModelWrap::Define(env));
+  data->optimizerClass = Napi::Persistent(OptimizerWrap::Define(env));
   env.SetInstanceData(data);  // deleted by Node when this environment is torn down
   exports.Set("Tensor", data->tensorClass.Value());
   exports.Set("Model", data->modelClass.Value());
+  exports.Set("Optimizer", data->optimizerClass.Value());
+  exports.Set("computeLoss", Napi::Function::New<ComputeLoss>(env));
   exports.Set("setNumThreads", Napi::Function::New<SetNumThreads>(env));
   exports.Set("getNumThreads", Napi::Function::New<GetNumThreads>(env));
   exports.Set("externalMemory", Napi::Function::New<ExternalMemory>(env));

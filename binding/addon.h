@@ -8,6 +8,7 @@ namespace tl {
 struct AddonData {
   Napi::FunctionReference tensorClass;
   Napi::FunctionReference modelClass;
+  Napi::FunctionReference optimizerClass;
 };
 
 inline AddonData& addonData(Napi::Env env) { return *env.GetInstanceData<AddonData>(); }

@@ -18,3 +18,49 @@ using optional = c10::optional<T>;
 #endif
 
 }  // namespace tl::compat
+
+#include <ATen/autocast_mode.h>
+
+namespace tl::compat {
+
+// Autocast for one scope of one thread (its state is thread-local, so this must run on
+// the worker). 2.4 moved to per-device setters and deprecated the old ones.
+class AutocastScope {
+ public:
+  AutocastScope(c10::DeviceType device, c10::ScalarType dtype) : device_(device) {
+    at::autocast::increment_nesting();
+#if TORCHLITE_TORCH_AT_LEAST(2, 4)
+    at::autocast::set_autocast_dtype(device, dtype);
+    at::autocast::set_autocast_enabled(device, true);
+#else
+    if (device == c10::DeviceType::CUDA) {
+      at::autocast::set_autocast_gpu_dtype(dtype);
+      at::autocast::set_enabled(true);
+    } else {
+      at::autocast::set_autocast_cpu_dtype(dtype);
+      at::autocast::set_cpu_enabled(true);
+    }
+#endif
+  }
+
+  ~AutocastScope() {
+#if TORCHLITE_TORCH_AT_LEAST(2, 4)
+    at::autocast::set_autocast_enabled(device_, false);
+#else
+    if (device_ == c10::DeviceType::CUDA)
+      at::autocast::set_enabled(false);
+    else
+      at::autocast::set_cpu_enabled(false);
+#endif
+    // Casts are cached per autocast region, as Python's torch.autocast does on exit.
+    if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
+  }
+
+  AutocastScope(const AutocastScope&) = delete;
+  AutocastScope& operator=(const AutocastScope&) = delete;
+
+ private:
+  c10::DeviceType device_;
+};
+
+}  // namespace tl::compat

@@ -39,6 +39,10 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
 
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value ProbeGradients(const Napi::CallbackInfo& info);
+  // Defined in train.cc, beside the step they run.
+  Napi::Value TrainStep(const Napi::CallbackInfo& info);
+  Napi::Value EvalBatch(const Napi::CallbackInfo& info);
+  Napi::Value Predict(const Napi::CallbackInfo& info);
   Napi::Value To(const Napi::CallbackInfo& info);
   Napi::Value Modules(const Napi::CallbackInfo& info);
   Napi::Value Parameters(const Napi::CallbackInfo& info);
@@ -54,6 +58,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
 
   ModelPtr live() const;
   void release(Napi::Env env);
+
 
   ModelPtr state_;
   int64_t accountedBytes_ = 0;

@@ -2,7 +2,12 @@ export { TorchError, type TorchErrorCode } from './errors';
 export {
   loadPretrained,
   Model,
+  type Batch,
   type BatchNormPolicy,
+  type EvaluateOptions,
+  type Prediction,
+  type TrainStepOptions,
+  type TrainStepResult,
   type FreezeResult,
   type LoadOptions,
   type ResetClassifierOptions,
@@ -13,7 +18,14 @@ export {
   type ParameterInfo,
   type TensorInfo,
 } from './model';
+export * as loss from './loss';
+export type { Loss } from './loss';
+export type { Metrics, MetricSpec } from './metrics';
 export * as nn from './nn';
+export * as optim from './optim';
+export type { Optimizer, OptimizerStateDict, ParamGroup } from './optim';
+export * as sched from './sched';
+export type { PlateauScheduler, Scheduler } from './sched';
 export type { Layer } from './nn';
 export type { Pattern } from './patterns';
 export { cuda, getNumThreads, setNumThreads, torchVersion } from './runtime';

@@ -1,6 +1,9 @@
 import { callNative, callNativeAsync, disposedError, TorchError } from './errors';
 import { native, type NativeModel, type NativeTensor } from './native';
+import { Loss } from './loss';
+import { MetricAccumulator, type Metrics, type MetricSpec } from './metrics';
 import { dropout as dropoutLayer, type Layer, linear, sequential, specOf } from './nn';
+import { Optimizer } from './optim';
 import { compilePattern, describePattern, type Pattern } from './patterns';
 import { type Device, type Dtype, Tensor } from './tensor';
 import { checkDevice, checkFiniteNumber, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from './validate';
@@ -58,6 +61,57 @@ export interface SaveOptions {
 // Where classifier heads live in common architectures (torchvision, timm), checked in order.
 const HEAD_PATHS = ['fc', 'classifier', 'head', 'heads.head', 'heads', 'head.fc', 'last_linear'];
 
+export interface TrainStepOptions {
+  /** The loss to minimise. */
+  loss: Loss;
+  /** The optimizer to step; one made from patterns binds to this model now. */
+  optimizer: Optimizer;
+  /** Clips the total gradient norm (over the optimizer's parameters) to this value. Defaults to no clipping. */
+  clipGradNorm?: number;
+  /**
+   * Micro-batches per optimizer update: each loss is divided by this and the update
+   * runs on every `accumulate`-th call (`optimizer.flush(accumulate)` applies a partial window). Defaults to `1`.
+   */
+  accumulate?: number;
+  /** Mixed precision: `'bf16'` (CPU or CUDA) or `'fp16'` (CUDA, with a dynamic loss scale). Defaults to full precision. */
+  amp?: 'bf16' | 'fp16';
+  /** What a NaN or infinite loss does: `'skip'` the step and report it, or `'throw'` a `TORCH_NONFINITE_LOSS`. Defaults to `'skip'`. */
+  nonFinite?: 'skip' | 'throw';
+}
+
+export interface TrainStepResult {
+  /** The batch loss (before division for accumulation). */
+  loss: number;
+  /** Correct top-1 predictions in the batch, for class-index targets. */
+  correct?: number;
+  /** True when a non-finite loss (or an fp16 overflow) skipped the update. */
+  skipped: boolean;
+  /** True when this call applied an optimizer update (false while accumulating). */
+  stepped: boolean;
+  /** The total gradient norm before clipping, when `clipGradNorm` is set. */
+  gradNorm?: number;
+}
+
+/** One batch for {@link Model.evaluate}. */
+export interface Batch {
+  input: ModelInput;
+  target: Tensor;
+}
+
+export interface EvaluateOptions {
+  /** Reports the mean loss over all samples. Defaults to no loss. */
+  loss?: Loss;
+  /** Metrics to compute. Defaults to `['accuracy']` with a classification loss, else none. */
+  metrics?: MetricSpec[];
+}
+
+export interface Prediction {
+  /** Softmax over dimension 1. */
+  probabilities: Tensor;
+  /** The most likely class of each sample (int64). */
+  argmax: Tensor;
+}
+
 export interface LoadOptions {
   /** Where the weights are placed. Defaults to `'cpu'`. */
   device?: Device;
@@ -111,6 +165,11 @@ export class Model implements Disposable, AsyncDisposable {
     return Model.handle(this);
   }
 
+  /** @internal Queues work that touches this model (an optimizer flush) behind its other operations. */
+  static enqueue<T>(model: Model, op: () => Promise<T>): Promise<T> {
+    return model.#enqueue(op);
+  }
+
   /** Queues `op` behind earlier operations so calls never interleave on the native model. */
   #enqueue<T>(op: (handle: NativeModel) => Promise<T>): Promise<T> {
     const handle = this.#live;
@@ -135,6 +194,78 @@ export class Model implements Disposable, AsyncDisposable {
     return callNativeAsync(async () => {
       const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
       return this.#enqueue((handle) => handle.probeGradients(args));
+    });
+  }
+
+  /**
+   * Forward, loss, backward, gradient clipping, optimizer step and grad reset in one
+   * native job on a worker thread. Runs in the model's current mode: call `train()` first.
+   */
+  trainStep(input: ModelInput, target: Tensor, options: TrainStepOptions): Promise<TrainStepResult> {
+    return callNativeAsync(async () => {
+      const o = checkOptions<TrainStepOptions>(options, 'options', ['loss', 'optimizer', 'clipGradNorm', 'accumulate', 'amp', 'nonFinite']);
+      if (!(o.loss instanceof Loss)) throw typeError('a Loss from `loss.*`', 'options.loss', o.loss);
+      if (!(o.optimizer instanceof Optimizer)) throw typeError('an Optimizer from `optim.*`', 'options.optimizer', o.optimizer);
+      const step: Record<string, unknown> = {
+        loss: o.loss.spec,
+        optimizer: Optimizer.bind(o.optimizer, this),
+        accumulate: o.accumulate === undefined ? 1 : checkPositiveInteger(o.accumulate, 'options.accumulate'),
+        nonFinite: o.nonFinite === undefined ? 'skip' : checkOneOf(o.nonFinite, 'options.nonFinite', ['skip', 'throw'] as const),
+      };
+      if (o.clipGradNorm !== undefined) {
+        step.clipGradNorm = checkFiniteNumber(o.clipGradNorm, 'options.clipGradNorm');
+        if ((step.clipGradNorm as number) <= 0) throw rangeError('a positive number', 'options.clipGradNorm', o.clipGradNorm);
+      }
+      if (o.amp !== undefined) step.amp = checkOneOf(o.amp, 'options.amp', ['bf16', 'fp16'] as const);
+      const args = [unwrapInput(input, 'input')];
+      const tgt = Tensor.handle(target);
+      return this.#enqueue((handle) => handle.trainStep(args, tgt, step));
+    });
+  }
+
+  /**
+   * Runs batches in eval mode without gradients (the mode is restored after) and returns
+   * the mean loss and the metrics.
+   */
+  evaluate(batches: Iterable<Batch> | AsyncIterable<Batch>, options?: EvaluateOptions): Promise<Metrics> {
+    return callNativeAsync(async () => {
+      const o = checkOptions<EvaluateOptions>(options, 'options', ['loss', 'metrics']);
+      if (o.loss !== undefined && !(o.loss instanceof Loss)) throw typeError('a Loss from `loss.*`', 'options.loss', o.loss);
+      const classification = o.loss === undefined || ['crossEntropy', 'nll'].includes(o.loss.kind);
+      const specs = o.metrics ?? (o.loss && classification ? (['accuracy'] as MetricSpec[]) : []);
+      if (!Array.isArray(specs)) throw typeError('an array of metrics', 'options.metrics', specs);
+      specs.forEach((spec, i) => {
+        if (typeof spec === 'object' && spec !== null && 'topK' in spec) checkPositiveInteger(spec.topK, `options.metrics[${i}].topK`);
+        else checkOneOf(spec, `options.metrics[${i}]`, ['accuracy', 'f1', 'confusionMatrix', 'mae', 'mse'] as const);
+      });
+      if (batches === null || typeof batches !== 'object' || !(Symbol.iterator in batches || Symbol.asyncIterator in batches))
+        throw typeError('an iterable of { input, target } batches', 'batches', batches);
+      const metrics = new MetricAccumulator(specs);
+      const lossSpec = o.loss?.spec ?? null;
+      let lossSum = 0;
+      let samples = 0;
+      for await (const batch of batches) {
+        const args = [unwrapInput(batch.input, 'batch.input')];
+        const tgt = Tensor.handle(batch.target);
+        const { output, loss } = await this.#enqueue((handle) => handle.evalBatch(args, tgt, lossSpec));
+        using scores = new Tensor(output);
+        const n = scores.shape[0] ?? 1;
+        if (loss !== undefined) lossSum += loss * n;
+        samples += n;
+        if (specs.length > 0)
+          metrics.add(scores.toTypedArray() as Float32Array, batch.target.toTypedArray() as ArrayLike<number>, scores.shape[1] ?? 1);
+      }
+      if (samples === 0) throw new RangeError('Expected at least one batch for `batches` but received none');
+      return { ...(o.loss && { loss: lossSum / samples }), ...metrics.result() };
+    });
+  }
+
+  /** Class probabilities (softmax over dimension 1) and the argmax, computed in eval mode. */
+  predict(input: ModelInput): Promise<Prediction> {
+    return callNativeAsync(async () => {
+      const args = [unwrapInput(input, 'input')];
+      const { probabilities, argmax } = await this.#enqueue((handle) => handle.predict(args));
+      return { probabilities: new Tensor(probabilities), argmax: new Tensor(argmax) };
     });
   }
 

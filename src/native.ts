@@ -48,6 +48,9 @@ export interface NativeTensorInfo {
 export interface NativeModel {
   forward(inputs: unknown[]): Promise<unknown>;
   probeGradients(inputs: unknown[]): Promise<Record<string, boolean>>;
+  trainStep(inputs: unknown[], target: NativeTensor, options: object): Promise<NativeStepResult>;
+  evalBatch(inputs: unknown[], target: NativeTensor | null, loss: object | null): Promise<{ output: NativeTensor; loss?: number }>;
+  predict(inputs: unknown[]): Promise<{ probabilities: NativeTensor; argmax: NativeTensor }>;
   to(device: string): Promise<void>;
   modules(): NativeModuleInfo[];
   parameters(): (NativeTensorInfo & { requiresGrad: boolean })[];
@@ -62,6 +65,40 @@ export interface NativeModel {
   dispose(): void;
 }
 
+export interface NativeGroupOptions {
+  lr: number;
+  momentum: number;
+  dampening: number;
+  weightDecay: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  nesterov: boolean;
+  amsgrad: boolean;
+}
+
+export interface NativeOptimizer {
+  addGroup(names: string[], options: Partial<NativeGroupOptions>): void;
+  groups(): (NativeGroupOptions & { params: string[] })[];
+  setGroupOptions(index: number, options: Partial<NativeGroupOptions>): void;
+  stateDict(): { state: Record<string, Record<string, unknown>>; pending: number };
+  loadStateDict(state: Record<string, Record<string, unknown>>, pending: number): void;
+  flush(window: number): Promise<boolean>;
+  dispose(): void;
+}
+
+export interface NativeOptimizerClass {
+  create(model: NativeModel, kind: string, groups: { names: string[]; options: Partial<NativeGroupOptions> }[]): NativeOptimizer;
+}
+
+export interface NativeStepResult {
+  loss: number;
+  correct?: number;
+  skipped: boolean;
+  stepped: boolean;
+  gradNorm?: number;
+}
+
 export interface NativeModelClass {
   load(path: string, device: string): Promise<NativeModel>;
 }
@@ -69,6 +106,8 @@ export interface NativeModelClass {
 export interface NativeAddon {
   Tensor: NativeTensorClass;
   Model: NativeModelClass;
+  Optimizer: NativeOptimizerClass;
+  computeLoss(spec: object, output: NativeTensor, target: NativeTensor): NativeTensor;
   setNumThreads(n: number): void;
   getNumThreads(): number;
   externalMemory(): number;

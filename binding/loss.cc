@@ -1,0 +1,133 @@
+#include "loss.h"
+
+#include "tensor.h"
+
+namespace tl {
+namespace {
+
+namespace F = torch::nn::functional;
+
+std::string shapeText(c10::IntArrayRef shape) { return c10::str(shape); }
+
+[[noreturn]] void badTarget(const std::string& message) { throw CodedError("TORCHLITE_BAD_TARGET", message); }
+
+// PyTorch's reduction options differ per functional; they all take one of these.
+template <class Options>
+Options withReduction(Options options, const std::string& reduction) {
+  if (reduction == "sum") return options.reduction(torch::kSum);
+  if (reduction == "none") return options.reduction(torch::kNone);
+  return options.reduction(torch::kMean);
+}
+
+torch::Tensor classTargets(const LossConfig& config, const torch::Tensor& output, const torch::Tensor& target) {
+  if (output.dim() < 2) badTarget(config.kind + " expects outputs of shape [N, C, ...] but received " + shapeText(output.sizes()));
+  std::vector<int64_t> expected = output.sizes().vec();
+  expected.erase(expected.begin() + 1);
+  if (target.sizes().vec() != expected)
+    badTarget(config.kind + " expects class-index targets of shape " + shapeText(expected) + " for outputs " +
+              shapeText(output.sizes()) + " but received " + shapeText(target.sizes()));
+  torch::Tensor indices = target.to(torch::kLong);
+  torch::Tensor valid = indices.ne(config.ignoreIndex);
+  int64_t classes = output.size(1);
+  torch::Tensor bad = valid.logical_and(indices.lt(0).logical_or(indices.ge(classes)));
+  if (bad.any().item<bool>()) {
+    int64_t at = bad.flatten().nonzero()[0][0].item<int64_t>();
+    badTarget("class index " + std::to_string(indices.flatten()[at].item<int64_t>()) + " at target position " +
+              std::to_string(at) + " is out of range for " + std::to_string(classes) + " classes");
+  }
+  return indices;
+}
+
+void sameShape(const LossConfig& config, const torch::Tensor& output, const torch::Tensor& target) {
+  // PyTorch would broadcast [N] against [N, 1] with only a warning: a classic silent bug.
+  if (output.sizes() != target.sizes())
+    badTarget(config.kind + " expects a target of the output's shape " + shapeText(output.sizes()) +
+              " but received " + shapeText(target.sizes()));
+}
+
+torch::Tensor floatTarget(const LossConfig& config, const torch::Tensor& output, const torch::Tensor& target) {
+  sameShape(config, output, target);
+  return target.to(output.scalar_type());
+}
+
+}  // namespace
+
+LossConfig parseLoss(Napi::Env env, const Napi::Object& spec) {
+  LossConfig config;
+  config.kind = spec.Get("kind").As<Napi::String>().Utf8Value();
+  config.reduction = getString(spec, "reduction", "mean");
+  auto number = [&](const char* key, double fallback) {
+    Napi::Value value = spec.Get(key);
+    return value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : fallback;
+  };
+  config.labelSmoothing = number("labelSmoothing", 0);
+  config.ignoreIndex = static_cast<int64_t>(number("ignoreIndex", -100));
+  config.beta = number("beta", 1);
+  config.delta = number("delta", 1);
+  if (spec.Get("weight").IsObject()) config.weight = TensorWrap::From(env, spec.Get("weight"));
+  if (spec.Get("posWeight").IsObject()) config.posWeight = TensorWrap::From(env, spec.Get("posWeight"));
+  return config;
+}
+
+torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& rawOutput, torch::Tensor target) {
+  // Losses run in float32 even under autocast, as PyTorch's autocast policy does.
+  torch::Tensor output = rawOutput.is_floating_point() && rawOutput.scalar_type() != torch::kDouble
+                             ? rawOutput.to(torch::kFloat)
+                             : rawOutput;
+  target = target.to(output.device());
+  torch::Tensor weight = config.weight.defined() ? config.weight.to(output.device(), output.scalar_type()) : torch::Tensor();
+  if (weight.defined() && output.dim() >= 2 && weight.numel() != output.size(1))
+    badTarget(config.kind + " has a class weight of " + std::to_string(weight.numel()) + " entries for " +
+              std::to_string(output.size(1)) + " classes");
+  if (config.kind == "crossEntropy") {
+    auto options = withReduction(F::CrossEntropyFuncOptions(), config.reduction)
+                       .ignore_index(config.ignoreIndex)
+                       .label_smoothing(config.labelSmoothing);
+    if (weight.defined()) options = options.weight(weight);
+    // Floating targets of the output's shape are class probabilities (soft labels).
+    torch::Tensor t = target.is_floating_point() ? floatTarget(config, output, target) : classTargets(config, output, target);
+    return F::cross_entropy(output, t, options);
+  }
+  if (config.kind == "nll") {
+    if (target.is_floating_point()) badTarget("nll expects integer class-index targets but received " + dtypeName(target.scalar_type()));
+    auto options = withReduction(F::NLLLossFuncOptions(), config.reduction).ignore_index(config.ignoreIndex);
+    if (weight.defined()) options = options.weight(weight);
+    return F::nll_loss(output, classTargets(config, output, target), options);
+  }
+  torch::Tensor t = floatTarget(config, output, target);
+  if (config.kind == "bceWithLogits") {
+    auto options = withReduction(F::BinaryCrossEntropyWithLogitsFuncOptions(), config.reduction);
+    if (config.posWeight.defined()) options = options.pos_weight(config.posWeight.to(output.device(), output.scalar_type()));
+    return F::binary_cross_entropy_with_logits(output, t, options);
+  }
+  // The ATen ops, not the functional wrappers: those moved `beta` between 1.13 and 2.x.
+  int64_t reduction = config.reduction == "sum"    ? at::Reduction::Sum
+                      : config.reduction == "none" ? at::Reduction::None
+                                                   : at::Reduction::Mean;
+  if (config.kind == "mse") return torch::mse_loss(output, t, reduction);
+  if (config.kind == "l1") return torch::l1_loss(output, t, reduction);
+  if (config.kind == "smoothL1") return torch::smooth_l1_loss(output, t, reduction, config.beta);
+  if (config.kind == "huber") return torch::huber_loss(output, t, reduction, config.delta);
+  throw CodedError("TORCHLITE_BAD_ARGUMENT", "unknown loss '" + config.kind + "'");
+}
+
+bool countsCorrect(const LossConfig& config, const torch::Tensor& target) {
+  return (config.kind == "crossEntropy" || config.kind == "nll") && !target.is_floating_point();
+}
+
+int64_t correctPredictions(const torch::Tensor& output, const torch::Tensor& target, int64_t ignoreIndex) {
+  torch::Tensor indices = target.to(output.device(), torch::kLong);
+  torch::Tensor hits = output.argmax(1).eq(indices).logical_and(indices.ne(ignoreIndex));
+  return hits.sum().item<int64_t>();
+}
+
+Napi::Value ComputeLoss(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    LossConfig config = parseLoss(env, info[0].As<Napi::Object>());
+    torch::NoGradGuard noGrad;
+    return TensorWrap::Wrap(env, computeLoss(config, TensorWrap::From(env, info[1]), TensorWrap::From(env, info[2])));
+  });
+}
+
+}  // namespace tl

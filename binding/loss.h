@@ -1,0 +1,27 @@
+// Loss functions with PyTorch's semantics, and the target checks that turn LibTorch's
+// cryptic failures (or silent broadcasting) into coded errors.
+#pragma once
+#include "common.h"
+
+namespace tl {
+
+struct LossConfig {
+  std::string kind;  // crossEntropy, nll, bceWithLogits, mse, l1, smoothL1, huber
+  std::string reduction = "mean";
+  double labelSmoothing = 0;
+  int64_t ignoreIndex = -100;
+  double beta = 1;   // smoothL1
+  double delta = 1;  // huber
+  torch::Tensor weight;     // per-class weight (crossEntropy, nll)
+  torch::Tensor posWeight;  // bceWithLogits
+};
+
+LossConfig parseLoss(Napi::Env env, const Napi::Object& spec);
+torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& output, torch::Tensor target);
+// Whether outputs are class scores and targets class indices, so accuracy means something.
+bool countsCorrect(const LossConfig& config, const torch::Tensor& target);
+int64_t correctPredictions(const torch::Tensor& output, const torch::Tensor& target, int64_t ignoreIndex);
+
+Napi::Value ComputeLoss(const Napi::CallbackInfo& info);
+
+}  // namespace tl

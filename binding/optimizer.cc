@@ -1,0 +1,345 @@
+#include "optimizer.h"
+
+#include <cmath>
+#include <set>
+
+#include "addon.h"
+#include "job.h"
+#include "tensor.h"
+
+namespace tl {
+namespace {
+
+using Kind = OptimizerState::Kind;
+
+Kind parseKind(const std::string& name) {
+  if (name == "sgd") return Kind::SGD;
+  if (name == "adam") return Kind::Adam;
+  if (name == "adamw") return Kind::AdamW;
+  throw CodedError("TORCHLITE_BAD_ARGUMENT", "unknown optimizer '" + name + "'");
+}
+
+// Reads the options present on a JS object over `base`, so a group can override a few.
+GroupOptions parseOptions(const Napi::Object& object, GroupOptions options) {
+  auto number = [&](const char* key, double& out) {
+    if (object.Get(key).IsNumber()) out = object.Get(key).As<Napi::Number>().DoubleValue();
+  };
+  auto flag = [&](const char* key, bool& out) {
+    if (object.Get(key).IsBoolean()) out = object.Get(key).As<Napi::Boolean>().Value();
+  };
+  number("lr", options.lr);
+  number("momentum", options.momentum);
+  number("dampening", options.dampening);
+  number("weightDecay", options.weightDecay);
+  number("beta1", options.beta1);
+  number("beta2", options.beta2);
+  number("eps", options.eps);
+  flag("nesterov", options.nesterov);
+  flag("amsgrad", options.amsgrad);
+  return options;
+}
+
+Napi::Object optionsToJs(Napi::Env env, const GroupOptions& o) {
+  Napi::Object object = Napi::Object::New(env);
+  object.Set("lr", o.lr);
+  object.Set("momentum", o.momentum);
+  object.Set("dampening", o.dampening);
+  object.Set("weightDecay", o.weightDecay);
+  object.Set("beta1", o.beta1);
+  object.Set("beta2", o.beta2);
+  object.Set("eps", o.eps);
+  object.Set("nesterov", o.nesterov);
+  object.Set("amsgrad", o.amsgrad);
+  return object;
+}
+
+std::vector<std::string> toNames(const Napi::Value& value) {
+  Napi::Array array = value.As<Napi::Array>();
+  std::vector<std::string> names;
+  for (uint32_t i = 0; i < array.Length(); ++i) names.push_back(array.Get(i).As<Napi::String>().Utf8Value());
+  return names;
+}
+
+void sgdUpdate(ParamSlot& slot, const GroupOptions& o, torch::Tensor grad) {
+  if (o.weightDecay != 0) grad = grad.add(slot.param, o.weightDecay);
+  if (o.momentum != 0) {
+    if (!slot.momentum.defined())
+      slot.momentum = grad.clone().detach();
+    else
+      slot.momentum.mul_(o.momentum).add_(grad, 1 - o.dampening);
+    grad = o.nesterov ? grad.add(slot.momentum, o.momentum) : slot.momentum;
+  }
+  slot.param.add_(grad, -o.lr);
+}
+
+void adamUpdate(ParamSlot& slot, const GroupOptions& o, torch::Tensor grad, bool decoupled) {
+  if (!slot.expAvg.defined()) {
+    slot.expAvg = torch::zeros_like(slot.param, torch::MemoryFormat::Preserve);
+    slot.expAvgSq = torch::zeros_like(slot.param, torch::MemoryFormat::Preserve);
+    if (o.amsgrad) slot.maxExpAvgSq = torch::zeros_like(slot.param, torch::MemoryFormat::Preserve);
+  }
+  slot.step += 1;
+  if (decoupled)
+    slot.param.mul_(1 - o.lr * o.weightDecay);
+  else if (o.weightDecay != 0)
+    grad = grad.add(slot.param, o.weightDecay);
+  slot.expAvg.mul_(o.beta1).add_(grad, 1 - o.beta1);
+  slot.expAvgSq.mul_(o.beta2).addcmul_(grad, grad, 1 - o.beta2);
+  double step = static_cast<double>(slot.step);
+  double biasCorrection1 = 1 - std::pow(o.beta1, step);
+  double biasCorrection2Sqrt = std::sqrt(1 - std::pow(o.beta2, step));
+  double stepSize = o.lr / biasCorrection1;
+  torch::Tensor denom;
+  if (o.amsgrad) {
+    if (!slot.maxExpAvgSq.defined()) slot.maxExpAvgSq = torch::zeros_like(slot.param, torch::MemoryFormat::Preserve);
+    torch::maximum_out(slot.maxExpAvgSq, slot.maxExpAvgSq, slot.expAvgSq);
+    denom = (slot.maxExpAvgSq.sqrt() / biasCorrection2Sqrt).add_(o.eps);
+  } else {
+    denom = (slot.expAvgSq.sqrt() / biasCorrection2Sqrt).add_(o.eps);
+  }
+  slot.param.addcdiv_(slot.expAvg, denom, -stepSize);
+}
+
+}  // namespace
+
+void OptimizerState::addGroup(const std::vector<std::string>& names, const GroupOptions& options) {
+  std::set<std::string> taken;
+  for (const ParamGroup& group : groups)
+    for (const ParamSlot& slot : group.slots) taken.insert(slot.name);
+  std::map<std::string, torch::Tensor> byName;
+  for (const auto& item : model->module.named_parameters()) byName.emplace(item.name, item.value);
+  ParamGroup group{options, {}};
+  for (const std::string& name : names) {
+    auto found = byName.find(name);
+    if (found == byName.end()) throw CodedError("TORCHLITE_NO_MATCH", "the model has no parameter '" + name + "'");
+    if (!taken.insert(name).second)
+      throw CodedError("TORCHLITE_BAD_ARGUMENT", "parameter '" + name + "' is already in another param group");
+    group.slots.push_back(ParamSlot{name, found->second});
+  }
+  groups.push_back(std::move(group));
+}
+
+void OptimizerState::checkFresh() const {
+  std::map<std::string, const c10::TensorImpl*> current;
+  for (const auto& item : model->module.named_parameters()) current.emplace(item.name, item.value.unsafeGetTensorImpl());
+  for (const ParamGroup& group : groups) {
+    for (const ParamSlot& slot : group.slots) {
+      auto found = current.find(slot.name);
+      if (found == current.end() || found->second != slot.param.unsafeGetTensorImpl())
+        throw CodedError("TORCHLITE_STALE_OPTIMIZER",
+                         "the optimizer trains '" + slot.name +
+                             "', which replace() removed from the model; create the optimizer after replacing modules");
+    }
+  }
+}
+
+std::vector<torch::Tensor> OptimizerState::parameters() const {
+  std::vector<torch::Tensor> params;
+  for (const ParamGroup& group : groups)
+    for (const ParamSlot& slot : group.slots) params.push_back(slot.param);
+  return params;
+}
+
+void OptimizerState::step(double gradScale) {
+  torch::NoGradGuard noGrad;
+  for (ParamGroup& group : groups) {
+    for (ParamSlot& slot : group.slots) {
+      torch::Tensor grad = slot.param.grad();
+      // No grad means frozen or unused in this step: PyTorch skips those entirely, so
+      // momentum and weight decay never move them.
+      if (!grad.defined()) continue;
+      if (gradScale != 1) grad = grad * gradScale;
+      if (kind == Kind::SGD)
+        sgdUpdate(slot, group.options, grad);
+      else
+        adamUpdate(slot, group.options, grad, kind == Kind::AdamW);
+    }
+  }
+  clearGrads();
+  pending = 0;
+}
+
+void OptimizerState::clearGrads() {
+  // Undefined, not zero-filled (LibTorch 1.13's zero_grad() fills zeros): a zero grad
+  // would still move a parameter through momentum and weight decay.
+  for (const ParamGroup& group : groups)
+    for (const ParamSlot& slot : group.slots) {
+      torch::Tensor param = slot.param;
+      param.mutable_grad() = torch::Tensor();
+    }
+}
+
+Napi::Function OptimizerWrap::Define(Napi::Env env) {
+  return DefineClass(env, "NativeOptimizer",
+                     {
+                         StaticMethod<&OptimizerWrap::Create>("create"),
+                         InstanceMethod<&OptimizerWrap::AddGroup>("addGroup"),
+                         InstanceMethod<&OptimizerWrap::Groups>("groups"),
+                         InstanceMethod<&OptimizerWrap::SetGroupOptions>("setGroupOptions"),
+                         InstanceMethod<&OptimizerWrap::StateDict>("stateDict"),
+                         InstanceMethod<&OptimizerWrap::LoadStateDict>("loadStateDict"),
+                         InstanceMethod<&OptimizerWrap::Flush>("flush"),
+                         InstanceMethod<&OptimizerWrap::Dispose>("dispose"),
+                     });
+}
+
+OptimizerPtr OptimizerWrap::StateOf(Napi::Env env, const Napi::Value& value) {
+  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(addonData(env).optimizerClass.Value()))
+    throw CodedError("TORCHLITE_BAD_ARGUMENT", "expected an Optimizer");
+  return ObjectWrap::Unwrap(value.As<Napi::Object>())->live();
+}
+
+OptimizerWrap::OptimizerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<OptimizerWrap>(info) {
+  if (info.Length() != 1 || !info[0].IsExternal())
+    throw Napi::TypeError::New(info.Env(), "Optimizer cannot be constructed directly; use optim.sgd/adam/adamw");
+  state_ = *info[0].As<Napi::External<OptimizerPtr>>().Data();
+}
+
+OptimizerPtr OptimizerWrap::live() const {
+  if (!state_) throw CodedError("TORCHLITE_DISPOSED", "Optimizer has been disposed");
+  return state_;
+}
+
+Napi::Value OptimizerWrap::Create(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    auto state = std::make_shared<OptimizerState>();
+    state->model = ModelWrap::StateOf(env, info[0]);
+    state->kind = parseKind(info[1].As<Napi::String>().Utf8Value());
+    Napi::Array groups = info[2].As<Napi::Array>();
+    std::lock_guard<std::mutex> lock(state->model->mutex);
+    for (uint32_t i = 0; i < groups.Length(); ++i) {
+      Napi::Object group = groups.Get(i).As<Napi::Object>();
+      state->addGroup(toNames(group.Get("names")), parseOptions(group.Get("options").As<Napi::Object>(), {}));
+    }
+    return addonData(env).optimizerClass.New({Napi::External<OptimizerPtr>::New(env, &state)});
+  });
+}
+
+Napi::Value OptimizerWrap::AddGroup(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    OptimizerPtr state = live();
+    std::lock_guard<std::mutex> lock(state->model->mutex);
+    state->addGroup(toNames(info[0]), parseOptions(info[1].As<Napi::Object>(), {}));
+    return env.Undefined();
+  });
+}
+
+Napi::Value OptimizerWrap::Groups(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    OptimizerPtr state = live();
+    std::lock_guard<std::mutex> lock(state->model->mutex);
+    Napi::Array result = Napi::Array::New(env, state->groups.size());
+    for (size_t i = 0; i < state->groups.size(); ++i) {
+      Napi::Object group = optionsToJs(env, state->groups[i].options);
+      Napi::Array names = Napi::Array::New(env, state->groups[i].slots.size());
+      for (size_t j = 0; j < state->groups[i].slots.size(); ++j) names.Set(j, state->groups[i].slots[j].name);
+      group.Set("params", names);
+      result.Set(i, group);
+    }
+    return result;
+  });
+}
+
+Napi::Value OptimizerWrap::SetGroupOptions(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    OptimizerPtr state = live();
+    std::lock_guard<std::mutex> lock(state->model->mutex);
+    size_t index = info[0].As<Napi::Number>().Uint32Value();
+    if (index >= state->groups.size()) throw CodedError("TORCHLITE_BAD_ARGUMENT", "no param group " + std::to_string(index));
+    state->groups[index].options = parseOptions(info[1].As<Napi::Object>(), state->groups[index].options);
+    return env.Undefined();
+  });
+}
+
+Napi::Value OptimizerWrap::StateDict(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    OptimizerPtr state = live();
+    std::lock_guard<std::mutex> lock(state->model->mutex);
+    Napi::Object result = Napi::Object::New(env);
+    Napi::Object perParam = Napi::Object::New(env);
+    for (const ParamGroup& group : state->groups) {
+      for (const ParamSlot& slot : group.slots) {
+        Napi::Object entry = Napi::Object::New(env);
+        entry.Set("step", static_cast<double>(slot.step));
+        // Copies: a checkpoint must not change when training goes on.
+        auto put = [&](const char* key, const torch::Tensor& tensor) {
+          if (tensor.defined()) entry.Set(key, TensorWrap::Wrap(env, tensor.detach().clone()));
+        };
+        put("momentum_buffer", slot.momentum);
+        put("exp_avg", slot.expAvg);
+        put("exp_avg_sq", slot.expAvgSq);
+        put("max_exp_avg_sq", slot.maxExpAvgSq);
+        perParam.Set(slot.name, entry);
+      }
+    }
+    result.Set("state", perParam);
+    result.Set("pending", static_cast<double>(state->pending));
+    return result;
+  });
+}
+
+Napi::Value OptimizerWrap::LoadStateDict(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    OptimizerPtr state = live();
+    Napi::Object perParam = info[0].As<Napi::Object>();
+    std::lock_guard<std::mutex> lock(state->model->mutex);
+    torch::NoGradGuard noGrad;
+    for (ParamGroup& group : state->groups) {
+      for (ParamSlot& slot : group.slots) {
+        Napi::Value value = perParam.Get(slot.name);
+        slot = ParamSlot{slot.name, slot.param};
+        if (!value.IsObject()) continue;
+        Napi::Object entry = value.As<Napi::Object>();
+        slot.step = entry.Get("step").As<Napi::Number>().Int64Value();
+        auto take = [&](const char* key, torch::Tensor& out) {
+          if (!entry.Get(key).IsObject()) return;
+          torch::Tensor tensor = TensorWrap::From(env, entry.Get(key));
+          if (tensor.sizes() != slot.param.sizes())
+            throw CodedError("TORCHLITE_BAD_STATE", "optimizer state '" + std::string(key) + "' of '" + slot.name +
+                                                        "' has shape " + c10::str(tensor.sizes()) + " but the parameter has " +
+                                                        c10::str(slot.param.sizes()));
+          out = tensor.to(slot.param.device(), slot.param.scalar_type()).clone();
+        };
+        take("momentum_buffer", slot.momentum);
+        take("exp_avg", slot.expAvg);
+        take("exp_avg_sq", slot.expAvgSq);
+        take("max_exp_avg_sq", slot.maxExpAvgSq);
+      }
+    }
+    state->pending = info[1].As<Napi::Number>().Int64Value();
+    return env.Undefined();
+  });
+}
+
+Napi::Value OptimizerWrap::Flush(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    OptimizerPtr state = live();
+    int64_t window = info[0].As<Napi::Number>().Int64Value();
+    return Job<bool>::Start(
+        env,
+        [state, window] {
+          std::lock_guard<std::mutex> lock(state->model->mutex);
+          if (state->pending == 0) return false;
+          state->checkFresh();
+          // Each micro-batch loss was divided by the full window; a partial window of k
+          // must be averaged over k instead.
+          state->step(static_cast<double>(window) / static_cast<double>(state->pending));
+          return true;
+        },
+        [](Napi::Env env, bool& stepped) -> Napi::Value { return Napi::Boolean::New(env, stepped); });
+  });
+}
+
+Napi::Value OptimizerWrap::Dispose(const Napi::CallbackInfo& info) {
+  state_.reset();
+  return info.Env().Undefined();
+}
+
+}  // namespace tl

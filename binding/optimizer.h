@@ -1,0 +1,81 @@
+// Optimizer: SGD, Adam and AdamW written out as PyTorch 1.13's single-tensor code does
+// them, so results match Python step for step, frozen parameters are skipped exactly as
+// there (undefined grad), and state is keyed by parameter name across LibTorch versions.
+#pragma once
+#include "model.h"
+
+namespace tl {
+
+struct GroupOptions {
+  double lr = 1e-3;
+  double momentum = 0;
+  double dampening = 0;
+  double weightDecay = 0;
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double eps = 1e-8;
+  bool nesterov = false;
+  bool amsgrad = false;
+};
+
+struct ParamSlot {
+  std::string name;
+  torch::Tensor param;
+  int64_t step = 0;
+  torch::Tensor momentum;    // SGD momentum_buffer
+  torch::Tensor expAvg;      // Adam(W) exp_avg
+  torch::Tensor expAvgSq;    // Adam(W) exp_avg_sq
+  torch::Tensor maxExpAvgSq; // Adam(W) max_exp_avg_sq (amsgrad)
+};
+
+struct ParamGroup {
+  GroupOptions options;
+  std::vector<ParamSlot> slots;
+};
+
+// Lives in the model's mutex domain: touched only while its model's mutex is held.
+struct OptimizerState {
+  enum class Kind { SGD, Adam, AdamW };
+  Kind kind = Kind::SGD;
+  ModelPtr model;
+  std::vector<ParamGroup> groups;
+  int64_t pending = 0;  // micro-batches accumulated since the last update
+  // fp16 GradScaler state, with PyTorch's defaults (init 2^16, growth 2 every 2000 steps, backoff 0.5).
+  double lossScale = 65536;
+  int64_t growthTracker = 0;
+
+  void addGroup(const std::vector<std::string>& names, const GroupOptions& options);
+  // Throws when replace() removed a parameter this optimizer trains.
+  void checkFresh() const;
+  std::vector<torch::Tensor> parameters() const;
+  // Applies one update to every parameter with a grad (grads multiplied by gradScale
+  // first), then resets all grads to undefined.
+  void step(double gradScale = 1);
+  void clearGrads();
+};
+using OptimizerPtr = std::shared_ptr<OptimizerState>;
+
+class OptimizerWrap : public Napi::ObjectWrap<OptimizerWrap> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  static OptimizerPtr StateOf(Napi::Env env, const Napi::Value& value);
+
+  explicit OptimizerWrap(const Napi::CallbackInfo& info);
+
+ private:
+  static Napi::Value Create(const Napi::CallbackInfo& info);
+
+  Napi::Value AddGroup(const Napi::CallbackInfo& info);
+  Napi::Value Groups(const Napi::CallbackInfo& info);
+  Napi::Value SetGroupOptions(const Napi::CallbackInfo& info);
+  Napi::Value StateDict(const Napi::CallbackInfo& info);
+  Napi::Value LoadStateDict(const Napi::CallbackInfo& info);
+  Napi::Value Flush(const Napi::CallbackInfo& info);
+  Napi::Value Dispose(const Napi::CallbackInfo& info);
+
+  OptimizerPtr live() const;
+
+  OptimizerPtr state_;
+};
+
+}  // namespace tl

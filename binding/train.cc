@@ -1,0 +1,205 @@
+#include "train.h"
+
+#include <cmath>
+#include <optional>
+
+#include "compat.h"
+#include "ivalue.h"
+#include "job.h"
+#include "surgery.h"
+#include "tensor.h"
+
+namespace tl {
+namespace {
+
+// Models that return a tuple (logits, extras) train on their first tensor, as
+// torchvision's Inception does with its aux logits.
+torch::Tensor firstTensor(const c10::IValue& value) {
+  if (value.isTensor()) return value.toTensor();
+  if (value.isTuple() && !value.toTupleRef().elements().empty()) return firstTensor(value.toTupleRef().elements()[0]);
+  if (value.isList() && value.toListRef().size() > 0) return firstTensor(value.toListRef()[0]);
+  throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "training needs a model whose forward returns a tensor (or a tuple starting with one)");
+}
+
+std::optional<compat::AutocastScope> autocastFor(const std::string& amp, const torch::Device& device) {
+  if (amp == "none") return std::nullopt;
+  if (amp == "fp16" && !device.is_cuda())
+    throw CodedError("TORCHLITE_AMP_UNSUPPORTED", "amp 'fp16' needs a CUDA model; on the CPU use amp 'bf16'");
+  return std::optional<compat::AutocastScope>(std::in_place, device.type(), amp == "fp16" ? torch::kHalf : torch::kBFloat16);
+}
+
+bool gradsFinite(const OptimizerState& optimizer) {
+  for (const torch::Tensor& param : optimizer.parameters()) {
+    const torch::Tensor& grad = param.grad();
+    if (grad.defined() && !torch::isfinite(grad).all().item<bool>()) return false;
+  }
+  return true;
+}
+
+// Runs `body` with the model in eval mode and restores the mode (and BatchNorm policy) after.
+template <class F>
+auto inEvalMode(ModelState& model, F&& body) -> decltype(body()) {
+  bool wasTraining = model.module.is_training();
+  model.module.eval();
+  struct Restore {
+    ModelState& model;
+    bool training;
+    ~Restore() {
+      model.module.train(training);
+      applyBatchNormPolicy(model);
+    }
+  } restore{model, wasTraining};
+  torch::NoGradGuard noGrad;
+  return body();
+}
+
+StepOptions parseStepOptions(const Napi::Object& object) {
+  StepOptions options;
+  if (object.Get("accumulate").IsNumber()) options.accumulate = object.Get("accumulate").As<Napi::Number>().Int64Value();
+  if (object.Get("clipGradNorm").IsNumber()) options.clipGradNorm = object.Get("clipGradNorm").As<Napi::Number>().DoubleValue();
+  options.amp = getString(object, "amp", "none");
+  options.throwOnNonFinite = getString(object, "nonFinite", "skip") == "throw";
+  return options;
+}
+
+}  // namespace
+
+StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossConfig& loss,
+                     std::vector<c10::IValue> inputs, const torch::Tensor& target, const StepOptions& options) {
+  if (optimizer.model.get() != &model)
+    throw CodedError("TORCHLITE_BAD_ARGUMENT", "the optimizer was built for another model");
+  optimizer.checkFresh();
+  bool fp16 = options.amp == "fp16";
+  // Grad and autocast modes are thread-local: they are set here, on the worker.
+  torch::AutoGradMode enableGrad(true);
+  torch::Tensor output, value;
+  {
+    auto autocast = autocastFor(options.amp, model.device);
+    output = firstTensor(model.module.forward(std::move(inputs)));
+    value = computeLoss(loss, output, target);
+  }
+  StepResult result;
+  result.loss = value.item<double>();
+  if (countsCorrect(loss, target)) result.correct = correctPredictions(output.detach(), target, loss.ignoreIndex);
+  if (!std::isfinite(result.loss)) {
+    if (options.throwOnNonFinite)
+      throw CodedError("TORCH_NONFINITE_LOSS", "the loss is " + std::to_string(result.loss) + "; the step was not applied");
+    result.skipped = true;  // nothing of this micro-batch reaches the grads
+    return result;
+  }
+  torch::Tensor scaled = options.accumulate > 1 ? value / static_cast<double>(options.accumulate) : value;
+  if (fp16) scaled = scaled * optimizer.lossScale;
+  scaled.backward();
+  optimizer.pending += 1;
+  if (optimizer.pending < options.accumulate) return result;
+
+  double unscale = fp16 ? 1 / optimizer.lossScale : 1;
+  if (fp16 && !gradsFinite(optimizer)) {
+    // GradScaler: an overflow skips the update and backs the scale off.
+    optimizer.clearGrads();
+    optimizer.pending = 0;
+    optimizer.lossScale *= 0.5;
+    optimizer.growthTracker = 0;
+    result.skipped = true;
+    return result;
+  }
+  if (options.clipGradNorm > 0) {
+    std::vector<torch::Tensor> withGrad;
+    for (const torch::Tensor& param : optimizer.parameters())
+      if (param.grad().defined()) withGrad.push_back(param);
+    if (unscale != 1) {
+      torch::NoGradGuard noGrad;
+      for (torch::Tensor& param : withGrad) param.mutable_grad().mul_(unscale);
+      unscale = 1;
+    }
+    result.gradNorm = torch::nn::utils::clip_grad_norm_(withGrad, options.clipGradNorm);
+  }
+  optimizer.step(unscale);
+  result.stepped = true;
+  if (fp16 && ++optimizer.growthTracker == 2000) {
+    optimizer.lossScale *= 2;
+    optimizer.growthTracker = 0;
+  }
+  return result;
+}
+
+Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    Napi::Object options = info[2].As<Napi::Object>();
+    OptimizerPtr optimizer = OptimizerWrap::StateOf(env, options.Get("optimizer"));
+    LossConfig loss = parseLoss(env, options.Get("loss").As<Napi::Object>());
+    StepOptions step = parseStepOptions(options);
+    torch::Tensor target = TensorWrap::From(env, info[1]);
+    return Job<StepResult>::Start(
+        env,
+        [state, optimizer, loss, step, target, inputs = Inputs(env, *state, info[0])]() mutable {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          return trainStep(*state, *optimizer, loss, std::move(inputs), target, step);
+        },
+        [](Napi::Env env, StepResult& r) -> Napi::Value {
+          Napi::Object result = Napi::Object::New(env);
+          result.Set("loss", r.loss);
+          if (r.correct >= 0) result.Set("correct", static_cast<double>(r.correct));
+          result.Set("skipped", r.skipped);
+          result.Set("stepped", r.stepped);
+          if (r.gradNorm >= 0) result.Set("gradNorm", r.gradNorm);
+          return result;
+        });
+  });
+}
+
+Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    std::optional<LossConfig> loss;
+    if (info[2].IsObject()) loss = parseLoss(env, info[2].As<Napi::Object>());
+    torch::Tensor target = info[1].IsObject() ? TensorWrap::From(env, info[1]) : torch::Tensor();
+    using Result = std::pair<torch::Tensor, double>;
+    return Job<Result>::Start(
+        env,
+        [state, loss, target, inputs = Inputs(env, *state, info[0])]() mutable {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          return inEvalMode(*state, [&] {
+            torch::Tensor output = firstTensor(state->module.forward(std::move(inputs)));
+            double value = loss && target.defined() ? computeLoss(*loss, output, target).item<double>() : NAN;
+            return Result{output.to(torch::kFloat), value};
+          });
+        },
+        [](Napi::Env env, Result& r) -> Napi::Value {
+          Napi::Object result = Napi::Object::New(env);
+          result.Set("output", TensorWrap::Wrap(env, r.first));
+          if (!std::isnan(r.second)) result.Set("loss", r.second);
+          return result;
+        });
+  });
+}
+
+Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    using Result = std::pair<torch::Tensor, torch::Tensor>;
+    return Job<Result>::Start(
+        env,
+        [state, inputs = Inputs(env, *state, info[0])]() mutable {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          return inEvalMode(*state, [&] {
+            torch::Tensor output = firstTensor(state->module.forward(std::move(inputs))).to(torch::kFloat);
+            if (output.dim() < 2)
+              throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "predict needs class scores of shape [N, C, ...] but the model returned " + c10::str(output.sizes()));
+            return Result{torch::softmax(output, 1), output.argmax(1)};
+          });
+        },
+        [](Napi::Env env, Result& r) -> Napi::Value {
+          Napi::Object result = Napi::Object::New(env);
+          result.Set("probabilities", TensorWrap::Wrap(env, r.first));
+          result.Set("argmax", TensorWrap::Wrap(env, r.second));
+          return result;
+        });
+  });
+}
+
+}  // namespace tl

@@ -1,0 +1,27 @@
+// The fused training step and the evaluation passes, run on a worker thread under the
+// model's mutex.
+#pragma once
+#include "loss.h"
+#include "optimizer.h"
+
+namespace tl {
+
+struct StepOptions {
+  int64_t accumulate = 1;
+  double clipGradNorm = 0;  // 0: no clipping
+  std::string amp = "none"; // none, bf16, fp16
+  bool throwOnNonFinite = false;
+};
+
+struct StepResult {
+  double loss = 0;
+  int64_t correct = -1;  // -1 when the loss is not a classification loss
+  bool skipped = false;
+  bool stepped = false;
+  double gradNorm = -1;  // -1 when not clipped
+};
+
+StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossConfig& loss,
+                     std::vector<c10::IValue> inputs, const torch::Tensor& target, const StepOptions& options);
+
+}  // namespace tl

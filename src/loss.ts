@@ -1,0 +1,142 @@
+import { callNative } from './errors';
+import { native } from './native';
+import { Tensor, tensor } from './tensor';
+import { checkFiniteNumber, checkInteger, checkOneOf, checkOptions, rangeError, typeError } from './validate';
+
+/** How per-element losses are combined, as in PyTorch. */
+export type Reduction = 'mean' | 'sum' | 'none';
+
+/** A loss function. Pass it to `trainStep`/`evaluate`, or call {@link Loss.compute} directly. */
+export class Loss {
+  /** @internal */
+  readonly spec: Record<string, unknown>;
+
+  /** @internal */
+  constructor(spec: Record<string, unknown>) {
+    this.spec = spec;
+  }
+
+  /** `'crossEntropy'`, `'nll'`, `'bceWithLogits'`, `'mse'`, `'l1'`, `'smoothL1'` or `'huber'`. */
+  get kind(): string {
+    return this.spec.kind as string;
+  }
+
+  /** The loss of `output` against `target`, without recording gradients. */
+  compute(output: Tensor, target: Tensor): Tensor {
+    const out = Tensor.handle(output);
+    const tgt = Tensor.handle(target);
+    return new Tensor(callNative(() => native.computeLoss(this.spec, out, tgt)));
+  }
+}
+
+const REDUCTIONS = ['mean', 'sum', 'none'] as const;
+
+function classWeight(value: unknown, name: string): Tensor | undefined {
+  if (value === undefined) return undefined;
+  if (value instanceof Tensor) return value;
+  if (Array.isArray(value) && value.length > 0) {
+    value.forEach((w, i) => {
+      checkFiniteNumber(w, `${name}[${i}]`);
+      if (w < 0) throw rangeError('a non-negative number', `${name}[${i}]`, w);
+    });
+    return tensor(value);
+  }
+  throw typeError('a non-empty number[] or a Tensor', name, value);
+}
+
+function make(kind: string, options: unknown, known: string[], build: (o: Record<string, unknown>) => Record<string, unknown> = () => ({})): Loss {
+  const o = checkOptions<Record<string, unknown>>(options, 'options', ['reduction', ...known]) as Record<string, unknown>;
+  const reduction = o.reduction === undefined ? 'mean' : checkOneOf(o.reduction, 'options.reduction', REDUCTIONS);
+  return new Loss({ kind, reduction, ...build(o) });
+}
+
+export interface CrossEntropyOptions {
+  /** Mixes the one-hot target with a uniform distribution, in [0, 1). Defaults to `0`. */
+  labelSmoothing?: number;
+  /** A weight per class. Defaults to equal weights. */
+  weight?: number[] | Tensor;
+  /** A target value that contributes nothing. Defaults to `-100`. */
+  ignoreIndex?: number;
+  /** Defaults to `'mean'`. */
+  reduction?: Reduction;
+}
+
+/**
+ * Cross entropy over class scores `[N, C, ...]` with class-index targets `[N, ...]`
+ * (or class probabilities of the output's shape), like `torch.nn.CrossEntropyLoss`.
+ */
+export function crossEntropy(options?: CrossEntropyOptions): Loss {
+  return make('crossEntropy', options, ['labelSmoothing', 'weight', 'ignoreIndex'], (o) => {
+    const smoothing = o.labelSmoothing === undefined ? 0 : checkFiniteNumber(o.labelSmoothing, 'options.labelSmoothing');
+    if (smoothing < 0 || smoothing >= 1) throw rangeError('a number in [0, 1)', 'options.labelSmoothing', smoothing);
+    return {
+      labelSmoothing: smoothing,
+      ignoreIndex: o.ignoreIndex === undefined ? -100 : checkInteger(o.ignoreIndex, 'options.ignoreIndex', -Number.MAX_SAFE_INTEGER),
+      weight: classWeight(o.weight, 'options.weight') && Tensor.handle(classWeight(o.weight, 'options.weight')!),
+    };
+  });
+}
+
+export interface NllOptions {
+  /** A weight per class. Defaults to equal weights. */
+  weight?: number[] | Tensor;
+  /** A target value that contributes nothing. Defaults to `-100`. */
+  ignoreIndex?: number;
+  /** Defaults to `'mean'`. */
+  reduction?: Reduction;
+}
+
+/** Negative log-likelihood over log-probabilities, like `torch.nn.NLLLoss`. */
+export function nll(options?: NllOptions): Loss {
+  return make('nll', options, ['weight', 'ignoreIndex'], (o) => ({
+    ignoreIndex: o.ignoreIndex === undefined ? -100 : checkInteger(o.ignoreIndex, 'options.ignoreIndex', -Number.MAX_SAFE_INTEGER),
+    weight: classWeight(o.weight, 'options.weight') && Tensor.handle(classWeight(o.weight, 'options.weight')!),
+  }));
+}
+
+export interface BceWithLogitsOptions {
+  /** Weight of positive examples per class, for imbalanced multi-label data. Defaults to `1`. */
+  posWeight?: number[] | Tensor;
+  /** Defaults to `'mean'`. */
+  reduction?: Reduction;
+}
+
+/** Sigmoid + binary cross entropy for multi-label targets of the output's shape, like `torch.nn.BCEWithLogitsLoss`. */
+export function bceWithLogits(options?: BceWithLogitsOptions): Loss {
+  return make('bceWithLogits', options, ['posWeight'], (o) => {
+    const posWeight = classWeight(o.posWeight, 'options.posWeight');
+    return { posWeight: posWeight && Tensor.handle(posWeight) };
+  });
+}
+
+/** Options of the regression losses. */
+export interface RegressionOptions {
+  /** Defaults to `'mean'`. */
+  reduction?: Reduction;
+}
+
+/** Mean squared error, like `torch.nn.MSELoss`. The target must have the output's shape. */
+export function mse(options?: RegressionOptions): Loss {
+  return make('mse', options, []);
+}
+
+/** Mean absolute error, like `torch.nn.L1Loss`. */
+export function l1(options?: RegressionOptions): Loss {
+  return make('l1', options, []);
+}
+
+function positive(value: unknown, name: string): number {
+  const n = checkFiniteNumber(value, name);
+  if (n <= 0) throw rangeError('a positive number', name, n);
+  return n;
+}
+
+/** Smooth L1, like `torch.nn.SmoothL1Loss`. `beta` defaults to `1`. */
+export function smoothL1(options?: RegressionOptions & { beta?: number }): Loss {
+  return make('smoothL1', options, ['beta'], (o) => ({ beta: o.beta === undefined ? 1 : positive(o.beta, 'options.beta') }));
+}
+
+/** Huber loss, like `torch.nn.HuberLoss`. `delta` defaults to `1`. */
+export function huber(options?: RegressionOptions & { delta?: number }): Loss {
+  return make('huber', options, ['delta'], (o) => ({ delta: o.delta === undefined ? 1 : positive(o.delta, 'options.delta') }));
+}
