@@ -186,8 +186,8 @@ export function oneCycle(optimizer: Optimizer, opts: OneCycleOptions): Scheduler
   const baseM = checkFiniteNumber(o.baseMomentum ?? 0.85, 'options.baseMomentum');
   const maxM = checkFiniteNumber(o.maxMomentum ?? 0.95, 'options.maxMomentum');
   const phases = [
-    { end: pct * total - 1, lr: [1, 0] as const, m: [maxM, baseM] },
-    { end: total - 1, lr: [0, 2] as const, m: [baseM, maxM] },
+    { end: pct * total - 1, lr: [0, 1] as const, m: [maxM, baseM] },
+    { end: total - 1, lr: [1, 2] as const, m: [baseM, maxM] },
   ];
   // Base lr here is the group's max lr; initial = max/div and min = initial/finalDiv, as OneCycleLR stores them.
   return new Scheduler(
