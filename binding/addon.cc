@@ -44,6 +44,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->tensorClass = Napi::Persistent(TensorWrap::Define(env));
   data->modelClass = Napi::Persistent(ModelWrap::Define(env));
   data->optimizerClass = Napi::Persistent(OptimizerWrap::Define(env));
+  data->completions = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
+                                                    "torchlite", 0, 1);
+  data->completions.Unref(env);
   env.SetInstanceData(data);  // deleted by Node when this environment is torn down
   exports.Set("Tensor", data->tensorClass.Value());
   exports.Set("Model", data->modelClass.Value());

@@ -1,39 +1,49 @@
-// One long operation off the event loop. `work` runs on a libuv worker thread and must
-// not touch V8; `settle` turns its result into JS on the JS thread. State the work needs
-// is captured by value (shared_ptr), so a JS object disposed or collected meanwhile
-// cannot free it under the worker.
+// One long operation off the event loop. `work` runs on the torch thread (executor.h)
+// and must not touch V8; `settle` turns its result into JS on the JS thread, reached
+// through the environment's thread-safe function. State the work needs is captured by
+// value (shared_ptr), so a JS object disposed or collected meanwhile cannot free it.
 #pragma once
 #include <functional>
+#include <memory>
 #include <optional>
 
+#include "addon.h"
 #include "common.h"
+#include "executor.h"
 
 namespace tl {
 
 template <class Result>
-class Job : public Napi::AsyncWorker {
+class Job {
  public:
   using Work = std::function<Result()>;
   using Settle = std::function<Napi::Value(Napi::Env, Result&)>;
 
   static Napi::Promise Start(Napi::Env env, Work work, Settle settle) {
-    auto* job = new Job(env, std::move(work), std::move(settle));
+    auto* job = new Job(env, std::move(settle));
     Napi::Promise promise = job->deferred_.Promise();
-    job->Queue();  // libuv owns the job from here and deletes it after OnOK/OnError.
+    AddonData& data = addonData(env);
+    data.jobStarted(env);
+    Napi::ThreadSafeFunction done = data.completions;
+    TorchThread::instance().post([job, work = std::move(work), done]() mutable {
+      try {
+        job->result_.emplace(work());
+      } catch (...) {
+        job->error_ = describe(std::current_exception());
+      }
+      // Fails only while the environment shuts down; the job is then dropped with it.
+      if (done.NonBlockingCall(job, [](Napi::Env env, Napi::Function, Job* finished) { finished->finish(env); }) != napi_ok)
+        delete job;
+    });
     return promise;
   }
 
- protected:
-  void Execute() override {
-    try {
-      result_.emplace(work_());
-    } catch (...) {
-      error_ = describe(std::current_exception());
-    }
-  }
+ private:
+  Job(Napi::Env env, Settle settle) : deferred_(Napi::Promise::Deferred::New(env)), settle_(std::move(settle)) {}
 
-  void OnOK() override {
-    Napi::Env env = Env();
+  void finish(Napi::Env env) {
+    std::unique_ptr<Job> owned(this);
+    addonData(env).jobFinished(env);
     Napi::HandleScope scope(env);
     if (error_) {
       deferred_.Reject(toJsError(env, *error_).Value());
@@ -48,13 +58,7 @@ class Job : public Napi::AsyncWorker {
     }
   }
 
- private:
-  Job(Napi::Env env, Work work, Settle settle)
-      : Napi::AsyncWorker(env, "torchlite"), deferred_(Napi::Promise::Deferred::New(env)),
-        work_(std::move(work)), settle_(std::move(settle)) {}
-
   Napi::Promise::Deferred deferred_;
-  Work work_;
   Settle settle_;
   std::optional<Result> result_;
   std::optional<ErrorInfo> error_;
