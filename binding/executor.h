@@ -4,6 +4,7 @@
 // 12 img/s on the libuv pool against 20 img/s on one thread). One thread also keeps
 // LibTorch's caches warm and orders jobs exactly as they were queued.
 #pragma once
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -26,6 +27,8 @@ class TorchThread {
   std::condition_variable wake_;
   std::deque<std::function<void()>> tasks_;
   bool stopping_ = false;
+  bool sleeping_ = false;
+  std::atomic<size_t> queued_{0};
   std::thread thread_;
 };
 
