@@ -39,6 +39,22 @@ auto guard(Napi::Env env, F&& body) -> decltype(body()) {
   }
 }
 
+// The C++ object behind a JS value that must be an instance of `cls`.
+template <class Wrap>
+Wrap* unwrapInstance(Napi::Env env, const Napi::Value& value, const Napi::FunctionReference& cls, const char* what) {
+  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(cls.Value()))
+    throw CodedError("TORCHLITE_BAD_ARGUMENT", std::string("expected ") + what);
+  return Wrap::Unwrap(value.As<Napi::Object>());
+}
+
+// Wrappers are constructed from C++ only, with their state in one External argument;
+// a construction from JS gets `message`.
+template <class T>
+T takeExternal(const Napi::CallbackInfo& info, const char* message) {
+  if (info.Length() != 1 || !info[0].IsExternal()) throw Napi::TypeError::New(info.Env(), message);
+  return *info[0].As<Napi::External<T>>().Data();
+}
+
 c10::ScalarType parseDtype(const std::string& name);
 std::string dtypeName(c10::ScalarType type);
 // Validates availability too: a CUDA device on a machine without one is a coded error.

@@ -72,15 +72,12 @@ Napi::Object ModelWrap::Wrap(Napi::Env env, ModelPtr state) {
 }
 
 ModelPtr ModelWrap::StateOf(Napi::Env env, const Napi::Value& value) {
-  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(addonData(env).modelClass.Value()))
-    throw CodedError("TORCHLITE_BAD_ARGUMENT", "expected a Model");
-  return ObjectWrap::Unwrap(value.As<Napi::Object>())->live();
+  return unwrapInstance<ModelWrap>(env, value, addonData(env).modelClass, "a Model")->live();
 }
 
-ModelWrap::ModelWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<ModelWrap>(info) {
-  if (info.Length() != 1 || !info[0].IsExternal())
-    throw Napi::TypeError::New(info.Env(), "Model cannot be constructed directly; use loadPretrained()");
-  state_ = *info[0].As<Napi::External<ModelPtr>>().Data();
+ModelWrap::ModelWrap(const Napi::CallbackInfo& info)
+    : Napi::ObjectWrap<ModelWrap>(info),
+      state_(takeExternal<ModelPtr>(info, "Model cannot be constructed directly; use loadPretrained()")) {
   accountedBytes_ = tensorBytes(state_->module);
   Napi::MemoryManagement::AdjustExternalMemory(info.Env(), accountedBytes_);
 }
@@ -198,12 +195,9 @@ Napi::Value ModelWrap::To(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value ModelWrap::Modules(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    ModelPtr state = live();
-    std::lock_guard<std::mutex> lock(state->mutex);
+  return Locked(info, [&](Napi::Env env, ModelState& state) {
     Napi::Array result = Napi::Array::New(env);
-    for (const auto& item : state->module.named_modules()) {
+    for (const auto& item : state.module.named_modules()) {
       Napi::Object entry = Napi::Object::New(env);
       entry.Set("path", item.name);
       entry.Set("type", typeName(item.value));
@@ -216,12 +210,9 @@ Napi::Value ModelWrap::Modules(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value ModelWrap::Parameters(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    ModelPtr state = live();
-    std::lock_guard<std::mutex> lock(state->mutex);
+  return Locked(info, [&](Napi::Env env, ModelState& state) {
     Napi::Array result = Napi::Array::New(env);
-    for (const auto& item : state->module.named_parameters()) {
+    for (const auto& item : state.module.named_parameters()) {
       Napi::Object entry = describeTensor(env, item.name, item.value);
       entry.Set("requiresGrad", item.value.requires_grad());
       result.Set(result.Length(), entry);
@@ -231,38 +222,29 @@ Napi::Value ModelWrap::Parameters(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value ModelWrap::Buffers(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    ModelPtr state = live();
-    std::lock_guard<std::mutex> lock(state->mutex);
+  return Locked(info, [&](Napi::Env env, ModelState& state) {
     Napi::Array result = Napi::Array::New(env);
-    for (const auto& item : state->module.named_buffers()) result.Set(result.Length(), describeTensor(env, item.name, item.value));
+    for (const auto& item : state.module.named_buffers()) result.Set(result.Length(), describeTensor(env, item.name, item.value));
     return result;
   });
 }
 
 Napi::Value ModelWrap::StateDict(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    ModelPtr state = live();
-    std::lock_guard<std::mutex> lock(state->mutex);
+  return Locked(info, [&](Napi::Env env, ModelState& state) {
     Napi::Object result = Napi::Object::New(env);
     // Detached views share storage with the model, as PyTorch's state_dict() does;
     // torchlite tensors are read-only from JS, so nothing can write through them.
-    for (const auto& item : state->module.named_parameters()) result.Set(item.name, TensorWrap::Wrap(env, item.value.detach()));
-    for (const auto& item : state->module.named_buffers()) result.Set(item.name, TensorWrap::Wrap(env, item.value.detach()));
+    for (const auto& item : state.module.named_parameters()) result.Set(item.name, TensorWrap::Wrap(env, item.value.detach()));
+    for (const auto& item : state.module.named_buffers()) result.Set(item.name, TensorWrap::Wrap(env, item.value.detach()));
     return result;
   });
 }
 
 Napi::Value ModelWrap::SetTraining(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    ModelPtr state = live();
-    std::lock_guard<std::mutex> lock(state->mutex);
-    state->module.train(info[0].As<Napi::Boolean>().Value());
+  return Locked(info, [&](Napi::Env env, ModelState& state) {
+    state.module.train(info[0].As<Napi::Boolean>().Value());
     // train() resets every submodule, so the BatchNorm policy has to be applied again.
-    applyBatchNormPolicy(*state);
+    applyBatchNormPolicy(state);
     return env.Undefined();
   });
 }
@@ -321,12 +303,9 @@ Napi::Value ModelWrap::SetRequiresGrad(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value ModelWrap::SetBatchNormPolicy(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    ModelPtr state = live();
-    std::lock_guard<std::mutex> lock(state->mutex);
-    state->bnFrozenEval = info[0].As<Napi::String>().Utf8Value() == "frozen-eval";
-    applyBatchNormPolicy(*state);
+  return Locked(info, [&](Napi::Env env, ModelState& state) {
+    state.bnFrozenEval = info[0].As<Napi::String>().Utf8Value() == "frozen-eval";
+    applyBatchNormPolicy(state);
     return env.Undefined();
   });
 }

@@ -58,6 +58,15 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
 
   ModelPtr live() const;
   void release(Napi::Env env);
+  // Runs a synchronous method body with the model locked against its running jobs.
+  template <class F>
+  Napi::Value Locked(const Napi::CallbackInfo& info, F&& body) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      ModelPtr state = live();
+      std::lock_guard<std::mutex> lock(state->mutex);
+      return body(info.Env(), *state);
+    });
+  }
 
 
   ModelPtr state_;

@@ -184,16 +184,12 @@ Napi::Function OptimizerWrap::Define(Napi::Env env) {
 }
 
 OptimizerPtr OptimizerWrap::StateOf(Napi::Env env, const Napi::Value& value) {
-  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(addonData(env).optimizerClass.Value()))
-    throw CodedError("TORCHLITE_BAD_ARGUMENT", "expected an Optimizer");
-  return ObjectWrap::Unwrap(value.As<Napi::Object>())->live();
+  return unwrapInstance<OptimizerWrap>(env, value, addonData(env).optimizerClass, "an Optimizer")->live();
 }
 
-OptimizerWrap::OptimizerWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<OptimizerWrap>(info) {
-  if (info.Length() != 1 || !info[0].IsExternal())
-    throw Napi::TypeError::New(info.Env(), "Optimizer cannot be constructed directly; use optim.sgd/adam/adamw");
-  state_ = *info[0].As<Napi::External<OptimizerPtr>>().Data();
-}
+OptimizerWrap::OptimizerWrap(const Napi::CallbackInfo& info)
+    : Napi::ObjectWrap<OptimizerWrap>(info),
+      state_(takeExternal<OptimizerPtr>(info, "Optimizer cannot be constructed directly; use optim.sgd/adam/adamw")) {}
 
 OptimizerPtr OptimizerWrap::live() const {
   if (!state_) throw CodedError("TORCHLITE_DISPOSED", "Optimizer has been disposed");
@@ -217,25 +213,19 @@ Napi::Value OptimizerWrap::Create(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value OptimizerWrap::AddGroup(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    OptimizerPtr state = live();
-    std::lock_guard<std::mutex> lock(state->model->mutex);
-    state->addGroup(toNames(info[0]), parseOptions(info[1].As<Napi::Object>(), {}));
+  return Locked(info, [&](Napi::Env env, OptimizerState& state) {
+    state.addGroup(toNames(info[0]), parseOptions(info[1].As<Napi::Object>(), {}));
     return env.Undefined();
   });
 }
 
 Napi::Value OptimizerWrap::Groups(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    OptimizerPtr state = live();
-    std::lock_guard<std::mutex> lock(state->model->mutex);
-    Napi::Array result = Napi::Array::New(env, state->groups.size());
-    for (size_t i = 0; i < state->groups.size(); ++i) {
-      Napi::Object group = optionsToJs(env, state->groups[i].options);
-      Napi::Array names = Napi::Array::New(env, state->groups[i].slots.size());
-      for (size_t j = 0; j < state->groups[i].slots.size(); ++j) names.Set(j, state->groups[i].slots[j].name);
+  return Locked(info, [&](Napi::Env env, OptimizerState& state) {
+    Napi::Array result = Napi::Array::New(env, state.groups.size());
+    for (size_t i = 0; i < state.groups.size(); ++i) {
+      Napi::Object group = optionsToJs(env, state.groups[i].options);
+      Napi::Array names = Napi::Array::New(env, state.groups[i].slots.size());
+      for (size_t j = 0; j < state.groups[i].slots.size(); ++j) names.Set(j, state.groups[i].slots[j].name);
       group.Set("params", names);
       result.Set(i, group);
     }
@@ -244,25 +234,19 @@ Napi::Value OptimizerWrap::Groups(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value OptimizerWrap::SetGroupOptions(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    OptimizerPtr state = live();
-    std::lock_guard<std::mutex> lock(state->model->mutex);
+  return Locked(info, [&](Napi::Env env, OptimizerState& state) {
     size_t index = info[0].As<Napi::Number>().Uint32Value();
-    if (index >= state->groups.size()) throw CodedError("TORCHLITE_BAD_ARGUMENT", "no param group " + std::to_string(index));
-    state->groups[index].options = parseOptions(info[1].As<Napi::Object>(), state->groups[index].options);
+    if (index >= state.groups.size()) throw CodedError("TORCHLITE_BAD_ARGUMENT", "no param group " + std::to_string(index));
+    state.groups[index].options = parseOptions(info[1].As<Napi::Object>(), state.groups[index].options);
     return env.Undefined();
   });
 }
 
 Napi::Value OptimizerWrap::StateDict(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    OptimizerPtr state = live();
-    std::lock_guard<std::mutex> lock(state->model->mutex);
+  return Locked(info, [&](Napi::Env env, OptimizerState& state) {
     Napi::Object result = Napi::Object::New(env);
     Napi::Object perParam = Napi::Object::New(env);
-    for (const ParamGroup& group : state->groups) {
+    for (const ParamGroup& group : state.groups) {
       for (const ParamSlot& slot : group.slots) {
         Napi::Object entry = Napi::Object::New(env);
         entry.Set("step", static_cast<double>(slot.step));
@@ -278,19 +262,16 @@ Napi::Value OptimizerWrap::StateDict(const Napi::CallbackInfo& info) {
       }
     }
     result.Set("state", perParam);
-    result.Set("pending", static_cast<double>(state->pending));
+    result.Set("pending", static_cast<double>(state.pending));
     return result;
   });
 }
 
 Napi::Value OptimizerWrap::LoadStateDict(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    OptimizerPtr state = live();
+  return Locked(info, [&](Napi::Env env, OptimizerState& state) {
     Napi::Object perParam = info[0].As<Napi::Object>();
-    std::lock_guard<std::mutex> lock(state->model->mutex);
     torch::NoGradGuard noGrad;
-    for (ParamGroup& group : state->groups) {
+    for (ParamGroup& group : state.groups) {
       for (ParamSlot& slot : group.slots) {
         Napi::Value value = perParam.Get(slot.name);
         slot = ParamSlot{slot.name, slot.param};
@@ -312,7 +293,7 @@ Napi::Value OptimizerWrap::LoadStateDict(const Napi::CallbackInfo& info) {
         take("max_exp_avg_sq", slot.maxExpAvgSq);
       }
     }
-    state->pending = info[1].As<Napi::Number>().Int64Value();
+    state.pending = info[1].As<Napi::Number>().Int64Value();
     return env.Undefined();
   });
 }

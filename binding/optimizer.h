@@ -74,6 +74,15 @@ class OptimizerWrap : public Napi::ObjectWrap<OptimizerWrap> {
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 
   OptimizerPtr live() const;
+  // Runs a synchronous method body with the optimizer's model locked.
+  template <class F>
+  Napi::Value Locked(const Napi::CallbackInfo& info, F&& body) {
+    return guard(info.Env(), [&]() -> Napi::Value {
+      OptimizerPtr state = live();
+      std::lock_guard<std::mutex> lock(state->model->mutex);
+      return body(info.Env(), *state);
+    });
+  }
 
   OptimizerPtr state_;
 };

@@ -70,15 +70,12 @@ Napi::Object TensorWrap::Wrap(Napi::Env env, torch::Tensor tensor) {
 }
 
 torch::Tensor TensorWrap::From(Napi::Env env, const Napi::Value& value) {
-  if (!value.IsObject() || !value.As<Napi::Object>().InstanceOf(addonData(env).tensorClass.Value()))
-    throw CodedError("TORCHLITE_BAD_ARGUMENT", "expected a Tensor");
-  return ObjectWrap::Unwrap(value.As<Napi::Object>())->live();
+  return unwrapInstance<TensorWrap>(env, value, addonData(env).tensorClass, "a Tensor")->live();
 }
 
-TensorWrap::TensorWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<TensorWrap>(info) {
-  if (info.Length() != 1 || !info[0].IsExternal())
-    throw Napi::TypeError::New(info.Env(), "Tensor cannot be constructed directly; use tensor() or a factory");
-  tensor_ = std::move(*info[0].As<Napi::External<torch::Tensor>>().Data());
+TensorWrap::TensorWrap(const Napi::CallbackInfo& info)
+    : Napi::ObjectWrap<TensorWrap>(info),
+      tensor_(takeExternal<torch::Tensor>(info, "Tensor cannot be constructed directly; use tensor() or a factory")) {
   // V8 cannot see LibTorch allocations; telling it keeps GC pressure honest when
   // users forget dispose() and rely on finalizers.
   accountedBytes_ = storageBytes(tensor_);
