@@ -1,6 +1,8 @@
 // Registers the classes and the process-level knobs.
 #include "addon.h"
 
+#include <cstring>
+
 #include "common.h"
 #include "layers.h"
 #include "loss.h"
@@ -27,6 +29,28 @@ Napi::Value GetNumThreads(const Napi::CallbackInfo& info) {
 // V8's own statistics do not show adjustments, so tests read the total back from here.
 Napi::Value ExternalMemory(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(Napi::MemoryManagement::AdjustExternalMemory(info.Env(), 0)));
+}
+
+// The CPU generator's state, so a checkpoint can resume dropout and randn bit-exactly.
+Napi::Value GetRngState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    torch::Tensor state = at::detail::getDefaultCPUGenerator().get_state();
+    return Napi::Buffer<uint8_t>::Copy(env, state.data_ptr<uint8_t>(), state.numel());
+  });
+}
+
+Napi::Value SetRngState(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    Napi::Buffer<uint8_t> bytes = info[0].As<Napi::Buffer<uint8_t>>();
+    torch::Tensor state = torch::empty({static_cast<int64_t>(bytes.Length())}, torch::kByte);
+    std::memcpy(state.data_ptr(), bytes.Data(), bytes.Length());
+    at::Generator generator = at::detail::getDefaultCPUGenerator();
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(state);
+    return env.Undefined();
+  });
 }
 
 Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
@@ -56,6 +80,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("getNumThreads", Napi::Function::New<GetNumThreads>(env));
   exports.Set("externalMemory", Napi::Function::New<ExternalMemory>(env));
   exports.Set("initLayerParameters", Napi::Function::New<InitLayerParameters>(env));
+  exports.Set("getRngState", Napi::Function::New<GetRngState>(env));
+  exports.Set("setRngState", Napi::Function::New<SetRngState>(env));
   exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env));
   exports.Set("torchVersion", TORCH_VERSION);
   exports.Set("cudaBuild", Napi::Boolean::New(env,

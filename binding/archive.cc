@@ -85,9 +85,10 @@ bool hasConstantTrainingFlags(const torch::jit::Module& module) {
 
 }  // namespace
 
-ModelPtr loadArchive(const std::string& path, const torch::Device& device) {
+ModelPtr loadArchive(const std::string& path, const torch::Device& device, const std::vector<std::string>& extraNames) {
   checkFile(path);
   torch::jit::ExtraFilesMap extra{{"torchlite.json", ""}};
+  for (const std::string& name : extraNames) extra.emplace(name, "");
   torch::jit::Module module;
   try {
     module = torch::jit::load(path, device, extra);
@@ -97,6 +98,8 @@ ModelPtr loadArchive(const std::string& path, const torch::Device& device) {
   auto state = std::make_shared<ModelState>(std::move(module), device);
   state->traced = hasTracedSourceRanges(state->module) || hasConstantTrainingFlags(state->module);
   state->metadata = extra["torchlite.json"];
+  for (const std::string& name : extraNames)
+    if (!extra[name].empty()) state->extras[name] = extra[name];
   if (state->traced) state->warnings = fixTracedTrainingFlags(state->module);
   return state;
 }
@@ -112,7 +115,8 @@ void syncPath(const std::string& path, int flags) {
 
 }  // namespace
 
-void saveArchive(ModelState& state, const std::string& path, const std::string& metadata) {
+void saveArchive(ModelState& state, const std::string& path, const std::string& metadata,
+                 const std::map<std::string, std::string>& extras) {
   fs::path target(path);
   fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   std::error_code ec;
@@ -120,7 +124,9 @@ void saveArchive(ModelState& state, const std::string& path, const std::string& 
   if (fs::is_directory(target, ec)) throw CodedError("TORCHLITE_IS_DIRECTORY", path + " is a directory");
   fs::path temp = dir / ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()));
   try {
-    state.module.save(temp.string(), {{"torchlite.json", metadata}});
+    torch::jit::ExtraFilesMap files(extras.begin(), extras.end());
+    files["torchlite.json"] = metadata;
+    state.module.save(temp.string(), files);
   } catch (const c10::Error& error) {
     fs::remove(temp, ec);
     throw CodedError("TORCHLITE_WRITE_FAILED", "cannot write " + path + ": " + error.what_without_backtrace());

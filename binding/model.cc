@@ -63,6 +63,8 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::SetRequiresGrad>("setRequiresGrad"),
                          InstanceMethod<&ModelWrap::SetBatchNormPolicy>("setBatchNormPolicy"),
                          InstanceMethod<&ModelWrap::Save>("save"),
+                         InstanceMethod<&ModelWrap::LoadStateDict>("loadStateDict"),
+                         InstanceMethod<&ModelWrap::Extras>("extras"),
                          InstanceMethod<&ModelWrap::Dispose>("dispose"),
                      });
 }
@@ -100,8 +102,13 @@ Napi::Value ModelWrap::Load(const Napi::CallbackInfo& info) {
   return guard(env, [&] {
     std::string path = info[0].As<Napi::String>().Utf8Value();
     torch::Device device = parseDevice(info[1].As<Napi::String>().Utf8Value());
+    std::vector<std::string> extraNames;
+    if (info[2].IsArray()) {
+      Napi::Array names = info[2].As<Napi::Array>();
+      for (uint32_t i = 0; i < names.Length(); ++i) extraNames.push_back(names.Get(i).As<Napi::String>().Utf8Value());
+    }
     return Job<ModelPtr>::Start(
-        env, [path, device] { return loadArchive(path, device); },
+        env, [path, device, extraNames] { return loadArchive(path, device, extraNames); },
         [](Napi::Env env, ModelPtr& state) -> Napi::Value { return Wrap(env, state); });
   });
 }
@@ -316,14 +323,60 @@ Napi::Value ModelWrap::Save(const Napi::CallbackInfo& info) {
     ModelPtr state = live();
     std::string path = info[0].As<Napi::String>().Utf8Value();
     std::string metadata = info[1].As<Napi::String>().Utf8Value();
+    std::map<std::string, std::string> extras;
+    if (info[2].IsObject()) {
+      Napi::Object files = info[2].As<Napi::Object>();
+      Napi::Array names = files.GetPropertyNames();
+      for (uint32_t i = 0; i < names.Length(); ++i) {
+        std::string name = names.Get(i).As<Napi::String>().Utf8Value();
+        Napi::Buffer<char> bytes = files.Get(name).As<Napi::Buffer<char>>();
+        extras[name] = std::string(bytes.Data(), bytes.Length());
+      }
+    }
     return Job<bool>::Start(
         env,
-        [state, path, metadata] {
+        [state, path, metadata, extras] {
           std::lock_guard<std::mutex> lock(state->mutex);
-          saveArchive(*state, path, metadata);
+          saveArchive(*state, path, metadata, extras);
           return true;
         },
         [](Napi::Env env, bool&) { return env.Undefined(); });
+  });
+}
+
+Napi::Value ModelWrap::LoadStateDict(const Napi::CallbackInfo& info) {
+  return Locked(info, [&](Napi::Env env, ModelState& state) {
+    Napi::Object source = info[0].As<Napi::Object>();
+    std::map<std::string, torch::Tensor> targets;
+    for (const auto& item : state.module.named_parameters()) targets.emplace(item.name, item.value);
+    for (const auto& item : state.module.named_buffers()) targets.emplace(item.name, item.value);
+    Napi::Array names = source.GetPropertyNames();
+    std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;
+    // Check everything before copying anything, so a bad dict leaves the model untouched.
+    for (uint32_t i = 0; i < names.Length(); ++i) {
+      std::string name = names.Get(i).As<Napi::String>().Utf8Value();
+      auto found = targets.find(name);
+      if (found == targets.end()) throw CodedError("TORCHLITE_BAD_STATE", "the model has no parameter or buffer '" + name + "'");
+      torch::Tensor value = TensorWrap::From(env, source.Get(name));
+      if (value.sizes() != found->second.sizes())
+        throw CodedError("TORCHLITE_BAD_STATE", "'" + name + "' has shape " + c10::str(value.sizes()) +
+                                                    " but the model's has " + c10::str(found->second.sizes()));
+      copies.emplace_back(found->second, value);
+      targets.erase(found);
+    }
+    if (info[1].As<Napi::Boolean>().Value() && !targets.empty())
+      throw CodedError("TORCHLITE_BAD_STATE", "the state dict lacks '" + targets.begin()->first + "'");
+    torch::NoGradGuard noGrad;
+    for (auto& [target, value] : copies) target.copy_(value);
+    return env.Undefined();
+  });
+}
+
+Napi::Value ModelWrap::Extras(const Napi::CallbackInfo& info) {
+  return Locked(info, [&](Napi::Env env, ModelState& state) -> Napi::Value {
+    Napi::Object result = Napi::Object::New(env);
+    for (const auto& [name, bytes] : state.extras) result.Set(name, Napi::Buffer<char>::Copy(env, bytes.data(), bytes.size()));
+    return result;
   });
 }
 

@@ -1,6 +1,7 @@
 // Model: a loaded TorchScript module and the JS handle on it.
 #pragma once
 #include <memory>
+#include <map>
 #include <mutex>
 
 #include "common.h"
@@ -15,6 +16,7 @@ struct ModelState {
   bool traced = false;
   std::string metadata;  // JSON text stored by torchlite's save, "" when absent
   std::vector<std::string> warnings;  // traced constructs that load could not fix
+  std::map<std::string, std::string> extras;  // other extra files asked for at load (checkpoint state)
   bool bnFrozenEval = true;           // BatchNorm policy 'frozen-eval' (else 'train')
   // Workers and JS-thread mutations (train/eval) take it, so a mode switch never
   // lands in the middle of a forward running on another thread.
@@ -53,6 +55,8 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value SetRequiresGrad(const Napi::CallbackInfo& info);
   Napi::Value SetBatchNormPolicy(const Napi::CallbackInfo& info);
   Napi::Value Save(const Napi::CallbackInfo& info);
+  Napi::Value LoadStateDict(const Napi::CallbackInfo& info);
+  Napi::Value Extras(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 

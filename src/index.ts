@@ -18,6 +18,9 @@ export {
   type ParameterInfo,
   type TensorInfo,
 } from './model';
+export type { TrainingPosition } from './checkpoint';
+export * as data from './data';
+export type { Dataset, Loader, LoaderBatch, Sample } from './data';
 export * as loss from './loss';
 export type { Loss } from './loss';
 export type { Metrics, MetricSpec } from './metrics';
@@ -43,3 +46,17 @@ export {
   type TensorOptions,
   zeros,
 } from './tensor';
+export {
+  type Callback,
+  checkpoint,
+  earlyStopping,
+  type EpochRecord,
+  type FineTuneOptions,
+  fineTune,
+  type FitContext,
+  type FitEvent,
+  type FitOptions,
+  type FitRun,
+  fit,
+  jsonlLogger,
+} from './train';

@@ -309,6 +309,19 @@ export class Model implements Disposable, AsyncDisposable {
     return Object.fromEntries(Object.entries(raw).map(([name, handle]) => [name, new Tensor(handle)]));
   }
 
+  /**
+   * Copies parameters and buffers from `dict` (as {@link Model.stateDict} returns) by name.
+   * With `strict` (the default) every parameter and buffer must be present; nothing is
+   * copied unless all names and shapes match.
+   */
+  loadStateDict(dict: Record<string, Tensor>, options?: { strict?: boolean }): void {
+    const { strict = true } = checkOptions<{ strict?: boolean }>(options, 'options', ['strict']);
+    if (dict === null || typeof dict !== 'object') throw typeError('a record of Tensors', 'dict', dict);
+    const handles = Object.fromEntries(Object.entries(dict).map(([name, t]) => [name, Tensor.handle(t)]));
+    const live = this.#live;
+    callNative(() => live.loadStateDict(handles, strict === true));
+  }
+
   /** A table of modules with their parameter counts, and totals. */
   summary(): string {
     const rows = this.modules();
@@ -427,6 +440,15 @@ export class Model implements Disposable, AsyncDisposable {
    * (temporary file, fsync, rename).
    */
   save(path: string, options?: SaveOptions): Promise<void> {
+    return this.#save(path, options, undefined);
+  }
+
+  /** @internal Saves with further extra files (checkpoint state) beside the metadata. */
+  static saveWithExtras(model: Model, path: string, extras: Record<string, Buffer>): Promise<void> {
+    return model.#save(path, undefined, extras);
+  }
+
+  #save(path: string, options: SaveOptions | undefined, extras: Record<string, Buffer> | undefined): Promise<void> {
     return callNativeAsync(async () => {
       checkString(path, 'path');
       const { metadata = this.#metadata } = checkOptions<SaveOptions>(options, 'options', ['metadata']);
@@ -437,7 +459,7 @@ export class Model implements Disposable, AsyncDisposable {
         throw typeError(`JSON-serialisable metadata (${(error as Error).message})`, 'options.metadata', metadata);
       }
       if (text === undefined) throw typeError('JSON-serialisable metadata', 'options.metadata', metadata);
-      await this.#enqueue((handle) => handle.save(path, text));
+      await this.#enqueue((handle) => handle.save(path, text, extras));
       this.#metadata = metadata;
     });
   }
@@ -503,10 +525,13 @@ export class Model implements Disposable, AsyncDisposable {
 
 /** Loads a TorchScript archive saved by `torch.jit.script(...).save()` or `torch.jit.trace(...).save()`. */
 export function loadPretrained(path: string, options?: LoadOptions): Promise<Model> {
-  return callNativeAsync(async () => {
-    checkString(path, 'path');
-    const { device = 'cpu' } = checkOptions<LoadOptions>(options, 'options', ['device']);
-    const handle = await native.Model.load(path, checkDevice(device, 'options.device'));
-    return new Model(handle);
-  });
+  return callNativeAsync(async () => (await loadArchive(path, options, [])).model);
+}
+
+/** @internal Loads an archive and the named extra files (checkpoint state) in it. */
+export async function loadArchive(path: string, options: LoadOptions | undefined, extraNames: string[]): Promise<{ model: Model; extras: Record<string, Buffer> }> {
+  checkString(path, 'path');
+  const { device = 'cpu' } = checkOptions<LoadOptions>(options, 'options', ['device']);
+  const handle = await native.Model.load(path, checkDevice(device, 'options.device'), extraNames);
+  return { model: new Model(handle), extras: handle.extras() };
 }

@@ -61,7 +61,9 @@ export interface NativeModel {
   replace(path: string, spec: object): void;
   setRequiresGrad(names: string[], flag: boolean): void;
   setBatchNormPolicy(policy: string): void;
-  save(path: string, metadata: string): Promise<void>;
+  save(path: string, metadata: string, extras?: Record<string, Buffer>): Promise<void>;
+  loadStateDict(dict: Record<string, NativeTensor>, strict: boolean): void;
+  extras(): Record<string, Buffer>;
   dispose(): void;
 }
 
@@ -100,7 +102,7 @@ export interface NativeStepResult {
 }
 
 export interface NativeModelClass {
-  load(path: string, device: string): Promise<NativeModel>;
+  load(path: string, device: string, extraNames?: string[]): Promise<NativeModel>;
 }
 
 export interface NativeAddon {
@@ -111,6 +113,8 @@ export interface NativeAddon {
   setNumThreads(n: number): void;
   getNumThreads(): number;
   externalMemory(): number;
+  getRngState(): Buffer;
+  setRngState(state: Buffer): void;
   initLayerParameters(shape: number[], bias: boolean): { weight: NativeTensor; bias?: NativeTensor };
   cudaInfo(): { available: boolean; deviceCount: number };
   torchVersion: string;

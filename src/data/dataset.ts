@@ -1,0 +1,186 @@
+import { TorchError } from '../errors';
+import { Tensor } from '../tensor';
+import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, rangeError, typeError } from '../validate';
+import { readIdx } from './idx';
+import { permutation } from './random';
+
+/** One sample: a flat float input of the dataset's `inputShape`, and a class index or a float target. */
+export interface Sample {
+  input: Float32Array;
+  target: number | Float32Array;
+}
+
+/** A random-access dataset. `get` may be async (image decoding); `target` never decodes. */
+export interface Dataset {
+  readonly length: number;
+  /** Shape of one input, e.g. `[1, 28, 28]`. */
+  readonly inputShape: number[];
+  /** Shape of one float target (`[]` for class indices). */
+  readonly targetShape: number[];
+  /** Class names, when the targets are class indices. */
+  readonly classes?: string[];
+  /** The class index (or first target value) of sample `i`. */
+  target(i: number): number;
+  /** Sample `i`; `epoch` seeds augmentation so runs repeat exactly. */
+  get(i: number, epoch: number): Sample | Promise<Sample>;
+  /** What to call sample `i` in an error message (its file, or its index). */
+  describe(i: number): string;
+}
+
+type NumericArray = Float32Array | Float64Array | Int32Array | Int16Array | Int8Array | Uint8Array | BigInt64Array;
+
+function toArray(value: unknown, name: string): { data: NumericArray; shape: number[] } {
+  if (value instanceof Tensor) return { data: value.toTypedArray() as NumericArray, shape: value.shape };
+  if (ArrayBuffer.isView(value) && !(value instanceof DataView)) return { data: value as NumericArray, shape: [(value as NumericArray).length] };
+  if (Array.isArray(value)) return { data: Float64Array.from(value as number[]), shape: [value.length] };
+  throw typeError('a Tensor, a typed array or number[]', name, value);
+}
+
+export interface TensorDatasetOptions {
+  /** Shape of one input when `inputs` is a flat typed array. Defaults to the Tensor's trailing dimensions. */
+  inputShape?: number[];
+  /** Class names for class-index targets. */
+  classes?: string[];
+}
+
+/**
+ * Samples from in-memory inputs (`[N, ...]`) and targets (`[N]` class indices as
+ * integers, or float targets `[N, ...]`).
+ */
+export function tensorDataset(inputs: Tensor | ArrayBufferView | number[], targets: Tensor | ArrayBufferView | number[], options?: TensorDatasetOptions): Dataset {
+  const o = checkOptions<TensorDatasetOptions>(options, 'options', ['inputShape', 'classes']);
+  const x = toArray(inputs, 'inputs');
+  const y = toArray(targets, 'targets');
+  const n = y.shape[0];
+  const inputShape = o.inputShape ?? (x.shape.length > 1 ? x.shape.slice(1) : [x.data.length / Math.max(n, 1)]);
+  const inputSize = inputShape.reduce((a, b) => a * b, 1);
+  if (x.data.length !== n * inputSize)
+    throw new RangeError(`Expected inputs of ${n} samples × ${inputSize} values for \`inputs\` but received ${x.data.length} values`);
+  // Integer targets (an integer typed array, or number[] of integers) are class indices.
+  const integral = Array.isArray(targets) ? targets.every(Number.isInteger) : !(y.data instanceof Float32Array || y.data instanceof Float64Array);
+  const classIndices = y.shape.length === 1 && integral;
+  const targetShape = classIndices ? [] : y.shape.slice(1);
+  const targetSize = targetShape.reduce((a, b) => a * b, 1);
+  const xs = x.data instanceof Float32Array ? x.data : Float32Array.from(x.data as ArrayLike<number>, Number);
+  const ys = Float64Array.from(y.data as ArrayLike<number>, Number);
+  if (classIndices && o.classes) {
+    const bad = ys.findIndex((t) => t < 0 || t >= o.classes!.length);
+    if (bad >= 0) throw new TorchError('TORCHLITE_BAD_DATA', `target ${ys[bad]} of sample ${bad} is out of range for ${o.classes.length} classes`);
+  }
+  return {
+    length: n,
+    inputShape,
+    targetShape,
+    classes: o.classes,
+    target: (i) => ys[i * targetSize],
+    get: (i) => ({
+      input: xs.subarray(i * inputSize, (i + 1) * inputSize),
+      target: classIndices ? ys[i] : Float32Array.from(ys.subarray(i * targetSize, (i + 1) * targetSize)),
+    }),
+    describe: (i) => `sample ${i}`,
+  };
+}
+
+export interface IdxOptions {
+  /** Subtracted after scaling pixels to [0, 1]. Defaults to `0`. */
+  mean?: number;
+  /** Divides after subtracting the mean. Defaults to `1`. */
+  std?: number;
+  /** Class names. Defaults to none. */
+  classes?: string[];
+}
+
+/** A dataset over a pair of (gzipped) IDX files, such as Fashion-MNIST's. Pixels are scaled to [0, 1], then normalised. */
+export async function idx(imagesPath: string, labelsPath: string, options?: IdxOptions): Promise<Dataset> {
+  const o = checkOptions<IdxOptions>(options, 'options', ['mean', 'std', 'classes']);
+  const mean = o.mean === undefined ? 0 : checkFiniteNumber(o.mean, 'options.mean');
+  const std = o.std === undefined ? 1 : checkFiniteNumber(o.std, 'options.std');
+  if (std <= 0) throw rangeError('a positive number', 'options.std', std);
+  const [images, labels] = await Promise.all([readIdx(imagesPath), readIdx(labelsPath)]);
+  if (labels.shape.length !== 1 || images.shape[0] !== labels.shape[0])
+    throw new TorchError('TORCHLITE_BAD_DATA', `${imagesPath} holds ${images.shape[0]} images but ${labelsPath} holds ${labels.shape.join('×')} labels`);
+  if (o.classes) {
+    const bad = labels.data.findIndex((t) => t >= o.classes!.length);
+    if (bad >= 0) throw new TorchError('TORCHLITE_BAD_DATA', `label ${labels.data[bad]} of sample ${bad} in ${labelsPath} is out of range for ${o.classes.length} classes`);
+  }
+  const inputShape = [1, ...images.shape.slice(1)];
+  const size = inputShape.reduce((a, b) => a * b, 1);
+  return {
+    length: labels.shape[0],
+    inputShape,
+    targetShape: [],
+    classes: o.classes,
+    target: (i) => labels.data[i],
+    get: (i) => ({
+      input: Float32Array.from(images.data.subarray(i * size, (i + 1) * size), (v) => (v / 255 - mean) / std),
+      target: labels.data[i],
+    }),
+    describe: (i) => `image ${i} of ${imagesPath}`,
+  };
+}
+
+/** A view of `base` through `indices`, optionally with remapped class indices. */
+function view(base: Dataset, indices: number[], remap?: Map<number, number>, classes?: string[]): Dataset {
+  return {
+    length: indices.length,
+    inputShape: base.inputShape,
+    targetShape: base.targetShape,
+    classes: classes ?? base.classes,
+    target: (i) => (remap ? remap.get(base.target(indices[i]))! : base.target(indices[i])),
+    get: async (i, epoch) => {
+      const sample = await base.get(indices[i], epoch);
+      return remap ? { ...sample, target: remap.get(sample.target as number)! } : sample;
+    },
+    describe: (i) => base.describe(indices[i]),
+  };
+}
+
+function checkDataset(ds: unknown, name: string): Dataset {
+  if (ds === null || typeof ds !== 'object' || typeof (ds as Dataset).get !== 'function' || typeof (ds as Dataset).length !== 'number')
+    throw typeError('a Dataset from `data.*`', name, ds);
+  return ds as Dataset;
+}
+
+/** Splits a dataset at random into train and validation views. */
+export function split(ds: Dataset, options: { val: number; seed?: number }): { train: Dataset; val: Dataset } {
+  checkDataset(ds, 'ds');
+  const o = checkOptions<{ val: number; seed?: number }>(options, 'options', ['val', 'seed']);
+  const fraction = checkFiniteNumber(o.val, 'options.val');
+  if (fraction <= 0 || fraction >= 1) throw rangeError('a fraction in (0, 1)', 'options.val', fraction);
+  const order = permutation(ds.length, checkInteger(o.seed ?? 0, 'options.seed', 0));
+  const cut = Math.round(ds.length * fraction);
+  if (cut === 0 || cut === ds.length) throw new RangeError(`Expected a split that leaves both parts non-empty for \`options.val\` but received ${fraction} of ${ds.length} samples`);
+  return { val: view(ds, order.slice(0, cut).sort((a, b) => a - b)), train: view(ds, order.slice(cut).sort((a, b) => a - b)) };
+}
+
+export interface SubsetOptions {
+  /** Samples kept per class, drawn at random. Defaults to all. */
+  perClass?: number;
+  /** The class indices to keep; targets are renumbered 0..k-1 in this order. Defaults to all classes. */
+  classes?: number[];
+  /** Defaults to `0`. */
+  seed?: number;
+}
+
+/** A class-balanced subset, for small labelled budgets, optionally of some classes only (renumbered). */
+export function subset(ds: Dataset, options: SubsetOptions): Dataset {
+  checkDataset(ds, 'ds');
+  const o = checkOptions<SubsetOptions>(options, 'options', ['perClass', 'classes', 'seed']);
+  const perClass = o.perClass === undefined ? Infinity : checkPositiveInteger(o.perClass, 'options.perClass');
+  const keep = o.classes?.map((c, i) => checkInteger(c, `options.classes[${i}]`, 0, 'a class index'));
+  const order = permutation(ds.length, checkInteger(o.seed ?? 0, 'options.seed', 0));
+  const counts = new Map<number, number>();
+  const picked: number[] = [];
+  for (const i of order) {
+    const t = ds.target(i);
+    if (keep && !keep.includes(t)) continue;
+    const n = counts.get(t) ?? 0;
+    if (n >= perClass) continue;
+    counts.set(t, n + 1);
+    picked.push(i);
+  }
+  for (const c of keep ?? []) if (!counts.has(c)) throw new TorchError('TORCHLITE_BAD_DATA', `class ${c} has no samples in the dataset`);
+  const remap = keep && new Map(keep.map((c, i) => [c, i]));
+  const names = keep && ds.classes ? keep.map((c) => ds.classes![c]) : undefined;
+  return view(ds, picked.sort((a, b) => a - b), remap, names);
+}

@@ -1,0 +1,373 @@
+// fit(): epochs of trainStep over a Loader, evaluation after each, callbacks, AbortSignal,
+// checkpoints and exact resume. fineTune(): the fastai recipe on top of it.
+import { appendFile, mkdir, readdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { loadCheckpoint, saveCheckpoint, type TrainingPosition } from './checkpoint';
+import type { Loader } from './data/loader';
+import { Loss, crossEntropy } from './loss';
+import type { Metrics, MetricSpec } from './metrics';
+import { Model } from './model';
+import { Optimizer, adamw, type ParamGroupSpec } from './optim';
+import { PlateauScheduler, Scheduler, oneCycle } from './sched';
+import { checkFiniteNumber, checkInteger, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from './validate';
+
+/** What one epoch did. */
+export interface EpochRecord {
+  epoch: number;
+  /** Mean training loss over the epoch's batches. */
+  trainLoss: number;
+  /** Training accuracy, for class-index targets. */
+  trainAccuracy?: number;
+  /** Metrics on the validation loader, with `loss`. */
+  val?: Metrics;
+  /** Each param group's lr at the end of the epoch. */
+  lr: number[];
+  seconds: number;
+  /** fineTune's stage (0 trains the head only). */
+  stage: number;
+}
+
+export type FitEvent =
+  | { type: 'epochStart'; epoch: number; batches: number; stage: number }
+  | { type: 'batchEnd'; epoch: number; batch: number; batches: number; step: number; loss: number; lr: number }
+  | { type: 'epochEnd'; record: EpochRecord }
+  | { type: 'checkpoint'; path: string; epoch: number }
+  | { type: 'stopped'; reason: string };
+
+/** What callbacks see and may act on. */
+export interface FitContext {
+  readonly model: Model;
+  readonly optimizer: Optimizer;
+  readonly history: EpochRecord[];
+  /** Epochs completed so far. */
+  readonly epoch: number;
+  readonly step: number;
+  /** Asks fit to stop after the current epoch. */
+  stop(reason: string): void;
+  /** Writes a checkpoint of the whole training state to `path`. */
+  saveCheckpoint(path: string): Promise<void>;
+  /** Per-callback state that checkpoints carry, keyed by callback name. */
+  readonly callbackState: Record<string, unknown>;
+}
+
+export interface Callback {
+  /** Names this callback's state in checkpoints. */
+  readonly name: string;
+  onEpochEnd?(ctx: FitContext, record: EpochRecord): void | Promise<void>;
+  onBatchEnd?(ctx: FitContext, event: Extract<FitEvent, { type: 'batchEnd' }>): void | Promise<void>;
+}
+
+export interface FitOptions {
+  train: Loader;
+  /** Evaluated after each epoch. Defaults to none. */
+  val?: Loader;
+  /** Total epochs, counting those a resumed checkpoint already did. */
+  epochs: number;
+  optimizer: Optimizer;
+  /** Defaults to `loss.crossEntropy()`. */
+  loss?: Loss;
+  /** A per-step `Scheduler` (stepped after each update) or a `PlateauScheduler` (stepped with the validation loss each epoch). Defaults to none. */
+  scheduler?: Scheduler | PlateauScheduler;
+  /** Validation metrics. Defaults to `['accuracy']` for a classification loss. */
+  metrics?: MetricSpec[];
+  callbacks?: Callback[];
+  /** Stops cleanly between steps when aborted. */
+  signal?: AbortSignal;
+  /** A checkpoint to continue from, bit-exactly on the CPU. */
+  resume?: string;
+  /** Passed to each trainStep. */
+  clipGradNorm?: number;
+  /** Passed to each trainStep. */
+  accumulate?: number;
+  /** Passed to each trainStep. */
+  amp?: 'bf16' | 'fp16';
+  /** @internal fineTune's stage, stored in checkpoints. */
+  stage?: number;
+}
+
+/** The run: `await` it for the history, or `for await` its events. */
+export interface FitRun extends PromiseLike<EpochRecord[]>, AsyncIterable<FitEvent> {}
+
+const FIT_KEYS = ['train', 'val', 'epochs', 'optimizer', 'loss', 'scheduler', 'metrics', 'callbacks', 'signal', 'resume', 'clipGradNorm', 'accumulate', 'amp', 'stage'];
+
+/** Trains for `epochs`, evaluating on `val` after each; see {@link FitOptions}. */
+export function fit(model: Model, options: FitOptions): FitRun {
+  if (!(model instanceof Model)) throw typeError('a Model', 'model', model);
+  const o = checkOptions<FitOptions>(options, 'options', FIT_KEYS) as FitOptions;
+  if (o.train === undefined || typeof o.train[Symbol.asyncIterator] !== 'function' || typeof o.train.batches !== 'function') throw typeError('a Loader from `data.loader`', 'options.train', o.train);
+  if (o.val !== undefined && typeof o.val?.[Symbol.asyncIterator] !== 'function') throw typeError('a Loader from `data.loader`', 'options.val', o.val);
+  checkPositiveInteger(o.epochs, 'options.epochs');
+  if (!(o.optimizer instanceof Optimizer)) throw typeError('an Optimizer from `optim.*`', 'options.optimizer', o.optimizer);
+  if (o.loss !== undefined && !(o.loss instanceof Loss)) throw typeError('a Loss from `loss.*`', 'options.loss', o.loss);
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw typeError('an AbortSignal', 'options.signal', o.signal);
+  if (o.resume !== undefined) checkString(o.resume, 'options.resume');
+  const callbacks = o.callbacks ?? [];
+  if (!Array.isArray(callbacks)) throw typeError('an array of callbacks', 'options.callbacks', callbacks);
+  let started: AsyncGenerator<FitEvent, EpochRecord[]> | null = null;
+  const start = () => {
+    if (started) throw new Error('A fit run can be consumed once: await it or iterate it, not both');
+    started = run(model, o, callbacks);
+    return started;
+  };
+  return {
+    [Symbol.asyncIterator]: start,
+    then(onFulfilled, onRejected) {
+      const drain = async () => {
+        const events = start();
+        for (;;) {
+          const next = await events.next();
+          if (next.done) return next.value;
+        }
+      };
+      return drain().then(onFulfilled, onRejected);
+    },
+  };
+}
+
+async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGenerator<FitEvent, EpochRecord[]> {
+  const lossFn = o.loss ?? crossEntropy();
+  let position: TrainingPosition = { epoch: 0, step: 0, stage: o.stage ?? 0, history: [], callbacks: {} };
+  if (o.resume) position = await loadCheckpoint(o.resume, { model, optimizer: o.optimizer, scheduler: o.scheduler });
+  const history = position.history as EpochRecord[];
+  const callbackState = position.callbacks;
+  let stopReason: string | null = null;
+  const written: string[] = [];
+  const ctx: FitContext = {
+    model,
+    optimizer: o.optimizer,
+    history,
+    get epoch() {
+      return position.epoch;
+    },
+    get step() {
+      return position.step;
+    },
+    stop: (reason) => {
+      stopReason ??= reason;
+    },
+    saveCheckpoint: async (path) => {
+      await saveCheckpoint(path, { model, optimizer: o.optimizer, scheduler: o.scheduler, position });
+      written.push(path);
+    },
+    callbackState,
+  };
+  const accumulate = o.accumulate ?? 1;
+  for (let epoch = position.epoch; epoch < o.epochs && stopReason === null; epoch++) {
+    const started = Date.now();
+    model.train();
+    yield { type: 'epochStart', epoch, batches: o.train.length, stage: position.stage };
+    let lossSum = 0;
+    let samples = 0;
+    let correct = 0;
+    let counted = 0;
+    let batchIndex = 0;
+    for await (const { input, target } of o.train.batches(epoch)) {
+      if (o.signal?.aborted) {
+        stopReason = 'aborted';
+        break;
+      }
+      const n = target.shape[0];
+      const r = await model.trainStep(input, target, { loss: lossFn, optimizer: o.optimizer, accumulate, ...(o.clipGradNorm && { clipGradNorm: o.clipGradNorm }), ...(o.amp && { amp: o.amp }) });
+      input.dispose();
+      target.dispose();
+      if (!r.skipped) {
+        lossSum += r.loss * n;
+        samples += n;
+      }
+      if (r.correct !== undefined) {
+        correct += r.correct;
+        counted += n;
+      }
+      if (r.stepped) {
+        position.step += 1;
+        if (o.scheduler instanceof Scheduler) o.scheduler.step();
+      }
+      const event = { type: 'batchEnd' as const, epoch, batch: batchIndex++, batches: o.train.length, step: position.step, loss: r.loss, lr: o.optimizer.paramGroups[0]?.lr ?? 0 };
+      for (const cb of callbacks) await cb.onBatchEnd?.(ctx, event);
+      yield event;
+    }
+    if (stopReason === 'aborted') break;
+    if (accumulate > 1 && (await o.optimizer.flush(accumulate))) {
+      position.step += 1;
+      if (o.scheduler instanceof Scheduler) o.scheduler.step();
+    }
+    const val = o.val ? await model.evaluate(o.val, { loss: lossFn, ...(o.metrics && { metrics: o.metrics }) }) : undefined;
+    if (o.scheduler instanceof PlateauScheduler) {
+      if (val?.loss === undefined) throw new RangeError('Expected a `val` loader for a reduceOnPlateau scheduler but received none');
+      o.scheduler.step(val.loss);
+    }
+    const record: EpochRecord = {
+      epoch,
+      trainLoss: samples > 0 ? lossSum / samples : Number.NaN,
+      ...(counted > 0 && { trainAccuracy: correct / counted }),
+      ...(val && { val }),
+      lr: o.optimizer.paramGroups.map((g) => g.lr),
+      seconds: (Date.now() - started) / 1000,
+      stage: position.stage,
+    };
+    history.push(record);
+    position.epoch = epoch + 1;
+    for (const cb of callbacks) await cb.onEpochEnd?.(ctx, record);
+    yield { type: 'epochEnd', record };
+    for (const path of written.splice(0)) yield { type: 'checkpoint', path, epoch };
+  }
+  if (stopReason) yield { type: 'stopped', reason: stopReason };
+  return history;
+}
+
+function monitored(record: EpochRecord, monitor: string): number {
+  const [scope, name] = monitor.includes('.') ? monitor.split('.', 2) : ['val', monitor];
+  const source = scope === 'train' ? { loss: record.trainLoss, accuracy: record.trainAccuracy } : record.val;
+  const value = (source as Record<string, unknown> | undefined)?.[name];
+  if (typeof value !== 'number') throw new RangeError(`Expected a metric named \`${monitor}\` in the epoch record but it has none; evaluate on a val loader with that metric`);
+  return value;
+}
+
+function improved(mode: 'min' | 'max', value: number, best: number | undefined, minDelta = 0): boolean {
+  return best === undefined || (mode === 'min' ? value < best - minDelta : value > best + minDelta);
+}
+
+/** Stops when `monitor` (`'val.loss'`, `'val.accuracy'`, …) has not improved for `patience` epochs. */
+export function earlyStopping(options?: { monitor?: string; patience?: number; mode?: 'min' | 'max'; minDelta?: number }): Callback {
+  const o = checkOptions<{ monitor: string; patience: number; mode: 'min' | 'max'; minDelta: number }>(options, 'options', ['monitor', 'patience', 'mode', 'minDelta']);
+  const monitor = o.monitor ?? 'val.loss';
+  const patience = checkInteger(o.patience ?? 3, 'options.patience', 0, 'a non-negative integer');
+  const mode = checkOneOf(o.mode ?? (monitor.endsWith('loss') ? 'min' : 'max'), 'options.mode', ['min', 'max'] as const);
+  const minDelta = checkFiniteNumber(o.minDelta ?? 0, 'options.minDelta');
+  return {
+    name: 'earlyStopping',
+    onEpochEnd(ctx, record) {
+      const state = (ctx.callbackState.earlyStopping ??= { best: undefined, bad: 0 }) as { best?: number; bad: number };
+      const value = monitored(record, monitor);
+      if (improved(mode, value, state.best, minDelta)) {
+        state.best = value;
+        state.bad = 0;
+      } else if (++state.bad > patience) {
+        ctx.stop(`early stopping: ${monitor} did not improve for ${patience} epochs`);
+      }
+    },
+  };
+}
+
+export interface CheckpointOptions {
+  /** Folder for `epoch-N.ckpt` files (and `best.ckpt`). */
+  dir: string;
+  /** Metric for `saveBest`. Defaults to `'val.loss'`. */
+  monitor?: string;
+  /** Also keep `best.ckpt`, the best epoch so far. Defaults to `true`. */
+  saveBest?: boolean;
+  /** How many `epoch-N.ckpt` files to keep. Defaults to `1`. */
+  keepLast?: number;
+  /** Defaults to `'min'` for losses, else `'max'`. */
+  mode?: 'min' | 'max';
+}
+
+/** Writes a checkpoint (weights, optimizer, schedule, position, RNG) after every epoch. */
+export function checkpoint(options: CheckpointOptions): Callback {
+  const o = checkOptions<CheckpointOptions>(options, 'options', ['dir', 'monitor', 'saveBest', 'keepLast', 'mode']);
+  const dir = checkString(o.dir, 'options.dir');
+  const monitor = o.monitor ?? 'val.loss';
+  const saveBest = o.saveBest ?? true;
+  const keepLast = checkPositiveInteger(o.keepLast ?? 1, 'options.keepLast');
+  const mode = checkOneOf(o.mode ?? (monitor.endsWith('loss') ? 'min' : 'max'), 'options.mode', ['min', 'max'] as const);
+  return {
+    name: 'checkpoint',
+    async onEpochEnd(ctx, record) {
+      await mkdir(dir, { recursive: true });
+      const state = (ctx.callbackState.checkpoint ??= { best: undefined }) as { best?: number };
+      await ctx.saveCheckpoint(join(dir, `epoch-${record.epoch + 1}.ckpt`));
+      if (saveBest && record.val) {
+        const value = monitored(record, monitor);
+        if (improved(mode, value, state.best)) {
+          state.best = value;
+          await ctx.saveCheckpoint(join(dir, 'best.ckpt'));
+        }
+      }
+      const old = (await readdir(dir)).map((f) => /^epoch-(\d+)\.ckpt$/.exec(f)).filter((m) => m !== null).map((m) => Number(m![1])).sort((a, b) => b - a).slice(keepLast);
+      await Promise.all(old.map((n) => rm(join(dir, `epoch-${n}.ckpt`), { force: true })));
+    },
+  };
+}
+
+/** Appends one JSON line per epoch (and a final one on stop) to `path`. */
+export function jsonlLogger(path: string): Callback {
+  checkString(path, 'path');
+  return {
+    name: 'jsonlLogger',
+    async onEpochEnd(_ctx, record) {
+      await appendFile(path, `${JSON.stringify(record)}\n`);
+    },
+  };
+}
+
+export interface FineTuneOptions {
+  train: Loader;
+  val?: Loader;
+  /** Replaces the head with a fresh Linear of this many outputs. Defaults to keeping the head. */
+  numClasses?: number;
+  /** Dropout before the new head. Defaults to `0`. */
+  dropout?: number;
+  /** Epochs training the head with the body frozen. Defaults to `1`. */
+  freezeEpochs?: number;
+  /** Epochs after unfreezing, split over the unfreeze stages. Defaults to `3`. */
+  epochs?: number;
+  /** Peak lr of the head (halved after the frozen phase, as fastai does). Defaults to `2e-3`. */
+  baseLr?: number;
+  /** The earliest layers train at `baseLr / lrMult`, later ones geometrically closer to `baseLr`. Defaults to `100`. */
+  lrMult?: number;
+  /** `'all'` at once, or stages of prefixes to unfreeze in turn, e.g. `['layer4', 'layer3', 'all']`. Defaults to `'all'`. */
+  unfreeze?: 'all' | string[];
+  /** Defaults to `0.01`. */
+  weightDecay?: number;
+  loss?: Loss;
+  metrics?: MetricSpec[];
+  callbacks?: Callback[];
+  signal?: AbortSignal;
+}
+
+/**
+ * The fastai recipe: new head, body frozen, one-cycle on the head for `freezeEpochs`;
+ * then unfreeze (at once or in stages) with discriminative lrs and one-cycle again. The
+ * BatchNorm policy keeps frozen BatchNorm layers in eval mode throughout.
+ */
+export async function fineTune(model: Model, options: FineTuneOptions): Promise<EpochRecord[]> {
+  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'baseLr', 'lrMult', 'unfreeze', 'weightDecay', 'loss', 'metrics', 'callbacks', 'signal']) as FineTuneOptions;
+  const freezeEpochs = checkInteger(o.freezeEpochs ?? 1, 'options.freezeEpochs', 0, 'a non-negative integer');
+  const epochs = checkInteger(o.epochs ?? 3, 'options.epochs', 0, 'a non-negative integer');
+  const baseLr = checkFiniteNumber(o.baseLr ?? 2e-3, 'options.baseLr');
+  const lrMult = checkFiniteNumber(o.lrMult ?? 100, 'options.lrMult');
+  if (baseLr <= 0) throw rangeError('a positive number', 'options.baseLr', baseLr);
+  if (lrMult < 1) throw rangeError('a number ≥ 1', 'options.lrMult', lrMult);
+  const stages = o.unfreeze === undefined || o.unfreeze === 'all' ? ['all'] : o.unfreeze;
+  if (!Array.isArray(stages) || stages.length === 0) throw typeError("'all' or a non-empty array of prefixes", 'options.unfreeze', o.unfreeze);
+  const weightDecay = o.weightDecay ?? 0.01;
+  const head = o.numClasses === undefined ? undefined : model.resetClassifier(o.numClasses, { dropout: o.dropout ?? 0 });
+  const headPath = head ?? model.modules().filter((m) => m.type === 'Linear').pop()?.path;
+  if (headPath === undefined) throw new RangeError('Expected a model with a Linear head for `fineTune` but found none; pass `numClasses`');
+  const history: EpochRecord[] = [];
+  const common = { train: o.train, val: o.val, loss: o.loss, metrics: o.metrics, callbacks: o.callbacks, signal: o.signal };
+  const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[]) => {
+    if (epochCount === 0 || o.signal?.aborted) return;
+    const optimizer = adamw(groups, { weightDecay });
+    const scheduler = oneCycle(optimizer, { maxLr: peak, totalSteps: epochCount * o.train.length });
+    const records = await fit(model, { ...common, epochs: epochCount, optimizer, scheduler, stage });
+    history.push(...records.map((r) => ({ ...r, epoch: history.length + r.epoch })));
+  };
+  model.freeze();
+  model.unfreeze(headPath);
+  await phase(0, freezeEpochs, [{ params: headPath }], [baseLr]);
+  const lr = baseLr / 2;
+  const topLevel = [...new Set(model.parameters().map((p) => p.name.split('.')[0]))];
+  const perStage = stages.map((_, i) => Math.floor(epochs / stages.length) + (i < epochs % stages.length ? 1 : 0));
+  for (const [i, prefix] of stages.entries()) {
+    if (prefix === 'all') model.unfreeze();
+    else model.unfreeze(prefix);
+    // Discriminative lrs: each top-level block gets its own group, lr rising geometrically
+    // from lr/lrMult (first block) to lr (the head).
+    const trainable = topLevel.filter((block) => model.parameters().some((p) => p.requiresGrad && (p.name === block || p.name.startsWith(`${block}.`))));
+    const peaks = trainable.map((_, k) => (trainable.length === 1 ? lr : lr / lrMult ** (1 - k / (trainable.length - 1))));
+    await phase(i + 1, perStage[i], trainable.map((block) => ({ params: block })), peaks);
+  }
+  return history;
+}

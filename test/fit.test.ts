@@ -1,0 +1,158 @@
+import { spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { describe, expect, it } from 'vitest';
+
+import { checkpoint, data, earlyStopping, fineTune, fit, type FitEvent, jsonlLogger, loadPretrained, manualSeed, type Model, optim, sched } from '../src';
+import { loadCheckpoint } from '../src/checkpoint';
+import { fixture, root } from './helpers';
+
+const SHIPPED = join(root, 'models', 'fashion-cnn.pt');
+const MEAN = 0.286;
+const STD = 0.353;
+
+async function fashion(split: 'train' | 't10k') {
+  const ds = await data.idx(fixture(`fashion-5to9-${split}-images.idx.gz`), fixture(`fashion-5to9-${split}-labels.idx.gz`), { mean: MEAN, std: STD });
+  return data.subset(ds, { classes: [5, 6, 7, 8, 9] }); // targets 0..4
+}
+
+async function setup(seed = 0) {
+  manualSeed(seed);
+  const model = await loadPretrained(SHIPPED);
+  model.resetClassifier(5, { dropout: 0.3 });
+  const optimizer = optim.adamw(model, { lr: 2e-3 });
+  const train = data.loader(await fashion('train'), { batchSize: 50, shuffle: true, seed: 1 });
+  const val = data.loader(await fashion('t10k'), { batchSize: 100 });
+  const scheduler = sched.cosine(optimizer, { totalSteps: 4 * train.length });
+  return { model, optimizer, train, val, scheduler };
+}
+
+const weightsOf = (model: Model) => Object.fromEntries(Object.entries(model.stateDict()).map(([k, t]) => [k, Array.from(t.toTypedArray() as Float32Array)]));
+
+describe('fit', () => {
+  it('trains, evaluates each epoch, and streams typed events', async () => {
+    const { model, optimizer, train, val, scheduler } = await setup();
+    const events: FitEvent[] = [];
+    for await (const event of fit(model, { train, val, epochs: 2, optimizer, scheduler, metrics: ['accuracy', 'f1'] })) events.push(event);
+    const ends = events.filter((e) => e.type === 'epochEnd');
+    expect(ends).toHaveLength(2);
+    expect(events.filter((e) => e.type === 'batchEnd')).toHaveLength(2 * train.length);
+    expect(events[0]).toEqual({ type: 'epochStart', epoch: 0, batches: 10, stage: 0 });
+    const last = ends[1].type === 'epochEnd' ? ends[1].record : undefined;
+    expect(last?.val?.accuracy).toBeGreaterThan(0.6); // chance is 0.2
+    expect(last?.trainAccuracy).toBeGreaterThan(0.5);
+    expect(last?.lr[0]).toBeLessThan(2e-3);
+    model.dispose();
+  });
+
+  it('stops cleanly between steps on abort', async () => {
+    const { model, optimizer, train } = await setup();
+    const controller = new AbortController();
+    const events: FitEvent[] = [];
+    for await (const event of fit(model, { train, epochs: 3, optimizer, signal: controller.signal })) {
+      events.push(event);
+      if (event.type === 'batchEnd' && event.batch === 2) controller.abort();
+    }
+    expect(events.filter((e) => e.type === 'batchEnd')).toHaveLength(3);
+    expect(events.at(-1)).toEqual({ type: 'stopped', reason: 'aborted' });
+    model.dispose();
+  });
+
+  it('early stopping ends the run and the JSONL logger records each epoch', async () => {
+    const { model, train, val } = await setup();
+    const optimizer = optim.sgd(model, { lr: 0 }); // nothing improves
+    const log = join(mkdtempSync(join(tmpdir(), 'torchlite-log-')), 'run.jsonl');
+    const history = await fit(model, { train, val, epochs: 5, optimizer, callbacks: [earlyStopping({ monitor: 'val.loss', patience: 1 }), jsonlLogger(log)] });
+    expect(history).toHaveLength(3);
+    expect(readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l).epoch)).toEqual([0, 1, 2]);
+    model.dispose();
+  });
+
+  it('resumes bit-exactly: 4 epochs straight equal 2 + resume + 2', async () => {
+    const straight = await setup();
+    const { model: _m, ...run } = straight;
+    await fit(straight.model, { ...run, epochs: 4 });
+    const expected = weightsOf(straight.model);
+    straight.model.dispose();
+
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-ckpt-'));
+    const first = await setup();
+    const { model: _f, ...firstRun } = first;
+    await fit(first.model, { ...firstRun, epochs: 2, callbacks: [checkpoint({ dir, keepLast: 1 })] });
+    first.model.dispose();
+    expect(existsSync(join(dir, 'epoch-2.ckpt'))).toBe(true);
+    expect(existsSync(join(dir, 'epoch-1.ckpt'))).toBe(false);
+    expect(existsSync(join(dir, 'best.ckpt'))).toBe(true);
+
+    const second = await setup(999); // another seed: everything must come from the checkpoint
+    const { model: _s, ...secondRun } = second;
+    const history = await fit(second.model, { ...secondRun, epochs: 4, resume: join(dir, 'epoch-2.ckpt') });
+    expect(history.map((r) => r.epoch)).toEqual([0, 1, 2, 3]);
+    expect(weightsOf(second.model)).toEqual(expected);
+    second.model.dispose();
+  });
+
+  it('a checkpoint write killed midway leaves the previous checkpoint loadable', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-kill-'));
+    const path = join(dir, 'run.ckpt');
+    const script = join(dir, 'writer.cjs');
+    writeFileSync(
+      script,
+      `const t = require(${JSON.stringify(join(root, 'lib'))});
+       const { saveCheckpoint } = require(${JSON.stringify(join(root, 'lib', 'checkpoint.js'))});
+       (async () => {
+         const model = await t.loadPretrained(${JSON.stringify(fixture('resnet_small.scripted.pt'))});
+         const optimizer = t.optim.sgd(model, { lr: 0.1, momentum: 0.9 });
+         const position = { epoch: 1, step: 1, stage: 0, history: [], callbacks: {} };
+         await saveCheckpoint(${JSON.stringify(path)}, { model, optimizer, position });
+         process.stdout.write('first\\n');
+         for (let i = 2; ; i++) { position.epoch = i; await saveCheckpoint(${JSON.stringify(path)}, { model, optimizer, position }); }
+       })();`,
+    );
+    const child = spawn('node', [script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+    await new Promise((r) => setTimeout(r, 150));
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    await using model = await loadPretrained(fixture('resnet_small.scripted.pt'));
+    const position = await loadCheckpoint(path, { model, optimizer: optim.sgd(model, { lr: 0.1, momentum: 0.9 }) });
+    expect(position.epoch).toBeGreaterThanOrEqual(1);
+  });
+
+  it('validates its options', async () => {
+    const { model, optimizer, train } = await setup();
+    expect(() => fit(model, { train: [] as never, epochs: 1, optimizer })).toThrow(new TypeError('Expected a Loader from `data.loader` for `options.train` but received an array of length 0'));
+    expect(() => fit(model, { train, epochs: 0, optimizer })).toThrow(new RangeError('Expected a positive integer for `options.epochs` but received 0'));
+    await expect(fit(model, { train, epochs: 1, optimizer, resume: fixture('mlp.scripted.pt') })).rejects.toMatchObject({ code: 'TORCHLITE_BAD_STATE' });
+    model.dispose();
+  });
+});
+
+describe('fineTune', () => {
+  it('trains the head frozen, then unfreezes in stages with discriminative lrs', async () => {
+    manualSeed(0);
+    await using model = await loadPretrained(SHIPPED);
+    const train = data.loader(await fashion('train'), { batchSize: 50, shuffle: true });
+    const val = data.loader(await fashion('t10k'), { batchSize: 100 });
+    const frozenStats: number[][] = [];
+    const history = await fineTune(model, {
+      train,
+      val,
+      numClasses: 5,
+      freezeEpochs: 1,
+      epochs: 2,
+      unfreeze: ['features.8', 'all'],
+      baseLr: 1e-2,
+      lrMult: 10,
+      callbacks: [{ name: 'probe', onEpochEnd: (ctx) => void frozenStats.push(ctx.optimizer.paramGroups.map((g) => g.lr)) }],
+    });
+    expect(history.map((r) => [r.epoch, r.stage])).toEqual([[0, 0], [1, 1], [2, 2]]);
+    expect(frozenStats[0]).toHaveLength(1); // head only
+    expect(frozenStats[2].length).toBeGreaterThan(1); // one group per top-level block
+    expect(frozenStats[2][0]).toBeLessThan(frozenStats[2].at(-1)!); // earlier blocks train slower
+    expect(history.at(-1)!.val!.accuracy).toBeGreaterThan(0.5); // chance is 0.2; 30 steps on 500 images
+    expect(model.parameters().every((p) => p.requiresGrad)).toBe(true);
+  });
+});
