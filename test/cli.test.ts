@@ -1,45 +1,104 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { describe, expect, it } from 'vitest';
+import sharp from 'sharp';
+import { beforeAll, describe, expect, it } from 'vitest';
 
-import { root } from './helpers';
+import { data } from '../src';
+import { fixture, hasTorch, python, root } from './helpers';
 
-const cli = (...args: string[]) => spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), ...args], { encoding: 'utf8' });
+const cli = (...args: string[]) => spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), ...args], { encoding: 'utf8', cwd: work });
 const hasFashion = existsSync('/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz');
+const work = mkdtempSync(join(tmpdir(), 'torchlite-cli-'));
 
-describe('torchlite CLI', () => {
-  it.skipIf(!hasFashion)('demo classifies test images with the shipped model and prints top-3 class names', () => {
-    const { status, stdout } = cli('demo', '--count', '20');
+/** Python's torch.jit.load reads the file and runs it on zeros of the metadata's input shape. */
+function pythonRuns(model: string): number[] {
+  return JSON.parse(python(`import sys, json, torch
+m = torch.jit.load(sys.argv[1]).eval()
+print(json.dumps(list(m(torch.zeros(2, 1, 28, 28)).shape)))`, [model]));
+}
+
+describe.skipIf(!hasFashion)('torchlite demo', () => {
+  it('compares head-only, fine-tuning and scratch, saves a model Python loads, and writes a report', () => {
+    const { status, stdout } = cli('demo', '--quick', '--out', 'demo.pt', '--report', 'demo.html');
     expect(status).toBe(0);
-    const rows = stdout.split('\n').filter((line) => line.startsWith('test image #'));
-    expect(rows).toHaveLength(20);
-    expect(rows[0]).toMatch(/^test image #1 +true: Pullover +top-3: Pullover \d+\.\d%, \S.* \d+\.\d%, \S.* \d+\.\d%$/);
-    const correct = Number(/^(\d+)\/20 top-1 correct$/m.exec(stdout)?.[1]);
-    expect(correct).toBeGreaterThanOrEqual(16); // the shipped model scores ~90% on these classes
+    expect(stdout).toMatch(/^approach +test accuracy +steps to 80\.0% +time$/m);
+    for (const name of ['head only', 'fine-tune (gradual unfreezing)', 'from scratch']) expect(stdout).toMatch(new RegExp(`^${name.replace(/[()]/g, '\\$&')} +\\d+\\.\\d% +(never|\\d+) +\\d+\\.\\ds$`, 'm'));
+    const accuracy = Number(/^fine-tune \(gradual unfreezing\) +(\d+\.\d)%/m.exec(stdout)![1]);
+    expect(accuracy).toBeGreaterThan(35); // 3 quick epochs on 200 images; chance is 20
+    expect(stdout).toMatch(/^test image 1 +true: \S.* +top-3: .+%, .+%, .+%$/m);
+    const html = readFileSync(join(work, 'demo.html'), 'utf8');
+    expect(html).toContain('<svg');
+    expect(html).toContain('Confusion matrix');
+    if (hasTorch) expect(pythonRuns(join(work, 'demo.pt'))).toEqual([2, 5]);
+  });
+});
+
+describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image folder', () => {
+  const folder = join(work, 'images');
+  beforeAll(async () => {
+    const images = await data.readIdx(fixture('fashion-5to9-train-images.idx.gz'));
+    const labels = await data.readIdx(fixture('fashion-5to9-train-labels.idx.gz'));
+    const names = ['sandal', 'shirt', 'sneaker', 'bag', 'boot'];
+    for (let i = 0; i < labels.shape[0]; i++) {
+      const dir = join(folder, names[labels.data[i] - 5]);
+      mkdirSync(dir, { recursive: true });
+      await sharp(Buffer.from(images.data.subarray(i * 784, (i + 1) * 784)), { raw: { width: 28, height: 28, channels: 1 } }).png().toFile(join(dir, `${i}.png`));
+    }
   });
 
-  it('inspect prints the table, the archive kind and the metadata', () => {
+  it('fine-tunes the shipped model on PNG folders and saves a model with class names', () => {
+    const { status, stdout, stderr } = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '3', '--lr', '0.01', '--out', 'ft.pt', '--report', 'ft.html', '--json');
+    expect(stderr).toBe('');
+    expect(status).toBe(0);
+    const result = JSON.parse(stdout);
+    expect(result.classes).toEqual(['bag', 'boot', 'sandal', 'shirt', 'sneaker']);
+    expect(result.history).toHaveLength(4);
+    expect(result.final.accuracy).toBeGreaterThan(0.5); // 50 validation images; chance is 0.2
+    expect(readFileSync(join(work, 'ft.html'), 'utf8')).toContain('Learning rate');
+    if (hasTorch) expect(pythonRuns(join(work, 'ft.pt'))).toEqual([2, 5]);
+
+    const predicted = cli('predict', 'ft.pt', join(folder, 'bag', readdirSync(join(folder, 'bag'))[0]), '--top', '2');
+    expect(predicted.status).toBe(0);
+    expect(predicted.stdout).toMatch(/\.png: (bag|boot|sandal|shirt|sneaker) \d+\.\d%, (bag|boot|sandal|shirt|sneaker) \d+\.\d%$/m);
+
+    const evaluated = cli('eval', 'ft.pt', '--data', folder, '--json');
+    expect(evaluated.status).toBe(0);
+    expect(JSON.parse(evaluated.stdout).confusionMatrix).toHaveLength(5);
+  });
+});
+
+describe('torchlite CLI', () => {
+  it('inspect prints the table, the head, the archive kind and the metadata', () => {
     const { status, stdout } = cli('inspect', join(root, 'models', 'fashion-cnn.pt'));
     expect(status).toBe(0);
     expect(stdout).toContain('FashionCNN (scripted, cpu, eval mode)');
     expect(stdout).toContain('Total params:     38,829');
+    expect(stdout).toContain('Classifier head: classifier.2 (Linear, 325 params)');
     expect(stdout).toContain('Archive: scripted (torch.jit.script)');
     expect(stdout).toContain('"T-shirt/top"');
-    const json = JSON.parse(cli('inspect', '--json', join(root, 'test', 'fixtures', 'mlp.traced.pt')).stdout);
+    const json = JSON.parse(cli('inspect', '--json', fixture('mlp.traced.pt')).stdout);
     expect(json.traced).toBe(true);
+    expect(json.head).toBe('net.4');
   });
 
   it('bad flags exit 2 with one line; failures exit 1 with the code', () => {
-    const bad = cli('demo', '--count', '0');
+    const bad = cli('demo', '--budget', '0');
     expect(bad.status).toBe(2);
-    expect(bad.stderr.trim()).toBe('torchlite: Expected a positive integer for `--count` but received 0');
+    expect(bad.stderr.trim()).toBe("torchlite: Expected a positive integer for `--budget` but received '0'");
     const unknown = cli('demo', '--nope');
     expect(unknown.status).toBe(2);
     expect(unknown.stderr).toContain("error: unknown option '--nope'");
     const missing = cli('inspect', '/nonexistent.pt');
     expect(missing.status).toBe(1);
     expect(missing.stderr.trim()).toBe('torchlite: no such file: /nonexistent.pt [TORCHLITE_FILE_NOT_FOUND]');
+    const noData = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', join(work, 'nowhere'));
+    expect(noData.status).toBe(1);
+    expect(noData.stderr).toMatch(/^torchlite: cannot read image folder .*nowhere.* \[TORCHLITE_FILE_NOT_FOUND\]$/m);
+    const help = cli('finetune', '--help');
+    expect(help.status).toBe(0);
+    expect(help.stdout).toContain('Examples:');
   });
 });

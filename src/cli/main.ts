@@ -3,28 +3,78 @@ import { Command, CommanderError } from 'commander';
 
 import { TorchError } from '../errors';
 import { runDemo } from './demo';
+import { runEval } from './evaluate';
+import { runFinetune } from './finetune';
 import { runInspect } from './inspect';
+import { runPredict } from './predict';
 
 const program = new Command()
   .name('torchlite')
-  .description('Load, inspect and fine-tune TorchScript models.')
+  .description('Load, inspect, fine-tune, evaluate and run TorchScript models.')
   .exitOverride()
   .showHelpAfterError();
 
 program
   .command('inspect')
-  .description('print the module table, the kind of archive and its metadata')
+  .description('print the module table, the detected classifier head, the kind of archive and its metadata')
   .argument('<model>', 'a TorchScript .pt file')
   .option('--json', 'print machine-readable JSON')
   .addHelpText('after', '\nExample:\n  torchlite inspect models/fashion-cnn.pt')
   .action(runInspect);
 
 program
+  .command('finetune')
+  .description('replace the head, train it with the body frozen, then unfreeze and train everything')
+  .requiredOption('--model <file>', 'pretrained TorchScript model')
+  .requiredOption('--data <dir|fashion-mnist>', 'a folder with one subfolder per class, or fashion-mnist')
+  .option('--val <dir>', 'validation folder (default: 10% of --data, or the fashion-mnist test set)')
+  .option('--classes <list>', 'with fashion-mnist: class indices to keep, e.g. 5,6,7,8,9')
+  .option('--per-class <n>', 'labelled images per class (a small budget)')
+  .option('--epochs <n>', 'epochs after unfreezing', '3')
+  .option('--freeze-epochs <n>', 'epochs training only the head', '1')
+  .option('--lr <lr>', 'peak learning rate of the head', '0.002')
+  .option('--batch-size <n>', 'samples per step', '32')
+  .option('--unfreeze <stages>', "comma-separated stages, e.g. layer4,layer3,all (default: all at once)")
+  .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
+  .option('--out <file>', 'where to save the fine-tuned model', 'finetuned.pt')
+  .option('--report <file>', 'write an HTML report with curves and the confusion matrix')
+  .option('--json', 'print machine-readable results')
+  .addHelpText('after', '\nExamples:\n  torchlite finetune --model models/fashion-cnn.pt --data fashion-mnist --classes 5,6,7,8,9 --per-class 100 --out ft.pt\n  torchlite finetune --model resnet18.pt --data ./photos --epochs 5 --report report.html')
+  .action(runFinetune);
+
+program
+  .command('eval')
+  .description('print loss, accuracy, macro F1 and the confusion matrix on a dataset')
+  .argument('<model>', 'a TorchScript .pt file')
+  .requiredOption('--data <dir|fashion-mnist>', 'a folder with one subfolder per class, or fashion-mnist (test split)')
+  .option('--classes <list>', 'with fashion-mnist: class indices to keep')
+  .option('--batch-size <n>', 'samples per batch', '256')
+  .option('--json', 'print machine-readable results')
+  .addHelpText('after', '\nExample:\n  torchlite eval ft.pt --data fashion-mnist --classes 5,6,7,8,9')
+  .action(runEval);
+
+program
+  .command('predict')
+  .description('print the top labels of images, with class names from the model metadata')
+  .argument('<model>', 'a TorchScript .pt file')
+  .argument('<images...>', 'image files')
+  .option('--top <k>', 'labels per image', '3')
+  .option('--json', 'print machine-readable results')
+  .addHelpText('after', '\nExample:\n  torchlite predict ft.pt shoe.png bag.jpg')
+  .action(runPredict);
+
+program
   .command('demo')
-  .description('classify Fashion-MNIST test images with the shipped pretrained model')
-  .option('--count <n>', 'number of test images to classify', '6')
-  .option('--data-dir <dir>', 'folder with the Fashion-MNIST IDX files', '/usr/share/datasets/fashion-mnist')
-  .addHelpText('after', '\nExample:\n  torchlite demo --count 10')
+  .description('fine-tune the shipped model on Fashion-MNIST classes 5-9 and compare with head-only and from-scratch training')
+  .option('--budget <n>', 'labelled training images', '500')
+  .option('--epochs <n>', 'epochs per approach', '12')
+  .option('--target <accuracy>', 'test accuracy for the steps-to-target column', '0.8')
+  .option('--data-dir <dir>', 'folder with the Fashion-MNIST IDX files (default: the Debian package)')
+  .option('--out <file>', 'where to save the fine-tuned model', 'demo-finetuned.pt')
+  .option('--report <file>', 'HTML report', 'demo-report.html')
+  .option('--quick', 'a small, fast run (200 images, 3 epochs, 500 test images)')
+  .option('--json', 'print machine-readable results')
+  .addHelpText('after', '\nExample:\n  torchlite demo --budget 250 --epochs 8')
   .action(runDemo);
 
 async function main(): Promise<void> {
@@ -34,7 +84,9 @@ async function main(): Promise<void> {
     if (error instanceof CommanderError) process.exit(error.exitCode === 0 ? 0 : 2);
     const coded = error instanceof TorchError ? ` [${error.code}]` : '';
     console.error(`torchlite: ${(error as Error).message}${coded}`);
-    process.exit(error instanceof TypeError || error instanceof RangeError ? 2 : 1);
+    // Misuse (bad flags, bad data) is exit 2; failures inside LibTorch or I/O are 1.
+    const misuse = error instanceof TypeError || error instanceof RangeError || (error instanceof TorchError && error.code === 'TORCHLITE_BAD_DATA');
+    process.exit(misuse ? 2 : 1);
   }
 }
 

@@ -1,0 +1,73 @@
+import { loader, split, subset } from '../data';
+import { loadPretrained } from '../model';
+import type { Loss } from '../loss';
+import { crossEntropy } from '../loss';
+import { fineTune } from '../train';
+import { loadDataset, inputSpec, parseClasses } from './data';
+import { intFlag, numberFlag } from './flags';
+import { progressBar } from './progress';
+import { stepRecorder, writeReport } from './report';
+
+export interface FinetuneFlags {
+  model: string;
+  data: string;
+  val?: string;
+  classes?: string;
+  perClass?: string;
+  epochs: string;
+  freezeEpochs: string;
+  lr: string;
+  batchSize: string;
+  device: string;
+  out: string;
+  report?: string;
+  unfreeze?: string;
+  json?: boolean;
+}
+
+export async function runFinetune(flags: FinetuneFlags): Promise<void> {
+  const epochs = intFlag(flags.epochs, '--epochs', 0);
+  const freezeEpochs = intFlag(flags.freezeEpochs, '--freeze-epochs', 0);
+  const batchSize = intFlag(flags.batchSize, '--batch-size');
+  const baseLr = numberFlag(flags.lr, '--lr');
+  const classes = parseClasses(flags.classes);
+  await using model = await loadPretrained(flags.model, { device: flags.device as 'cpu' });
+  const input = inputSpec(model);
+  let train = await loadDataset(flags.data, 'train', input, { classes, augment: input.shape[1] > 32 });
+  if (flags.perClass !== undefined) train = subset(train, { perClass: intFlag(flags.perClass, '--per-class'), seed: 0 });
+  let val = flags.val ? await loadDataset(flags.val, 't10k', input, { classes }) : undefined;
+  if (!val) {
+    if (flags.data === 'fashion-mnist') val = await loadDataset(flags.data, 't10k', input, { classes });
+    else ({ train, val } = split(train, { val: 0.1, seed: 0 }));
+  }
+  const names = train.classes ?? Array.from({ length: Math.max(...Array.from({ length: train.length }, (_, i) => train.target(i))) + 1 }, (_, i) => String(i));
+  const trainLoader = loader(train, { batchSize, shuffle: true, seed: 0 });
+  const valLoader = loader(val, { batchSize: 256 });
+  const steps = stepRecorder();
+  const loss: Loss = crossEntropy({ labelSmoothing: 0.1 });
+  const history = await fineTune(model, {
+    train: trainLoader,
+    val: valLoader,
+    numClasses: names.length,
+    freezeEpochs,
+    epochs,
+    baseLr,
+    loss,
+    unfreeze: flags.unfreeze ? flags.unfreeze.split(',') : 'all',
+    callbacks: [progressBar({ enabled: !flags.json, batchSize }), steps],
+  });
+  const final = await model.evaluate(valLoader, { loss, metrics: ['accuracy', 'f1', 'confusionMatrix'] });
+  await model.save(flags.out, {
+    metadata: { classes: names, input, recipe: { command: 'torchlite finetune', data: flags.data, epochs, freezeEpochs, baseLr, batchSize, valAccuracy: final.accuracy } },
+  });
+  if (flags.report)
+    await writeReport(flags.report, {
+      title: `torchlite finetune: ${flags.model}`,
+      summary: [`data ${flags.data}, ${train.length} training samples, ${val.length} validation samples`, `validation accuracy ${((final.accuracy ?? 0) * 100).toFixed(2)}%, macro F1 ${(final.f1 ?? 0).toFixed(3)}`, `saved ${flags.out}`],
+      history,
+      steps: steps.steps,
+      confusion: { matrix: final.confusionMatrix ?? [], classes: names },
+    });
+  if (flags.json) console.log(JSON.stringify({ out: flags.out, classes: names, history, final }));
+  else console.log(`validation accuracy ${((final.accuracy ?? 0) * 100).toFixed(2)}%, saved ${flags.out}${flags.report ? `, report ${flags.report}` : ''}`);
+}
