@@ -109,3 +109,12 @@ export async function loadCheckpoint(path: string, state: Omit<TrainingState, 'p
     saved.dispose();
   }
 }
+
+/** The position stored in a checkpoint, without restoring anything. */
+export async function readCheckpointPosition(path: string): Promise<TrainingPosition> {
+  const { model, extras } = await loadArchive(path, undefined, [STATE]);
+  model.dispose();
+  if (!extras[STATE]) throw new TorchError('TORCHLITE_BAD_STATE', `${path} is a model but not a torchlite checkpoint`);
+  const { epoch, step, stage, history, callbacks } = JSON.parse(extras[STATE].toString('utf8')) as CheckpointJson;
+  return { epoch, step, stage, history, callbacks };
+}

@@ -21,6 +21,8 @@ export {
 export type { TrainingPosition } from './checkpoint';
 export * as data from './data';
 export type { Dataset, Loader, LoaderBatch, Sample } from './data';
+export { findLr, type FindLrOptions, type LrFinderResult } from './findlr';
+export { progressBar } from './cli/progress';
 export * as loss from './loss';
 export type { Loss } from './loss';
 export type { Metrics, MetricSpec } from './metrics';

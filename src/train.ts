@@ -3,7 +3,7 @@
 import { appendFile, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { loadCheckpoint, saveCheckpoint, type TrainingPosition } from './checkpoint';
+import { loadCheckpoint, readCheckpointPosition, saveCheckpoint, type TrainingPosition } from './checkpoint';
 import type { Loader } from './data/loader';
 import { Loss, crossEntropy } from './loss';
 import type { Metrics, MetricSpec } from './metrics';
@@ -251,7 +251,7 @@ export function earlyStopping(options?: { monitor?: string; patience?: number; m
 }
 
 export interface CheckpointOptions {
-  /** Folder for `epoch-N.ckpt` files (and `best.ckpt`). */
+  /** Folder for `epoch-N.ckpt` files (`stage-S-epoch-N.ckpt` in fineTune's later stages) and `best.ckpt`. */
   dir: string;
   /** Metric for `saveBest`. Defaults to `'val.loss'`. */
   monitor?: string;
@@ -276,7 +276,8 @@ export function checkpoint(options: CheckpointOptions): Callback {
     async onEpochEnd(ctx, record) {
       await mkdir(dir, { recursive: true });
       const state = (ctx.callbackState.checkpoint ??= { best: undefined }) as { best?: number };
-      await ctx.saveCheckpoint(join(dir, `epoch-${record.epoch + 1}.ckpt`));
+      const prefix = record.stage > 0 ? `stage-${record.stage}-` : '';
+      await ctx.saveCheckpoint(join(dir, `${prefix}epoch-${record.epoch + 1}.ckpt`));
       if (saveBest && record.val) {
         const value = monitored(record, monitor);
         if (improved(mode, value, state.best)) {
@@ -284,8 +285,9 @@ export function checkpoint(options: CheckpointOptions): Callback {
           await ctx.saveCheckpoint(join(dir, 'best.ckpt'));
         }
       }
-      const old = (await readdir(dir)).map((f) => /^epoch-(\d+)\.ckpt$/.exec(f)).filter((m) => m !== null).map((m) => Number(m![1])).sort((a, b) => b - a).slice(keepLast);
-      await Promise.all(old.map((n) => rm(join(dir, `epoch-${n}.ckpt`), { force: true })));
+      const pattern = new RegExp(`^${prefix}epoch-(\\d+)\\.ckpt$`);
+      const old = (await readdir(dir)).map((f) => pattern.exec(f)).filter((m) => m !== null).map((m) => Number(m![1])).sort((a, b) => b - a).slice(keepLast);
+      await Promise.all(old.map((n) => rm(join(dir, `${prefix}epoch-${n}.ckpt`), { force: true })));
     },
   };
 }
@@ -324,6 +326,11 @@ export interface FineTuneOptions {
   metrics?: MetricSpec[];
   callbacks?: Callback[];
   signal?: AbortSignal;
+  /**
+   * A checkpoint written during an earlier fineTune (by a `checkpoint` callback) to continue
+   * from: finished stages are skipped and the interrupted one resumes exactly.
+   */
+  resume?: string;
 }
 
 /**
@@ -332,7 +339,8 @@ export interface FineTuneOptions {
  * BatchNorm policy keeps frozen BatchNorm layers in eval mode throughout.
  */
 export async function fineTune(model: Model, options: FineTuneOptions): Promise<EpochRecord[]> {
-  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'baseLr', 'lrMult', 'unfreeze', 'weightDecay', 'loss', 'metrics', 'callbacks', 'signal']) as FineTuneOptions;
+  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'baseLr', 'lrMult', 'unfreeze', 'weightDecay', 'loss', 'metrics', 'callbacks', 'signal', 'resume']) as FineTuneOptions;
+  const resumeStage = o.resume === undefined ? -1 : (await readCheckpointPosition(checkString(o.resume, 'options.resume'))).stage;
   const freezeEpochs = checkInteger(o.freezeEpochs ?? 1, 'options.freezeEpochs', 0, 'a non-negative integer');
   const epochs = checkInteger(o.epochs ?? 3, 'options.epochs', 0, 'a non-negative integer');
   const baseLr = checkFiniteNumber(o.baseLr ?? 2e-3, 'options.baseLr');
@@ -348,10 +356,12 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   const history: EpochRecord[] = [];
   const common = { train: o.train, val: o.val, loss: o.loss, metrics: o.metrics, callbacks: o.callbacks, signal: o.signal };
   const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[]) => {
-    if (epochCount === 0 || o.signal?.aborted) return;
+    // Stages a resumed run already finished only replay their freezing, not their training.
+    if (epochCount === 0 || o.signal?.aborted || stage < resumeStage) return;
     const optimizer = adamw(groups, { weightDecay });
     const scheduler = oneCycle(optimizer, { maxLr: peak, totalSteps: epochCount * o.train.length });
-    const records = await fit(model, { ...common, epochs: epochCount, optimizer, scheduler, stage });
+    const resume = stage === resumeStage ? o.resume : undefined;
+    const records = await fit(model, { ...common, epochs: epochCount, optimizer, scheduler, stage, ...(resume && { resume }) });
     history.push(...records.map((r) => ({ ...r, epoch: history.length + r.epoch })));
   };
   model.freeze();

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { checkpoint, data, earlyStopping, fineTune, fit, type FitEvent, jsonlLogger, loadPretrained, manualSeed, type Model, optim, sched } from '../src';
+import { checkpoint, data, earlyStopping, findLr, fineTune, fit, type FitEvent, jsonlLogger, loadPretrained, manualSeed, type Model, optim, sched } from '../src';
 import { loadCheckpoint } from '../src/checkpoint';
 import { fixture, root } from './helpers';
 
@@ -154,5 +154,59 @@ describe('fineTune', () => {
     expect(frozenStats[2][0]).toBeLessThan(frozenStats[2].at(-1)!); // earlier blocks train slower
     expect(history.at(-1)!.val!.accuracy).toBeGreaterThan(0.5); // chance is 0.2; 30 steps on 500 images
     expect(model.parameters().every((p) => p.requiresGrad)).toBe(true);
+  });
+});
+
+describe('fineTune resume', () => {
+  it('an interrupted staged run resumed from its checkpoint ends with the same weights', async () => {
+    const options = async () => ({
+      train: data.loader(await fashion('train'), { batchSize: 50, shuffle: true }),
+      numClasses: 5,
+      freezeEpochs: 1,
+      epochs: 2,
+      unfreeze: ['features.8', 'all'],
+      baseLr: 1e-2,
+      lrMult: 10,
+    });
+    manualSeed(0);
+    const straight = await loadPretrained(SHIPPED);
+    await fineTune(straight, await options());
+    const expected = weightsOf(straight);
+    straight.dispose();
+
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-ft-'));
+    const controller = new AbortController();
+    manualSeed(0);
+    const first = await loadPretrained(SHIPPED);
+    const stopAfterStage1 = { name: 'stop', onEpochEnd: (_ctx: unknown, r: { stage: number }) => void (r.stage === 1 && controller.abort()) };
+    const partial = await fineTune(first, { ...(await options()), callbacks: [checkpoint({ dir }), stopAfterStage1], signal: controller.signal });
+    first.dispose();
+    expect(partial.map((r) => r.stage)).toEqual([0, 1]);
+    expect(existsSync(join(dir, 'stage-1-epoch-1.ckpt'))).toBe(true);
+
+    manualSeed(42);
+    const second = await loadPretrained(SHIPPED);
+    const rest = await fineTune(second, { ...(await options()), resume: join(dir, 'stage-1-epoch-1.ckpt') });
+    expect(rest.map((r) => r.stage)).toEqual([1, 2]);
+    expect(weightsOf(second)).toEqual(expected);
+    second.dispose();
+  });
+});
+
+describe('findLr', () => {
+  it('sweeps the lr, suggests one where the loss falls fastest, plots, and restores the model', async () => {
+    const { model, train } = await setup();
+    const before = weightsOf(model);
+    const result = await findLr(model, train, { steps: 40, startLr: 1e-5, endLr: 1 });
+    expect(result.lrs.length).toBeGreaterThan(10);
+    expect(result.lrs[0]).toBeCloseTo(1e-5, 12);
+    expect(result.suggestion).toBeGreaterThan(1e-5);
+    expect(result.suggestion).toBeLessThan(1);
+    expect(weightsOf(model)).toEqual(before);
+    const svg = join(mkdtempSync(join(tmpdir(), 'torchlite-lr-')), 'lr.svg');
+    await result.plot(svg);
+    expect(readFileSync(svg, 'utf8')).toContain('<svg');
+    await expect(findLr(model, train, { startLr: 1, endLr: 0.1 })).rejects.toThrow(RangeError);
+    model.dispose();
   });
 });

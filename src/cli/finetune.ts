@@ -2,7 +2,7 @@ import { loader, split, subset } from '../data';
 import { loadPretrained } from '../model';
 import type { Loss } from '../loss';
 import { crossEntropy } from '../loss';
-import { fineTune } from '../train';
+import { checkpoint, fineTune } from '../train';
 import { loadDataset, inputSpec, parseClasses } from './data';
 import { intFlag, numberFlag } from './flags';
 import { progressBar } from './progress';
@@ -22,6 +22,8 @@ export interface FinetuneFlags {
   out: string;
   report?: string;
   unfreeze?: string;
+  checkpointDir?: string;
+  resume?: string;
   json?: boolean;
 }
 
@@ -54,7 +56,8 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
     baseLr,
     loss,
     unfreeze: flags.unfreeze ? flags.unfreeze.split(',') : 'all',
-    callbacks: [progressBar({ enabled: !flags.json, batchSize }), steps],
+    callbacks: [progressBar({ enabled: !flags.json, batchSize }), steps, ...(flags.checkpointDir ? [checkpoint({ dir: flags.checkpointDir })] : [])],
+    ...(flags.resume && { resume: flags.resume }),
   });
   const final = await model.evaluate(valLoader, { loss, metrics: ['accuracy', 'f1', 'confusionMatrix'] });
   await model.save(flags.out, {

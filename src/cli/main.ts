@@ -36,6 +36,8 @@ program
   .option('--batch-size <n>', 'samples per step', '32')
   .option('--unfreeze <stages>', "comma-separated stages, e.g. layer4,layer3,all (default: all at once)")
   .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
+  .option('--checkpoint-dir <dir>', 'write a checkpoint after every epoch (epoch-N.ckpt, best.ckpt)')
+  .option('--resume <ckpt>', 'continue an interrupted run from one of its checkpoints')
   .option('--out <file>', 'where to save the fine-tuned model', 'finetuned.pt')
   .option('--report <file>', 'write an HTML report with curves and the confusion matrix')
   .option('--json', 'print machine-readable results')

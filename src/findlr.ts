@@ -1,0 +1,97 @@
+// The LR range test (Leslie Smith; fastai's lr_find): train briefly with an exponentially
+// rising lr, watch the loss, and suggest the lr where it falls fastest. The model's
+// weights, buffers and the RNG are restored afterwards.
+import { writeFile } from 'node:fs/promises';
+
+import { lineChart } from './cli/report';
+import type { Loader } from './data/loader';
+import { type Loss, crossEntropy } from './loss';
+import type { Model } from './model';
+import { native } from './native';
+import { adamw } from './optim';
+import { type Tensor, tensor } from './tensor';
+import { checkFiniteNumber, checkOptions, checkPositiveInteger, rangeError } from './validate';
+
+export interface FindLrOptions {
+  /** Defaults to `1e-7`. */
+  startLr?: number;
+  /** Defaults to `10`. */
+  endLr?: number;
+  /** Steps of the test (cycling through the loader). Defaults to `100`. */
+  steps?: number;
+  /** Defaults to `loss.crossEntropy()`. */
+  loss?: Loss;
+}
+
+export interface LrFinderResult {
+  lrs: number[];
+  /** Exponentially smoothed, bias-corrected losses. */
+  losses: number[];
+  /** The lr where the smoothed loss falls fastest. */
+  suggestion: number;
+  /** Writes the loss-vs-lr curve as an SVG file. */
+  plot(path: string): Promise<void>;
+}
+
+export async function findLr(model: Model, loader: Loader, options?: FindLrOptions): Promise<LrFinderResult> {
+  const o = checkOptions<FindLrOptions>(options, 'options', ['startLr', 'endLr', 'steps', 'loss']);
+  const startLr = checkFiniteNumber(o.startLr ?? 1e-7, 'options.startLr');
+  const endLr = checkFiniteNumber(o.endLr ?? 10, 'options.endLr');
+  if (startLr <= 0 || endLr <= startLr) throw rangeError(`0 < startLr < endLr`, 'options.startLr', startLr);
+  const steps = checkPositiveInteger(o.steps ?? 100, 'options.steps');
+  const lossFn = o.loss ?? crossEntropy();
+  const saved = Object.entries(model.stateDict()).map(([name, t]) => {
+    const copy: [string, Tensor] = [name, tensor(t.toTypedArray() as Float32Array, t.shape, { dtype: t.dtype })];
+    t.dispose();
+    return copy;
+  });
+  const rng = native.getRngState();
+  const wasTraining = model.training;
+  const optimizer = adamw(model, { lr: startLr, weightDecay: 0 });
+  const lrs: number[] = [];
+  const losses: number[] = [];
+  let average = 0;
+  let best = Infinity;
+  try {
+    model.train();
+    for (let step = 0, epoch = 0; step < steps; epoch++) {
+      for await (const { input, target } of loader.batches(epoch)) {
+        const lr = startLr * (endLr / startLr) ** (step / Math.max(steps - 1, 1));
+        optimizer.paramGroups.forEach((g) => (g.lr = lr));
+        const { loss } = await model.trainStep(input, target, { loss: lossFn, optimizer });
+        average = 0.98 * average + 0.02 * loss;
+        const smoothed = average / (1 - 0.98 ** (step + 1));
+        lrs.push(lr);
+        losses.push(smoothed);
+        best = Math.min(best, smoothed);
+        step++;
+        if (step >= steps || !Number.isFinite(smoothed) || smoothed > 4 * best) {
+          step = steps;
+          break;
+        }
+      }
+    }
+  } finally {
+    model.loadStateDict(Object.fromEntries(saved));
+    saved.forEach(([, t]) => t.dispose());
+    native.setRngState(rng);
+    model.train(wasTraining);
+    optimizer.dispose();
+  }
+  // Steepest descent of the smoothed loss against log(lr), ignoring the noisy ends.
+  let suggestion = lrs[0];
+  let steepest = 0;
+  for (let i = 1; i < losses.length - 1; i++) {
+    const slope = (losses[i + 1] - losses[i - 1]) / (Math.log(lrs[i + 1]) - Math.log(lrs[i - 1]));
+    if (slope < steepest) {
+      steepest = slope;
+      suggestion = lrs[i];
+    }
+  }
+  return {
+    lrs,
+    losses,
+    suggestion,
+    plot: (path) => writeFile(path, lineChart(`LR range test (suggested ${suggestion.toExponential(1)})`, 'step', [{ name: 'smoothed loss', color: '#1565c0', points: losses.map((l, i) => [i, l]) }])),
+  };
+}
