@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "common.h"
+#include "cuda.h"
 #include "layers.h"
 #include "loss.h"
 #include "optimizer.h"
@@ -82,6 +83,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("initLayerParameters", Napi::Function::New<InitLayerParameters>(env));
   exports.Set("getRngState", Napi::Function::New<GetRngState>(env));
   exports.Set("setRngState", Napi::Function::New<SetRngState>(env));
+  exports.Set("cudaMemory", Napi::Function::New<CudaMemory>(env));
+  exports.Set("cudaEmptyCache", Napi::Function::New<CudaEmptyCache>(env));
+  exports.Set("cudaSynchronize", Napi::Function::New<CudaSynchronize>(env));
+  exports.Set("setSpeedOptions", Napi::Function::New<SetSpeedOptions>(env));
   exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env));
   exports.Set("torchVersion", TORCH_VERSION);
   exports.Set("cudaBuild", Napi::Boolean::New(env,

@@ -41,7 +41,27 @@ Napi::Object describeTensor(Napi::Env env, const std::string& name, const torch:
   return entry;
 }
 
+torch::Tensor prepareTensor(const ModelState& state, torch::Tensor tensor) {
+  if (tensor.device() != state.device) {
+    if (state.device.is_cuda() && tensor.is_cpu() && !tensor.is_pinned()) tensor = tensor.pin_memory();
+    tensor = tensor.to(state.device, /*non_blocking=*/true);
+  }
+  if (state.channelsLast && tensor.dim() == 4) tensor = tensor.contiguous(torch::MemoryFormat::ChannelsLast);
+  return tensor;
+}
+
 }  // namespace
+
+void prepareInputs(const ModelState& state, std::vector<c10::IValue>& inputs) {
+  for (c10::IValue& input : inputs) {
+    if (input.isTensor()) {
+      input = prepareTensor(state, input.toTensor());
+    } else if (input.isTensorList()) {
+      c10::List<torch::Tensor> list = input.toTensorList();
+      for (size_t i = 0; i < list.size(); ++i) list.set(i, prepareTensor(state, list.get(i)));
+    }
+  }
+}
 
 Napi::Function ModelWrap::Define(Napi::Env env) {
   return DefineClass(env, "NativeModel",
@@ -65,6 +85,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::Save>("save"),
                          InstanceMethod<&ModelWrap::LoadStateDict>("loadStateDict"),
                          InstanceMethod<&ModelWrap::Extras>("extras"),
+                         InstanceMethod<&ModelWrap::SetChannelsLast>("setChannelsLast"),
                          InstanceMethod<&ModelWrap::Dispose>("dispose"),
                      });
 }
@@ -135,6 +156,7 @@ Napi::Value ModelWrap::Forward(const Napi::CallbackInfo& info) {
           std::lock_guard<std::mutex> lock(state->mutex);
           // Grad mode is thread-local, so it has to be set on the worker itself.
           torch::NoGradGuard noGrad;
+          prepareInputs(*state, inputs);
           return state->module.forward(std::move(inputs));
         },
         [](Napi::Env env, c10::IValue& output) { return fromIValue(env, output); });
@@ -165,6 +187,7 @@ Napi::Value ModelWrap::ProbeGradients(const Napi::CallbackInfo& info) {
         [state, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           torch::AutoGradMode enableGrad(true);
+          prepareInputs(*state, inputs);
           torch::Tensor total;
           sumTensors(state->module.forward(std::move(inputs)), total);
           if (total.defined() && total.requires_grad()) total.backward();
@@ -368,6 +391,18 @@ Napi::Value ModelWrap::LoadStateDict(const Napi::CallbackInfo& info) {
       throw CodedError("TORCHLITE_BAD_STATE", "the state dict lacks '" + targets.begin()->first + "'");
     torch::NoGradGuard noGrad;
     for (auto& [target, value] : copies) target.copy_(value);
+    return env.Undefined();
+  });
+}
+
+Napi::Value ModelWrap::SetChannelsLast(const Napi::CallbackInfo& info) {
+  return Locked(info, [&](Napi::Env env, ModelState& state) {
+    state.channelsLast = info[0].As<Napi::Boolean>().Value();
+    torch::MemoryFormat format = state.channelsLast ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous;
+    torch::NoGradGuard noGrad;
+    // set_data keeps each parameter's identity (optimizers hold them) while changing its layout.
+    for (torch::Tensor parameter : state.module.parameters())
+      if (parameter.dim() == 4) parameter.set_data(parameter.contiguous(format));
     return env.Undefined();
   });
 }

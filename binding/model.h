@@ -18,11 +18,19 @@ struct ModelState {
   std::vector<std::string> warnings;  // traced constructs that load could not fix
   std::map<std::string, std::string> extras;  // other extra files asked for at load (checkpoint state)
   bool bnFrozenEval = true;           // BatchNorm policy 'frozen-eval' (else 'train')
+  bool channelsLast = false;          // 4-D weights and inputs in NHWC (oneDNN/cuDNN fast paths)
+  torch::Tensor lossSum;              // train losses not yet read back (readLoss: false)
+  int64_t lossCount = 0;
   // Workers and JS-thread mutations (train/eval) take it, so a mode switch never
   // lands in the middle of a forward running on another thread.
   std::mutex mutex;
 };
 using ModelPtr = std::shared_ptr<ModelState>;
+
+// Moves input tensors to the model's device (from pinned memory, without blocking the
+// host, when that is CUDA) and into channels-last when the model uses it. Runs on the
+// torch thread, inside a job.
+void prepareInputs(const ModelState& state, std::vector<c10::IValue>& inputs);
 
 class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  public:
@@ -57,6 +65,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value Save(const Napi::CallbackInfo& info);
   Napi::Value LoadStateDict(const Napi::CallbackInfo& info);
   Napi::Value Extras(const Napi::CallbackInfo& info);
+  Napi::Value SetChannelsLast(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 

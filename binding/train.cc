@@ -59,6 +59,7 @@ StepOptions parseStepOptions(const Napi::Object& object) {
   if (object.Get("clipGradNorm").IsNumber()) options.clipGradNorm = object.Get("clipGradNorm").As<Napi::Number>().DoubleValue();
   options.amp = getString(object, "amp", "none");
   options.throwOnNonFinite = getString(object, "nonFinite", "skip") == "throw";
+  if (object.Get("readLoss").IsBoolean()) options.readLoss = object.Get("readLoss").As<Napi::Boolean>().Value();
   return options;
 }
 
@@ -73,17 +74,31 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
   // Grad and autocast modes are thread-local: they are set here, on the worker.
   torch::AutoGradMode enableGrad(true);
   torch::Tensor output, value;
+  prepareInputs(model, inputs);
   {
     auto autocast = autocastFor(options.amp, model.device);
     output = firstTensor(model.module.forward(std::move(inputs)));
     value = computeLoss(loss, output, target);
   }
   StepResult result;
-  result.loss = value.item<double>();
-  if (countsCorrect(loss, target)) result.correct = correctPredictions(output.detach(), target, loss.ignoreIndex);
-  if (!std::isfinite(result.loss)) {
+  if (!options.readLoss) {
+    // No host sync: the loss joins a device-side sum read at the next readLoss step, and
+    // non-finite losses are only noticed then.
+    model.lossSum = model.lossSum.defined() ? model.lossSum + value.detach() : value.detach().clone();
+    model.lossCount += 1;
+    result.loss = NAN;
+  } else if (model.lossCount > 0) {
+    result.loss = ((model.lossSum + value.detach()) / static_cast<double>(model.lossCount + 1)).item<double>();
+    result.lossSteps = model.lossCount + 1;
+    model.lossSum = torch::Tensor();
+    model.lossCount = 0;
+  } else {
+    result.loss = value.item<double>();
+  }
+  if (options.readLoss && countsCorrect(loss, target)) result.correct = correctPredictions(output.detach(), target, loss.ignoreIndex);
+  if (options.readLoss && !std::isfinite(value.item<double>())) {
     if (options.throwOnNonFinite)
-      throw CodedError("TORCH_NONFINITE_LOSS", "the loss is " + std::to_string(result.loss) + "; the step was not applied");
+      throw CodedError("TORCH_NONFINITE_LOSS", "the loss is " + std::to_string(value.item<double>()) + "; the step was not applied");
     result.skipped = true;  // nothing of this micro-batch reaches the grads
     return result;
   }
@@ -141,6 +156,7 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
         [](Napi::Env env, StepResult& r) -> Napi::Value {
           Napi::Object result = Napi::Object::New(env);
           result.Set("loss", r.loss);
+          if (r.lossSteps > 1) result.Set("lossSteps", static_cast<double>(r.lossSteps));
           if (r.correct >= 0) result.Set("correct", static_cast<double>(r.correct));
           result.Set("skipped", r.skipped);
           result.Set("stepped", r.stepped);
@@ -163,6 +179,7 @@ Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
         [state, loss, target, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           return inEvalMode(*state, [&] {
+            prepareInputs(*state, inputs);
             torch::Tensor output = firstTensor(state->module.forward(std::move(inputs)));
             double value = loss && target.defined() ? computeLoss(*loss, output, target).item<double>() : NAN;
             return Result{output.to(torch::kFloat), value};
@@ -187,6 +204,7 @@ Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
         [state, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           return inEvalMode(*state, [&] {
+            prepareInputs(*state, inputs);
             torch::Tensor output = firstTensor(state->module.forward(std::move(inputs))).to(torch::kFloat);
             if (output.dim() < 2)
               throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "predict needs class scores of shape [N, C, ...] but the model returned " + c10::str(output.sizes()));

@@ -11,10 +11,14 @@ struct StepOptions {
   double clipGradNorm = 0;  // 0: no clipping
   std::string amp = "none"; // none, bf16, fp16
   bool throwOnNonFinite = false;
+  // Reading the loss waits for the device; without it the step is fully asynchronous and
+  // the next read returns the mean of the losses since the last one.
+  bool readLoss = true;
 };
 
 struct StepResult {
-  double loss = 0;
+  double loss = 0;  // NaN when not read (readLoss: false)
+  int64_t lossSteps = 1;  // how many steps `loss` averages
   int64_t correct = -1;  // -1 when the loss is not a classification loss
   bool skipped = false;
   bool stepped = false;

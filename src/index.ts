@@ -33,7 +33,7 @@ export * as sched from './sched';
 export type { PlateauScheduler, Scheduler } from './sched';
 export type { Layer } from './nn';
 export type { Pattern } from './patterns';
-export { cuda, getNumThreads, setNumThreads, torchVersion } from './runtime';
+export { cuda, type CudaMemory, getNumThreads, setNumThreads, type SpeedOptions, torchVersion } from './runtime';
 export {
   arange,
   type Device,

@@ -64,6 +64,7 @@ export interface NativeModel {
   save(path: string, metadata: string, extras?: Record<string, Buffer>): Promise<void>;
   loadStateDict(dict: Record<string, NativeTensor>, strict: boolean): void;
   extras(): Record<string, Buffer>;
+  setChannelsLast(on: boolean): void;
   dispose(): void;
 }
 
@@ -117,6 +118,10 @@ export interface NativeAddon {
   setRngState(state: Buffer): void;
   initLayerParameters(shape: number[], bias: boolean): { weight: NativeTensor; bias?: NativeTensor };
   cudaInfo(): { available: boolean; deviceCount: number };
+  cudaMemory(device: string, resetPeak: boolean): { allocated: number; reserved: number; peak: number };
+  cudaEmptyCache(): void;
+  cudaSynchronize(device: string): void;
+  setSpeedOptions(options: { cudnnBenchmark?: boolean; tf32?: boolean }): { cudnnBenchmark: boolean; tf32: boolean };
   torchVersion: string;
   cudaBuild: boolean;
 }

@@ -1,5 +1,7 @@
+import { callNative } from './errors';
 import { native } from './native';
-import { checkPositiveInteger } from './validate';
+import type { Device } from './tensor';
+import { checkDevice, checkOptions, checkPositiveInteger, typeError } from './validate';
 
 /** Sets LibTorch's intra-op thread count. Defaults to the cores available to Node (or `TORCHLITE_NUM_THREADS`). */
 export function setNumThreads(n: number): void {
@@ -13,8 +15,47 @@ export function getNumThreads(): number {
 /** The LibTorch version the addon was built against, e.g. `'1.13.0'`. */
 export const torchVersion: string = native.torchVersion;
 
-/** CUDA queries. */
+/** Bytes held by LibTorch's CUDA caching allocator. */
+export interface CudaMemory {
+  /** Bytes in live tensors. */
+  allocated: number;
+  /** Bytes reserved from the driver (allocated plus cached). */
+  reserved: number;
+  /** Highest `allocated` since start or the last `resetPeak`. */
+  peak: number;
+}
+
+/** Global speed switches. */
+export interface SpeedOptions {
+  /** Let cuDNN time its algorithms and keep the fastest: a win when input shapes are fixed. Defaults to `false`. */
+  cudnnBenchmark?: boolean;
+  /** TF32 tensor cores for float32 matmuls and convolutions on Ampere and newer (about 10 mantissa bits). Defaults to LibTorch's setting. */
+  tf32?: boolean;
+}
+
+/** CUDA queries and switches. Without CUDA they throw `TORCHLITE_CUDA_UNAVAILABLE`, except `isAvailable`/`deviceCount`. */
 export const cuda = {
+  /** Memory of `device` (default `'cuda'`); `resetPeak` starts a new peak measurement after reading. */
+  memory(device: Device = 'cuda', options?: { resetPeak?: boolean }): CudaMemory {
+    const target = checkDevice(device, 'device');
+    const { resetPeak = false } = checkOptions<{ resetPeak?: boolean }>(options, 'options', ['resetPeak']);
+    return callNative(() => native.cudaMemory(target, resetPeak));
+  },
+  /** Returns cached, unused blocks to the driver. */
+  emptyCache(): void {
+    callNative(() => native.cudaEmptyCache());
+  },
+  /** Waits for all work queued on `device` (default `'cuda'`). */
+  synchronize(device: Device = 'cuda'): void {
+    const target = checkDevice(device, 'device');
+    callNative(() => native.cudaSynchronize(target));
+  },
+  /** Sets speed switches (see {@link SpeedOptions}) and returns the current state. */
+  setOptions(options: SpeedOptions): Required<SpeedOptions> {
+    const o = checkOptions<SpeedOptions>(options, 'options', ['cudnnBenchmark', 'tf32']);
+    for (const [key, value] of Object.entries(o)) if (typeof value !== 'boolean') throw typeError('a boolean', `options.${key}`, value);
+    return native.setSpeedOptions(o);
+  },
   /** Whether this LibTorch build has CUDA and a GPU is visible. */
   isAvailable(): boolean {
     return native.cudaInfo().available;

@@ -4,7 +4,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { loadPretrained, loss, manualSeed, type Model, nn, optim, randn, sched, type Tensor, tensor, TorchError } from '../src';
+import { cuda, loadPretrained, loss, manualSeed, type Model, nn, optim, randn, sched, type Tensor, tensor, TorchError } from '../src';
 import { readIdx } from '../src/data/idx';
 import { fixture, root } from './helpers';
 
@@ -365,5 +365,43 @@ describe('a real task', () => {
     const { accuracy } = await model.evaluate([{ input: tensor(test.x, [test.n, 1, 28, 28]), target: longs(test.y) }], { metrics: ['accuracy'] });
     expect(accuracy).toBeGreaterThan(0.7); // chance is 0.2
     expect(seconds).toBeLessThan(60);
+  });
+});
+
+describe('device options', () => {
+  it('channels-last gives the same outputs and trains', async () => {
+    await using plain = await loadPretrained(fixture('resnet_small.scripted.pt'));
+    await using nhwc = await loadPretrained(fixture('resnet_small.scripted.pt'));
+    nhwc.channelsLast();
+    const x = randn([4, 3, 16, 16]);
+    relClose(values(await nhwc.forward<Tensor>(x)), values(await plain.forward<Tensor>(x)), 1e-4);
+    const opt = optim.sgd(nhwc, { lr: 0.01 });
+    const r = await nhwc.trainStep(x, longs([1, 2, 3, 4]), { loss: loss.crossEntropy(), optimizer: opt });
+    expect(r.stepped).toBe(true);
+  });
+
+  it('readLoss: false skips the host read and the next read averages the steps since', async () => {
+    await using model = await loadPretrained(fixture('mlp.scripted.pt'));
+    const opt = optim.sgd(model, { lr: 0 }); // lr 0 keeps the loss constant per batch
+    const ce = loss.crossEntropy();
+    const losses = [] as number[];
+    for (let i = 0; i < 3; i++) losses.push((await model.evaluate([{ input: batch(i).x, target: batch(i).y }], { loss: ce })).loss!);
+    const a = await model.trainStep(batch(0).x, batch(0).y, { loss: ce, optimizer: opt, readLoss: false });
+    const b = await model.trainStep(batch(1).x, batch(1).y, { loss: ce, optimizer: opt, readLoss: false });
+    expect(Number.isNaN(a.loss) && Number.isNaN(b.loss)).toBe(true);
+    const c = await model.trainStep(batch(2).x, batch(2).y, { loss: ce, optimizer: opt });
+    expect(c.lossSteps).toBe(3);
+    expect(c.loss).toBeCloseTo((losses[0] + losses[1] + losses[2]) / 3, 5);
+  });
+
+  it('CUDA calls explain themselves on a CPU build', () => {
+    expect(cuda.isAvailable()).toBe(false);
+    expect(cuda.deviceCount()).toBe(0);
+    expect(() => cuda.memory()).toThrow(expect.objectContaining({ code: 'TORCHLITE_CUDA_UNAVAILABLE' }));
+    expect(() => cuda.synchronize('cuda:1')).toThrow(expect.objectContaining({ code: 'TORCHLITE_CUDA_UNAVAILABLE' }));
+    expect(() => cuda.memory('gpu' as never)).toThrow(RangeError);
+    const state = cuda.setOptions({ cudnnBenchmark: true });
+    expect(state.cudnnBenchmark).toBe(true);
+    cuda.setOptions({ cudnnBenchmark: false });
   });
 });

@@ -1,5 +1,3 @@
-import sharp from 'sharp';
-
 import { TorchError } from '../errors';
 import { loadPretrained } from '../model';
 import { tensor } from '../tensor';
@@ -13,6 +11,7 @@ export async function runPredict(modelPath: string, images: string[], flags: { t
   const [channels, size] = shape;
   const pixels = size * size;
   const batch = new Float32Array(images.length * channels * pixels);
+  const { default: sharp } = await import('sharp');
   await Promise.all(
     images.map(async (file, n) => {
       let decoded;

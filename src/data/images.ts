@@ -1,8 +1,6 @@
 import { readdir } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 
-import sharp from 'sharp';
-
 import { TorchError } from '../errors';
 import { checkFiniteNumber, checkOptions, checkPositiveInteger, checkString, typeError } from '../validate';
 import type { Dataset, Sample } from './dataset';
@@ -62,6 +60,8 @@ export async function imageFolder(dir: string, options?: ImageFolderOptions): Pr
     }
   }
   const pixels = size * size;
+  // Loaded on first use: training on tensors or IDX files needs no image codecs.
+  const { default: sharp } = await import('sharp');
   return {
     length: files.length,
     inputShape: [channels, size, size],
