@@ -51,7 +51,8 @@ export function outputDiff(actual: ModelOutput, expected: EncodedOutput): number
   return Math.max(...Object.keys(record).map((k) => outputDiff(got[k], record[k])));
 }
 
-export const PYTHON = '/usr/bin/python3';
+/** The reference Python: Debian's here; the GPU machine's own python3 via TORCHLITE_PYTHON. */
+export const PYTHON = process.env.TORCHLITE_PYTHON ?? '/usr/bin/python3';
 
 function pythonHas(module: string): boolean {
   return spawnSync(PYTHON, ['-c', `import ${module}`], { stdio: 'ignore' }).status === 0;

@@ -1,0 +1,123 @@
+// Runs on the lent GPU machine through scripts/gpu-check.sh; skipped where there is no CUDA.
+import { join } from 'node:path';
+
+import { describe, expect, it } from 'vitest';
+
+import { cuda, loadPretrained, loss, manualSeed, nn, optim, randn, type Tensor, tensor, TorchError } from '../../src';
+import { exportTorchvision, fixture, hasTorchvision, maxAbsDiff, python, readF32, relativeDiff } from '../helpers';
+
+const values = (t: Tensor) => t.toTypedArray() as Float32Array;
+const longs = (xs: number[]) => tensor(BigInt64Array.from(xs.map(BigInt)));
+
+describe.skipIf(!cuda.isAvailable())('CUDA', () => {
+  it('forward on the GPU matches the CPU: 1e-4 relative in fp32, 1e-2 in bf16', async () => {
+    cuda.setOptions({ tf32: false });
+    await using cpu = await loadPretrained(fixture('resnet_small.scripted.pt'));
+    await using gpu = await loadPretrained(fixture('resnet_small.scripted.pt'), { device: 'cuda' });
+    expect(gpu.device).toBe('cuda:0');
+    const x = randn([8, 3, 32, 32]);
+    const expected = values(await cpu.forward<Tensor>(x));
+    expect(relativeDiff(values(await gpu.forward<Tensor>(x.to('cuda'))), expected)).toBeLessThanOrEqual(1e-4);
+    // bf16: the loss of a zero-lr step under autocast against the CPU's fp32 loss.
+    const y = longs([0, 1, 2, 3, 4, 5, 6, 7]);
+    const ce = loss.crossEntropy();
+    const cpuLoss = (await cpu.evaluate([{ input: x, target: y }], { loss: ce })).loss!;
+    const bf16 = await gpu.trainStep(x, y, { loss: ce, optimizer: optim.sgd(gpu, { lr: 0 }), amp: 'bf16' });
+    expect(Math.abs(bf16.loss - cpuLoss) / cpuLoss).toBeLessThanOrEqual(1e-2);
+  });
+
+  it('a train step on the GPU learns, from pinned CPU batches copied without blocking', async () => {
+    manualSeed(0);
+    await using model = await loadPretrained(fixture('resnet_small.scripted.pt'), { device: 'cuda' });
+    model.train();
+    const opt = optim.adamw(model, { lr: 1e-2 });
+    const x = randn([16, 3, 16, 16]); // on the CPU: trainStep stages it through pinned memory
+    const y = longs(Array.from({ length: 16 }, (_, i) => i % 10));
+    const first = await model.trainStep(x, y, { loss: loss.crossEntropy(), optimizer: opt });
+    let last = first;
+    for (let i = 0; i < 30; i++) last = await model.trainStep(x, y, { loss: loss.crossEntropy(), optimizer: opt, readLoss: i % 10 === 9 });
+    expect(last.loss).toBeLessThan(first.loss / 2);
+    const onDevice = await model.forward<Tensor>(x.to('cuda'));
+    const fromHost = await model.forward<Tensor>(x);
+    expect(maxAbsDiff(values(onDevice), values(fromHost))).toBe(0);
+  });
+
+  it('fp16 AMP skips steps on overflow and recovers', async () => {
+    await using model = await loadPretrained(fixture('mlp.scripted.pt'), { device: 'cuda' });
+    const opt = optim.sgd(model, { lr: 1e-6 });
+    const x = randn([8, 12]);
+    const huge = tensor(new Float32Array(32).fill(3000), [8, 4]); // MSE ~1e7, × 65536 overflows fp16 grads
+    const results = [];
+    for (let i = 0; i < 40; i++) results.push(await model.trainStep(x, huge, { loss: loss.mse(), optimizer: opt, amp: 'fp16' }));
+    expect(results[0].skipped).toBe(true);
+    const recovered = results.findIndex((r) => r.stepped);
+    expect(recovered).toBeGreaterThan(0);
+    expect(results.slice(recovered).every((r) => Number.isFinite(r.loss))).toBe(true);
+  });
+
+  it('two models train on one GPU at once', async () => {
+    await using a = await loadPretrained(fixture('resnet_small.scripted.pt'), { device: 'cuda' });
+    await using b = await loadPretrained(fixture('mobilenet_small.scripted.pt'), { device: 'cuda' });
+    const x = randn([8, 3, 16, 16]);
+    const y = longs([0, 1, 2, 3, 4, 5, 6, 7]);
+    const [ra, rb] = await Promise.all([
+      a.trainStep(x, y, { loss: loss.crossEntropy(), optimizer: optim.sgd(a, { lr: 0.1 }) }),
+      b.trainStep(x, y, { loss: loss.crossEntropy(), optimizer: optim.sgd(b, { lr: 0.1 }) }),
+    ]);
+    expect(ra.stepped && rb.stepped).toBe(true);
+  });
+
+  it('survives an out-of-memory step and keeps training at a smaller batch', async () => {
+    await using model = await loadPretrained(fixture('resnet_small.scripted.pt'), { device: 'cuda' });
+    model.train();
+    const opt = optim.sgd(model, { lr: 0.01 });
+    const big = randn([4096, 3, 512, 512], { device: 'cuda' }); // 12 GiB of input; activations are far larger
+    const error = await model.trainStep(big, longs(Array.from({ length: 4096 }, () => 0)), { loss: loss.crossEntropy(), optimizer: opt }).catch((e: unknown) => e);
+    big.dispose();
+    expect(error).toBeInstanceOf(TorchError);
+    expect((error as TorchError).code).toBe('TORCH_OOM');
+    cuda.emptyCache();
+    const ok = await model.trainStep(randn([8, 3, 16, 16]), longs([0, 1, 2, 3, 4, 5, 6, 7]), { loss: loss.crossEntropy(), optimizer: opt });
+    expect(ok.stepped).toBe(true);
+    const memory = cuda.memory('cuda', { resetPeak: true });
+    expect(memory.reserved).toBeGreaterThanOrEqual(memory.allocated);
+  });
+
+  it('cuda:N past the last device is a clear error', async () => {
+    const index = cuda.deviceCount();
+    await expect(loadPretrained(fixture('mlp.scripted.pt'), { device: `cuda:${index}` })).rejects.toMatchObject({
+      code: 'TORCHLITE_CUDA_UNAVAILABLE',
+      message: `device 'cuda:${index}' requested but only ${index} CUDA device(s) are visible`,
+    });
+  });
+
+  it.skipIf(!hasTorchvision)('fine-tunes traced and scripted torchvision models on the GPU; Python loads the results', async () => {
+    const { dir, shapes } = exportTorchvision(['resnet18']);
+    for (const kind of ['scripted', 'traced']) {
+      await using model = await loadPretrained(join(dir, `resnet18.${kind}.pt`), { device: 'cuda' });
+      model.channelsLast();
+      cuda.setOptions({ cudnnBenchmark: true, tf32: true });
+      model.resetClassifier(4);
+      model.train();
+      const opt = optim.adamw(model, { lr: 1e-3 });
+      const x = tensor(readF32(join(dir, 'resnet18.input.f32')), shapes.resnet18.input);
+      for (let i = 0; i < 3; i++) await model.trainStep(x, longs([1, 3]), { loss: loss.crossEntropy(), optimizer: opt, amp: 'bf16' });
+      model.eval();
+      const file = join(dir, `tuned.${kind}.pt`);
+      await model.save(file);
+      const ours = values(await model.forward<Tensor>(x));
+      const theirs = JSON.parse(python(`import sys, json, numpy, torch
+m = torch.jit.load(sys.argv[1], map_location='cuda').eval()
+x = torch.from_numpy(numpy.fromfile(sys.argv[2], dtype='<f4').reshape(2, 3, 64, 64)).cuda()
+with torch.no_grad(): print(json.dumps(m(x).float().flatten().tolist()))`, [file, join(dir, 'resnet18.input.f32')]));
+      expect(relativeDiff(ours, theirs)).toBeLessThanOrEqual(1e-3);
+      cuda.setOptions({ cudnnBenchmark: false, tf32: false });
+    }
+  });
+
+  it('a layer replaced on the GPU lands on the GPU', async () => {
+    await using model = await loadPretrained(fixture('resnet_small.scripted.pt'), { device: 'cuda' });
+    model.replace('fc', nn.linear(16, 3));
+    expect((await model.forward<Tensor>(randn([2, 3, 16, 16], { device: 'cuda' }))).device).toBe('cuda:0');
+  });
+});
