@@ -27,7 +27,7 @@ describe.skipIf(!hasFashion)('torchlite demo', () => {
     expect(stdout).toMatch(/^approach +test accuracy +steps to 80\.0% +time$/m);
     for (const name of ['head only', 'fine-tune (gradual unfreezing)', 'from scratch']) expect(stdout).toMatch(new RegExp(`^${name.replace(/[()]/g, '\\$&')} +\\d+\\.\\d% +(never|\\d+) +\\d+\\.\\ds$`, 'm'));
     const accuracy = Number(/^fine-tune \(gradual unfreezing\) +(\d+\.\d)%/m.exec(stdout)![1]);
-    expect(accuracy).toBeGreaterThan(35); // 3 quick epochs on 200 images; chance is 20
+    expect(accuracy).toBeGreaterThan(60); // 5 quick epochs on 200 images (74.6% here, deterministic on the CPU); chance is 20
     expect(stdout).toMatch(/^test image 1 +true: \S.* +top-3: .+%, .+%, .+%$/m);
     const html = readFileSync(join(work, 'demo.html'), 'utf8');
     expect(html).toContain('<svg');

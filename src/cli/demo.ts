@@ -63,7 +63,7 @@ function stepsTo(history: EpochRecord[], target: number, stepsPerEpoch: number):
 export async function runDemo(flags: DemoFlags): Promise<void> {
   const quick = flags.quick === true;
   const budget = intFlag(quick ? '200' : flags.budget, '--budget');
-  const epochs = intFlag(quick ? '3' : flags.epochs, '--epochs', 2);
+  const epochs = intFlag(quick ? '5' : flags.epochs, '--epochs', 2);
   const target = numberFlag(flags.target, '--target');
   const say = (line: string) => !flags.json && console.log(line);
   const classes = [5, 6, 7, 8, 9];
@@ -108,7 +108,7 @@ export async function runDemo(flags: DemoFlags): Promise<void> {
   headOnly.dispose();
   const tuned = await approach(
     'fine-tune (gradual unfreezing)',
-    (model, callbacks) => fineTune(model, { train: trainLoader, val: testLoader, numClasses: 5, dropout: 0.2, freezeEpochs: 1, epochs: epochs - 1, baseLr: 1e-2, lrMult: 10, unfreeze: ['features.8', 'all'], loss, callbacks }),
+    (model, callbacks) => fineTune(model, { train: trainLoader, val: testLoader, numClasses: 5, dropout: 0.2, freezeEpochs: 1, epochs: epochs - 1, baseLr: 2e-2, lrMult: 3, unfreeze: ['features.8', 'all'], loss, callbacks }),
     () => undefined,
   );
   const scratch = await approach('from scratch', oneCycleFit(3e-3), (model) => {

@@ -74,7 +74,7 @@ program
   .option('--data-dir <dir>', 'folder with the Fashion-MNIST IDX files (default: the Debian package)')
   .option('--out <file>', 'where to save the fine-tuned model', 'demo-finetuned.pt')
   .option('--report <file>', 'HTML report', 'demo-report.html')
-  .option('--quick', 'a small, fast run (200 images, 3 epochs, 500 test images)')
+  .option('--quick', 'a small, fast run (200 images, 5 epochs, 500 test images)')
   .option('--json', 'print machine-readable results')
   .addHelpText('after', '\nExample:\n  torchlite demo --budget 250 --epochs 8')
   .action(runDemo);
