@@ -160,7 +160,12 @@ export class Model implements Disposable, AsyncDisposable {
     this.#native = handle;
     for (const warning of handle.info().warnings) process.emitWarning(warning, { code: 'TORCHLITE_TRACED' });
     const text = handle.info().metadata;
-    this.#metadata = text === '' ? undefined : JSON.parse(text);
+    try {
+      this.#metadata = text === '' ? undefined : JSON.parse(text);
+    } catch {
+      handle.dispose();
+      throw new TorchError('TORCHLITE_CORRUPT_FILE', 'the archive\'s torchlite.json metadata is not valid JSON');
+    }
   }
 
   /** @internal The native handle, for other torchlite modules. */

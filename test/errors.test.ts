@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { loadPretrained, tensor, TorchError } from '../src';
-import { decode, fixture, refs } from './helpers';
+import { decode, fixture, hasTorch, python, refs } from './helpers';
 
 const dir = mkdtempSync(join(tmpdir(), 'torchlite-errors-'));
 const write = (name: string, data: Uint8Array | string) => {
@@ -104,5 +104,15 @@ describe('bad forward inputs', () => {
     await model.forward(tensor([1, 2])).catch(() => undefined);
     const out = await model.forward(decode(refs.mlp.input));
     expect(out.shape).toEqual([4, 4]);
+  });
+});
+
+describe('metadata', () => {
+  it.skipIf(!hasTorch)('an archive with broken torchlite.json metadata gets a coded error', async () => {
+    const path = join(dir, 'bad-meta.pt');
+    python(`import sys, torch
+m = torch.jit.load(sys.argv[1])
+torch.jit.save(m, sys.argv[2], _extra_files={'torchlite.json': '{not json'})`, [fixture('mlp.scripted.pt'), path]);
+    await expect(loadPretrained(path)).rejects.toMatchObject({ code: 'TORCHLITE_CORRUPT_FILE', message: "the archive's torchlite.json metadata is not valid JSON" });
   });
 });
