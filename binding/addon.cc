@@ -69,9 +69,17 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->tensorClass = Napi::Persistent(TensorWrap::Define(env));
   data->modelClass = Napi::Persistent(ModelWrap::Define(env));
   data->optimizerClass = Napi::Persistent(OptimizerWrap::Define(env));
-  data->completions = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
-                                                    "torchlite", 0, 1);
-  data->completions.Unref(env);
+  std::shared_ptr<CompletionChannel> channel = data->completions;
+  channel->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
+                                                "torchlite", 0, 1);
+  channel->tsfn.Unref(env);
+  // Cleanup hooks run last-registered first, so this one closes the channel while the
+  // thread-safe function (whose own hook was registered just before) is still valid.
+  env.AddCleanupHook([channel] {
+    std::lock_guard<std::mutex> lock(channel->mutex);
+    channel->open = false;
+    channel->tsfn.Release();
+  });
   env.SetInstanceData(data);  // deleted by Node when this environment is torn down
   exports.Set("Tensor", data->tensorClass.Value());
   exports.Set("Model", data->modelClass.Value());

@@ -24,15 +24,17 @@ class Job {
     Napi::Promise promise = job->deferred_.Promise();
     AddonData& data = addonData(env);
     data.jobStarted(env);
-    Napi::ThreadSafeFunction done = data.completions;
-    TorchThread::instance().post([job, work = std::move(work), done]() mutable {
+    std::shared_ptr<CompletionChannel> channel = data.completions;
+    TorchThread::instance().post([job, work = std::move(work), channel]() mutable {
       try {
         job->result_.emplace(work());
       } catch (...) {
         job->error_ = describe(std::current_exception());
       }
-      // Fails only while the environment shuts down; the job is then dropped with it.
-      if (done.NonBlockingCall(job, [](Napi::Env env, Napi::Function, Job* finished) { finished->finish(env); }) != napi_ok)
+      // An environment that has shut down meanwhile gets nothing; the job is dropped.
+      std::lock_guard<std::mutex> lock(channel->mutex);
+      if (!channel->open ||
+          channel->tsfn.NonBlockingCall(job, [](Napi::Env env, Napi::Function, Job* finished) { finished->finish(env); }) != napi_ok)
         delete job;
     });
     return promise;
@@ -43,8 +45,17 @@ class Job {
 
   void finish(Napi::Env env) {
     std::unique_ptr<Job> owned(this);
-    addonData(env).jobFinished(env);
-    Napi::HandleScope scope(env);
+    // Runs from the thread-safe function's callback, where an escaping C++ exception
+    // would terminate Node; a worker being terminated makes every napi call fail.
+    try {
+      addonData(env).jobFinished(env);
+      Napi::HandleScope scope(env);
+      settle(env);
+    } catch (...) {
+    }
+  }
+
+  void settle(Napi::Env env) {
     if (error_) {
       deferred_.Reject(toJsError(env, *error_).Value());
       return;

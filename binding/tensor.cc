@@ -85,7 +85,10 @@ TensorWrap::TensorWrap(const Napi::CallbackInfo& info)
 void TensorWrap::Finalize(Napi::Env env) { release(env); }
 
 void TensorWrap::release(Napi::Env env) {
-  if (accountedBytes_ != 0) Napi::MemoryManagement::AdjustExternalMemory(env, -accountedBytes_);
+  // The C call, not node-addon-api's throwing wrapper: this also runs from finalizers
+  // during environment teardown, where a thrown exception would terminate Node.
+  int64_t ignored = 0;
+  if (accountedBytes_ != 0) napi_adjust_external_memory(env, -accountedBytes_, &ignored);
   accountedBytes_ = 0;
   tensor_ = torch::Tensor();
 }

@@ -1,7 +1,10 @@
+import { spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { loadPretrained, type Model, randn, Tensor, TorchError } from '../src';
-import { decode, fixture, outputDiff, refs } from './helpers';
+import { decode, fixture, outputDiff, refs, root } from './helpers';
 
 const ARCHITECTURES = ['resnet_small', 'mobilenet_small', 'mlp', 'tuple_out', 'text'] as const;
 const KINDS = ['scripted', 'traced'] as const;
@@ -143,5 +146,29 @@ describe('dispose', () => {
       outer = model;
     }
     expect(outer.disposed).toBe(true);
+  });
+});
+
+describe('worker_threads', () => {
+  it('ending a worker with a job in flight leaves the process and other threads unharmed', () => {
+    const lib = JSON.stringify(join(root, 'lib'));
+    const mlp = JSON.stringify(fixture('mlp.scripted.pt'));
+    const script = `
+      const { Worker } = require('node:worker_threads');
+      const code = "const t = require(${lib.replace(/"/g, '\\"')}); (async () => { const m = await t.loadPretrained(${mlp.replace(/"/g, '\\"')}); const out = await m.forward(t.randn([2, 12])); require('node:worker_threads').parentPort.postMessage(out.shape); m.forward(t.randn([512, 12])); })();";
+      (async () => {
+        for (let i = 0; i < 4; i++) {
+          const w = new Worker(code, { eval: true });
+          await new Promise((resolve, reject) => { w.once('message', resolve); w.once('error', reject); });
+          await w.terminate();
+        }
+        const t = require(${lib});
+        const m = await t.loadPretrained(${mlp});
+        console.log(JSON.stringify((await m.forward(t.randn([1, 12]))).shape));
+      })();`;
+    const result = spawnSync('node', ['-e', script], { encoding: 'utf8' });
+    expect(result.stderr).toBe('');
+    expect(result.status).toBe(0);
+    expect(result.stdout.trim()).toBe('[1,4]');
   });
 });
