@@ -436,6 +436,7 @@ export class Model implements Disposable, AsyncDisposable {
   requiresGrad(patterns: Pattern | undefined, flag: boolean): FreezeResult {
     if (typeof flag !== 'boolean') throw typeError('a boolean', 'flag', flag);
     const parts = patterns === undefined ? undefined : Array.isArray(patterns) ? patterns : [patterns as string | RegExp];
+    if (parts?.length === 0) throw typeError('a non-empty pattern array', 'patterns', patterns);
     const all = this.parameters();
     const names = new Set<string>();
     if (parts === undefined) all.forEach((p) => names.add(p.name));

@@ -183,7 +183,7 @@ export function arange(start: number, end?: number, step = 1, options?: TensorOp
   checkFiniteNumber(step, 'step');
   if (step === 0 || Math.sign(to - from) * Math.sign(step) < 0) throw rangeError(`a step that moves from ${from} towards ${to}`, 'step', step);
   // As in PyTorch, integer bounds give int64 unless a dtype is asked for.
-  const integral = [from, to, step].every(Number.isInteger);
+  const integral = [from, to, step].every(Number.isSafeInteger);
   const opts = { dtype: integral ? 'int64' : 'float32', ...nativeOptions(options, 'options') };
   return new Tensor(callNative(() => native.Tensor.arange(from, to, step, opts)));
 }

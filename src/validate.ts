@@ -53,8 +53,9 @@ export function checkOneOf<T extends string>(value: unknown, name: string, allow
 /** Options must be a plain object whose keys are all known: a typo must not pass silently. */
 export function checkOptions<T extends object>(value: unknown, name: string, known: readonly string[]): Partial<T> {
   if (value === undefined) return {};
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) throw typeError('an options object', name, value);
-  for (const key of Object.keys(value))
+  const proto = value === null || typeof value !== 'object' ? undefined : Object.getPrototypeOf(value);
+  if (proto !== Object.prototype && proto !== null) throw typeError('an options object', name, value);
+  for (const key of Object.keys(value as object))
     if (!known.includes(key))
       throw new TypeError(`Unknown option \`${name}.${key}\`; known options are ${known.map((k) => `\`${k}\``).join(', ')}`);
   return value as Partial<T>;

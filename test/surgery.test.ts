@@ -187,6 +187,7 @@ describe('freeze', () => {
     expect(() => model.freeze(['fc', 'layer9'])).toThrow(expect.objectContaining({ code: 'TORCHLITE_NO_MATCH', message: 'No parameter matches layer9' }));
     expect(() => model.unfreeze(/^nothing/)).toThrow(expect.objectContaining({ code: 'TORCHLITE_NO_MATCH' }));
     expect(() => model.requiresGrad('fc', 'yes' as never)).toThrow(new TypeError("Expected a boolean for `flag` but received 'yes'"));
+    expect(() => model.freeze([])).toThrow(new TypeError('Expected a non-empty pattern array for `patterns` but received an array of length 0'));
     expect(() => { model.bnPolicy = 'eval' as never; }).toThrow(RangeError);
     expect(model.requiresGrad(/bn\d\.bias$/, false).frozen).toBeGreaterThan(0);
   });

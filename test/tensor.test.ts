@@ -163,3 +163,12 @@ describe('Tensor', () => {
     expect(native.externalMemory()).toBe(before);
   });
 });
+
+describe('options objects', () => {
+  it('must be plain objects', async () => {
+    const { loss } = await import('../src');
+    expect(() => loss.crossEntropy(/re/ as never)).toThrow(new TypeError('Expected an options object for `options` but received /re/'));
+    expect(() => zeros([2], [] as never)).toThrow(new TypeError('Expected an options object for `options` but received an array of length 0'));
+    expect(arange(1e300, 1e300 + 1e290, 1e290).dtype).toBe('float32');
+  });
+});
