@@ -30,7 +30,7 @@ export interface EpochRecord {
 
 export type FitEvent =
   | { type: 'epochStart'; epoch: number; batches: number; stage: number }
-  | { type: 'batchEnd'; epoch: number; batch: number; batches: number; step: number; loss: number; lr: number }
+  | { type: 'batchEnd'; epoch: number; batch: number; batches: number; step: number; loss: number; lr: number; accuracy?: number }
   | { type: 'epochEnd'; record: EpochRecord }
   | { type: 'checkpoint'; path: string; epoch: number }
   | { type: 'stopped'; reason: string };
@@ -183,7 +183,16 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
         position.step += 1;
         if (o.scheduler instanceof Scheduler) o.scheduler.step();
       }
-      const event = { type: 'batchEnd' as const, epoch, batch: batchIndex++, batches: o.train.length, step: position.step, loss: r.loss, lr: o.optimizer.paramGroups[0]?.lr ?? 0 };
+      const event = {
+        type: 'batchEnd' as const,
+        epoch,
+        batch: batchIndex++,
+        batches: o.train.length,
+        step: position.step,
+        loss: r.loss,
+        lr: o.optimizer.paramGroups[0]?.lr ?? 0,
+        ...(counted > 0 && { accuracy: correct / counted }),
+      };
       for (const cb of callbacks) await cb.onBatchEnd?.(ctx, event);
       yield event;
     }

@@ -21,12 +21,12 @@ export function progressBar(options: { label?: string; enabled?: boolean; batchS
     onBatchEnd(_ctx, e) {
       if (!enabled || !tty) return;
       if (e.batch === 0) {
-        bars ??= new MultiBar({ format: '{label} epoch {epoch} [{bar}] {value}/{total} loss {loss} {rate} img/s ETA {eta}s', hideCursor: true, stream: process.stderr }, Presets.shades_classic);
+        bars ??= new MultiBar({ format: '{label} epoch {epoch} [{bar}] {value}/{total} loss {loss} acc {accuracy} {rate} img/s ETA {eta}s', hideCursor: true, stream: process.stderr }, Presets.shades_classic);
         bar = bars.create(e.batches, 0, {});
         started = Date.now();
       }
       const seconds = (Date.now() - started) / 1000;
-      bar?.update(e.batch + 1, { label: options.label ?? '', epoch: e.epoch + 1, loss: e.loss.toFixed(4), rate: seconds > 0 ? Math.round(((e.batch + 1) * (options.batchSize ?? 1)) / seconds) : 0 });
+      bar?.update(e.batch + 1, { label: options.label ?? '', epoch: e.epoch + 1, loss: e.loss.toFixed(4), accuracy: e.accuracy === undefined ? '-' : `${(e.accuracy * 100).toFixed(1)}%`, rate: seconds > 0 ? Math.round(((e.batch + 1) * (options.batchSize ?? 1)) / seconds) : 0 });
     },
     onEpochEnd(_ctx, record) {
       if (!enabled) return;

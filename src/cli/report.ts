@@ -33,7 +33,15 @@ export function lineChart(title: string, xLabel: string, series: Series[], { log
       return `<path d="${path}" fill="none" stroke="${s.color}" stroke-width="2"/>${dots}`;
     })
     .join('');
-  const legend = series.map((s, i) => `<text x="${pad.left + 8 + i * 130}" y="${pad.top - 10}" fill="${s.color}" font-size="12">■ ${escape(s.name)}</text>`).join('');
+  // Each label is placed after the previous one, at ~7 px per character of 12 px text.
+  let at = pad.left + 8;
+  const legend = series
+    .map((s) => {
+      const text = `<text x="${at}" y="${pad.top - 10}" fill="${s.color}" font-size="12">■ ${escape(s.name)}</text>`;
+      at += 7 * (s.name.length + 2) + 16;
+      return text;
+    })
+    .join('');
   const grid = ticks
     .map((t) => `<line x1="${pad.left}" x2="${width - pad.right}" y1="${sy(log ? 10 ** t : t)}" y2="${sy(log ? 10 ** t : t)}" stroke="#ddd"/><text x="${pad.left - 6}" y="${sy(log ? 10 ** t : t) + 4}" font-size="10" text-anchor="end">${label(t)}</text>`)
     .join('');
