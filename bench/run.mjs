@@ -46,6 +46,15 @@ const mlpOpt = optim.sgd(mlp, { lr: 0.01 });
 const mx = randn([8, 12]);
 const my = tensor(BigInt64Array.from({ length: 8 }, (_, i) => BigInt(i % 4)));
 ours.mlp = 1 / (await timeSteps(mlp, mx, my, mlpOpt, 2000, 200));
+// The same steps, 16 per native job (model.trainSteps): one thread hand-off per 16 steps.
+{
+  const batches = Array.from({ length: 16 }, () => ({ input: mx, target: my }));
+  const ce = loss.crossEntropy();
+  for (let i = 0; i < 20; i++) await mlp.trainSteps(batches, { loss: ce, optimizer: mlpOpt });
+  const start = performance.now();
+  for (let i = 0; i < 125; i++) await mlp.trainSteps(batches, { loss: ce, optimizer: mlpOpt });
+  ours.mlp16 = 2000 / ((performance.now() - start) / 1000);
+}
 
 // Memory: RSS after warm-up against RSS after 5,000 more tiny steps.
 for (let i = 0; i < 500; i++) await mlp.trainStep(mx, my, { loss: loss.crossEntropy(), optimizer: mlpOpt });
@@ -60,11 +69,12 @@ const rows = [
   ['resnet18 64² bs16 (img/s)', 'resnet18_64', 1.05],
   ['resnet18 224² bs16 (img/s)', 'resnet18_224', 1.05],
   ['tiny MLP bs8 (steps/s)', 'mlp', 1.5],
+  ['tiny MLP, 16 steps per call', 'mlp16', 1.5, 'mlp'],
 ];
 console.log(`\n${'bench'.padEnd(28)}${'torchlite'.padStart(11)}${'python'.padStart(11)}${'ratio'.padStart(8)}  target`);
-for (const [label, key, target] of rows) {
-  const ratio = ours[key] / py[key];
-  console.log(`${label.padEnd(28)}${ours[key].toFixed(1).padStart(11)}${py[key].toFixed(1).padStart(11)}${ratio.toFixed(2).padStart(8)}  ≥ ${target} ${ratio >= target ? 'met' : 'NOT met'}`);
+for (const [label, key, target, pyKey = key] of rows) {
+  const ratio = ours[key] / py[pyKey];
+  console.log(`${label.padEnd(28)}${ours[key].toFixed(1).padStart(11)}${py[pyKey].toFixed(1).padStart(11)}${ratio.toFixed(2).padStart(8)}  ≥ ${target} ${ratio >= target ? 'met' : 'NOT met'}`);
 }
 console.log(`RSS growth over 5,000 tiny steps: ${(rssGrowth * 100).toFixed(2)}% (target < 5%: ${rssGrowth < 0.05 ? 'met' : 'NOT met'})`);
 const file = join(here, 'results', `${hostname()}-${new Date().toISOString().slice(0, 10)}.json`);

@@ -27,8 +27,12 @@ torch::Tensor classTargets(const LossConfig& config, const torch::Tensor& output
     badTarget(config.kind + " expects class-index targets of shape " + shapeText(expected) + " for outputs " +
               shapeText(output.sizes()) + " but received " + shapeText(target.sizes()));
   torch::Tensor indices = target.to(torch::kLong);
-  torch::Tensor valid = indices.ne(config.ignoreIndex);
   int64_t classes = output.size(1);
+  if (indices.numel() == 0) return indices;
+  // One reduction on the common path; the masks below only run when something is off.
+  auto [low, high] = torch::aminmax(indices);
+  if (low.item<int64_t>() >= 0 && high.item<int64_t>() < classes) return indices;
+  torch::Tensor valid = indices.ne(config.ignoreIndex);
   torch::Tensor bad = valid.logical_and(indices.lt(0).logical_or(indices.ge(classes)));
   if (bad.any().item<bool>()) {
     int64_t at = bad.flatten().nonzero()[0][0].item<int64_t>();
@@ -117,7 +121,9 @@ bool countsCorrect(const LossConfig& config, const torch::Tensor& target) {
 
 int64_t correctPredictions(const torch::Tensor& output, const torch::Tensor& target, int64_t ignoreIndex) {
   torch::Tensor indices = target.to(output.device(), torch::kLong);
-  torch::Tensor hits = output.argmax(1).eq(indices).logical_and(indices.ne(ignoreIndex));
+  torch::Tensor hits = output.argmax(1).eq(indices);
+  // A negative ignore index can never equal an argmax, so only a class-valued one needs masking.
+  if (ignoreIndex >= 0) hits = hits.logical_and(indices.ne(ignoreIndex));
   return hits.sum().item<int64_t>();
 }
 

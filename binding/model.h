@@ -21,6 +21,7 @@ struct ModelState {
   bool channelsLast = false;          // 4-D weights and inputs in NHWC (oneDNN/cuDNN fast paths)
   torch::Tensor lossSum;              // train losses not yet read back (readLoss: false)
   int64_t lossCount = 0;
+  uint64_t generation = 0;            // bumped by every replace(), so optimizers recheck only then
   // Workers and JS-thread mutations (train/eval) take it, so a mode switch never
   // lands in the middle of a forward running on another thread.
   std::mutex mutex;

@@ -119,7 +119,8 @@ void OptimizerState::addGroup(const std::vector<std::string>& names, const Group
   groups.push_back(std::move(group));
 }
 
-void OptimizerState::checkFresh() const {
+void OptimizerState::checkFresh() {
+  if (checkedGeneration == model->generation) return;
   std::map<std::string, const c10::TensorImpl*> current;
   for (const auto& item : model->module.named_parameters()) current.emplace(item.name, item.value.unsafeGetTensorImpl());
   for (const ParamGroup& group : groups) {
@@ -131,6 +132,7 @@ void OptimizerState::checkFresh() const {
                              "', which replace() removed from the model; create the optimizer after replacing modules");
     }
   }
+  checkedGeneration = model->generation;
 }
 
 std::vector<torch::Tensor> OptimizerState::parameters() const {

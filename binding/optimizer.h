@@ -40,13 +40,14 @@ struct OptimizerState {
   ModelPtr model;
   std::vector<ParamGroup> groups;
   int64_t pending = 0;  // micro-batches accumulated since the last update
+  uint64_t checkedGeneration = UINT64_MAX;  // the model generation last found fresh
   // fp16 GradScaler state, with PyTorch's defaults (init 2^16, growth 2 every 2000 steps, backoff 0.5).
   double lossScale = 65536;
   int64_t growthTracker = 0;
 
   void addGroup(const std::vector<std::string>& names, const GroupOptions& options);
   // Throws when replace() removed a parameter this optimizer trains.
-  void checkFresh() const;
+  void checkFresh();
   std::vector<torch::Tensor> parameters() const;
   // Applies one update to every parameter with a grad (grads multiplied by gradScale
   // first), then resets all grads to undefined.

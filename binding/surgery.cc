@@ -138,6 +138,7 @@ void replaceSubmodule(ModelState& state, const std::string& path, torch::jit::Mo
   // Execution plans already built for the parent and its ancestors still call the old
   // class; cloning rebuilds functions and types while sharing the parameter tensors.
   state.module = state.module.clone(/*inplace=*/true);
+  state.generation += 1;
 }
 
 std::vector<std::string> fixTracedTrainingFlags(torch::jit::Module& module) {

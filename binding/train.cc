@@ -96,9 +96,12 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
     result.loss = value.item<double>();
   }
   if (options.readLoss && countsCorrect(loss, target)) result.correct = correctPredictions(output.detach(), target, loss.ignoreIndex);
-  if (options.readLoss && !std::isfinite(value.item<double>())) {
+  // With a single step's loss read, result.loss is this step's; after unread steps it is
+  // a mean, so this step's own value decides whether to skip.
+  double own = !options.readLoss ? 0 : result.lossSteps == 1 ? result.loss : value.item<double>();
+  if (!std::isfinite(own)) {
     if (options.throwOnNonFinite)
-      throw CodedError("TORCH_NONFINITE_LOSS", "the loss is " + std::to_string(value.item<double>()) + "; the step was not applied");
+      throw CodedError("TORCH_NONFINITE_LOSS", "the loss is " + std::to_string(own) + "; the step was not applied");
     result.skipped = true;  // nothing of this micro-batch reaches the grads
     return result;
   }
@@ -138,30 +141,51 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
   return result;
 }
 
+namespace {
+
+Napi::Object stepResultToJs(Napi::Env env, const StepResult& r) {
+  Napi::Object result = Napi::Object::New(env);
+  result.Set("loss", r.loss);
+  if (r.lossSteps > 1) result.Set("lossSteps", static_cast<double>(r.lossSteps));
+  if (r.correct >= 0) result.Set("correct", static_cast<double>(r.correct));
+  result.Set("skipped", r.skipped);
+  result.Set("stepped", r.stepped);
+  if (r.gradNorm >= 0) result.Set("gradNorm", r.gradNorm);
+  return result;
+}
+
+}  // namespace
+
+// info: [inputs, target] pairs as an array of batches, then the options. One job runs
+// them all: for overhead-bound models the thread hand-off per job costs more than the
+// step, so a batch of steps per hand-off is what beats Python's per-op dispatch.
 Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
     ModelPtr state = live();
-    Napi::Object options = info[2].As<Napi::Object>();
+    Napi::Array batches = info[0].As<Napi::Array>();
+    Napi::Object options = info[1].As<Napi::Object>();
     OptimizerPtr optimizer = OptimizerWrap::StateOf(env, options.Get("optimizer"));
     LossConfig loss = parseLoss(env, options.Get("loss").As<Napi::Object>());
     StepOptions step = parseStepOptions(options);
-    torch::Tensor target = TensorWrap::From(env, info[1]);
-    return Job<StepResult>::Start(
+    std::vector<std::pair<std::vector<c10::IValue>, torch::Tensor>> work;
+    for (uint32_t i = 0; i < batches.Length(); ++i) {
+      Napi::Array batch = batches.Get(i).As<Napi::Array>();
+      work.emplace_back(Inputs(env, *state, batch.Get(0u)), TensorWrap::From(env, batch.Get(1u)));
+    }
+    using Results = std::vector<StepResult>;
+    return Job<Results>::Start(
         env,
-        [state, optimizer, loss, step, target, inputs = Inputs(env, *state, info[0])]() mutable {
+        [state, optimizer, loss, step, work = std::move(work)]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
-          return trainStep(*state, *optimizer, loss, std::move(inputs), target, step);
+          Results results;
+          for (auto& [inputs, target] : work) results.push_back(trainStep(*state, *optimizer, loss, std::move(inputs), target, step));
+          return results;
         },
-        [](Napi::Env env, StepResult& r) -> Napi::Value {
-          Napi::Object result = Napi::Object::New(env);
-          result.Set("loss", r.loss);
-          if (r.lossSteps > 1) result.Set("lossSteps", static_cast<double>(r.lossSteps));
-          if (r.correct >= 0) result.Set("correct", static_cast<double>(r.correct));
-          result.Set("skipped", r.skipped);
-          result.Set("stepped", r.stepped);
-          if (r.gradNorm >= 0) result.Set("gradNorm", r.gradNorm);
-          return result;
+        [](Napi::Env env, Results& results) -> Napi::Value {
+          Napi::Array array = Napi::Array::New(env, results.size());
+          for (size_t i = 0; i < results.size(); ++i) array.Set(i, stepResultToJs(env, results[i]));
+          return array;
         });
   });
 }

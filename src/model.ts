@@ -216,28 +216,47 @@ export class Model implements Disposable, AsyncDisposable {
    */
   trainStep(input: ModelInput, target: Tensor, options: TrainStepOptions): Promise<TrainStepResult> {
     return callNativeAsync(async () => {
-      const o = checkOptions<TrainStepOptions>(options, 'options', ['loss', 'optimizer', 'clipGradNorm', 'accumulate', 'amp', 'nonFinite', 'readLoss']);
-      if (!(o.loss instanceof Loss)) throw typeError('a Loss from `loss.*`', 'options.loss', o.loss);
-      if (!(o.optimizer instanceof Optimizer)) throw typeError('an Optimizer from `optim.*`', 'options.optimizer', o.optimizer);
-      const step: Record<string, unknown> = {
-        loss: o.loss.spec,
-        optimizer: Optimizer.bind(o.optimizer, this),
-        accumulate: o.accumulate === undefined ? 1 : checkPositiveInteger(o.accumulate, 'options.accumulate'),
-        nonFinite: o.nonFinite === undefined ? 'skip' : checkOneOf(o.nonFinite, 'options.nonFinite', ['skip', 'throw'] as const),
-      };
-      if (o.clipGradNorm !== undefined) {
-        step.clipGradNorm = checkFiniteNumber(o.clipGradNorm, 'options.clipGradNorm');
-        if ((step.clipGradNorm as number) <= 0) throw rangeError('a positive number', 'options.clipGradNorm', o.clipGradNorm);
-      }
-      if (o.amp !== undefined) step.amp = checkOneOf(o.amp, 'options.amp', ['bf16', 'fp16'] as const);
-      if (o.readLoss !== undefined) {
-        if (typeof o.readLoss !== 'boolean') throw typeError('a boolean', 'options.readLoss', o.readLoss);
-        step.readLoss = o.readLoss;
-      }
-      const args = [unwrapInput(input, 'input')];
-      const tgt = Tensor.handle(target);
-      return this.#enqueue((handle) => handle.trainStep(args, tgt, step));
+      const step = this.#stepOptions(options);
+      const batch: [unknown[], NativeTensor] = [[unwrapInput(input, 'input')], Tensor.handle(target)];
+      const [result] = await this.#enqueue((handle) => handle.trainStep([batch], step));
+      return result;
     });
+  }
+
+  /**
+   * Several train steps in one native job, in order, with the same options. For small,
+   * overhead-bound models this removes the per-call thread hand-off; lrs stay as they are
+   * for the whole call (step schedulers between calls).
+   */
+  trainSteps(batches: readonly Batch[], options: TrainStepOptions): Promise<TrainStepResult[]> {
+    return callNativeAsync(async () => {
+      if (!Array.isArray(batches) || batches.length === 0) throw typeError('a non-empty array of { input, target } batches', 'batches', batches);
+      const step = this.#stepOptions(options);
+      const work = batches.map((b, i): [unknown[], NativeTensor] => [[unwrapInput(b?.input, `batches[${i}].input`)], Tensor.handle(b?.target)]);
+      return this.#enqueue((handle) => handle.trainStep(work, step));
+    });
+  }
+
+  #stepOptions(options: TrainStepOptions): Record<string, unknown> {
+    const o = checkOptions<TrainStepOptions>(options, 'options', ['loss', 'optimizer', 'clipGradNorm', 'accumulate', 'amp', 'nonFinite', 'readLoss']);
+    if (!(o.loss instanceof Loss)) throw typeError('a Loss from `loss.*`', 'options.loss', o.loss);
+    if (!(o.optimizer instanceof Optimizer)) throw typeError('an Optimizer from `optim.*`', 'options.optimizer', o.optimizer);
+    const step: Record<string, unknown> = {
+      loss: o.loss.spec,
+      optimizer: Optimizer.bind(o.optimizer, this),
+      accumulate: o.accumulate === undefined ? 1 : checkPositiveInteger(o.accumulate, 'options.accumulate'),
+      nonFinite: o.nonFinite === undefined ? 'skip' : checkOneOf(o.nonFinite, 'options.nonFinite', ['skip', 'throw'] as const),
+    };
+    if (o.clipGradNorm !== undefined) {
+      step.clipGradNorm = checkFiniteNumber(o.clipGradNorm, 'options.clipGradNorm');
+      if ((step.clipGradNorm as number) <= 0) throw rangeError('a positive number', 'options.clipGradNorm', o.clipGradNorm);
+    }
+    if (o.amp !== undefined) step.amp = checkOneOf(o.amp, 'options.amp', ['bf16', 'fp16'] as const);
+    if (o.readLoss !== undefined) {
+      if (typeof o.readLoss !== 'boolean') throw typeError('a boolean', 'options.readLoss', o.readLoss);
+      step.readLoss = o.readLoss;
+    }
+    return step;
   }
 
   /**

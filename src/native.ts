@@ -48,7 +48,7 @@ export interface NativeTensorInfo {
 export interface NativeModel {
   forward(inputs: unknown[]): Promise<unknown>;
   probeGradients(inputs: unknown[]): Promise<Record<string, boolean>>;
-  trainStep(inputs: unknown[], target: NativeTensor, options: object): Promise<NativeStepResult>;
+  trainStep(batches: [unknown[], NativeTensor][], options: object): Promise<NativeStepResult[]>;
   evalBatch(inputs: unknown[], target: NativeTensor | null, loss: object | null): Promise<{ output: NativeTensor; loss?: number }>;
   predict(inputs: unknown[]): Promise<{ probabilities: NativeTensor; argmax: NativeTensor }>;
   to(device: string): Promise<void>;

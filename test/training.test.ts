@@ -405,3 +405,20 @@ describe('device options', () => {
     cuda.setOptions({ cudnnBenchmark: false });
   });
 });
+
+describe('trainSteps', () => {
+  it('runs several steps in one job with the same results as one call each', async () => {
+    const ce = loss.crossEntropy();
+    await using a = await loadPretrained(fixture('mlp.scripted.pt'));
+    await using b = await loadPretrained(fixture('mlp.scripted.pt'));
+    const optA = optim.adam(a, { lr: 1e-2 });
+    const optB = optim.adam(b, { lr: 1e-2 });
+    const batches = [0, 1, 2, 3].map((i) => ({ input: batch(i).x, target: batch(i).y }));
+    const one: number[] = [];
+    for (const { input, target } of batches) one.push((await a.trainStep(input, target, { loss: ce, optimizer: optA })).loss);
+    const many = await b.trainSteps(batches, { loss: ce, optimizer: optB });
+    expect(many.map((r) => r.loss)).toEqual(one);
+    expect(values(b.stateDict()['net.4.weight'])).toEqual(values(a.stateDict()['net.4.weight']));
+    await expect(b.trainSteps([], { loss: ce, optimizer: optB })).rejects.toThrow(new TypeError('Expected a non-empty array of { input, target } batches for `batches` but received an array of length 0'));
+  });
+});
