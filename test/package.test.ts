@@ -1,7 +1,7 @@
 // Packs the library as npm would publish it, installs the tarball into a fresh project,
 // and uses it from ESM, CommonJS and a ts-node script.
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { cpSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -57,5 +57,20 @@ describe('the packed package', () => {
     expect(JSON.parse(run(join(project, 'node_modules', '.bin', 'ts-node'), ['script.ts'], project))).toEqual(expected);
     writeFileSync(join(project, 'bad.ts'), "import { tensor } from 'torchlite';\nconst n: string = tensor([1]).numel;\n");
     expect(() => run(join(project, 'node_modules', '.bin', 'ts-node'), ['bad.ts'], project)).toThrow(/TS2322/);
+  });
+});
+
+describe('a missing addon', () => {
+  it('fails to load with the paths it tried and what to do', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-noaddon-'));
+    cpSync(join(root, 'lib'), join(dir, 'lib'), { recursive: true });
+    writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'torchlite', main: 'lib/index.js' }));
+    const result = spawnSync('node', ['-e', `try { require(${JSON.stringify(join(dir, 'lib'))}) } catch (e) { console.log(JSON.stringify({ name: e.name, code: e.code, message: e.message })) }`], { encoding: 'utf8' });
+    const error = JSON.parse(result.stdout);
+    expect(error.name).toBe('TorchError');
+    expect(error.code).toBe('TORCHLITE_ADDON_LOAD');
+    expect(error.message).toContain(`${join(dir, 'build', 'Release', 'torchlite.node')}: not found`);
+    expect(error.message).toContain('npm run build:native');
+    expect(error.message).toContain('LIBTORCH=/path/to/libtorch');
   });
 });
