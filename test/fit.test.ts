@@ -130,22 +130,28 @@ describe('fit', () => {
   });
 });
 
+/** The staged recipe both fineTune tests run: head for 1 epoch, then features.8, then all. */
+async function stagedRecipe() {
+  return {
+    train: data.loader(await fashion('train'), { batchSize: 50, shuffle: true }),
+    numClasses: 5,
+    freezeEpochs: 1,
+    epochs: 2,
+    unfreeze: ['features.8', 'all'],
+    baseLr: 1e-2,
+    lrMult: 10,
+  };
+}
+
 describe('fineTune', () => {
   it('trains the head frozen, then unfreezes in stages with discriminative lrs', async () => {
     manualSeed(0);
     await using model = await loadPretrained(SHIPPED);
-    const train = data.loader(await fashion('train'), { batchSize: 50, shuffle: true });
     const val = data.loader(await fashion('t10k'), { batchSize: 100 });
     const frozenStats: number[][] = [];
     const history = await fineTune(model, {
-      train,
+      ...(await stagedRecipe()),
       val,
-      numClasses: 5,
-      freezeEpochs: 1,
-      epochs: 2,
-      unfreeze: ['features.8', 'all'],
-      baseLr: 1e-2,
-      lrMult: 10,
       callbacks: [{ name: 'probe', onEpochEnd: (ctx) => void frozenStats.push(ctx.optimizer.paramGroups.map((g) => g.lr)) }],
     });
     expect(history.map((r) => [r.epoch, r.stage])).toEqual([[0, 0], [1, 1], [2, 2]]);
@@ -159,15 +165,7 @@ describe('fineTune', () => {
 
 describe('fineTune resume', () => {
   it('an interrupted staged run resumed from its checkpoint ends with the same weights', async () => {
-    const options = async () => ({
-      train: data.loader(await fashion('train'), { batchSize: 50, shuffle: true }),
-      numClasses: 5,
-      freezeEpochs: 1,
-      epochs: 2,
-      unfreeze: ['features.8', 'all'],
-      baseLr: 1e-2,
-      lrMult: 10,
-    });
+    const options = stagedRecipe;
     manualSeed(0);
     const straight = await loadPretrained(SHIPPED);
     await fineTune(straight, await options());
