@@ -1,5 +1,5 @@
 import { callNative } from './errors';
-import { native } from './native';
+import { native, type NativeTensor } from './native';
 import { Tensor, tensor } from './tensor';
 import { checkFiniteNumber, checkInteger, checkOneOf, checkOptions, rangeError, typeError } from './validate';
 
@@ -31,15 +31,16 @@ export class Loss {
 
 const REDUCTIONS = ['mean', 'sum', 'none'] as const;
 
-function classWeight(value: unknown, name: string): Tensor | undefined {
+/** The native handle of a per-class weight given as a Tensor or number[], if any. */
+function classWeight(value: unknown, name: string): NativeTensor | undefined {
   if (value === undefined) return undefined;
-  if (value instanceof Tensor) return value;
+  if (value instanceof Tensor) return Tensor.handle(value);
   if (Array.isArray(value) && value.length > 0) {
     value.forEach((w, i) => {
       checkFiniteNumber(w, `${name}[${i}]`);
       if (w < 0) throw rangeError('a non-negative number', `${name}[${i}]`, w);
     });
-    return tensor(value);
+    return Tensor.handle(tensor(value));
   }
   throw typeError('a non-empty number[] or a Tensor', name, value);
 }
@@ -72,7 +73,7 @@ export function crossEntropy(options?: CrossEntropyOptions): Loss {
     return {
       labelSmoothing: smoothing,
       ignoreIndex: o.ignoreIndex === undefined ? -100 : checkInteger(o.ignoreIndex, 'options.ignoreIndex', -Number.MAX_SAFE_INTEGER),
-      weight: classWeight(o.weight, 'options.weight') && Tensor.handle(classWeight(o.weight, 'options.weight')!),
+      weight: classWeight(o.weight, 'options.weight'),
     };
   });
 }
@@ -90,7 +91,7 @@ export interface NllOptions {
 export function nll(options?: NllOptions): Loss {
   return make('nll', options, ['weight', 'ignoreIndex'], (o) => ({
     ignoreIndex: o.ignoreIndex === undefined ? -100 : checkInteger(o.ignoreIndex, 'options.ignoreIndex', -Number.MAX_SAFE_INTEGER),
-    weight: classWeight(o.weight, 'options.weight') && Tensor.handle(classWeight(o.weight, 'options.weight')!),
+    weight: classWeight(o.weight, 'options.weight'),
   }));
 }
 
@@ -103,10 +104,7 @@ export interface BceWithLogitsOptions {
 
 /** Sigmoid + binary cross entropy for multi-label targets of the output's shape, like `torch.nn.BCEWithLogitsLoss`. */
 export function bceWithLogits(options?: BceWithLogitsOptions): Loss {
-  return make('bceWithLogits', options, ['posWeight'], (o) => {
-    const posWeight = classWeight(o.posWeight, 'options.posWeight');
-    return { posWeight: posWeight && Tensor.handle(posWeight) };
-  });
+  return make('bceWithLogits', options, ['posWeight'], (o) => ({ posWeight: classWeight(o.posWeight, 'options.posWeight') }));
 }
 
 /** Options of the regression losses. */
