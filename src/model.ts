@@ -420,21 +420,26 @@ export class Model implements Disposable, AsyncDisposable {
     const { dropout = 0 } = checkOptions<ResetClassifierOptions>(options, 'options', ['dropout']);
     checkFiniteNumber(dropout, 'options.dropout');
     if (dropout < 0 || dropout >= 1) throw rangeError('a probability in [0, 1)', 'options.dropout', dropout);
-    const path = this.#classifierPath();
+    const path = this.classifierHead();
+    if (path === undefined) throw new TorchError('TORCHLITE_NO_MATCH', 'No Linear classifier found in the model');
     const [, inFeatures] = this.parameters(`${path}.weight`)[0].shape;
     const head = linear(inFeatures, numClasses);
     this.replace(path, dropout > 0 ? sequential(dropoutLayer(dropout), head) : head);
     return path;
   }
 
-  #classifierPath(): string {
+  /**
+   * The path of the final classifier Linear: the last Linear under a usual head name
+   * (`fc`, `classifier`, `head`, `heads`, …), else the model's last Linear; `undefined`
+   * when there is none. This is what {@link Model.resetClassifier} replaces.
+   */
+  classifierHead(): string | undefined {
     const linears = this.modules().filter((m) => m.type === 'Linear').map((m) => m.path);
     for (const head of HEAD_PATHS) {
       const inside = linears.filter((path) => path === head || path.startsWith(`${head}.`));
       if (inside.length > 0) return inside[inside.length - 1];
     }
-    if (linears.length === 0) throw new TorchError('TORCHLITE_NO_MATCH', 'No Linear classifier found in the model');
-    return linears[linears.length - 1];
+    return linears.at(-1);
   }
 
   /** Stops training the parameters under `patterns` (all when omitted). Their grads are cleared. */

@@ -360,7 +360,7 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   if (!Array.isArray(stages) || stages.length === 0) throw typeError("'all' or a non-empty array of prefixes", 'options.unfreeze', o.unfreeze);
   const weightDecay = o.weightDecay ?? 0.01;
   const head = o.numClasses === undefined ? undefined : model.resetClassifier(o.numClasses, { dropout: o.dropout ?? 0 });
-  const headPath = head ?? model.modules().filter((m) => m.type === 'Linear').pop()?.path;
+  const headPath = head ?? model.classifierHead();
   if (headPath === undefined) throw new RangeError('Expected a model with a Linear head for `fineTune` but found none; pass `numClasses`');
   const history: EpochRecord[] = [];
   const common = { train: o.train, val: o.val, loss: o.loss, metrics: o.metrics, callbacks: o.callbacks, signal: o.signal };
