@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -33,6 +33,20 @@ describe.skipIf(!hasFashion)('torchlite demo', () => {
     expect(html).toContain('<svg');
     expect(html).toContain('Confusion matrix');
     if (hasTorch) expect(pythonRuns(join(work, 'demo.pt'))).toEqual([2, 5]);
+  });
+});
+
+describe('torchlite demo --data-dir', () => {
+  it('reads Fashion-MNIST-style IDX files from that folder', () => {
+    const dir = join(work, 'idx');
+    mkdirSync(dir);
+    for (const split of ['train', 't10k'])
+      for (const [kind, n] of [['images', 3], ['labels', 1]] as const)
+        symlinkSync(fixture(`fashion-5to9-${split}-${kind}.idx.gz`), join(dir, `${split}-${kind}-idx${n}-ubyte.gz`));
+    const { status, stdout, stderr } = cli('demo', '--quick', '--data-dir', dir, '--out', 'idx.pt', '--report', 'idx.html');
+    expect(stderr).not.toContain('torchlite:');
+    expect(status).toBe(0);
+    expect(stdout).toContain('with 200 labelled images, 5 epochs, testing on 200 images');
   });
 });
 

@@ -1,4 +1,5 @@
 // Turns --data arguments into datasets shaped for a given model.
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
 import { type Dataset, idx, imageFolder, subset } from '../data';
@@ -27,12 +28,14 @@ export function parseClasses(text: string | undefined): number[] | undefined {
 }
 
 /**
- * `fashion-mnist` (the Debian package's IDX files, split 'train' or 't10k'), or a folder
- * with one subfolder per class.
+ * `fashion-mnist` (the Debian package's IDX files), a folder holding Fashion-MNIST-style
+ * IDX files (`train-images-idx3-ubyte.gz`, …; split 'train' or 't10k'), or a folder with
+ * one subfolder per class.
  */
 export async function loadDataset(spec: string, split: 'train' | 't10k', input: InputSpec, options: { classes?: number[]; augment?: boolean } = {}): Promise<Dataset> {
-  if (spec === 'fashion-mnist') {
-    const ds = await idx(join(FASHION_DIR, `${split}-images-idx3-ubyte.gz`), join(FASHION_DIR, `${split}-labels-idx1-ubyte.gz`), {
+  const dir = spec === 'fashion-mnist' ? FASHION_DIR : spec;
+  if (spec === 'fashion-mnist' || existsSync(join(dir, `${split}-images-idx3-ubyte.gz`))) {
+    const ds = await idx(join(dir, `${split}-images-idx3-ubyte.gz`), join(dir, `${split}-labels-idx1-ubyte.gz`), {
       mean: input.mean[0],
       std: input.std[0],
       classes: FASHION_CLASSES,
