@@ -158,10 +158,10 @@ export class Model implements Disposable, AsyncDisposable {
   /** @internal Use {@link loadPretrained}. */
   constructor(handle: NativeModel) {
     this.#native = handle;
-    for (const warning of handle.info().warnings) process.emitWarning(warning, { code: 'TORCHLITE_TRACED' });
-    const text = handle.info().metadata;
+    const { warnings, metadata } = handle.info();
+    for (const warning of warnings) process.emitWarning(warning, { code: 'TORCHLITE_TRACED' });
     try {
-      this.#metadata = text === '' ? undefined : JSON.parse(text);
+      this.#metadata = metadata === '' ? undefined : JSON.parse(metadata);
     } catch {
       handle.dispose();
       throw new TorchError('TORCHLITE_CORRUPT_FILE', 'the archive\'s torchlite.json metadata is not valid JSON');
