@@ -28,12 +28,12 @@ async function bench(amp) {
   let start = 0;
   for (let i = 0; i < WARMUP + STEPS; i++) {
     if (i === WARMUP) {
-      cuda.synchronize();
+      await cuda.synchronize();
       start = performance.now();
     }
     await model.trainStep(x, y, { loss: ce, optimizer, ...(amp && { amp }) });
   }
-  cuda.synchronize();
+  await cuda.synchronize();
   return (BATCH * STEPS) / ((performance.now() - start) / 1000);
 }
 const ours = { tf32: await bench(undefined), bf16: await bench('bf16') };

@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "cuda.h"
+#include "executor.h"
 #include "layers.h"
 #include "loss.h"
 #include "optimizer.h"
@@ -16,15 +17,42 @@ namespace {
 
 Napi::Value SetNumThreads(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&] {
-    // Applies to threads LibTorch starts later as well, so the libuv workers that run
-    // jobs pick it up (Debian's LibTorch halves the core count by default).
-    torch::set_num_threads(info[0].As<Napi::Number>().Int32Value());
+    int threads = info[0].As<Napi::Number>().Int32Value();
+    // The lanes apply it before their next job (an OpenMP team size is per thread); the
+    // JS thread's own setting covers the few small ops that run there.
+    torch::set_num_threads(threads);
+    Executor::instance().setThreads(threads);
     return info.Env().Undefined();
   });
 }
 
 Napi::Value GetNumThreads(const Napi::CallbackInfo& info) {
-  return Napi::Number::New(info.Env(), torch::get_num_threads());
+  return Napi::Number::New(info.Env(), Executor::instance().threads());
+}
+
+Napi::Value SetInferenceThreads(const Napi::CallbackInfo& info) {
+  Executor::instance().setInferenceThreads(info[0].As<Napi::Number>().Int32Value());
+  return info.Env().Undefined();
+}
+
+Napi::Value GetInferenceThreads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), Executor::instance().inferenceThreads());
+}
+
+Napi::Value Queue(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  std::vector<LaneStats> lanes = Executor::instance().stats();
+  Napi::Array result = Napi::Array::New(env, lanes.size());
+  for (size_t i = 0; i < lanes.size(); ++i) {
+    Napi::Object lane = Napi::Object::New(env);
+    lane.Set("lane", lanes[i].name);
+    lane.Set("queuedInference", static_cast<double>(lanes[i].queuedInference));
+    lane.Set("queuedTraining", static_cast<double>(lanes[i].queuedTraining));
+    lane.Set("running", lanes[i].running);
+    lane.Set("completed", static_cast<double>(lanes[i].completed));
+    result.Set(i, lane);
+  }
+  return result;
 }
 
 // V8's own statistics do not show adjustments, so tests read the total back from here.
@@ -87,6 +115,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("computeLoss", Napi::Function::New<ComputeLoss>(env));
   exports.Set("setNumThreads", Napi::Function::New<SetNumThreads>(env));
   exports.Set("getNumThreads", Napi::Function::New<GetNumThreads>(env));
+  exports.Set("setInferenceThreads", Napi::Function::New<SetInferenceThreads>(env));
+  exports.Set("getInferenceThreads", Napi::Function::New<GetInferenceThreads>(env));
+  exports.Set("queue", Napi::Function::New<Queue>(env));
   exports.Set("externalMemory", Napi::Function::New<ExternalMemory>(env));
   exports.Set("initLayerParameters", Napi::Function::New<InitLayerParameters>(env));
   exports.Set("getRngState", Napi::Function::New<GetRngState>(env));

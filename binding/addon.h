@@ -8,7 +8,7 @@
 
 namespace tl {
 
-// The way finished jobs reach one environment. The torch thread outlives environments
+// The way finished jobs reach one environment. The lanes outlive environments
 // (worker_threads end, Node exits), so it may only call into the thread-safe function
 // while `open`; the environment's cleanup hook closes it under the mutex first.
 struct CompletionChannel {

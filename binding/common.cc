@@ -3,6 +3,8 @@
 #include <array>
 #include <utility>
 
+#include <torch/csrc/jit/runtime/jit_exception.h>
+
 namespace tl {
 namespace {
 
@@ -27,14 +29,17 @@ std::string rootCause(const std::string& message) {
 
 bool contains(const std::string& text, const char* needle) { return text.find(needle) != std::string::npos; }
 
-// c10 raises most shape and dtype failures as plain c10::Error, so the code comes from
-// the message; these phrases are stable across LibTorch 1.13 and 2.x.
+// The fallback: c10 raises most shape and dtype failures as plain c10::Error, and the
+// TorchScript interpreter rethrows what fails inside it as std::runtime_error, so the
+// code comes from the message; these phrases are stable across LibTorch 1.13 and 2.x.
 std::string classify(const std::string& cause) {
   if (contains(cause, "out of memory")) return "TORCH_OOM";
   if (contains(cause, "scalar type") || contains(cause, "dtype") || contains(cause, "Expected object of scalar") ||
       contains(cause, "expected both vectors to have same dtype") || contains(cause, "but found Long") ||
       contains(cause, "but found Float") || contains(cause, "not implemented for"))
     return "TORCH_DTYPE";
+  // Before the shape phrases: "index 5 is out of bounds for dimension 0 with size 3".
+  if (contains(cause, "out of bounds") || contains(cause, "index out of range")) return "TORCH_INDEX";
   if (contains(cause, "shape") || contains(cause, "size mismatch") || contains(cause, "dimension") ||
       contains(cause, "Expected 3D") || contains(cause, "Expected 4D") || contains(cause, "must match the size") ||
       contains(cause, "cannot be multiplied") || contains(cause, "Sizes of tensors"))
@@ -43,8 +48,19 @@ std::string classify(const std::string& cause) {
   return "TORCH_ERROR";
 }
 
+// A Python exception raised by TorchScript code (`raise ValueError(...)`) keeps its
+// class name through the interpreter.
+std::string codeOfPythonClass(const std::string& name) {
+  if (name == "builtins.ValueError") return "TORCH_VALUE";
+  if (name == "builtins.IndexError" || name == "builtins.KeyError") return "TORCH_INDEX";
+  if (name == "builtins.TypeError") return "TORCH_ARGUMENT";
+  if (name == "builtins.NotImplementedError") return "TORCH_NOT_IMPLEMENTED";
+  return "";
+}
+
 }  // namespace
 
+// c10's exception types decide first; only plain errors are classified by their text.
 ErrorInfo describe(std::exception_ptr error) {
   try {
     std::rethrow_exception(std::move(error));
@@ -56,8 +72,16 @@ ErrorInfo describe(std::exception_ptr error) {
     return {"TORCH_INDEX", rootCause(e.what_without_backtrace()), e.what()};
   } catch (const c10::ValueError& e) {
     return {"TORCH_VALUE", rootCause(e.what_without_backtrace()), e.what()};
+  } catch (const c10::LinAlgError& e) {
+    return {"TORCH_VALUE", rootCause(e.what_without_backtrace()), e.what()};
   } catch (const c10::TypeError& e) {
     return {"TORCH_DTYPE", rootCause(e.what_without_backtrace()), e.what()};
+  } catch (const c10::NotImplementedError& e) {
+    return {"TORCH_NOT_IMPLEMENTED", rootCause(e.what_without_backtrace()), e.what()};
+  } catch (const torch::jit::JITException& e) {
+    std::string cause = rootCause(e.what());
+    std::string code = codeOfPythonClass(e.getPythonClassName().value_or(""));
+    return {code.empty() ? classify(cause) : code, cause, e.what()};
   } catch (const c10::Error& e) {
     std::string cause = rootCause(e.what_without_backtrace());
     return {classify(cause), cause, e.what()};
@@ -74,6 +98,8 @@ ErrorInfo describe(std::exception_ptr error) {
 Napi::Error toJsError(Napi::Env env, const ErrorInfo& info) {
   Napi::Error error = Napi::Error::New(env, info.message);
   error.Set("code", info.code);
+  // Marks the error as the addon's, so JS converts it and nothing else that has a code.
+  error.Set("torchlite", true);
   if (!info.backtrace.empty()) error.Set("backtrace", info.backtrace);
   return error;
 }

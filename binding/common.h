@@ -10,13 +10,13 @@
 namespace tl {
 
 // A failure with a stable code for JS (TORCHLITE_*). Thrown anywhere, including on
-// worker threads; it only becomes a JS error on the JS thread.
+// lanes; it only becomes a JS error on the JS thread.
 struct CodedError : std::runtime_error {
   CodedError(std::string code, const std::string& message) : std::runtime_error(message), code(std::move(code)) {}
   std::string code;
 };
 
-// A failure described without V8, so worker threads can build it.
+// A failure described without V8, so lanes can build it.
 struct ErrorInfo {
   std::string code;
   std::string message;

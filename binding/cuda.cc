@@ -3,6 +3,8 @@
 // error instead, and the switches that live in ATen's global context work in both.
 #include "cuda.h"
 
+#include "job.h"
+
 #ifdef TORCHLITE_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
 #endif
@@ -59,8 +61,15 @@ Napi::Value CudaEmptyCache(const Napi::CallbackInfo& info) {
 Napi::Value CudaSynchronize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    torch::cuda::synchronize(deviceIndex(info[0]));
-    return env.Undefined();
+    int index = deviceIndex(info[0]);
+    // A job on the device's lane: waiting for the GPU must not block the event loop.
+    return Job<bool>::Start(
+        env, {torch::Device(torch::kCUDA, static_cast<c10::DeviceIndex>(index)), Priority::Inference},
+        [index] {
+          torch::cuda::synchronize(index);
+          return true;
+        },
+        [](Napi::Env env, bool&) { return env.Undefined(); });
   });
 }
 

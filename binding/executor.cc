@@ -2,16 +2,40 @@
 
 #include <chrono>
 
-namespace tl {
+#ifdef TORCHLITE_WITH_CUDA
+#include <c10/core/Event.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
 
-TorchThread& TorchThread::instance() {
-  static TorchThread thread;
-  return thread;
+// OpenMP's own setter: it changes the intra-op team size of the calling thread only,
+// where at::set_num_threads also rewrites LibTorch's process-wide default and rebuilds
+// its shared pthreadpool on every change. Declared weak and resolved from the OpenMP
+// runtime LibTorch itself loaded (Debian's libgomp, or the copy a pip wheel bundles),
+// so the addon never links a second runtime; without OpenMP it is null and unused.
+extern "C" void omp_set_num_threads(int) __attribute__((weak));
+
+namespace tl {
+namespace {
+
+void setIntraOpThreads(int threads) {
+  // Per lane thread: only a change costs anything.
+  thread_local int applied = 0;
+  if (threads == applied) return;
+  at::get_num_threads();  // LibTorch's lazy per-thread init first, or it overwrites ours later
+  if (omp_set_num_threads != nullptr)
+    omp_set_num_threads(threads);
+  else
+    at::set_num_threads(threads);
+  applied = threads;
 }
 
-TorchThread::TorchThread() : thread_([this] { run(); }) {}
+}  // namespace
 
-TorchThread::~TorchThread() {
+Lane::Lane(std::string name, std::function<void()> before, std::function<void()> after)
+    : name_(std::move(name)), before_(std::move(before)), after_(std::move(after)), thread_([this] { run(); }) {}
+
+Lane::~Lane() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
@@ -20,39 +44,159 @@ TorchThread::~TorchThread() {
   thread_.join();
 }
 
-void TorchThread::post(std::function<void()> task) {
+void Lane::post(Task task, Priority priority) {
   bool sleeping;
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    tasks_.push_back(std::move(task));
+    queues_[static_cast<int>(priority)].push_back(std::move(task));
     queued_.fetch_add(1, std::memory_order_release);
     sleeping = sleeping_;
   }
   if (sleeping) wake_.notify_one();
 }
 
-void TorchThread::run() {
+LaneStats Lane::stats() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  LaneStats stats;
+  stats.name = name_;
+  stats.queuedInference = static_cast<int64_t>(queues_[0].size());
+  stats.queuedTraining = static_cast<int64_t>(queues_[1].size()) + (resumed_ && !busy_ ? 1 : 0);
+  stats.running = busy_.load();
+  stats.completed = completed_;
+  return stats;
+}
+
+// Inference first, then a yielded multi-step job, then queued training. Called with
+// the mutex held.
+bool Lane::nextTask(Task& task) {
+  if (!queues_[0].empty()) {
+    task = std::move(queues_[0].front());
+    queues_[0].pop_front();
+  } else if (resumed_) {
+    task = std::move(resumed_);
+    resumed_ = nullptr;
+    return true;  // not counted in queued_: it was counted when first posted
+  } else if (!queues_[1].empty()) {
+    task = std::move(queues_[1].front());
+    queues_[1].pop_front();
+  } else {
+    return false;
+  }
+  queued_.fetch_sub(1, std::memory_order_relaxed);
+  return true;
+}
+
+void Lane::run() {
   using Clock = std::chrono::steady_clock;
   while (true) {
     // A training loop posts its next step as soon as the last one settles in JS; a
     // short spin catches it without a futex sleep and wake-up, which costs tens of
     // microseconds per step on small VMs (a tiny MLP step is ~100 µs of compute).
     for (auto until = Clock::now() + std::chrono::microseconds(200);
-         queued_.load(std::memory_order_acquire) == 0 && Clock::now() < until;)
+         queued_.load(std::memory_order_acquire) == 0 && !resumed_ && Clock::now() < until;)
       std::this_thread::yield();
-    std::function<void()> task;
+    Task task;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       sleeping_ = true;
-      wake_.wait(lock, [this] { return stopping_ || !tasks_.empty(); });
+      wake_.wait(lock, [&] { return stopping_ || nextTask(task); });
       sleeping_ = false;
-      if (tasks_.empty()) return;  // stopping, and nothing left to run
-      task = std::move(tasks_.front());
-      tasks_.pop_front();
-      queued_.fetch_sub(1, std::memory_order_relaxed);
+      if (!task) return;  // stopping, and nothing left to run
+      busy_.store(true, std::memory_order_release);
     }
-    task();  // tasks catch their own exceptions (see Job)
+    // A failing hook (a CUDA error) must not end the lane: the task then meets the same
+    // failure itself and reports it through its promise.
+    try {
+      before_();
+    } catch (...) {
+    }
+    bool more = task();  // tasks catch their own exceptions (see Job)
+    try {
+      if (after_) after_();
+    } catch (...) {
+    }
+    std::lock_guard<std::mutex> lock(mutex_);
+    busy_.store(false, std::memory_order_release);
+    if (more)
+      resumed_ = std::move(task);
+    else
+      completed_ += 1;
   }
 }
+
+Executor& Executor::instance() {
+  // Never destroyed: lanes may still be running a job when static destructors run at
+  // exit, and joining them there would hang the exit behind a training step.
+  static Executor* executor = new Executor();
+  return *executor;
+}
+
+Executor::Executor() : threads_(at::get_num_threads()) {}
+
+void Executor::applyCpuThreads(bool inferenceLane) {
+  int inference = inferenceThreads_.load();
+  bool shared = inferenceLane && cpuTraining_ && cpuTraining_->busy();
+  setIntraOpThreads(shared ? std::max(inference, 1) : threads_.load());
+}
+
+Lane& Executor::laneFor(const torch::Device& device, Priority priority) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (device.is_cuda()) {
+    size_t index = device.has_index() ? static_cast<size_t>(device.index()) : 0;
+    if (cuda_.size() <= index) cuda_.resize(index + 1);
+    if (!cuda_[index]) {
+#ifdef TORCHLITE_WITH_CUDA
+      auto deviceIndex = static_cast<c10::DeviceIndex>(index);
+      // The lane's own stream keeps its kernels apart from other lanes' work. Tensors made
+      // or read on the JS thread use the device's default stream, so each slice first
+      // waits for what is queued there, and the default stream then waits for the slice:
+      // two event records, no host sync.
+      cuda_[index] = std::make_unique<Lane>(
+          "cuda:" + std::to_string(index),
+          [deviceIndex] {
+            thread_local bool ready = false;
+            if (!ready) {
+              c10::cuda::set_device(deviceIndex);
+              c10::cuda::setCurrentCUDAStream(c10::cuda::getStreamFromPool(false, deviceIndex));
+              ready = true;
+            }
+            c10::Event queued(c10::DeviceType::CUDA);
+            queued.record(c10::cuda::getDefaultCUDAStream(deviceIndex));
+            queued.block(c10::cuda::getCurrentCUDAStream(deviceIndex));
+          },
+          [deviceIndex] {
+            c10::Event done(c10::DeviceType::CUDA);
+            done.record(c10::cuda::getCurrentCUDAStream(deviceIndex));
+            done.block(c10::cuda::getDefaultCUDAStream(deviceIndex));
+          });
+#else
+      throw std::logic_error("CUDA lane in a CPU-only build");  // parseDevice refuses CUDA devices first
+#endif
+    }
+    return *cuda_[index];
+  }
+  if (!cpuTraining_) cpuTraining_ = std::make_unique<Lane>("cpu", [this] { applyCpuThreads(false); });
+  if (priority == Priority::Training || inferenceThreads_.load() == 0) return *cpuTraining_;
+  if (!cpuInference_) cpuInference_ = std::make_unique<Lane>("cpu:inference", [this] { applyCpuThreads(true); });
+  return *cpuInference_;
+}
+
+std::vector<LaneStats> Executor::stats() {
+  std::vector<Lane*> lanes;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (Lane* lane : {cpuTraining_.get(), cpuInference_.get()})
+      if (lane) lanes.push_back(lane);
+    for (const auto& lane : cuda_)
+      if (lane) lanes.push_back(lane.get());
+  }
+  std::vector<LaneStats> result;
+  for (Lane* lane : lanes) result.push_back(lane->stats());
+  return result;
+}
+
+void Executor::setThreads(int threads) { threads_.store(threads); }
+
+void Executor::setInferenceThreads(int threads) { inferenceThreads_.store(threads); }
 
 }  // namespace tl

@@ -1,35 +1,106 @@
-// Every long LibTorch job runs on one dedicated thread, not on libuv's pool. OpenMP
-// keeps a thread team per calling thread, and a team left spinning by one pool thread
-// steals the cores from the next job on another (measured: ResNet-18 train step at 224²,
-// 12 img/s on the libuv pool against 20 img/s on one thread). One thread also keeps
-// LibTorch's caches warm and orders jobs exactly as they were queued.
+// The execution model: every LibTorch job runs on a lane, a dedicated thread per device
+// (and, on the CPU, a second one for inference), never on libuv's pool or the JS thread.
+//
+// Why dedicated threads: OpenMP keeps a thread team per calling thread, and a team left
+// spinning by one pool thread steals the cores from the next job on another (measured:
+// ResNet-18 train step at 224², 12 img/s on the libuv pool against 20 img/s on one
+// thread). One thread per lane also keeps LibTorch's caches warm.
+//
+// Why two CPU lanes: a training step holds its lane for its whole length (75 ms for a
+// mobilenet-style CNN at 64 px, batch 16, on 2 cores), so a prediction queued behind it
+// waits that long however it is prioritised. The inference lane runs beside training
+// with a small intra-op budget of its own (the full budget while training is idle).
+//
+// Each CUDA device gets a lane of its own, with its own stream and device guard, so
+// several GPUs run side by side; both priority classes share it.
 #pragma once
 #include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
+#include <vector>
+
+#include "pch.h"
 
 namespace tl {
 
-class TorchThread {
+// Inference (forward, predict, evaluate, reads) runs ahead of queued training.
+enum class Priority { Inference = 0, Training = 1 };
+
+// One slice of a job. Returns true when the job has more slices (a multi-step job
+// between two steps): the lane then lets waiting inference in before it resumes.
+using Task = std::function<bool()>;
+
+struct LaneStats {
+  std::string name;
+  int64_t queuedInference = 0;
+  int64_t queuedTraining = 0;
+  bool running = false;
+  uint64_t completed = 0;
+};
+
+class Lane {
  public:
-  static TorchThread& instance();
-  void post(std::function<void()> task);
+  // `before` and `after` run around each slice on the lane's thread (thread budgets,
+  // CUDA stream order).
+  Lane(std::string name, std::function<void()> before, std::function<void()> after = nullptr);
+  ~Lane();
+  Lane(const Lane&) = delete;
+  Lane& operator=(const Lane&) = delete;
+
+  void post(Task task, Priority priority);
+  LaneStats stats();
+  bool busy() const { return busy_.load(std::memory_order_acquire); }
 
  private:
-  TorchThread();
-  ~TorchThread();
   void run();
+  bool nextTask(Task& task);
 
+  std::string name_;
+  std::function<void()> before_;
+  std::function<void()> after_;
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::deque<std::function<void()>> tasks_;
+  std::deque<Task> queues_[2];  // indexed by Priority
+  Task resumed_;                // a yielded multi-step job: runs before other training
   bool stopping_ = false;
   bool sleeping_ = false;
   std::atomic<size_t> queued_{0};
+  std::atomic<bool> busy_{false};
+  uint64_t completed_ = 0;
   std::thread thread_;
+};
+
+class Executor {
+ public:
+  static Executor& instance();
+
+  // The lane that runs a job on `device` with `priority`.
+  Lane& laneFor(const torch::Device& device, Priority priority);
+  std::vector<LaneStats> stats();
+
+  // Intra-op threads for training (and for inference while no training runs).
+  void setThreads(int threads);
+  int threads() const { return threads_.load(); }
+  // Intra-op threads of CPU inference while a training job runs; 0 runs CPU inference on
+  // the training lane instead (ahead of queued training, behind the running step).
+  void setInferenceThreads(int threads);
+  int inferenceThreads() const { return inferenceThreads_.load(); }
+
+ private:
+  Executor();
+  void applyCpuThreads(bool inferenceLane);
+
+  std::atomic<int> threads_{1};
+  std::atomic<int> inferenceThreads_{1};
+  std::mutex mutex_;  // guards the lane list; lanes are created on first use, never removed
+  std::unique_ptr<Lane> cpuTraining_;
+  std::unique_ptr<Lane> cpuInference_;
+  std::vector<std::unique_ptr<Lane>> cuda_;  // by device index
 };
 
 }  // namespace tl

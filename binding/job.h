@@ -1,7 +1,7 @@
-// One long operation off the event loop. `work` runs on the torch thread (executor.h)
-// and must not touch V8; `settle` turns its result into JS on the JS thread, reached
-// through the environment's thread-safe function. State the work needs is captured by
-// value (shared_ptr), so a JS object disposed or collected meanwhile cannot free it.
+// One long operation off the event loop. `work` runs on a lane (executor.h) and must not
+// touch V8; `settle` turns its result into JS on the JS thread, reached through the
+// environment's thread-safe function. State the work needs is captured by value
+// (shared_ptr), so a JS object disposed or collected meanwhile cannot free it.
 #pragma once
 #include <functional>
 #include <memory>
@@ -13,30 +13,53 @@
 
 namespace tl {
 
+// Where a job runs: the lane of its device, in its priority class.
+struct Place {
+  torch::Device device;
+  Priority priority;
+};
+
 template <class Result>
 class Job {
  public:
   using Work = std::function<Result()>;
+  // One step of a multi-step job; returns true while steps remain. The lane lets waiting
+  // inference run between two steps.
+  using Step = std::function<bool(std::optional<Result>&)>;
   using Settle = std::function<Napi::Value(Napi::Env, Result&)>;
 
-  static Napi::Promise Start(Napi::Env env, Work work, Settle settle) {
+  static Napi::Promise Start(Napi::Env env, Place place, Work work, Settle settle) {
+    return StartSteps(
+        env, place,
+        [work = std::move(work)](std::optional<Result>& result) {
+          result.emplace(work());
+          return false;
+        },
+        std::move(settle));
+  }
+
+  static Napi::Promise StartSteps(Napi::Env env, Place place, Step step, Settle settle) {
+    Lane& lane = Executor::instance().laneFor(place.device, place.priority);
     auto* job = new Job(env, std::move(settle));
     Napi::Promise promise = job->deferred_.Promise();
     AddonData& data = addonData(env);
     data.jobStarted(env);
     std::shared_ptr<CompletionChannel> channel = data.completions;
-    TorchThread::instance().post([job, work = std::move(work), channel]() mutable {
-      try {
-        job->result_.emplace(work());
-      } catch (...) {
-        job->error_ = describe(std::current_exception());
-      }
-      // An environment that has shut down meanwhile gets nothing; the job is dropped.
-      std::lock_guard<std::mutex> lock(channel->mutex);
-      if (!channel->open ||
-          channel->tsfn.NonBlockingCall(job, [](Napi::Env env, Napi::Function, Job* finished) { finished->finish(env); }) != napi_ok)
-        delete job;
-    });
+    lane.post(
+        [job, step = std::move(step), channel]() mutable {
+          try {
+            if (step(job->result_)) return true;
+          } catch (...) {
+            job->error_ = describe(std::current_exception());
+          }
+          // An environment that has shut down meanwhile gets nothing; the job is dropped.
+          std::lock_guard<std::mutex> lock(channel->mutex);
+          if (!channel->open ||
+              channel->tsfn.NonBlockingCall(job, [](Napi::Env env, Napi::Function, Job* finished) { finished->finish(env); }) != napi_ok)
+            delete job;
+          return false;
+        },
+        place.priority);
     return promise;
   }
 

@@ -76,8 +76,8 @@ const char* kHeader = "def forward(self, input: Tensor) -> Tensor:\n";
 
 }  // namespace
 
-torch::jit::Module buildLayer(Napi::Env env, const Napi::Object& spec, const std::string& path,
-                              const std::shared_ptr<torch::jit::CompilationUnit>& unit) {
+torch::jit::Module buildLayer(Napi::Env env, const Napi::Object& spec, const std::string& path, const ModelState& target) {
+  const std::shared_ptr<torch::jit::CompilationUnit>& unit = target.module.type()->compilation_unit();
   std::string kind = spec.Get("kind").As<Napi::String>().Utf8Value();
   torch::Tensor weight = tensorOption(env, spec, "weight");
   torch::Tensor bias = tensorOption(env, spec, "bias");
@@ -134,7 +134,7 @@ torch::jit::Module buildLayer(Napi::Env env, const Napi::Object& spec, const std
     std::string body = kHeader;
     for (uint32_t i = 0; i < children.Length(); ++i) {
       std::string index = std::to_string(i);
-      module.register_module(index, buildLayer(env, children.Get(i).As<Napi::Object>(), path + "." + index, unit));
+      module.register_module(index, buildLayer(env, children.Get(i).As<Napi::Object>(), path + "." + index, target));
       body += "    input = getattr(self, \"" + index + "\").forward(input)\n";
     }
     module.define(body + "    return input\n");
@@ -144,9 +144,13 @@ torch::jit::Module buildLayer(Napi::Env env, const Napi::Object& spec, const std
     // Another loaded model is copied in through its serialised form, imported into this
     // unit so its class names are mangled instead of clashing with the target's.
     ModelPtr source = ModelWrap::StateOf(env, spec.Get("model"));
+    // The caller holds the target's lock, so copying the target into itself would wait on
+    // it forever.
+    if (source.get() == &target)
+      throw CodedError("TORCHLITE_BAD_ARGUMENT", "a model cannot be put inside itself; load a second copy to use it as a module");
     std::stringstream archive;
     {
-      std::lock_guard<std::mutex> lock(source->mutex);
+      auto lock = lockIdle(*source, "the model passed as a module");
       source->module.save(archive);
     }
     torch::jit::ExtraFilesMap extra;

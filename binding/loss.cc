@@ -19,7 +19,8 @@ Options withReduction(Options options, const std::string& reduction) {
   return options.reduction(torch::kMean);
 }
 
-torch::Tensor classTargets(const LossConfig& config, const torch::Tensor& output, const torch::Tensor& target) {
+torch::Tensor classTargets(const LossConfig& config, const torch::Tensor& output, const torch::Tensor& target,
+                           torch::Tensor* deferredBad) {
   if (output.dim() < 2) badTarget(config.kind + " expects outputs of shape [N, C, ...] but received " + shapeText(output.sizes()));
   std::vector<int64_t> expected = output.sizes().vec();
   expected.erase(expected.begin() + 1);
@@ -29,6 +30,12 @@ torch::Tensor classTargets(const LossConfig& config, const torch::Tensor& output
   torch::Tensor indices = target.to(torch::kLong);
   int64_t classes = output.size(1);
   if (indices.numel() == 0) return indices;
+  if (deferredBad != nullptr) {
+    torch::Tensor bad = indices.ne(config.ignoreIndex).logical_and(indices.lt(0).logical_or(indices.ge(classes)));
+    torch::Tensor count = bad.sum();
+    *deferredBad = deferredBad->defined() ? *deferredBad + count : count;
+    return torch::where(bad, torch::full({}, config.ignoreIndex, indices.options()), indices);
+  }
   // One reduction on the common path; the masks below only run when something is off.
   auto [low, high] = torch::aminmax(indices);
   if (low.item<int64_t>() >= 0 && high.item<int64_t>() < classes) return indices;
@@ -73,7 +80,8 @@ LossConfig parseLoss(Napi::Env env, const Napi::Object& spec) {
   return config;
 }
 
-torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& rawOutput, torch::Tensor target) {
+torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& rawOutput, torch::Tensor target,
+                          torch::Tensor* deferredBad) {
   // Losses run in float32 even under autocast, as PyTorch's autocast policy does.
   torch::Tensor output = rawOutput.is_floating_point() && rawOutput.scalar_type() != torch::kDouble
                              ? rawOutput.to(torch::kFloat)
@@ -89,14 +97,14 @@ torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& rawOutp
                        .label_smoothing(config.labelSmoothing);
     if (weight.defined()) options = options.weight(weight);
     // Floating targets of the output's shape are class probabilities (soft labels).
-    torch::Tensor t = target.is_floating_point() ? floatTarget(config, output, target) : classTargets(config, output, target);
+    torch::Tensor t = target.is_floating_point() ? floatTarget(config, output, target) : classTargets(config, output, target, deferredBad);
     return F::cross_entropy(output, t, options);
   }
   if (config.kind == "nll") {
     if (target.is_floating_point()) badTarget("nll expects integer class-index targets but received " + dtypeName(target.scalar_type()));
     auto options = withReduction(F::NLLLossFuncOptions(), config.reduction).ignore_index(config.ignoreIndex);
     if (weight.defined()) options = options.weight(weight);
-    return F::nll_loss(output, classTargets(config, output, target), options);
+    return F::nll_loss(output, classTargets(config, output, target, deferredBad), options);
   }
   torch::Tensor t = floatTarget(config, output, target);
   if (config.kind == "bceWithLogits") {

@@ -17,7 +17,11 @@ struct LossConfig {
 };
 
 LossConfig parseLoss(Napi::Env env, const Napi::Object& spec);
-torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& output, torch::Tensor target);
+// With `deferredBad`, class-index targets are checked without a host sync: indices out
+// of range are counted into *deferredBad (a device scalar) and ignored, so no kernel
+// ever sees them; the caller reports the count when it next reads from the device.
+torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& output, torch::Tensor target,
+                          torch::Tensor* deferredBad = nullptr);
 // Whether outputs are class scores and targets class indices, so accuracy means something.
 bool countsCorrect(const LossConfig& config, const torch::Tensor& target);
 int64_t correctPredictions(const torch::Tensor& output, const torch::Tensor& target, int64_t ignoreIndex);

@@ -52,6 +52,13 @@ torch::Tensor prepareTensor(const ModelState& state, torch::Tensor tensor) {
 
 }  // namespace
 
+std::unique_lock<std::mutex> lockIdle(ModelState& state, const char* what) {
+  std::unique_lock<std::mutex> lock(state.mutex, std::try_to_lock);
+  if (!lock)
+    throw CodedError("TORCHLITE_MODEL_BUSY", std::string(what) + " is running a job; await its pending operations first");
+  return lock;
+}
+
 void prepareInputs(const ModelState& state, std::vector<c10::IValue>& inputs) {
   for (c10::IValue& input : inputs) {
     if (input.isTensor()) {
@@ -132,7 +139,7 @@ Napi::Value ModelWrap::Load(const Napi::CallbackInfo& info) {
       for (uint32_t i = 0; i < names.Length(); ++i) extraNames.push_back(names.Get(i).As<Napi::String>().Utf8Value());
     }
     return Job<ModelPtr>::Start(
-        env, [path, device, extraNames] { return loadArchive(path, device, extraNames); },
+        env, {device, Priority::Training}, [path, device, extraNames] { return loadArchive(path, device, extraNames); },
         [](Napi::Env env, ModelPtr& state) -> Napi::Value { return Wrap(env, state); });
   });
 }
@@ -154,10 +161,14 @@ Napi::Value ModelWrap::Forward(const Napi::CallbackInfo& info) {
   return guard(env, [&] {
     ModelPtr state = live();
     return Job<c10::IValue>::Start(
-        env,
+        env, {state->device, Priority::Inference},
         [state, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
-          // Grad mode is thread-local, so it has to be set on the worker itself.
+          // Grad mode is thread-local, so it has to be set on the lane itself. Not
+          // c10::InferenceMode: once the profiling executor has built autodiff subgraphs
+          // for training, they save their inputs even with grad mode off, and an inference
+          // tensor (the frozen body's output) cannot be saved (measured: "Inference tensors
+          // cannot be saved for backward" in eval after a head-only step).
           torch::NoGradGuard noGrad;
           prepareInputs(*state, inputs);
           return state->module.forward(std::move(inputs));
@@ -186,7 +197,7 @@ Napi::Value ModelWrap::ProbeGradients(const Napi::CallbackInfo& info) {
     ModelPtr state = live();
     using Result = std::vector<std::pair<std::string, bool>>;
     return Job<Result>::Start(
-        env,
+        env, {state->device, Priority::Training},
         [state, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           torch::AutoGradMode enableGrad(true);
@@ -215,8 +226,9 @@ Napi::Value ModelWrap::To(const Napi::CallbackInfo& info) {
   return guard(env, [&] {
     ModelPtr state = live();
     torch::Device device = parseDevice(info[0].As<Napi::String>().Utf8Value());
+    // On the lane of the device the weights are on now, behind the kernels queued there.
     return Job<bool>::Start(
-        env,
+        env, {state->device, Priority::Training},
         [state, device] {
           std::lock_guard<std::mutex> lock(state->mutex);
           state->module.to(device);
@@ -282,18 +294,18 @@ Napi::Value ModelWrap::SetTraining(const Napi::CallbackInfo& info) {
   });
 }
 
+// Read into TS's snapshot when the model is idle: at load, after a synchronous change,
+// and when a job that changes these facts (to()) settles.
 Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    ModelPtr state = live();
+  return Locked(info, [&](Napi::Env env, ModelState& state) -> Napi::Value {
     Napi::Object result = Napi::Object::New(env);
-    result.Set("training", state->module.is_training());
-    result.Set("traced", state->traced);
-    result.Set("device", deviceName(state->device));
-    result.Set("metadata", state->metadata);
-    result.Set("bnPolicy", state->bnFrozenEval ? "frozen-eval" : "train");
-    Napi::Array warnings = Napi::Array::New(env, state->warnings.size());
-    for (size_t i = 0; i < state->warnings.size(); ++i) warnings.Set(i, state->warnings[i]);
+    result.Set("training", state.module.is_training());
+    result.Set("traced", state.traced);
+    result.Set("device", deviceName(state.device));
+    result.Set("metadata", state.metadata);
+    result.Set("bnPolicy", state.bnFrozenEval ? "frozen-eval" : "train");
+    Napi::Array warnings = Napi::Array::New(env, state.warnings.size());
+    for (size_t i = 0; i < state.warnings.size(); ++i) warnings.Set(i, state.warnings[i]);
     result.Set("warnings", warnings);
     return result;
   });
@@ -304,9 +316,8 @@ Napi::Value ModelWrap::Replace(const Napi::CallbackInfo& info) {
   return guard(env, [&] {
     ModelPtr state = live();
     std::string path = info[0].As<Napi::String>().Utf8Value();
-    std::lock_guard<std::mutex> lock(state->mutex);
-    torch::jit::Module replacement =
-        buildLayer(env, info[1].As<Napi::Object>(), path, state->module.type()->compilation_unit());
+    auto lock = lockIdle(*state, "this model");
+    torch::jit::Module replacement = buildLayer(env, info[1].As<Napi::Object>(), path, *state);
     replaceSubmodule(*state, path, std::move(replacement));
     applyBatchNormPolicy(*state);
     return env.Undefined();
@@ -321,7 +332,7 @@ Napi::Value ModelWrap::SetRequiresGrad(const Napi::CallbackInfo& info) {
     bool flag = info[1].As<Napi::Boolean>().Value();
     std::set<std::string> selected;
     for (uint32_t i = 0; i < names.Length(); ++i) selected.insert(names.Get(i).As<Napi::String>().Utf8Value());
-    std::lock_guard<std::mutex> lock(state->mutex);
+    auto lock = lockIdle(*state, "this model");
     for (const auto& item : state->module.named_parameters()) {
       if (!selected.count(item.name)) continue;
       torch::Tensor parameter = item.value;
@@ -360,7 +371,7 @@ Napi::Value ModelWrap::Save(const Napi::CallbackInfo& info) {
       }
     }
     return Job<bool>::Start(
-        env,
+        env, {state->device, Priority::Training},
         [state, path, metadata, extras] {
           std::lock_guard<std::mutex> lock(state->mutex);
           saveArchive(*state, path, metadata, extras);

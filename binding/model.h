@@ -21,16 +21,23 @@ struct ModelState {
   bool channelsLast = false;          // 4-D weights and inputs in NHWC (oneDNN/cuDNN fast paths)
   torch::Tensor lossSum;              // train losses not yet read back (readLoss: false)
   int64_t lossCount = 0;
+  torch::Tensor badTargets;           // out-of-range class indices met since then (a device count)
   uint64_t generation = 0;            // bumped by every replace(), so optimizers recheck only then
-  // Workers and JS-thread mutations (train/eval) take it, so a mode switch never
-  // lands in the middle of a forward running on another thread.
+  // Jobs hold it while they run a step. The JS thread only ever try-locks it (see
+  // lockIdle): JS refuses synchronous methods while the model has jobs in flight, and a
+  // method reaching a model that is busy anyway (another model copied in) must fail
+  // with a code rather than block the event loop.
   std::mutex mutex;
 };
 using ModelPtr = std::shared_ptr<ModelState>;
 
+// Locks a model for a synchronous method on the JS thread, or throws
+// TORCHLITE_MODEL_BUSY when a job holds it.
+std::unique_lock<std::mutex> lockIdle(ModelState& state, const char* what);
+
 // Moves input tensors to the model's device (from pinned memory, without blocking the
 // host, when that is CUDA) and into channels-last when the model uses it. Runs on the
-// torch thread, inside a job.
+// lane, inside a job.
 void prepareInputs(const ModelState& state, std::vector<c10::IValue>& inputs);
 
 class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
@@ -72,12 +79,12 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
 
   ModelPtr live() const;
   void release(Napi::Env env);
-  // Runs a synchronous method body with the model locked against its running jobs.
+  // Runs a synchronous method body with the model locked, refusing while a job runs.
   template <class F>
   Napi::Value Locked(const Napi::CallbackInfo& info, F&& body) {
     return guard(info.Env(), [&]() -> Napi::Value {
       ModelPtr state = live();
-      std::lock_guard<std::mutex> lock(state->mutex);
+      auto lock = lockIdle(*state, "this model");
       return body(info.Env(), *state);
     });
   }

@@ -102,6 +102,22 @@ void adamUpdate(ParamSlot& slot, const GroupOptions& o, torch::Tensor grad, bool
 
 }  // namespace
 
+std::vector<GroupOptions> parseGroupOptions(const Napi::Value& value) {
+  std::vector<GroupOptions> result;
+  if (!value.IsArray()) return result;
+  Napi::Array array = value.As<Napi::Array>();
+  for (uint32_t i = 0; i < array.Length(); ++i) result.push_back(parseOptions(array.Get(i).As<Napi::Object>(), {}));
+  return result;
+}
+
+void OptimizerState::setOptions(const std::vector<GroupOptions>& options) {
+  if (options.empty()) return;
+  if (options.size() != groups.size())
+    throw CodedError("TORCHLITE_BAD_STATE", "the optimizer has " + std::to_string(groups.size()) + " param groups but " +
+                                                std::to_string(options.size()) + " sets of options were sent");
+  for (size_t i = 0; i < options.size(); ++i) groups[i].options = options[i];
+}
+
 void OptimizerState::addGroup(const std::vector<std::string>& names, const GroupOptions& options) {
   std::set<std::string> taken;
   for (const ParamGroup& group : groups)
@@ -177,7 +193,6 @@ Napi::Function OptimizerWrap::Define(Napi::Env env) {
                          StaticMethod<&OptimizerWrap::Create>("create"),
                          InstanceMethod<&OptimizerWrap::AddGroup>("addGroup"),
                          InstanceMethod<&OptimizerWrap::Groups>("groups"),
-                         InstanceMethod<&OptimizerWrap::SetGroupOptions>("setGroupOptions"),
                          InstanceMethod<&OptimizerWrap::StateDict>("stateDict"),
                          InstanceMethod<&OptimizerWrap::LoadStateDict>("loadStateDict"),
                          InstanceMethod<&OptimizerWrap::Flush>("flush"),
@@ -205,7 +220,7 @@ Napi::Value OptimizerWrap::Create(const Napi::CallbackInfo& info) {
     state->model = ModelWrap::StateOf(env, info[0]);
     state->kind = parseKind(info[1].As<Napi::String>().Utf8Value());
     Napi::Array groups = info[2].As<Napi::Array>();
-    std::lock_guard<std::mutex> lock(state->model->mutex);
+    auto lock = lockIdle(*state->model, "the optimizer's model");
     for (uint32_t i = 0; i < groups.Length(); ++i) {
       Napi::Object group = groups.Get(i).As<Napi::Object>();
       state->addGroup(toNames(group.Get("names")), parseOptions(group.Get("options").As<Napi::Object>(), {}));
@@ -232,15 +247,6 @@ Napi::Value OptimizerWrap::Groups(const Napi::CallbackInfo& info) {
       result.Set(i, group);
     }
     return result;
-  });
-}
-
-Napi::Value OptimizerWrap::SetGroupOptions(const Napi::CallbackInfo& info) {
-  return Locked(info, [&](Napi::Env env, OptimizerState& state) {
-    size_t index = info[0].As<Napi::Number>().Uint32Value();
-    if (index >= state.groups.size()) throw CodedError("TORCHLITE_BAD_ARGUMENT", "no param group " + std::to_string(index));
-    state.groups[index].options = parseOptions(info[1].As<Napi::Object>(), state.groups[index].options);
-    return env.Undefined();
   });
 }
 
@@ -273,12 +279,18 @@ Napi::Value OptimizerWrap::LoadStateDict(const Napi::CallbackInfo& info) {
   return Locked(info, [&](Napi::Env env, OptimizerState& state) {
     Napi::Object perParam = info[0].As<Napi::Object>();
     torch::NoGradGuard noGrad;
-    for (ParamGroup& group : state.groups) {
-      for (ParamSlot& slot : group.slots) {
+    // Every slot is built and checked before any is replaced, so a bad dict leaves the
+    // optimizer as it was.
+    std::vector<std::vector<ParamSlot>> loaded;
+    for (const ParamGroup& group : state.groups) {
+      std::vector<ParamSlot>& slots = loaded.emplace_back();
+      for (const ParamSlot& current : group.slots) {
+        ParamSlot& slot = slots.emplace_back(ParamSlot{current.name, current.param});
         Napi::Value value = perParam.Get(slot.name);
-        slot = ParamSlot{slot.name, slot.param};
         if (!value.IsObject()) continue;
         Napi::Object entry = value.As<Napi::Object>();
+        if (!entry.Get("step").IsNumber())
+          throw CodedError("TORCHLITE_BAD_STATE", "optimizer state of '" + slot.name + "' has no numeric `step`");
         slot.step = entry.Get("step").As<Napi::Number>().Int64Value();
         auto take = [&](const char* key, torch::Tensor& out) {
           if (!entry.Get(key).IsObject()) return;
@@ -295,6 +307,7 @@ Napi::Value OptimizerWrap::LoadStateDict(const Napi::CallbackInfo& info) {
         take("max_exp_avg_sq", slot.maxExpAvgSq);
       }
     }
+    for (size_t i = 0; i < loaded.size(); ++i) state.groups[i].slots = std::move(loaded[i]);
     state.pending = info[1].As<Napi::Number>().Int64Value();
     return env.Undefined();
   });
@@ -305,10 +318,12 @@ Napi::Value OptimizerWrap::Flush(const Napi::CallbackInfo& info) {
   return guard(env, [&] {
     OptimizerPtr state = live();
     int64_t window = info[0].As<Napi::Number>().Int64Value();
+    std::vector<GroupOptions> groups = parseGroupOptions(info[1]);
     return Job<bool>::Start(
-        env,
-        [state, window] {
+        env, {state->model->device, Priority::Training},
+        [state, window, groups] {
           std::lock_guard<std::mutex> lock(state->model->mutex);
+          state->setOptions(groups);
           if (state->pending == 0) return false;
           state->checkFresh();
           // Each micro-batch loss was divided by the full window; a partial window of k

@@ -46,6 +46,8 @@ struct OptimizerState {
   int64_t growthTracker = 0;
 
   void addGroup(const std::vector<std::string>& names, const GroupOptions& options);
+  // Takes the options JS holds for each group (sent with every job); empty keeps them.
+  void setOptions(const std::vector<GroupOptions>& options);
   // Throws when replace() removed a parameter this optimizer trains.
   void checkFresh();
   std::vector<torch::Tensor> parameters() const;
@@ -55,6 +57,9 @@ struct OptimizerState {
   void clearGrads();
 };
 using OptimizerPtr = std::shared_ptr<OptimizerState>;
+
+// Group options as JS sends them with a job: an array of option objects.
+std::vector<GroupOptions> parseGroupOptions(const Napi::Value& value);
 
 class OptimizerWrap : public Napi::ObjectWrap<OptimizerWrap> {
  public:
@@ -68,19 +73,19 @@ class OptimizerWrap : public Napi::ObjectWrap<OptimizerWrap> {
 
   Napi::Value AddGroup(const Napi::CallbackInfo& info);
   Napi::Value Groups(const Napi::CallbackInfo& info);
-  Napi::Value SetGroupOptions(const Napi::CallbackInfo& info);
   Napi::Value StateDict(const Napi::CallbackInfo& info);
   Napi::Value LoadStateDict(const Napi::CallbackInfo& info);
   Napi::Value Flush(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 
   OptimizerPtr live() const;
-  // Runs a synchronous method body with the optimizer's model locked.
+  // Runs a synchronous method body with the optimizer's model locked, refusing while it
+  // runs a job.
   template <class F>
   Napi::Value Locked(const Napi::CallbackInfo& info, F&& body) {
     return guard(info.Env(), [&]() -> Napi::Value {
       OptimizerPtr state = live();
-      std::lock_guard<std::mutex> lock(state->model->mutex);
+      auto lock = lockIdle(*state->model, "the optimizer's model");
       return body(info.Env(), *state);
     });
   }

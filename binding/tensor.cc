@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "addon.h"
+#include "job.h"
 
 namespace tl {
 namespace {
@@ -59,6 +60,7 @@ Napi::Function TensorWrap::Define(Napi::Env env) {
                          InstanceMethod<&TensorWrap::Device>("device"),
                          InstanceMethod<&TensorWrap::Numel>("numel"),
                          InstanceMethod<&TensorWrap::ToTypedArray>("toTypedArray"),
+                         InstanceMethod<&TensorWrap::Read>("read"),
                          InstanceMethod<&TensorWrap::Item>("item"),
                          InstanceMethod<&TensorWrap::To>("to"),
                          InstanceMethod<&TensorWrap::Dispose>("dispose"),
@@ -109,7 +111,7 @@ Napi::Value TensorWrap::FromArray(const Napi::CallbackInfo& info) {
     if (numel != static_cast<int64_t>(array.ElementLength()))
       throw CodedError("TORCHLITE_BAD_SHAPE", "data length does not match the shape");
     // Copy rather than alias: JS may write to or transfer the buffer while LibTorch
-    // (possibly on a worker thread) still reads it.
+    // (possibly on a lane) still reads it.
     torch::Tensor tensor = torch::empty(shape, torch::TensorOptions().dtype(source));
     if (array.ByteLength() > 0)
       std::memcpy(tensor.data_ptr(), static_cast<uint8_t*>(array.ArrayBuffer().Data()) + array.ByteOffset(),
@@ -166,25 +168,57 @@ Napi::Value TensorWrap::Numel(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&] { return Napi::Number::New(info.Env(), static_cast<double>(live().numel())); });
 }
 
+namespace {
+
+// A copy on the host in a dtype JS has an array for. Blocks until the device is done, so
+// on the JS thread it is only ever used for CPU tensors (see onHost).
+torch::Tensor hostCopy(const torch::Tensor& tensor) {
+  torch::Tensor host = tensor.detach().to(torch::kCPU).contiguous();
+  if (host.scalar_type() == c10::kHalf || host.scalar_type() == c10::kBFloat16) host = host.to(c10::kFloat);
+  return host;
+}
+
+}  // namespace
+
+Napi::Value hostArray(Napi::Env env, const torch::Tensor& host) {
+  napi_typedarray_type type = arrayOfDtype(host.scalar_type());
+  size_t bytes = host.numel() * host.element_size();
+  Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, bytes);
+  if (bytes > 0) std::memcpy(buffer.Data(), host.data_ptr(), bytes);
+  napi_value result;
+  NAPI_THROW_IF_FAILED(env, napi_create_typedarray(env, type, host.numel(), buffer, 0, &result), Napi::Value());
+  return Napi::Value(env, result);
+}
+
+const torch::Tensor& TensorWrap::onHost(const char* what) const {
+  const torch::Tensor& tensor = live();
+  if (!tensor.is_cpu())
+    throw CodedError("TORCHLITE_DEVICE_SYNC", std::string(what) + "() on a " + deviceName(tensor.device()) +
+                                                  " tensor would block the event loop until the device is done; use `await tensor.read()`");
+  return tensor;
+}
+
 Napi::Value TensorWrap::ToTypedArray(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  return guard(env, [&]() -> Napi::Value {
-    torch::Tensor host = live().detach().to(torch::kCPU).contiguous();
-    if (host.scalar_type() == c10::kHalf || host.scalar_type() == c10::kBFloat16) host = host.to(c10::kFloat);
-    napi_typedarray_type type = arrayOfDtype(host.scalar_type());
-    size_t bytes = host.numel() * host.element_size();
-    Napi::ArrayBuffer buffer = Napi::ArrayBuffer::New(env, bytes);
-    if (bytes > 0) std::memcpy(buffer.Data(), host.data_ptr(), bytes);
-    napi_value result;
-    NAPI_THROW_IF_FAILED(env, napi_create_typedarray(env, type, host.numel(), buffer, 0, &result), Napi::Value());
-    return Napi::Value(env, result);
+  return guard(env, [&]() -> Napi::Value { return hostArray(env, hostCopy(onHost("toTypedArray"))); });
+}
+
+// The copy runs on the tensor's device lane, ahead of queued training, so the JS thread
+// never waits for a GPU.
+Napi::Value TensorWrap::Read(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    torch::Tensor tensor = live();
+    return Job<torch::Tensor>::Start(
+        env, {tensor.device(), Priority::Inference}, [tensor] { return hostCopy(tensor); },
+        [](Napi::Env env, torch::Tensor& host) { return hostArray(env, host); });
   });
 }
 
 Napi::Value TensorWrap::Item(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    c10::Scalar scalar = live().item();
+    c10::Scalar scalar = onHost("item").item();
     if (scalar.isBoolean()) return Napi::Boolean::New(env, scalar.toBool());
     if (scalar.isIntegral(false)) return Napi::Number::New(env, static_cast<double>(scalar.toLong()));
     return Napi::Number::New(env, scalar.toDouble());

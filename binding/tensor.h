@@ -4,6 +4,10 @@
 
 namespace tl {
 
+// A JS typed array holding a copy of `host`, a contiguous CPU tensor (16-bit floats
+// already widened).
+Napi::Value hostArray(Napi::Env env, const torch::Tensor& host);
+
 class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
  public:
   static Napi::Function Define(Napi::Env env);
@@ -26,11 +30,14 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
   Napi::Value Device(const Napi::CallbackInfo& info);
   Napi::Value Numel(const Napi::CallbackInfo& info);
   Napi::Value ToTypedArray(const Napi::CallbackInfo& info);
+  Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value Item(const Napi::CallbackInfo& info);
   Napi::Value To(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 
   const torch::Tensor& live() const;
+  // The tensor for a synchronous host read, refused for device tensors.
+  const torch::Tensor& onHost(const char* what) const;
   void release(Napi::Env env);
 
   torch::Tensor tensor_;

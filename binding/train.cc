@@ -28,12 +28,28 @@ std::optional<compat::AutocastScope> autocastFor(const std::string& amp, const t
   return std::optional<compat::AutocastScope>(std::in_place, device.type(), amp == "fp16" ? torch::kHalf : torch::kBFloat16);
 }
 
+// One host sync for all parameters (GradScaler's own step syncs once too).
 bool gradsFinite(const OptimizerState& optimizer) {
-  for (const torch::Tensor& param : optimizer.parameters()) {
-    const torch::Tensor& grad = param.grad();
-    if (grad.defined() && !torch::isfinite(grad).all().item<bool>()) return false;
-  }
-  return true;
+  std::vector<torch::Tensor> finite;
+  for (const torch::Tensor& param : optimizer.parameters())
+    if (param.grad().defined()) finite.push_back(torch::isfinite(param.grad()).all());
+  return finite.empty() || torch::stack(finite).all().item<bool>();
+}
+
+// Python's torch.nn.utils.clip_grad_norm_ (LibTorch 1.13's reads the norm back to the
+// host to decide): the clamped coefficient multiplies every grad on the device, so
+// clipping never waits for the GPU. Returns the total norm as a device scalar.
+torch::Tensor clipGradNorm(const std::vector<torch::Tensor>& params, double maxNorm) {
+  torch::NoGradGuard noGrad;
+  std::vector<torch::Tensor> norms;
+  for (const torch::Tensor& param : params)
+    if (param.grad().defined()) norms.push_back(param.grad().norm(2));
+  if (norms.empty()) return torch::zeros({});
+  torch::Tensor total = torch::stack(norms).norm(2);
+  torch::Tensor coefficient = torch::clamp(maxNorm / (total + 1e-6), c10::nullopt, 1.0);
+  for (const torch::Tensor& param : params)
+    if (param.grad().defined()) param.grad().mul_(coefficient);
+  return total;
 }
 
 // Runs `body` with the model in eval mode and restores the mode (and BatchNorm policy) after.
@@ -49,7 +65,7 @@ auto inEvalMode(ModelState& model, F&& body) -> decltype(body()) {
       applyBatchNormPolicy(model);
     }
   } restore{model, wasTraining};
-  torch::NoGradGuard noGrad;
+  torch::NoGradGuard noGrad;  // not InferenceMode: see ModelWrap::Forward
   return body();
 }
 
@@ -60,6 +76,7 @@ StepOptions parseStepOptions(const Napi::Object& object) {
   options.amp = getString(object, "amp", "none");
   options.throwOnNonFinite = getString(object, "nonFinite", "skip") == "throw";
   if (object.Get("readLoss").IsBoolean()) options.readLoss = object.Get("readLoss").As<Napi::Boolean>().Value();
+  options.groups = parseGroupOptions(object.Get("groups"));
   return options;
 }
 
@@ -71,23 +88,34 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
     throw CodedError("TORCHLITE_BAD_ARGUMENT", "the optimizer was built for another model");
   optimizer.checkFresh();
   bool fp16 = options.amp == "fp16";
-  // Grad and autocast modes are thread-local: they are set here, on the worker.
+  // Grad and autocast modes are thread-local: they are set here, on the lane.
   torch::AutoGradMode enableGrad(true);
   torch::Tensor output, value;
   prepareInputs(model, inputs);
   {
     auto autocast = autocastFor(options.amp, model.device);
     output = firstTensor(model.module.forward(std::move(inputs)));
-    value = computeLoss(loss, output, target);
+    value = computeLoss(loss, output, target, options.readLoss ? nullptr : &model.badTargets);
   }
   StepResult result;
   if (!options.readLoss) {
     // No host sync: the loss joins a device-side sum read at the next readLoss step, and
-    // non-finite losses are only noticed then.
+    // non-finite losses and bad targets are only noticed then.
     model.lossSum = model.lossSum.defined() ? model.lossSum + value.detach() : value.detach().clone();
     model.lossCount += 1;
     result.loss = NAN;
   } else if (model.lossCount > 0) {
+    if (model.badTargets.defined()) {
+      int64_t bad = model.badTargets.item<int64_t>();
+      model.badTargets = torch::Tensor();
+      if (bad > 0) {
+        model.lossSum = torch::Tensor();
+        model.lossCount = 0;
+        throw CodedError("TORCHLITE_BAD_TARGET", std::to_string(bad) +
+                                                     " class indices were out of range in the steps since the loss was last read "
+                                                     "(readLoss: false checks them on the device and ignores them); fix the labels");
+      }
+    }
     result.loss = ((model.lossSum + value.detach()) / static_cast<double>(model.lossCount + 1)).item<double>();
     result.lossSteps = model.lossCount + 1;
     model.lossSum = torch::Tensor();
@@ -130,7 +158,8 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
       for (torch::Tensor& param : withGrad) param.mutable_grad().mul_(unscale);
       unscale = 1;
     }
-    result.gradNorm = torch::nn::utils::clip_grad_norm_(withGrad, options.clipGradNorm);
+    torch::Tensor norm = clipGradNorm(withGrad, options.clipGradNorm);
+    if (options.readLoss) result.gradNorm = norm.item<double>();
   }
   optimizer.step(unscale);
   result.stepped = true;
@@ -158,7 +187,8 @@ Napi::Object stepResultToJs(Napi::Env env, const StepResult& r) {
 
 // info: [inputs, target] pairs as an array of batches, then the options. One job runs
 // them all: for overhead-bound models the thread hand-off per job costs more than the
-// step, so a batch of steps per hand-off is what beats Python's per-op dispatch.
+// step, so a batch of steps per hand-off is what beats Python's per-op dispatch. The
+// lane lets waiting inference in between two steps.
 Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
@@ -174,13 +204,19 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
       work.emplace_back(Inputs(env, *state, batch.Get(0u)), TensorWrap::From(env, batch.Get(1u)));
     }
     using Results = std::vector<StepResult>;
-    return Job<Results>::Start(
-        env,
-        [state, optimizer, loss, step, work = std::move(work)]() mutable {
+    return Job<Results>::StartSteps(
+        env, {state->device, Priority::Training},
+        [state, optimizer, loss, step, work = std::move(work)](std::optional<Results>& results) mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
-          Results results;
-          for (auto& [inputs, target] : work) results.push_back(trainStep(*state, *optimizer, loss, std::move(inputs), target, step));
-          return results;
+          if (!results) {
+            // The group options as they were when trainStep was called (schedules write
+            // them in JS between calls), so call order holds for them too.
+            optimizer->setOptions(step.groups);
+            results.emplace();
+          }
+          auto& [inputs, target] = work[results->size()];
+          results->push_back(trainStep(*state, *optimizer, loss, std::move(inputs), target, step));
+          return results->size() < work.size();
         },
         [](Napi::Env env, Results& results) -> Napi::Value {
           Napi::Array array = Napi::Array::New(env, results.size());
@@ -190,6 +226,9 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
   });
 }
 
+// One evaluation batch in eval mode. The scores and targets come back as host arrays
+// copied on the lane, so the metrics in JS never run LibTorch (or wait for a GPU) on
+// the event loop.
 Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
@@ -197,22 +236,31 @@ Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
     std::optional<LossConfig> loss;
     if (info[2].IsObject()) loss = parseLoss(env, info[2].As<Napi::Object>());
     torch::Tensor target = info[1].IsObject() ? TensorWrap::From(env, info[1]) : torch::Tensor();
-    using Result = std::pair<torch::Tensor, double>;
+    struct Result {
+      torch::Tensor scores;   // float32, contiguous, on the CPU
+      torch::Tensor targets;  // float64, on the CPU
+      double loss = NAN;
+    };
     return Job<Result>::Start(
-        env,
+        env, {state->device, Priority::Inference},
         [state, loss, target, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           return inEvalMode(*state, [&] {
             prepareInputs(*state, inputs);
             torch::Tensor output = firstTensor(state->module.forward(std::move(inputs)));
-            double value = loss && target.defined() ? computeLoss(*loss, output, target).item<double>() : NAN;
-            return Result{output.to(torch::kFloat), value};
+            Result result;
+            if (loss && target.defined()) result.loss = computeLoss(*loss, output, target).item<double>();
+            result.scores = output.to(torch::kCPU, torch::kFloat).contiguous();
+            if (target.defined()) result.targets = target.to(torch::kCPU, torch::kDouble).contiguous();
+            return result;
           });
         },
         [](Napi::Env env, Result& r) -> Napi::Value {
           Napi::Object result = Napi::Object::New(env);
-          result.Set("output", TensorWrap::Wrap(env, r.first));
-          if (!std::isnan(r.second)) result.Set("loss", r.second);
+          result.Set("scores", hostArray(env, r.scores));
+          result.Set("shape", fromShape(env, r.scores.sizes()));
+          if (r.targets.defined()) result.Set("targets", hostArray(env, r.targets));
+          if (!std::isnan(r.loss)) result.Set("loss", r.loss);
           return result;
         });
   });
@@ -224,7 +272,7 @@ Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
     ModelPtr state = live();
     using Result = std::pair<torch::Tensor, torch::Tensor>;
     return Job<Result>::Start(
-        env,
+        env, {state->device, Priority::Inference},
         [state, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           return inEvalMode(*state, [&] {

@@ -1,5 +1,5 @@
-// The fused training step and the evaluation passes, run on a worker thread under the
-// model's mutex.
+// The fused training step and the evaluation passes, run on a lane under the model's
+// mutex.
 #pragma once
 #include "loss.h"
 #include "optimizer.h"
@@ -14,6 +14,7 @@ struct StepOptions {
   // Reading the loss waits for the device; without it the step is fully asynchronous and
   // the next read returns the mean of the losses since the last one.
   bool readLoss = true;
+  std::vector<GroupOptions> groups;  // the optimizer's group options when the step was called
 };
 
 struct StepResult {

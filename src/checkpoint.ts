@@ -61,7 +61,7 @@ export async function saveCheckpoint(path: string, state: TrainingState): Promis
         steps[param] = value;
         continue;
       }
-      const data = value.toTypedArray();
+      const data = await value.read();
       const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
       tensors.push({ param, key, dtype: value.dtype, shape: value.shape, offset, bytes: bytes.length });
       chunks.push(bytes);
@@ -79,8 +79,11 @@ export async function saveCheckpoint(path: string, state: TrainingState): Promis
   await Model.saveWithExtras(state.model, path, { [STATE]: Buffer.from(JSON.stringify(json)), [TENSORS]: Buffer.concat(chunks) });
 }
 
-/** Restores weights, optimizer, scheduler and RNG from a checkpoint; returns the position. */
-export async function loadCheckpoint(path: string, state: Omit<TrainingState, 'position'>): Promise<TrainingPosition> {
+/**
+ * Restores weights, optimizer, scheduler and (unless `rng` is false) the process-wide
+ * generator from a checkpoint; returns the position.
+ */
+export async function loadCheckpoint(path: string, state: Omit<TrainingState, 'position'> & { rng?: boolean }): Promise<TrainingPosition> {
   const { model: saved, extras } = await loadArchive(path, { device: state.model.device }, [STATE, TENSORS]);
   try {
     if (!extras[STATE]) throw new TorchError('TORCHLITE_BAD_STATE', `${path} is a model but not a torchlite checkpoint`);
@@ -103,7 +106,7 @@ export async function loadCheckpoint(path: string, state: Omit<TrainingState, 'p
     state.optimizer.loadStateDict({ ...optimizer, state: perParam });
     for (const entry of Object.values(perParam)) for (const value of Object.values(entry)) if (value instanceof Tensor) value.dispose();
     if (json.scheduler && state.scheduler) state.scheduler.loadStateDict(json.scheduler as never);
-    native.setRngState(Buffer.from(json.rng, 'base64'));
+    if (state.rng !== false) native.setRngState(Buffer.from(json.rng, 'base64'));
     return { epoch: json.epoch, step: json.step, stage: json.stage, history: json.history, callbacks: json.callbacks };
   } finally {
     saved.dispose();

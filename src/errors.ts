@@ -27,12 +27,17 @@ export type TorchErrorCode =
   | 'TORCHLITE_AMP_UNSUPPORTED'
   | 'TORCH_NONFINITE_LOSS'
   | 'TORCHLITE_BAD_DATA'
+  | 'TORCHLITE_BAD_ARRAY'
+  | 'TORCHLITE_BAD_SHAPE'
+  | 'TORCHLITE_MODEL_BUSY'
+  | 'TORCHLITE_DEVICE_SYNC'
   | 'TORCH_SHAPE'
   | 'TORCH_DTYPE'
   | 'TORCH_ARGUMENT'
   | 'TORCH_INDEX'
   | 'TORCH_VALUE'
   | 'TORCH_OOM'
+  | 'TORCH_NOT_IMPLEMENTED'
   | 'TORCH_ERROR';
 
 /** A failure inside LibTorch or while reading and writing files. Misuse throws `TypeError`/`RangeError` instead. */
@@ -52,12 +57,16 @@ export class TorchError extends Error {
 
 interface NativeFailure {
   message: string;
-  code?: string;
+  code: string;
   backtrace?: string;
+  torchlite: true;
 }
 
+// Only the addon's errors carry the marker: a Node or user error with a `code` (thrown
+// by a batch iterator inside evaluate) passes through unchanged.
 function isNativeFailure(error: unknown): error is NativeFailure & Error {
-  return error instanceof Error && typeof (error as NativeFailure).code === 'string';
+  const candidate = error as Partial<NativeFailure> | null;
+  return error instanceof Error && candidate?.torchlite === true && typeof candidate.code === 'string';
 }
 
 function convert(error: unknown, stack: string | undefined): unknown {
@@ -78,7 +87,7 @@ export function callNative<T>(body: () => T): T {
 
 /**
  * Runs an asynchronous native call. The stack is captured before the call is queued, so
- * a rejection points at the user's code rather than at a libuv callback.
+ * a rejection points at the user's code rather than at the completion callback.
  */
 export async function callNativeAsync<T>(body: () => Promise<T>): Promise<T> {
   const site: { stack?: string } = {};

@@ -3,14 +3,14 @@
 // weights, buffers and the RNG are restored afterwards.
 import { writeFile } from 'node:fs/promises';
 
-import { lineChart } from './cli/report';
+import { lineChart } from './chart';
 import type { Loader } from './data/loader';
 import { type Loss, crossEntropy } from './loss';
 import type { Model } from './model';
 import { native } from './native';
 import { adamw } from './optim';
 import { type Tensor, tensor } from './tensor';
-import { checkFiniteNumber, checkOptions, checkPositiveInteger, rangeError } from './validate';
+import { checkFiniteNumber, checkOptions, checkPositiveInteger, rangeError, typeError } from './validate';
 
 export interface FindLrOptions {
   /** Defaults to `1e-7`. */
@@ -21,6 +21,13 @@ export interface FindLrOptions {
   steps?: number;
   /** Defaults to `loss.crossEntropy()`. */
   loss?: Loss;
+  /**
+   * Puts the random generator back as it was after the test, so a seeded run draws the
+   * same numbers with or without it. The generator is process-wide (every model and
+   * worker thread draws from it): pass `false` when other work draws from it meanwhile.
+   * Defaults to `true`.
+   */
+  restoreRng?: boolean;
 }
 
 export interface LrFinderResult {
@@ -34,18 +41,19 @@ export interface LrFinderResult {
 }
 
 export async function findLr(model: Model, loader: Loader, options?: FindLrOptions): Promise<LrFinderResult> {
-  const o = checkOptions<FindLrOptions>(options, 'options', ['startLr', 'endLr', 'steps', 'loss']);
+  const o = checkOptions<FindLrOptions>(options, 'options', ['startLr', 'endLr', 'steps', 'loss', 'restoreRng']);
+  if (o.restoreRng !== undefined && typeof o.restoreRng !== 'boolean') throw typeError('a boolean', 'options.restoreRng', o.restoreRng);
   const startLr = checkFiniteNumber(o.startLr ?? 1e-7, 'options.startLr');
   const endLr = checkFiniteNumber(o.endLr ?? 10, 'options.endLr');
   if (startLr <= 0 || endLr <= startLr) throw rangeError(`0 < startLr < endLr`, 'options.startLr', startLr);
   const steps = checkPositiveInteger(o.steps ?? 100, 'options.steps');
   const lossFn = o.loss ?? crossEntropy();
-  const saved = Object.entries(model.stateDict()).map(([name, t]) => {
-    const copy: [string, Tensor] = [name, tensor(t.toTypedArray() as Float32Array, t.shape, { dtype: t.dtype })];
+  const saved: [string, Tensor][] = [];
+  for (const [name, t] of Object.entries(model.stateDict())) {
+    saved.push([name, tensor((await t.read()) as Float32Array, t.shape, { dtype: t.dtype })]);
     t.dispose();
-    return copy;
-  });
-  const rng = native.getRngState();
+  }
+  const rng = o.restoreRng === false ? null : native.getRngState();
   const wasTraining = model.training;
   const optimizer = adamw(model, { lr: startLr, weightDecay: 0 });
   const lrs: number[] = [];
@@ -74,7 +82,7 @@ export async function findLr(model: Model, loader: Loader, options?: FindLrOptio
   } finally {
     model.loadStateDict(Object.fromEntries(saved));
     saved.forEach(([, t]) => t.dispose());
-    native.setRngState(rng);
+    if (rng) native.setRngState(rng);
     model.train(wasTraining);
     optimizer.dispose();
   }

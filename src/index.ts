@@ -22,7 +22,8 @@ export type { TrainingPosition } from './checkpoint';
 export * as data from './data';
 export type { Dataset, Loader, LoaderBatch, Sample } from './data';
 export { findLr, type FindLrOptions, type LrFinderResult } from './findlr';
-export { progressBar } from './cli/progress';
+export { progressBar } from './progress';
+export { lineChart, type Series } from './chart';
 export * as loss from './loss';
 export type { Loss } from './loss';
 export type { Metrics, MetricSpec } from './metrics';
@@ -33,7 +34,8 @@ export * as sched from './sched';
 export type { PlateauScheduler, Scheduler } from './sched';
 export type { Layer } from './nn';
 export type { Pattern } from './patterns';
-export { cuda, type CudaMemory, getNumThreads, setNumThreads, type SpeedOptions, torchVersion } from './runtime';
+export { cuda, type CudaMemory, getNumThreads, type LaneState, setNumThreads, type SpeedOptions, torchVersion } from './runtime';
+export * as runtime from './runtime';
 export {
   arange,
   type Device,

@@ -1,11 +1,11 @@
 import { callNative, callNativeAsync, disposedError, TorchError } from './errors';
-import { native, type NativeModel, type NativeTensor } from './native';
+import { native, type NativeGroupOptions, type NativeModel, type NativeOptimizer, type NativeTensor } from './native';
 import { Loss } from './loss';
 import { MetricAccumulator, type Metrics, type MetricSpec } from './metrics';
-import { dropout as dropoutLayer, type Layer, linear, sequential, specOf } from './nn';
-import { Optimizer } from './optim';
+import { dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear, sequential, specOf } from './nn';
+import type { Optimizer } from './optim';
 import { compilePattern, describePattern, type Pattern } from './patterns';
-import { type Device, type Dtype, Tensor } from './tensor';
+import { type Device, type Dtype, ones, Tensor, zeros } from './tensor';
 import { checkDevice, checkFiniteNumber, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from './validate';
 
 /** What a model's forward accepts: tensors, numbers, booleans, strings, and lists of tensors. */
@@ -60,6 +60,33 @@ export interface SaveOptions {
 
 // Where classifier heads live in common architectures (torchvision, timm), checked in order.
 const HEAD_PATHS = ['fc', 'classifier', 'head', 'heads.head', 'heads', 'head.fc', 'last_linear'];
+
+/**
+ * @internal How a trainStep reaches an optimizer without model.ts importing optim.ts:
+ * the optimizer binds to the model and hands over its native handle and its group
+ * options as they are now (they travel with the job, so later writes keep call order).
+ */
+export const kStepOptimizer = Symbol('torchlite.stepOptimizer');
+
+/** @internal */
+export interface StepOptimizer {
+  [kStepOptimizer](model: Model): { handle: NativeOptimizer; groups: NativeGroupOptions[] };
+}
+
+function isStepOptimizer(value: unknown): value is StepOptimizer {
+  return typeof (value as Partial<StepOptimizer> | null)?.[kStepOptimizer] === 'function';
+}
+
+/** What the synchronous getters read: native facts copied when the model is idle. */
+interface Snapshot {
+  training: boolean;
+  traced: boolean;
+  device: Device;
+  bnPolicy: BatchNormPolicy;
+  modules: ModuleInfo[];
+  parameters: ParameterInfo[];
+  buffers: TensorInfo[];
+}
 
 export interface TrainStepOptions {
   /** The loss to minimise. */
@@ -135,7 +162,8 @@ function wrapOutput(value: unknown): ModelOutput {
   return value as ModelOutput;
 }
 
-function unwrapInput(value: ModelInput, name: string): unknown {
+/** @internal */
+export function unwrapInput(value: ModelInput, name: string): unknown {
   if (value instanceof Tensor) return Tensor.handle(value);
   if (Array.isArray(value)) return value.map((item, i) => unwrapInput(item, `${name}[${i}]`));
   if (value === null || ['number', 'boolean', 'string'].includes(typeof value)) return value;
@@ -147,13 +175,25 @@ function formatCount(n: number): string {
 }
 
 /**
- * A TorchScript model. Operations on one model run one at a time, in call order, on a
- * worker thread; the event loop never waits for LibTorch.
+ * A TorchScript model. Everything done to a model happens in call order:
+ *
+ * - **Queued** (run one at a time, off the event loop): `forward`, `predict`,
+ *   `evaluate`, `trainStep`, `trainSteps`, `save`, `to`, and an optimizer's `flush`.
+ * - **Queued behind them, returning at once**: `train`/`eval`, `freeze`/`unfreeze`/
+ *   `requiresGrad`, `bnPolicy = …` and `channelsLast`. They apply when the operations
+ *   called before them are done; the getters show their effect straight away.
+ * - **Refused while operations are pending**, with `TORCHLITE_MODEL_BUSY` (await them
+ *   first, e.g. `await model.idle()`): `replace`, `resetClassifier`, `stateDict`,
+ *   `loadStateDict`, and an optimizer's `addParamGroup`, `stateDict` and `loadStateDict`.
+ * - **Never blocking**: `training`, `device`, `isTraced`, `bnPolicy`, `metadata`,
+ *   `modules()`, `parameters()`, `buffers()` and `summary()` read a snapshot kept in JS.
  */
 export class Model implements Disposable, AsyncDisposable {
   #native: NativeModel | null;
   #queue: Promise<unknown> = Promise.resolve();
+  #pending = 0;
   #metadata: unknown;
+  #snapshot!: Snapshot;
 
   /** @internal Use {@link loadPretrained}. */
   constructor(handle: NativeModel) {
@@ -166,6 +206,7 @@ export class Model implements Disposable, AsyncDisposable {
       handle.dispose();
       throw new TorchError('TORCHLITE_CORRUPT_FILE', 'the archive\'s torchlite.json metadata is not valid JSON');
     }
+    this.#refresh(handle);
   }
 
   /** @internal The native handle, for other torchlite modules. */
@@ -174,24 +215,68 @@ export class Model implements Disposable, AsyncDisposable {
     return model.#native;
   }
 
+  /** @internal The native handle for a synchronous method that must not overtake queued work. */
+  static idleHandle(model: Model, what: string): NativeModel {
+    const handle = Model.handle(model);
+    if (model.#pending > 0)
+      throw new TorchError(
+        'TORCHLITE_MODEL_BUSY',
+        `${what} cannot run while the model has ${model.#pending} operation${model.#pending === 1 ? '' : 's'} pending; await them first (e.g. \`await model.idle()\`)`,
+      );
+    return handle;
+  }
+
   get #live(): NativeModel {
     return Model.handle(this);
   }
 
   /** @internal Queues work that touches this model (an optimizer flush) behind its other operations. */
-  static enqueue<T>(model: Model, op: () => Promise<T>): Promise<T> {
+  static enqueue<T>(model: Model, op: (handle: NativeModel) => Promise<T>): Promise<T> {
     return model.#enqueue(op);
   }
 
   /** Queues `op` behind earlier operations so calls never interleave on the native model. */
   #enqueue<T>(op: (handle: NativeModel) => Promise<T>): Promise<T> {
     const handle = this.#live;
-    const run = this.#queue.then(() => op(handle));
+    this.#pending += 1;
+    const run = this.#queue.then(() => op(handle)).finally(() => {
+      this.#pending -= 1;
+    });
     this.#queue = run.catch(() => undefined);
     return run;
   }
 
-  /** Runs `forward` without recording gradients, like calling the model under `torch.no_grad()`. */
+  /** Runs a cheap native change now when the model is idle, else queued behind pending work. */
+  #apply(change: (handle: NativeModel) => void): void {
+    const handle = this.#live;
+    if (this.#pending === 0) callNative(() => change(handle));
+    else void this.#enqueue(async (h) => change(h)).catch(() => undefined);
+  }
+
+  #refresh(handle: NativeModel): void {
+    const info = handle.info();
+    this.#snapshot = {
+      training: info.training,
+      traced: info.traced,
+      device: info.device as Device,
+      bnPolicy: info.bnPolicy as BatchNormPolicy,
+      modules: handle.modules(),
+      parameters: handle.parameters() as ParameterInfo[],
+      buffers: handle.buffers() as TensorInfo[],
+    };
+  }
+
+  /** Resolves when every operation called so far has settled (whether it succeeded or not). */
+  async idle(): Promise<void> {
+    while (this.#pending > 0) await this.#queue;
+  }
+
+  /** How many operations are queued or running on this model. */
+  get pending(): number {
+    return this.#pending;
+  }
+
+  /** Runs `forward` without recording gradients (like `torch.no_grad()`) and returns its outputs. Runs ahead of queued training on the same device. */
   forward<T extends ModelOutput = Tensor>(...inputs: ModelInput[]): Promise<T> {
     return callNativeAsync(async () => {
       const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
@@ -200,19 +285,9 @@ export class Model implements Disposable, AsyncDisposable {
   }
 
   /**
-   * @internal Runs forward and backward on the sum of the outputs, and reports which
-   * parameters received a non-zero gradient; grads are cleared afterwards. For tests.
-   */
-  probeGradients(...inputs: ModelInput[]): Promise<Record<string, boolean>> {
-    return callNativeAsync(async () => {
-      const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
-      return this.#enqueue((handle) => handle.probeGradients(args));
-    });
-  }
-
-  /**
    * Forward, loss, backward, gradient clipping, optimizer step and grad reset in one
-   * native job on a worker thread. Runs in the model's current mode: call `train()` first.
+   * native job. Runs in the model's current mode: call `train()` first. The optimizer's
+   * group options (lr, …) are taken as they are at the call.
    */
   trainStep(input: ModelInput, target: Tensor, options: TrainStepOptions): Promise<TrainStepResult> {
     return callNativeAsync(async () => {
@@ -226,7 +301,8 @@ export class Model implements Disposable, AsyncDisposable {
   /**
    * Several train steps in one native job, in order, with the same options. For small,
    * overhead-bound models this removes the per-call thread hand-off; lrs stay as they are
-   * for the whole call (step schedulers between calls).
+   * for the whole call (step schedulers between calls). Inference waiting on the same
+   * device runs between two steps.
    */
   trainSteps(batches: readonly Batch[], options: TrainStepOptions): Promise<TrainStepResult[]> {
     return callNativeAsync(async () => {
@@ -240,10 +316,12 @@ export class Model implements Disposable, AsyncDisposable {
   #stepOptions(options: TrainStepOptions): Record<string, unknown> {
     const o = checkOptions<TrainStepOptions>(options, 'options', ['loss', 'optimizer', 'clipGradNorm', 'accumulate', 'amp', 'nonFinite', 'readLoss']);
     if (!(o.loss instanceof Loss)) throw typeError('a Loss from `loss.*`', 'options.loss', o.loss);
-    if (!(o.optimizer instanceof Optimizer)) throw typeError('an Optimizer from `optim.*`', 'options.optimizer', o.optimizer);
+    if (!isStepOptimizer(o.optimizer)) throw typeError('an Optimizer from `optim.*`', 'options.optimizer', o.optimizer);
+    const { handle, groups } = o.optimizer[kStepOptimizer](this);
     const step: Record<string, unknown> = {
       loss: o.loss.spec,
-      optimizer: Optimizer.bind(o.optimizer, this),
+      optimizer: handle,
+      groups,
       accumulate: o.accumulate === undefined ? 1 : checkPositiveInteger(o.accumulate, 'options.accumulate'),
       nonFinite: o.nonFinite === undefined ? 'skip' : checkOneOf(o.nonFinite, 'options.nonFinite', ['skip', 'throw'] as const),
     };
@@ -260,8 +338,10 @@ export class Model implements Disposable, AsyncDisposable {
   }
 
   /**
-   * Runs batches in eval mode without gradients (the mode is restored after) and returns
-   * the mean loss and the metrics.
+   * Runs batches in eval mode without gradients (the mode is restored after) and
+   * returns the mean loss and the metrics. The whole pass is one queued operation, so
+   * operations called after it see none of it half-done; `batches` must not wait on
+   * this model's own queue.
    */
   evaluate(batches: Iterable<Batch> | AsyncIterable<Batch>, options?: EvaluateOptions): Promise<Metrics> {
     return callNativeAsync(async () => {
@@ -278,25 +358,24 @@ export class Model implements Disposable, AsyncDisposable {
         throw typeError('an iterable of { input, target } batches', 'batches', batches);
       const metrics = new MetricAccumulator(specs);
       const lossSpec = o.loss?.spec ?? null;
-      let lossSum = 0;
-      let samples = 0;
-      for await (const batch of batches) {
-        const args = [unwrapInput(batch.input, 'batch.input')];
-        const tgt = Tensor.handle(batch.target);
-        const { output, loss } = await this.#enqueue((handle) => handle.evalBatch(args, tgt, lossSpec));
-        using scores = new Tensor(output);
-        const n = scores.shape[0] ?? 1;
-        if (loss !== undefined) lossSum += loss * n;
-        samples += n;
-        if (specs.length > 0)
-          metrics.add(scores.toTypedArray() as Float32Array, batch.target.toTypedArray() as ArrayLike<number>, scores.shape[1] ?? 1);
-      }
-      if (samples === 0) throw new RangeError('Expected at least one batch for `batches` but received none');
-      return { ...(o.loss && { loss: lossSum / samples }), ...metrics.result() };
+      return this.#enqueue(async (handle) => {
+        let lossSum = 0;
+        let samples = 0;
+        for await (const batch of batches) {
+          const args = [unwrapInput(batch.input, 'batch.input')];
+          const { scores, shape, targets, loss } = await handle.evalBatch(args, Tensor.handle(batch.target), lossSpec);
+          const n = shape[0] ?? 1;
+          if (loss !== undefined) lossSum += loss * n;
+          samples += n;
+          if (specs.length > 0) metrics.add(scores, targets!, shape[1] ?? 1);
+        }
+        if (samples === 0) throw new RangeError('Expected at least one batch for `batches` but received none');
+        return { ...(o.loss && { loss: lossSum / samples }), ...metrics.result() };
+      });
     });
   }
 
-  /** Class probabilities (softmax over dimension 1) and the argmax, computed in eval mode. */
+  /** Class probabilities (softmax over dimension 1) and the argmax, computed in eval mode ahead of queued training. */
   predict(input: ModelInput): Promise<Prediction> {
     return callNativeAsync(async () => {
       const args = [unwrapInput(input, 'input')];
@@ -307,12 +386,12 @@ export class Model implements Disposable, AsyncDisposable {
 
   /**
    * Keeps 4-D weights, and 4-D inputs on their way in, in channels-last (NHWC) layout,
-   * which oneDNN and cuDNN run faster for many CNNs. Outputs are unchanged.
+   * which oneDNN and cuDNN run faster for many CNNs. Outputs are unchanged. Queued
+   * behind pending operations.
    */
   channelsLast(on = true): this {
     if (typeof on !== 'boolean') throw typeError('a boolean', 'on', on);
-    const live = this.#live;
-    callNative(() => live.setChannelsLast(on));
+    this.#apply((handle) => handle.setChannelsLast(on));
     return this;
   }
 
@@ -320,21 +399,24 @@ export class Model implements Disposable, AsyncDisposable {
   to(device: Device): Promise<this> {
     return callNativeAsync(async () => {
       const target = checkDevice(device, 'device');
-      await this.#enqueue((handle) => handle.to(target));
+      await this.#enqueue(async (handle) => {
+        await handle.to(target);
+        this.#snapshot.device = handle.info().device as Device;
+      });
       return this;
     });
   }
 
   /** Every submodule, depth first, starting with the model itself at path `''`. */
   modules(): ModuleInfo[] {
-    const live = this.#live;
-    return callNative(() => live.modules());
+    this.#live;
+    return this.#snapshot.modules.map((m) => ({ ...m }));
   }
 
   /** Parameters in definition order, optionally only those whose names match `pattern`. */
   parameters(pattern?: Pattern): ParameterInfo[] {
-    const live = this.#live;
-    const all = callNative(() => live.parameters()) as ParameterInfo[];
+    this.#live;
+    const all = this.#snapshot.parameters.map((p) => ({ ...p, shape: [...p.shape] }));
     if (pattern === undefined) return all;
     const matches = compilePattern(pattern);
     const selected = all.filter((p) => matches(p.name));
@@ -345,13 +427,16 @@ export class Model implements Disposable, AsyncDisposable {
 
   /** Buffers (BatchNorm running statistics and the like) in definition order. */
   buffers(): TensorInfo[] {
-    const live = this.#live;
-    return callNative(() => live.buffers()) as TensorInfo[];
+    this.#live;
+    return this.#snapshot.buffers.map((b) => ({ ...b, shape: [...b.shape] }));
   }
 
-  /** Parameters and buffers by name. The tensors share memory with the model; dispose them when done. */
+  /**
+   * Parameters and buffers by name. The tensors share memory with the model; dispose them
+   * when done. Refused while operations are pending (their values would be mid-update).
+   */
   stateDict(): Record<string, Tensor> {
-    const live = this.#live;
+    const live = Model.idleHandle(this, 'stateDict()');
     const raw = callNative(() => live.stateDict());
     return Object.fromEntries(Object.entries(raw).map(([name, handle]) => [name, new Tensor(handle)]));
   }
@@ -359,14 +444,42 @@ export class Model implements Disposable, AsyncDisposable {
   /**
    * Copies parameters and buffers from `dict` (as {@link Model.stateDict} returns) by name.
    * With `strict` (the default) every parameter and buffer must be present; nothing is
-   * copied unless all names and shapes match.
+   * copied unless all names and shapes match. Refused while operations are pending.
    */
   loadStateDict(dict: Record<string, Tensor>, options?: { strict?: boolean }): void {
     const { strict = true } = checkOptions<{ strict?: boolean }>(options, 'options', ['strict']);
     if (dict === null || typeof dict !== 'object') throw typeError('a record of Tensors', 'dict', dict);
     const handles = Object.fromEntries(Object.entries(dict).map(([name, t]) => [name, Tensor.handle(t)]));
-    const live = this.#live;
+    const live = Model.idleHandle(this, 'loadStateDict()');
     callNative(() => live.loadStateDict(handles, strict === true));
+  }
+
+  /**
+   * Draws every parameter afresh as PyTorch's constructors would from the shapes alone
+   * (kaiming-uniform weights with their biases, normalisation weights 1 and biases 0) and
+   * resets the buffers (running variances 1, the rest 0): the same network, untrained, for
+   * a from-scratch baseline. Draws from the generator seeded by `manualSeed`. Refused
+   * while operations are pending.
+   */
+  resetParameters(): void {
+    Model.idleHandle(this, 'resetParameters()');
+    const params = this.#snapshot.parameters;
+    const names = new Set(params.map((p) => p.name));
+    const fresh: Record<string, Tensor> = {};
+    try {
+      for (const p of params) {
+        if (p.shape.length < 2) continue;
+        const prefix = p.name.slice(0, -'weight'.length);
+        const init = callNative(() => native.initLayerParameters(p.shape, names.has(`${prefix}bias`)));
+        fresh[p.name] = new Tensor(init.weight);
+        if (init.bias) fresh[`${prefix}bias`] = new Tensor(init.bias);
+      }
+      for (const p of params) if (!(p.name in fresh)) fresh[p.name] = (p.name.endsWith('weight') ? ones : zeros)(p.shape, { dtype: p.dtype });
+      for (const b of this.#snapshot.buffers) fresh[b.name] = (b.name.endsWith('running_var') ? ones : zeros)(b.shape, { dtype: b.dtype });
+      this.loadStateDict(fresh);
+    } finally {
+      for (const t of Object.values(fresh)) t.dispose();
+    }
   }
 
   /** A table of modules with their parameter counts, and totals. */
@@ -398,28 +511,53 @@ export class Model implements Disposable, AsyncDisposable {
 
   /**
    * Puts `module` at `path` (`fc`, `classifier.3`, `layer1.0.conv1`): a native layer, an
-   * `nn.sequential`, `nn.identity()`, or another loaded model (copied in). The new
-   * parameters are trainable and on the model's device. Siblings that share the replaced
-   * module's class keep working.
+   * `nn.sequential`, `nn.identity()`, or another loaded model (copied in; it must be
+   * idle). The new parameters are trainable and on the model's device. Siblings that
+   * share the replaced module's class keep working. Refused while operations are pending.
    */
   replace(path: string, module: Layer | Model): this {
     checkString(path, 'path');
-    const spec = specOf(module, 'module');
-    const live = this.#live;
-    callNative(() => live.replace(path, spec));
+    const spec = this.#specOf(module, 'module');
+    const live = Model.idleHandle(this, 'replace()');
+    try {
+      callNative(() => live.replace(path, spec));
+    } finally {
+      this.#refresh(live);
+    }
     return this;
+  }
+
+  /** @internal This model as a module to copy into another (`replace`, `nn.sequential`). */
+  [kLayerSpec](): LayerSpec {
+    return { kind: 'model', tensors: {}, model: this.#live, source: this };
+  }
+
+  /**
+   * The spec of `module`, refusing this model itself anywhere inside it (copying it would
+   * wait on its own lock) and models with operations pending (the copy would overtake them).
+   */
+  #specOf(module: unknown, name: string): LayerSpec {
+    const spec = specOf(module, name);
+    const models = (s: LayerSpec): Model[] => [...(s.source instanceof Model ? [s.source] : []), ...(s.children ?? []).flatMap(models)];
+    for (const model of models(spec)) {
+      if (model === this) throw new TorchError('TORCHLITE_BAD_ARGUMENT', 'A model cannot be put inside itself; load a second copy to use it as a module');
+      Model.idleHandle(model, 'Copying a model into another');
+    }
+    return spec;
   }
 
   /**
    * Replaces the final classifier Linear (`fc`, the last Linear of `classifier`, `head`,
    * `heads.head`, …) by a fresh `nn.linear(inFeatures, numClasses)`, optionally behind
-   * dropout, like timm's `reset_classifier`. Returns the path it replaced.
+   * dropout, like timm's `reset_classifier`. Returns the path it replaced. Refused while
+   * operations are pending.
    */
   resetClassifier(numClasses: number, options?: ResetClassifierOptions): string {
     checkPositiveInteger(numClasses, 'numClasses');
     const { dropout = 0 } = checkOptions<ResetClassifierOptions>(options, 'options', ['dropout']);
     checkFiniteNumber(dropout, 'options.dropout');
     if (dropout < 0 || dropout >= 1) throw rangeError('a probability in [0, 1)', 'options.dropout', dropout);
+    Model.idleHandle(this, 'resetClassifier()');
     const path = this.classifierHead();
     if (path === undefined) throw new TorchError('TORCHLITE_NO_MATCH', 'No Linear classifier found in the model');
     const [, inFeatures] = this.parameters(`${path}.weight`)[0].shape;
@@ -455,13 +593,15 @@ export class Model implements Disposable, AsyncDisposable {
   /**
    * Sets `requiresGrad` on the parameters whose names match `patterns` (a module or
    * parameter path prefix, a glob, a RegExp, or an array; `undefined` means all). A
-   * pattern that matches nothing throws `TORCHLITE_NO_MATCH`.
+   * pattern that matches nothing throws `TORCHLITE_NO_MATCH`. Queued behind pending
+   * operations; the result and `parameters()` show the new state at once.
    */
   requiresGrad(patterns: Pattern | undefined, flag: boolean): FreezeResult {
     if (typeof flag !== 'boolean') throw typeError('a boolean', 'flag', flag);
     const parts = patterns === undefined ? undefined : Array.isArray(patterns) ? patterns : [patterns as string | RegExp];
     if (parts?.length === 0) throw typeError('a non-empty pattern array', 'patterns', patterns);
-    const all = this.parameters();
+    this.#live;
+    const all = this.#snapshot.parameters;
     const names = new Set<string>();
     if (parts === undefined) all.forEach((p) => names.add(p.name));
     parts?.forEach((part, i) => {
@@ -470,22 +610,26 @@ export class Model implements Disposable, AsyncDisposable {
       if (hits.length === 0) throw new TorchError('TORCHLITE_NO_MATCH', `No parameter matches ${describePattern(part)}`);
       hits.forEach((p) => names.add(p.name));
     });
-    const live = this.#live;
-    callNative(() => live.setRequiresGrad([...names], flag));
-    const after = this.parameters();
-    const trainable = after.reduce((n, p) => n + (p.requiresGrad ? p.numel : 0), 0);
-    return { trainable, frozen: after.reduce((n, p) => n + p.numel, 0) - trainable };
+    this.#apply((handle) => handle.setRequiresGrad([...names], flag));
+    for (const p of all) if (names.has(p.name)) p.requiresGrad = flag;
+    for (const m of this.#snapshot.modules) {
+      const inside = all.filter((p) => m.path === '' || p.name.startsWith(`${m.path}.`));
+      m.trainable = inside.reduce((n, p) => n + (p.requiresGrad ? p.numel : 0), 0);
+    }
+    const trainable = all.reduce((n, p) => n + (p.requiresGrad ? p.numel : 0), 0);
+    return { trainable, frozen: all.reduce((n, p) => n + p.numel, 0) - trainable };
   }
 
-  /** How BatchNorm layers with frozen parameters behave in `train()`. Defaults to `'frozen-eval'`. */
+  /** How BatchNorm layers with frozen parameters behave in `train()`. Defaults to `'frozen-eval'`. Setting it is queued behind pending operations. */
   get bnPolicy(): BatchNormPolicy {
-    return this.#live.info().bnPolicy as BatchNormPolicy;
+    this.#live;
+    return this.#snapshot.bnPolicy;
   }
 
   set bnPolicy(policy: BatchNormPolicy) {
     const value = checkOneOf(policy, 'bnPolicy', ['frozen-eval', 'train'] as const);
-    const live = this.#live;
-    callNative(() => live.setBatchNormPolicy(value));
+    this.#apply((handle) => handle.setBatchNormPolicy(value));
+    this.#snapshot.bnPolicy = value;
   }
 
   /**
@@ -517,11 +661,14 @@ export class Model implements Disposable, AsyncDisposable {
     });
   }
 
-  /** Switches dropout and normalisation layers to training behaviour (`on = false` is {@link Model.eval}). */
+  /**
+   * Switches dropout and normalisation layers to training behaviour (`on = false` is
+   * {@link Model.eval}). Queued behind pending operations; `training` shows it at once.
+   */
   train(on = true): this {
     if (typeof on !== 'boolean') throw typeError('a boolean', 'on', on);
-    const live = this.#live;
-    callNative(() => live.setTraining(on));
+    this.#apply((handle) => handle.setTraining(on));
+    this.#snapshot.training = on;
     return this;
   }
 
@@ -531,16 +678,19 @@ export class Model implements Disposable, AsyncDisposable {
   }
 
   get training(): boolean {
-    return this.#live.info().training;
+    this.#live;
+    return this.#snapshot.training;
   }
 
   get device(): Device {
-    return this.#live.info().device as Device;
+    this.#live;
+    return this.#snapshot.device;
   }
 
   /** Whether the archive came from `torch.jit.trace` rather than `torch.jit.script`. */
   get isTraced(): boolean {
-    return this.#live.info().traced;
+    this.#live;
+    return this.#snapshot.traced;
   }
 
   /** The JSON metadata saved with the model by torchlite, if any. */

@@ -4,7 +4,7 @@ import { availableParallelism } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import { TorchError } from './errors';
-import { checkPositiveInteger } from './validate';
+import { checkInteger, checkPositiveInteger } from './validate';
 
 export interface NativeTensorOptions {
   dtype?: string;
@@ -17,6 +17,7 @@ export interface NativeTensor {
   device(): string;
   numel(): number;
   toTypedArray(): ArrayBufferView;
+  read(): Promise<ArrayBufferView>;
   item(): number | boolean;
   to(options: NativeTensorOptions): NativeTensor;
   dispose(): void;
@@ -49,7 +50,7 @@ export interface NativeModel {
   forward(inputs: unknown[]): Promise<unknown>;
   probeGradients(inputs: unknown[]): Promise<Record<string, boolean>>;
   trainStep(batches: [unknown[], NativeTensor][], options: object): Promise<NativeStepResult[]>;
-  evalBatch(inputs: unknown[], target: NativeTensor | null, loss: object | null): Promise<{ output: NativeTensor; loss?: number }>;
+  evalBatch(inputs: unknown[], target: NativeTensor | null, loss: object | null): Promise<{ scores: Float32Array; shape: number[]; targets?: Float64Array; loss?: number }>;
   predict(inputs: unknown[]): Promise<{ probabilities: NativeTensor; argmax: NativeTensor }>;
   to(device: string): Promise<void>;
   modules(): NativeModuleInfo[];
@@ -83,10 +84,9 @@ export interface NativeGroupOptions {
 export interface NativeOptimizer {
   addGroup(names: string[], options: Partial<NativeGroupOptions>): void;
   groups(): (NativeGroupOptions & { params: string[] })[];
-  setGroupOptions(index: number, options: Partial<NativeGroupOptions>): void;
   stateDict(): { state: Record<string, Record<string, unknown>>; pending: number };
   loadStateDict(state: Record<string, Record<string, unknown>>, pending: number): void;
-  flush(window: number): Promise<boolean>;
+  flush(window: number, groups: NativeGroupOptions[]): Promise<boolean>;
   dispose(): void;
 }
 
@@ -113,6 +113,9 @@ export interface NativeAddon {
   computeLoss(spec: object, output: NativeTensor, target: NativeTensor): NativeTensor;
   setNumThreads(n: number): void;
   getNumThreads(): number;
+  setInferenceThreads(n: number): void;
+  getInferenceThreads(): number;
+  queue(): { lane: string; queuedInference: number; queuedTraining: number; running: boolean; completed: number }[];
   externalMemory(): number;
   getRngState(): Buffer;
   setRngState(state: Buffer): void;
@@ -120,7 +123,7 @@ export interface NativeAddon {
   cudaInfo(): { available: boolean; deviceCount: number };
   cudaMemory(device: string, resetPeak: boolean): { allocated: number; reserved: number; peak: number };
   cudaEmptyCache(): void;
-  cudaSynchronize(device: string): void;
+  cudaSynchronize(device: string): Promise<void>;
   setSpeedOptions(options: { cudnnBenchmark?: boolean; tf32?: boolean }): { cudnnBenchmark: boolean; tf32: boolean };
   torchVersion: string;
   cudaBuild: boolean;
@@ -174,3 +177,6 @@ const threads = process.env.TORCHLITE_NUM_THREADS;
 native.setNumThreads(
   threads === undefined ? availableParallelism() : checkPositiveInteger(Number(threads), 'TORCHLITE_NUM_THREADS'),
 );
+const inferenceThreads = process.env.TORCHLITE_INFERENCE_THREADS;
+if (inferenceThreads !== undefined)
+  native.setInferenceThreads(checkInteger(Number(inferenceThreads), 'TORCHLITE_INFERENCE_THREADS', 0, 'a non-negative integer'));

@@ -1,8 +1,7 @@
 // Native layers. Each call draws its initial weights at once, exactly as the same
 // PyTorch constructor would under the same seed; the TorchScript module itself is built
 // inside the target model when the layer is put in place with Model.replace().
-// model.ts imports this file too; Model is only read inside functions, after both load.
-import { Model } from './model';
+import type { Model } from './model';
 import { native, type NativeTensor } from './native';
 import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, rangeError, typeError } from './validate';
 
@@ -12,6 +11,8 @@ export interface LayerSpec {
   tensors: { weight?: NativeTensor; bias?: NativeTensor };
   children?: LayerSpec[];
   model?: unknown;
+  /** The loaded Model behind `model`, for JS-side checks; not read natively. */
+  source?: unknown;
   [option: string]: unknown;
 }
 
@@ -37,10 +38,14 @@ export class Layer {
   }
 }
 
+/** @internal How a loaded Model describes itself as a module to copy in (model.ts implements it). */
+export const kLayerSpec = Symbol('torchlite.layerSpec');
+
 /** @internal The spec of a Layer, or of a loaded Model used as a module (copied in). */
 export function specOf(module: unknown, name: string): LayerSpec {
   if (module instanceof Layer) return module.spec;
-  if (module instanceof Model) return { kind: 'model', tensors: {}, model: Model.handle(module) };
+  const source = module as { [kLayerSpec]?: () => LayerSpec } | null;
+  if (typeof source?.[kLayerSpec] === 'function') return source[kLayerSpec]();
   throw typeError('an nn layer or a loaded Model', name, module);
 }
 

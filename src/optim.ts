@@ -1,10 +1,10 @@
 import { callNative, callNativeAsync, disposedError, TorchError } from './errors';
-import { Model } from './model';
+import { kStepOptimizer, Model, type StepOptimizer } from './model';
 import type { NativeGroupOptions, NativeOptimizer } from './native';
 import { native } from './native';
 import { compilePattern, describePattern, type Pattern } from './patterns';
 import { Tensor } from './tensor';
-import { checkFiniteNumber, checkOptions, rangeError, typeError } from './validate';
+import { checkFiniteNumber, checkOptions, checkPositiveInteger, rangeError, typeError } from './validate';
 
 export type OptimizerKind = 'sgd' | 'adam' | 'adamw';
 
@@ -116,15 +116,23 @@ export interface OptimizerStateDict {
   pending: number;
 }
 
+type BoundGroup = NativeGroupOptions & { params: string[] };
+
 /**
  * SGD, Adam or AdamW over a model's parameters, in param groups. Bound to its model at
  * creation, or at the first `trainStep` when made from patterns alone.
+ *
+ * Group options (`paramGroups[i].lr` and friends) live in JS and travel with each
+ * `trainStep`, as they are at the call, so schedules never wait for a running step.
+ * `addParamGroup`, `stateDict` and `loadStateDict` of a bound optimizer are refused with
+ * `TORCHLITE_MODEL_BUSY` while its model has operations pending.
  */
-export class Optimizer implements Disposable {
+export class Optimizer implements Disposable, StepOptimizer {
   readonly kind: OptimizerKind;
   #defaults: Partial<NativeGroupOptions> & { noDecay?: boolean };
   #pending: PendingGroup[];
   #native: NativeOptimizer | null = null;
+  #groups: BoundGroup[] = [];
   #model: Model | null = null;
   #disposed = false;
 
@@ -143,10 +151,22 @@ export class Optimizer implements Disposable {
     if (optimizer.#native === null) {
       optimizer.#model = model;
       const groups = optimizer.#pending.flatMap((group) => optimizer.#resolve(model, group));
-      optimizer.#native = callNative(() => native.Optimizer.create(Model.handle(model), optimizer.kind, groups));
+      const handle = callNative(() => native.Optimizer.create(Model.handle(model), optimizer.kind, groups));
+      optimizer.#native = handle;
+      optimizer.#groups = callNative(() => handle.groups());
       optimizer.#pending = [];
     }
     return optimizer.#native;
+  }
+
+  /** @internal */
+  [kStepOptimizer](model: Model): { handle: NativeOptimizer; groups: NativeGroupOptions[] } {
+    const handle = Optimizer.bind(this, model);
+    return { handle, groups: this.#optionsNow() };
+  }
+
+  #optionsNow(): NativeGroupOptions[] {
+    return this.#groups.map(({ params: _params, ...options }) => options);
   }
 
   #resolve(model: Model, group: PendingGroup): { names: string[]; options: Partial<NativeGroupOptions> }[] {
@@ -190,7 +210,9 @@ export class Optimizer implements Disposable {
       this.#pending.push(pending);
       return;
     }
+    Model.idleHandle(this.#model!, 'addParamGroup()');
     for (const g of this.#resolve(this.#model!, pending)) callNative(() => live.addGroup(g.names, g.options));
+    this.#groups = [...this.#groups, ...callNative(() => live.groups()).slice(this.#groups.length)];
   }
 
   #parseGroup(group: ParamGroupSpec, name: string): PendingGroup {
@@ -210,14 +232,13 @@ export class Optimizer implements Disposable {
         const merged = () => ({ ...DEFAULTS[this.kind], ...this.#defaults, ...group.options });
         return view(merged, (patch) => Object.assign(group.options, patch), []);
       });
-    return callNative(() => live.groups()).map((g, index) =>
-      view(() => callNative(() => live.groups())[index], (patch) => callNative(() => live.setGroupOptions(index, patch)), g.params),
-    );
+    return this.#groups.map((group) => view(() => group, (patch) => Object.assign(group, patch), [...group.params]));
   }
 
   /** Group options and per-parameter state keyed by parameter name (portable across LibTorch versions). */
   stateDict(): OptimizerStateDict {
     const live = this.#requireBound('stateDict');
+    Model.idleHandle(this.#model!, 'optimizer.stateDict()');
     const raw = callNative(() => live.stateDict());
     const state = Object.fromEntries(
       Object.entries(raw.state).map(([name, entry]) => [
@@ -225,25 +246,32 @@ export class Optimizer implements Disposable {
         Object.fromEntries(Object.entries(entry).map(([k, v]) => [k, typeof v === 'number' ? v : new Tensor(v as never)])),
       ]),
     ) as OptimizerStateDict['state'];
-    return { kind: this.kind, groups: callNative(() => live.groups()), state, pending: raw.pending };
+    return { kind: this.kind, groups: this.#groups.map((g) => ({ ...g, params: [...g.params] })), state, pending: raw.pending };
   }
 
-  /** Restores what {@link Optimizer.stateDict} returned, matching parameters by name. */
+  /**
+   * Restores what {@link Optimizer.stateDict} returned, matching parameters by name.
+   * Everything is checked first: a dict that does not fit changes nothing.
+   */
   loadStateDict(dict: OptimizerStateDict): void {
     const live = this.#requireBound('loadStateDict');
     if (dict === null || typeof dict !== 'object' || dict.kind !== this.kind || !Array.isArray(dict.groups))
       throw typeError(`a ${this.kind} optimizer state dict`, 'dict', dict);
-    const groups = callNative(() => live.groups());
-    if (dict.groups.length !== groups.length || dict.groups.some((g, i) => g.params.join() !== groups[i].params.join()))
+    if (dict.groups.length !== this.#groups.length || dict.groups.some((g, i) => !Array.isArray(g?.params) || g.params.join() !== this.#groups[i].params.join()))
       throw new TorchError('TORCHLITE_BAD_STATE', 'the state dict has other param groups than this optimizer');
-    dict.groups.forEach(({ params: _params, ...options }, index) => callNative(() => live.setGroupOptions(index, options)));
+    const options = dict.groups.map(({ params: _params, ...o }, i) => ({ ...this.#groups[i], ...toNative(this.kind, o, `dict.groups[${i}]`) }));
+    if (dict.state === null || typeof dict.state !== 'object') throw typeError('a record of per-parameter state', 'dict.state', dict.state);
+    const pending = dict.pending ?? 0;
+    if (typeof pending !== 'number' || !Number.isSafeInteger(pending) || pending < 0) throw typeError('a non-negative integer', 'dict.pending', pending);
     const state = Object.fromEntries(
       Object.entries(dict.state).map(([name, entry]) => [
         name,
-        Object.fromEntries(Object.entries(entry).map(([k, v]) => [k, v instanceof Tensor ? Tensor.handle(v) : v])),
+        Object.fromEntries(Object.entries(entry ?? {}).map(([k, v]) => [k, v instanceof Tensor ? Tensor.handle(v) : v])),
       ]),
     );
-    callNative(() => live.loadStateDict(state, dict.pending ?? 0));
+    Model.idleHandle(this.#model!, 'optimizer.loadStateDict()');
+    callNative(() => live.loadStateDict(state, pending));
+    this.#groups = options.map((o, i) => ({ ...o, params: this.#groups[i].params }));
   }
 
   /**
@@ -252,8 +280,10 @@ export class Optimizer implements Disposable {
    */
   flush(accumulate: number): Promise<boolean> {
     return callNativeAsync(async () => {
+      checkPositiveInteger(accumulate, 'accumulate');
       const live = this.#requireBound('flush');
-      return Model.enqueue(this.#model!, () => live.flush(accumulate));
+      const groups = this.#optionsNow();
+      return Model.enqueue(this.#model!, () => live.flush(accumulate, groups));
     });
   }
 

@@ -1,15 +1,52 @@
-import { callNative } from './errors';
+import { callNative, callNativeAsync } from './errors';
 import { native } from './native';
 import type { Device } from './tensor';
-import { checkDevice, checkOptions, checkPositiveInteger, typeError } from './validate';
+import { checkDevice, checkInteger, checkOptions, checkPositiveInteger, typeError } from './validate';
 
-/** Sets LibTorch's intra-op thread count. Defaults to the cores available to Node (or `TORCHLITE_NUM_THREADS`). */
+/**
+ * Sets LibTorch's intra-op thread count for training, and for CPU inference while no
+ * training runs. Process-wide: it applies to every model and worker thread, from each
+ * lane's next job. Defaults to the cores available to Node (or `TORCHLITE_NUM_THREADS`).
+ */
 export function setNumThreads(n: number): void {
   native.setNumThreads(checkPositiveInteger(n, 'n'));
 }
 
 export function getNumThreads(): number {
   return native.getNumThreads();
+}
+
+/**
+ * Intra-op threads of CPU inference (`forward`, `predict`, `evaluate`) while a training
+ * job runs beside it on its own lane; `0` runs CPU inference on the training lane instead
+ * (ahead of queued training, but after the running step). Process-wide. Defaults to `1`
+ * (or `TORCHLITE_INFERENCE_THREADS`).
+ */
+export function setInferenceThreads(n: number): void {
+  native.setInferenceThreads(checkInteger(n, 'n', 0, 'a non-negative integer'));
+}
+
+export function getInferenceThreads(): number {
+  return native.getInferenceThreads();
+}
+
+/** One lane of the executor: a thread that runs the jobs of one device (and, on the CPU, of one kind). */
+export interface LaneState {
+  /** `'cpu'` (training, and inference when it has no lane of its own), `'cpu:inference'`, or `'cuda:N'`. */
+  lane: string;
+  /** Inference jobs (forward, predict, evaluate, reads) waiting; they run first. */
+  queuedInference: number;
+  /** Training jobs (steps, saves, moves, loads) waiting, including a multi-step job between two steps. */
+  queuedTraining: number;
+  /** Whether a job is running now. */
+  running: boolean;
+  /** Jobs finished since the process started. */
+  completed: number;
+}
+
+/** Jobs queued and running on each lane, process-wide (all worker threads). Lanes appear on first use. */
+export function queue(): LaneState[] {
+  return native.queue();
 }
 
 /** The LibTorch version the addon was built against, e.g. `'1.13.0'`. */
@@ -45,10 +82,12 @@ export const cuda = {
   emptyCache(): void {
     callNative(() => native.cudaEmptyCache());
   },
-  /** Waits for all work queued on `device` (default `'cuda'`). */
-  synchronize(device: Device = 'cuda'): void {
-    const target = checkDevice(device, 'device');
-    callNative(() => native.cudaSynchronize(target));
+  /** Resolves when all work queued on `device` (default `'cuda'`) is done; the wait runs off the event loop. */
+  synchronize(device: Device = 'cuda'): Promise<void> {
+    return callNativeAsync(async () => {
+      const target = checkDevice(device, 'device');
+      await native.cudaSynchronize(target);
+    });
   },
   /** Sets speed switches (see {@link SpeedOptions}) and returns the current state. */
   setOptions(options: SpeedOptions): Required<SpeedOptions> {

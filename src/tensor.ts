@@ -1,4 +1,4 @@
-import { callNative, disposedError } from './errors';
+import { callNative, callNativeAsync, disposedError } from './errors';
 import { native, type NativeTensor, type NativeTensorOptions } from './native';
 import { checkDevice, checkFiniteNumber, checkInteger, checkOneOf, checkOptions, rangeError, typeError } from './validate';
 
@@ -74,13 +74,24 @@ export class Tensor implements Disposable {
     return this.#native === null;
   }
 
-  /** A copy of the elements in row-major order, fetched from any device. */
+  /**
+   * A copy of the elements in row-major order, for a CPU tensor. A CUDA tensor throws
+   * `TORCHLITE_DEVICE_SYNC` (waiting for the GPU would block the event loop): use {@link Tensor.read}.
+   */
   toTypedArray(): TensorArray {
     const live = this.#live;
     return callNative(() => live.toTypedArray()) as TensorArray;
   }
 
-  /** The value of a one-element tensor. */
+  /** A copy of the elements in row-major order, from any device, fetched off the event loop ahead of queued training. */
+  read(): Promise<TensorArray> {
+    return callNativeAsync(async () => {
+      const live = this.#live;
+      return (await live.read()) as TensorArray;
+    });
+  }
+
+  /** The value of a one-element CPU tensor (a CUDA tensor throws `TORCHLITE_DEVICE_SYNC`; use {@link Tensor.read}). */
   item(): number | boolean {
     const live = this.#live;
     const numel = live.numel();

@@ -76,6 +76,12 @@ export interface FitOptions {
   signal?: AbortSignal;
   /** A checkpoint to continue from, bit-exactly on the CPU. */
   resume?: string;
+  /**
+   * With `resume`, restores the random generator saved in the checkpoint, so dropout
+   * repeats bit-exactly. The generator is process-wide (every model and worker thread
+   * draws from it): pass `false` when other work in the process draws from it. Defaults to `true`.
+   */
+  resumeRng?: boolean;
   /** Passed to each trainStep. */
   clipGradNorm?: number;
   /** Passed to each trainStep. */
@@ -89,7 +95,7 @@ export interface FitOptions {
 /** The run: `await` it for the history, or `for await` its events. */
 export interface FitRun extends PromiseLike<EpochRecord[]>, AsyncIterable<FitEvent> {}
 
-const FIT_KEYS = ['train', 'val', 'epochs', 'optimizer', 'loss', 'scheduler', 'metrics', 'callbacks', 'signal', 'resume', 'clipGradNorm', 'accumulate', 'amp', 'stage'];
+const FIT_KEYS = ['train', 'val', 'epochs', 'optimizer', 'loss', 'scheduler', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng', 'clipGradNorm', 'accumulate', 'amp', 'stage'];
 
 /** Trains for `epochs`, evaluating on `val` after each; see {@link FitOptions}. */
 export function fit(model: Model, options: FitOptions): FitRun {
@@ -102,6 +108,7 @@ export function fit(model: Model, options: FitOptions): FitRun {
   if (o.loss !== undefined && !(o.loss instanceof Loss)) throw typeError('a Loss from `loss.*`', 'options.loss', o.loss);
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw typeError('an AbortSignal', 'options.signal', o.signal);
   if (o.resume !== undefined) checkString(o.resume, 'options.resume');
+  if (o.resumeRng !== undefined && typeof o.resumeRng !== 'boolean') throw typeError('a boolean', 'options.resumeRng', o.resumeRng);
   const callbacks = o.callbacks ?? [];
   if (!Array.isArray(callbacks)) throw typeError('an array of callbacks', 'options.callbacks', callbacks);
   let started: AsyncGenerator<FitEvent, EpochRecord[]> | null = null;
@@ -128,7 +135,7 @@ export function fit(model: Model, options: FitOptions): FitRun {
 async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGenerator<FitEvent, EpochRecord[]> {
   const lossFn = o.loss ?? crossEntropy();
   let position: TrainingPosition = { epoch: 0, step: 0, stage: o.stage ?? 0, history: [], callbacks: {} };
-  if (o.resume) position = await loadCheckpoint(o.resume, { model, optimizer: o.optimizer, scheduler: o.scheduler });
+  if (o.resume) position = await loadCheckpoint(o.resume, { model, optimizer: o.optimizer, scheduler: o.scheduler, rng: o.resumeRng });
   const history = position.history as EpochRecord[];
   const callbackState = position.callbacks;
   let stopReason: string | null = null;
@@ -340,6 +347,8 @@ export interface FineTuneOptions {
    * from: finished stages are skipped and the interrupted one resumes exactly.
    */
   resume?: string;
+  /** As {@link FitOptions.resumeRng}. Defaults to `true`. */
+  resumeRng?: boolean;
 }
 
 /**
@@ -348,7 +357,7 @@ export interface FineTuneOptions {
  * BatchNorm policy keeps frozen BatchNorm layers in eval mode throughout.
  */
 export async function fineTune(model: Model, options: FineTuneOptions): Promise<EpochRecord[]> {
-  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'baseLr', 'lrMult', 'unfreeze', 'weightDecay', 'loss', 'metrics', 'callbacks', 'signal', 'resume']) as FineTuneOptions;
+  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'baseLr', 'lrMult', 'unfreeze', 'weightDecay', 'loss', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng']) as FineTuneOptions;
   const resumeStage = o.resume === undefined ? -1 : (await readCheckpointPosition(checkString(o.resume, 'options.resume'))).stage;
   const freezeEpochs = checkInteger(o.freezeEpochs ?? 1, 'options.freezeEpochs', 0, 'a non-negative integer');
   const epochs = checkInteger(o.epochs ?? 3, 'options.epochs', 0, 'a non-negative integer');
@@ -367,10 +376,10 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[]) => {
     // Stages a resumed run already finished only replay their freezing, not their training.
     if (epochCount === 0 || o.signal?.aborted || stage < resumeStage) return;
-    const optimizer = adamw(groups, { weightDecay });
+    using optimizer = adamw(groups, { weightDecay });
     const scheduler = oneCycle(optimizer, { maxLr: peak, totalSteps: epochCount * o.train.length });
     const resume = stage === resumeStage ? o.resume : undefined;
-    const records = await fit(model, { ...common, epochs: epochCount, optimizer, scheduler, stage, ...(resume && { resume }) });
+    const records = await fit(model, { ...common, epochs: epochCount, optimizer, scheduler, stage, ...(resume && { resume, resumeRng: o.resumeRng }) });
     history.push(...records.map((r) => ({ ...r, epoch: history.length + r.epoch })));
   };
   model.freeze();

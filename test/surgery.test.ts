@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { type Layer, loadPretrained, type Model, manualSeed, nn, randn, type Tensor, TorchError } from '../src';
+import { probeGradients } from '../src/testing';
 import { decode, fixture, hasTorch, maxAbsDiff, outputDiff, pythonForward, refs } from './helpers';
 
 const out = mkdtempSync(join(tmpdir(), 'torchlite-surgery-'));
@@ -26,7 +27,7 @@ const REPLACEMENTS: [string, (k: number) => Layer, (k: number) => number][] = [
 
 /** Every trainable parameter must receive a gradient, frozen ones none. */
 async function expectGradients(model: Model, input: Tensor): Promise<void> {
-  const flowed = await model.probeGradients(input);
+  const flowed = await probeGradients(model, input);
   for (const p of model.parameters()) expect([p.name, flowed[p.name]]).toEqual([p.name, p.requiresGrad]);
 }
 

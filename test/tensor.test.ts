@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 
-import { native } from '../src/native';
+import { externalMemory } from '../src/testing';
 import { arange, manualSeed, ones, randn, Tensor, TorchError, tensor, zeros } from '../src';
 
 describe('tensor()', () => {
@@ -156,11 +156,11 @@ describe('Tensor', () => {
   });
 
   it('reports native memory to V8', () => {
-    const before = native.externalMemory();
+    const before = externalMemory();
     const big = zeros([1024, 1024]);
-    expect(native.externalMemory() - before).toBe(4 * 1024 * 1024);
+    expect(externalMemory() - before).toBe(4 * 1024 * 1024);
     big.dispose();
-    expect(native.externalMemory()).toBe(before);
+    expect(externalMemory()).toBe(before);
   });
 });
 

@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { loadPretrained, type Tensor, tensor } from '../src';
+import { probeGradients } from '../src/testing';
 import { exportTorchvision, hasTorchvision, readF32, relativeDiff } from './helpers';
 
 const NAMES = ['resnet18', 'mobilenet_v3_small'];
@@ -33,7 +34,7 @@ describe.skipIf(!hasTorchvision)('torchvision models exported by Python', () => 
       expect((await model.forward<Tensor>(input)).shape).toEqual([2, 7]);
       model.freeze();
       model.unfreeze(HEADS[name]);
-      const flowed = await model.probeGradients(input);
+      const flowed = await probeGradients(model, input);
       expect(Object.keys(flowed).filter((k) => flowed[k])).toEqual([`${HEADS[name]}.1.weight`, `${HEADS[name]}.1.bias`]);
     });
   });

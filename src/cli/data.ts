@@ -2,8 +2,9 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { type Dataset, idx, imageFolder, subset } from '../data';
-import type { Model } from '../model';
+import { data, type Dataset, type Model } from '..';
+
+const { idx, imageFolder, subset } = data;
 
 export const FASHION_DIR = '/usr/share/datasets/fashion-mnist';
 export const FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'];

@@ -3,18 +3,12 @@
 // head alone and with the same architecture trained from scratch.
 import { resolve } from 'node:path';
 
-import { loader, subset } from '../data';
-import { crossEntropy } from '../loss';
-import { loadPretrained, type Model } from '../model';
-import { native } from '../native';
-import { adamw } from '../optim';
-import { oneCycle } from '../sched';
-import { type Dtype, manualSeed, ones, Tensor, tensor, zeros } from '../tensor';
-import { type EpochRecord, fineTune, fit } from '../train';
+import { data, type EpochRecord, fineTune, fit, lineChart, loadPretrained, loss as losses, manualSeed, type Model, optim, progressBar, sched, tensor } from '..';
 import { FASHION_CLASSES, inputSpec, loadDataset } from './data';
 import { intFlag, numberFlag } from './flags';
-import { progressBar } from './progress';
-import { lineChart, stepRecorder, writeReport } from './report';
+import { stepRecorder, writeReport } from './report';
+
+const { loader, subset } = data;
 
 export const SHIPPED_MODEL = resolve(__dirname, '..', '..', 'models', 'fashion-cnn.pt');
 
@@ -35,24 +29,6 @@ interface Outcome {
   accuracy: number;
   stepsToTarget: number | null;
   seconds: number;
-}
-
-/** PyTorch's default initialisation from shapes alone: kaiming-uniform weights, BatchNorm at 1/0, fresh statistics. */
-function reinitialise(model: Model): void {
-  const params = model.parameters();
-  const names = new Set(params.map((p) => p.name));
-  const fresh: Record<string, Tensor> = {};
-  for (const p of params) {
-    if (p.shape.length < 2) continue;
-    const prefix = p.name.slice(0, -'weight'.length);
-    const init = native.initLayerParameters(p.shape, names.has(`${prefix}bias`));
-    fresh[p.name] = new Tensor(init.weight);
-    if (init.bias) fresh[`${prefix}bias`] = new Tensor(init.bias);
-  }
-  for (const p of params) if (!(p.name in fresh)) fresh[p.name] = (p.name.endsWith('weight') ? ones : zeros)(p.shape);
-  for (const b of model.buffers()) fresh[b.name] = (b.name.endsWith('running_var') ? ones : zeros)(b.shape, { dtype: b.dtype as Dtype });
-  model.loadStateDict(fresh);
-  for (const t of Object.values(fresh)) t.dispose();
 }
 
 function stepsTo(history: EpochRecord[], target: number, stepsPerEpoch: number): number | null {
@@ -78,7 +54,7 @@ export async function runDemo(flags: DemoFlags): Promise<void> {
   const batchSize = 32;
   const trainLoader = loader(train, { batchSize, shuffle: true, seed: 0 });
   const testLoader = loader(test, { batchSize: 500 });
-  const loss = crossEntropy({ labelSmoothing: 0.1 });
+  const loss = losses.crossEntropy({ labelSmoothing: 0.1 });
   say(`torchlite demo: ${SHIPPED_MODEL} (pretrained on Fashion-MNIST ${(probe.metadata as { classes: string[] }).classes.join(', ')})`);
   say(`fine-tuning to ${names.join(', ')} with ${train.length} labelled images, ${epochs} epochs, testing on ${test.length} images\n`);
   const outcomes: Outcome[] = [];
@@ -96,8 +72,8 @@ export async function runDemo(flags: DemoFlags): Promise<void> {
     return model;
   }
   const oneCycleFit = (lr: number) => async (model: Model, callbacks: ReturnType<typeof progressBar>[]) => {
-    const optimizer = adamw(model, { lr, weightDecay: 0.01 });
-    const scheduler = oneCycle(optimizer, { maxLr: lr, totalSteps: epochs * trainLoader.length });
+    const optimizer = optim.adamw(model, { lr, weightDecay: 0.01 });
+    const scheduler = sched.oneCycle(optimizer, { maxLr: lr, totalSteps: epochs * trainLoader.length });
     return fit(model, { train: trainLoader, val: testLoader, epochs, optimizer, scheduler, loss, callbacks });
   };
   const headOnly = await approach('head only', oneCycleFit(1e-2), (model) => {
@@ -113,7 +89,7 @@ export async function runDemo(flags: DemoFlags): Promise<void> {
   );
   const scratch = await approach('from scratch', oneCycleFit(3e-3), (model) => {
     model.resetClassifier(5, { dropout: 0.2 });
-    reinitialise(model);
+    model.resetParameters();
   });
   scratch.dispose();
 

@@ -1,6 +1,4 @@
-import { loader } from '../data';
-import { crossEntropy } from '../loss';
-import { loadPretrained } from '../model';
+import { data, loadPretrained, loss } from '..';
 import { inputSpec, loadDataset, parseClasses } from './data';
 import { intFlag } from './flags';
 
@@ -8,7 +6,7 @@ export async function runEval(modelPath: string, flags: { data: string; classes?
   await using model = await loadPretrained(modelPath);
   const ds = await loadDataset(flags.data, 't10k', inputSpec(model), { classes: parseClasses(flags.classes) });
   const names = ((model.metadata as { classes?: string[] } | undefined)?.classes ?? ds.classes ?? []).map(String);
-  const metrics = await model.evaluate(loader(ds, { batchSize: intFlag(flags.batchSize, '--batch-size') }), { loss: crossEntropy(), metrics: ['accuracy', { topK: 2 }, 'f1', 'confusionMatrix'] });
+  const metrics = await model.evaluate(data.loader(ds, { batchSize: intFlag(flags.batchSize, '--batch-size') }), { loss: loss.crossEntropy(), metrics: ['accuracy', { topK: 2 }, 'f1', 'confusionMatrix'] });
   if (flags.json) {
     console.log(JSON.stringify(metrics));
     return;

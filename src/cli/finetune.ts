@@ -1,11 +1,8 @@
-import { loader, split, subset } from '../data';
-import { loadPretrained } from '../model';
-import type { Loss } from '../loss';
-import { crossEntropy } from '../loss';
-import { checkpoint, fineTune } from '../train';
+import { checkpoint, data, fineTune, loadPretrained, type Loss, loss as losses, progressBar } from '..';
+
+const { loader, split, subset } = data;
 import { loadDataset, inputSpec, parseClasses } from './data';
 import { intFlag, numberFlag } from './flags';
-import { progressBar } from './progress';
 import { stepRecorder, writeReport } from './report';
 
 export interface FinetuneFlags {
@@ -46,7 +43,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   const trainLoader = loader(train, { batchSize, shuffle: true, seed: 0 });
   const valLoader = loader(val, { batchSize: 256 });
   const steps = stepRecorder();
-  const loss: Loss = crossEntropy({ labelSmoothing: 0.1 });
+  const loss: Loss = losses.crossEntropy({ labelSmoothing: 0.1 });
   const history = await fineTune(model, {
     train: trainLoader,
     val: valLoader,

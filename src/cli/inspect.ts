@@ -1,4 +1,4 @@
-import { loadPretrained } from '../model';
+import { loadPretrained } from '..';
 
 export async function runInspect(path: string, options: { json?: boolean }): Promise<void> {
   await using model = await loadPretrained(path);

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 
-import { TorchError } from '../errors';
+import { TorchError } from '..';
 import { runDemo } from './demo';
 import { runEval } from './evaluate';
 import { runFinetune } from './finetune';

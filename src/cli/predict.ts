@@ -1,6 +1,4 @@
-import { TorchError } from '../errors';
-import { loadPretrained } from '../model';
-import { tensor } from '../tensor';
+import { loadPretrained, tensor, TorchError } from '..';
 import { inputSpec } from './data';
 import { intFlag } from './flags';
 
