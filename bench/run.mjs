@@ -77,6 +77,7 @@ for (const [label, key, target, pyKey = key] of rows) {
   console.log(`${label.padEnd(28)}${ours[key].toFixed(1).padStart(11)}${py[pyKey].toFixed(1).padStart(11)}${ratio.toFixed(2).padStart(8)}  ≥ ${target} ${ratio >= target ? 'met' : 'NOT met'}`);
 }
 console.log(`RSS growth over 5,000 tiny steps: ${(rssGrowth * 100).toFixed(2)}% (target < 5%: ${rssGrowth < 0.05 ? 'met' : 'NOT met'})`);
-const file = join(here, 'results', `${hostname()}-${new Date().toISOString().slice(0, 10)}.json`);
+// Stamped to the minute: one host may run it several times a day, on other hardware each time.
+const file = join(here, 'results', `${hostname()}-${new Date().toISOString().slice(0, 16).replace(/:/g, '')}.json`);
 writeFileSync(file, `${JSON.stringify({ torchVersion, threads, cpu: cpus()[0]?.model, torchlite: ours, python: py, rssGrowth }, null, 2)}\n`);
 console.log(`wrote ${file}`);

@@ -190,7 +190,8 @@ function formatCount(n: number): string {
  */
 export class Model implements Disposable, AsyncDisposable {
   #native: NativeModel | null;
-  #queue: Promise<unknown> = Promise.resolve();
+  #lastWrite: Promise<unknown> = Promise.resolve();
+  #reads: Promise<unknown>[] = [];
   #pending = 0;
   #metadata: unknown;
   #snapshot!: Snapshot;
@@ -235,15 +236,38 @@ export class Model implements Disposable, AsyncDisposable {
     return model.#enqueue(op);
   }
 
-  /** Queues `op` behind earlier operations so calls never interleave on the native model. */
-  #enqueue<T>(op: (handle: NativeModel) => Promise<T>): Promise<T> {
+  /**
+   * Queues `op` behind the operations called before it. Consecutive inference operations
+   * (`read`) do not wait for each other: they reach their lane together and run back to
+   * back there, in call order, so a server's requests are not each held up by a training
+   * step on a shared lane. Any other operation waits for everything before it.
+   */
+  #enqueue<T>(op: (handle: NativeModel) => Promise<T>, read = false): Promise<T> {
     const handle = this.#live;
     this.#pending += 1;
-    const run = this.#queue.then(() => op(handle)).finally(() => {
+    const before = read || this.#reads.length === 0 ? this.#lastWrite : Promise.all([this.#lastWrite, ...this.#reads]);
+    const run = before.then(() => op(handle));
+    // Registered before the caller's own reaction, so `pending` is down when it resumes.
+    const done = () => {
       this.#pending -= 1;
-    });
-    this.#queue = run.catch(() => undefined);
+    };
+    const settled = run.then(done, done);
+    if (read) {
+      this.#reads.push(settled);
+      void settled.then(() => {
+        const at = this.#reads.indexOf(settled);
+        if (at >= 0) this.#reads.splice(at, 1);
+      });
+    } else {
+      this.#lastWrite = settled;
+      this.#reads = [];
+    }
     return run;
+  }
+
+  /** Settles when everything called so far has. */
+  #everything(): Promise<unknown> {
+    return Promise.all([this.#lastWrite, ...this.#reads]);
   }
 
   /** Runs a cheap native change now when the model is idle, else queued behind pending work. */
@@ -268,7 +292,7 @@ export class Model implements Disposable, AsyncDisposable {
 
   /** Resolves when every operation called so far has settled (whether it succeeded or not). */
   async idle(): Promise<void> {
-    while (this.#pending > 0) await this.#queue;
+    while (this.#pending > 0) await this.#everything();
   }
 
   /** How many operations are queued or running on this model. */
@@ -280,7 +304,7 @@ export class Model implements Disposable, AsyncDisposable {
   forward<T extends ModelOutput = Tensor>(...inputs: ModelInput[]): Promise<T> {
     return callNativeAsync(async () => {
       const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
-      return wrapOutput(await this.#enqueue((handle) => handle.forward(args))) as T;
+      return wrapOutput(await this.#enqueue((handle) => handle.forward(args), true)) as T;
     });
   }
 
@@ -371,7 +395,7 @@ export class Model implements Disposable, AsyncDisposable {
         }
         if (samples === 0) throw new RangeError('Expected at least one batch for `batches` but received none');
         return { ...(o.loss && { loss: lossSum / samples }), ...metrics.result() };
-      });
+      }, true);
     });
   }
 
@@ -379,7 +403,7 @@ export class Model implements Disposable, AsyncDisposable {
   predict(input: ModelInput): Promise<Prediction> {
     return callNativeAsync(async () => {
       const args = [unwrapInput(input, 'input')];
-      const { probabilities, argmax } = await this.#enqueue((handle) => handle.predict(args));
+      const { probabilities, argmax } = await this.#enqueue((handle) => handle.predict(args), true);
       return { probabilities: new Tensor(probabilities), argmax: new Tensor(argmax) };
     });
   }
@@ -713,7 +737,7 @@ export class Model implements Disposable, AsyncDisposable {
   #release(): Promise<void> {
     const handle = this.#native;
     this.#native = null;
-    return this.#queue.then(() => handle?.dispose());
+    return this.#everything().then(() => handle?.dispose());
   }
 
   [Symbol.dispose](): void {

@@ -9,7 +9,7 @@ import { Worker } from 'node:worker_threads';
 import { afterEach, describe, expect, it } from 'vitest';
 
 import * as api from '../src';
-import { data, fineTune, loadPretrained, loss, manualSeed, type Model, nn, optim, randn, runtime, type Tensor, tensor, TorchError } from '../src';
+import { checkpoint, data, findLr, fineTune, fit, loadPretrained, loss, manualSeed, type Model, nn, optim, randn, runtime, type Tensor, tensor, TorchError } from '../src';
 import { Optimizer } from '../src/optim';
 import { fixture, hasTorch, PYTHON, root } from './helpers';
 
@@ -231,6 +231,50 @@ describe('worker threads', () => {
     expect(a).toEqual(losses);
     expect(b).toEqual(losses);
     expect(losses[29]).toBeLessThan(losses[0]);
+    m.dispose();
+  });
+});
+
+describe('the process-wide generator', () => {
+  const draw = async () => Array.from((await randn([4]).read()) as Float32Array);
+  const setup = async () => {
+    const m = await loadPretrained(fixture('mlp.scripted.pt'));
+    const train = data.loader(data.tensorDataset(randn([16, 12]), labels(16, 4)), { batchSize: 8, shuffle: true, seed: 0 });
+    return { m, train };
+  };
+
+  it('findLr puts it back unless told not to touch it', async () => {
+    const { m, train } = await setup();
+    manualSeed(7);
+    const untouched = await draw();
+    manualSeed(7);
+    await findLr(m, train, { steps: 4 });
+    expect(await draw()).toEqual(untouched);
+    manualSeed(7);
+    const other = randn([1]); // work elsewhere in the process draws meanwhile...
+    await findLr(m, train, { steps: 4, restoreRng: false });
+    const after = await draw(); // ...and is not rewound
+    manualSeed(7);
+    randn([1]);
+    expect(after).toEqual(await draw());
+    other.dispose();
+    m.dispose();
+  });
+
+  it('fit restores it from a checkpoint unless resumeRng is false', async () => {
+    const { m, train } = await setup();
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-rng-'));
+    const opt = () => optim.sgd(m, { lr: 0.01 });
+    await fit(m, { train, epochs: 1, optimizer: opt(), callbacks: [checkpoint({ dir, saveBest: false })] });
+    const file = join(dir, 'epoch-1.ckpt');
+    manualSeed(11);
+    const expected = await draw();
+    manualSeed(11);
+    await fit(m, { train, epochs: 1, optimizer: opt(), resume: file, resumeRng: false });
+    expect(await draw()).toEqual(expected);
+    manualSeed(11);
+    await fit(m, { train, epochs: 1, optimizer: opt(), resume: file });
+    expect(await draw()).not.toEqual(expected);
     m.dispose();
   });
 });

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { cuda, loadPretrained, loss, manualSeed, nn, optim, randn, type Tensor, tensor, TorchError } from '../../src';
+import { cuda, loadPretrained, loss, manualSeed, nn, optim, randn, runtime, type Tensor, tensor, TorchError } from '../../src';
 import { exportTorchvision, fixture, hasTorchvision, maxAbsDiff, python, readF32, relativeDiff } from '../helpers';
 
 const values = async (t: Tensor) => (await t.read()) as Float32Array;
@@ -53,6 +53,27 @@ describe.skipIf(!cuda.isAvailable())('CUDA', () => {
     const recovered = results.findIndex((r) => r.stepped);
     expect(recovered).toBeGreaterThan(0);
     expect(results.slice(recovered).every((r) => Number.isFinite(r.loss))).toBe(true);
+  });
+
+  it('runs on the device lane, inference between the steps of a multi-step job, and reads off the event loop', async () => {
+    await using trainer = await loadPretrained(fixture('resnet_small.scripted.pt'), { device: 'cuda' });
+    await using server = await loadPretrained(fixture('mlp.scripted.pt'), { device: 'cuda' });
+    trainer.train();
+    const x = randn([64, 3, 32, 32]).to('cuda');
+    const y = longs(Array.from({ length: 64 }, (_, i) => i % 10)).to('cuda');
+    const batches = Array.from({ length: 20 }, () => ({ input: x, target: y }));
+    const order: string[] = [];
+    const long = trainer.trainSteps(batches, { loss: loss.crossEntropy(), optimizer: optim.sgd(trainer, { lr: 0.01 }), readLoss: false }).then(() => order.push('train'));
+    const answer = server.forward<Tensor>(randn([1, 12])).then((t) => {
+      order.push('predict');
+      return t;
+    });
+    const [, out] = await Promise.all([long, answer]);
+    expect(order).toEqual(['predict', 'train']);
+    expect(runtime.queue().map((lane) => lane.lane)).toContain('cuda:0');
+    expect(() => out.toTypedArray()).toThrow(expect.objectContaining({ code: 'TORCHLITE_DEVICE_SYNC' }));
+    expect((await out.read()).length).toBe(4);
+    await cuda.synchronize();
   });
 
   it('two models train on one GPU at once', async () => {
