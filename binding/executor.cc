@@ -74,7 +74,7 @@ bool Lane::nextTask(Task& task) {
     queues_[0].pop_front();
   } else if (resumed_) {
     task = std::move(resumed_);
-    resumed_ = nullptr;
+    resumed_ = Task{};
     return true;  // not counted in queued_: it was counted when first posted
   } else if (!queues_[1].empty()) {
     task = std::move(queues_[1].front());
@@ -110,17 +110,21 @@ void Lane::run() {
       before_();
     } catch (...) {
     }
-    bool more = task();  // tasks catch their own exceptions (see Job)
+    bool more = task.run();  // tasks catch their own exceptions (see Job)
     try {
       if (after_) after_();
     } catch (...) {
     }
-    std::lock_guard<std::mutex> lock(mutex_);
-    busy_.store(false, std::memory_order_release);
-    if (more)
-      resumed_ = std::move(task);
-    else
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      busy_.store(false, std::memory_order_release);
+      if (more) {
+        resumed_ = std::move(task);
+        continue;
+      }
       completed_ += 1;
+    }
+    task.deliver();
   }
 }
 

@@ -31,9 +31,15 @@ namespace tl {
 // Inference (forward, predict, evaluate, reads) runs ahead of queued training.
 enum class Priority { Inference = 0, Training = 1 };
 
-// One slice of a job. Returns true when the job has more slices (a multi-step job
-// between two steps): the lane then lets waiting inference in before it resumes.
-using Task = std::function<bool()>;
+// A job as the lane sees it. `run` does one slice and returns true when more remain (a
+// multi-step job between two steps): the lane then lets waiting inference in before it
+// resumes. `deliver` hands the finished job to JS; the lane calls it only after it has
+// booked the job as done, so what JS sees next (runtime.queue()) already counts it.
+struct Task {
+  std::function<bool()> run;
+  std::function<void()> deliver;
+  explicit operator bool() const { return static_cast<bool>(run); }
+};
 
 struct LaneStats {
   std::string name;

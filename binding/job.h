@@ -45,21 +45,22 @@ class Job {
     AddonData& data = addonData(env);
     data.jobStarted(env);
     std::shared_ptr<CompletionChannel> channel = data.completions;
-    lane.post(
-        [job, step = std::move(step), channel]() mutable {
-          try {
-            if (step(job->result_)) return true;
-          } catch (...) {
-            job->error_ = describe(std::current_exception());
-          }
-          // An environment that has shut down meanwhile gets nothing; the job is dropped.
-          std::lock_guard<std::mutex> lock(channel->mutex);
-          if (!channel->open ||
-              channel->tsfn.NonBlockingCall(job, [](Napi::Env env, Napi::Function, Job* finished) { finished->finish(env); }) != napi_ok)
-            delete job;
-          return false;
-        },
-        place.priority);
+    lane.post(Task{[job, step = std::move(step)]() mutable {
+                     try {
+                       return step(job->result_);
+                     } catch (...) {
+                       job->error_ = describe(std::current_exception());
+                       return false;
+                     }
+                   },
+                   [job, channel] {
+                     // An environment that has shut down meanwhile gets nothing; the job is dropped.
+                     std::lock_guard<std::mutex> lock(channel->mutex);
+                     if (!channel->open ||
+                         channel->tsfn.NonBlockingCall(job, [](Napi::Env env, Napi::Function, Job* finished) { finished->finish(env); }) != napi_ok)
+                       delete job;
+                   }},
+              place.priority);
     return promise;
   }
 

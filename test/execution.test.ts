@@ -153,14 +153,16 @@ describe('lanes and priorities', () => {
     other.train();
     const x = randn([8, 3, 32, 32]);
     const batches = Array.from({ length: 4 }, () => ({ input: x, target: labels(8, 10) }));
+    const cpuLane = () => runtime.queue().find((lane) => lane.lane === 'cpu')!;
+    const load = (lane: api.LaneState) => lane.queuedTraining + (lane.running ? 1 : 0);
+    const before = load(cpuLane());
     const running = m.trainSteps(batches, { loss: ce, optimizer: optim.sgd(m, { lr: 0.01 }) });
     const waiting = other.trainStep(x, labels(8, 10), { loss: ce, optimizer: optim.sgd(other, { lr: 0.01 }) });
     await new Promise((resolve) => setImmediate(resolve)); // the jobs reach the lane from a microtask
-    const cpu = runtime.queue().find((lane) => lane.lane === 'cpu')!;
-    expect(cpu.running || cpu.queuedTraining > 0).toBe(true);
-    expect(cpu.queuedTraining + (cpu.running ? 1 : 0)).toBe(2);
+    expect(before).toBe(0);
+    expect(load(cpuLane())).toBe(2);
     await Promise.all([running, waiting]);
-    const after = runtime.queue().find((lane) => lane.lane === 'cpu')!;
+    const after = cpuLane();
     expect(after).toMatchObject({ lane: 'cpu', queuedInference: 0, queuedTraining: 0, running: false });
     expect(after.completed).toBeGreaterThanOrEqual(2);
     m.dispose();
