@@ -42,7 +42,7 @@ std::string classify(const std::string& cause) {
   if (contains(cause, "out of bounds") || contains(cause, "index out of range")) return "TORCH_INDEX";
   if (contains(cause, "shape") || contains(cause, "size mismatch") || contains(cause, "dimension") ||
       contains(cause, "Expected 3D") || contains(cause, "Expected 4D") || contains(cause, "must match the size") ||
-      contains(cause, "cannot be multiplied") || contains(cause, "Sizes of tensors"))
+      contains(cause, "cannot be multiplied") || contains(cause, "Sizes of tensors") || contains(cause, "channels"))
     return "TORCH_SHAPE";
   if (contains(cause, "Expected a value of type") || contains(cause, "argument")) return "TORCH_ARGUMENT";
   return "TORCH_ERROR";
@@ -65,7 +65,7 @@ ErrorInfo describe(std::exception_ptr error) {
   try {
     std::rethrow_exception(std::move(error));
   } catch (const CodedError& e) {
-    return {e.code, e.what(), ""};
+    return {e.code, e.what(), e.backtrace};
   } catch (const c10::OutOfMemoryError& e) {
     return {"TORCH_OOM", rootCause(e.what_without_backtrace()), e.what()};
   } catch (const c10::IndexError& e) {

@@ -12,8 +12,10 @@ namespace tl {
 // A failure with a stable code for JS (TORCHLITE_*). Thrown anywhere, including on
 // lanes; it only becomes a JS error on the JS thread.
 struct CodedError : std::runtime_error {
-  CodedError(std::string code, const std::string& message) : std::runtime_error(message), code(std::move(code)) {}
+  CodedError(std::string code, const std::string& message, std::string backtrace = "")
+      : std::runtime_error(message), code(std::move(code)), backtrace(std::move(backtrace)) {}
   std::string code;
+  std::string backtrace;  // of the LibTorch failure this one explains, if any
 };
 
 // A failure described without V8, so lanes can build it.

@@ -49,6 +49,13 @@ torch::Tensor classTargets(const LossConfig& config, const torch::Tensor& output
   return indices;
 }
 
+// Labels made with tensor([0, 1, 2]) are float32, its default; class indices must be int64.
+std::string int64Hint(const LossConfig& config, const torch::Tensor& output, const torch::Tensor& target) {
+  return config.kind + " expects class indices of dtype int64 but received " + dtypeName(target.scalar_type()) + " targets of shape " +
+         shapeText(target.sizes()) + " for outputs " + shapeText(output.sizes()) +
+         "; make them with tensor(BigInt64Array.from(labels, BigInt)) or tensor(labels, undefined, { dtype: 'int64' })";
+}
+
 void sameShape(const LossConfig& config, const torch::Tensor& output, const torch::Tensor& target) {
   // PyTorch would broadcast [N] against [N, 1] with only a warning: a classic silent bug.
   if (output.sizes() != target.sizes())
@@ -97,11 +104,12 @@ torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& rawOutp
                        .label_smoothing(config.labelSmoothing);
     if (weight.defined()) options = options.weight(weight);
     // Floating targets of the output's shape are class probabilities (soft labels).
+    if (target.is_floating_point() && output.dim() >= 2 && target.dim() == output.dim() - 1) badTarget(int64Hint(config, output, target));
     torch::Tensor t = target.is_floating_point() ? floatTarget(config, output, target) : classTargets(config, output, target, deferredBad);
     return F::cross_entropy(output, t, options);
   }
   if (config.kind == "nll") {
-    if (target.is_floating_point()) badTarget("nll expects integer class-index targets but received " + dtypeName(target.scalar_type()));
+    if (target.is_floating_point()) badTarget(int64Hint(config, output, target));
     auto options = withReduction(F::NLLLossFuncOptions(), config.reduction).ignore_index(config.ignoreIndex);
     if (weight.defined()) options = options.weight(weight);
     return F::nll_loss(output, classTargets(config, output, target, deferredBad), options);

@@ -59,6 +59,69 @@ std::unique_lock<std::mutex> lockIdle(ModelState& state, const char* what) {
   return lock;
 }
 
+namespace {
+
+// What a hint may need from the inputs, read before they move into the call.
+struct InputFacts {
+  bool anyDouble = false;
+  std::vector<int64_t> firstShape;  // of the first tensor input; empty when there is none
+};
+
+std::string hintFor(const ModelState& state, const InputFacts& inputs, const ErrorInfo& failure, std::string& code) {
+  torch::Tensor firstConv;  // the first 4-D weight: a Conv2d's [out, in / groups, kh, kw]
+  c10::ScalarType weights = c10::kFloat;
+  bool sawFloat = false;
+  for (const torch::Tensor& parameter : state.module.parameters()) {
+    if (!sawFloat && parameter.is_floating_point()) {
+      weights = parameter.scalar_type();
+      sawFloat = true;
+    }
+    if (!firstConv.defined() && parameter.dim() == 4) firstConv = parameter;
+  }
+  auto shape = [](const std::vector<int64_t>& s) { return c10::str(c10::IntArrayRef(s)); };
+  if (inputs.anyDouble && weights != c10::kDouble && failure.code == "TORCH_DTYPE") {
+    code = "TORCH_DTYPE";
+    return "The input is float64 but the model's weights are " + dtypeName(weights) +
+           ": build the input from a Float32Array, or convert it with `input.to('" + dtypeName(weights) + "')`";
+  }
+  const std::vector<int64_t>& in = inputs.firstShape;
+  if (!firstConv.defined() || in.empty()) return "";
+  if (in.size() == 3) {
+    code = "TORCH_SHAPE";
+    std::vector<int64_t> batched = in;
+    batched.insert(batched.begin(), 1);
+    return "The input has shape " + shape(in) + ", without a batch dimension: the model takes [N, C, H, W]; for one sample use shape " + shape(batched);
+  }
+  if (in.size() == 4 && failure.message.find("channels") != std::string::npos) {
+    code = "TORCH_SHAPE";
+    int64_t channels = firstConv.size(1);
+    return "The model's first convolution takes " + std::to_string(channels) + "-channel input but the input has " +
+           std::to_string(in[1]) + " channels (shape " + shape(in) + "); load images with `channels: " + std::to_string(channels) + "`";
+  }
+  return "";
+}
+
+}  // namespace
+
+c10::IValue runForward(ModelState& state, std::vector<c10::IValue> inputs) {
+  InputFacts facts;
+  for (const c10::IValue& input : inputs) {
+    if (!input.isTensor()) continue;
+    const torch::Tensor& tensor = input.toTensor();
+    if (facts.firstShape.empty()) facts.firstShape = tensor.sizes().vec();
+    facts.anyDouble = facts.anyDouble || tensor.scalar_type() == c10::kDouble;
+  }
+  try {
+    return state.module.forward(std::move(inputs));
+  } catch (const std::exception&) {
+    ErrorInfo failure = describe(std::current_exception());
+    std::string code = failure.code;
+    std::string hint = hintFor(state, facts, failure, code);
+    if (hint.empty()) throw;
+    throw CodedError(code, failure.message + ". " + hint, failure.backtrace);
+  }
+}
+
 void prepareInputs(const ModelState& state, std::vector<c10::IValue>& inputs) {
   for (c10::IValue& input : inputs) {
     if (input.isTensor()) {
@@ -171,7 +234,7 @@ Napi::Value ModelWrap::Forward(const Napi::CallbackInfo& info) {
           // cannot be saved for backward" in eval after a head-only step).
           torch::NoGradGuard noGrad;
           prepareInputs(*state, inputs);
-          return state->module.forward(std::move(inputs));
+          return runForward(*state, std::move(inputs));
         },
         [](Napi::Env env, c10::IValue& output) { return fromIValue(env, output); });
   });
@@ -203,7 +266,7 @@ Napi::Value ModelWrap::ProbeGradients(const Napi::CallbackInfo& info) {
           torch::AutoGradMode enableGrad(true);
           prepareInputs(*state, inputs);
           torch::Tensor total;
-          sumTensors(state->module.forward(std::move(inputs)), total);
+          sumTensors(runForward(*state, std::move(inputs)), total);
           if (total.defined() && total.requires_grad()) total.backward();
           Result result;
           for (const auto& item : state->module.named_parameters()) {

@@ -40,6 +40,11 @@ std::unique_lock<std::mutex> lockIdle(ModelState& state, const char* what);
 // lane, inside a job.
 void prepareInputs(const ModelState& state, std::vector<c10::IValue>& inputs);
 
+// The model's forward. The failures new users meet most (a float64 input, a missing batch
+// dimension, the wrong number of channels) are rethrown with what to change: LibTorch's
+// own message names an inner layer ("running_mean should contain 32 elements not 16").
+c10::IValue runForward(ModelState& state, std::vector<c10::IValue> inputs);
+
 class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  public:
   static Napi::Function Define(Napi::Env env);

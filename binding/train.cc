@@ -94,7 +94,7 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
   prepareInputs(model, inputs);
   {
     auto autocast = autocastFor(options.amp, model.device);
-    output = firstTensor(model.module.forward(std::move(inputs)));
+    output = firstTensor(runForward(model, std::move(inputs)));
     value = computeLoss(loss, output, target, options.readLoss ? nullptr : &model.badTargets);
   }
   StepResult result;
@@ -247,7 +247,7 @@ Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
           std::lock_guard<std::mutex> lock(state->mutex);
           return inEvalMode(*state, [&] {
             prepareInputs(*state, inputs);
-            torch::Tensor output = firstTensor(state->module.forward(std::move(inputs)));
+            torch::Tensor output = firstTensor(runForward(*state, std::move(inputs)));
             Result result;
             if (loss && target.defined()) result.loss = computeLoss(*loss, output, target).item<double>();
             result.scores = output.to(torch::kCPU, torch::kFloat).contiguous();
@@ -277,7 +277,7 @@ Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
           std::lock_guard<std::mutex> lock(state->mutex);
           return inEvalMode(*state, [&] {
             prepareInputs(*state, inputs);
-            torch::Tensor output = firstTensor(state->module.forward(std::move(inputs))).to(torch::kFloat);
+            torch::Tensor output = firstTensor(runForward(*state, std::move(inputs))).to(torch::kFloat);
             if (output.dim() < 2)
               throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "predict needs class scores of shape [N, C, ...] but the model returned " + c10::str(output.sizes()));
             return Result{torch::softmax(output, 1), output.argmax(1)};

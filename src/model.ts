@@ -195,6 +195,7 @@ export class Model implements Disposable, AsyncDisposable {
   #pending = 0;
   #metadata: unknown;
   #snapshot!: Snapshot;
+  #warnedEvalStep = false;
 
   /** @internal Use {@link loadPretrained}. */
   constructor(handle: NativeModel) {
@@ -310,7 +311,8 @@ export class Model implements Disposable, AsyncDisposable {
 
   /**
    * Forward, loss, backward, gradient clipping, optimizer step and grad reset in one
-   * native job. Runs in the model's current mode: call `train()` first. The optimizer's
+   * native job. Runs in the model's current mode: call `train()` first (a step in eval
+   * mode emits a `TORCHLITE_EVAL_MODE_STEP` warning, once per model). The optimizer's
    * group options (lr, …) are taken as they are at the call.
    */
   trainStep(input: ModelInput, target: Tensor, options: TrainStepOptions): Promise<TrainStepResult> {
@@ -338,6 +340,10 @@ export class Model implements Disposable, AsyncDisposable {
   }
 
   #stepOptions(options: TrainStepOptions): Record<string, unknown> {
+    if (!this.#snapshot.training && !this.#warnedEvalStep) {
+      this.#warnedEvalStep = true;
+      process.emitWarning('trainStep() on a model in eval mode: dropout is off and BatchNorm neither uses batch statistics nor updates its running ones. Call model.train() first (this warning is shown once per model).', { code: 'TORCHLITE_EVAL_MODE_STEP' });
+    }
     const o = checkOptions<TrainStepOptions>(options, 'options', ['loss', 'optimizer', 'clipGradNorm', 'accumulate', 'amp', 'nonFinite', 'readLoss']);
     if (!(o.loss instanceof Loss)) throw typeError('a Loss from `loss.*`', 'options.loss', o.loss);
     if (!isStepOptimizer(o.optimizer)) throw typeError('an Optimizer from `optim.*`', 'options.optimizer', o.optimizer);
@@ -717,9 +723,17 @@ export class Model implements Disposable, AsyncDisposable {
     return this.#snapshot.traced;
   }
 
-  /** The JSON metadata saved with the model by torchlite, if any. */
+  /**
+   * The JSON metadata saved with the model by torchlite, if any: by convention
+   * `classes` (names in output order) and `input` (see `InputSpec`), which `fit` fills
+   * from the training data and `save` writes. Assign to change what `save` writes.
+   */
   get metadata(): unknown {
     return this.#metadata;
+  }
+
+  set metadata(value: unknown) {
+    this.#metadata = value;
   }
 
   get disposed(): boolean {

@@ -97,7 +97,11 @@ export interface FitRun extends PromiseLike<EpochRecord[]>, AsyncIterable<FitEve
 
 const FIT_KEYS = ['train', 'val', 'epochs', 'optimizer', 'loss', 'scheduler', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng', 'clipGradNorm', 'accumulate', 'amp', 'stage'];
 
-/** Trains for `epochs`, evaluating on `val` after each; see {@link FitOptions}. */
+/**
+ * Trains for `epochs`, evaluating on `val` after each; see {@link FitOptions}. The model
+ * trains in train mode and is left in eval mode when the run ends (finished, stopped or
+ * aborted).
+ */
 export function fit(model: Model, options: FitOptions): FitRun {
   if (!(model instanceof Model)) throw typeError('a Model', 'model', model);
   const o = checkOptions<FitOptions>(options, 'options', FIT_KEYS) as FitOptions;
@@ -134,6 +138,13 @@ export function fit(model: Model, options: FitOptions): FitRun {
 
 async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGenerator<FitEvent, EpochRecord[]> {
   const lossFn = o.loss ?? crossEntropy();
+  // The model now answers in the training data's classes and expects its preprocessing:
+  // recorded so that save() and checkpoints carry them (see InputSpec).
+  const { preprocessing, classes } = o.train.dataset;
+  if (preprocessing || classes) {
+    const meta = model.metadata !== null && typeof model.metadata === 'object' ? model.metadata : {};
+    model.metadata = { ...meta, ...(preprocessing && { input: preprocessing }), ...(classes && { classes }) };
+  }
   let position: TrainingPosition = { epoch: 0, step: 0, stage: o.stage ?? 0, history: [], callbacks: {} };
   if (o.resume) position = await loadCheckpoint(o.resume, { model, optimizer: o.optimizer, scheduler: o.scheduler, rng: o.resumeRng });
   const history = position.history as EpochRecord[];
@@ -159,77 +170,83 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
     },
     callbackState,
   };
-  const accumulate = o.accumulate ?? 1;
-  for (let epoch = position.epoch; epoch < o.epochs && stopReason === null; epoch++) {
-    const started = Date.now();
-    model.train();
-    yield { type: 'epochStart', epoch, batches: o.train.length, stage: position.stage };
-    let lossSum = 0;
-    let samples = 0;
-    let correct = 0;
-    let counted = 0;
-    let batchIndex = 0;
-    for await (const { input, target } of o.train.batches(epoch)) {
-      if (o.signal?.aborted) {
-        stopReason = 'aborted';
-        break;
+  try {
+    const accumulate = o.accumulate ?? 1;
+    for (let epoch = position.epoch; epoch < o.epochs && stopReason === null; epoch++) {
+      const started = Date.now();
+      model.train();
+      yield { type: 'epochStart', epoch, batches: o.train.length, stage: position.stage };
+      let lossSum = 0;
+      let samples = 0;
+      let correct = 0;
+      let counted = 0;
+      let batchIndex = 0;
+      for await (const { input, target } of o.train.batches(epoch)) {
+        if (o.signal?.aborted) {
+          stopReason = 'aborted';
+          break;
+        }
+        const n = target.shape[0];
+        const r = await model.trainStep(input, target, { loss: lossFn, optimizer: o.optimizer, accumulate, ...(o.clipGradNorm && { clipGradNorm: o.clipGradNorm }), ...(o.amp && { amp: o.amp }) });
+        input.dispose();
+        target.dispose();
+        if (!r.skipped) {
+          lossSum += r.loss * n;
+          samples += n;
+        }
+        if (r.correct !== undefined) {
+          correct += r.correct;
+          counted += n;
+        }
+        if (r.stepped) {
+          position.step += 1;
+          if (o.scheduler instanceof Scheduler) o.scheduler.step();
+        }
+        const event = {
+          type: 'batchEnd' as const,
+          epoch,
+          batch: batchIndex++,
+          batches: o.train.length,
+          step: position.step,
+          loss: r.loss,
+          lr: o.optimizer.paramGroups[0]?.lr ?? 0,
+          ...(counted > 0 && { accuracy: correct / counted }),
+        };
+        for (const cb of callbacks) await cb.onBatchEnd?.(ctx, event);
+        yield event;
       }
-      const n = target.shape[0];
-      const r = await model.trainStep(input, target, { loss: lossFn, optimizer: o.optimizer, accumulate, ...(o.clipGradNorm && { clipGradNorm: o.clipGradNorm }), ...(o.amp && { amp: o.amp }) });
-      input.dispose();
-      target.dispose();
-      if (!r.skipped) {
-        lossSum += r.loss * n;
-        samples += n;
-      }
-      if (r.correct !== undefined) {
-        correct += r.correct;
-        counted += n;
-      }
-      if (r.stepped) {
+      if (stopReason === 'aborted') break;
+      if (accumulate > 1 && (await o.optimizer.flush(accumulate))) {
         position.step += 1;
         if (o.scheduler instanceof Scheduler) o.scheduler.step();
       }
-      const event = {
-        type: 'batchEnd' as const,
+      const val = o.val ? await model.evaluate(o.val, { loss: lossFn, ...(o.metrics && { metrics: o.metrics }) }) : undefined;
+      if (o.scheduler instanceof PlateauScheduler) {
+        if (val?.loss === undefined) throw new RangeError('Expected a `val` loader for a reduceOnPlateau scheduler but received none');
+        o.scheduler.step(val.loss);
+      }
+      const record: EpochRecord = {
         epoch,
-        batch: batchIndex++,
-        batches: o.train.length,
-        step: position.step,
-        loss: r.loss,
-        lr: o.optimizer.paramGroups[0]?.lr ?? 0,
-        ...(counted > 0 && { accuracy: correct / counted }),
+        trainLoss: samples > 0 ? lossSum / samples : Number.NaN,
+        ...(counted > 0 && { trainAccuracy: correct / counted }),
+        ...(val && { val }),
+        lr: o.optimizer.paramGroups.map((g) => g.lr),
+        seconds: (Date.now() - started) / 1000,
+        stage: position.stage,
       };
-      for (const cb of callbacks) await cb.onBatchEnd?.(ctx, event);
-      yield event;
+      history.push(record);
+      position.epoch = epoch + 1;
+      for (const cb of callbacks) await cb.onEpochEnd?.(ctx, record);
+      yield { type: 'epochEnd', record };
+      for (const path of written.splice(0)) yield { type: 'checkpoint', path, epoch };
     }
-    if (stopReason === 'aborted') break;
-    if (accumulate > 1 && (await o.optimizer.flush(accumulate))) {
-      position.step += 1;
-      if (o.scheduler instanceof Scheduler) o.scheduler.step();
-    }
-    const val = o.val ? await model.evaluate(o.val, { loss: lossFn, ...(o.metrics && { metrics: o.metrics }) }) : undefined;
-    if (o.scheduler instanceof PlateauScheduler) {
-      if (val?.loss === undefined) throw new RangeError('Expected a `val` loader for a reduceOnPlateau scheduler but received none');
-      o.scheduler.step(val.loss);
-    }
-    const record: EpochRecord = {
-      epoch,
-      trainLoss: samples > 0 ? lossSum / samples : Number.NaN,
-      ...(counted > 0 && { trainAccuracy: correct / counted }),
-      ...(val && { val }),
-      lr: o.optimizer.paramGroups.map((g) => g.lr),
-      seconds: (Date.now() - started) / 1000,
-      stage: position.stage,
-    };
-    history.push(record);
-    position.epoch = epoch + 1;
-    for (const cb of callbacks) await cb.onEpochEnd?.(ctx, record);
-    yield { type: 'epochEnd', record };
-    for (const path of written.splice(0)) yield { type: 'checkpoint', path, epoch };
+    if (stopReason) yield { type: 'stopped', reason: stopReason };
+    return history;
+  } finally {
+    // As fastai does: a trained model is ready for inference (dropout off, BatchNorm on its
+    // running statistics) until someone asks for train() again, also after a failure.
+    if (!model.disposed) model.eval();
   }
-  if (stopReason) yield { type: 'stopped', reason: stopReason };
-  return history;
 }
 
 function monitored(record: EpochRecord, monitor: string): number {
@@ -373,7 +390,7 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   if (headPath === undefined) throw new RangeError('Expected a model with a Linear head for `fineTune` but found none; pass `numClasses`');
   const history: EpochRecord[] = [];
   const common = { train: o.train, val: o.val, loss: o.loss, metrics: o.metrics, callbacks: o.callbacks, signal: o.signal };
-  const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[]) => {
+  const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[]): Promise<void> => {
     // Stages a resumed run already finished only replay their freezing, not their training.
     if (epochCount === 0 || o.signal?.aborted || stage < resumeStage) return;
     using optimizer = adamw(groups, { weightDecay });

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { data } from '../src';
+import { data, loadPretrained } from '../src';
 import { fixture, hasTorch, python, root } from './helpers';
 
 const cli = (...args: string[]) => spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), ...args], { encoding: 'utf8', cwd: work });
@@ -82,6 +82,59 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
     expect(evaluated.status).toBe(0);
     expect(JSON.parse(evaluated.stdout).confusionMatrix).toHaveLength(5);
   });
+
+  it('scores a folder by the model\'s class names, and refuses classes or inputs it cannot place', async () => {
+    // ft.pt from the test above knows bag, boot, sandal, shirt, sneaker (in that order).
+    const some = join(work, 'some');
+    for (const name of ['sneaker', 'bag']) {
+      mkdirSync(join(some, name), { recursive: true });
+      for (const file of readdirSync(join(folder, name)).slice(0, 10)) symlinkSync(join(folder, name, file), join(some, name, file));
+    }
+    const scored = cli('eval', 'ft.pt', '--data', some, '--json');
+    expect(scored.stderr).toBe('');
+    const result = JSON.parse(scored.stdout);
+    expect(result.classes).toEqual(['bag', 'sneaker']); // rows in the model's order, not the folder's
+    expect(result.confusionMatrix.map((row: number[]) => row.reduce((a, b) => a + b, 0))).toEqual([10, 10]);
+    expect(result.accuracy).toBeCloseTo((result.confusionMatrix[0][0] + result.confusionMatrix[1][1]) / 20, 10);
+
+    mkdirSync(join(some, 'hat'));
+    symlinkSync(join(folder, 'bag', readdirSync(join(folder, 'bag'))[0]), join(some, 'hat', 'x.png'));
+    const unknown = cli('eval', 'ft.pt', '--data', some);
+    expect(unknown.status).toBe(1);
+    expect(unknown.stderr.trim()).toBe("torchlite: the data has classes the model does not know: 'hat' (the model's are 'bag', 'boot', 'sandal', 'shirt', 'sneaker') [TORCHLITE_UNKNOWN_CLASSES]");
+
+    // A model without an input spec: no silent 224 px guess.
+    const bare = cli('predict', fixture('resnet_small.scripted.pt'), join(some, 'hat', 'x.png'));
+    expect(bare.status).toBe(1);
+    expect(bare.stderr).toContain('does not say how images become its input');
+    expect(bare.stderr).toContain('pass --size');
+    expect(bare.stderr).toContain('[TORCHLITE_NO_INPUT_SPEC]');
+    const sized = cli('predict', fixture('resnet_small.scripted.pt'), join(some, 'hat', 'x.png'), '--size', '32', '--top', '1');
+    expect(sized.stderr).toBe('');
+    expect(sized.stdout).toMatch(/x\.png: \d+ \d+\.\d%$/m);
+    // ...and without class names, a class-count mismatch is an error, not a 10×10 guess.
+    const counted = cli('eval', fixture('resnet_small.scripted.pt'), '--data', some, '--size', '32');
+    expect(counted.status).toBe(1);
+    expect(counted.stderr).toContain('the model has 10 outputs and no class names in its metadata, but the data has 3 classes');
+  });
+
+  it('repeats a fine-tuning run exactly under the same --seed', async () => {
+    const run = (out: string, seed: string) => {
+      const r = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', seed, '--out', out, '--json');
+      expect(r.stderr).toBe('');
+      return JSON.parse(r.stdout).final;
+    };
+    const a = run('s1.pt', '3');
+    expect(run('s2.pt', '3')).toEqual(a);
+    expect(run('s3.pt', '4').loss).not.toBe(a.loss); // another seed gives another model
+    const weights = async (file: string) => {
+      const m = await loadPretrained(join(work, file));
+      const values = Array.from(m.stateDict()['classifier.2.weight'].toTypedArray() as Float32Array);
+      m.dispose();
+      return values;
+    };
+    expect(await weights('s2.pt')).toEqual(await weights('s1.pt'));
+  });
 });
 
 describe('torchlite CLI', () => {
@@ -111,6 +164,9 @@ describe('torchlite CLI', () => {
     const noData = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', join(work, 'nowhere'));
     expect(noData.status).toBe(1);
     expect(noData.stderr).toMatch(/^torchlite: cannot read image folder .*nowhere.* \[TORCHLITE_FILE_NOT_FOUND\]$/m);
+    const version = cli('--version');
+    expect(version.status).toBe(0);
+    expect(version.stdout.trim()).toMatch(/^torchlite \d+\.\d+\.\d+ \(LibTorch \d+\.\d+\.\d+\)$/);
     const help = cli('finetune', '--help');
     expect(help.status).toBe(0);
     expect(help.stdout).toContain('Examples:');

@@ -2,23 +2,64 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { data, type Dataset, type Model } from '..';
+import { classNamesOf, data, type Dataset, type InputSpec, inputSpecOf, type Model, TorchError } from '..';
+import { intFlag } from './flags';
 
 const { idx, imageFolder, subset } = data;
 
 export const FASHION_DIR = '/usr/share/datasets/fashion-mnist';
 export const FASHION_CLASSES = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'];
 
-/** Preprocessing recorded in a model's metadata by torchlite (or the pretraining script). */
-export interface InputSpec {
-  shape: number[];
-  mean: number[];
-  std: number[];
+/** Flags that say how images become a model's input when its metadata does not. */
+export interface InputFlags {
+  size?: string;
+  channels?: string;
 }
 
-export function inputSpec(model: Model): InputSpec {
-  const meta = model.metadata as { input?: InputSpec } | undefined;
-  return meta?.input ?? { shape: [3, 224, 224], mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+/**
+ * The model's input spec: `--size`/`--channels` when given (ImageNet's mean and std for
+ * 3 channels, 0.5 for 1), else the model's `metadata.input`. A model with neither is an
+ * error: guessing 224 px would silently resize the user's images.
+ */
+export function inputSpec(model: Model, flags: InputFlags, modelPath: string): InputSpec {
+  const saved = inputSpecOf(model);
+  if (flags.size === undefined && flags.channels === undefined) {
+    if (saved) return saved;
+    throw new TorchError(
+      'TORCHLITE_NO_INPUT_SPEC',
+      `${modelPath} does not say how images become its input (no \`input\` in its metadata); pass --size (and --channels 1 for grey images), or export it with scripts/export_model.py`,
+    );
+  }
+  const size = flags.size === undefined ? saved?.shape[1] : intFlag(flags.size, '--size');
+  if (size === undefined) throw new RangeError('Expected `--size` with `--channels` for a model without an input spec but received none');
+  const channels = flags.channels === undefined ? (saved?.shape[0] ?? 3) : intFlag(flags.channels, '--channels');
+  if (channels !== 1 && channels !== 3) throw new RangeError(`Expected 1 or 3 for \`--channels\` but received ${channels}`);
+  const keep = saved && saved.shape[0] === channels;
+  return {
+    shape: [channels, size, size],
+    mean: keep ? saved.mean : channels === 3 ? [0.485, 0.456, 0.406] : [0.5],
+    std: keep ? saved.std : channels === 3 ? [0.229, 0.224, 0.225] : [0.5],
+    resize: 'center-crop',
+  };
+}
+
+/**
+ * The data relabelled to the model's class names when it has them (a folder may hold
+ * some of them, in any order), else checked to have as many classes as the model has
+ * outputs.
+ */
+export function matchClasses(model: Model, ds: Dataset): { ds: Dataset; names: string[] } {
+  const names = classNamesOf(model);
+  if (names) return { ds: data.relabel(ds, names), names };
+  const head = model.classifierHead();
+  const outputs = head === undefined ? undefined : model.parameters(`${head}.weight`)[0].shape[0];
+  const found = ds.classes?.length;
+  if (outputs !== undefined && found !== undefined && found !== outputs)
+    throw new TorchError(
+      'TORCHLITE_UNKNOWN_CLASSES',
+      `the model has ${outputs} outputs and no class names in its metadata, but the data has ${found} classes; only data with the model's classes, in its order, can be scored`,
+    );
+  return { ds, names: ds.classes ?? Array.from({ length: outputs ?? 0 }, (_, i) => String(i)) };
 }
 
 export function parseClasses(text: string | undefined): number[] | undefined {

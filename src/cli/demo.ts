@@ -45,7 +45,7 @@ export async function runDemo(flags: DemoFlags): Promise<void> {
   const classes = [5, 6, 7, 8, 9];
   const names = classes.map((c) => FASHION_CLASSES[c]);
   await using probe = await loadPretrained(SHIPPED_MODEL);
-  const input = inputSpec(probe);
+  const input = inputSpec(probe, {}, SHIPPED_MODEL);
   const data = flags.dataDir ?? 'fashion-mnist';
   const full = await loadDataset(data, 'train', input, { classes });
   const train = subset(full, { perClass: Math.max(1, Math.floor(budget / 5)), seed: 0 });

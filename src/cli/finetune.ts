@@ -1,11 +1,11 @@
-import { checkpoint, data, fineTune, loadPretrained, type Loss, loss as losses, progressBar } from '..';
+import { checkpoint, data, fineTune, loadPretrained, type Loss, loss as losses, manualSeed, progressBar } from '..';
+import { type InputFlags, inputSpec, loadDataset, parseClasses } from './data';
+import { intFlag, numberFlag } from './flags';
 
 const { loader, split, subset } = data;
-import { loadDataset, inputSpec, parseClasses } from './data';
-import { intFlag, numberFlag } from './flags';
 import { stepRecorder, writeReport } from './report';
 
-export interface FinetuneFlags {
+export interface FinetuneFlags extends InputFlags {
   model: string;
   data: string;
   val?: string;
@@ -21,6 +21,7 @@ export interface FinetuneFlags {
   unfreeze?: string;
   checkpointDir?: string;
   resume?: string;
+  seed: string;
   json?: boolean;
 }
 
@@ -30,17 +31,21 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   const batchSize = intFlag(flags.batchSize, '--batch-size');
   const baseLr = numberFlag(flags.lr, '--lr');
   const classes = parseClasses(flags.classes);
+  // The seed covers everything random: the new head's weights, dropout, the subset, the
+  // validation split, shuffling and augmentation. The same command gives the same model.
+  const seed = intFlag(flags.seed, '--seed', 0);
+  manualSeed(seed);
   await using model = await loadPretrained(flags.model, { device: flags.device as 'cpu' });
-  const input = inputSpec(model);
+  const input = inputSpec(model, flags, flags.model);
   let train = await loadDataset(flags.data, 'train', input, { classes, augment: input.shape[1] > 32 });
-  if (flags.perClass !== undefined) train = subset(train, { perClass: intFlag(flags.perClass, '--per-class'), seed: 0 });
+  if (flags.perClass !== undefined) train = subset(train, { perClass: intFlag(flags.perClass, '--per-class'), seed });
   let val = flags.val ? await loadDataset(flags.val, 't10k', input, { classes }) : undefined;
   if (!val) {
     if (flags.data === 'fashion-mnist') val = await loadDataset(flags.data, 't10k', input, { classes });
-    else ({ train, val } = split(train, { val: 0.1, seed: 0 }));
+    else ({ train, val } = split(train, { val: 0.1, seed }));
   }
   const names = train.classes ?? Array.from({ length: Math.max(...Array.from({ length: train.length }, (_, i) => train.target(i))) + 1 }, (_, i) => String(i));
-  const trainLoader = loader(train, { batchSize, shuffle: true, seed: 0 });
+  const trainLoader = loader(train, { batchSize, shuffle: true, seed });
   const valLoader = loader(val, { batchSize: 256 });
   const steps = stepRecorder();
   const loss: Loss = losses.crossEntropy({ labelSmoothing: 0.1 });
@@ -57,8 +62,9 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
     ...(flags.resume && { resume: flags.resume }),
   });
   const final = await model.evaluate(valLoader, { loss, metrics: ['accuracy', 'f1', 'confusionMatrix'] });
+  // fit has recorded the classes and the input spec; the model is in eval mode.
   await model.save(flags.out, {
-    metadata: { classes: names, input, recipe: { command: 'torchlite finetune', data: flags.data, epochs, freezeEpochs, baseLr, batchSize, valAccuracy: final.accuracy } },
+    metadata: { ...(model.metadata as object), classes: names, input, recipe: { command: 'torchlite finetune', data: flags.data, epochs, freezeEpochs, baseLr, batchSize, seed, valAccuracy: final.accuracy } },
   });
   if (flags.report)
     await writeReport(flags.report, {

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 
-import { TorchError } from '..';
+import { TorchError, torchVersion } from '..';
 import { runDemo } from './demo';
 import { runEval } from './evaluate';
 import { runFinetune } from './finetune';
@@ -11,8 +11,12 @@ import { runPredict } from './predict';
 const program = new Command()
   .name('torchlite')
   .description('Load, inspect, fine-tune, evaluate and run TorchScript models.')
+  .version(`torchlite ${(require('../../package.json') as { version: string }).version} (LibTorch ${torchVersion})`, '--version')
   .exitOverride()
   .showHelpAfterError();
+
+const SIZE = ['--size <px>', 'input side in pixels, for a model whose metadata has no input spec (or to override it)'] as const;
+const CHANNELS = ['--channels <1|3>', 'input channels, with --size (default 3; ImageNet mean/std, 0.5 for grey)'] as const;
 
 program
   .command('inspect')
@@ -36,6 +40,9 @@ program
   .option('--batch-size <n>', 'samples per step', '32')
   .option('--unfreeze <stages>', "comma-separated stages, e.g. layer4,layer3,all (default: all at once)")
   .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
+  .option(...SIZE)
+  .option(...CHANNELS)
+  .option('--seed <n>', 'seeds the head, dropout, sampling, shuffling and augmentation', '0')
   .option('--checkpoint-dir <dir>', 'write a checkpoint after every epoch (epoch-N.ckpt, best.ckpt)')
   .option('--resume <ckpt>', 'continue an interrupted run from one of its checkpoints')
   .option('--out <file>', 'where to save the fine-tuned model', 'finetuned.pt')
@@ -51,6 +58,8 @@ program
   .requiredOption('--data <dir|fashion-mnist>', 'a folder with one subfolder per class, or fashion-mnist (test split)')
   .option('--classes <list>', 'with fashion-mnist: class indices to keep')
   .option('--batch-size <n>', 'samples per batch', '256')
+  .option(...SIZE)
+  .option(...CHANNELS)
   .option('--json', 'print machine-readable results')
   .addHelpText('after', '\nExample:\n  torchlite eval ft.pt --data fashion-mnist --classes 5,6,7,8,9')
   .action(runEval);
@@ -61,6 +70,8 @@ program
   .argument('<model>', 'a TorchScript .pt file')
   .argument('<images...>', 'image files')
   .option('--top <k>', 'labels per image', '3')
+  .option(...SIZE)
+  .option(...CHANNELS)
   .option('--json', 'print machine-readable results')
   .addHelpText('after', '\nExample:\n  torchlite predict ft.pt shoe.png bag.jpg')
   .action(runPredict);

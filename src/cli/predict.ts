@@ -1,11 +1,11 @@
-import { loadPretrained, tensor, TorchError } from '..';
-import { inputSpec } from './data';
+import { classNamesOf, loadPretrained, tensor, TorchError } from '..';
+import { type InputFlags, inputSpec } from './data';
 import { intFlag } from './flags';
 
-export async function runPredict(modelPath: string, images: string[], flags: { top: string; json?: boolean }): Promise<void> {
+export async function runPredict(modelPath: string, images: string[], flags: InputFlags & { top: string; json?: boolean }): Promise<void> {
   const k = intFlag(flags.top, '--top');
   await using model = await loadPretrained(modelPath);
-  const { shape, mean, std } = inputSpec(model);
+  const { shape, mean, std } = inputSpec(model, flags, modelPath);
   const [channels, size] = shape;
   const pixels = size * size;
   const batch = new Float32Array(images.length * channels * pixels);
@@ -26,9 +26,9 @@ export async function runPredict(modelPath: string, images: string[], flags: { t
     }),
   );
   const { probabilities } = await model.predict(tensor(batch, [images.length, channels, size, size]));
-  const probs = probabilities.toTypedArray() as Float32Array;
+  const probs = (await probabilities.read()) as Float32Array;
   const classes = probabilities.shape[1];
-  const names = (model.metadata as { classes?: string[] } | undefined)?.classes;
+  const names = classNamesOf(model);
   const results = images.map((file, n) => ({
     file,
     top: Array.from(probs.subarray(n * classes, (n + 1) * classes), (p, c) => ({ label: names?.[c] ?? String(c), probability: p }))

@@ -2,6 +2,7 @@ import { TorchError } from '../errors';
 import { Tensor } from '../tensor';
 import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, rangeError, typeError } from '../validate';
 import { readIdx } from './idx';
+import type { InputSpec } from '../preprocess';
 import { permutation } from './random';
 
 /** One sample: a flat float input of the dataset's `inputShape`, and a class index or a float target. */
@@ -25,6 +26,10 @@ export interface Dataset {
   get(i: number, epoch: number): Sample | Promise<Sample>;
   /** What to call sample `i` in an error message (its file, or its index). */
   describe(i: number): string;
+  /** How raw images became inputs, for datasets of images: it travels into the model's metadata when it trains on them. */
+  readonly preprocessing?: InputSpec;
+  /** The same samples without random augmentation (`data.split` uses it for the validation part). */
+  withoutAugmentation?(): Dataset;
 }
 
 type NumericArray = Float32Array | Float64Array | Int32Array | Int16Array | Int8Array | Uint8Array | BigInt64Array;
@@ -116,6 +121,7 @@ export async function idx(imagesPath: string, labelsPath: string, options?: IdxO
       target: labels.data[i],
     }),
     describe: (i) => `image ${i} of ${imagesPath}`,
+    preprocessing: { shape: inputShape, mean: [mean], std: [std], resize: 'center-crop' },
   };
 }
 
@@ -132,6 +138,8 @@ function view(base: Dataset, indices: number[], remap?: Map<number, number>, cla
       return remap ? { ...sample, target: remap.get(sample.target as number)! } : sample;
     },
     describe: (i) => base.describe(indices[i]),
+    ...(base.preprocessing && { preprocessing: base.preprocessing }),
+    ...(base.withoutAugmentation && { withoutAugmentation: () => view(base.withoutAugmentation!(), indices, remap, classes) }),
   };
 }
 
@@ -141,7 +149,7 @@ function checkDataset(ds: unknown, name: string): Dataset {
   return ds as Dataset;
 }
 
-/** Splits a dataset at random into train and validation views. */
+/** Splits a dataset at random into train and validation views; the validation view is never augmented. */
 export function split(ds: Dataset, options: { val: number; seed?: number }): { train: Dataset; val: Dataset } {
   checkDataset(ds, 'ds');
   const o = checkOptions<{ val: number; seed?: number }>(options, 'options', ['val', 'seed']);
@@ -150,7 +158,25 @@ export function split(ds: Dataset, options: { val: number; seed?: number }): { t
   const order = permutation(ds.length, checkInteger(o.seed ?? 0, 'options.seed', 0));
   const cut = Math.round(ds.length * fraction);
   if (cut === 0 || cut === ds.length) throw new RangeError(`Expected a split that leaves both parts non-empty for \`options.val\` but received ${fraction} of ${ds.length} samples`);
-  return { val: view(ds, order.slice(0, cut).sort((a, b) => a - b)), train: view(ds, order.slice(cut).sort((a, b) => a - b)) };
+  const plain = ds.withoutAugmentation?.() ?? ds;
+  return { val: view(plain, order.slice(0, cut).sort((a, b) => a - b)), train: view(ds, order.slice(cut).sort((a, b) => a - b)) };
+}
+
+/**
+ * The same samples with each class renumbered to its position in `classes`, e.g. a
+ * model's class list, so a folder holding some of a model's classes (in any order) is
+ * scored against the right outputs. A class of `ds` missing from `classes` is a
+ * `TORCHLITE_UNKNOWN_CLASSES` error that names it.
+ */
+export function relabel(ds: Dataset, classes: readonly string[]): Dataset {
+  checkDataset(ds, 'ds');
+  if (!Array.isArray(classes) || classes.some((c) => typeof c !== 'string')) throw typeError('an array of class names', 'classes', classes);
+  if (!ds.classes) throw new TorchError('TORCHLITE_BAD_DATA', 'the dataset has no class names to match');
+  const unknown = ds.classes.filter((name) => !classes.includes(name));
+  if (unknown.length > 0)
+    throw new TorchError('TORCHLITE_UNKNOWN_CLASSES', `the data has classes the model does not know: ${unknown.map((c) => `'${c}'`).join(', ')} (the model's are ${classes.map((c) => `'${c}'`).join(', ')})`);
+  const remap = new Map(ds.classes.map((name, i) => [i, classes.indexOf(name)]));
+  return view(ds, Array.from({ length: ds.length }, (_, i) => i), remap, [...classes]);
 }
 
 export interface SubsetOptions {

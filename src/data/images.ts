@@ -3,6 +3,7 @@ import { extname, join } from 'node:path';
 
 import { TorchError } from '../errors';
 import { checkFiniteNumber, checkOptions, checkPositiveInteger, checkString, typeError } from '../validate';
+import { inputSpecOf } from '../preprocess';
 import type { Dataset, Sample } from './dataset';
 import { mix, rng } from './random';
 
@@ -21,6 +22,12 @@ export interface ImageFolderOptions {
   augment?: boolean;
   /** Class names in index order. Defaults to the sorted subfolder names. */
   classes?: string[];
+  /**
+   * A model whose `metadata.input` (size, channels, mean, std) these images should match,
+   * as torchlite writes it when it trains or exports a model; explicit options win. A
+   * model without one is a `TORCHLITE_NO_INPUT_SPEC` error. Defaults to none.
+   */
+  like?: { readonly metadata: unknown };
 }
 
 /**
@@ -29,7 +36,8 @@ export interface ImageFolderOptions {
  */
 export async function imageFolder(dir: string, options?: ImageFolderOptions): Promise<Dataset> {
   checkString(dir, 'dir');
-  const o = checkOptions<ImageFolderOptions>(options, 'options', ['size', 'mean', 'std', 'channels', 'augment', 'classes']);
+  const given = checkOptions<ImageFolderOptions>(options, 'options', ['size', 'mean', 'std', 'channels', 'augment', 'classes', 'like']);
+  const o = { ...likeOptions(given.like), ...stripUndefined(given) };
   const size = o.size === undefined ? 224 : checkPositiveInteger(o.size, 'options.size');
   const channels = o.channels ?? 3;
   if (channels !== 1 && channels !== 3) throw typeError('1 or 3', 'options.channels', channels);
@@ -62,16 +70,18 @@ export async function imageFolder(dir: string, options?: ImageFolderOptions): Pr
   const pixels = size * size;
   // Loaded on first use: training on tensors or IDX files needs no image codecs.
   const { default: sharp } = await import('sharp');
-  return {
+  const dataset = (augment: boolean): Dataset => ({
     length: files.length,
     inputShape: [channels, size, size],
     targetShape: [],
     classes,
     target: (i) => targets[i],
     describe: (i) => files[i],
+    preprocessing: { shape: [channels, size, size], mean, std, resize: 'center-crop' },
+    ...(augment && { withoutAugmentation: () => dataset(false) }),
     get: async (i, epoch): Promise<Sample> => {
       let image = sharp(files[i], { failOn: 'error' }).removeAlpha();
-      if (o.augment) {
+      if (augment) {
         const meta = await sharp(files[i]).metadata();
         const random = rng(mix(i, epoch, 0x9e3779b9));
         const crop = randomResizedCrop(meta.width ?? size, meta.height ?? size, random);
@@ -88,7 +98,24 @@ export async function imageFolder(dir: string, options?: ImageFolderOptions): Pr
         for (let c = 0; c < channels; c++) input[c * pixels + p] = (data[p * info.channels + Math.min(c, info.channels - 1)] / 255 - mean[c]) / std[c];
       return { input, target: targets[i] };
     },
-  };
+  });
+  return dataset(o.augment === true);
+}
+
+/** Options taken from a model's input spec, for `like`. */
+function likeOptions(like: ImageFolderOptions['like']): ImageFolderOptions {
+  if (like === undefined) return {};
+  if (like === null || typeof like !== 'object' || !('metadata' in like)) throw typeError('a loaded Model', 'options.like', like);
+  const spec = inputSpecOf(like);
+  if (spec === undefined)
+    throw new TorchError('TORCHLITE_NO_INPUT_SPEC', 'the model passed as `like` has no input spec in its metadata (`metadata.input`); pass `size`, `channels`, `mean` and `std`');
+  const [channels, size] = spec.shape;
+  if (channels !== 1 && channels !== 3) throw new TorchError('TORCHLITE_NO_INPUT_SPEC', `the model's input spec has ${channels} channels; image folders make 1 or 3`);
+  return { size, channels, mean: spec.mean, std: spec.std };
+}
+
+function stripUndefined<T extends object>(value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
 /** torchvision's RandomResizedCrop box: area 8–100%, aspect 3/4–4/3, ten tries, then a centre crop. */

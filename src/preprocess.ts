@@ -1,0 +1,33 @@
+// The input convention a model carries in its metadata (`metadata.input`), so that
+// evaluation, prediction and further fine-tuning prepare images as training did.
+
+/**
+ * How images become a model's input: scaled to [0, 1], resized, normalised per channel.
+ * torchlite writes it into `metadata.input` when it trains or exports a model; a model
+ * without it gets no preprocessing guessed for it (the CLI asks for `--size`).
+ */
+export interface InputSpec {
+  /** One input, `[channels, height, width]`. */
+  shape: number[];
+  /** Per-channel mean subtracted after scaling pixels to [0, 1]. */
+  mean: number[];
+  /** Per-channel standard deviation divided by after the mean. */
+  std: number[];
+  /** `'center-crop'`: scale the short side to the size and crop the centre (torchvision's Resize + CenterCrop, on a square). */
+  resize?: 'center-crop';
+}
+
+/** The input spec in a model's metadata, if it has a valid one. */
+export function inputSpecOf(model: { readonly metadata: unknown }): InputSpec | undefined {
+  const input = (model.metadata as { input?: Partial<InputSpec> } | null | undefined)?.input;
+  const numbers = (v: unknown): v is number[] => Array.isArray(v) && v.every((x) => typeof x === 'number' && Number.isFinite(x));
+  if (!input || !numbers(input.shape) || input.shape.length !== 3 || !numbers(input.mean) || !numbers(input.std)) return undefined;
+  if (input.mean.length !== input.shape[0] || input.std.length !== input.shape[0]) return undefined;
+  return { shape: input.shape, mean: input.mean, std: input.std, resize: 'center-crop' };
+}
+
+/** The class names in a model's metadata, if it has them. */
+export function classNamesOf(model: { readonly metadata: unknown }): string[] | undefined {
+  const classes = (model.metadata as { classes?: unknown } | null | undefined)?.classes;
+  return Array.isArray(classes) && classes.every((c) => typeof c === 'string') ? classes : undefined;
+}
