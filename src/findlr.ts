@@ -30,11 +30,16 @@ export interface FindLrOptions {
   restoreRng?: boolean;
 }
 
+/** How to read an lr off the range test's curve. */
+export type LrRule = 'valley' | 'minimum' | 'steepest';
+
 export interface LrFinderResult {
   lrs: number[];
   /** Exponentially smoothed, bias-corrected losses. */
   losses: number[];
-  /** The lr where the smoothed loss falls fastest. */
+  /** The lr each rule reads off the curve. */
+  suggestions: Record<LrRule, number>;
+  /** `suggestions.valley`, the rule fineTune's `lr: 'auto'` uses (see bench/results/recipes.md for why). */
   suggestion: number;
   /** Writes the loss-vs-lr curve as an SVG file. */
   plot(path: string): Promise<void>;
@@ -86,20 +91,55 @@ export async function findLr(model: Model, loader: Loader, options?: FindLrOptio
     model.train(wasTraining);
     optimizer.dispose();
   }
-  // Steepest descent of the smoothed loss against log(lr), ignoring the noisy ends.
-  let suggestion = lrs[0];
-  let steepest = 0;
-  for (let i = 1; i < losses.length - 1; i++) {
-    const slope = (losses[i + 1] - losses[i - 1]) / (Math.log(lrs[i + 1]) - Math.log(lrs[i - 1]));
-    if (slope < steepest) {
-      steepest = slope;
-      suggestion = lrs[i];
-    }
-  }
+  const suggestions = { valley: valley(lrs, losses), minimum: minimum(lrs, losses), steepest: steepest(lrs, losses) };
+  const suggestion = suggestions.valley;
   return {
     lrs,
     losses,
+    suggestions,
     suggestion,
     plot: (path) => writeFile(path, lineChart(`LR range test (suggested ${suggestion.toExponential(1)})`, 'step', [{ name: 'smoothed loss', color: '#1565c0', points: losses.map((l, i) => [i, l]) }])),
   };
+}
+
+/** Steepest descent of the smoothed loss against log(lr), ignoring the noisy ends. */
+function steepest(lrs: number[], losses: number[]): number {
+  let best = lrs[0];
+  let slope = 0;
+  for (let i = 1; i < losses.length - 1; i++) {
+    const s = (losses[i + 1] - losses[i - 1]) / (Math.log(lrs[i + 1]) - Math.log(lrs[i - 1]));
+    if (s < slope) {
+      slope = s;
+      best = lrs[i];
+    }
+  }
+  return best;
+}
+
+/** A tenth of the lr at the lowest smoothed loss (Leslie Smith's and fastai's old rule). */
+function minimum(lrs: number[], losses: number[]): number {
+  let at = 0;
+  for (let i = 1; i < losses.length; i++) if (losses[i] < losses[at]) at = i;
+  return lrs[at] / 10;
+}
+
+/**
+ * fastai's "valley": the longest run of the curve along which the loss keeps falling
+ * (a longest decreasing subsequence), and the point a half of the way into its middle
+ * third, where the loss still falls but well before it turns.
+ */
+function valley(lrs: number[], losses: number[]): number {
+  const n = losses.length;
+  const runs = new Array<number>(n).fill(1);
+  let start = 0;
+  let end = 0;
+  for (let i = 1; i < n; i++) {
+    for (let j = 0; j < i; j++) if (losses[i] < losses[j] && runs[i] < runs[j] + 1) runs[i] = runs[j] + 1;
+    if (runs[i] > runs[end]) {
+      end = i;
+      start = end - runs[end];
+    }
+  }
+  const third = (end - start) / 3;
+  return lrs[Math.max(0, Math.min(n - 1, start + Math.floor(third) + Math.floor(third / 2)))];
 }

@@ -21,7 +21,7 @@ export {
 export type { TrainingPosition } from './checkpoint';
 export * as data from './data';
 export type { Dataset, Loader, LoaderBatch, Sample } from './data';
-export { findLr, type FindLrOptions, type LrFinderResult } from './findlr';
+export { findLr, type FindLrOptions, type LrFinderResult, type LrRule } from './findlr';
 export { classNamesOf, inputSpecOf, type InputSpec } from './preprocess';
 export { progressBar } from './progress';
 export { lineChart, type Series } from './chart';
@@ -56,6 +56,7 @@ export {
   checkpoint,
   earlyStopping,
   type EpochRecord,
+  type FineTuneHistory,
   type FineTuneOptions,
   fineTune,
   type FitContext,

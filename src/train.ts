@@ -4,6 +4,7 @@ import { appendFile, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { loadCheckpoint, readCheckpointPosition, saveCheckpoint, type TrainingPosition } from './checkpoint';
+import { findLr, type LrRule } from './findlr';
 import type { Loader } from './data/loader';
 import { Loss, crossEntropy } from './loss';
 import type { Metrics, MetricSpec } from './metrics';
@@ -347,9 +348,17 @@ export interface FineTuneOptions {
   freezeEpochs?: number;
   /** Epochs after unfreezing, split over the unfreeze stages. Defaults to `3`. */
   epochs?: number;
-  /** Peak lr of the head (halved after the frozen phase, as fastai does). Defaults to `2e-3`. */
-  baseLr?: number;
-  /** The earliest layers train at `baseLr / lrMult`, later ones geometrically closer to `baseLr`. Defaults to `100`. */
+  /**
+   * Peak lr of the head (halved after the frozen phase, as fastai does). `'auto'` runs an
+   * LR range test ({@link findLr}) on the model as the first phase will train it (new
+   * head, body frozen), reads the lr off it by `lrRule`, and puts the model and the
+   * random generator back before training; the choice is in the result's `lr`.
+   * Defaults to `'auto'`.
+   */
+  lr?: number | 'auto';
+  /** How `lr: 'auto'` reads the range test. Defaults to `'valley'`. */
+  lrRule?: LrRule;
+  /** The earliest layers train at `lr / lrMult`, later ones geometrically closer to `lr`. Defaults to `100`. */
   lrMult?: number;
   /** `'all'` at once, or stages of prefixes to unfreeze in turn, e.g. `['layer4', 'layer3', 'all']`. Defaults to `'all'`. */
   unfreeze?: 'all' | string[];
@@ -368,19 +377,29 @@ export interface FineTuneOptions {
   resumeRng?: boolean;
 }
 
+/** What {@link fineTune} resolves: the epoch records, and the lr it used. */
+export type FineTuneHistory = EpochRecord[] & {
+  /** The head's peak lr: the one given, or the one `lr: 'auto'` chose. */
+  lr: number;
+  /** With `lr: 'auto'`: the rule used and what each rule read off the range test. */
+  lrFinder?: { rule: LrRule; suggestions: Record<LrRule, number> };
+};
+
 /**
  * The fastai recipe: new head, body frozen, one-cycle on the head for `freezeEpochs`;
  * then unfreeze (at once or in stages) with discriminative lrs and one-cycle again. The
  * BatchNorm policy keeps frozen BatchNorm layers in eval mode throughout.
  */
-export async function fineTune(model: Model, options: FineTuneOptions): Promise<EpochRecord[]> {
-  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'baseLr', 'lrMult', 'unfreeze', 'weightDecay', 'loss', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng']) as FineTuneOptions;
-  const resumeStage = o.resume === undefined ? -1 : (await readCheckpointPosition(checkString(o.resume, 'options.resume'))).stage;
+export async function fineTune(model: Model, options: FineTuneOptions): Promise<FineTuneHistory> {
+  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'lr', 'lrRule', 'lrMult', 'unfreeze', 'weightDecay', 'loss', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng']) as FineTuneOptions;
+  const resumed = o.resume === undefined ? undefined : await readCheckpointPosition(checkString(o.resume, 'options.resume'));
+  const resumeStage = resumed?.stage ?? -1;
   const freezeEpochs = checkInteger(o.freezeEpochs ?? 1, 'options.freezeEpochs', 0, 'a non-negative integer');
   const epochs = checkInteger(o.epochs ?? 3, 'options.epochs', 0, 'a non-negative integer');
-  const baseLr = checkFiniteNumber(o.baseLr ?? 2e-3, 'options.baseLr');
+  const auto = o.lr === undefined || o.lr === 'auto';
+  if (!auto && (checkFiniteNumber(o.lr, 'options.lr') as number) <= 0) throw rangeError("a positive number or 'auto'", 'options.lr', o.lr);
+  const rule = checkOneOf(o.lrRule ?? 'valley', 'options.lrRule', ['valley', 'minimum', 'steepest'] as const);
   const lrMult = checkFiniteNumber(o.lrMult ?? 100, 'options.lrMult');
-  if (baseLr <= 0) throw rangeError('a positive number', 'options.baseLr', baseLr);
   if (lrMult < 1) throw rangeError('a number ≥ 1', 'options.lrMult', lrMult);
   const stages = o.unfreeze === undefined || o.unfreeze === 'all' ? ['all'] : o.unfreeze;
   if (!Array.isArray(stages) || stages.length === 0) throw typeError("'all' or a non-empty array of prefixes", 'options.unfreeze', o.unfreeze);
@@ -388,8 +407,28 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   const head = o.numClasses === undefined ? undefined : model.resetClassifier(o.numClasses, { dropout: o.dropout ?? 0 });
   const headPath = head ?? model.classifierHead();
   if (headPath === undefined) throw new RangeError('Expected a model with a Linear head for `fineTune` but found none; pass `numClasses`');
-  const history: EpochRecord[] = [];
-  const common = { train: o.train, val: o.val, loss: o.loss, metrics: o.metrics, callbacks: o.callbacks, signal: o.signal };
+  model.freeze();
+  model.unfreeze(headPath);
+  // A resumed run reuses the lr its checkpoint recorded: a new range test on weights
+  // already trained would pick another one and break exact resumption.
+  const recorded = (resumed?.callbacks.fineTune as { lr?: number } | undefined)?.lr;
+  let finder: FineTuneHistory['lrFinder'];
+  let baseLr: number;
+  if (!auto) baseLr = o.lr as number;
+  else if (recorded !== undefined) baseLr = recorded;
+  else {
+    const found = await findLr(model, o.train, { ...(o.loss && { loss: o.loss }) });
+    baseLr = found.suggestions[rule];
+    finder = { rule, suggestions: found.suggestions };
+  }
+  const remember: Callback = {
+    name: 'fineTune',
+    onEpochEnd: (ctx) => {
+      ctx.callbackState.fineTune = { lr: baseLr };
+    },
+  };
+  const history: FineTuneHistory = Object.assign([] as EpochRecord[], { lr: baseLr, ...(finder && { lrFinder: finder }) });
+  const common = { train: o.train, val: o.val, loss: o.loss, metrics: o.metrics, callbacks: [remember, ...(o.callbacks ?? [])], signal: o.signal };
   const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[]): Promise<void> => {
     // Stages a resumed run already finished only replay their freezing, not their training.
     if (epochCount === 0 || o.signal?.aborted || stage < resumeStage) return;
@@ -399,8 +438,6 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
     const records = await fit(model, { ...common, epochs: epochCount, optimizer, scheduler, stage, ...(resume && { resume, resumeRng: o.resumeRng }) });
     history.push(...records.map((r) => ({ ...r, epoch: history.length + r.epoch })));
   };
-  model.freeze();
-  model.unfreeze(headPath);
   await phase(0, freezeEpochs, [{ params: headPath }], [baseLr]);
   const lr = baseLr / 2;
   const topLevel = [...new Set(model.parameters().map((p) => p.name.split('.')[0]))];

@@ -138,7 +138,7 @@ async function stagedRecipe() {
     freezeEpochs: 1,
     epochs: 2,
     unfreeze: ['features.8', 'all'],
-    baseLr: 1e-2,
+    lr: 1e-2,
     lrMult: 10,
   };
 }

@@ -64,7 +64,7 @@ describe('losses match PyTorch', () => {
     };
     expect(code(() => ce.compute(logits, longs([0, 1, 2, 4, 0, 0])))).toBe('TORCHLITE_BAD_TARGET: class index 4 at target position 3 is out of range for 4 classes');
     expect(code(() => ce.compute(logits, longs([0, 1, 2])))).toBe('TORCHLITE_BAD_TARGET: crossEntropy expects class-index targets of shape [6] for outputs [6, 4] but received [3]');
-    expect(code(() => loss.nll().compute(logits, tensor([0, 1, 2, 3, 0, 1])))).toBe('TORCHLITE_BAD_TARGET: nll expects integer class-index targets but received float32');
+    expect(code(() => loss.nll().compute(logits, tensor([0, 1, 2, 3, 0, 1])))).toBe("TORCHLITE_BAD_TARGET: nll expects class indices of dtype int64 but received float32 targets of shape [6] for outputs [6, 4]; make them with tensor(BigInt64Array.from(labels, BigInt)) or tensor(labels, undefined, { dtype: 'int64' })");
     expect(code(() => loss.mse().compute(pred, tensor(new Float32Array(6), [6, 1])))).toBe('TORCHLITE_BAD_TARGET: mse expects a target of the output\'s shape [6, 3] but received [6, 1]');
     expect(code(() => loss.crossEntropy({ weight: [1, 2] }).compute(logits, classes))).toBe('TORCHLITE_BAD_TARGET: crossEntropy has a class weight of 2 entries for 4 classes');
     expect(() => loss.crossEntropy({ labelSmoothing: 1 })).toThrow(new RangeError('Expected a number in [0, 1) for `options.labelSmoothing` but received 1'));

@@ -29,7 +29,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   const epochs = intFlag(flags.epochs, '--epochs', 0);
   const freezeEpochs = intFlag(flags.freezeEpochs, '--freeze-epochs', 0);
   const batchSize = intFlag(flags.batchSize, '--batch-size');
-  const baseLr = numberFlag(flags.lr, '--lr');
+  const lr = flags.lr === 'auto' ? 'auto' : numberFlag(flags.lr, '--lr');
   const classes = parseClasses(flags.classes);
   // The seed covers everything random: the new head's weights, dropout, the subset, the
   // validation split, shuffling and augmentation. The same command gives the same model.
@@ -55,25 +55,29 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
     numClasses: names.length,
     freezeEpochs,
     epochs,
-    baseLr,
+    lr,
     loss,
     unfreeze: flags.unfreeze ? flags.unfreeze.split(',') : 'all',
     callbacks: [progressBar({ enabled: !flags.json, batchSize }), steps, ...(flags.checkpointDir ? [checkpoint({ dir: flags.checkpointDir })] : [])],
     ...(flags.resume && { resume: flags.resume }),
   });
+  const lrLine = history.lrFinder
+    ? `lr ${history.lr.toExponential(2)}, chosen by the LR range test (${history.lrFinder.rule}; minimum/10 ${history.lrFinder.suggestions.minimum.toExponential(2)}, steepest ${history.lrFinder.suggestions.steepest.toExponential(2)})`
+    : `lr ${history.lr.toExponential(2)}, as given`;
+  if (!flags.json) console.log(lrLine);
   const final = await model.evaluate(valLoader, { loss, metrics: ['accuracy', 'f1', 'confusionMatrix'] });
   // fit has recorded the classes and the input spec; the model is in eval mode.
   await model.save(flags.out, {
-    metadata: { ...(model.metadata as object), classes: names, input, recipe: { command: 'torchlite finetune', data: flags.data, epochs, freezeEpochs, baseLr, batchSize, seed, valAccuracy: final.accuracy } },
+    metadata: { ...(model.metadata as object), classes: names, input, recipe: { command: 'torchlite finetune', data: flags.data, epochs, freezeEpochs, lr: history.lr, lrFinder: history.lrFinder, batchSize, seed, valAccuracy: final.accuracy } },
   });
   if (flags.report)
     await writeReport(flags.report, {
       title: `torchlite finetune: ${flags.model}`,
-      summary: [`data ${flags.data}, ${train.length} training samples, ${val.length} validation samples`, `validation accuracy ${((final.accuracy ?? 0) * 100).toFixed(2)}%, macro F1 ${(final.f1 ?? 0).toFixed(3)}`, `saved ${flags.out}`],
+      summary: [`data ${flags.data}, ${train.length} training samples, ${val.length} validation samples`, lrLine, `validation accuracy ${((final.accuracy ?? 0) * 100).toFixed(2)}%, macro F1 ${(final.f1 ?? 0).toFixed(3)}`, `saved ${flags.out}`],
       history,
       steps: steps.steps,
       confusion: { matrix: final.confusionMatrix ?? [], classes: names },
     });
-  if (flags.json) console.log(JSON.stringify({ out: flags.out, classes: names, history, final }));
+  if (flags.json) console.log(JSON.stringify({ out: flags.out, classes: names, lr: history.lr, lrFinder: history.lrFinder, history, final }));
   else console.log(`validation accuracy ${((final.accuracy ?? 0) * 100).toFixed(2)}%, saved ${flags.out}${flags.report ? `, report ${flags.report}` : ''}`);
 }

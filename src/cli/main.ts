@@ -36,7 +36,7 @@ program
   .option('--per-class <n>', 'labelled images per class (a small budget)')
   .option('--epochs <n>', 'epochs after unfreezing', '3')
   .option('--freeze-epochs <n>', 'epochs training only the head', '1')
-  .option('--lr <lr>', 'peak learning rate of the head', '0.002')
+  .option('--lr <lr|auto>', 'peak learning rate of the head, or auto: read off an LR range test of the new head', 'auto')
   .option('--batch-size <n>', 'samples per step', '32')
   .option('--unfreeze <stages>', "comma-separated stages, e.g. layer4,layer3,all (default: all at once)")
   .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')

@@ -1,0 +1,186 @@
+// The recipe sweep: does fineTune's default (lr: 'auto') land near the best learning rate
+// on data it has never seen? Five small datasets (make_datasets.py), budgets of 10, 50
+// and 200 labels per class, two model families pretrained on Fashion-MNIST classes 0-4
+// (the shipped CNN, and mobilenet_v3_small from pretrain_mobilenet.py), three seeds. Each
+// cell runs the default, the other lr rules, and a five-point lr grid, with the CLI's
+// other defaults (1 frozen epoch + 3, batch 32), and scores the 500 validation images.
+//
+//   node bench/recipes/sweep.mjs [--part defaults|grid|all] [--report]
+//
+// Results append to $TORCHLITE_RECIPES_DIR/runs.jsonl (default /tmp/torchlite-recipes), so an
+// interrupted sweep continues where it stopped; --report writes bench/results/recipes.md.
+// A benchmark, not a test: test/recipes.test.ts runs one small cell end to end.
+import { execFileSync } from 'node:child_process';
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+import torchlite from '../../lib/index.js';
+
+const { data, fineTune, inputSpecOf, loadPretrained, manualSeed } = torchlite;
+const here = dirname(fileURLToPath(import.meta.url));
+const python = process.env.TORCHLITE_PYTHON ?? '/usr/bin/python3';
+const cache = process.env.TORCHLITE_RECIPES_DIR ?? '/tmp/torchlite-recipes';
+const runsFile = join(cache, 'runs.jsonl');
+const args = process.argv.slice(2);
+const part = args.includes('--part') ? args[args.indexOf('--part') + 1] : 'all';
+
+export const DATASETS = ['fashion', 'letters', 'shapes', 'textures', 'colour'];
+export const BUDGETS = [10, 50, 200];
+export const SEEDS = [0, 1, 2];
+export const GRID = [1e-3, 3e-3, 1e-2, 3e-2, 1e-1];
+const MODELS = {
+  cnn: { file: join(here, '..', '..', 'models', 'fashion-cnn.pt'), layout: 'grey28', shape: [1, 28, 28] },
+  mnv3: { file: join(cache, 'mobilenet_v3_small-fashion04.pt'), layout: 'rgb32', shape: [3, 32, 32] },
+};
+
+function prepare() {
+  mkdirSync(cache, { recursive: true });
+  if (!existsSync(join(cache, 'colour.json'))) execFileSync(python, [join(here, 'make_datasets.py'), cache], { stdio: 'inherit' });
+  if (!existsSync(MODELS.mnv3.file)) execFileSync(python, [join(here, 'pretrain_mobilenet.py'), MODELS.mnv3.file], { stdio: 'inherit' });
+}
+
+/** The dataset in a model family's layout, normalised as the model expects; train and val parts. */
+function load(name, family, model) {
+  const meta = JSON.parse(readFileSync(join(cache, `${name}.json`), 'utf8'));
+  const bytes = readFileSync(join(cache, `${name}.${MODELS[family].layout}.u8`));
+  const { mean, std } = inputSpecOf(model);
+  const shape = MODELS[family].shape;
+  const size = shape.reduce((a, b) => a * b, 1);
+  const plane = shape[1] * shape[2];
+  const inputs = Float32Array.from(bytes, (v, i) => {
+    const c = Math.floor((i % size) / plane);
+    return (v / 255 - mean[c]) / std[c];
+  });
+  const part = (from, to) => data.tensorDataset(inputs.subarray(from * size, to * size), Int32Array.from(meta.labels.slice(from, to)), { inputShape: shape, classes: meta.classes });
+  return { train: part(0, meta.train), val: part(meta.train, meta.train + meta.val) };
+}
+
+/** One fine-tuning run; resolves its validation accuracy and the lr used. */
+export async function run({ family, dataset, budget, seed, lr, lrRule = 'valley', lrMult = 100, freezeEpochs = 1, epochs = 3 }) {
+  manualSeed(seed);
+  const model = await loadPretrained(MODELS[family].file);
+  try {
+    const { train, val } = load(dataset, family, model);
+    const picked = data.subset(train, { perClass: budget, seed });
+    const started = Date.now();
+    const history = await fineTune(model, {
+      train: data.loader(picked, { batchSize: 32, shuffle: true, seed }),
+      numClasses: 5,
+      freezeEpochs,
+      epochs,
+      lr,
+      lrRule,
+      lrMult,
+    });
+    const { accuracy } = await model.evaluate(data.loader(val, { batchSize: 250 }), { metrics: ['accuracy'] });
+    return { accuracy, lr: history.lr, suggestions: history.lrFinder?.suggestions, seconds: (Date.now() - started) / 1000 };
+  } finally {
+    model.dispose();
+  }
+}
+
+function done() {
+  if (!existsSync(runsFile)) return new Set();
+  return new Set(readFileSync(runsFile, 'utf8').trim().split('\n').filter(Boolean).map((line) => JSON.parse(line).key));
+}
+
+async function sweep(cells) {
+  const finished = done();
+  let i = 0;
+  for (const cell of cells) {
+    i += 1;
+    const key = JSON.stringify(cell);
+    if (finished.has(key)) continue;
+    const result = await run(cell);
+    appendFileSync(runsFile, `${JSON.stringify({ key, ...cell, ...result })}\n`);
+    console.log(`${i}/${cells.length} ${key} -> ${(result.accuracy * 100).toFixed(1)}% at lr ${result.lr.toExponential(2)} (${result.seconds.toFixed(1)}s)`);
+  }
+}
+
+/** Candidates for the other defaults, on budget 50, seed 0: lr ratio and the split of 4 epochs. */
+function defaultsCells() {
+  const cells = [];
+  for (const family of Object.keys(MODELS))
+    for (const dataset of DATASETS)
+      for (const lrMult of [3, 10, 100])
+        for (const [freezeEpochs, epochs] of [[1, 3], [2, 2]]) cells.push({ part: 'defaults', family, dataset, budget: 50, seed: 0, lr: 'auto', lrMult, freezeEpochs, epochs });
+  return cells;
+}
+
+function gridCells(defaults) {
+  const cells = [];
+  for (const family of Object.keys(MODELS))
+    for (const dataset of DATASETS)
+      for (const budget of BUDGETS)
+        for (const seed of SEEDS) {
+          const base = { part: 'grid', family, dataset, budget, seed, ...defaults };
+          cells.push({ ...base, lr: 'auto', lrRule: 'valley' }, { ...base, lr: 'auto', lrRule: 'minimum' });
+          for (const lr of GRID) cells.push({ ...base, lr });
+        }
+  return cells;
+}
+
+const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+
+function report() {
+  const runs = readFileSync(runsFile, 'utf8').trim().split('\n').map((line) => JSON.parse(line));
+  const lines = ['# Recipe sweep', '', `Machine: ${process.env.TORCHLITE_SWEEP_MACHINE ?? 'this 2-core VM'}; LibTorch ${torchlite.torchVersion}. Made by \`node bench/recipes/sweep.mjs --report\` from ${runs.length} runs.`, ''];
+  const defaults = runs.filter((r) => r.part === 'defaults');
+  if (defaults.length > 0) {
+    lines.push('## Other defaults (budget 50 per class, seed 0, lr auto): mean validation accuracy over the five datasets', '', '| model | lr ratio | frozen + unfrozen epochs | accuracy |', '|---|---|---|---|');
+    const keys = [...new Set(defaults.map((r) => `${r.family}|${r.lrMult}|${r.freezeEpochs}+${r.epochs}`))];
+    for (const key of keys) {
+      const [family, lrMult, split] = key.split('|');
+      const group = defaults.filter((r) => `${r.family}|${r.lrMult}|${r.freezeEpochs}+${r.epochs}` === key);
+      lines.push(`| ${family} | ${lrMult} | ${split} | ${(mean(group.map((r) => r.accuracy)) * 100).toFixed(1)}% (${group.length} runs) |`);
+    }
+    lines.push('');
+  }
+  const grid = runs.filter((r) => r.part === 'grid');
+  if (grid.length > 0) {
+    lines.push('## Default against the best of a five-point lr grid (mean validation accuracy over seeds)', '');
+    lines.push(`Grid: ${GRID.join(', ')}. Acceptance: the default (\`lr: 'auto'\`, valley rule) within 2 points of the best grid point.`, '');
+    lines.push('| model | dataset | labels/class | default (valley) | minimum/10 rule | best grid lr | best grid | gap | within 2 |', '|---|---|---|---|---|---|---|---|---|');
+    let met = 0;
+    let cellsCount = 0;
+    const gaps = { valley: [], minimum: [] };
+    for (const family of Object.keys(MODELS))
+      for (const dataset of DATASETS)
+        for (const budget of BUDGETS) {
+          const cell = grid.filter((r) => r.family === family && r.dataset === dataset && r.budget === budget);
+          const acc = (pred) => {
+            const xs = cell.filter(pred).map((r) => r.accuracy);
+            return xs.length ? mean(xs) : NaN;
+          };
+          const auto = acc((r) => JSON.parse(r.key).lr === 'auto' && r.lrRule === 'valley');
+          const minimum = acc((r) => JSON.parse(r.key).lr === 'auto' && r.lrRule === 'minimum');
+          const points = GRID.map((lr) => [lr, acc((r) => JSON.parse(r.key).lr === lr)]).filter(([, a]) => !Number.isNaN(a));
+          if (points.length === 0 || Number.isNaN(auto)) continue;
+          const [bestLr, best] = points.reduce((a, b) => (b[1] > a[1] ? b : a));
+          const gap = (best - auto) * 100;
+          gaps.valley.push(gap);
+          if (!Number.isNaN(minimum)) gaps.minimum.push((best - minimum) * 100);
+          cellsCount += 1;
+          if (gap <= 2) met += 1;
+          lines.push(`| ${family} | ${dataset} | ${budget} | ${(auto * 100).toFixed(1)}% | ${(minimum * 100).toFixed(1)}% | ${bestLr} | ${(best * 100).toFixed(1)}% | ${gap.toFixed(1)} | ${gap <= 2 ? 'yes' : '**no**'} |`);
+        }
+    lines.push('', `Within 2 points: ${met} of ${cellsCount} cells. Mean gap to the best grid point: valley ${mean(gaps.valley).toFixed(2)} points (worst ${Math.max(...gaps.valley).toFixed(1)}), minimum/10 ${gaps.minimum.length ? mean(gaps.minimum).toFixed(2) : '-'} points (worst ${gaps.minimum.length ? Math.max(...gaps.minimum).toFixed(1) : '-'}).`, '');
+  }
+  const out = join(here, '..', 'results', 'recipes.md');
+  writeFileSync(out, `${lines.join('\n')}\n`);
+  console.log(`wrote ${out}`);
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) {
+  if (args.includes('--report')) report();
+  else {
+    prepare();
+    if (part === 'defaults' || part === 'all') await sweep(defaultsCells());
+    if (part === 'grid' || part === 'all') {
+      const chosen = JSON.parse(process.env.TORCHLITE_SWEEP_DEFAULTS ?? '{}');
+      await sweep(gridCells(chosen));
+    }
+    report();
+  }
+}
