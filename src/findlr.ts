@@ -31,7 +31,7 @@ export interface FindLrOptions {
 }
 
 /** How to read an lr off the range test's curve. */
-export type LrRule = 'valley' | 'minimum' | 'steepest';
+export type LrRule = 'valley' | 'peak' | 'minimum' | 'steepest';
 
 export interface LrFinderResult {
   lrs: number[];
@@ -39,7 +39,7 @@ export interface LrFinderResult {
   losses: number[];
   /** The lr each rule reads off the curve. */
   suggestions: Record<LrRule, number>;
-  /** `suggestions.valley`, the rule fineTune's `lr: 'auto'` uses (see bench/results/recipes.md for why). */
+  /** `suggestions.peak`, the rule fineTune's `lr: 'auto'` uses (see bench/results/recipes.md for why). */
   suggestion: number;
   /** Writes the loss-vs-lr curve as an SVG file. */
   plot(path: string): Promise<void>;
@@ -91,8 +91,9 @@ export async function findLr(model: Model, loader: Loader, options?: FindLrOptio
     model.train(wasTraining);
     optimizer.dispose();
   }
-  const suggestions = { valley: valley(lrs, losses), minimum: minimum(lrs, losses), steepest: steepest(lrs, losses) };
-  const suggestion = suggestions.valley;
+  const low = lowest(losses);
+  const suggestions = { valley: valley(lrs, losses), peak: lrs[low], minimum: lrs[low] / 10, steepest: steepest(lrs, losses) };
+  const suggestion = suggestions.peak;
   return {
     lrs,
     losses,
@@ -116,11 +117,16 @@ function steepest(lrs: number[], losses: number[]): number {
   return best;
 }
 
-/** A tenth of the lr at the lowest smoothed loss (Leslie Smith's and fastai's old rule). */
-function minimum(lrs: number[], losses: number[]): number {
-  let at = 0;
-  for (let i = 1; i < losses.length; i++) if (losses[i] < losses[at]) at = i;
-  return lrs[at] / 10;
+/**
+ * Where the smoothed loss is lowest, past the first tenth of the test (the bias-corrected
+ * average of the first few batches is noise). `peak` is its lr, Leslie Smith's choice
+ * for the top of a one-cycle schedule; `minimum` a tenth of it, fastai's old rule for a
+ * constant lr.
+ */
+function lowest(losses: number[]): number {
+  let at = Math.min(losses.length - 1, Math.floor(losses.length / 10));
+  for (let i = at + 1; i < losses.length; i++) if (losses[i] < losses[at]) at = i;
+  return at;
 }
 
 /**

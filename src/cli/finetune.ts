@@ -62,7 +62,10 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
     ...(flags.resume && { resume: flags.resume }),
   });
   const lrLine = history.lrFinder
-    ? `lr ${history.lr.toExponential(2)}, chosen by the LR range test (${history.lrFinder.rule}; minimum/10 ${history.lrFinder.suggestions.minimum.toExponential(2)}, steepest ${history.lrFinder.suggestions.steepest.toExponential(2)})`
+    ? `lr ${history.lr.toExponential(2)}, chosen by the LR range test (${history.lrFinder.rule} rule; ${Object.entries(history.lrFinder.suggestions)
+        .filter(([rule]) => rule !== history.lrFinder!.rule)
+        .map(([rule, value]) => `${rule} ${value.toExponential(2)}`)
+        .join(', ')})`
     : `lr ${history.lr.toExponential(2)}, as given`;
   if (!flags.json) console.log(lrLine);
   const final = await model.evaluate(valLoader, { loss, metrics: ['accuracy', 'f1', 'confusionMatrix'] });

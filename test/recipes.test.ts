@@ -1,0 +1,55 @@
+// fineTune's automatic learning rate, end to end on one small case of the recipe sweep
+// (bench/recipes/sweep.mjs runs the whole sweep; this is its smallest cell).
+import { join } from 'node:path';
+
+import { describe, expect, it } from 'vitest';
+
+import { data, findLr, fineTune, loadPretrained, manualSeed, type Tensor } from '../src';
+import { fixture, root } from './helpers';
+
+const SHIPPED = join(root, 'models', 'fashion-cnn.pt');
+
+async function fashion(split: 'train' | 't10k') {
+  const ds = await data.idx(fixture(`fashion-5to9-${split}-images.idx.gz`), fixture(`fashion-5to9-${split}-labels.idx.gz`), { mean: 0.286, std: 0.353 });
+  return data.subset(ds, { classes: [5, 6, 7, 8, 9], ...(split === 'train' && { perClass: 20 }) });
+}
+
+async function tune(lr: number | 'auto') {
+  manualSeed(3);
+  const model = await loadPretrained(SHIPPED);
+  const history = await fineTune(model, { train: data.loader(await fashion('train'), { batchSize: 32, shuffle: true, seed: 3 }), numClasses: 5, freezeEpochs: 1, epochs: 1, lr });
+  const weights = Array.from((await (model.stateDict()['classifier.2.weight'] as Tensor).read()) as Float32Array);
+  const { accuracy } = await model.evaluate(data.loader(await fashion('t10k'), { batchSize: 250 }), { metrics: ['accuracy'] });
+  model.dispose();
+  return { history, weights, accuracy: accuracy! };
+}
+
+describe("fineTune({ lr: 'auto' })", () => {
+  it('reads the lr off a range test of the new head, then trains exactly as with that lr given', async () => {
+    const auto = await tune('auto');
+    expect(auto.history.lrFinder?.rule).toBe('peak');
+    const { valley, peak, minimum, steepest } = auto.history.lrFinder!.suggestions;
+    expect(auto.history.lr).toBe(peak);
+    expect(minimum).toBeCloseTo(peak / 10, 12);
+    for (const lr of [valley, peak, minimum, steepest]) expect(lr).toBeGreaterThan(1e-7);
+    expect(auto.history.lr).toBeLessThan(10);
+    // The range test put the model and the generator back: same weights as a run given the lr.
+    const given = await tune(auto.history.lr);
+    expect(given.history.lrFinder).toBeUndefined();
+    expect(given.weights).toEqual(auto.weights);
+    expect(auto.accuracy).toBeGreaterThan(0.5); // 100 labels, 2 epochs; chance is 0.2
+  });
+
+  it('findLr reports every rule, with peak as its suggestion', async () => {
+    manualSeed(0);
+    const model = await loadPretrained(SHIPPED);
+    model.resetClassifier(5);
+    model.freeze();
+    model.unfreeze('classifier');
+    const found = await findLr(model, data.loader(await fashion('train'), { batchSize: 32, shuffle: true }), { steps: 60 });
+    expect(Object.keys(found.suggestions).sort()).toEqual(['minimum', 'peak', 'steepest', 'valley']);
+    expect(found.suggestion).toBe(found.suggestions.peak);
+    expect(found.lrs).toHaveLength(found.losses.length);
+    model.dispose();
+  });
+});
