@@ -79,7 +79,7 @@ program
 program
   .command('demo')
   .description('fine-tune the shipped model on Fashion-MNIST classes 5-9 and compare with head-only and from-scratch training')
-  .option('--budget <n>', 'labelled training images', '500')
+  .option('--budget <n>', 'labelled training images', '100')
   .option('--epochs <n>', 'epochs per approach', '12')
   .option('--target <accuracy>', 'test accuracy for the steps-to-target column', '0.8')
   .option('--data-dir <dir>', 'folder with the Fashion-MNIST IDX files (default: the Debian package)')
