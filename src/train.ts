@@ -363,7 +363,11 @@ export interface FineTuneOptions {
    * schedules (bench/results/recipes.md). Defaults to `'peak'`.
    */
   lrRule?: LrRule;
-  /** The earliest layers train at `lr / lrMult`, later ones geometrically closer to `lr`. Defaults to `100`. */
+  /**
+   * The earliest layers train at `lr / lrMult`, later ones geometrically closer to `lr`.
+   * fastai's 100 suits long ImageNet runs; in the recipe sweep 3 did best with short
+   * schedules on small data (bench/results/recipes.md). Defaults to `3`.
+   */
   lrMult?: number;
   /** `'all'` at once, or stages of prefixes to unfreeze in turn, e.g. `['layer4', 'layer3', 'all']`. Defaults to `'all'`. */
   unfreeze?: 'all' | string[];
@@ -404,7 +408,7 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   const auto = o.lr === undefined || o.lr === 'auto';
   if (!auto && (checkFiniteNumber(o.lr, 'options.lr') as number) <= 0) throw rangeError("a positive number or 'auto'", 'options.lr', o.lr);
   const rule = checkOneOf(o.lrRule ?? 'peak', 'options.lrRule', ['valley', 'peak', 'minimum', 'steepest'] as const);
-  const lrMult = checkFiniteNumber(o.lrMult ?? 100, 'options.lrMult');
+  const lrMult = checkFiniteNumber(o.lrMult ?? 3, 'options.lrMult');
   if (lrMult < 1) throw rangeError('a number ≥ 1', 'options.lrMult', lrMult);
   const stages = o.unfreeze === undefined || o.unfreeze === 'all' ? ['all'] : o.unfreeze;
   if (!Array.isArray(stages) || stages.length === 0) throw typeError("'all' or a non-empty array of prefixes", 'options.unfreeze', o.unfreeze);

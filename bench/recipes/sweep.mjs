@@ -30,6 +30,10 @@ export const DATASETS = ['fashion', 'letters', 'shapes', 'textures', 'colour'];
 export const BUDGETS = [10, 50, 200];
 export const SEEDS = [0, 1, 2];
 export const GRID = [3e-3, 1e-2, 3e-2, 1e-1, 3e-1];
+// fineTune's defaults, written into every grid cell so that a change of default makes new
+// cells rather than reusing old results (cells without lrMult ran with the old 100).
+const DEFAULTS = { lrMult: 3, freezeEpochs: 1, epochs: 3 };
+const multOf = (r) => JSON.parse(r.key).lrMult ?? 100;
 const MODELS = {
   cnn: { file: join(here, '..', '..', 'models', 'fashion-cnn.pt'), layout: 'grey28', shape: [1, 28, 28] },
   mnv3: { file: join(cache, 'mobilenet_v3_small-fashion04.pt'), layout: 'rgb32', shape: [3, 32, 32] },
@@ -128,6 +132,39 @@ function gridCells(defaults) {
 
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
+/** A table of cells: the default and the valley rule against the best grid point, averaged over seeds. */
+function gridSection(grid, title) {
+  if (grid.length === 0) return [];
+  const lines = [title, '', `Mean validation accuracy over seeds. Grid: ${GRID.join(', ')}. Acceptance: the default (\`lr: 'auto'\`, the peak rule) within 2 points of the best grid point.`, ''];
+  lines.push('| model | dataset | labels/class | default (peak) | valley rule | best grid lr | best grid | gap | within 2 |', '|---|---|---|---|---|---|---|---|---|');
+  let met = 0;
+  let cellsCount = 0;
+  const gaps = { peak: [], valley: [] };
+  for (const family of Object.keys(MODELS))
+    for (const dataset of DATASETS)
+      for (const budget of BUDGETS) {
+        const cell = grid.filter((r) => r.family === family && r.dataset === dataset && r.budget === budget);
+        const acc = (pred) => {
+          const xs = cell.filter(pred).map((r) => r.accuracy);
+          return xs.length ? mean(xs) : NaN;
+        };
+        const auto = acc((r) => JSON.parse(r.key).lr === 'auto' && r.lrRule === 'peak');
+        const valley = acc((r) => JSON.parse(r.key).lr === 'auto' && r.lrRule === 'valley');
+        const points = GRID.map((lr) => [lr, acc((r) => JSON.parse(r.key).lr === lr)]).filter(([, a]) => !Number.isNaN(a));
+        if (points.length < GRID.length || Number.isNaN(auto)) continue;
+        const [bestLr, best] = points.reduce((a, b) => (b[1] > a[1] ? b : a));
+        const gap = (best - auto) * 100;
+        gaps.peak.push(gap);
+        if (!Number.isNaN(valley)) gaps.valley.push((best - valley) * 100);
+        cellsCount += 1;
+        if (gap <= 2) met += 1;
+        lines.push(`| ${family} | ${dataset} | ${budget} | ${(auto * 100).toFixed(1)}% | ${(valley * 100).toFixed(1)}% | ${bestLr} | ${(best * 100).toFixed(1)}% | ${gap.toFixed(1)} | ${gap <= 2 ? 'yes' : '**no**'} |`);
+      }
+  const summary = (xs) => (xs.length ? `${mean(xs).toFixed(2)} points (worst ${Math.max(...xs).toFixed(1)})` : '-');
+  lines.push('', `Within 2 points: ${met} of ${cellsCount} cells. Mean gap to the best grid point: peak ${summary(gaps.peak)}, valley ${summary(gaps.valley)}.`, '');
+  return lines;
+}
+
 function report() {
   const runs = readFileSync(runsFile, 'utf8').trim().split('\n').map((line) => JSON.parse(line));
   const lines = ['# Recipe sweep', '', `Machine: ${process.env.TORCHLITE_SWEEP_MACHINE ?? 'this 2-core VM'}; LibTorch ${torchlite.torchVersion}. Made by \`node bench/recipes/sweep.mjs --report\` from ${runs.length} runs.`, ''];
@@ -142,36 +179,10 @@ function report() {
     }
     lines.push('');
   }
-  const grid = runs.filter((r) => r.part === 'grid');
-  if (grid.length > 0) {
-    lines.push('## Default against the best of a five-point lr grid (mean validation accuracy over seeds)', '');
-    lines.push(`Grid: ${GRID.join(', ')}. Acceptance: the default (\`lr: 'auto'\`, the peak rule) within 2 points of the best grid point.`, '');
-    lines.push('| model | dataset | labels/class | default (peak) | valley rule | best grid lr | best grid | gap | within 2 |', '|---|---|---|---|---|---|---|---|---|');
-    let met = 0;
-    let cellsCount = 0;
-    const gaps = { peak: [], valley: [] };
-    for (const family of Object.keys(MODELS))
-      for (const dataset of DATASETS)
-        for (const budget of BUDGETS) {
-          const cell = grid.filter((r) => r.family === family && r.dataset === dataset && r.budget === budget);
-          const acc = (pred) => {
-            const xs = cell.filter(pred).map((r) => r.accuracy);
-            return xs.length ? mean(xs) : NaN;
-          };
-          const auto = acc((r) => JSON.parse(r.key).lr === 'auto' && r.lrRule === 'peak');
-          const valley = acc((r) => JSON.parse(r.key).lr === 'auto' && r.lrRule === 'valley');
-          const points = GRID.map((lr) => [lr, acc((r) => JSON.parse(r.key).lr === lr)]).filter(([, a]) => !Number.isNaN(a));
-          if (points.length === 0 || Number.isNaN(auto)) continue;
-          const [bestLr, best] = points.reduce((a, b) => (b[1] > a[1] ? b : a));
-          const gap = (best - auto) * 100;
-          gaps.peak.push(gap);
-          if (!Number.isNaN(valley)) gaps.valley.push((best - valley) * 100);
-          cellsCount += 1;
-          if (gap <= 2) met += 1;
-          lines.push(`| ${family} | ${dataset} | ${budget} | ${(auto * 100).toFixed(1)}% | ${(valley * 100).toFixed(1)}% | ${bestLr} | ${(best * 100).toFixed(1)}% | ${gap.toFixed(1)} | ${gap <= 2 ? 'yes' : '**no**'} |`);
-        }
-    lines.push('', `Within 2 points: ${met} of ${cellsCount} cells. Mean gap to the best grid point: peak ${mean(gaps.peak).toFixed(2)} points (worst ${Math.max(...gaps.peak).toFixed(1)}), valley ${gaps.valley.length ? mean(gaps.valley).toFixed(2) : '-'} points (worst ${gaps.valley.length ? Math.max(...gaps.valley).toFixed(1) : '-'}).`, '');
-  }
+  const now = runs.filter((r) => r.part === 'grid' && multOf(r) === DEFAULTS.lrMult);
+  const before = runs.filter((r) => r.part === 'grid' && multOf(r) === 100);
+  lines.push(...gridSection(now, `## The default against the best of a five-point lr grid (lr ratio ${DEFAULTS.lrMult}, the default)`));
+  lines.push(...gridSection(before, '## The same with the old lr ratio of 100 (before the defaults above were recalibrated)'));
   const out = join(here, '..', 'results', 'recipes.md');
   writeFileSync(out, `${lines.join('\n')}\n`);
   console.log(`wrote ${out}`);
@@ -183,8 +194,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     prepare();
     if (part === 'defaults' || part === 'all') await sweep(defaultsCells());
     if (part === 'grid' || part === 'all') {
-      const chosen = JSON.parse(process.env.TORCHLITE_SWEEP_DEFAULTS ?? '{}');
-      await sweep(gridCells(chosen));
+      await sweep(gridCells(DEFAULTS));
     }
     report();
   }
