@@ -8,14 +8,12 @@ Writes a scripted TorchScript archive with torchlite metadata (classes, input sp
 import json
 import os
 import sys
-import time
-
 import torch
 import torchvision
 from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "fixtures"))
-from pretrain import CLASSES, MEAN, STD, load  # noqa: E402
+from pretrain import CLASSES, MEAN, STD, source_task, train  # noqa: E402
 
 
 def grow(x):
@@ -24,11 +22,7 @@ def grow(x):
 
 
 def main():
-    torch.manual_seed(0)
-    torch.set_num_threads(os.cpu_count() or 1)
-    keep = [0, 1, 2, 3, 4]
-    x, y = load("train", keep)
-    xt, yt = load("t10k", keep)
+    x, y, xt, yt = source_task()
     x, xt = grow(x), grow(xt)
     model = torchvision.models.mobilenet_v3_small(num_classes=5)
     # torchvision's BatchNorm momentum of 0.01 suits ImageNet-length runs; in three short
@@ -37,26 +31,8 @@ def main():
     for module in model.modules():
         if isinstance(module, nn.BatchNorm2d):
             module.momentum = 0.1
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    epochs, batch = 3, 128
-    steps = epochs * (len(x) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    loss_fn = nn.CrossEntropyLoss()
-    start = time.time()
-    for epoch in range(epochs):
-        model.train()
-        perm = torch.randperm(len(x))
-        for i in range(len(x) // batch):
-            idx = perm[i * batch : (i + 1) * batch]
-            loss = loss_fn(model(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-        model.eval()
-        with torch.no_grad():
-            accuracy = (model(xt).argmax(1) == yt).float().mean().item()
-        print(f"epoch {epoch + 1}: loss {loss.item():.3f}, test accuracy {accuracy:.4f}, {time.time() - start:.0f}s", flush=True)
+    epochs = 3
+    accuracy = train(model, x, y, xt, yt, epochs)
     metadata = {
         "classes": CLASSES[:5],
         "input": {"shape": [3, 32, 32], "mean": [MEAN] * 3, "std": [STD] * 3, "resize": "center-crop"},
