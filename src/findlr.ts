@@ -39,7 +39,7 @@ export interface LrFinderResult {
   losses: number[];
   /** The lr each rule reads off the curve. */
   suggestions: Record<LrRule, number>;
-  /** `suggestions.peak`, the rule fineTune's `lr: 'auto'` uses (see bench/results/recipes.md for why). */
+  /** `suggestions.valley`, the rule fineTune's `lr: 'auto'` uses (see bench/results/recipes.md for why). */
   suggestion: number;
   /** Writes the loss-vs-lr curve as an SVG file. */
   plot(path: string): Promise<void>;
@@ -93,7 +93,7 @@ export async function findLr(model: Model, loader: Loader, options?: FindLrOptio
   }
   const low = lowest(losses);
   const suggestions = { valley: valley(lrs, losses), peak: lrs[low], minimum: lrs[low] / 10, steepest: steepest(lrs, losses) };
-  const suggestion = suggestions.peak;
+  const suggestion = suggestions.valley;
   return {
     lrs,
     losses,

@@ -357,10 +357,10 @@ export interface FineTuneOptions {
    */
   lr?: number | 'auto';
   /**
-   * How `lr: 'auto'` reads the range test. `'peak'` (the lr at the lowest loss, the top of
-   * a one-cycle schedule as Leslie Smith sets it) landed closest to the best of an lr grid
-   * on five unseen datasets, far closer than fastai's `'valley'` with these short
-   * schedules (bench/results/recipes.md). Defaults to `'peak'`.
+   * How `lr: 'auto'` reads the range test. With the default lr ratio of 3, fastai's
+   * `'valley'` landed closer to the best of an lr grid on five unseen datasets than
+   * `'peak'` (the lr at the lowest loss, Leslie Smith's top of a one-cycle schedule), which
+   * did better only with a ratio of 100 (bench/results/recipes.md). Defaults to `'valley'`.
    */
   lrRule?: LrRule;
   /**
@@ -407,7 +407,7 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   const epochs = checkInteger(o.epochs ?? 3, 'options.epochs', 0, 'a non-negative integer');
   const auto = o.lr === undefined || o.lr === 'auto';
   if (!auto && (checkFiniteNumber(o.lr, 'options.lr') as number) <= 0) throw rangeError("a positive number or 'auto'", 'options.lr', o.lr);
-  const rule = checkOneOf(o.lrRule ?? 'peak', 'options.lrRule', ['valley', 'peak', 'minimum', 'steepest'] as const);
+  const rule = checkOneOf(o.lrRule ?? 'valley', 'options.lrRule', ['valley', 'peak', 'minimum', 'steepest'] as const);
   const lrMult = checkFiniteNumber(o.lrMult ?? 3, 'options.lrMult');
   if (lrMult < 1) throw rangeError('a number ≥ 1', 'options.lrMult', lrMult);
   const stages = o.unfreeze === undefined || o.unfreeze === 'all' ? ['all'] : o.unfreeze;

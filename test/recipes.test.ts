@@ -27,9 +27,9 @@ async function tune(lr: number | 'auto') {
 describe("fineTune({ lr: 'auto' })", () => {
   it('reads the lr off a range test of the new head, then trains exactly as with that lr given', async () => {
     const auto = await tune('auto');
-    expect(auto.history.lrFinder?.rule).toBe('peak');
+    expect(auto.history.lrFinder?.rule).toBe('valley');
     const { valley, peak, minimum, steepest } = auto.history.lrFinder!.suggestions;
-    expect(auto.history.lr).toBe(peak);
+    expect(auto.history.lr).toBe(valley);
     expect(minimum).toBeCloseTo(peak / 10, 12);
     for (const lr of [valley, peak, minimum, steepest]) expect(lr).toBeGreaterThan(1e-7);
     expect(auto.history.lr).toBeLessThan(10);
@@ -40,7 +40,7 @@ describe("fineTune({ lr: 'auto' })", () => {
     expect(auto.accuracy).toBeGreaterThan(0.5); // 100 labels, 2 epochs; chance is 0.2
   });
 
-  it('findLr reports every rule, with peak as its suggestion', async () => {
+  it('findLr reports every rule, with valley as its suggestion', async () => {
     manualSeed(0);
     const model = await loadPretrained(SHIPPED);
     model.resetClassifier(5);
@@ -48,7 +48,7 @@ describe("fineTune({ lr: 'auto' })", () => {
     model.unfreeze('classifier');
     const found = await findLr(model, data.loader(await fashion('train'), { batchSize: 32, shuffle: true }), { steps: 60 });
     expect(Object.keys(found.suggestions).sort()).toEqual(['minimum', 'peak', 'steepest', 'valley']);
-    expect(found.suggestion).toBe(found.suggestions.peak);
+    expect(found.suggestion).toBe(found.suggestions.valley);
     expect(found.lrs).toHaveLength(found.losses.length);
     model.dispose();
   });
