@@ -11,13 +11,13 @@ const SHIPPED = join(root, 'models', 'fashion-cnn.pt');
 
 async function fashion(split: 'train' | 't10k') {
   const ds = await data.idx(fixture(`fashion-5to9-${split}-images.idx.gz`), fixture(`fashion-5to9-${split}-labels.idx.gz`), { mean: 0.286, std: 0.353 });
-  return data.subset(ds, { classes: [5, 6, 7, 8, 9], ...(split === 'train' && { perClass: 20 }) });
+  return data.subset(ds, { classes: [5, 6, 7, 8, 9], ...(split === 'train' && { perClass: 40 }) });
 }
 
 async function tune(lr: number | 'auto') {
   manualSeed(3);
   const model = await loadPretrained(SHIPPED);
-  const history = await fineTune(model, { train: data.loader(await fashion('train'), { batchSize: 32, shuffle: true, seed: 3 }), numClasses: 5, freezeEpochs: 1, epochs: 1, lr });
+  const history = await fineTune(model, { train: data.loader(await fashion('train'), { batchSize: 32, shuffle: true, seed: 3 }), numClasses: 5, freezeEpochs: 1, epochs: 3, lr });
   const weights = Array.from((await (model.stateDict()['classifier.2.weight'] as Tensor).read()) as Float32Array);
   const { accuracy } = await model.evaluate(data.loader(await fashion('t10k'), { batchSize: 250 }), { metrics: ['accuracy'] });
   model.dispose();
@@ -37,7 +37,7 @@ describe("fineTune({ lr: 'auto' })", () => {
     const given = await tune(auto.history.lr);
     expect(given.history.lrFinder).toBeUndefined();
     expect(given.weights).toEqual(auto.weights);
-    expect(auto.accuracy).toBeGreaterThan(0.5); // 100 labels, 2 epochs; chance is 0.2
+    expect(auto.accuracy).toBeGreaterThan(0.5); // 200 labels, 4 epochs: 60% here, deterministic on the CPU; chance is 20%
   });
 
   it('findLr reports every rule, with valley as its suggestion', async () => {
