@@ -98,6 +98,16 @@ function toNative(kind: OptimizerKind, options: Record<string, unknown>, name: s
   return o;
 }
 
+/** Group options as `stateDict()` wrote them (native names: beta1, beta2, …), checked one by one. */
+function savedOptions(options: Record<string, unknown>, name: string): Partial<NativeGroupOptions> {
+  const o: Partial<NativeGroupOptions> = {};
+  for (const key of ['lr', 'momentum', 'dampening', 'weightDecay', 'eps'] as const)
+    if (options[key] !== undefined) o[key] = nonNegative(options[key], `${name}.${key}`);
+  for (const key of ['beta1', 'beta2'] as const) if (options[key] !== undefined) o[key] = unitInterval(options[key], `${name}.${key}`);
+  for (const key of ['nesterov', 'amsgrad'] as const) if (options[key] !== undefined) o[key] = flag(options[key], `${name}.${key}`);
+  return o;
+}
+
 function checkNesterov(o: Partial<NativeGroupOptions>, name: string): void {
   if (o.nesterov && (!(o.momentum ?? 0) || (o.dampening ?? 0) !== 0))
     throw new RangeError(`Expected \`${name}.momentum\` > 0 and \`${name}.dampening\` = 0 for \`${name}.nesterov\` but received momentum ${o.momentum ?? 0}, dampening ${o.dampening ?? 0}`);
@@ -259,7 +269,7 @@ export class Optimizer implements Disposable, StepOptimizer {
       throw typeError(`a ${this.kind} optimizer state dict`, 'dict', dict);
     if (dict.groups.length !== this.#groups.length || dict.groups.some((g, i) => !Array.isArray(g?.params) || g.params.join() !== this.#groups[i].params.join()))
       throw new TorchError('TORCHLITE_BAD_STATE', 'the state dict has other param groups than this optimizer');
-    const options = dict.groups.map(({ params: _params, ...o }, i) => ({ ...this.#groups[i], ...toNative(this.kind, o, `dict.groups[${i}]`) }));
+    const options = dict.groups.map(({ params: _params, ...o }, i) => ({ ...this.#groups[i], ...savedOptions(o, `dict.groups[${i}]`) }));
     if (dict.state === null || typeof dict.state !== 'object') throw typeError('a record of per-parameter state', 'dict.state', dict.state);
     const pending = dict.pending ?? 0;
     if (typeof pending !== 'number' || !Number.isSafeInteger(pending) || pending < 0) throw typeError('a non-negative integer', 'dict.pending', pending);

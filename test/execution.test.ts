@@ -383,6 +383,10 @@ describe('lifecycle', () => {
     expect(after.groups[0].lr).toBe(0.01);
     expect(await values(after.state[names[0]].exp_avg as Tensor)).toEqual(await values(good.state[names[0]].exp_avg as Tensor));
     expect(after.state[names[0]].step).toBe(2);
+    // A good dict restores every group option, betas included.
+    opt.loadStateDict({ ...good, groups: good.groups.map((g) => ({ ...g, lr: 0.02, beta1: 0.8 })) });
+    expect(opt.paramGroups[0].lr).toBe(0.02);
+    expect(opt.paramGroups[0].betas).toEqual([0.8, 0.999]);
     m.dispose();
   });
 
