@@ -29,7 +29,8 @@ describe("fineTune({ lr: 'auto' })", () => {
     const auto = await tune('auto');
     expect(auto.history.lrFinder?.rule).toBe('valley');
     const { valley, peak, minimum, steepest } = auto.history.lrFinder!.suggestions;
-    expect(auto.history.lr).toBe(valley);
+    expect(auto.history.lrFinder?.scale).toBe(7);
+    expect(auto.history.lr).toBeCloseTo(valley * 7, 12);
     expect(minimum).toBeCloseTo(peak / 10, 12);
     for (const lr of [valley, peak, minimum, steepest]) expect(lr).toBeGreaterThan(1e-7);
     expect(auto.history.lr).toBeLessThan(10);

@@ -62,7 +62,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
     ...(flags.resume && { resume: flags.resume }),
   });
   const lrLine = history.lrFinder
-    ? `lr ${history.lr.toExponential(2)}, chosen by the LR range test (${history.lrFinder.rule} rule; ${Object.entries(history.lrFinder.suggestions)
+    ? `lr ${history.lr.toExponential(2)}, chosen by the LR range test (${history.lrFinder.rule} rule × ${history.lrFinder.scale}; ${Object.entries(history.lrFinder.suggestions)
         .filter(([rule]) => rule !== history.lrFinder!.rule)
         .map(([rule, value]) => `${rule} ${value.toExponential(2)}`)
         .join(', ')})`
