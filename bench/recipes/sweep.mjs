@@ -167,7 +167,8 @@ function gridSection(grid, title) {
         lines.push(`| ${family} | ${dataset} | ${budget} | ${pct(auto)} | ${pct(valley)} | ${pct(peak)} | ${bestLr} | ${(best * 100).toFixed(1)}% | ${Number.isNaN(gap) ? '-' : gap.toFixed(1)} | ${Number.isNaN(gap) ? '-' : gap <= 2 ? 'yes' : '**no**'} |`);
       }
   const summary = (xs) => (xs.length ? `${mean(xs).toFixed(2)} points (worst ${Math.max(...xs).toFixed(1)})` : '-');
-  lines.push('', `Within 2 points: ${met} of ${cellsCount} cells. Mean gap to the best grid point: the default ${summary(gaps.default)}; valley alone ${summary(gaps.valley)}; peak ${summary(gaps.peak)}.`, '');
+  const within = cellsCount > 0 ? `Within 2 points: ${met} of ${cellsCount} cells. ` : '';
+  lines.push('', `${within}Mean gap to the best grid point: the default ${summary(gaps.default)}; valley alone ${summary(gaps.valley)}; peak ${summary(gaps.peak)}.`, '');
   return lines;
 }
 
