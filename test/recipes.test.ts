@@ -1,10 +1,12 @@
 // fineTune's automatic learning rate, end to end on one small case of the recipe sweep
 // (bench/recipes/sweep.mjs runs the whole sweep; this is its smallest cell).
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { data, findLr, fineTune, loadPretrained, manualSeed, type Tensor } from '../src';
+import { checkpoint, data, findLr, fineTune, loadPretrained, manualSeed, type Tensor } from '../src';
 import { fixture, root } from './helpers';
 
 const SHIPPED = join(root, 'models', 'fashion-cnn.pt');
@@ -39,6 +41,20 @@ describe("fineTune({ lr: 'auto' })", () => {
     expect(given.history.lrFinder).toBeUndefined();
     expect(given.weights).toEqual(auto.weights);
     expect(auto.accuracy).toBeGreaterThan(0.5); // 200 labels, 4 epochs: 60% here, deterministic on the CPU; chance is 20%
+  });
+
+  it('a resumed run reuses the lr its checkpoint recorded instead of testing again', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-auto-'));
+    const train = data.loader(await fashion('train'), { batchSize: 32, shuffle: true, seed: 3 });
+    manualSeed(3);
+    const first = await loadPretrained(SHIPPED);
+    const history = await fineTune(first, { train, numClasses: 5, freezeEpochs: 1, epochs: 1, callbacks: [checkpoint({ dir, saveBest: false })] });
+    first.dispose();
+    const resumed = await loadPretrained(SHIPPED);
+    const again = await fineTune(resumed, { train, numClasses: 5, freezeEpochs: 1, epochs: 1, resume: join(dir, 'epoch-1.ckpt') });
+    expect(again.lr).toBe(history.lr);
+    expect(again.lrFinder).toBeUndefined();
+    resumed.dispose();
   });
 
   it('findLr reports every rule, with valley as its suggestion', async () => {
