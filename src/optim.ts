@@ -1,5 +1,5 @@
 import { callNative, callNativeAsync, disposedError, TorchError } from './errors';
-import { kStepOptimizer, Model, type StepOptimizer } from './model';
+import { kStepOptimizer, Model } from './model';
 import type { NativeGroupOptions, NativeOptimizer } from './native';
 import { native } from './native';
 import { compilePattern, describePattern, type Pattern } from './patterns';
@@ -137,7 +137,7 @@ type BoundGroup = NativeGroupOptions & { params: string[] };
  * `addParamGroup`, `stateDict` and `loadStateDict` of a bound optimizer are refused with
  * `TORCHLITE_MODEL_BUSY` while its model has operations pending.
  */
-export class Optimizer implements Disposable, StepOptimizer {
+export class Optimizer implements Disposable {
   readonly kind: OptimizerKind;
   #defaults: Partial<NativeGroupOptions> & { noDecay?: boolean };
   #pending: PendingGroup[];

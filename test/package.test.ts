@@ -55,6 +55,9 @@ describe('the packed package', () => {
       SCRIPT("import { loadPretrained, tensor, TorchError, type Tensor } from 'torchlite';\nconst check: (t: Tensor) => number[] = (t) => t.shape;\nvoid check;"),
     );
     expect(JSON.parse(run(join(project, 'node_modules', '.bin', 'ts-node'), ['script.ts'], project))).toEqual(expected);
+    // The whole of the shipped .d.ts must compile (skipLibCheck off): a public type may not
+    // name an @internal one that stripInternal removed.
+    run(join(project, 'node_modules', '.bin', 'tsc'), ['--noEmit', '-p', '.'], project);
     writeFileSync(join(project, 'bad.ts'), "import { tensor } from 'torchlite';\nconst n: string = tensor([1]).numel;\n");
     expect(() => run(join(project, 'node_modules', '.bin', 'ts-node'), ['bad.ts'], project)).toThrow(/TS2322/);
   });
