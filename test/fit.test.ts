@@ -192,7 +192,7 @@ describe('fineTune resume', () => {
 });
 
 describe('findLr', () => {
-  it('sweeps the lr, suggests one where the loss falls fastest, plots, and restores the model', async () => {
+  it('sweeps the lr, suggests one inside the swept range, plots, and restores the model', async () => {
     const { model, train } = await setup();
     const before = weightsOf(model);
     const result = await findLr(model, train, { steps: 40, startLr: 1e-5, endLr: 1 });
