@@ -38,17 +38,16 @@ bool gradsFinite(const OptimizerState& optimizer) {
 
 // Python's torch.nn.utils.clip_grad_norm_ (LibTorch 1.13's reads the norm back to the
 // host to decide): the clamped coefficient multiplies every grad on the device, so
-// clipping never waits for the GPU. Returns the total norm as a device scalar.
+// clipping never waits for the GPU. `params` all have grads. Returns the total norm as a
+// device scalar.
 torch::Tensor clipGradNorm(const std::vector<torch::Tensor>& params, double maxNorm) {
   torch::NoGradGuard noGrad;
+  if (params.empty()) return torch::zeros({});
   std::vector<torch::Tensor> norms;
-  for (const torch::Tensor& param : params)
-    if (param.grad().defined()) norms.push_back(param.grad().norm(2));
-  if (norms.empty()) return torch::zeros({});
+  for (const torch::Tensor& param : params) norms.push_back(param.grad().norm(2));
   torch::Tensor total = torch::stack(norms).norm(2);
   torch::Tensor coefficient = torch::clamp(maxNorm / (total + 1e-6), c10::nullopt, 1.0);
-  for (const torch::Tensor& param : params)
-    if (param.grad().defined()) param.grad().mul_(coefficient);
+  for (const torch::Tensor& param : params) param.grad().mul_(coefficient);
   return total;
 }
 

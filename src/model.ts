@@ -246,7 +246,7 @@ export class Model implements Disposable, AsyncDisposable {
   #enqueue<T>(op: (handle: NativeModel) => Promise<T>, read = false): Promise<T> {
     const handle = this.#live;
     this.#pending += 1;
-    const before = read || this.#reads.length === 0 ? this.#lastWrite : Promise.all([this.#lastWrite, ...this.#reads]);
+    const before = read ? this.#lastWrite : this.#everything();
     const run = before.then(() => op(handle));
     // Registered before the caller's own reaction, so `pending` is down when it resumes.
     const done = () => {
@@ -268,7 +268,7 @@ export class Model implements Disposable, AsyncDisposable {
 
   /** Settles when everything called so far has. */
   #everything(): Promise<unknown> {
-    return Promise.all([this.#lastWrite, ...this.#reads]);
+    return this.#reads.length === 0 ? this.#lastWrite : Promise.all([this.#lastWrite, ...this.#reads]);
   }
 
   /** Runs a cheap native change now when the model is idle, else queued behind pending work. */
