@@ -22,7 +22,7 @@ export type { TrainingPosition } from './checkpoint';
 export * as data from './data';
 export type { Dataset, Loader, LoaderBatch, Sample } from './data';
 export { findLr, type FindLrOptions, type LrFinderResult, type LrRule } from './findlr';
-export { classNamesOf, inputSpecOf, type InputSpec } from './preprocess';
+export { classNamesOf, defaultNormalisation, inputSpecOf, type InputSpec } from './preprocess';
 export { progressBar } from './progress';
 export { lineChart, type Series } from './chart';
 export * as loss from './loss';

@@ -17,6 +17,11 @@ export interface InputSpec {
   resize?: 'center-crop';
 }
 
+/** The normalisation used when none is given: ImageNet's mean and std for 3 channels, 0.5 and 0.5 for 1. */
+export function defaultNormalisation(channels: 1 | 3): { mean: number[]; std: number[] } {
+  return channels === 3 ? { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] } : { mean: [0.5], std: [0.5] };
+}
+
 /** The input spec in a model's metadata, if it has a valid one. */
 export function inputSpecOf(model: { readonly metadata: unknown }): InputSpec | undefined {
   const input = (model.metadata as { input?: Partial<InputSpec> } | null | undefined)?.input;

@@ -2,7 +2,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { classNamesOf, data, type Dataset, type InputSpec, inputSpecOf, type Model, TorchError } from '..';
+import { classNamesOf, data, type Dataset, defaultNormalisation, type InputSpec, inputSpecOf, type Model, TorchError } from '..';
 import { intFlag } from './flags';
 
 const { idx, imageFolder, subset } = data;
@@ -34,13 +34,8 @@ export function inputSpec(model: Model, flags: InputFlags, modelPath: string): I
   if (size === undefined) throw new RangeError('Expected `--size` with `--channels` for a model without an input spec but received none');
   const channels = flags.channels === undefined ? (saved?.shape[0] ?? 3) : intFlag(flags.channels, '--channels');
   if (channels !== 1 && channels !== 3) throw new RangeError(`Expected 1 or 3 for \`--channels\` but received ${channels}`);
-  const keep = saved && saved.shape[0] === channels;
-  return {
-    shape: [channels, size, size],
-    mean: keep ? saved.mean : channels === 3 ? [0.485, 0.456, 0.406] : [0.5],
-    std: keep ? saved.std : channels === 3 ? [0.229, 0.224, 0.225] : [0.5],
-    resize: 'center-crop',
-  };
+  const { mean, std } = saved && saved.shape[0] === channels ? saved : defaultNormalisation(channels);
+  return { shape: [channels, size, size], mean, std, resize: 'center-crop' };
 }
 
 /**

@@ -3,7 +3,7 @@ import { extname, join } from 'node:path';
 
 import { TorchError } from '../errors';
 import { checkFiniteNumber, checkOptions, checkPositiveInteger, checkString, typeError } from '../validate';
-import { inputSpecOf } from '../preprocess';
+import { defaultNormalisation, inputSpecOf } from '../preprocess';
 import type { Dataset, Sample } from './dataset';
 import { mix, rng } from './random';
 
@@ -41,8 +41,9 @@ export async function imageFolder(dir: string, options?: ImageFolderOptions): Pr
   const size = o.size === undefined ? 224 : checkPositiveInteger(o.size, 'options.size');
   const channels = o.channels ?? 3;
   if (channels !== 1 && channels !== 3) throw typeError('1 or 3', 'options.channels', channels);
-  const mean = (o.mean ?? (channels === 3 ? [0.485, 0.456, 0.406] : [0.5])).map((v, i) => checkFiniteNumber(v, `options.mean[${i}]`));
-  const std = (o.std ?? (channels === 3 ? [0.229, 0.224, 0.225] : [0.5])).map((v, i) => checkFiniteNumber(v, `options.std[${i}]`));
+  const fallback = defaultNormalisation(channels);
+  const mean = (o.mean ?? fallback.mean).map((v, i) => checkFiniteNumber(v, `options.mean[${i}]`));
+  const std = (o.std ?? fallback.std).map((v, i) => checkFiniteNumber(v, `options.std[${i}]`));
   if (mean.length !== channels || std.length !== channels) throw new RangeError(`Expected ${channels} values for \`options.mean\` and \`options.std\` but received ${mean.length} and ${std.length}`);
   let entries;
   try {
