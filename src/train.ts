@@ -344,10 +344,19 @@ export interface FineTuneOptions {
   numClasses?: number;
   /** Dropout before the new head. Defaults to `0`. */
   dropout?: number;
-  /** Epochs training the head with the body frozen. Defaults to `1`. */
+  /** Epochs training the head with the body frozen. Defaults to `1`, or more for a short loader (see `minSteps`). */
   freezeEpochs?: number;
-  /** Epochs after unfreezing, split over the unfreeze stages. Defaults to `3`. */
+  /** Epochs after unfreezing, split over the unfreeze stages. Defaults to `3`, or more for a short loader (see `minSteps`). */
   epochs?: number;
+  /**
+   * With neither `freezeEpochs` nor `epochs` given, the default 1 + 3 epochs are both
+   * multiplied by the smallest whole factor that makes the run at least this many optimizer
+   * steps. Four epochs of 50 images at batch 32 are 8 steps: in the recipe sweep that left
+   * models 10 to 50 points short of what the same data reaches in 128 steps
+   * (bench/results/recipes.md). Epoch counts given explicitly are kept as they are; the
+   * counts used are in the result. Defaults to `128`.
+   */
+  minSteps?: number;
   /**
    * Peak lr of the head (halved after the frozen phase, as fastai does). `'auto'` runs an
    * LR range test ({@link findLr}) on the model as the first phase will train it (new
@@ -379,8 +388,10 @@ export interface FineTuneOptions {
   lrMult?: number;
   /** `'all'` at once, or stages of prefixes to unfreeze in turn, e.g. `['layer4', 'layer3', 'all']`. Defaults to `'all'`. */
   unfreeze?: 'all' | string[];
-  /** Defaults to `0.01`. */
+  /** AdamW's decoupled weight decay. Defaults to `0.01`. */
   weightDecay?: number;
+  /** The share of each phase's steps over which one-cycle warms up to its peak lr. Defaults to `0.3`. */
+  pctStart?: number;
   loss?: Loss;
   metrics?: MetricSpec[];
   callbacks?: Callback[];
@@ -398,6 +409,9 @@ export interface FineTuneOptions {
 export type FineTuneHistory = EpochRecord[] & {
   /** The head's peak lr: the one given, or the one `lr: 'auto'` chose. */
   lr: number;
+  /** The epoch counts used: as given, or the defaults scaled by `minSteps`. */
+  freezeEpochs: number;
+  epochs: number;
   /** With `lr: 'auto'`: the rule and scale used (`lr` = the rule's suggestion × `scale`) and what each rule read off the range test. */
   lrFinder?: { rule: LrRule; scale: number; suggestions: Record<LrRule, number> };
 };
@@ -408,11 +422,14 @@ export type FineTuneHistory = EpochRecord[] & {
  * BatchNorm policy keeps frozen BatchNorm layers in eval mode throughout.
  */
 export async function fineTune(model: Model, options: FineTuneOptions): Promise<FineTuneHistory> {
-  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'lr', 'lrRule', 'lrScale', 'lrMult', 'unfreeze', 'weightDecay', 'loss', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng']) as FineTuneOptions;
+  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'minSteps', 'lr', 'lrRule', 'lrScale', 'lrMult', 'unfreeze', 'weightDecay', 'pctStart', 'loss', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng']) as FineTuneOptions;
   const resumed = o.resume === undefined ? undefined : await readCheckpointPosition(checkString(o.resume, 'options.resume'));
   const resumeStage = resumed?.stage ?? -1;
-  const freezeEpochs = checkInteger(o.freezeEpochs ?? 1, 'options.freezeEpochs', 0, 'a non-negative integer');
-  const epochs = checkInteger(o.epochs ?? 3, 'options.epochs', 0, 'a non-negative integer');
+  const minSteps = checkInteger(o.minSteps ?? 128, 'options.minSteps', 0, 'a non-negative integer');
+  // Scaling only the defaults keeps an explicit epoch count exact, as the user wrote it.
+  const repeat = o.freezeEpochs === undefined && o.epochs === undefined ? Math.max(1, Math.ceil(minSteps / (4 * Math.max(o.train.length, 1)))) : 1;
+  const freezeEpochs = checkInteger(o.freezeEpochs ?? repeat, 'options.freezeEpochs', 0, 'a non-negative integer');
+  const epochs = checkInteger(o.epochs ?? 3 * repeat, 'options.epochs', 0, 'a non-negative integer');
   const auto = o.lr === undefined || o.lr === 'auto';
   if (!auto && (checkFiniteNumber(o.lr, 'options.lr') as number) <= 0) throw rangeError("a positive number or 'auto'", 'options.lr', o.lr);
   const rule = checkOneOf(o.lrRule ?? 'valley', 'options.lrRule', ['valley', 'peak', 'minimum', 'steepest'] as const);
@@ -446,13 +463,13 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
       ctx.callbackState.fineTune = { lr: baseLr };
     },
   };
-  const history: FineTuneHistory = Object.assign([] as EpochRecord[], { lr: baseLr, ...(finder && { lrFinder: finder }) });
+  const history: FineTuneHistory = Object.assign([] as EpochRecord[], { lr: baseLr, freezeEpochs, epochs, ...(finder && { lrFinder: finder }) });
   const common = { train: o.train, val: o.val, loss: o.loss, metrics: o.metrics, callbacks: [remember, ...(o.callbacks ?? [])], signal: o.signal };
   const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[]): Promise<void> => {
     // Stages a resumed run already finished only replay their freezing, not their training.
     if (epochCount === 0 || o.signal?.aborted || stage < resumeStage) return;
     using optimizer = adamw(groups, { weightDecay });
-    const scheduler = oneCycle(optimizer, { maxLr: peak, totalSteps: epochCount * o.train.length });
+    const scheduler = oneCycle(optimizer, { maxLr: peak, totalSteps: epochCount * o.train.length, ...(o.pctStart !== undefined && { pctStart: o.pctStart }) });
     const resume = stage === resumeStage ? o.resume : undefined;
     const records = await fit(model, { ...common, epochs: epochCount, optimizer, scheduler, stage, ...(resume && { resume, resumeRng: o.resumeRng }) });
     history.push(...records.map((r) => ({ ...r, epoch: history.length + r.epoch })));

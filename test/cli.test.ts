@@ -70,6 +70,7 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
     const result = JSON.parse(stdout);
     expect(result.classes).toEqual(['bag', 'boot', 'sandal', 'shirt', 'sneaker']);
     expect(result.history).toHaveLength(4);
+    expect([result.freezeEpochs, result.epochs]).toEqual([1, 3]); // --epochs given: nothing scaled
     expect(result.final.accuracy).toBeGreaterThan(0.5); // 50 validation images; chance is 0.2
     expect(readFileSync(join(work, 'ft.html'), 'utf8')).toContain('Learning rate');
     if (hasTorch) expect(pythonRuns(join(work, 'ft.pt'))).toEqual([2, 5]);

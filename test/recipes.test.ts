@@ -41,6 +41,20 @@ describe("fineTune({ lr: 'auto' })", () => {
     expect(given.history.lrFinder).toBeUndefined();
     expect(given.weights).toEqual(auto.weights);
     expect(auto.accuracy).toBeGreaterThan(0.5); // 200 labels, 4 epochs: 60% here, deterministic on the CPU; chance is 20%
+    expect([auto.history.freezeEpochs, auto.history.epochs]).toEqual([1, 3]); // given counts are kept
+  });
+
+  it('with every default, a short loader repeats until the run has at least minSteps steps', async () => {
+    manualSeed(3);
+    const model = await loadPretrained(SHIPPED);
+    const train = data.loader(await fashion('train'), { batchSize: 32, shuffle: true, seed: 3 });
+    expect(train.length).toBe(7); // 200 labels: 4 default epochs would be 28 steps
+    const history = await fineTune(model, { train, numClasses: 5 });
+    expect([history.freezeEpochs, history.epochs, history.length]).toEqual([5, 15, 20]); // ⌈128 / 28⌉ = 5 times 1 + 3
+    const { accuracy } = await model.evaluate(data.loader(await fashion('t10k'), { batchSize: 250 }), { metrics: ['accuracy'] });
+    expect(accuracy).toBeGreaterThan(0.85); // 90.5% here, against 60% for the same data in 1 + 3 epochs above
+    model.dispose();
+    await expect(fineTune(model, { train, minSteps: -1 })).rejects.toThrow(new RangeError('Expected a non-negative integer for `options.minSteps` but received -1'));
   });
 
   it('a resumed run reuses the lr its checkpoint recorded instead of testing again', async () => {

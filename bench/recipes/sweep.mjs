@@ -2,10 +2,12 @@
 // on data it has never seen? Five small datasets (make_datasets.py), budgets of 10, 50
 // and 200 labels per class, two model families pretrained on Fashion-MNIST classes 0-4
 // (the shipped CNN, and mobilenet_v3_small from pretrain_mobilenet.py), three seeds. Each
-// cell runs the default, the other lr rules, and a five-point lr grid, with the CLI's
-// other defaults (1 frozen epoch + 3, batch 32), and scores the 500 validation images.
+// cell runs the default and a five-point lr grid with fineTune's other defaults (batch 32),
+// and scores the 500 validation images; the `others` part varies those other defaults one at
+// a time on budget 50.
 //
-//   node bench/recipes/sweep.mjs [--part defaults|grid|all] [--report]
+//   node bench/recipes/sweep.mjs [--part others|grid|all] [--models cnn,mnv3] [--budgets 10,50,200]
+//                                [--shard i/n] [--threads n] [--report]
 //
 // Results append to $TORCHLITE_RECIPES_DIR/runs.jsonl (default /tmp/torchlite-recipes), so an
 // interrupted sweep continues where it stopped; --report writes bench/results/recipes.md.
@@ -31,9 +33,9 @@ export const BUDGETS = [10, 50, 200];
 export const SEEDS = [0, 1, 2];
 export const GRID = [3e-3, 1e-2, 3e-2, 1e-1, 3e-1];
 // fineTune's defaults, written into every grid cell so that a change of default makes new
-// cells rather than reusing old results (cells without lrMult ran with the old 100).
-const DEFAULTS = { lrMult: 3, freezeEpochs: 1, epochs: 3 };
-const multOf = (r) => JSON.parse(r.key).lrMult ?? 100;
+// cells rather than reusing old results (cells without lrMult ran with the old 100, cells
+// without minSteps with a fixed 1 + 3 epochs).
+const DEFAULTS = { lrMult: 3, minSteps: 128 };
 const MODELS = {
   cnn: { file: join(here, '..', '..', 'models', 'fashion-cnn.pt'), layout: 'grey28', shape: [1, 28, 28] },
   mnv3: { file: join(cache, 'mobilenet_v3_small-fashion04.pt'), layout: 'rgb32', shape: [3, 32, 32] },
@@ -42,6 +44,10 @@ const MODELS = {
 // --models cnn,mnv3 and --budgets 10,50,200 run a part of the sweep (the rest can follow).
 const FAMILIES = flag('--models', 'cnn,mnv3').split(',');
 const RUN_BUDGETS = flag('--budgets', BUDGETS.join(',')).split(',').map(Number);
+// --shard i/n runs every n-th cell from the i-th, so n processes share a sweep; --threads sets
+// each one's intra-op threads (at 32 px, one thread per process did more work than two).
+const [shard, shards] = flag('--shard', '0/1').split('/').map(Number);
+torchlite.setNumThreads(Number(flag('--threads', String(torchlite.getNumThreads()))));
 
 function prepare() {
   mkdirSync(cache, { recursive: true });
@@ -65,26 +71,18 @@ function load(name, family, model) {
   return { train: part(0, meta.train), val: part(meta.train, meta.train + meta.val) };
 }
 
-/** One fine-tuning run; resolves its validation accuracy and the lr used. */
-export async function run({ family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, freezeEpochs = 1, epochs = 3 }) {
+/** One fine-tuning run; resolves its validation accuracy, the lr and the epochs used. */
+export async function run({ part: _part, variant: _variant, family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, ...rest }) {
   manualSeed(seed);
   const model = await loadPretrained(MODELS[family].file);
   try {
     const { train, val } = load(dataset, family, model);
     const picked = data.subset(train, { perClass: budget, seed });
     const started = Date.now();
-    const history = await fineTune(model, {
-      train: data.loader(picked, { batchSize: 32, shuffle: true, seed }),
-      numClasses: 5,
-      freezeEpochs,
-      epochs,
-      lr,
-      lrRule,
-      lrScale,
-      lrMult,
-    });
+    // freezeEpochs, epochs, minSteps, weightDecay, pctStart: fineTune's own defaults unless the cell names them.
+    const history = await fineTune(model, { train: data.loader(picked, { batchSize: 32, shuffle: true, seed }), numClasses: 5, lr, lrRule, lrScale, lrMult, ...rest });
     const { accuracy } = await model.evaluate(data.loader(val, { batchSize: 250 }), { metrics: ['accuracy'] });
-    return { accuracy, lr: history.lr, suggestions: history.lrFinder?.suggestions, seconds: (Date.now() - started) / 1000 };
+    return { accuracy, lr: history.lr, epochs: `${history.freezeEpochs}+${history.epochs}`, suggestions: history.lrFinder?.suggestions, seconds: (Date.now() - started) / 1000 };
   } finally {
     model.dispose();
   }
@@ -100,6 +98,7 @@ async function sweep(cells) {
   let i = 0;
   for (const cell of cells) {
     i += 1;
+    if ((i - 1) % shards !== shard) continue;
     const key = JSON.stringify(cell);
     if (finished.has(key)) continue;
     const result = await run(cell);
@@ -108,41 +107,59 @@ async function sweep(cells) {
   }
 }
 
-/** Candidates for the other defaults, on budget 50, seed 0: lr ratio and the split of 4 epochs. */
-function defaultsCells() {
+/** The epochs fineTune's minSteps gives a budget (5 classes, batch 32), as frozen + unfrozen. */
+const scaledEpochs = (budget, frozen, unfrozen) => {
+  const repeat = Math.max(1, Math.ceil(DEFAULTS.minSteps / ((frozen + unfrozen) * Math.ceil((budget * 5) / 32))));
+  return { freezeEpochs: frozen * repeat, epochs: unfrozen * repeat };
+};
+
+/** The other defaults, one at a time around fineTune's (budget 50, seeds 0 and 1). */
+const VARIANTS = {
+  default: {},
+  'lr ratio 10': { lrMult: 10 },
+  'lr ratio 100': { lrMult: 100 },
+  'epochs 2 + 2 frozen/unfrozen': scaledEpochs(50, 2, 2),
+  'weight decay 0': { weightDecay: 0 },
+  'weight decay 0.1': { weightDecay: 0.1 },
+  'one-cycle warm-up 10%': { pctStart: 0.1 },
+  'one-cycle warm-up 50%': { pctStart: 0.5 },
+};
+
+function otherCells() {
   const cells = [];
   for (const family of FAMILIES)
     for (const dataset of DATASETS)
-      for (const lrMult of [3, 10, 100])
-        for (const [freezeEpochs, epochs] of [[1, 3], [2, 2]]) cells.push({ part: 'defaults', family, dataset, budget: 50, seed: 0, lr: 'auto', lrMult, freezeEpochs, epochs });
+      for (const seed of [0, 1])
+        for (const [variant, change] of Object.entries(VARIANTS)) cells.push({ part: 'others', variant, family, dataset, budget: 50, seed, lr: 'auto', lrRule: 'valley', lrScale: 7, ...DEFAULTS, ...change });
   return cells;
 }
 
-function gridCells(defaults) {
+function gridCells() {
   const cells = [];
   for (const family of FAMILIES)
     for (const dataset of DATASETS)
       for (const budget of RUN_BUDGETS)
         for (const seed of SEEDS) {
-          const base = { part: 'grid', family, dataset, budget, seed, ...defaults };
-          // The default (valley × 7), then the plain rules it was chosen against.
+          const base = { part: 'grid', family, dataset, budget, seed, ...DEFAULTS };
           cells.push({ ...base, lr: 'auto', lrRule: 'valley', lrScale: 7 });
-          for (const lrRule of ['valley', 'peak']) cells.push({ ...base, lr: 'auto', lrRule });
           for (const lr of GRID) cells.push({ ...base, lr });
         }
   return cells;
 }
 
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const pct = (v) => (Number.isNaN(v) ? '-' : `${(v * 100).toFixed(1)}%`);
+const keyOf = (r) => JSON.parse(r.key);
+const isDefault = (r) => keyOf(r).lr === 'auto' && r.lrScale === 7;
 
-/** A table of cells: the default and the valley rule against the best grid point, averaged over seeds. */
-function gridSection(grid, title) {
+/** The default against the best grid point per cell, averaged over seeds; `rules` adds columns for other lr rules run alongside. */
+function gridSection(grid, title, rules = {}) {
   if (grid.length === 0) return [];
-  const lines = [title, '', `Mean validation accuracy over seeds. Grid: ${GRID.join(', ')}. Acceptance: the default (\`lr: 'auto'\`: the valley rule × 7) within 2 points of the best grid point; the gap column is the default's.`, ''];
-  lines.push('| model | dataset | labels/class | default (valley × 7) | valley | peak | best grid lr | best grid | gap | within 2 |', '|---|---|---|---|---|---|---|---|---|---|');
+  const lines = [title, '', `Mean validation accuracy over seeds. Acceptance: the default (\`lr: 'auto'\`: the valley rule × 7) within 2 points of the best grid point.`, ''];
+  const extra = Object.keys(rules);
+  lines.push(`| model | dataset | labels/class | default | its lr (mean) | ${[...extra, ...GRID.map((lr) => `lr ${lr}`)].join(' | ')} | gap | within 2 |`, `|${'---|'.repeat(7 + extra.length + GRID.length)}`);
   let met = 0;
-  let cellsCount = 0;
-  const gaps = { default: [], valley: [], peak: [] };
+  const gaps = { default: [], ...Object.fromEntries(extra.map((name) => [name, []])) };
   for (const family of Object.keys(MODELS))
     for (const dataset of DATASETS)
       for (const budget of BUDGETS) {
@@ -151,45 +168,62 @@ function gridSection(grid, title) {
           const xs = cell.filter(pred).map((r) => r.accuracy);
           return xs.length ? mean(xs) : NaN;
         };
-        const auto = acc((r) => JSON.parse(r.key).lr === 'auto' && r.lrScale === 7);
-        const valley = acc((r) => JSON.parse(r.key).lr === 'auto' && r.lrRule === 'valley' && r.lrScale === undefined);
-        const peak = acc((r) => JSON.parse(r.key).lr === 'auto' && r.lrRule === 'peak');
-        const points = GRID.map((lr) => [lr, acc((r) => JSON.parse(r.key).lr === lr)]).filter(([, a]) => !Number.isNaN(a));
-        if (points.length < GRID.length) continue;
-        const [bestLr, best] = points.reduce((a, b) => (b[1] > a[1] ? b : a));
+        const points = GRID.map((lr) => acc((r) => keyOf(r).lr === lr));
+        const auto = acc(isDefault);
+        if (points.some(Number.isNaN) || Number.isNaN(auto)) continue;
+        const best = Math.max(...points);
+        const others = extra.map((name) => acc(rules[name]));
         const gap = (best - auto) * 100;
-        if (!Number.isNaN(gap)) gaps.default.push(gap);
-        if (!Number.isNaN(valley)) gaps.valley.push((best - valley) * 100);
-        if (!Number.isNaN(peak)) gaps.peak.push((best - peak) * 100);
-        if (!Number.isNaN(gap)) cellsCount += 1;
+        gaps.default.push(gap);
+        others.forEach((v, k) => Number.isNaN(v) || gaps[extra[k]].push((best - v) * 100));
         if (gap <= 2) met += 1;
-        const pct = (v) => (Number.isNaN(v) ? '-' : `${(v * 100).toFixed(1)}%`);
-        lines.push(`| ${family} | ${dataset} | ${budget} | ${pct(auto)} | ${pct(valley)} | ${pct(peak)} | ${bestLr} | ${(best * 100).toFixed(1)}% | ${Number.isNaN(gap) ? '-' : gap.toFixed(1)} | ${Number.isNaN(gap) ? '-' : gap <= 2 ? 'yes' : '**no**'} |`);
+        const lrs = cell.filter(isDefault).map((r) => r.lr);
+        const mark = (v) => (v === best ? `**${pct(v)}**` : pct(v));
+        lines.push(`| ${family} | ${dataset} | ${budget} | ${pct(auto)} | ${Math.exp(mean(lrs.map(Math.log))).toExponential(1)} | ${[...others.map(pct), ...points.map(mark)].join(' | ')} | ${gap.toFixed(1)} | ${gap <= 2 ? 'yes' : '**no**'} |`);
       }
   const summary = (xs) => (xs.length ? `${mean(xs).toFixed(2)} points (worst ${Math.max(...xs).toFixed(1)})` : '-');
-  const within = cellsCount > 0 ? `Within 2 points: ${met} of ${cellsCount} cells. ` : '';
-  lines.push('', `${within}Mean gap to the best grid point: the default ${summary(gaps.default)}; valley alone ${summary(gaps.valley)}; peak ${summary(gaps.peak)}.`, '');
+  lines.push('', `Within 2 points: ${met} of ${gaps.default.length} cells. Mean gap to the best grid point: the default ${summary(gaps.default)}${extra.map((name) => `; ${name} ${summary(gaps[name])}`).join('')}.`, '');
+  return lines;
+}
+
+/** One row per variant: mean accuracy per model family. */
+function othersSection(runs) {
+  if (runs.length === 0) return [];
+  const families = Object.keys(MODELS).filter((family) => runs.some((r) => r.family === family));
+  const lines = ['## The other defaults, one at a time (budget 50, seeds 0 and 1, five datasets)', '', 'Mean validation accuracy; each row changes one thing from the default.', ''];
+  lines.push(`| change | ${families.join(' | ')} |`, `|---|${'---|'.repeat(families.length)}`);
+  for (const variant of Object.keys(VARIANTS)) {
+    const cells = families.map((family) => {
+      const xs = runs.filter((r) => r.variant === variant && r.family === family).map((r) => r.accuracy);
+      return xs.length ? `${pct(mean(xs))} (${xs.length} runs)` : '-';
+    });
+    lines.push(`| ${variant} | ${cells.join(' | ')} |`);
+  }
+  lines.push('');
   return lines;
 }
 
 function report() {
   const runs = readFileSync(runsFile, 'utf8').trim().split('\n').map((line) => JSON.parse(line));
   const lines = ['# Recipe sweep', '', `Machine: ${process.env.TORCHLITE_SWEEP_MACHINE ?? 'this 2-core VM'}; LibTorch ${torchlite.torchVersion}. Made by \`node bench/recipes/sweep.mjs --report\` from ${runs.length} runs.`, ''];
-  const defaults = runs.filter((r) => r.part === 'defaults');
-  if (defaults.length > 0) {
-    lines.push('## Other defaults (budget 50 per class, seed 0, lr auto): mean validation accuracy over the five datasets', '', '| model | lr ratio | frozen + unfrozen epochs | accuracy |', '|---|---|---|---|');
-    const keys = [...new Set(defaults.map((r) => `${r.family}|${r.lrMult}|${r.freezeEpochs}+${r.epochs}`))];
-    for (const key of keys) {
-      const [family, lrMult, split] = key.split('|');
-      const group = defaults.filter((r) => `${r.family}|${r.lrMult}|${r.freezeEpochs}+${r.epochs}` === key);
-      lines.push(`| ${family} | ${lrMult} | ${split} | ${(mean(group.map((r) => r.accuracy)) * 100).toFixed(1)}% (${group.length} runs) |`);
+  const grid = runs.filter((r) => r.part === 'grid');
+  const now = grid.filter((r) => keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult);
+  lines.push(...gridSection(now, `## The default against a five-point lr grid (fineTune's defaults: at least ${DEFAULTS.minSteps} steps, lr ratio ${DEFAULTS.lrMult})`));
+  lines.push(...othersSection(runs.filter((r) => r.part === 'others')));
+  // Earlier sweeps, kept because the defaults above were chosen against them.
+  const fixedEpochs = grid.filter((r) => keyOf(r).minSteps === undefined);
+  const rules = { 'valley alone': (r) => keyOf(r).lr === 'auto' && r.lrRule === 'valley' && r.lrScale === undefined, peak: (r) => keyOf(r).lr === 'auto' && r.lrRule === 'peak' };
+  lines.push(...gridSection(fixedEpochs.filter((r) => keyOf(r).lrMult === 3), '## Before `minSteps`: a fixed 1 + 3 epochs (8 steps at 10 labels per class), lr ratio 3', rules));
+  lines.push(...gridSection(fixedEpochs.filter((r) => keyOf(r).lrMult === undefined), '## Before that: 1 + 3 epochs, lr ratio 100 (the default column is empty: valley × 7 came later)', rules));
+  const old = runs.filter((r) => r.part === 'defaults');
+  if (old.length > 0) {
+    lines.push('## The lr ratio and epoch split at a fixed 1 + 3 epochs (budget 50, seed 0): mean accuracy over the five datasets', '', '| model | lr ratio | frozen + unfrozen epochs | accuracy |', '|---|---|---|---|');
+    for (const key of [...new Set(old.map((r) => `${r.family}|${r.lrMult}|${r.freezeEpochs}+${r.epochs}`))]) {
+      const group = old.filter((r) => `${r.family}|${r.lrMult}|${r.freezeEpochs}+${r.epochs}` === key);
+      lines.push(`| ${key.split('|').join(' | ')} | ${pct(mean(group.map((r) => r.accuracy)))} (${group.length} runs) |`);
     }
     lines.push('');
   }
-  const now = runs.filter((r) => r.part === 'grid' && multOf(r) === DEFAULTS.lrMult);
-  const before = runs.filter((r) => r.part === 'grid' && multOf(r) === 100);
-  lines.push(...gridSection(now, `## The default against the best of a five-point lr grid (lr ratio ${DEFAULTS.lrMult}, the default)`));
-  lines.push(...gridSection(before, '## The same with the old lr ratio of 100 (before the defaults above were recalibrated)'));
   const out = join(here, '..', 'results', 'recipes.md');
   writeFileSync(out, `${lines.join('\n')}\n`);
   console.log(`wrote ${out}`);
@@ -199,10 +233,8 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
   if (args.includes('--report')) report();
   else {
     prepare();
-    if (part === 'defaults' || part === 'all') await sweep(defaultsCells());
-    if (part === 'grid' || part === 'all') {
-      await sweep(gridCells(DEFAULTS));
-    }
-    report();
+    if (part === 'grid' || part === 'all') await sweep(gridCells());
+    if (part === 'others' || part === 'all') await sweep(otherCells());
+    if (shards === 1) report();
   }
 }

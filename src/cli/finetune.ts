@@ -11,8 +11,8 @@ export interface FinetuneFlags extends InputFlags {
   val?: string;
   classes?: string;
   perClass?: string;
-  epochs: string;
-  freezeEpochs: string;
+  epochs?: string;
+  freezeEpochs?: string;
   lr: string;
   batchSize: string;
   device: string;
@@ -26,8 +26,8 @@ export interface FinetuneFlags extends InputFlags {
 }
 
 export async function runFinetune(flags: FinetuneFlags): Promise<void> {
-  const epochs = intFlag(flags.epochs, '--epochs', 0);
-  const freezeEpochs = intFlag(flags.freezeEpochs, '--freeze-epochs', 0);
+  const epochs = flags.epochs === undefined ? undefined : intFlag(flags.epochs, '--epochs', 0);
+  const freezeEpochs = flags.freezeEpochs === undefined ? undefined : intFlag(flags.freezeEpochs, '--freeze-epochs', 0);
   const batchSize = intFlag(flags.batchSize, '--batch-size');
   const lr = flags.lr === 'auto' ? 'auto' : numberFlag(flags.lr, '--lr');
   const classes = parseClasses(flags.classes);
@@ -67,20 +67,21 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
         .map(([rule, value]) => `${rule} ${value.toExponential(2)}`)
         .join(', ')})`
     : `lr ${history.lr.toExponential(2)}, as given`;
-  if (!flags.json) console.log(lrLine);
+  const epochLine = `${history.freezeEpochs} epoch${history.freezeEpochs === 1 ? '' : 's'} with the body frozen, then ${history.epochs} unfrozen (${trainLoader.length} steps each)`;
+  if (!flags.json) console.log(`${epochLine}\n${lrLine}`);
   const final = await model.evaluate(valLoader, { loss, metrics: ['accuracy', 'f1', 'confusionMatrix'] });
   // fit has recorded the classes and the input spec; the model is in eval mode.
   await model.save(flags.out, {
-    metadata: { ...(model.metadata as object), classes: names, input, recipe: { command: 'torchlite finetune', data: flags.data, epochs, freezeEpochs, lr: history.lr, lrFinder: history.lrFinder, batchSize, seed, valAccuracy: final.accuracy } },
+    metadata: { ...(model.metadata as object), classes: names, input, recipe: { command: 'torchlite finetune', data: flags.data, epochs: history.epochs, freezeEpochs: history.freezeEpochs, lr: history.lr, lrFinder: history.lrFinder, batchSize, seed, valAccuracy: final.accuracy } },
   });
   if (flags.report)
     await writeReport(flags.report, {
       title: `torchlite finetune: ${flags.model}`,
-      summary: [`data ${flags.data}, ${train.length} training samples, ${val.length} validation samples`, lrLine, `validation accuracy ${((final.accuracy ?? 0) * 100).toFixed(2)}%, macro F1 ${(final.f1 ?? 0).toFixed(3)}`, `saved ${flags.out}`],
+      summary: [`data ${flags.data}, ${train.length} training samples, ${val.length} validation samples`, epochLine, lrLine, `validation accuracy ${((final.accuracy ?? 0) * 100).toFixed(2)}%, macro F1 ${(final.f1 ?? 0).toFixed(3)}`, `saved ${flags.out}`],
       history,
       steps: steps.steps,
       confusion: { matrix: final.confusionMatrix ?? [], classes: names },
     });
-  if (flags.json) console.log(JSON.stringify({ out: flags.out, classes: names, lr: history.lr, lrFinder: history.lrFinder, history, final }));
+  if (flags.json) console.log(JSON.stringify({ out: flags.out, classes: names, lr: history.lr, lrFinder: history.lrFinder, freezeEpochs: history.freezeEpochs, epochs: history.epochs, history, final }));
   else console.log(`validation accuracy ${((final.accuracy ?? 0) * 100).toFixed(2)}%, saved ${flags.out}${flags.report ? `, report ${flags.report}` : ''}`);
 }
