@@ -5,6 +5,7 @@
 
 #include "common.h"
 #include "cuda.h"
+#include "distributed.h"
 #include "executor.h"
 #include "layers.h"
 #include "loss.h"
@@ -82,6 +83,21 @@ Napi::Value SetRngState(const Napi::CallbackInfo& info) {
   });
 }
 
+// Python's torch.randperm(n, generator=torch.Generator().manual_seed(seed)): the order
+// DistributedSampler shuffles by, from LibTorch's own kernel so it matches element for
+// element (for the same LibTorch version).
+Napi::Value Randperm(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    int64_t n = info[0].As<Napi::Number>().Int64Value();
+    auto seed = static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value());
+    torch::Tensor order = torch::randperm(n, at::detail::createCPUGenerator(seed), torch::kLong).to(torch::kDouble);
+    Napi::Float64Array out = Napi::Float64Array::New(env, static_cast<size_t>(n));
+    std::memcpy(out.Data(), order.data_ptr<double>(), static_cast<size_t>(n) * sizeof(double));
+    return out;
+  });
+}
+
 Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
@@ -97,6 +113,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->tensorClass = Napi::Persistent(TensorWrap::Define(env));
   data->modelClass = Napi::Persistent(ModelWrap::Define(env));
   data->optimizerClass = Napi::Persistent(OptimizerWrap::Define(env));
+  data->groupClass = Napi::Persistent(GroupWrap::Define(env));
   std::shared_ptr<CompletionChannel> channel = data->completions;
   channel->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
                                                 "torchlite", 0, 1);
@@ -112,6 +129,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Tensor", data->tensorClass.Value());
   exports.Set("Model", data->modelClass.Value());
   exports.Set("Optimizer", data->optimizerClass.Value());
+  exports.Set("ProcessGroup", data->groupClass.Value());
   exports.Set("computeLoss", Napi::Function::New<ComputeLoss>(env));
   exports.Set("setNumThreads", Napi::Function::New<SetNumThreads>(env));
   exports.Set("getNumThreads", Napi::Function::New<GetNumThreads>(env));
@@ -126,8 +144,16 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaEmptyCache", Napi::Function::New<CudaEmptyCache>(env));
   exports.Set("cudaSynchronize", Napi::Function::New<CudaSynchronize>(env));
   exports.Set("setSpeedOptions", Napi::Function::New<SetSpeedOptions>(env));
+  exports.Set("randperm", Napi::Function::New<Randperm>(env));
   exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env));
   exports.Set("torchVersion", TORCH_VERSION);
+  exports.Set("glooBuild", Napi::Boolean::New(env,
+#ifdef USE_C10D_GLOO
+                                               true
+#else
+                                               false
+#endif
+                                               ));
   exports.Set("cudaBuild", Napi::Boolean::New(env,
 #ifdef TORCHLITE_WITH_CUDA
                                                true

@@ -21,6 +21,7 @@ struct AddonData {
   Napi::FunctionReference tensorClass;
   Napi::FunctionReference modelClass;
   Napi::FunctionReference optimizerClass;
+  Napi::FunctionReference groupClass;
   // Holds the event loop open only while jobs are in flight.
   std::shared_ptr<CompletionChannel> completions = std::make_shared<CompletionChannel>();
   int64_t inFlight = 0;

@@ -64,3 +64,19 @@ class AutocastScope {
 };
 
 }  // namespace tl::compat
+
+#ifdef TORCHLITE_C10D
+namespace tl::compat {
+
+// 2.0 moved the collectives from ProcessGroup into per-device Backends: ProcessGroupGloo
+// derives from c10d::Backend there and from c10d::ProcessGroup in 1.13, with the same
+// collective signatures, so torchlite holds it by this base and never needs the 2.x
+// dispatching ProcessGroup.
+#if TORCHLITE_TORCH_AT_LEAST(2, 0)
+using CommBackend = c10d::Backend;
+#else
+using CommBackend = c10d::ProcessGroup;
+#endif
+
+}  // namespace tl::compat
+#endif

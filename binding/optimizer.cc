@@ -4,6 +4,7 @@
 #include <set>
 
 #include "addon.h"
+#include "distributed.h"
 #include "job.h"
 #include "tensor.h"
 
@@ -319,13 +320,17 @@ Napi::Value OptimizerWrap::Flush(const Napi::CallbackInfo& info) {
     OptimizerPtr state = live();
     int64_t window = info[0].As<Napi::Number>().Int64Value();
     std::vector<GroupOptions> groups = parseGroupOptions(info[1]);
+    GroupPtr sync = info[2].IsObject() ? GroupWrap::StateOf(env, info[2]) : nullptr;
     return Job<bool>::Start(
         env, {state->model->device, Priority::Training},
-        [state, window, groups] {
+        [state, window, groups, sync] {
           std::lock_guard<std::mutex> lock(state->model->mutex);
           state->setOptions(groups);
+          // Every rank has run as many micro-batches (the distributed loader gives each the
+          // same number), so all of them sync here or none does.
           if (state->pending == 0) return false;
           state->checkFresh();
+          if (sync && syncGradients(*sync, *state)) return false;
           // Each micro-batch loss was divided by the full window; a partial window of k
           // must be averaged over k instead.
           state->step(static_cast<double>(window) / static_cast<double>(state->pending));

@@ -40,6 +40,9 @@ struct OptimizerState {
   ModelPtr model;
   std::vector<ParamGroup> groups;
   int64_t pending = 0;  // micro-batches accumulated since the last update
+  // Data-parallel: a micro-batch since the last update had a non-finite loss and was left
+  // out here; the ranks learn of it at the gradient sync and skip the update together.
+  bool poisoned = false;
   uint64_t checkedGeneration = UINT64_MAX;  // the model generation last found fresh
   // fp16 GradScaler state, with PyTorch's defaults (init 2^16, growth 2 every 2000 steps, backoff 0.5).
   double lossScale = 65536;

@@ -76,6 +76,8 @@ StepOptions parseStepOptions(const Napi::Object& object) {
   options.throwOnNonFinite = getString(object, "nonFinite", "skip") == "throw";
   if (object.Get("readLoss").IsBoolean()) options.readLoss = object.Get("readLoss").As<Napi::Boolean>().Value();
   options.groups = parseGroupOptions(object.Get("groups"));
+  if (object.Get("sync").IsObject()) options.sync = GroupWrap::StateOf(object.Env(), object.Get("sync"));
+  if (object.Get("syncBuffers").IsBoolean()) options.syncBuffers = object.Get("syncBuffers").As<Napi::Boolean>().Value();
   return options;
 }
 
@@ -90,6 +92,11 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
   // Grad and autocast modes are thread-local: they are set here, on the lane.
   torch::AutoGradMode enableGrad(true);
   torch::Tensor output, value;
+  if (options.sync && options.syncBuffers) {
+    std::vector<torch::Tensor> buffers;
+    for (const torch::Tensor& buffer : model.module.buffers()) buffers.push_back(buffer);
+    if (!buffers.empty()) broadcastTensors(*options.sync, buffers, 0);
+  }
   prepareInputs(model, inputs);
   {
     auto autocast = autocastFor(options.amp, model.device);
@@ -127,16 +134,27 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
   // a mean, so this step's own value decides whether to skip.
   double own = !options.readLoss ? 0 : result.lossSteps == 1 ? result.loss : value.item<double>();
   if (!std::isfinite(own)) {
-    if (options.throwOnNonFinite)
+    if (options.throwOnNonFinite && !options.sync)
       throw CodedError("TORCH_NONFINITE_LOSS", "the loss is " + std::to_string(own) + "; the step was not applied");
     result.skipped = true;  // nothing of this micro-batch reaches the grads
-    return result;
+    if (!options.sync) return result;
+    // A rank must not skip alone: the others would wait for it at the gradient sync. It
+    // counts the micro-batch and tells them there.
+    optimizer.poisoned = true;
+  } else {
+    torch::Tensor scaled = options.accumulate > 1 ? value / static_cast<double>(options.accumulate) : value;
+    if (fp16) scaled = scaled * optimizer.lossScale;
+    scaled.backward();
   }
-  torch::Tensor scaled = options.accumulate > 1 ? value / static_cast<double>(options.accumulate) : value;
-  if (fp16) scaled = scaled * optimizer.lossScale;
-  scaled.backward();
   optimizer.pending += 1;
   if (optimizer.pending < options.accumulate) return result;
+  // Synced before the overflow check and clipping, so every rank decides on the same grads.
+  if (options.sync && syncGradients(*options.sync, optimizer)) {
+    result.skipped = true;
+    if (options.throwOnNonFinite)
+      throw CodedError("TORCH_NONFINITE_LOSS", "a rank's loss was not finite since the last update; the update was skipped on every rank");
+    return result;
+  }
 
   double unscale = fp16 ? 1 / optimizer.lossScale : 1;
   if (fp16 && !gradsFinite(optimizer)) {
@@ -235,6 +253,8 @@ Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
     std::optional<LossConfig> loss;
     if (info[2].IsObject()) loss = parseLoss(env, info[2].As<Napi::Object>());
     torch::Tensor target = info[1].IsObject() ? TensorWrap::From(env, info[1]) : torch::Tensor();
+    // Rows past `keep` repeat earlier samples (a distributed shard's padding) and are not scored.
+    int64_t keep = info[3].IsNumber() ? info[3].As<Napi::Number>().Int64Value() : -1;
     struct Result {
       torch::Tensor scores;   // float32, contiguous, on the CPU
       torch::Tensor targets;  // float64, on the CPU
@@ -242,11 +262,15 @@ Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
     };
     return Job<Result>::Start(
         env, {state->device, Priority::Inference},
-        [state, loss, target, inputs = Inputs(env, *state, info[0])]() mutable {
+        [state, loss, target, keep, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           return inEvalMode(*state, [&] {
             prepareInputs(*state, inputs);
             torch::Tensor output = firstTensor(runForward(*state, std::move(inputs)));
+            if (keep >= 0 && keep < output.size(0)) {
+              output = output.narrow(0, 0, keep);
+              if (target.defined()) target = target.narrow(0, 0, keep);
+            }
             Result result;
             if (loss && target.defined()) result.loss = computeLoss(*loss, output, target).item<double>();
             result.scores = output.to(torch::kCPU, torch::kFloat).contiguous();

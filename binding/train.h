@@ -1,6 +1,7 @@
 // The fused training step and the evaluation passes, run on a lane under the model's
 // mutex.
 #pragma once
+#include "distributed.h"
 #include "loss.h"
 #include "optimizer.h"
 
@@ -15,6 +16,8 @@ struct StepOptions {
   // the next read returns the mean of the losses since the last one.
   bool readLoss = true;
   std::vector<GroupOptions> groups;  // the optimizer's group options when the step was called
+  GroupPtr sync;             // data-parallel: average grads over this group before updating
+  bool syncBuffers = true;   // and start each forward from rank 0's buffers, as DDP does
 };
 
 struct StepResult {

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libtorch-dev python3-torch python3-torchvision dataset-fashion-mnist
+packages=(libtorch-dev libgloo-dev python3-torch python3-torchvision dataset-fashion-mnist
           build-essential cmake ninja-build ccache git xz-utils)
 missing=()
 for pkg in "${packages[@]}"; do

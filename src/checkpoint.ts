@@ -39,6 +39,8 @@ interface CheckpointJson extends TrainingPosition {
   optimizer: Omit<OptimizerStateDict, 'state'> & { steps: Record<string, number>; tensors: TensorEntry[] };
   scheduler: unknown;
   rng: string;
+  /** Data-parallel runs: every rank's generator, in rank order (`rng` is rank 0's). */
+  rngs?: string[];
 }
 
 export interface TrainingState {
@@ -46,6 +48,8 @@ export interface TrainingState {
   optimizer: Optimizer;
   scheduler?: Scheduler | PlateauScheduler;
   position: TrainingPosition;
+  /** Every rank's generator state (base64), for a data-parallel run. */
+  rngs?: string[];
 }
 
 /** Writes a checkpoint atomically (temporary file, fsync, rename). */
@@ -75,6 +79,7 @@ export async function saveCheckpoint(path: string, state: TrainingState): Promis
     optimizer: { kind: dict.kind, groups: dict.groups, pending: dict.pending, steps, tensors },
     scheduler: state.scheduler?.stateDict() ?? null,
     rng: native.getRngState().toString('base64'),
+    ...(state.rngs && { rngs: state.rngs }),
   };
   await Model.saveWithExtras(state.model, path, { [STATE]: Buffer.from(JSON.stringify(json)), [TENSORS]: Buffer.concat(chunks) });
 }
@@ -83,7 +88,7 @@ export async function saveCheckpoint(path: string, state: TrainingState): Promis
  * Restores weights, optimizer, scheduler and (unless `rng` is false) the process-wide
  * generator from a checkpoint; returns the position.
  */
-export async function loadCheckpoint(path: string, state: Omit<TrainingState, 'position'> & { rng?: boolean }): Promise<TrainingPosition> {
+export async function loadCheckpoint(path: string, state: Omit<TrainingState, 'position' | 'rngs'> & { rng?: boolean; rank?: number }): Promise<TrainingPosition> {
   const { model: saved, extras } = await loadArchive(path, { device: state.model.device }, [STATE, TENSORS]);
   try {
     if (!extras[STATE]) throw new TorchError('TORCHLITE_BAD_STATE', `${path} is a model but not a torchlite checkpoint`);
@@ -106,7 +111,8 @@ export async function loadCheckpoint(path: string, state: Omit<TrainingState, 'p
     state.optimizer.loadStateDict({ ...optimizer, state: perParam });
     for (const entry of Object.values(perParam)) for (const value of Object.values(entry)) if (value instanceof Tensor) value.dispose();
     if (json.scheduler && state.scheduler) state.scheduler.loadStateDict(json.scheduler as never);
-    if (state.rng !== false) native.setRngState(Buffer.from(json.rng, 'base64'));
+    // A rank of a data-parallel run takes its own generator back (rank 0's if the world grew).
+    if (state.rng !== false) native.setRngState(Buffer.from((state.rank !== undefined && json.rngs?.[state.rank]) || json.rng, 'base64'));
     return { epoch: json.epoch, step: json.step, stage: json.stage, history: json.history, callbacks: json.callbacks };
   } finally {
     saved.dispose();

@@ -5,6 +5,7 @@ import { writeFile } from 'node:fs/promises';
 
 import { lineChart } from './chart';
 import type { Loader } from './data/loader';
+import { groupOf } from './distributed';
 import { type Loss, crossEntropy } from './loss';
 import type { Model } from './model';
 import { native } from './native';
@@ -53,6 +54,9 @@ export async function findLr(model: Model, loader: Loader, options?: FindLrOptio
   if (startLr <= 0 || endLr <= startLr) throw rangeError(`0 < startLr < endLr`, 'options.startLr', startLr);
   const steps = checkPositiveInteger(o.steps ?? 100, 'options.steps');
   const lossFn = o.loss ?? crossEntropy();
+  await model.idle();
+  // Data-parallel: every rank reads the same mean loss, so all stop at the same step.
+  const group = groupOf(model);
   const saved: [string, Tensor][] = [];
   for (const [name, t] of Object.entries(model.stateDict())) {
     saved.push([name, tensor((await t.read()) as Float32Array, t.shape, { dtype: t.dtype })]);
@@ -71,7 +75,12 @@ export async function findLr(model: Model, loader: Loader, options?: FindLrOptio
       for await (const { input, target } of loader.batches(epoch)) {
         const lr = startLr * (endLr / startLr) ** (step / Math.max(steps - 1, 1));
         optimizer.paramGroups.forEach((g) => (g.lr = lr));
-        const { loss } = await model.trainStep(input, target, { loss: lossFn, optimizer });
+        let { loss } = await model.trainStep(input, target, { loss: lossFn, optimizer });
+        if (group) {
+          const mean = await group.allReduce(tensor(Float64Array.of(loss)), 'avg');
+          loss = (mean.toTypedArray() as Float64Array)[0];
+          mean.dispose();
+        }
         average = 0.98 * average + 0.02 * loss;
         const smoothed = average / (1 - 0.98 ** (step + 1));
         lrs.push(lr);

@@ -20,6 +20,8 @@ export {
 } from './model';
 export type { TrainingPosition } from './checkpoint';
 export * as data from './data';
+export * as distributed from './distributed';
+export type { DataParallelOptions, InitOptions, ProcessGroup, ReduceOp } from './distributed';
 export type { Dataset, Loader, LoaderBatch, Sample } from './data';
 export { findLr, type FindLrOptions, type LrFinderResult, type LrRule } from './findlr';
 export { classNamesOf, defaultNormalisation, inputSpecOf, type InputSpec } from './preprocess';

@@ -36,8 +36,7 @@ export class MetricAccumulator {
   /** `scores` is `[N, C]` row-major for classification, or any shape matching `targets` for regression. */
   add(scores: Float32Array, targets: ArrayLike<number | bigint>, classes: number): void {
     const n = targets.length;
-    const classification = this.#specs.some((s) => typeof s !== 'string' || ['accuracy', 'f1', 'confusionMatrix'].includes(s));
-    if (classification) {
+    if (this.#classifies()) {
       this.#confusion ??= Array.from({ length: classes }, () => new Array<number>(classes).fill(0));
       const ks = this.#specs.map((s) => (typeof s === 'string' ? 1 : s.topK));
       for (let i = 0; i < n; i++) {
@@ -59,6 +58,33 @@ export class MetricAccumulator {
       }
       this.#elements += scores.length;
     }
+  }
+
+  /** @internal Every sum behind the metrics, as one array to add up over ranks, with the confusion matrix at `classes` × `classes`. */
+  sums(classes: number): number[] {
+    if (!this.#classifies()) classes = 0;
+    const confusion = Array.from({ length: classes }, (_, i) => Array.from({ length: classes }, (_, j) => this.#confusion?.[i]?.[j] ?? 0));
+    return [this.#count, ...this.#ks().map((k) => this.#correct.get(k) ?? 0), ...confusion.flat(), this.#absError, this.#sqError, this.#elements];
+  }
+
+  /** @internal Takes sums back, laid out as {@link sums} gives them. */
+  setSums(values: ArrayLike<number>, classes: number): void {
+    let at = 0;
+    const next = () => values[at++];
+    this.#count = next();
+    for (const k of this.#ks()) this.#correct.set(k, next());
+    if (this.#classifies()) this.#confusion = Array.from({ length: classes }, () => Array.from({ length: classes }, next));
+    this.#absError = next();
+    this.#sqError = next();
+    this.#elements = next();
+  }
+
+  #classifies(): boolean {
+    return this.#specs.some((s) => typeof s !== 'string' || ['accuracy', 'f1', 'confusionMatrix'].includes(s));
+  }
+
+  #ks(): number[] {
+    return [...new Set(this.#specs.map((s) => (typeof s === 'string' ? 1 : s.topK)))].sort((a, b) => a - b);
   }
 
   result(): Metrics {

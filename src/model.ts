@@ -1,5 +1,5 @@
 import { callNative, callNativeAsync, disposedError, TorchError } from './errors';
-import { native, type NativeGroupOptions, type NativeModel, type NativeOptimizer, type NativeTensor } from './native';
+import { native, type NativeGroupOptions, type NativeModel, type NativeOptimizer, type NativeProcessGroup, type NativeTensor } from './native';
 import { Loss } from './loss';
 import { MetricAccumulator, type Metrics, type MetricSpec } from './metrics';
 import { dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear, sequential, specOf } from './nn';
@@ -69,6 +69,31 @@ const HEAD_PATHS = ['fc', 'classifier', 'head', 'heads.head', 'heads', 'head.fc'
 export const kStepOptimizer = Symbol('torchlite.stepOptimizer');
 
 /** @internal */
+/**
+ * @internal How distributed.ts makes a model data-parallel without model.ts importing it:
+ * the group its updates sync over, and a place in the group's order of collectives.
+ */
+export const kDataParallel = Symbol('torchlite.dataParallel');
+
+export interface DataParallelLink {
+  group: NativeProcessGroup;
+  broadcastBuffers: boolean;
+  turn(): { ready: Promise<void>; release(): void };
+  /** The parameters changed on this rank since rank 0's were last broadcast. */
+  stale: boolean;
+}
+
+/**
+ * @internal A batch source sharded over ranks (a distributed loader): `evaluate` adds its
+ * sums up over them, in the group's order of collectives.
+ */
+export const kShardGroup = Symbol('torchlite.shardGroup');
+
+export interface ShardGroup {
+  turn(): { ready: Promise<void>; release(): void };
+  reduce(values: Float64Array, op: 'sum' | 'max'): Promise<Float64Array>;
+}
+
 export interface StepOptimizer {
   [kStepOptimizer](model: Model): { handle: NativeOptimizer; groups: NativeGroupOptions[] };
 }
@@ -196,6 +221,7 @@ export class Model implements Disposable, AsyncDisposable {
   #metadata: unknown;
   #snapshot!: Snapshot;
   #warnedEvalStep = false;
+  #parallel: DataParallelLink | null = null;
 
   /** @internal Use {@link loadPretrained}. */
   constructor(handle: NativeModel) {
@@ -266,6 +292,46 @@ export class Model implements Disposable, AsyncDisposable {
     return run;
   }
 
+  /**
+   * Queues a training operation; on a data-parallel model it also takes its place in the
+   * group's order of collectives now, at the call, and first re-broadcasts rank 0's
+   * parameters if they changed since. `op` gets the group to sync over.
+   */
+  #enqueueStep<T>(op: (handle: NativeModel, sync?: NativeProcessGroup) => Promise<T>): Promise<T> {
+    const link = this.#parallel;
+    if (link === null) return this.#enqueue((handle) => op(handle));
+    const turn = link.turn();
+    try {
+      return this.#enqueue(async (handle) => {
+        try {
+          await turn.ready;
+          if (link.stale) {
+            await link.group.broadcastModel(handle);
+            link.stale = false;
+          }
+          return await op(handle, link.group);
+        } finally {
+          turn.release();
+        }
+      });
+    } catch (error) {
+      turn.release();
+      throw error;
+    }
+  }
+
+  /** @internal See {@link DataParallelLink}; the broadcast of rank 0's parameters is queued now. */
+  [kDataParallel](link: DataParallelLink): void {
+    this.#parallel = link;
+    link.stale = true;
+    void this.#enqueueStep(async () => undefined).catch(() => undefined);
+  }
+
+  /** @internal Queues an optimizer update (a flush) as a training operation. */
+  static enqueueStep<T>(model: Model, op: (handle: NativeModel, sync?: NativeProcessGroup) => Promise<T>): Promise<T> {
+    return model.#enqueueStep(op);
+  }
+
   /** Settles when everything called so far has. */
   #everything(): Promise<unknown> {
     return this.#reads.length === 0 ? this.#lastWrite : Promise.all([this.#lastWrite, ...this.#reads]);
@@ -319,7 +385,7 @@ export class Model implements Disposable, AsyncDisposable {
     return callNativeAsync(async () => {
       const step = this.#stepOptions(options);
       const batch: [unknown[], NativeTensor] = [[unwrapInput(input, 'input')], Tensor.handle(target)];
-      const [result] = await this.#enqueue((handle) => handle.trainStep([batch], step));
+      const [result] = await this.#enqueueStep((handle, sync) => handle.trainStep([batch], this.#withSync(step, sync)));
       return result;
     });
   }
@@ -335,8 +401,12 @@ export class Model implements Disposable, AsyncDisposable {
       if (!Array.isArray(batches) || batches.length === 0) throw typeError('a non-empty array of { input, target } batches', 'batches', batches);
       const step = this.#stepOptions(options);
       const work = batches.map((b, i): [unknown[], NativeTensor] => [[unwrapInput(b?.input, `batches[${i}].input`)], Tensor.handle(b?.target)]);
-      return this.#enqueue((handle) => handle.trainStep(work, step));
+      return this.#enqueueStep((handle, sync) => handle.trainStep(work, this.#withSync(step, sync)));
     });
+  }
+
+  #withSync(step: Record<string, unknown>, sync: NativeProcessGroup | undefined): Record<string, unknown> {
+    return sync ? { ...step, sync, syncBuffers: this.#parallel!.broadcastBuffers } : step;
   }
 
   #stepOptions(options: TrainStepOptions): Record<string, unknown> {
@@ -388,20 +458,43 @@ export class Model implements Disposable, AsyncDisposable {
         throw typeError('an iterable of { input, target } batches', 'batches', batches);
       const metrics = new MetricAccumulator(specs);
       const lossSpec = o.loss?.spec ?? null;
-      return this.#enqueue(async (handle) => {
-        let lossSum = 0;
-        let samples = 0;
-        for await (const batch of batches) {
-          const args = [unwrapInput(batch.input, 'batch.input')];
-          const { scores, shape, targets, loss } = await handle.evalBatch(args, Tensor.handle(batch.target), lossSpec);
-          const n = shape[0] ?? 1;
-          if (loss !== undefined) lossSum += loss * n;
-          samples += n;
-          if (specs.length > 0) metrics.add(scores, targets!, shape[1] ?? 1);
-        }
-        if (samples === 0) throw new RangeError('Expected at least one batch for `batches` but received none');
-        return { ...(o.loss && { loss: lossSum / samples }), ...metrics.result() };
-      }, true);
+      const shard = (batches as Partial<Record<typeof kShardGroup, ShardGroup>>)[kShardGroup];
+      const turn = shard?.turn();
+      try {
+        return await this.#enqueue(async (handle) => {
+          try {
+            let lossSum = 0;
+            let samples = 0;
+            let classes = 0;
+            for await (const batch of batches) {
+              const args = [unwrapInput(batch.input, 'batch.input')];
+              const padding = (batch as { padding?: number }).padding ?? 0;
+              const keep = padding > 0 ? batch.target.shape[0] - padding : undefined;
+              const { scores, shape, targets, loss } = await handle.evalBatch(args, Tensor.handle(batch.target), lossSpec, keep);
+              const n = shape[0] ?? 1;
+              if (loss !== undefined) lossSum += loss * n;
+              samples += n;
+              classes = Math.max(classes, shape[1] ?? 1);
+              if (specs.length > 0 && n > 0) metrics.add(scores, targets!, shape[1] ?? 1);
+            }
+            if (shard && turn) {
+              // Every rank's sums, padding left out: the metrics of the whole dataset.
+              await turn.ready;
+              classes = (await shard.reduce(Float64Array.of(classes), 'max'))[0];
+              const sums = await shard.reduce(Float64Array.of(lossSum, samples, ...metrics.sums(classes)), 'sum');
+              [lossSum, samples] = sums;
+              metrics.setSums(sums.subarray(2), classes);
+            }
+            if (samples === 0) throw new RangeError('Expected at least one batch for `batches` but received none');
+            return { ...(o.loss && { loss: lossSum / samples }), ...metrics.result() };
+          } finally {
+            turn?.release();
+          }
+        }, true);
+      } catch (error) {
+        turn?.release();
+        throw error;
+      }
     });
   }
 
@@ -482,6 +575,7 @@ export class Model implements Disposable, AsyncDisposable {
     const handles = Object.fromEntries(Object.entries(dict).map(([name, t]) => [name, Tensor.handle(t)]));
     const live = Model.idleHandle(this, 'loadStateDict()');
     callNative(() => live.loadStateDict(handles, strict === true));
+    if (this.#parallel) this.#parallel.stale = true;
   }
 
   /**
@@ -551,6 +645,7 @@ export class Model implements Disposable, AsyncDisposable {
     const live = Model.idleHandle(this, 'replace()');
     try {
       callNative(() => live.replace(path, spec));
+      if (this.#parallel) this.#parallel.stale = true;
     } finally {
       this.#refresh(live);
     }

@@ -50,7 +50,7 @@ export interface NativeModel {
   forward(inputs: unknown[]): Promise<unknown>;
   probeGradients(inputs: unknown[]): Promise<Record<string, boolean>>;
   trainStep(batches: [unknown[], NativeTensor][], options: object): Promise<NativeStepResult[]>;
-  evalBatch(inputs: unknown[], target: NativeTensor | null, loss: object | null): Promise<{ scores: Float32Array; shape: number[]; targets?: Float64Array; loss?: number }>;
+  evalBatch(inputs: unknown[], target: NativeTensor | null, loss: object | null, keep?: number): Promise<{ scores: Float32Array; shape: number[]; targets?: Float64Array; loss?: number }>;
   predict(inputs: unknown[]): Promise<{ probabilities: NativeTensor; argmax: NativeTensor }>;
   to(device: string): Promise<void>;
   modules(): NativeModuleInfo[];
@@ -86,7 +86,7 @@ export interface NativeOptimizer {
   groups(): (NativeGroupOptions & { params: string[] })[];
   stateDict(): { state: Record<string, Record<string, unknown>>; pending: number };
   loadStateDict(state: Record<string, Record<string, unknown>>, pending: number): void;
-  flush(window: number, groups: NativeGroupOptions[]): Promise<boolean>;
+  flush(window: number, groups: NativeGroupOptions[], sync?: NativeProcessGroup): Promise<boolean>;
   dispose(): void;
 }
 
@@ -102,6 +102,31 @@ export interface NativeStepResult {
   gradNorm?: number;
 }
 
+export interface NativeInitOptions {
+  rank: number;
+  worldSize: number;
+  masterAddr: string;
+  masterPort: number;
+  timeoutMs: number;
+  initTimeoutMs: number;
+  threads: number;
+  agentPrefix?: string;
+  interfaces?: string[];
+}
+
+export interface NativeProcessGroup {
+  allReduce(tensor: NativeTensor, op: string): Promise<void>;
+  broadcast(tensor: NativeTensor, src: number): Promise<void>;
+  allGather(tensor: NativeTensor): Promise<NativeTensor[]>;
+  barrier(): Promise<void>;
+  broadcastModel(model: NativeModel): Promise<void>;
+  destroy(): void;
+}
+
+export interface NativeProcessGroupClass {
+  init(options: NativeInitOptions): Promise<NativeProcessGroup>;
+}
+
 export interface NativeModelClass {
   load(path: string, device: string, extraNames?: string[]): Promise<NativeModel>;
 }
@@ -110,6 +135,7 @@ export interface NativeAddon {
   Tensor: NativeTensorClass;
   Model: NativeModelClass;
   Optimizer: NativeOptimizerClass;
+  ProcessGroup: NativeProcessGroupClass;
   computeLoss(spec: object, output: NativeTensor, target: NativeTensor): NativeTensor;
   setNumThreads(n: number): void;
   getNumThreads(): number;
@@ -120,6 +146,7 @@ export interface NativeAddon {
   getRngState(): Buffer;
   setRngState(state: Buffer): void;
   initLayerParameters(shape: number[], bias: boolean): { weight: NativeTensor; bias?: NativeTensor };
+  randperm(n: number, seed: number): Float64Array;
   cudaInfo(): { available: boolean; deviceCount: number };
   cudaMemory(device: string, resetPeak: boolean): { allocated: number; reserved: number; peak: number };
   cudaEmptyCache(): void;
@@ -127,6 +154,7 @@ export interface NativeAddon {
   setSpeedOptions(options: { cudnnBenchmark?: boolean; tf32?: boolean }): { cudnnBenchmark: boolean; tf32: boolean };
   torchVersion: string;
   cudaBuild: boolean;
+  glooBuild: boolean;
 }
 
 const root = resolve(__dirname, '..');

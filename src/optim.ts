@@ -293,7 +293,7 @@ export class Optimizer implements Disposable {
       checkPositiveInteger(accumulate, 'accumulate');
       const live = this.#requireBound('flush');
       const groups = this.#optionsNow();
-      return Model.enqueue(this.#model!, () => live.flush(accumulate, groups));
+      return Model.enqueueStep(this.#model!, (_handle, sync) => live.flush(accumulate, groups, sync));
     });
   }
 

@@ -18,6 +18,7 @@ export function progressBar(options: { label?: string; enabled?: boolean; batchS
   let started = 0;
   return {
     name: 'progressBar',
+    rankZeroOnly: true,
     onBatchEnd(_ctx, e) {
       if (!enabled || !tty) return;
       if (e.batch === 0) {

@@ -4,13 +4,16 @@ import { appendFile, mkdir, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import { loadCheckpoint, readCheckpointPosition, saveCheckpoint, type TrainingPosition } from './checkpoint';
+import { groupOf } from './distributed';
 import { findLr, type LrRule } from './findlr';
 import type { Loader } from './data/loader';
 import { Loss, crossEntropy } from './loss';
 import type { Metrics, MetricSpec } from './metrics';
 import { Model } from './model';
+import { native } from './native';
 import { Optimizer, adamw, type ParamGroupSpec } from './optim';
 import { PlateauScheduler, Scheduler, oneCycle } from './sched';
+import { tensor } from './tensor';
 import { checkFiniteNumber, checkInteger, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from './validate';
 
 /** What one epoch did. */
@@ -55,6 +58,12 @@ export interface FitContext {
 export interface Callback {
   /** Names this callback's state in checkpoints. */
   readonly name: string;
+  /**
+   * Runs on rank 0 only when the model is data-parallel: for output (loggers, progress
+   * bars) and files (checkpoints). Callbacks that decide (early stopping) run on every
+   * rank and see the same metrics there, reduced over the ranks. Defaults to `false`.
+   */
+  readonly rankZeroOnly?: boolean;
   onEpochEnd?(ctx: FitContext, record: EpochRecord): void | Promise<void>;
   onBatchEnd?(ctx: FitContext, event: Extract<FitEvent, { type: 'batchEnd' }>): void | Promise<void>;
 }
@@ -146,8 +155,15 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
     const meta = model.metadata !== null && typeof model.metadata === 'object' ? model.metadata : {};
     model.metadata = { ...meta, ...(preprocessing && { input: preprocessing }), ...(classes && { classes }) };
   }
+  // Data-parallel: every rank trains; rank 0 alone writes and prints.
+  const group = groupOf(model);
+  if (group && group.rank !== 0) callbacks = callbacks.filter((cb) => !cb.rankZeroOnly);
   let position: TrainingPosition = { epoch: 0, step: 0, stage: o.stage ?? 0, history: [], callbacks: {} };
-  if (o.resume) position = await loadCheckpoint(o.resume, { model, optimizer: o.optimizer, scheduler: o.scheduler, rng: o.resumeRng });
+  if (o.resume) {
+    await model.idle(); // operations called before fit (a data-parallel broadcast) come first
+    position = await loadCheckpoint(o.resume, { model, optimizer: o.optimizer, scheduler: o.scheduler, rng: o.resumeRng, rank: group?.rank });
+  }
+  let rngs: string[] | undefined;
   const history = position.history as EpochRecord[];
   const callbackState = position.callbacks;
   let stopReason: string | null = null;
@@ -166,7 +182,7 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
       stopReason ??= reason;
     },
     saveCheckpoint: async (path) => {
-      await saveCheckpoint(path, { model, optimizer: o.optimizer, scheduler: o.scheduler, position });
+      await saveCheckpoint(path, { model, optimizer: o.optimizer, scheduler: o.scheduler, position, ...(rngs && { rngs }) });
       written.push(path);
     },
     callbackState,
@@ -220,6 +236,17 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
       if (accumulate > 1 && (await o.optimizer.flush(accumulate))) {
         position.step += 1;
         if (o.scheduler instanceof Scheduler) o.scheduler.step();
+      }
+      if (group) {
+        // The epoch's training numbers over all ranks, and each rank's generator for a
+        // checkpoint, so that every rank resumes its own dropout stream.
+        const sums = tensor(Float64Array.of(lossSum, samples, correct, counted));
+        [lossSum, samples, correct, counted] = (await group.allReduce(sums)).toTypedArray() as Float64Array;
+        sums.dispose();
+        const state = tensor(new Uint8Array(native.getRngState()));
+        const all = await group.allGather(state);
+        rngs = all.map((t) => Buffer.from((t.toTypedArray() as Uint8Array).buffer).toString('base64'));
+        [state, ...all].forEach((t) => t.dispose());
       }
       const val = o.val ? await model.evaluate(o.val, { loss: lossFn, ...(o.metrics && { metrics: o.metrics }) }) : undefined;
       if (o.scheduler instanceof PlateauScheduler) {
@@ -307,6 +334,7 @@ export function checkpoint(options: CheckpointOptions): Callback {
   const mode = checkOneOf(o.mode ?? (monitor.endsWith('loss') ? 'min' : 'max'), 'options.mode', ['min', 'max'] as const);
   return {
     name: 'checkpoint',
+    rankZeroOnly: true,
     async onEpochEnd(ctx, record) {
       await mkdir(dir, { recursive: true });
       const state = (ctx.callbackState.checkpoint ??= { best: undefined }) as { best?: number };
@@ -331,6 +359,7 @@ export function jsonlLogger(path: string): Callback {
   checkString(path, 'path');
   return {
     name: 'jsonlLogger',
+    rankZeroOnly: true,
     async onEpochEnd(_ctx, record) {
       await appendFile(path, `${JSON.stringify(record)}\n`);
     },
@@ -440,6 +469,7 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   const stages = o.unfreeze === undefined || o.unfreeze === 'all' ? ['all'] : o.unfreeze;
   if (!Array.isArray(stages) || stages.length === 0) throw typeError("'all' or a non-empty array of prefixes", 'options.unfreeze', o.unfreeze);
   const weightDecay = o.weightDecay ?? 0.01;
+  await model.idle(); // operations called before (a data-parallel broadcast) come first
   const head = o.numClasses === undefined ? undefined : model.resetClassifier(o.numClasses, { dropout: o.dropout ?? 0 });
   const headPath = head ?? model.classifierHead();
   if (headPath === undefined) throw new RangeError('Expected a model with a Linear head for `fineTune` but found none; pass `numClasses`');

@@ -7,12 +7,14 @@ import { runEval } from './evaluate';
 import { runFinetune } from './finetune';
 import { runInspect } from './inspect';
 import { runPredict } from './predict';
+import { runRanks } from './run';
 
 const program = new Command()
   .name('torchlite')
   .description('Load, inspect, fine-tune, evaluate and run TorchScript models.')
   .version(`torchlite ${(require('../../package.json') as { version: string }).version} (LibTorch ${torchVersion})`, '--version')
   .exitOverride()
+  .enablePositionalOptions() // `run` hands everything after its script to the script
   .showHelpAfterError();
 
 const SIZE = ['--size <px>', 'input side in pixels, for a model whose metadata has no input spec (or to override it)'] as const;
@@ -89,6 +91,20 @@ program
   .option('--json', 'print machine-readable results')
   .addHelpText('after', '\nExample:\n  torchlite demo --budget 250 --epochs 8')
   .action(runDemo);
+
+program
+  .command('run')
+  .description("start the ranks of a data-parallel training script on this machine, with torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT, LOCAL_RANK)")
+  .argument('<script>', 'the Node.js script every rank runs')
+  .argument('[args...]', "the script's own arguments")
+  .option('--nproc <n>', 'ranks on this machine', '1')
+  .option('--nnodes <n>', 'machines in the job', '1')
+  .option('--node-rank <n>', "this machine's index, 0 to nnodes - 1", '0')
+  .option('--master-addr <host>', "the address of node 0, where rank 0 serves the rendezvous", '127.0.0.1')
+  .option('--master-port <port>', 'its port (default: a free one on a single machine; needed with --nnodes > 1)')
+  .passThroughOptions()
+  .addHelpText('after', '\nThe first rank to fail stops the others, and its exit code is the launcher\'s.\nExamples:\n  torchlite run --nproc 2 train.mjs --epochs 3\n  torchlite run --nnodes 2 --node-rank 0 --nproc 4 --master-addr 10.0.0.1 --master-port 29500 train.mjs')
+  .action((script: string, args: string[], flags) => runRanks(script, args, flags));
 
 async function main(): Promise<void> {
   try {

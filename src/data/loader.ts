@@ -1,4 +1,7 @@
+import { ProcessGroup } from '../distributed';
 import { TorchError } from '../errors';
+import { kShardGroup, type ShardGroup } from '../model';
+import { native } from '../native';
 import { Tensor, tensor } from '../tensor';
 import { checkInteger, checkOptions, checkPositiveInteger, typeError } from '../validate';
 import type { Dataset, Sample } from './dataset';
@@ -17,6 +20,23 @@ export interface LoaderOptions {
   prefetch?: number;
   /** Fail on an unreadable sample instead of skipping it with a warning. Defaults to `false`. */
   strict?: boolean;
+  /**
+   * Gives this rank its shard of every epoch, exactly as PyTorch's `DistributedSampler`
+   * (`torch.randperm` seeded with `seed + epoch`, padded by wrapping round to a multiple of
+   * the world size, or cut with `dropLast`, then every world-size-th sample from the
+   * rank's): the same samples on the same rank as a Python run. A group from
+   * `distributed.init()`, or `{ rank, worldSize }` to shard without one. With a group,
+   * `evaluate` on this loader adds its metrics up over the ranks, leaving the padding out.
+   * Defaults to no sharding.
+   */
+  distributed?: ProcessGroup | { rank: number; worldSize: number };
+}
+
+/** Where a distributed loader's shard comes from. */
+interface Shard {
+  rank: number;
+  worldSize: number;
+  group?: ProcessGroup;
 }
 
 /** A batch: inputs `[B, ...inputShape]` and targets (int64 `[B]` or float `[B, ...]`). */
@@ -25,6 +45,8 @@ export interface LoaderBatch {
   target: Tensor;
   /** Dataset indices in the batch, in order. */
   indices: number[];
+  /** How many trailing samples repeat earlier ones to even out a distributed shard; `evaluate` leaves them out. */
+  padding?: number;
 }
 
 /**
@@ -34,27 +56,70 @@ export interface LoaderBatch {
 export class Loader implements AsyncIterable<LoaderBatch> {
   readonly dataset: Dataset;
   readonly batchSize: number;
-  readonly #o: Required<Omit<LoaderOptions, 'batchSize'>>;
+  readonly #o: Required<Omit<LoaderOptions, 'batchSize' | 'distributed'>>;
+  readonly #shard: Shard | undefined;
   /** The epoch the next `for await` runs. */
   epoch = 0;
   readonly #warned = new Set<number>();
 
   /** @internal Use {@link loader}. */
-  constructor(dataset: Dataset, batchSize: number, options: Required<Omit<LoaderOptions, 'batchSize'>>) {
+  constructor(dataset: Dataset, batchSize: number, options: Required<Omit<LoaderOptions, 'batchSize' | 'distributed'>>, shard?: Shard) {
     this.dataset = dataset;
     this.batchSize = batchSize;
     this.#o = options;
+    this.#shard = shard;
+    const group = shard?.group;
+    if (group) {
+      const reducer: ShardGroup = {
+        turn: () => ProcessGroup.turn(group),
+        reduce: async (values, op) => {
+          const t = tensor(values);
+          try {
+            await ProcessGroup.handle(group).allReduce(Tensor.handle(t), op);
+            return t.toTypedArray() as Float64Array;
+          } finally {
+            t.dispose();
+          }
+        },
+      };
+      Object.defineProperty(this, kShardGroup, { value: reducer });
+    }
+  }
+
+  /** Samples per epoch: this rank's shard when distributed. */
+  get #samples(): number {
+    const n = this.dataset.length;
+    if (!this.#shard) return n;
+    const { worldSize } = this.#shard;
+    // DistributedSampler's num_samples.
+    return this.#o.dropLast && n % worldSize !== 0 ? Math.ceil((n - worldSize) / worldSize) : Math.ceil(n / worldSize);
   }
 
   /** Batches per epoch. */
   get length(): number {
-    const n = this.dataset.length / this.batchSize;
+    const n = this.#samples / this.batchSize;
     return this.#o.dropLast ? Math.floor(n) : Math.ceil(n);
   }
 
-  /** The sample order of `epoch`. */
+  /** The sample order of `epoch` (this rank's shard when distributed). */
   order(epoch: number): number[] {
-    return this.#o.shuffle ? permutation(this.dataset.length, mix(this.#o.seed, epoch)) : Array.from({ length: this.dataset.length }, (_, i) => i);
+    const n = this.dataset.length;
+    if (this.#shard) {
+      const { rank, worldSize } = this.#shard;
+      const all = this.#o.shuffle ? Array.from(native.randperm(n, this.#o.seed + epoch)) : Array.from({ length: n }, (_, i) => i);
+      const total = this.#samples * worldSize;
+      const padded = all.length >= total ? all.slice(0, total) : Array.from({ length: total }, (_, i) => all[i % n]);
+      return padded.filter((_, i) => i % worldSize === rank);
+    }
+    return this.#o.shuffle ? permutation(n, mix(this.#o.seed, epoch)) : Array.from({ length: n }, (_, i) => i);
+  }
+
+  /** How many of the first `position` samples of this rank's order are real, not padding. */
+  #real(position: number): number {
+    if (!this.#shard) return position;
+    const { rank, worldSize } = this.#shard;
+    // Shard element j sits at rank + j·worldSize of the padded order; from n on it is padding.
+    return Math.min(position, Math.max(0, Math.ceil((this.dataset.length - rank) / worldSize)));
   }
 
   [Symbol.asyncIterator](): AsyncIterator<LoaderBatch> {
@@ -70,7 +135,9 @@ export class Loader implements AsyncIterable<LoaderBatch> {
     const fill = () => {
       while (ahead.length <= this.#o.prefetch && next < count) {
         const indices = order.slice(next * this.batchSize, (next + 1) * this.batchSize);
-        const batch = this.#collate(indices, epoch);
+        const start = next * this.batchSize;
+        const end = start + indices.length;
+        const batch = this.#collate(indices, epoch, end - start - (this.#real(end) - this.#real(start)));
         // Rejections surface when the batch is awaited; until then they must not count as unhandled.
         batch.catch(() => undefined);
         ahead.push(batch);
@@ -85,7 +152,7 @@ export class Loader implements AsyncIterable<LoaderBatch> {
     }
   }
 
-  async #collate(indices: number[], epoch: number): Promise<LoaderBatch | null> {
+  async #collate(indices: number[], epoch: number, padding: number): Promise<LoaderBatch | null> {
     const ds = this.dataset;
     const settled = await Promise.allSettled(indices.map(async (i) => ds.get(i, epoch)));
     const samples: Sample[] = [];
@@ -110,7 +177,9 @@ export class Loader implements AsyncIterable<LoaderBatch> {
     const target = floatTargets
       ? tensor(concat(samples.map((s) => s.target as Float32Array)), [samples.length, ...ds.targetShape])
       : tensor(BigInt64Array.from(samples, (s) => BigInt(s.target as number)));
-    return { input: tensor(input, [samples.length, ...ds.inputShape]), target, indices: kept };
+    // A padding sample that failed to load was dropped with the rest; count only those kept.
+    const padded = Math.min(padding, kept.length);
+    return { input: tensor(input, [samples.length, ...ds.inputShape]), target, indices: kept, ...(padded > 0 && { padding: padded }) };
   }
 }
 
@@ -127,7 +196,7 @@ function concat(parts: Float32Array[]): Float32Array {
 /** Batches `dataset`; see {@link LoaderOptions}. */
 export function loader(dataset: Dataset, options?: LoaderOptions): Loader {
   if (dataset === null || typeof dataset !== 'object' || typeof dataset.get !== 'function') throw typeError('a Dataset from `data.*`', 'dataset', dataset);
-  const o = checkOptions<LoaderOptions>(options, 'options', ['batchSize', 'shuffle', 'seed', 'dropLast', 'prefetch', 'strict']);
+  const o = checkOptions<LoaderOptions>(options, 'options', ['batchSize', 'shuffle', 'seed', 'dropLast', 'prefetch', 'strict', 'distributed']);
   const flag = (value: unknown, name: string) => {
     if (value !== undefined && typeof value !== 'boolean') throw typeError('a boolean', name, value);
     return value === true;
@@ -138,5 +207,15 @@ export function loader(dataset: Dataset, options?: LoaderOptions): Loader {
     dropLast: flag(o.dropLast, 'options.dropLast'),
     prefetch: checkInteger(o.prefetch ?? 2, 'options.prefetch', 0, 'a non-negative integer'),
     strict: flag(o.strict, 'options.strict'),
-  });
+  }, o.distributed === undefined ? undefined : shardOf(o.distributed));
+}
+
+function shardOf(value: unknown): Shard {
+  if (value instanceof ProcessGroup) return { rank: value.rank, worldSize: value.worldSize, group: value };
+  const v = value as { rank?: unknown; worldSize?: unknown } | null;
+  if (v === null || typeof v !== 'object') throw typeError('a ProcessGroup or { rank, worldSize }', 'options.distributed', value);
+  const worldSize = checkPositiveInteger(v.worldSize, 'options.distributed.worldSize');
+  const rank = checkInteger(v.rank, 'options.distributed.rank', 0, 'a non-negative integer');
+  if (rank >= worldSize) throw new RangeError(`Expected a rank below the world size ${worldSize} for \`options.distributed.rank\` but received ${rank}`);
+  return { rank, worldSize };
 }

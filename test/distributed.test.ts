@@ -1,0 +1,187 @@
+// Data-parallel training on c10d/Gloo: 2 ranks on 127.0.0.1, one thread each, started by
+// `torchlite run` (test/distributed/worker.mjs is one rank). Every child has a deadline,
+// so a hang fails a test instead of stalling the suite.
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { describe, expect, it } from 'vitest';
+
+import { data, distributed, TorchError } from '../src';
+import { fixture, root } from './helpers';
+
+const CLI = join(root, 'lib', 'cli', 'main.js');
+const WORKER = join(root, 'test', 'distributed', 'worker.mjs');
+const JOIN = join(root, 'test', 'distributed', 'join.mjs');
+
+/** Runs a scenario on 2 ranks; resolves the launcher's exit and each rank's JSON. */
+function launch(scenario: string, ...args: string[]) {
+  const out = mkdtempSync(join(tmpdir(), 'torchlite-dist-'));
+  const r = spawnSync(process.execPath, [CLI, 'run', '--nproc', '2', WORKER, scenario, out, ...args], { encoding: 'utf8', timeout: 60_000 });
+  const read = (rank: number) => {
+    try {
+      return JSON.parse(readFileSync(join(out, `rank-${rank}.json`), 'utf8'));
+    } catch {
+      return undefined;
+    }
+  };
+  return { status: r.status, stdout: r.stdout, stderr: r.stderr, ranks: [read(0), read(1)] };
+}
+
+/** ‖a − b‖ / ‖b‖. */
+function relative(a: number[], b: number[]): number {
+  let diff = 0;
+  let norm = 0;
+  for (let i = 0; i < b.length; i++) {
+    diff += (a[i] - b[i]) ** 2;
+    norm += b[i] ** 2;
+  }
+  return a.length === b.length ? Math.sqrt(diff / norm) : Infinity;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts join.mjs as the given ranks at once; resolves what each printed. */
+async function join2(ranks: { rank: number; worldSize: number }[], port: number, initTimeoutMs: number) {
+  const runs = ranks.map(
+    ({ rank, worldSize }) =>
+      new Promise<{ code?: string; message?: string; ok?: boolean }>((resolve) => {
+        const child = spawn(process.execPath, [JOIN], {
+          env: { ...process.env, RANK: String(rank), WORLD_SIZE: String(worldSize), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port), INIT_TIMEOUT_MS: String(initTimeoutMs) },
+          timeout: 30_000,
+        });
+        let text = '';
+        child.stdout.on('data', (chunk) => (text += chunk));
+        child.on('close', () => resolve(text ? JSON.parse(text) : { code: 'no output' }));
+      }),
+  );
+  return Promise.all(runs);
+}
+
+describe('distributed loader', () => {
+  const golden = JSON.parse(readFileSync(fixture('distributed-sampler.json'), 'utf8')) as {
+    cases: { n: number; worldSize: number; rank: number; shuffle: boolean; dropLast: boolean; seed: number; epochs: number[][] }[];
+  };
+
+  it("gives each rank exactly PyTorch's DistributedSampler shard: permutation, padding and dropLast", () => {
+    expect(golden.cases.length).toBe(120);
+    for (const c of golden.cases) {
+      const ds = data.tensorDataset(new Float32Array(c.n), new Int32Array(c.n), { inputShape: [1] });
+      const l = data.loader(ds, { batchSize: 2, shuffle: c.shuffle, seed: c.seed, dropLast: c.dropLast, distributed: { rank: c.rank, worldSize: c.worldSize } });
+      c.epochs.forEach((expected, epoch) => expect({ ...c, epoch, order: l.order(epoch) }).toEqual({ ...c, epoch, order: expected }));
+    }
+  });
+
+  it('marks the padding samples of a shard, which evaluate leaves out', async () => {
+    // 5 samples on 2 ranks: rank 1 gets 3, 4 and then 0 again as padding.
+    const ds = data.tensorDataset(new Float32Array(5), new Int32Array(5), { inputShape: [1] });
+    const batches = [];
+    for await (const b of data.loader(ds, { batchSize: 2, distributed: { rank: 1, worldSize: 2 } })) batches.push({ indices: b.indices, padding: b.padding });
+    expect(batches).toEqual([{ indices: [1, 3], padding: undefined }, { indices: [0], padding: 1 }]);
+    expect(() => data.loader(ds, { distributed: { rank: 2, worldSize: 2 } })).toThrow(new RangeError('Expected a rank below the world size 2 for `options.distributed.rank` but received 2'));
+  });
+});
+
+describe('distributed: process groups and data-parallel training on 2 ranks', () => {
+  it('collectives give the known values, in call order even when called together', () => {
+    const { status, ranks } = launch('collectives');
+    expect(status).toBe(0);
+    for (const r of ranks) expect(r).toEqual({ sum: [3, 30], max: 1, avg: 2, broadcast: [4, -1], gathered: [[0, 1], [7, 1]] });
+  });
+
+  for (const [kind, variant] of [['sgd', ''], ['adamw', ''], ['adamw', 'freeze'], ['sgd', 'accumulate'], ['adamw', 'accumulate']]) {
+    it(`2 ranks × B equal 1 process × 2B: ${kind}${variant ? `, ${variant}` : ''}, 5 steps`, () => {
+      const { status, stderr, ranks } = launch('equivalence', kind, variant);
+      expect(stderr).toBe('');
+      expect(status).toBe(0);
+      const [r0, r1] = ranks;
+      expect(r1.start).toEqual(r0.start); // rank 1 started from other weights; dataParallel broadcast rank 0's
+      expect(r1.weights).toEqual(r0.weights); // the ranks stay identical, bit for bit
+      expect(relative(r0.weights, r0.single.weights)).toBeLessThan(1e-5);
+      const mean = r0.losses[0].map((l: number, i: number) => (l + r0.losses[1][i]) / 2);
+      expect(relative(mean, r0.single.losses)).toBeLessThan(1e-5);
+      if (variant === 'freeze') expect(r0.weights.slice(0, 10)).toEqual(r0.start.slice(0, 10)); // net.0.bias stays as it was
+    });
+  }
+
+  it('evaluate on a sharded loader reduces over ranks without counting the padding twice', () => {
+    const { status, ranks } = launch('metrics');
+    expect(status).toBe(0);
+    for (const { sharded, whole } of ranks) {
+      expect(sharded.loss).toBeCloseTo(whole.loss, 6);
+      expect({ ...sharded, loss: 0 }).toEqual({ ...whole, loss: 0 });
+    }
+  });
+
+  it('a 2-rank fit resumed from its checkpoint equals the uninterrupted run bit for bit (dropout included)', () => {
+    const dirs = [mkdtempSync(join(tmpdir(), 'torchlite-ck-')), mkdtempSync(join(tmpdir(), 'torchlite-ck-'))];
+    const straight = launch('training', '3', '-', dirs[0]);
+    expect(straight.status).toBe(0);
+    expect(launch('training', '2', '-', dirs[1]).status).toBe(0);
+    const resumed = launch('training', '3', join(dirs[1], 'epoch-2.ckpt'), dirs[1]);
+    expect(resumed.stderr).toBe('');
+    for (const rank of [0, 1]) {
+      expect(resumed.ranks[rank].weights).toEqual(straight.ranks[rank].weights);
+      expect(resumed.ranks[rank].history).toEqual(straight.ranks[rank].history);
+    }
+    expect(straight.ranks[1].weights).toEqual(straight.ranks[0].weights);
+  });
+
+  it('a rank that dies fails the other fast with TORCHLITE_DIST_PEER_LOST; the launcher stops and exits with its code', async () => {
+    const port = await freePort();
+    const out = mkdtempSync(join(tmpdir(), 'torchlite-crash-'));
+    const ranks = [0, 1].map(
+      (rank) =>
+        new Promise<void>((resolve) => {
+          spawn(process.execPath, [WORKER, 'crash', out], { env: { ...process.env, RANK: String(rank), WORLD_SIZE: '2', MASTER_PORT: String(port) }, timeout: 30_000 }).on('close', () => resolve());
+        }),
+    );
+    await Promise.all(ranks);
+    const survivor = JSON.parse(readFileSync(join(out, 'rank-0.json'), 'utf8'));
+    expect(survivor.error).toBe('TORCHLITE_DIST_PEER_LOST');
+    expect(survivor.message).toContain('rank 0 lost its connection to rank 1 during allReduce');
+    expect(survivor.seconds).toBeLessThan(5);
+
+    const launched = launch('crash');
+    expect(launched.status).toBe(3);
+    expect(launched.stderr).toContain('torchlite run: rank 1 exited with code 3; stopping the other ranks');
+    const orphans = spawnSync('pgrep', ['-f', `${WORKER} crash`], { encoding: 'utf8' }).stdout.trim();
+    expect(orphans).toBe('');
+  });
+
+  it('init refuses a used port, a world-size mismatch and a missing rank with coded errors', async () => {
+    const busy = createServer();
+    const port = await new Promise<number>((resolve) => busy.listen(0, '127.0.0.1', () => resolve((busy.address() as { port: number }).port)));
+    try {
+      const [used] = await join2([{ rank: 0, worldSize: 2 }], port, 2000);
+      expect(used.code).toBe('TORCHLITE_DIST_PORT_IN_USE');
+      expect(used.message).toContain('Pass another `masterPort`');
+    } finally {
+      busy.close();
+    }
+    const mismatch = await join2([{ rank: 0, worldSize: 2 }, { rank: 1, worldSize: 3 }], await freePort(), 10_000);
+    for (const r of mismatch) {
+      expect(r.code).toBe('TORCHLITE_DIST_WORLD_MISMATCH');
+      expect(r.message).toBe('the ranks disagree on the world size: rank 0 has 2, rank 1 has 3; give every process the same WORLD_SIZE');
+    }
+    const [alone] = await join2([{ rank: 0, worldSize: 3 }], await freePort(), 1500);
+    expect(alone.code).toBe('TORCHLITE_DIST_TIMEOUT');
+    expect(alone.message).toMatch(/^rank\(s\) 1, 2 did not join 127\.0\.0\.1:\d+ within 1\.5 s \(world size 3\): start them, or lower WORLD_SIZE$/);
+  });
+
+  it('validates its options before connecting', async () => {
+    await expect(distributed.init({ rank: 2, worldSize: 2 })).rejects.toThrow(new RangeError('Expected a rank below the world size 2 but received 2; ranks run from 0 to 1'));
+    await expect(distributed.init({ masterPort: 70000 })).rejects.toThrow(new RangeError('Expected a port number (1–65535) for `options.masterPort` but received 70000'));
+    await expect(distributed.init({ backend: 'nccl' })).rejects.toThrow(TorchError);
+    expect(() => distributed.dataParallel({} as never, { group: {} as never })).toThrow(new TypeError('Expected a Model for `model` but received an object'));
+  });
+});
