@@ -221,7 +221,9 @@ Napi::Value OptimizerWrap::Create(const Napi::CallbackInfo& info) {
     state->model = ModelWrap::StateOf(env, info[0]);
     state->kind = parseKind(info[1].As<Napi::String>().Utf8Value());
     Napi::Array groups = info[2].As<Napi::Array>();
-    auto lock = lockIdle(*state->model, "the optimizer's model");
+    // No lock: jobs never change which parameters a model has (only replace() does, on
+    // this same JS thread), so an optimizer can be made while a job (a data-parallel
+    // broadcast, a forward) runs.
     for (uint32_t i = 0; i < groups.Length(); ++i) {
       Napi::Object group = groups.Get(i).As<Napi::Object>();
       state->addGroup(toNames(group.Get("names")), parseOptions(group.Get("options").As<Napi::Object>(), {}));
@@ -237,8 +239,13 @@ Napi::Value OptimizerWrap::AddGroup(const Napi::CallbackInfo& info) {
   });
 }
 
+// Unlocked: JS reads the groups only when it made them (at creation, in addParamGroup),
+// before any step of this optimizer can be in flight; another job on the model (a
+// broadcast, a forward) does not touch them.
 Napi::Value OptimizerWrap::Groups(const Napi::CallbackInfo& info) {
-  return Locked(info, [&](Napi::Env env, OptimizerState& state) {
+  return guard(info.Env(), [&]() -> Napi::Value {
+    Napi::Env env = info.Env();
+    OptimizerState& state = *live();
     Napi::Array result = Napi::Array::New(env, state.groups.size());
     for (size_t i = 0; i < state.groups.size(); ++i) {
       Napi::Object group = optionsToJs(env, state.groups[i].options);

@@ -68,13 +68,13 @@ const HEAD_PATHS = ['fc', 'classifier', 'head', 'heads.head', 'heads', 'head.fc'
  */
 export const kStepOptimizer = Symbol('torchlite.stepOptimizer');
 
-/** @internal */
 /**
  * @internal How distributed.ts makes a model data-parallel without model.ts importing it:
  * the group its updates sync over, and a place in the group's order of collectives.
  */
 export const kDataParallel = Symbol('torchlite.dataParallel');
 
+/** @internal */
 export interface DataParallelLink {
   group: NativeProcessGroup;
   broadcastBuffers: boolean;
@@ -89,11 +89,13 @@ export interface DataParallelLink {
  */
 export const kShardGroup = Symbol('torchlite.shardGroup');
 
+/** @internal */
 export interface ShardGroup {
   turn(): { ready: Promise<void>; release(): void };
   reduce(values: Float64Array, op: 'sum' | 'max'): Promise<Float64Array>;
 }
 
+/** @internal */
 export interface StepOptimizer {
   [kStepOptimizer](model: Model): { handle: NativeOptimizer; groups: NativeGroupOptions[] };
 }

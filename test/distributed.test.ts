@@ -2,7 +2,7 @@
 // `torchlite run` (test/distributed/worker.mjs is one rank). Every child has a deadline,
 // so a hang fails a test instead of stalling the suite.
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { data, distributed, TorchError } from '../src';
-import { fixture, root } from './helpers';
+import { fixture, hasTorch, PYTHON, root } from './helpers';
 
 const CLI = join(root, 'lib', 'cli', 'main.js');
 const WORKER = join(root, 'test', 'distributed', 'worker.mjs');
@@ -176,6 +176,38 @@ describe('distributed: process groups and data-parallel training on 2 ranks', ()
     const [alone] = await join2([{ rank: 0, worldSize: 3 }], await freePort(), 1500);
     expect(alone.code).toBe('TORCHLITE_DIST_TIMEOUT');
     expect(alone.message).toMatch(/^rank\(s\) 1, 2 did not join 127\.0\.0\.1:\d+ within 1\.5 s \(world size 3\): start them, or lower WORLD_SIZE$/);
+  });
+
+  it("the README's example fine-tunes on 2 ranks through `torchlite run`, rank 0 alone printing and writing checkpoints", () => {
+    const cwd = mkdtempSync(join(tmpdir(), 'torchlite-example-'));
+    const r = spawnSync(process.execPath, [CLI, 'run', '--nproc', '2', join(root, 'examples', 'data-parallel.mjs')], { cwd, encoding: 'utf8', timeout: 120_000 });
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/^\[rank 0\] validation accuracy \d+\.\d% on 2 ranks$/m);
+    expect(r.stdout).not.toContain('[rank 1]'); // progress and results on rank 0 only
+    expect(readdirSync(join(cwd, 'ddp-checkpoints')).sort()).toEqual(['best.ckpt', 'epoch-4.ckpt', 'stage-1-epoch-12.ckpt']);
+  });
+
+  it.skipIf(!hasTorch)("joins torchrun's agent store (TORCHELASTIC_USE_AGENT_STORE), here served by Python's TCPStore", async () => {
+    const port = await freePort();
+    const agent = spawn(PYTHON, ['-c', `import time, datetime\nfrom torch.distributed import TCPStore\ns = TCPStore('127.0.0.1', ${port}, 2, True, datetime.timedelta(seconds=30), wait_for_workers=False)\nprint('up', flush=True)\ntime.sleep(20)`], { timeout: 30_000 });
+    await new Promise((resolve) => agent.stdout.once('data', resolve));
+    try {
+      const env = { TORCHELASTIC_USE_AGENT_STORE: 'True', TORCHELASTIC_RESTART_COUNT: '0' };
+      const results = await Promise.all(
+        [0, 1].map(
+          (rank) =>
+            new Promise<string>((resolve) => {
+              const child = spawn(process.execPath, [JOIN], { env: { ...process.env, ...env, RANK: String(rank), WORLD_SIZE: '2', MASTER_PORT: String(port), INIT_TIMEOUT_MS: '10000' }, timeout: 30_000 });
+              let text = '';
+              child.stdout.on('data', (chunk) => (text += chunk));
+              child.on('close', () => resolve(text.trim()));
+            }),
+        ),
+      );
+      expect(results).toEqual(['{"ok":true}', '{"ok":true}']);
+    } finally {
+      agent.kill();
+    }
   });
 
   it('validates its options before connecting', async () => {
