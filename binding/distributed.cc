@@ -458,6 +458,23 @@ Napi::Value GroupWrap::Init(const Napi::CallbackInfo& info) {
   });
 }
 
+namespace {
+
+// A collective as a job that settles to undefined. Only a group from Init can reach here,
+// so a build without Gloo never does.
+template <class F>
+Napi::Value collective(Napi::Env env, GroupPtr group, Place place, const char* what, F body) {
+  return Job<bool>::Start(
+      env, place,
+      [group, what, body = std::move(body)] {
+        communicate(*group, what, [&] { body(*group); });
+        return true;
+      },
+      [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+}
+
+}  // namespace
+
 Napi::Value GroupWrap::AllReduce(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
@@ -467,17 +484,11 @@ Napi::Value GroupWrap::AllReduce(const Napi::CallbackInfo& info) {
 #ifdef TORCHLITE_C10D
     c10d::AllreduceOptions options;
     options.reduceOp = parseOp(op);
-    return Job<bool>::Start(
-        env, placeOf(tensor),
-        [group, tensor, options, op] {
-          communicate(*group, "allReduce", [&] {
-            std::vector<at::Tensor> tensors{tensor};
-            run(group->comm->allreduce(tensors, options));
-            if (op == "avg") tensor.div_(group->size);
-          });
-          return true;
-        },
-        [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+    return collective(env, group, placeOf(tensor), "allReduce", [tensor, options, op](GroupState& g) {
+      std::vector<at::Tensor> tensors{tensor};
+      run(g.comm->allreduce(tensors, options));
+      if (op == "avg") tensor.div_(g.size);
+    });
 #else
     unavailable();
 #endif
@@ -490,23 +501,7 @@ Napi::Value GroupWrap::Broadcast(const Napi::CallbackInfo& info) {
     GroupPtr group = live();
     torch::Tensor tensor = TensorWrap::From(env, info[0]);
     int root = info[1].As<Napi::Number>().Int32Value();
-#ifdef TORCHLITE_C10D
-    return Job<bool>::Start(
-        env, placeOf(tensor),
-        [group, tensor, root] {
-          communicate(*group, "broadcast", [&] {
-            std::vector<at::Tensor> tensors{tensor};
-            c10d::BroadcastOptions options;
-            options.rootRank = root;
-            run(group->comm->broadcast(tensors, options));
-          });
-          return true;
-        },
-        [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
-#else
-    (void)root;
-    unavailable();
-#endif
+    return collective(env, group, placeOf(tensor), "broadcast", [tensor, root](GroupState& g) { broadcastTensors(g, {tensor}, root); });
   });
 }
 
@@ -542,15 +537,8 @@ Napi::Value GroupWrap::AllGather(const Napi::CallbackInfo& info) {
 Napi::Value GroupWrap::Barrier(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    GroupPtr group = live();
 #ifdef TORCHLITE_C10D
-    return Job<bool>::Start(
-        env, {torch::Device(torch::kCPU), Priority::Training},
-        [group] {
-          communicate(*group, "barrier", [&] { run(group->comm->barrier()); });
-          return true;
-        },
-        [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+    return collective(env, live(), {torch::Device(torch::kCPU), Priority::Training}, "barrier", [](GroupState& g) { run(g.comm->barrier()); });
 #else
     unavailable();
 #endif
@@ -560,16 +548,11 @@ Napi::Value GroupWrap::Barrier(const Napi::CallbackInfo& info) {
 Napi::Value GroupWrap::BroadcastModel(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
-    GroupPtr group = live();
     ModelPtr model = ModelWrap::StateOf(env, info[0]);
-    return Job<bool>::Start(
-        env, {model->device, Priority::Training},
-        [group, model] {
-          std::lock_guard<std::mutex> lock(model->mutex);
-          broadcastModel(*group, model->module);
-          return true;
-        },
-        [](Napi::Env env, bool&) -> Napi::Value { return env.Undefined(); });
+    return collective(env, live(), {model->device, Priority::Training}, "the model broadcast", [model](GroupState& g) {
+      std::lock_guard<std::mutex> lock(model->mutex);
+      broadcastModel(g, model->module);
+    });
   });
 }
 
