@@ -137,6 +137,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
   return DefineClass(env, "NativeModel",
                      {
                          StaticMethod<&ModelWrap::Load>("load"),
+                         StaticMethod<&ModelWrap::FromLayer>("fromLayer"),
                          InstanceMethod<&ModelWrap::Forward>("forward"),
                          InstanceMethod<&ModelWrap::ProbeGradients>("probeGradients"),
                          InstanceMethod<&ModelWrap::TrainStep>("trainStep"),
@@ -204,6 +205,19 @@ Napi::Value ModelWrap::Load(const Napi::CallbackInfo& info) {
     return Job<ModelPtr>::Start(
         env, {device, Priority::Training}, [path, device, extraNames] { return loadArchive(path, device, extraNames); },
         [](Napi::Env env, ModelPtr& state) -> Napi::Value { return Wrap(env, state); });
+  });
+}
+
+// A model made of one nn layer alone, in a compilation unit of its own: fineTune trains a
+// new head on cached backbone features with it.
+Napi::Value ModelWrap::FromLayer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    torch::Device cpu(torch::kCPU);
+    ModelState holder(torch::jit::Module(c10::QualifiedName("__torch__.torchlite.Standalone"), std::make_shared<torch::jit::CompilationUnit>(),
+                                         /*shouldMangle=*/true),
+                      cpu);
+    return Wrap(env, std::make_shared<ModelState>(buildLayer(env, info[0].As<Napi::Object>(), "head", holder), cpu));
   });
 }
 

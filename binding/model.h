@@ -57,6 +57,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
 
  private:
   static Napi::Value Load(const Napi::CallbackInfo& info);
+  static Napi::Value FromLayer(const Napi::CallbackInfo& info);
 
   static std::vector<c10::IValue> Inputs(Napi::Env env, const ModelState& state, const Napi::Value& value);
 

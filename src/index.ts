@@ -23,6 +23,7 @@ export * as data from './data';
 export * as distributed from './distributed';
 export type { DataParallelOptions, InitOptions, ProcessGroup, ReduceOp } from './distributed';
 export type { Dataset, Loader, LoaderBatch, Sample } from './data';
+export type { FeatureCacheReport } from './features';
 export { findLr, type FindLrOptions, type LrFinderResult, type LrRule } from './findlr';
 export { classNamesOf, defaultNormalisation, inputSpecOf, type InputSpec } from './preprocess';
 export { progressBar } from './progress';

@@ -129,6 +129,7 @@ export interface NativeProcessGroupClass {
 
 export interface NativeModelClass {
   load(path: string, device: string, extraNames?: string[]): Promise<NativeModel>;
+  fromLayer(spec: object): NativeModel;
 }
 
 export interface NativeAddon {

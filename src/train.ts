@@ -5,6 +5,7 @@ import { join } from 'node:path';
 
 import { loadCheckpoint, readCheckpointPosition, saveCheckpoint, type TrainingPosition } from './checkpoint';
 import { groupOf } from './distributed';
+import { FEATURE_CACHE_BUDGET, type FeatureCache, type FeatureCacheReport, prepareFeatureCache, restoreHead } from './features';
 import { findLr, type LrRule } from './findlr';
 import type { Loader } from './data/loader';
 import { Loss, crossEntropy } from './loss';
@@ -146,15 +147,21 @@ export function fit(model: Model, options: FitOptions): FitRun {
   };
 }
 
-async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGenerator<FitEvent, EpochRecord[]> {
-  const lossFn = o.loss ?? crossEntropy();
-  // The model now answers in the training data's classes and expects its preprocessing:
-  // recorded so that save() and checkpoints carry them (see InputSpec).
-  const { preprocessing, classes } = o.train.dataset;
+/**
+ * The model now answers in the training data's classes and expects its preprocessing:
+ * recorded so that save() and checkpoints carry them (see InputSpec).
+ */
+function recordTrainingData(model: Model, dataset: Loader['dataset']): void {
+  const { preprocessing, classes } = dataset;
   if (preprocessing || classes) {
     const meta = model.metadata !== null && typeof model.metadata === 'object' ? model.metadata : {};
     model.metadata = { ...meta, ...(preprocessing && { input: preprocessing }), ...(classes && { classes }) };
   }
+}
+
+async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGenerator<FitEvent, EpochRecord[]> {
+  const lossFn = o.loss ?? crossEntropy();
+  recordTrainingData(model, o.train.dataset);
   // Data-parallel: every rank trains; rank 0 alone writes and prints.
   const group = groupOf(model);
   if (group && group.rank !== 0) callbacks = callbacks.filter((cb) => !cb.rankZeroOnly);
@@ -421,6 +428,21 @@ export interface FineTuneOptions {
   weightDecay?: number;
   /** The share of each phase's steps over which one-cycle warms up to its peak lr. Defaults to `0.3`. */
   pctStart?: number;
+  /**
+   * Trains the head-only phase on cached backbone features: with the body frozen, BatchNorm
+   * on its running statistics (the default policy), no dropout in the body or before the
+   * head, and no augmentation, the head's inputs are the same every epoch, so one forward
+   * pass computes them and the head trains alone on them (the LR range test too). The result
+   * equals training the whole model within float noise. `'auto'` uses the cache where that
+   * holds, the classifier is the model's last step, and the cache fits `cacheBudgetMB`, and
+   * says why not in the result's `featureCache` otherwise; `true` makes a reason an error.
+   * Runs with a `checkpoint` callback, resumed runs and data-parallel models train the whole
+   * model (a checkpoint must hold it). Callbacks see the head alone as `ctx.model` meanwhile.
+   * Defaults to `'auto'`.
+   */
+  cacheFeatures?: boolean | 'auto';
+  /** The memory the cached features of both splits may take, in MiB. Defaults to `1024`. */
+  cacheBudgetMB?: number;
   loss?: Loss;
   metrics?: MetricSpec[];
   callbacks?: Callback[];
@@ -441,6 +463,8 @@ export type FineTuneHistory = EpochRecord[] & {
   /** The epoch counts used: as given, or the defaults scaled by `minSteps`. */
   freezeEpochs: number;
   epochs: number;
+  /** How the head-only phase ran: on cached features or not, and why not. */
+  featureCache?: FeatureCacheReport;
   /** With `lr: 'auto'`: the rule and scale used (`lr` = the rule's suggestion × `scale`) and what each rule read off the range test. */
   lrFinder?: { rule: LrRule; scale: number; suggestions: Record<LrRule, number> };
 };
@@ -451,7 +475,7 @@ export type FineTuneHistory = EpochRecord[] & {
  * BatchNorm policy keeps frozen BatchNorm layers in eval mode throughout.
  */
 export async function fineTune(model: Model, options: FineTuneOptions): Promise<FineTuneHistory> {
-  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'minSteps', 'lr', 'lrRule', 'lrScale', 'lrMult', 'unfreeze', 'weightDecay', 'pctStart', 'loss', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng']) as FineTuneOptions;
+  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'minSteps', 'lr', 'lrRule', 'lrScale', 'lrMult', 'unfreeze', 'weightDecay', 'pctStart', 'cacheFeatures', 'cacheBudgetMB', 'loss', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng']) as FineTuneOptions;
   const resumed = o.resume === undefined ? undefined : await readCheckpointPosition(checkString(o.resume, 'options.resume'));
   const resumeStage = resumed?.stage ?? -1;
   const minSteps = checkInteger(o.minSteps ?? 128, 'options.minSteps', 0, 'a non-negative integer');
@@ -468,13 +492,58 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   if (lrMult < 1) throw rangeError('a number ≥ 1', 'options.lrMult', lrMult);
   const stages = o.unfreeze === undefined || o.unfreeze === 'all' ? ['all'] : o.unfreeze;
   if (!Array.isArray(stages) || stages.length === 0) throw typeError("'all' or a non-empty array of prefixes", 'options.unfreeze', o.unfreeze);
-  const weightDecay = o.weightDecay ?? 0.01;
   await model.idle(); // operations called before (a data-parallel broadcast) come first
   const head = o.numClasses === undefined ? undefined : model.resetClassifier(o.numClasses, { dropout: o.dropout ?? 0 });
   const headPath = head ?? model.classifierHead();
   if (headPath === undefined) throw new RangeError('Expected a model with a Linear head for `fineTune` but found none; pass `numClasses`');
   model.freeze();
   model.unfreeze(headPath);
+  const cacheMode = o.cacheFeatures ?? 'auto';
+  if (cacheMode !== true && cacheMode !== false && cacheMode !== 'auto') throw typeError("true, false or 'auto'", 'options.cacheFeatures', cacheMode);
+  let cache: FeatureCache | undefined;
+  let featureCache: FeatureCacheReport | undefined;
+  if (freezeEpochs > 0 && resumeStage < 1) {
+    const blocked =
+      resumeStage === 0
+        ? 'the run resumes inside the head-only phase, from a checkpoint of the whole model'
+        : (o.callbacks ?? []).some((cb) => cb.name === 'checkpoint')
+          ? 'a checkpoint callback saves the whole model every epoch'
+          : groupOf(model)
+            ? 'a data-parallel model syncs the whole model'
+            : undefined;
+    const budgetMB = checkFiniteNumber(o.cacheBudgetMB ?? FEATURE_CACHE_BUDGET / 2 ** 20, 'options.cacheBudgetMB');
+    if (budgetMB <= 0) throw rangeError('a positive number', 'options.cacheBudgetMB', budgetMB);
+    const budget = budgetMB * 2 ** 20;
+    const prepared = await prepareFeatureCache(model, headPath, { train: o.train, val: o.val, dropout: o.dropout ?? 0, mode: cacheMode, budget, ...(blocked && { blocked }) });
+    if ('head' in prepared) cache = prepared;
+    featureCache = 'head' in prepared ? prepared.report : prepared;
+  }
+  try {
+    return await tuneStages(model, o, { headPath, cache, featureCache, freezeEpochs, epochs, auto, rule, lrScale, lrMult, stages, resumeStage, resumed });
+  } finally {
+    if (cache) await restoreHead(model, headPath, cache.head);
+  }
+}
+
+interface Plan {
+  headPath: string;
+  cache?: FeatureCache;
+  featureCache?: FeatureCacheReport;
+  freezeEpochs: number;
+  epochs: number;
+  auto: boolean;
+  rule: LrRule;
+  lrScale: number;
+  lrMult: number;
+  stages: string[];
+  resumeStage: number;
+  resumed?: TrainingPosition;
+}
+
+/** fineTune's stages, once the head (and perhaps its cache) is in place. */
+async function tuneStages(model: Model, o: FineTuneOptions, p: Plan): Promise<FineTuneHistory> {
+  const { headPath, cache, freezeEpochs, epochs, auto, rule, lrScale, lrMult, stages, resumeStage, resumed } = p;
+  const weightDecay = o.weightDecay ?? 0.01;
   // A resumed run reuses the lr its checkpoint recorded: a new range test on weights
   // already trained would pick another one and break exact resumption.
   const recorded = (resumed?.callbacks.fineTune as { lr?: number } | undefined)?.lr;
@@ -483,7 +552,7 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   if (!auto) baseLr = o.lr as number;
   else if (recorded !== undefined) baseLr = recorded;
   else {
-    const found = await findLr(model, o.train, { ...(o.loss && { loss: o.loss }) });
+    const found = await findLr(cache?.head ?? model, cache?.train ?? o.train, { ...(o.loss && { loss: o.loss }) });
     baseLr = found.suggestions[rule] * lrScale;
     finder = { rule, scale: lrScale, suggestions: found.suggestions };
   }
@@ -493,18 +562,24 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
       ctx.callbackState.fineTune = { lr: baseLr };
     },
   };
-  const history: FineTuneHistory = Object.assign([] as EpochRecord[], { lr: baseLr, freezeEpochs, epochs, ...(finder && { lrFinder: finder }) });
-  const common = { train: o.train, val: o.val, loss: o.loss, metrics: o.metrics, callbacks: [remember, ...(o.callbacks ?? [])], signal: o.signal };
-  const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[]): Promise<void> => {
+  const history: FineTuneHistory = Object.assign([] as EpochRecord[], { lr: baseLr, freezeEpochs, epochs, ...(finder && { lrFinder: finder }), ...(p.featureCache && { featureCache: p.featureCache }) });
+  const common = { loss: o.loss, metrics: o.metrics, callbacks: [remember, ...(o.callbacks ?? [])], signal: o.signal };
+  const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[], on = { model, train: o.train, val: o.val }): Promise<void> => {
     // Stages a resumed run already finished only replay their freezing, not their training.
     if (epochCount === 0 || o.signal?.aborted || stage < resumeStage) return;
     using optimizer = adamw(groups, { weightDecay });
-    const scheduler = oneCycle(optimizer, { maxLr: peak, totalSteps: epochCount * o.train.length, ...(o.pctStart !== undefined && { pctStart: o.pctStart }) });
+    const scheduler = oneCycle(optimizer, { maxLr: peak, totalSteps: epochCount * on.train.length, ...(o.pctStart !== undefined && { pctStart: o.pctStart }) });
     const resume = stage === resumeStage ? o.resume : undefined;
-    const records = await fit(model, { ...common, epochs: epochCount, optimizer, scheduler, stage, ...(resume && { resume, resumeRng: o.resumeRng }) });
+    const records = await fit(on.model, { ...common, train: on.train, val: on.val, epochs: epochCount, optimizer, scheduler, stage, ...(resume && { resume, resumeRng: o.resumeRng }) });
     history.push(...records.map((r) => ({ ...r, epoch: history.length + r.epoch })));
   };
-  await phase(0, freezeEpochs, [{ params: headPath }], [baseLr]);
+  if (cache) {
+    await phase(0, freezeEpochs, [{ params: /.*/ }], [baseLr], { model: cache.head, train: cache.train, val: cache.val });
+    await restoreHead(model, headPath, cache.head);
+    recordTrainingData(model, o.train.dataset);
+  } else {
+    await phase(0, freezeEpochs, [{ params: headPath }], [baseLr]);
+  }
   const lr = baseLr / 2;
   const topLevel = [...new Set(model.parameters().map((p) => p.name.split('.')[0]))];
   const perStage = stages.map((_, i) => Math.floor(epochs / stages.length) + (i < epochs % stages.length ? 1 : 0));

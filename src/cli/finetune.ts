@@ -1,6 +1,6 @@
 import { checkpoint, data, fineTune, loadPretrained, type Loss, loss as losses, manualSeed, progressBar } from '..';
 import { type InputFlags, inputSpec, loadDataset, parseClasses } from './data';
-import { intFlag, numberFlag } from './flags';
+import { choiceFlag, intFlag, numberFlag } from './flags';
 
 const { loader, split, subset } = data;
 import { stepRecorder, writeReport } from './report';
@@ -22,6 +22,7 @@ export interface FinetuneFlags extends InputFlags {
   checkpointDir?: string;
   resume?: string;
   seed: string;
+  cacheFeatures: string;
   json?: boolean;
 }
 
@@ -58,6 +59,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
     lr,
     loss,
     unfreeze: flags.unfreeze ? flags.unfreeze.split(',') : 'all',
+    cacheFeatures: ({ auto: 'auto', on: true, off: false } as const)[choiceFlag(flags.cacheFeatures, '--cache-features', ['auto', 'on', 'off'] as const)],
     callbacks: [progressBar({ enabled: !flags.json, batchSize }), steps, ...(flags.checkpointDir ? [checkpoint({ dir: flags.checkpointDir })] : [])],
     ...(flags.resume && { resume: flags.resume }),
   });
@@ -68,7 +70,10 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
         .join(', ')})`
     : `lr ${history.lr.toExponential(2)}, as given`;
   const epochLine = `${history.freezeEpochs} epoch${history.freezeEpochs === 1 ? '' : 's'} with the body frozen, then ${history.epochs} unfrozen (${trainLoader.length} steps each)`;
-  if (!flags.json) console.log(`${epochLine}\n${lrLine}`);
+  const cacheLine = history.featureCache?.used
+    ? `head-only epochs on cached backbone features (${((history.featureCache.bytes ?? 0) / 2 ** 20).toFixed(1)} MB, computed in ${(history.featureCache.seconds ?? 0).toFixed(1)} s)`
+    : history.featureCache && `head-only epochs on the whole model: ${history.featureCache.reason}`;
+  if (!flags.json) console.log([epochLine, lrLine, cacheLine].filter(Boolean).join('\n'));
   const final = await model.evaluate(valLoader, { loss, metrics: ['accuracy', 'f1', 'confusionMatrix'] });
   // fit has recorded the classes and the input spec; the model is in eval mode.
   await model.save(flags.out, {
@@ -82,6 +87,6 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
       steps: steps.steps,
       confusion: { matrix: final.confusionMatrix ?? [], classes: names },
     });
-  if (flags.json) console.log(JSON.stringify({ out: flags.out, classes: names, lr: history.lr, lrFinder: history.lrFinder, freezeEpochs: history.freezeEpochs, epochs: history.epochs, history, final }));
+  if (flags.json) console.log(JSON.stringify({ out: flags.out, classes: names, lr: history.lr, lrFinder: history.lrFinder, freezeEpochs: history.freezeEpochs, epochs: history.epochs, featureCache: history.featureCache, history, final }));
   else console.log(`validation accuracy ${((final.accuracy ?? 0) * 100).toFixed(2)}%, saved ${flags.out}${flags.report ? `, report ${flags.report}` : ''}`);
 }

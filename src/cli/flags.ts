@@ -12,3 +12,8 @@ export function numberFlag(value: string, name: string): number {
   if (!Number.isFinite(n) || n <= 0) throw rangeError('a positive number', name, value);
   return n;
 }
+
+export function choiceFlag<T extends string>(value: string, name: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(value)) throw rangeError(`one of ${allowed.join(', ')}`, name, value);
+  return value as T;
+}

@@ -45,6 +45,7 @@ program
   .option(...SIZE)
   .option(...CHANNELS)
   .option('--seed <n>', 'seeds the head, dropout, sampling, shuffling and augmentation', '0')
+  .option('--cache-features <auto|on|off>', 'train the head-only epochs on cached backbone features where that is exact', 'auto')
   .option('--checkpoint-dir <dir>', 'write a checkpoint after every epoch (epoch-N.ckpt, best.ckpt)')
   .option('--resume <ckpt>', 'continue an interrupted run from one of its checkpoints')
   .option('--out <file>', 'where to save the fine-tuned model', 'finetuned.pt')

@@ -86,6 +86,11 @@ export class Loader implements AsyncIterable<LoaderBatch> {
     }
   }
 
+  /** @internal The same batching (size, shuffle, seed, sharding) over another dataset of the same length. */
+  withDataset(dataset: Dataset): Loader {
+    return new Loader(dataset, this.batchSize, this.#o, this.#shard);
+  }
+
   /** Samples per epoch: this rank's shard when distributed. */
   get #samples(): number {
     const n = this.dataset.length;
