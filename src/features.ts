@@ -94,7 +94,7 @@ export async function prepareFeatureCache(
   const [outFeatures, inFeatures] = weight.shape;
   const samples = options.train.dataset.length + (options.val?.dataset.length ?? 0);
   const bytes = samples * inFeatures * 4;
-  if (bytes > options.budget) return refuse(`the cache would take ${(bytes / 2 ** 20).toFixed(0)} MB, over the ${(options.budget / 2 ** 20).toFixed(0)} MB budget`);
+  if (bytes > options.budget) return refuse(`the cache would take ${size(bytes)}, over the ${size(options.budget)} budget (cacheBudgetMB)`);
   const started = Date.now();
   const probe = (await loader(options.train.dataset, { batchSize: Math.min(options.train.batchSize, 16) }).batches(0).next()).value;
   const original = await model.forward(probe.input);
@@ -154,6 +154,10 @@ function headLayer(inFeatures: number, outFeatures: number, weight: Tensor, bias
   const layer = linear(inFeatures, outFeatures, { bias: bias !== undefined });
   layer.spec.tensors = { weight: Tensor.handle(weight), ...(bias && { bias: Tensor.handle(bias) }) };
   return layer;
+}
+
+function size(bytes: number): string {
+  return bytes < 2 ** 20 ? `${(bytes / 2 ** 10).toFixed(1)} KiB` : `${(bytes / 2 ** 20).toFixed(1)} MiB`;
 }
 
 function maxRelative(a: Float32Array, b: Float32Array): number {

@@ -1,0 +1,59 @@
+// fineTune's cached backbone features: the head-only phase on cached features must equal
+// training the whole model, and every case where that would not hold falls back, saying why.
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { describe, expect, it } from 'vitest';
+
+import { checkpoint, data, fineTune, type FineTuneOptions, loadPretrained, manualSeed, nn, randn, type Tensor, TorchError } from '../src';
+import { fixture } from './helpers';
+
+manualSeed(5);
+const inputs = randn([96, 3, 32, 32]);
+const train = data.tensorDataset(inputs, Int32Array.from({ length: 96 }, (_, i) => i % 3), { inputShape: [3, 32, 32] });
+const val = data.tensorDataset(randn([40, 3, 32, 32]), Int32Array.from({ length: 40 }, (_, i) => i % 3), { inputShape: [3, 32, 32] });
+
+/** resnet_small without its dropout (so the body is deterministic), fine-tuned 3 + 1 epochs. */
+async function tune(options: Partial<FineTuneOptions>, { keepDropout = false } = {}) {
+  manualSeed(1);
+  const model = await loadPretrained(fixture('resnet_small.scripted.pt'));
+  if (!keepDropout) model.replace('dropout', nn.identity());
+  const history = await fineTune(model, {
+    train: data.loader(train, { batchSize: 16, shuffle: true, seed: 2 }),
+    val: data.loader(val, { batchSize: 20 }),
+    numClasses: 3,
+    freezeEpochs: 3,
+    epochs: 1,
+    ...options,
+  });
+  const dict = model.stateDict();
+  const weights = Object.fromEntries(await Promise.all(Object.entries(dict).map(async ([name, t]: [string, Tensor]) => [name, Array.from((await t.read()) as Float32Array)])));
+  const types = model.modules().map((m) => `${m.path}:${m.type}`);
+  model.dispose();
+  return { history, weights, types };
+}
+
+describe('fineTune({ cacheFeatures })', () => {
+  it('trains the head-only phase on cached features with the same result as the whole model, LR range test included', async () => {
+    const whole = await tune({ cacheFeatures: false });
+    const cached = await tune({});
+    expect(whole.history.featureCache).toEqual({ used: false, reason: 'cacheFeatures: false' });
+    expect(cached.history.featureCache).toMatchObject({ used: true, bytes: 136 * 16 * 4 });
+    expect(cached.history.lr).toBe(whole.history.lr);
+    expect(cached.history.map((r) => [r.trainLoss, r.val])).toEqual(whole.history.map((r) => [r.trainLoss, r.val]));
+    expect(cached.weights).toEqual(whole.weights); // bit for bit here; float noise at most elsewhere
+    expect(cached.types).toEqual(whole.types); // the head is a plain Linear again
+  });
+
+  it('falls back to the whole model, saying why, wherever the cache would not be exact', async () => {
+    expect((await tune({}, { keepDropout: true })).history.featureCache).toEqual({ used: false, reason: "the body has dropout ('dropout'), so the head's inputs change every epoch" });
+    expect((await tune({ dropout: 0.2 })).history.featureCache?.reason).toBe('dropout before the new head draws new masks every epoch');
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-cache-'));
+    expect((await tune({ callbacks: [checkpoint({ dir })] })).history.featureCache?.reason).toBe('a checkpoint callback saves the whole model every epoch');
+    expect((await tune({ cacheBudgetMB: 0.005 })).history.featureCache?.reason).toBe('the cache would take 8.5 KiB, over the 5.1 KiB budget (cacheBudgetMB)');
+    await expect(tune({ cacheFeatures: true }, { keepDropout: true })).rejects.toThrow(
+      new TorchError('TORCHLITE_BAD_ARGUMENT', "cacheFeatures: true cannot apply: the body has dropout ('dropout'), so the head's inputs change every epoch; pass cacheFeatures: 'auto' (or false) to train the whole model instead"),
+    );
+  });
+});
