@@ -215,6 +215,13 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
     OptimizerPtr optimizer = OptimizerWrap::StateOf(env, options.Get("optimizer"));
     LossConfig loss = parseLoss(env, options.Get("loss").As<Napi::Object>());
     StepOptions step = parseStepOptions(options);
+    // fit's windows: each step's group options, read off its schedule ahead of the job.
+    std::vector<std::vector<GroupOptions>> perStep;
+    if (options.Get("groupsPerStep").IsArray()) {
+      Napi::Array all = options.Get("groupsPerStep").As<Napi::Array>();
+      for (uint32_t i = 0; i < all.Length(); ++i) perStep.push_back(parseGroupOptions(all.Get(i)));
+      if (perStep.size() != batches.Length()) throw CodedError("TORCHLITE_BAD_ARGUMENT", "groupsPerStep needs one entry per batch");
+    }
     std::vector<std::pair<std::vector<c10::IValue>, torch::Tensor>> work;
     for (uint32_t i = 0; i < batches.Length(); ++i) {
       Napi::Array batch = batches.Get(i).As<Napi::Array>();
@@ -223,7 +230,7 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
     using Results = std::vector<StepResult>;
     return Job<Results>::StartSteps(
         env, {state->device, Priority::Training},
-        [state, optimizer, loss, step, work = std::move(work)](std::optional<Results>& results) mutable {
+        [state, optimizer, loss, step, perStep, work = std::move(work)](std::optional<Results>& results) mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           if (!results) {
             // The group options as they were when trainStep was called (schedules write
@@ -231,6 +238,7 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
             optimizer->setOptions(step.groups);
             results.emplace();
           }
+          if (!perStep.empty()) optimizer->setOptions(perStep[results->size()]);
           auto& [inputs, target] = work[results->size()];
           results->push_back(trainStep(*state, *optimizer, loss, std::move(inputs), target, step));
           return results->size() < work.size();

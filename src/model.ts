@@ -95,6 +95,12 @@ export interface ShardGroup {
   reduce(values: Float64Array, op: 'sum' | 'max'): Promise<Float64Array>;
 }
 
+/**
+ * @internal fit's windows: each step's group options in a `trainSteps` call, read off the
+ * schedule ahead of the job (a key the public options cannot carry).
+ */
+export const kStepGroups = Symbol('torchlite.stepGroups');
+
 /** @internal */
 export interface StepOptimizer {
   [kStepOptimizer](model: Model): { handle: NativeOptimizer; groups: NativeGroupOptions[] };
@@ -436,6 +442,8 @@ export class Model implements Disposable, AsyncDisposable {
       if (typeof o.readLoss !== 'boolean') throw typeError('a boolean', 'options.readLoss', o.readLoss);
       step.readLoss = o.readLoss;
     }
+    const perStep = (options as { [kStepGroups]?: NativeGroupOptions[][] })[kStepGroups];
+    if (perStep) step.groupsPerStep = perStep;
     return step;
   }
 

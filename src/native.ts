@@ -20,6 +20,7 @@ export interface NativeTensor {
   read(): Promise<ArrayBufferView>;
   item(): number | boolean;
   to(options: NativeTensorOptions): NativeTensor;
+  rows(indices: Int32Array): NativeTensor;
   dispose(): void;
 }
 

@@ -175,6 +175,11 @@ export class Optimizer implements Disposable {
     return { handle, groups: this.#optionsNow() };
   }
 
+  /** @internal The group options as a job would take them now (fit reads a window's schedule ahead with it). */
+  static optionsNow(optimizer: Optimizer): NativeGroupOptions[] {
+    return optimizer.#optionsNow();
+  }
+
   #optionsNow(): NativeGroupOptions[] {
     return this.#groups.map(({ params: _params, ...options }) => options);
   }

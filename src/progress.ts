@@ -19,6 +19,7 @@ export function progressBar(options: { label?: string; enabled?: boolean; batchS
   return {
     name: 'progressBar',
     rankZeroOnly: true,
+    observesBatches: true,
     onBatchEnd(_ctx, e) {
       if (!enabled || !tty) return;
       if (e.batch === 0) {

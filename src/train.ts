@@ -7,10 +7,10 @@ import { loadCheckpoint, readCheckpointPosition, saveCheckpoint, type TrainingPo
 import { groupOf } from './distributed';
 import { FEATURE_CACHE_BUDGET, type FeatureCache, type FeatureCacheReport, prepareFeatureCache, restoreHead } from './features';
 import { findLr, type LrRule } from './findlr';
-import type { Loader } from './data/loader';
+import type { Loader, LoaderBatch } from './data/loader';
 import { Loss, crossEntropy } from './loss';
 import type { Metrics, MetricSpec } from './metrics';
-import { Model } from './model';
+import { kStepGroups, Model, type TrainStepOptions, type TrainStepResult } from './model';
 import { native } from './native';
 import { Optimizer, adamw, type ParamGroupSpec } from './optim';
 import { PlateauScheduler, Scheduler, oneCycle } from './sched';
@@ -65,6 +65,13 @@ export interface Callback {
    * rank and see the same metrics there, reduced over the ranks. Defaults to `false`.
    */
   readonly rankZeroOnly?: boolean;
+  /**
+   * Its `onBatchEnd` only observes (logs, draws, counts) and never changes the optimizer or
+   * the model. When every callback with an `onBatchEnd` says so, `fit` on in-memory data runs
+   * many steps per native job and calls `onBatchEnd` for each step after its job. Defaults
+   * to `false` (one step per job).
+   */
+  readonly observesBatches?: boolean;
   onEpochEnd?(ctx: FitContext, record: EpochRecord): void | Promise<void>;
   onBatchEnd?(ctx: FitContext, event: Extract<FitEvent, { type: 'batchEnd' }>): void | Promise<void>;
 }
@@ -147,6 +154,57 @@ export function fit(model: Model, options: FitOptions): FitRun {
   };
 }
 
+/** Steps per native job in fit's windows: few enough that an abort or an event waits little. */
+const STEPS_PER_JOB = 16;
+
+/** Groups consecutive batches into windows of up to `size`. */
+async function* windows<T>(batches: AsyncIterable<T>, size: number): AsyncGenerator<T[]> {
+  let window: T[] = [];
+  for await (const batch of batches) {
+    window.push(batch);
+    if (window.length === size) {
+      yield window;
+      window = [];
+    }
+  }
+  if (window.length > 0) yield window;
+}
+
+type StepSpec = Pick<TrainStepOptions, 'loss' | 'optimizer' | 'accumulate' | 'clipGradNorm' | 'amp'>;
+
+/**
+ * Trains one window of batches; each result carries the lr after its step, as a per-step
+ * loop reads it. A window of one is a plain trainStep with the scheduler stepped after
+ * each update. A longer one is one `trainSteps` job: the schedule is read ahead (each step's
+ * group options travel with the job, as a per-step loop would set them), then the scheduler
+ * is put back and stepped once per update the job made, so a skipped step (a non-finite
+ * loss) delays the schedule exactly as it would have.
+ */
+async function trainWindow(model: Model, window: LoaderBatch[], step: StepSpec, scheduler: Scheduler | undefined, windowed: boolean): Promise<(TrainStepResult & { lr: number })[]> {
+  const optimizer = step.optimizer;
+  const lrNow = () => optimizer.paramGroups[0]?.lr ?? 0;
+  if (!windowed) {
+    const r = await model.trainStep(window[0].input, window[0].target, step);
+    if (r.stepped) scheduler?.step();
+    return [{ ...r, lr: lrNow() }];
+  }
+  const saved = scheduler?.stateDict();
+  const perStep = window.map(() => {
+    const groups = Optimizer.optionsNow(optimizer);
+    scheduler?.step();
+    return groups;
+  });
+  if (saved) scheduler!.loadStateDict(saved);
+  const results = await model.trainSteps(
+    window.map((b) => ({ input: b.input, target: b.target })),
+    { ...step, [kStepGroups]: perStep } as TrainStepOptions,
+  );
+  return results.map((r) => {
+    if (r.stepped) scheduler?.step();
+    return { ...r, lr: lrNow() };
+  });
+}
+
 /**
  * The model now answers in the training data's classes and expects its preprocessing:
  * recorded so that save() and checkpoints carry them (see InputSpec).
@@ -196,6 +254,8 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
   };
   try {
     const accumulate = o.accumulate ?? 1;
+    // Data already in memory, one update per batch: many steps per native job (see trainWindow).
+    const windowed = o.train.dataset.rows !== undefined && accumulate === 1 && callbacks.every((cb) => !cb.onBatchEnd || cb.observesBatches);
     for (let epoch = position.epoch; epoch < o.epochs && stopReason === null; epoch++) {
       const started = Date.now();
       model.train();
@@ -205,39 +265,39 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
       let correct = 0;
       let counted = 0;
       let batchIndex = 0;
-      for await (const { input, target } of o.train.batches(epoch)) {
+      const step = { loss: lossFn, optimizer: o.optimizer, accumulate, ...(o.clipGradNorm && { clipGradNorm: o.clipGradNorm }), ...(o.amp && { amp: o.amp }) };
+      for await (const window of windows(o.train.batches(epoch), windowed ? STEPS_PER_JOB : 1)) {
         if (o.signal?.aborted) {
+          window.forEach((b) => [b.input, b.target].forEach((t) => t.dispose()));
           stopReason = 'aborted';
           break;
         }
-        const n = target.shape[0];
-        const r = await model.trainStep(input, target, { loss: lossFn, optimizer: o.optimizer, accumulate, ...(o.clipGradNorm && { clipGradNorm: o.clipGradNorm }), ...(o.amp && { amp: o.amp }) });
-        input.dispose();
-        target.dispose();
-        if (!r.skipped) {
-          lossSum += r.loss * n;
-          samples += n;
+        const done = await trainWindow(model, window, step, o.scheduler instanceof Scheduler ? o.scheduler : undefined, windowed);
+        for (const [k, r] of done.entries()) {
+          const n = window[k].target.shape[0];
+          if (!r.skipped) {
+            lossSum += r.loss * n;
+            samples += n;
+          }
+          if (r.correct !== undefined) {
+            correct += r.correct;
+            counted += n;
+          }
+          if (r.stepped) position.step += 1;
+          const event = {
+            type: 'batchEnd' as const,
+            epoch,
+            batch: batchIndex++,
+            batches: o.train.length,
+            step: position.step,
+            loss: r.loss,
+            lr: r.lr,
+            ...(counted > 0 && { accuracy: correct / counted }),
+          };
+          for (const cb of callbacks) await cb.onBatchEnd?.(ctx, event);
+          yield event;
         }
-        if (r.correct !== undefined) {
-          correct += r.correct;
-          counted += n;
-        }
-        if (r.stepped) {
-          position.step += 1;
-          if (o.scheduler instanceof Scheduler) o.scheduler.step();
-        }
-        const event = {
-          type: 'batchEnd' as const,
-          epoch,
-          batch: batchIndex++,
-          batches: o.train.length,
-          step: position.step,
-          loss: r.loss,
-          lr: o.optimizer.paramGroups[0]?.lr ?? 0,
-          ...(counted > 0 && { accuracy: correct / counted }),
-        };
-        for (const cb of callbacks) await cb.onBatchEnd?.(ctx, event);
-        yield event;
+        window.forEach((b) => [b.input, b.target].forEach((t) => t.dispose()));
       }
       if (stopReason === 'aborted') break;
       if (accumulate > 1 && (await o.optimizer.flush(accumulate))) {

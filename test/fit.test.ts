@@ -5,7 +5,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { checkpoint, data, earlyStopping, findLr, fineTune, fit, type FitEvent, jsonlLogger, loadPretrained, manualSeed, type Model, optim, sched } from '../src';
+import { checkpoint, data, earlyStopping, findLr, fineTune, fit, type FitEvent, jsonlLogger, loadPretrained, manualSeed, type Model, optim, randn, sched } from '../src';
 import { loadCheckpoint } from '../src/checkpoint';
 import { fixture, root } from './helpers';
 
@@ -205,6 +205,44 @@ describe('findLr', () => {
     await result.plot(svg);
     expect(readFileSync(svg, 'utf8')).toContain('<svg');
     await expect(findLr(model, train, { startLr: 1, endLr: 0.1 })).rejects.toThrow(RangeError);
+    model.dispose();
+  });
+});
+
+describe('fit on in-memory data (many steps per native job)', () => {
+  manualSeed(3);
+  const ds = data.tensorDataset(randn([200, 12]), Int32Array.from({ length: 200 }, (_, i) => i % 4), { inputShape: [12] });
+
+  async function run(dataset: typeof ds, extra: Partial<Parameters<typeof fit>[1]> = {}) {
+    manualSeed(1);
+    const model = await loadPretrained(fixture('mlp.scripted.pt'));
+    const optimizer = optim.adamw(model, { lr: 0.01 });
+    const train = data.loader(dataset, { batchSize: 8, shuffle: true, seed: 4 });
+    const scheduler = sched.oneCycle(optimizer, { maxLr: 0.05, totalSteps: 3 * train.length });
+    const events: number[][] = [];
+    const log = { name: 'log', observesBatches: true, onBatchEnd: (_: unknown, e: { step: number; loss: number; lr: number }) => void events.push([e.step, e.loss, e.lr]) };
+    const history = await fit(model, { train, val: data.loader(ds, { batchSize: 50 }), epochs: 3, optimizer, scheduler, callbacks: [log], ...extra });
+    const result = { history: history.map((r) => [r.trainLoss, r.val, r.lr]), weights: weightsOf(model), events };
+    model.dispose();
+    return result;
+  }
+
+  it('equals the one-step-per-job loop bit for bit, schedule and per-step events included', async () => {
+    const windowed = await run(ds);
+    const stepwise = await run({ ...ds }); // a spread dataset batches through `get`, one step per job
+    expect(windowed.events).toHaveLength(75);
+    expect(windowed).toEqual(stepwise);
+  });
+
+  it('stops within one window of an abort', async () => {
+    const controller = new AbortController();
+    const stopper = { name: 'stopper', observesBatches: true, onBatchEnd: () => controller.abort() };
+    manualSeed(1);
+    const model = await loadPretrained(fixture('mlp.scripted.pt'));
+    const events: FitEvent[] = [];
+    for await (const e of fit(model, { train: data.loader(ds, { batchSize: 8 }), epochs: 3, optimizer: optim.sgd(model, { lr: 0.01 }), callbacks: [stopper], signal: controller.signal })) events.push(e);
+    expect(events.filter((e) => e.type === 'batchEnd')).toHaveLength(16); // the first window, then the abort
+    expect(events.at(-1)).toEqual({ type: 'stopped', reason: 'aborted' });
     model.dispose();
   });
 });

@@ -20,6 +20,7 @@ export function stepRecorder(): Callback & { steps: { step: number; loss: number
   const steps: { step: number; loss: number; lr: number }[] = [];
   return {
     name: 'stepRecorder',
+    observesBatches: true,
     steps,
     onBatchEnd(_ctx, e) {
       steps.push({ step: steps.length, loss: e.loss, lr: e.lr });

@@ -1,5 +1,5 @@
 import { TorchError } from '../errors';
-import { Tensor } from '../tensor';
+import { Tensor, tensor } from '../tensor';
 import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, rangeError, typeError } from '../validate';
 import { readIdx } from './idx';
 import type { InputSpec } from '../preprocess';
@@ -30,6 +30,8 @@ export interface Dataset {
   readonly preprocessing?: InputSpec;
   /** The same samples without random augmentation (`data.split` uses it for the validation part). */
   withoutAugmentation?(): Dataset;
+  /** @internal A batch of samples gathered natively, for data already in memory as tensors. */
+  rows?(indices: number[]): { input: Tensor; target: Tensor };
 }
 
 type NumericArray = Float32Array | Float64Array | Int32Array | Int16Array | Int8Array | Uint8Array | BigInt64Array;
@@ -72,18 +74,40 @@ export function tensorDataset(inputs: Tensor | ArrayBufferView | number[], targe
     const bad = ys.findIndex((t) => t < 0 || t >= o.classes!.length);
     if (bad >= 0) throw new TorchError('TORCHLITE_BAD_DATA', `target ${ys[bad]} of sample ${bad} is out of range for ${o.classes.length} classes`);
   }
-  return {
-    length: n,
-    inputShape,
-    targetShape,
-    classes: o.classes,
-    target: (i) => ys[i * targetSize],
-    get: (i) => ({
-      input: xs.subarray(i * inputSize, (i + 1) * inputSize),
-      target: classIndices ? ys[i] : Float32Array.from(ys.subarray(i * targetSize, (i + 1) * targetSize)),
-    }),
-    describe: (i) => `sample ${i}`,
-  };
+  // Made on first use: a loader then batches with one native gather per batch.
+  let stored: { input: Tensor; target: Tensor } | undefined;
+  const tensors = () =>
+    (stored ??= {
+      input: tensor(xs, [n, ...inputShape]),
+      target: classIndices ? tensor(BigInt64Array.from(ys, (v) => BigInt(v))) : tensor(Float32Array.from(ys), [n, ...targetShape]),
+    });
+  return withRows(
+    {
+      length: n,
+      inputShape,
+      targetShape,
+      classes: o.classes,
+      target: (i) => ys[i * targetSize],
+      get: (i) => ({
+        input: xs.subarray(i * inputSize, (i + 1) * inputSize),
+        target: classIndices ? ys[i] : Float32Array.from(ys.subarray(i * targetSize, (i + 1) * targetSize)),
+      }),
+      describe: (i) => `sample ${i}`,
+    },
+    (indices) => {
+      const at = Int32Array.from(indices);
+      const { input, target } = tensors();
+      return { input: new Tensor(Tensor.handle(input).rows(at)), target: new Tensor(Tensor.handle(target).rows(at)) };
+    },
+  );
+}
+
+/**
+ * Gives `ds` its native batch gather, not enumerable: a dataset made by spreading this one
+ * with its own `get` must be read through that `get`.
+ */
+function withRows(ds: Dataset, rows: Dataset['rows']): Dataset {
+  return rows ? Object.defineProperty(ds, 'rows', { value: rows, enumerable: false }) : ds;
 }
 
 export interface IdxOptions {
@@ -127,7 +151,15 @@ export async function idx(imagesPath: string, labelsPath: string, options?: IdxO
 
 /** A view of `base` through `indices`, optionally with remapped class indices. */
 function view(base: Dataset, indices: number[], remap?: Map<number, number>, classes?: string[]): Dataset {
-  return {
+  const rows =
+    base.rows &&
+    ((at: number[]) => {
+      const batch = base.rows!(at.map((i) => indices[i]));
+      if (!remap) return batch;
+      batch.target.dispose();
+      return { input: batch.input, target: tensor(BigInt64Array.from(at, (i) => BigInt(remap.get(base.target(indices[i]))!))) };
+    });
+  return withRows({
     length: indices.length,
     inputShape: base.inputShape,
     targetShape: base.targetShape,
@@ -140,7 +172,7 @@ function view(base: Dataset, indices: number[], remap?: Map<number, number>, cla
     describe: (i) => base.describe(indices[i]),
     ...(base.preprocessing && { preprocessing: base.preprocessing }),
     ...(base.withoutAugmentation && { withoutAugmentation: () => view(base.withoutAugmentation!(), indices, remap, classes) }),
-  };
+  }, rows);
 }
 
 function checkDataset(ds: unknown, name: string): Dataset {

@@ -159,6 +159,7 @@ export class Loader implements AsyncIterable<LoaderBatch> {
 
   async #collate(indices: number[], epoch: number, padding: number): Promise<LoaderBatch | null> {
     const ds = this.dataset;
+    if (ds.rows) return { ...ds.rows(indices), indices, ...(padding > 0 && { padding }) };
     const settled = await Promise.allSettled(indices.map(async (i) => ds.get(i, epoch)));
     const samples: Sample[] = [];
     const kept: number[] = [];
