@@ -31,6 +31,8 @@ export interface FeatureCache {
   report: FeatureCacheReport;
 }
 
+const FEATURE_BATCH = 256;
+
 /** The default memory budget for cached features (both splits). */
 export const FEATURE_CACHE_BUDGET = 1 << 30;
 
@@ -116,8 +118,9 @@ export async function prepareFeatureCache(
       await restoreHead(model, headPath, head);
       return refuse(`the classifier '${headPath}' is not the model's last step, so its inputs are not all it needs`);
     }
-    const train = await featuresOf(model, options.train.dataset, options.train.batchSize);
-    const val = options.val ? await featuresOf(model, options.val.dataset, options.val.batchSize) : undefined;
+    // Inference batches larger than training ones: fewer, better-filled kernels.
+    const train = await featuresOf(model, options.train.dataset, Math.max(options.train.batchSize, FEATURE_BATCH));
+    const val = options.val ? await featuresOf(model, options.val.dataset, Math.max(options.val.batchSize, FEATURE_BATCH)) : undefined;
     return {
       head,
       train: options.train.withDataset(featureDataset(options.train.dataset, train.data, train.width)),
