@@ -1,7 +1,12 @@
 // Registers the classes and the process-level knobs.
 #include "addon.h"
 
+#include <cstdlib>
 #include <cstring>
+#include <mutex>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 #include "common.h"
 #include "cuda.h"
@@ -108,7 +113,26 @@ Napi::Value CudaInfo(const Napi::CallbackInfo& info) {
   });
 }
 
+// Training frees and allocates the same activation buffers every step. glibc returns
+// blocks above its mmap threshold to the kernel at once and trims the heap top, so each step
+// page-faults freshly zeroed pages back in: 18% of a small CNN's step in perf, against 0.3%
+// in torchlite's own code. Keeping freed memory for reuse (blocks under 32 MB from the heap,
+// up to 256 MB free at its top) made that step 20-25% faster. Once per process;
+// TORCHLITE_KEEP_FREED_MEMORY=0 keeps glibc's defaults.
+void keepFreedMemory() {
+#ifdef __GLIBC__
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* setting = std::getenv("TORCHLITE_KEEP_FREED_MEMORY");
+    if (setting != nullptr && std::strcmp(setting, "0") == 0) return;
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TRIM_THRESHOLD, 256 << 20);
+  });
+#endif
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  keepFreedMemory();
   auto* data = new AddonData();
   data->tensorClass = Napi::Persistent(TensorWrap::Define(env));
   data->modelClass = Napi::Persistent(ModelWrap::Define(env));
