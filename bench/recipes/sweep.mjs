@@ -214,7 +214,6 @@ function report() {
   const fixedEpochs = grid.filter((r) => keyOf(r).minSteps === undefined);
   const rules = { 'valley alone': (r) => keyOf(r).lr === 'auto' && r.lrRule === 'valley' && r.lrScale === undefined, peak: (r) => keyOf(r).lr === 'auto' && r.lrRule === 'peak' };
   lines.push(...gridSection(fixedEpochs.filter((r) => keyOf(r).lrMult === 3), '## Before `minSteps`: a fixed 1 + 3 epochs (8 steps at 10 labels per class), lr ratio 3', rules));
-  lines.push(...gridSection(fixedEpochs.filter((r) => keyOf(r).lrMult === undefined), '## Before that: 1 + 3 epochs, lr ratio 100 (the default column is empty: valley × 7 came later)', rules));
   const old = runs.filter((r) => r.part === 'defaults');
   if (old.length > 0) {
     lines.push('## The lr ratio and epoch split at a fixed 1 + 3 epochs (budget 50, seed 0): mean accuracy over the five datasets', '', '| model | lr ratio | frozen + unfrozen epochs | accuracy |', '|---|---|---|---|');
