@@ -25,6 +25,15 @@ def data(shape, classes):
     return torch.randn(N, *shape, generator=g), torch.randint(0, classes, (N,), generator=g)
 
 
+def step(model, opt, loss_fn, x, y):
+    """The idiomatic step, reading the loss back as torchlite does."""
+    opt.zero_grad(set_to_none=True)
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def fit(model, x, y, batch):
     loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -35,11 +44,7 @@ def fit(model, x, y, batch):
             start = time.perf_counter()
         total = 0.0
         for xb, yb in loader:
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
-            loss.backward()
-            opt.step()
-            total += loss.item()
+            total += step(model, opt, loss_fn, xb, yb)
     return EPOCHS * N / (time.perf_counter() - start)
 
 
@@ -50,11 +55,7 @@ def steps(model, x, y, count):
     for i in range(count + 50):
         if i == 50:
             start = time.perf_counter()
-        opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
-        loss.item()
+        step(model, opt, loss_fn, x, y)
     return count / (time.perf_counter() - start)
 
 
