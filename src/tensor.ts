@@ -17,7 +17,8 @@ export type TensorData =
   | Int16Array
   | Int8Array
   | Uint8Array
-  | number[];
+  | number[]
+  | boolean[];
 
 /** What {@link Tensor.toTypedArray} returns: 16-bit floats widen to Float32Array and bool to Uint8Array. */
 export type TensorArray = Float32Array | Float64Array | Int32Array | BigInt64Array | Int16Array | Int8Array | Uint8Array;
@@ -138,20 +139,24 @@ function nativeOptions(options: unknown, name: string): NativeTensorOptions {
 }
 
 /**
- * A tensor from a typed array or `number[]`, copied. `shape` defaults to one dimension
- * of the data's length.
+ * A tensor from a typed array, `number[]` (float32 unless `dtype` says otherwise) or
+ * `boolean[]` (bool, e.g. an attention mask), copied. `shape` defaults to one dimension of
+ * the data's length.
  */
 export function tensor(data: TensorData, shape?: number[], options?: TensorOptions): Tensor {
   let array: ArrayBufferView;
-  if (Array.isArray(data)) {
+  if (Array.isArray(data) && data.length > 0 && data.every((v) => typeof v === 'boolean')) {
+    array = Uint8Array.from(data as boolean[], Number);
+    options = { dtype: 'bool', ...options };
+  } else if (Array.isArray(data)) {
     data.forEach((v, i) => checkFiniteNumber(v, `data[${i}]`));
     // Float64 keeps integers exact up to 2^53; the native side casts to the dtype.
-    array = Float64Array.from(data);
+    array = Float64Array.from(data as number[]);
     options = { dtype: 'float32', ...options };
   } else if (ARRAY_TYPES.some((type) => data instanceof type)) {
     array = data;
   } else {
-    throw typeError('a Float32Array, Float64Array, Int32Array, BigInt64Array, Int16Array, Int8Array, Uint8Array or number[]', 'data', data);
+    throw typeError('a Float32Array, Float64Array, Int32Array, BigInt64Array, Int16Array, Int8Array, Uint8Array, number[] or boolean[]', 'data', data);
   }
   const length = (array as Float32Array).length;
   const dims = shape === undefined ? [length] : checkShape(shape);

@@ -61,13 +61,21 @@ describe('tensor()', () => {
     expect(Array.from(tensor(base.subarray(2)).toTypedArray() as Float32Array)).toEqual([1, 2]);
   });
 
+  it('makes bool tensors from boolean[] (an attention mask), and refuses booleans mixed with numbers', () => {
+    const mask = tensor([true, false, true], [3]);
+    expect(mask.dtype).toBe('bool');
+    expect(Array.from(mask.toTypedArray() as Uint8Array)).toEqual([1, 0, 1]);
+    expect(tensor([true, false], [2], { dtype: 'float32' }).toTypedArray()).toEqual(Float32Array.of(1, 0));
+    expect(() => tensor([true, 2] as never)).toThrow(new TypeError('Expected a finite number for `data[0]` but received true'));
+  });
+
   it('rejects misuse with TypeError and RangeError', () => {
     expect(() => tensor(new Float32Array(6), [2, 2])).toThrow(
       new RangeError('Expected data of 4 elements for `shape` [2, 2] but received 6 elements'),
     );
     expect(() => tensor(new Uint16Array(2) as never)).toThrow(
       new TypeError(
-        'Expected a Float32Array, Float64Array, Int32Array, BigInt64Array, Int16Array, Int8Array, Uint8Array or number[] for `data` but received a Uint16Array',
+        'Expected a Float32Array, Float64Array, Int32Array, BigInt64Array, Int16Array, Int8Array, Uint8Array, number[] or boolean[] for `data` but received a Uint16Array',
       ),
     );
     expect(() => tensor([1, 2], [2], { dtype: 'float8' as never })).toThrow(
