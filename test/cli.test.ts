@@ -71,6 +71,7 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
     expect(result.classes).toEqual(['bag', 'boot', 'sandal', 'shirt', 'sneaker']);
     expect(result.history).toHaveLength(4);
     expect([result.freezeEpochs, result.epochs]).toEqual([1, 3]); // --epochs given: nothing scaled
+    expect(result.featureCache).toEqual({ used: false, reason: "the body has dropout ('classifier.1'), so the head's inputs change every epoch" });
     expect(result.final.accuracy).toBeGreaterThan(0.5); // 50 validation images; chance is 0.2
     expect(readFileSync(join(work, 'ft.html'), 'utf8')).toContain('Learning rate');
     if (hasTorch) expect(pythonRuns(join(work, 'ft.pt'))).toEqual([2, 5]);
@@ -165,6 +166,12 @@ describe('torchlite CLI', () => {
     const noData = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', join(work, 'nowhere'));
     expect(noData.status).toBe(1);
     expect(noData.stderr).toMatch(/^torchlite: cannot read image folder .*nowhere.* \[TORCHLITE_FILE_NOT_FOUND\]$/m);
+    const cache = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', work, '--cache-features', 'maybe');
+    expect(cache.status).toBe(2);
+    expect(cache.stderr.trim()).toBe("torchlite: Expected one of auto, on, off for `--cache-features` but received 'maybe'");
+    const ranks = cli('run', '--nproc', '0', 'train.mjs');
+    expect(ranks.status).toBe(2);
+    expect(ranks.stderr.trim()).toBe("torchlite: Expected a positive integer for `--nproc` but received '0'");
     const version = cli('--version');
     expect(version.status).toBe(0);
     expect(version.stdout.trim()).toMatch(/^torchlite \d+\.\d+\.\d+ \(LibTorch \d+\.\d+\.\d+\)$/);

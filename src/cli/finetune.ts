@@ -31,6 +31,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   const freezeEpochs = flags.freezeEpochs === undefined ? undefined : intFlag(flags.freezeEpochs, '--freeze-epochs', 0);
   const batchSize = intFlag(flags.batchSize, '--batch-size');
   const lr = flags.lr === 'auto' ? 'auto' : numberFlag(flags.lr, '--lr');
+  const cacheFeatures = ({ auto: 'auto', on: true, off: false } as const)[choiceFlag(flags.cacheFeatures, '--cache-features', ['auto', 'on', 'off'] as const)];
   const classes = parseClasses(flags.classes);
   // The seed covers everything random: the new head's weights, dropout, the subset, the
   // validation split, shuffling and augmentation. The same command gives the same model.
@@ -59,7 +60,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
     lr,
     loss,
     unfreeze: flags.unfreeze ? flags.unfreeze.split(',') : 'all',
-    cacheFeatures: ({ auto: 'auto', on: true, off: false } as const)[choiceFlag(flags.cacheFeatures, '--cache-features', ['auto', 'on', 'off'] as const)],
+    cacheFeatures,
     callbacks: [progressBar({ enabled: !flags.json, batchSize }), steps, ...(flags.checkpointDir ? [checkpoint({ dir: flags.checkpointDir })] : [])],
     ...(flags.resume && { resume: flags.resume }),
   });
