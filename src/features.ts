@@ -1,15 +1,16 @@
 // Cached backbone features for fineTune's head-only phase. With the body frozen, BatchNorm
-// on its running statistics, no dropout before the head and no augmentation, the head's
-// inputs are the same every epoch: they are computed once, and a model made of the head
-// alone trains on them. The result equals training the whole model, within float noise,
-// at the cost of one forward pass over the data.
+// on its running statistics and no augmentation, the head's inputs are the same every epoch
+// (up to one dropout right before the head, which the head model replays with the same
+// generator draws): they are computed once, and a model made of the head alone trains on
+// them. The result equals training the whole model, within float noise, at the cost of one
+// forward pass over the data. Nothing here draws from the generator that training would not.
 import type { Dataset } from './data/dataset';
 import { tensorDataset } from './data/dataset';
 import { type Loader, loader } from './data/loader';
 import { TorchError } from './errors';
 import { Model } from './model';
 import { native } from './native';
-import { identity, linear } from './nn';
+import { dropout, identity, linear, sequential } from './nn';
 import { Tensor } from './tensor';
 
 /** How fineTune's head-only phase ran: on cached features, or on the whole model and why. */
@@ -36,11 +37,19 @@ const FEATURE_BATCH = 256;
 /** The default memory budget for cached features (both splits). */
 export const FEATURE_CACHE_BUDGET = 1 << 30;
 
-function reasonNotToCache(model: Model, headPath: string, train: Loader, val: Loader | undefined, dropout: number): string | undefined {
-  if (dropout > 0) return 'dropout before the new head draws new masks every epoch';
+/** The body's dropout modules: one may stand right before the head (checked on a probe batch). */
+function bodyDropouts(model: Model, headPath: string): string[] {
+  return model
+    .modules()
+    .filter((m) => /Dropout/.test(m.type) && m.path !== headPath && !m.path.startsWith(`${headPath}.`))
+    .map((m) => m.path);
+}
+
+function reasonNotToCache(model: Model, headPath: string, train: Loader, val: Loader | undefined, newHeadDropout: number): string | undefined {
+  if (newHeadDropout > 0) return 'dropout before the new head draws new masks every epoch';
   if (model.bnPolicy !== 'frozen-eval') return "BatchNorm policy 'train' updates the frozen body's statistics every step";
-  const noisy = model.modules().find((m) => /Dropout/.test(m.type) && m.path !== headPath && !m.path.startsWith(`${headPath}.`));
-  if (noisy) return `the body has dropout ('${noisy.path}'), so the head's inputs change every epoch`;
+  const noisy = bodyDropouts(model, headPath);
+  if (noisy.length > 1) return `the body has dropout in several places (${noisy.map((p) => `'${p}'`).join(', ')}), so the head's inputs change every epoch`;
   if (train.dataset.withoutAugmentation) return "the training data is augmented, so the head's inputs change every epoch";
   if (val?.dataset.withoutAugmentation) return 'the validation data is augmented';
   return undefined;
@@ -99,24 +108,32 @@ export async function prepareFeatureCache(
   if (bytes > options.budget) return refuse(`the cache would take ${size(bytes)}, over the ${size(options.budget)} budget (cacheBudgetMB)`);
   const started = Date.now();
   const probe = (await loader(options.train.dataset, { batchSize: Math.min(options.train.batchSize, 16) }).batches(0).next()).value;
+  const wasTraining = model.training;
+  model.eval();
   const original = await model.forward(probe.input);
   const dict = model.stateDict();
   // The new head's own initial weights, so training starts where the whole model's would.
-  const layer = headLayer(inFeatures, outFeatures, dict[`${headPath}.weight`], dict[`${headPath}.bias`]);
-  const head = new Model(native.Model.fromLayer(layer.spec)); // copies the weights
-  Object.values(dict).forEach((t) => t.dispose());
+  const linearHead = headLayer(inFeatures, outFeatures, dict[`${headPath}.weight`], dict[`${headPath}.bias`]);
   model.replace(headPath, identity());
+  let head: Model | undefined;
   try {
-    if (model.device !== 'cpu') await head.to(model.device);
     // The head must be the model's last step: its output on the features is the model's.
     const features = await model.forward(probe.input);
     const flat = features instanceof Tensor && original instanceof Tensor && features.shape.length === 2 && features.shape[1] === inFeatures;
-    const again = flat ? ((await head.forward(features)) as Tensor) : undefined;
+    const p = flat && bodyDropouts(model, headPath).length === 1 ? await dropoutBeforeHead(model, probe.input, features as Tensor) : 0;
+    head = new Model(native.Model.fromLayer((p > 0 ? sequential(dropout(p), linearHead) : linearHead).spec)); // copies the weights
+    if (model.device !== 'cpu') await head.to(model.device);
+    head.eval();
+    const again = flat && p >= 0 ? ((await head.forward(features)) as Tensor) : undefined;
     const same = again !== undefined && again.shape.join() === (original as Tensor).shape.join() && maxRelative((await again.read()) as Float32Array, (await (original as Tensor).read()) as Float32Array) < 1e-4;
     for (const t of [features, original, probe.input, probe.target, again]) if (t instanceof Tensor) t.dispose();
     if (!same) {
       await restoreHead(model, headPath, head);
-      return refuse(`the classifier '${headPath}' is not the model's last step, so its inputs are not all it needs`);
+      return refuse(
+        p < 0
+          ? `the body's dropout ('${bodyDropouts(model, headPath)[0]}') is not right before the head, so the head's inputs change every epoch`
+          : `the classifier '${headPath}' is not the model's last step, so its inputs are not all it needs`,
+      );
     }
     // Inference batches larger than training ones: fewer, better-filled kernels.
     const train = await featuresOf(model, options.train.dataset, Math.max(options.train.batchSize, FEATURE_BATCH));
@@ -128,8 +145,49 @@ export async function prepareFeatureCache(
       report: { used: true, bytes, seconds: (Date.now() - started) / 1000 },
     };
   } catch (error) {
-    await restoreHead(model, headPath, head);
+    if (head) await restoreHead(model, headPath, head);
+    else model.replace(headPath, linearHead);
     throw error;
+  } finally {
+    model.train(wasTraining);
+    Object.values(dict).forEach((t) => t.dispose());
+  }
+}
+
+/**
+ * With one dropout in the body, the cache is exact only if it acts on the head's input
+ * itself: then the head model applies the same dropout to the cached features, drawing the
+ * same masks from the generator as the whole model would. Checked on the probe: the body's
+ * output in train mode must be a dropout of its eval output, reproduced by a dropout of the
+ * rate read off it from the same generator state. Returns that rate, or -1. The generator
+ * is left as it was.
+ */
+async function dropoutBeforeHead(model: Model, input: Tensor, evalFeatures: Tensor): Promise<number> {
+  const state = native.getRngState();
+  const disposeAll = (...ts: (Tensor | undefined)[]) => ts.forEach((t) => t?.dispose());
+  let check: Model | undefined;
+  let trainFeatures: Tensor | undefined;
+  let replayed: Tensor | undefined;
+  try {
+    model.train();
+    trainFeatures = (await model.forward(input)) as Tensor;
+    model.eval();
+    const kept = (await trainFeatures.read()) as Float32Array;
+    const plain = (await evalFeatures.read()) as Float32Array;
+    const ratios = Array.from(kept, (v, i) => (v !== 0 && plain[i] !== 0 ? plain[i] / v : NaN)).filter(Number.isFinite).sort((a, b) => a - b);
+    if (ratios.length === 0) return -1;
+    // Kept values are scaled by 1 / (1 - p); rates are set as short decimals (0.2, 0.5).
+    const p = Math.round((1 - ratios[Math.floor(ratios.length / 2)]) * 1e6) / 1e6;
+    if (!(p > 0 && p < 1)) return -1;
+    check = new Model(native.Model.fromLayer(dropout(p).spec));
+    check.train();
+    native.setRngState(state);
+    replayed = (await check.forward(evalFeatures)) as Tensor;
+    return maxRelative((await replayed.read()) as Float32Array, kept) < 1e-5 ? p : -1;
+  } finally {
+    native.setRngState(state);
+    disposeAll(trainFeatures, replayed);
+    check?.dispose();
   }
 }
 
@@ -143,18 +201,23 @@ export async function restoreHead(model: Model, headPath: string, head: Model): 
   await model.idle();
   await head.idle();
   const dict = head.stateDict();
+  // The Linear's weights: `weight`, or `1.weight` behind a replayed dropout.
+  const named = (suffix: string) => Object.entries(dict).find(([name]) => name === suffix || name.endsWith(`.${suffix}`))?.[1];
   try {
-    const [outFeatures, inFeatures] = dict.weight.shape;
-    model.replace(headPath, headLayer(inFeatures, outFeatures, dict.weight, dict.bias));
+    const weight = named('weight')!;
+    const [outFeatures, inFeatures] = weight.shape;
+    model.replace(headPath, headLayer(inFeatures, outFeatures, weight, named('bias')));
   } finally {
     Object.values(dict).forEach((t) => t.dispose());
     head.dispose();
   }
 }
 
-/** A Linear layer holding the given weights. */
+/** A Linear layer holding the given weights; the generator is left as it was (linear() draws its own). */
 function headLayer(inFeatures: number, outFeatures: number, weight: Tensor, bias: Tensor | undefined) {
+  const rng = native.getRngState();
   const layer = linear(inFeatures, outFeatures, { bias: bias !== undefined });
+  native.setRngState(rng);
   layer.spec.tensors = { weight: Tensor.handle(weight), ...(bias && { bias: Tensor.handle(bias) }) };
   return layer;
 }

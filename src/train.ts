@@ -490,10 +490,10 @@ export interface FineTuneOptions {
   pctStart?: number;
   /**
    * Trains the head-only phase on cached backbone features: with the body frozen, BatchNorm
-   * on its running statistics (the default policy), no dropout in the body or before the
-   * head, and no augmentation, the head's inputs are the same every epoch, so one forward
-   * pass computes them and the head trains alone on them (the LR range test too). The result
-   * equals training the whole model within float noise. `'auto'` uses the cache where that
+   * on its running statistics (the default policy) and no augmentation, the head's inputs are
+   * the same every epoch, so one forward pass computes them and the head trains alone on them
+   * (the LR range test too); a dropout right before the head is replayed on them with the same
+   * random draws. The result equals training the whole model within float noise. `'auto'` uses the cache where that
    * holds, the classifier is the model's last step, and the cache fits `cacheBudgetMB`, and
    * says why not in the result's `featureCache` otherwise; `true` makes a reason an error.
    * Runs with a `checkpoint` callback, resumed runs and data-parallel models train the whole
