@@ -188,6 +188,9 @@ async function trainWindow(model: Model, window: LoaderBatch[], step: StepSpec, 
     if (r.stepped) scheduler?.step();
     return [{ ...r, lr: lrNow() }];
   }
+  // An optimizer made from patterns binds at its first step; its groups must exist before
+  // their options are read ahead.
+  Optimizer.bind(optimizer, model);
   const saved = scheduler?.stateDict();
   const perStep = window.map(() => {
     const groups = Optimizer.optionsNow(optimizer);

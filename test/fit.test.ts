@@ -213,10 +213,11 @@ describe('fit on in-memory data (many steps per native job)', () => {
   manualSeed(3);
   const ds = data.tensorDataset(randn([200, 12]), Int32Array.from({ length: 200 }, (_, i) => i % 4), { inputShape: [12] });
 
-  async function run(dataset: typeof ds, extra: Partial<Parameters<typeof fit>[1]> = {}) {
+  async function run(dataset: typeof ds, extra: Partial<Parameters<typeof fit>[1]> = {}, fromPatterns = false) {
     manualSeed(1);
     const model = await loadPretrained(fixture('mlp.scripted.pt'));
-    const optimizer = optim.adamw(model, { lr: 0.01 });
+    // From patterns, an optimizer binds at its first step, inside the first window.
+    const optimizer = fromPatterns ? optim.adamw([{ params: /^net\.[24]\./ }], { lr: 0.01 }) : optim.adamw(model, { lr: 0.01 });
     const train = data.loader(dataset, { batchSize: 8, shuffle: true, seed: 4 });
     const scheduler = sched.oneCycle(optimizer, { maxLr: 0.05, totalSteps: 3 * train.length });
     const events: number[][] = [];
@@ -232,6 +233,7 @@ describe('fit on in-memory data (many steps per native job)', () => {
     const stepwise = await run({ ...ds }); // a spread dataset batches through `get`, one step per job
     expect(windowed.events).toHaveLength(75);
     expect(windowed).toEqual(stepwise);
+    expect(await run(ds, {}, true)).toEqual(await run({ ...ds }, {}, true));
   });
 
   it('stops within one window of an abort', async () => {
