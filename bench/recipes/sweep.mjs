@@ -116,6 +116,7 @@ const scaledEpochs = (budget, frozen, unfrozen) => {
 /** The other defaults, one at a time around fineTune's (budget 50, seeds 0 and 1). */
 const VARIANTS = {
   default: {},
+  'lr ratio 1 (one lr for all blocks)': { lrMult: 1 },
   'lr ratio 10': { lrMult: 10 },
   'lr ratio 100': { lrMult: 100 },
   'epochs 2 + 2 frozen/unfrozen': scaledEpochs(50, 2, 2),
