@@ -53,7 +53,9 @@ void checkFile(const std::string& path) {
 // it to the range of the original Python source kept in the debug files.
 bool hasTracedSourceRanges(const torch::jit::Module& module) {
   size_t ranged = 0;
-  for (const torch::jit::Node* node : module.get_method("forward").graph()->nodes()) {
+  auto forward = module.find_method("forward");  // a module may export other methods only
+  if (!forward) return false;
+  for (const torch::jit::Node* node : forward->graph()->nodes()) {
     auto original = node->sourceRange().findSourceRangeThatGenerated();
     if (!original) continue;
     auto location = original->file_line_col();

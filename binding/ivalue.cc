@@ -35,6 +35,20 @@ c10::IValue toIValue(Napi::Env env, const Napi::Value& value, const c10::TypePtr
     for (uint32_t i = 0; i < array.Length(); ++i) tensors.push_back(TensorWrap::From(env, array.Get(i)));
     return tensors;
   }
+  // A plain object for a Dict[str, T] argument (`model.call('generate', { ids, mask })`).
+  if (type && type->kind() == c10::TypeKind::DictType && value.IsObject() && !TensorWrap::IsTensor(env, value)) {
+    const auto& dict = type->expectRef<c10::DictType>();
+    if (dict.getKeyType()->kind() != c10::TypeKind::StringType)
+      throw CodedError("TORCHLITE_BAD_ARGUMENT", "only Dict[str, ...] arguments can be given as objects, not " + type->annotation_str());
+    c10::impl::GenericDict entries(dict.getKeyType(), dict.getValueType());
+    Napi::Object object = value.As<Napi::Object>();
+    Napi::Array keys = object.GetPropertyNames();
+    for (uint32_t i = 0; i < keys.Length(); ++i) {
+      std::string key = keys.Get(i).As<Napi::String>().Utf8Value();
+      entries.insert(key, toIValue(env, object.Get(key), dict.getValueType()));
+    }
+    return entries;
+  }
   return TensorWrap::From(env, value);
 }
 

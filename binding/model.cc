@@ -139,6 +139,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          StaticMethod<&ModelWrap::Load>("load"),
                          StaticMethod<&ModelWrap::FromLayer>("fromLayer"),
                          InstanceMethod<&ModelWrap::Forward>("forward"),
+                         InstanceMethod<&ModelWrap::Call>("call"),
                          InstanceMethod<&ModelWrap::ProbeGradients>("probeGradients"),
                          InstanceMethod<&ModelWrap::TrainStep>("trainStep"),
                          InstanceMethod<&ModelWrap::EvalBatch>("evalBatch"),
@@ -221,9 +222,18 @@ Napi::Value ModelWrap::FromLayer(const Napi::CallbackInfo& info) {
   });
 }
 
-std::vector<c10::IValue> ModelWrap::Inputs(Napi::Env env, const ModelState& state, const Napi::Value& value) {
+// A method of the model by name; a model may export others beside forward, or no forward.
+torch::jit::Method methodOf(const ModelState& state, const std::string& name) {
+  if (auto method = state.module.find_method(name)) return *method;
+  std::string names;
+  for (const torch::jit::Method& method : state.module.get_methods()) names += (names.empty() ? "'" : ", '") + method.name() + "'";
+  throw CodedError("TORCHLITE_NO_SUCH_METHOD", "the model has no method '" + name + "'; it exports " + (names.empty() ? "none" : names) +
+                                                   (name == "forward" ? ": call one with model.call(name, ...inputs)" : ""));
+}
+
+std::vector<c10::IValue> ModelWrap::Inputs(Napi::Env env, const ModelState& state, const Napi::Value& value, const std::string& method) {
   Napi::Array args = value.As<Napi::Array>();
-  const c10::FunctionSchema& schema = state.module.get_method("forward").function().getSchema();
+  const c10::FunctionSchema& schema = methodOf(state, method).function().getSchema();
   std::vector<c10::IValue> inputs;
   for (uint32_t i = 0; i < args.Length(); ++i) {
     // Argument 0 of a method schema is `self`.
@@ -249,6 +259,24 @@ Napi::Value ModelWrap::Forward(const Napi::CallbackInfo& info) {
           torch::NoGradGuard noGrad;
           prepareInputs(*state, inputs);
           return runForward(*state, std::move(inputs));
+        },
+        [](Napi::Env env, c10::IValue& output) { return fromIValue(env, output); });
+  });
+}
+
+// Any exported method, without gradients, in the model's current mode (as forward).
+Napi::Value ModelWrap::Call(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    std::string name = info[0].As<Napi::String>().Utf8Value();
+    return Job<c10::IValue>::Start(
+        env, {state->device, Priority::Inference},
+        [state, name, inputs = Inputs(env, *state, info[1], name)]() mutable {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          torch::NoGradGuard noGrad;  // not InferenceMode: see Forward
+          prepareInputs(*state, inputs);
+          return methodOf(*state, name)(std::move(inputs));
         },
         [](Napi::Env env, c10::IValue& output) { return fromIValue(env, output); });
   });

@@ -59,9 +59,11 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   static Napi::Value Load(const Napi::CallbackInfo& info);
   static Napi::Value FromLayer(const Napi::CallbackInfo& info);
 
-  static std::vector<c10::IValue> Inputs(Napi::Env env, const ModelState& state, const Napi::Value& value);
+  static std::vector<c10::IValue> Inputs(Napi::Env env, const ModelState& state, const Napi::Value& value,
+                                         const std::string& method = "forward");
 
   Napi::Value Forward(const Napi::CallbackInfo& info);
+  Napi::Value Call(const Napi::CallbackInfo& info);
   Napi::Value ProbeGradients(const Napi::CallbackInfo& info);
   // Defined in train.cc, beside the step they run.
   Napi::Value TrainStep(const Napi::CallbackInfo& info);

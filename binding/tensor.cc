@@ -76,6 +76,10 @@ torch::Tensor TensorWrap::From(Napi::Env env, const Napi::Value& value) {
   return unwrapInstance<TensorWrap>(env, value, addonData(env).tensorClass, "a Tensor")->live();
 }
 
+bool TensorWrap::IsTensor(Napi::Env env, const Napi::Value& value) {
+  return value.IsObject() && value.As<Napi::Object>().InstanceOf(addonData(env).tensorClass.Value());
+}
+
 TensorWrap::TensorWrap(const Napi::CallbackInfo& info)
     : Napi::ObjectWrap<TensorWrap>(info),
       tensor_(takeExternal<torch::Tensor>(info, "Tensor cannot be constructed directly; use tensor() or a factory")) {

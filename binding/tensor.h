@@ -14,6 +14,7 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
   static Napi::Object Wrap(Napi::Env env, torch::Tensor tensor);
   // The tensor behind a JS value, or a coded error when it is not a live Tensor.
   static torch::Tensor From(Napi::Env env, const Napi::Value& value);
+  static bool IsTensor(Napi::Env env, const Napi::Value& value);
 
   explicit TensorWrap(const Napi::CallbackInfo& info);
   void Finalize(Napi::Env env) override;

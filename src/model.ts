@@ -9,7 +9,7 @@ import { type Device, type Dtype, ones, Tensor, zeros } from './tensor';
 import { checkDevice, checkFiniteNumber, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from './validate';
 
 /** What a model's forward accepts: tensors, numbers, booleans, strings, and lists of tensors. */
-export type ModelInput = Tensor | number | boolean | string | null | readonly ModelInput[];
+export type ModelInput = Tensor | number | boolean | string | null | readonly ModelInput[] | { readonly [key: string]: ModelInput };
 /** What a model's forward returns: tuples and lists become arrays, dicts become objects. */
 export type ModelOutput = Tensor | number | boolean | string | null | ModelOutput[] | { [key: string]: ModelOutput };
 
@@ -200,7 +200,10 @@ export function unwrapInput(value: ModelInput, name: string): unknown {
   if (value instanceof Tensor) return Tensor.handle(value);
   if (Array.isArray(value)) return value.map((item, i) => unwrapInput(item, `${name}[${i}]`));
   if (value === null || ['number', 'boolean', 'string'].includes(typeof value)) return value;
-  throw typeError('a Tensor, number, boolean, string or an array of them', name, value);
+  // A plain object stands for a Dict[str, …] argument.
+  if (typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype)
+    return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, unwrapInput(item as ModelInput, `${name}.${key}`)]));
+  throw typeError('a Tensor, number, boolean, string, or an array or plain object of them', name, value);
 }
 
 function formatCount(n: number): string {
@@ -380,6 +383,20 @@ export class Model implements Disposable, AsyncDisposable {
     return callNativeAsync(async () => {
       const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
       return wrapOutput(await this.#enqueue((handle) => handle.forward(args), true)) as T;
+    });
+  }
+
+  /**
+   * Calls an exported method other than forward (`@torch.jit.export`), e.g.
+   * `model.call('generate', { ids, mask })`: a plain object is a `Dict[str, …]` argument, and
+   * dict results come back as objects. Runs like `forward`: without gradients, in the model's
+   * current mode. An unknown name is `TORCHLITE_NO_SUCH_METHOD`, listing the exported ones.
+   */
+  call<T extends ModelOutput = ModelOutput>(method: string, ...inputs: ModelInput[]): Promise<T> {
+    return callNativeAsync(async () => {
+      checkString(method, 'method');
+      const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
+      return wrapOutput(await this.#enqueue((handle) => handle.call(method, args), true)) as T;
     });
   }
 

@@ -51,6 +51,7 @@ export interface NativeModel {
   forward(inputs: unknown[]): Promise<unknown>;
   probeGradients(inputs: unknown[]): Promise<Record<string, boolean>>;
   trainStep(batches: [unknown[], NativeTensor][], options: object): Promise<NativeStepResult[]>;
+  call(method: string, inputs: unknown[]): Promise<unknown>;
   evalBatch(inputs: unknown[], target: NativeTensor | null, loss: object | null, keep?: number): Promise<{ scores: Float32Array; shape: number[]; targets?: Float64Array; loss?: number }>;
   predict(inputs: unknown[]): Promise<{ probabilities: NativeTensor; argmax: NativeTensor }>;
   to(device: string): Promise<void>;

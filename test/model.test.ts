@@ -3,7 +3,7 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { loadPretrained, type Model, randn, Tensor, TorchError } from '../src';
+import { loadPretrained, type Model, randn, Tensor, tensor, TorchError } from '../src';
 import { decode, fixture, outputDiff, refs, root } from './helpers';
 
 const ARCHITECTURES = ['resnet_small', 'mobilenet_small', 'mlp', 'tuple_out', 'text'] as const;
@@ -31,6 +31,21 @@ describe('outputs', () => {
     const out = await model.forward<Record<string, Tensor>>(decode(refs.dict_out.input));
     expect(Object.keys(out).sort()).toEqual(['a', 'b']);
     expect(outputDiff(out, refs.dict_out.output)).toBeLessThanOrEqual(1e-5);
+  });
+});
+
+describe('exported methods', () => {
+  it('loads a module without forward and calls its methods, with dict inputs and outputs', async () => {
+    await using model = await loadPretrained(fixture('methods.scripted.pt'));
+    const encoded = await model.call<Tensor>('encode', tensor([1, 1]));
+    expect(Array.from(encoded.toTypedArray() as Float32Array)).toEqual([2, 3]);
+    const out = await model.call<Record<string, Tensor>>('generate', { a: tensor([1, 2]), b: tensor([10, 20]) });
+    expect(Object.fromEntries(Object.entries(out).map(([k, t]) => [k, Array.from(t.toTypedArray() as Float32Array)]))).toEqual({ sum: [11, 22], scaled: [2, 6] });
+    await expect(model.forward(tensor([1, 1]))).rejects.toThrow(
+      new TorchError('TORCHLITE_NO_SUCH_METHOD', "the model has no method 'forward'; it exports 'encode', 'generate': call one with model.call(name, ...inputs)"),
+    );
+    await expect(model.call('decode')).rejects.toThrow(new TorchError('TORCHLITE_NO_SUCH_METHOD', "the model has no method 'decode'; it exports 'encode', 'generate'"));
+    await expect(model.call(42 as never)).rejects.toThrow(new TypeError('Expected a non-empty string for `method` but received 42'));
   });
 });
 
