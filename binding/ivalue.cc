@@ -49,6 +49,9 @@ c10::IValue toIValue(Napi::Env env, const Napi::Value& value, const c10::TypePtr
     }
     return entries;
   }
+  if (value.IsObject() && !TensorWrap::IsTensor(env, value))
+    throw CodedError("TORCH_ARGUMENT", "expected " + (type ? "a value of type '" + type->annotation_str() + "'" : std::string("a Tensor")) +
+                                           " but received an object; plain objects are only for Dict[str, ...] arguments");
   return TensorWrap::From(env, value);
 }
 

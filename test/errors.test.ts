@@ -89,7 +89,12 @@ describe('bad forward inputs', () => {
     const input = decode(refs.mlp.input);
     expect((await rejection(model.forward(input, input))).code).toBe('TORCH_ARGUMENT');
     expect((await rejection(model.forward(3))).code).toBe('TORCH_ARGUMENT');
-    await expect(model.forward({} as never)).rejects.toThrow(new TypeError('Expected a Tensor, number, boolean, string or an array of them for `inputs[0]` but received an object'));
+    await expect(model.forward({})).rejects.toThrow(
+      new TorchError('TORCH_ARGUMENT', "expected a value of type 'Tensor' but received an object; plain objects are only for Dict[str, ...] arguments"),
+    );
+    await expect(model.forward(new Map() as never)).rejects.toThrow(
+      new TypeError('Expected a Tensor, number, boolean, string, or an array or plain object of them for `inputs[0]` but received a Map'),
+    );
   });
 
   it('a disposed tensor as input gets TORCHLITE_DISPOSED', async () => {
