@@ -312,19 +312,30 @@ export class Model implements Disposable, AsyncDisposable {
     const link = this.#parallel;
     if (link === null) return this.#enqueue((handle) => op(handle));
     const turn = link.turn();
+    return this.#enqueueInTurn(turn, async (handle) => {
+      await turn.ready;
+      if (link.stale) {
+        await link.group.broadcastModel(handle);
+        link.stale = false;
+      }
+      return op(handle, link.group);
+    });
+  }
+
+  /**
+   * Queues `op`, which holds a place in a group's order of collectives (taken at the call,
+   * awaited by `op` where its collective starts): the place is given up however `op` ends,
+   * or at once if queueing fails, so the group's later collectives never wait on it forever.
+   */
+  #enqueueInTurn<T>(turn: { release(): void }, op: (handle: NativeModel) => Promise<T>, read = false): Promise<T> {
     try {
       return this.#enqueue(async (handle) => {
         try {
-          await turn.ready;
-          if (link.stale) {
-            await link.group.broadcastModel(handle);
-            link.stale = false;
-          }
-          return await op(handle, link.group);
+          return await op(handle);
         } finally {
           turn.release();
         }
-      });
+      }, read);
     } catch (error) {
       turn.release();
       throw error;
@@ -487,41 +498,33 @@ export class Model implements Disposable, AsyncDisposable {
       const lossSpec = o.loss?.spec ?? null;
       const shard = (batches as Partial<Record<typeof kShardGroup, ShardGroup>>)[kShardGroup];
       const turn = shard?.turn();
-      try {
-        return await this.#enqueue(async (handle) => {
-          try {
-            let lossSum = 0;
-            let samples = 0;
-            let classes = 0;
-            for await (const batch of batches) {
-              const args = [unwrapInput(batch.input, 'batch.input')];
-              const padding = (batch as { padding?: number }).padding ?? 0;
-              const keep = padding > 0 ? batch.target.shape[0] - padding : undefined;
-              const { scores, shape, targets, loss } = await handle.evalBatch(args, Tensor.handle(batch.target), lossSpec, keep);
-              const n = shape[0] ?? 1;
-              if (loss !== undefined) lossSum += loss * n;
-              samples += n;
-              classes = Math.max(classes, shape[1] ?? 1);
-              if (specs.length > 0 && n > 0) metrics.add(scores, targets!, shape[1] ?? 1);
-            }
-            if (shard && turn) {
-              // Every rank's sums, padding left out: the metrics of the whole dataset.
-              await turn.ready;
-              classes = (await shard.reduce(Float64Array.of(classes), 'max'))[0];
-              const sums = await shard.reduce(Float64Array.of(lossSum, samples, ...metrics.sums(classes)), 'sum');
-              [lossSum, samples] = sums;
-              metrics.setSums(sums.subarray(2), classes);
-            }
-            if (samples === 0) throw new RangeError('Expected at least one batch for `batches` but received none');
-            return { ...(o.loss && { loss: lossSum / samples }), ...metrics.result() };
-          } finally {
-            turn?.release();
-          }
-        }, true);
-      } catch (error) {
-        turn?.release();
-        throw error;
-      }
+      const pass = async (handle: NativeModel): Promise<Metrics> => {
+        let lossSum = 0;
+        let samples = 0;
+        let classes = 0;
+        for await (const batch of batches) {
+          const args = [unwrapInput(batch.input, 'batch.input')];
+          const padding = (batch as { padding?: number }).padding ?? 0;
+          const keep = padding > 0 ? batch.target.shape[0] - padding : undefined;
+          const { scores, shape, targets, loss } = await handle.evalBatch(args, Tensor.handle(batch.target), lossSpec, keep);
+          const n = shape[0] ?? 1;
+          if (loss !== undefined) lossSum += loss * n;
+          samples += n;
+          classes = Math.max(classes, shape[1] ?? 1);
+          if (specs.length > 0 && n > 0) metrics.add(scores, targets!, shape[1] ?? 1);
+        }
+        if (shard && turn) {
+          // Every rank's sums, padding left out: the metrics of the whole dataset.
+          await turn.ready;
+          classes = (await shard.reduce(Float64Array.of(classes), 'max'))[0];
+          const sums = await shard.reduce(Float64Array.of(lossSum, samples, ...metrics.sums(classes)), 'sum');
+          [lossSum, samples] = sums;
+          metrics.setSums(sums.subarray(2), classes);
+        }
+        if (samples === 0) throw new RangeError('Expected at least one batch for `batches` but received none');
+        return { ...(o.loss && { loss: lossSum / samples }), ...metrics.result() };
+      };
+      return turn ? this.#enqueueInTurn(turn, pass, true) : this.#enqueue(pass, true);
     });
   }
 

@@ -561,99 +561,83 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   if (headPath === undefined) throw new RangeError('Expected a model with a Linear head for `fineTune` but found none; pass `numClasses`');
   model.freeze();
   model.unfreeze(headPath);
-  const cacheMode = o.cacheFeatures ?? 'auto';
-  if (cacheMode !== true && cacheMode !== false && cacheMode !== 'auto') throw typeError("true, false or 'auto'", 'options.cacheFeatures', cacheMode);
-  let cache: FeatureCache | undefined;
-  let featureCache: FeatureCacheReport | undefined;
-  if (freezeEpochs > 0 && resumeStage < 1) {
-    const blocked =
-      resumeStage === 0
-        ? 'the run resumes inside the head-only phase, from a checkpoint of the whole model'
-        : (o.callbacks ?? []).some((cb) => cb.name === 'checkpoint')
-          ? 'a checkpoint callback saves the whole model every epoch'
-          : groupOf(model)
-            ? 'a data-parallel model syncs the whole model'
-            : undefined;
-    const budgetMB = checkFiniteNumber(o.cacheBudgetMB ?? FEATURE_CACHE_BUDGET / 2 ** 20, 'options.cacheBudgetMB');
-    if (budgetMB <= 0) throw rangeError('a positive number', 'options.cacheBudgetMB', budgetMB);
-    const budget = budgetMB * 2 ** 20;
-    const prepared = await prepareFeatureCache(model, headPath, { train: o.train, val: o.val, dropout: o.dropout ?? 0, mode: cacheMode, budget, ...(blocked && { blocked }) });
-    if ('head' in prepared) cache = prepared;
-    featureCache = 'head' in prepared ? prepared.report : prepared;
-  }
+  const { cache, featureCache } = await headOnlyCache(model, headPath, o, freezeEpochs, resumeStage);
   try {
-    return await tuneStages(model, o, { headPath, cache, featureCache, freezeEpochs, epochs, auto, rule, lrScale, lrMult, stages, resumeStage, resumed });
+    const weightDecay = o.weightDecay ?? 0.01;
+    // A resumed run reuses the lr its checkpoint recorded: a new range test on weights
+    // already trained would pick another one and break exact resumption.
+    const recorded = (resumed?.callbacks.fineTune as { lr?: number } | undefined)?.lr;
+    let finder: FineTuneHistory['lrFinder'];
+    let baseLr: number;
+    if (!auto) baseLr = o.lr as number;
+    else if (recorded !== undefined) baseLr = recorded;
+    else {
+      const found = await findLr(cache?.head ?? model, cache?.train ?? o.train, { ...(o.loss && { loss: o.loss }) });
+      baseLr = found.suggestions[rule] * lrScale;
+      finder = { rule, scale: lrScale, suggestions: found.suggestions };
+    }
+    const remember: Callback = {
+      name: 'fineTune',
+      onEpochEnd: (ctx) => {
+        ctx.callbackState.fineTune = { lr: baseLr };
+      },
+    };
+    const history: FineTuneHistory = Object.assign([] as EpochRecord[], { lr: baseLr, freezeEpochs, epochs, ...(finder && { lrFinder: finder }), ...(featureCache && { featureCache }) });
+    const common = { loss: o.loss, metrics: o.metrics, callbacks: [remember, ...(o.callbacks ?? [])], signal: o.signal };
+    const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[], on = { model, train: o.train, val: o.val }): Promise<void> => {
+      // Stages a resumed run already finished only replay their freezing, not their training.
+      if (epochCount === 0 || o.signal?.aborted || stage < resumeStage) return;
+      using optimizer = adamw(groups, { weightDecay });
+      const scheduler = oneCycle(optimizer, { maxLr: peak, totalSteps: epochCount * on.train.length, ...(o.pctStart !== undefined && { pctStart: o.pctStart }) });
+      const resume = stage === resumeStage ? o.resume : undefined;
+      const records = await fit(on.model, { ...common, train: on.train, val: on.val, epochs: epochCount, optimizer, scheduler, stage, ...(resume && { resume, resumeRng: o.resumeRng }) });
+      history.push(...records.map((r) => ({ ...r, epoch: history.length + r.epoch })));
+    };
+    if (cache) {
+      await phase(0, freezeEpochs, [{ params: /.*/ }], [baseLr], { model: cache.head, train: cache.train, val: cache.val });
+      await restoreHead(model, headPath, cache.head);
+      recordTrainingData(model, o.train.dataset);
+    } else {
+      await phase(0, freezeEpochs, [{ params: headPath }], [baseLr]);
+    }
+    const lr = baseLr / 2;
+    const topLevel = [...new Set(model.parameters().map((p) => p.name.split('.')[0]))];
+    const perStage = stages.map((_, i) => Math.floor(epochs / stages.length) + (i < epochs % stages.length ? 1 : 0));
+    for (const [i, prefix] of stages.entries()) {
+      if (prefix === 'all') model.unfreeze();
+      else model.unfreeze(prefix);
+      // Discriminative lrs: each top-level block gets its own group, lr rising geometrically
+      // from lr/lrMult (first block) to lr (the head).
+      const trainable = topLevel.filter((block) => model.parameters().some((p) => p.requiresGrad && (p.name === block || p.name.startsWith(`${block}.`))));
+      const peaks = trainable.map((_, k) => (trainable.length === 1 ? lr : lr / lrMult ** (1 - k / (trainable.length - 1))));
+      await phase(i + 1, perStage[i], trainable.map((block) => ({ params: block })), peaks);
+    }
+    return history;
   } finally {
+    // The trained head goes back into the model, also when training failed.
     if (cache) await restoreHead(model, headPath, cache.head);
   }
 }
 
-interface Plan {
-  headPath: string;
-  cache?: FeatureCache;
-  featureCache?: FeatureCacheReport;
-  freezeEpochs: number;
-  epochs: number;
-  auto: boolean;
-  rule: LrRule;
-  lrScale: number;
-  lrMult: number;
-  stages: string[];
-  resumeStage: number;
-  resumed?: TrainingPosition;
-}
-
-/** fineTune's stages, once the head (and perhaps its cache) is in place. */
-async function tuneStages(model: Model, o: FineTuneOptions, p: Plan): Promise<FineTuneHistory> {
-  const { headPath, cache, freezeEpochs, epochs, auto, rule, lrScale, lrMult, stages, resumeStage, resumed } = p;
-  const weightDecay = o.weightDecay ?? 0.01;
-  // A resumed run reuses the lr its checkpoint recorded: a new range test on weights
-  // already trained would pick another one and break exact resumption.
-  const recorded = (resumed?.callbacks.fineTune as { lr?: number } | undefined)?.lr;
-  let finder: FineTuneHistory['lrFinder'];
-  let baseLr: number;
-  if (!auto) baseLr = o.lr as number;
-  else if (recorded !== undefined) baseLr = recorded;
-  else {
-    const found = await findLr(cache?.head ?? model, cache?.train ?? o.train, { ...(o.loss && { loss: o.loss }) });
-    baseLr = found.suggestions[rule] * lrScale;
-    finder = { rule, scale: lrScale, suggestions: found.suggestions };
-  }
-  const remember: Callback = {
-    name: 'fineTune',
-    onEpochEnd: (ctx) => {
-      ctx.callbackState.fineTune = { lr: baseLr };
-    },
-  };
-  const history: FineTuneHistory = Object.assign([] as EpochRecord[], { lr: baseLr, freezeEpochs, epochs, ...(finder && { lrFinder: finder }), ...(p.featureCache && { featureCache: p.featureCache }) });
-  const common = { loss: o.loss, metrics: o.metrics, callbacks: [remember, ...(o.callbacks ?? [])], signal: o.signal };
-  const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[], on = { model, train: o.train, val: o.val }): Promise<void> => {
-    // Stages a resumed run already finished only replay their freezing, not their training.
-    if (epochCount === 0 || o.signal?.aborted || stage < resumeStage) return;
-    using optimizer = adamw(groups, { weightDecay });
-    const scheduler = oneCycle(optimizer, { maxLr: peak, totalSteps: epochCount * on.train.length, ...(o.pctStart !== undefined && { pctStart: o.pctStart }) });
-    const resume = stage === resumeStage ? o.resume : undefined;
-    const records = await fit(on.model, { ...common, train: on.train, val: on.val, epochs: epochCount, optimizer, scheduler, stage, ...(resume && { resume, resumeRng: o.resumeRng }) });
-    history.push(...records.map((r) => ({ ...r, epoch: history.length + r.epoch })));
-  };
-  if (cache) {
-    await phase(0, freezeEpochs, [{ params: /.*/ }], [baseLr], { model: cache.head, train: cache.train, val: cache.val });
-    await restoreHead(model, headPath, cache.head);
-    recordTrainingData(model, o.train.dataset);
-  } else {
-    await phase(0, freezeEpochs, [{ params: headPath }], [baseLr]);
-  }
-  const lr = baseLr / 2;
-  const topLevel = [...new Set(model.parameters().map((p) => p.name.split('.')[0]))];
-  const perStage = stages.map((_, i) => Math.floor(epochs / stages.length) + (i < epochs % stages.length ? 1 : 0));
-  for (const [i, prefix] of stages.entries()) {
-    if (prefix === 'all') model.unfreeze();
-    else model.unfreeze(prefix);
-    // Discriminative lrs: each top-level block gets its own group, lr rising geometrically
-    // from lr/lrMult (first block) to lr (the head).
-    const trainable = topLevel.filter((block) => model.parameters().some((p) => p.requiresGrad && (p.name === block || p.name.startsWith(`${block}.`))));
-    const peaks = trainable.map((_, k) => (trainable.length === 1 ? lr : lr / lrMult ** (1 - k / (trainable.length - 1))));
-    await phase(i + 1, perStage[i], trainable.map((block) => ({ params: block })), peaks);
-  }
-  return history;
+/**
+ * The head-only phase's feature cache, when it applies (see `cacheFeatures`), and what
+ * to report either way; nothing when that phase does not run here.
+ */
+async function headOnlyCache(model: Model, headPath: string, o: FineTuneOptions, freezeEpochs: number, resumeStage: number): Promise<{ cache?: FeatureCache; featureCache?: FeatureCacheReport }> {
+  const cacheMode = o.cacheFeatures ?? 'auto';
+  if (cacheMode !== true && cacheMode !== false && cacheMode !== 'auto') throw typeError("true, false or 'auto'", 'options.cacheFeatures', cacheMode);
+  if (freezeEpochs === 0 || resumeStage >= 1) return {};
+  const blocked =
+    resumeStage === 0
+      ? 'the run resumes inside the head-only phase, from a checkpoint of the whole model'
+      : (o.callbacks ?? []).some((cb) => cb.name === 'checkpoint')
+        ? 'a checkpoint callback saves the whole model every epoch'
+        : groupOf(model)
+          ? 'a data-parallel model syncs the whole model'
+          : undefined;
+  const budgetMB = checkFiniteNumber(o.cacheBudgetMB ?? FEATURE_CACHE_BUDGET / 2 ** 20, 'options.cacheBudgetMB');
+  if (budgetMB <= 0) throw rangeError('a positive number', 'options.cacheBudgetMB', budgetMB);
+  const budget = budgetMB * 2 ** 20;
+  const prepared = await prepareFeatureCache(model, headPath, { train: o.train, val: o.val, dropout: o.dropout ?? 0, mode: cacheMode, budget, ...(blocked && { blocked }) });
+  return 'head' in prepared ? { cache: prepared, featureCache: prepared.report } : { featureCache: prepared };
 }
