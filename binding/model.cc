@@ -1,5 +1,6 @@
 #include "model.h"
 
+#include <algorithm>
 #include <set>
 
 #include "addon.h"
@@ -231,14 +232,45 @@ torch::jit::Method methodOf(const ModelState& state, const std::string& name) {
                                                    (name == "forward" ? ": call one with model.call(name, ...inputs)" : ""));
 }
 
+namespace {
+std::string argumentList(const c10::FunctionSchema& schema) {
+  std::string names;
+  for (size_t i = 1; i < schema.arguments().size(); ++i) names += (i > 1 ? ", " : "") + schema.arguments()[i].name();
+  return "(" + names + ")";
+}
+}  // namespace
+
 std::vector<c10::IValue> ModelWrap::Inputs(Napi::Env env, const ModelState& state, const Napi::Value& value, const std::string& method) {
-  Napi::Array args = value.As<Napi::Array>();
   const c10::FunctionSchema& schema = methodOf(state, method).function().getSchema();
+  const std::vector<c10::Argument>& arguments = schema.arguments();  // argument 0 is `self`
   std::vector<c10::IValue> inputs;
-  for (uint32_t i = 0; i < args.Length(); ++i) {
-    // Argument 0 of a method schema is `self`.
-    c10::TypePtr expected = i + 1 < schema.arguments().size() ? schema.arguments()[i + 1].type() : nullptr;
-    inputs.push_back(toIValue(env, args.Get(i), expected));
+  if (value.IsArray()) {
+    Napi::Array args = value.As<Napi::Array>();
+    for (uint32_t i = 0; i < args.Length(); ++i)
+      inputs.push_back(toIValue(env, args.Get(i), i + 1 < arguments.size() ? arguments[i + 1].type() : nullptr));
+    return inputs;
+  }
+  // Inputs named by the method's argument names (`{ ids, mask }`): put in the schema's order
+  // here, on the JS thread, so that a wrong name fails at the call that made it.
+  Napi::Object named = value.As<Napi::Object>();
+  Napi::Array keys = named.GetPropertyNames();
+  for (uint32_t i = 0; i < keys.Length(); ++i) {
+    std::string key = keys.Get(i).As<Napi::String>().Utf8Value();
+    auto known = std::find_if(arguments.begin() + 1, arguments.end(), [&](const c10::Argument& a) { return a.name() == key; });
+    if (known == arguments.end())
+      throw CodedError("TORCHLITE_BAD_ARGUMENT", "the input names '" + key + "', which is not an argument of " + method + argumentList(schema) +
+                                                     "; name the inputs by these arguments, or pass an array to give them by position");
+  }
+  for (size_t i = 1; i < arguments.size(); ++i) {
+    const c10::Argument& argument = arguments[i];
+    if (named.Has(argument.name())) {
+      inputs.push_back(toIValue(env, named.Get(argument.name()), argument.type()));
+    } else if (argument.default_value()) {
+      inputs.push_back(*argument.default_value());
+    } else {
+      throw CodedError("TORCHLITE_BAD_ARGUMENT", "the input names no '" + argument.name() + "', an argument of " + method + argumentList(schema) +
+                                                     " without a default; add it to the input object");
+    }
   }
   return inputs;
 }

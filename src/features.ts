@@ -8,7 +8,7 @@ import type { Dataset } from './data/dataset';
 import { tensorDataset } from './data/dataset';
 import { type Loader, loader } from './data/loader';
 import { TorchError } from './errors';
-import { Model } from './model';
+import { type BatchInput, disposeBatch, Model } from './model';
 import { native } from './native';
 import { dropout, identity, linear, sequential } from './nn';
 import { Tensor } from './tensor';
@@ -27,8 +27,8 @@ export interface FeatureCacheReport {
 /** What {@link prepareFeatureCache} hands fineTune when the cache applies. */
 export interface FeatureCache {
   head: Model;
-  train: Loader;
-  val?: Loader;
+  train: Loader<BatchInput>;
+  val?: Loader<BatchInput>;
   report: FeatureCacheReport;
 }
 
@@ -45,18 +45,19 @@ function bodyDropouts(model: Model, headPath: string): string[] {
     .map((m) => m.path);
 }
 
-function reasonNotToCache(model: Model, headPath: string, train: Loader, val: Loader | undefined, newHeadDropout: number): string | undefined {
+function reasonNotToCache(model: Model, headPath: string, train: Loader<BatchInput>, val: Loader<BatchInput> | undefined, newHeadDropout: number): string | undefined {
   if (newHeadDropout > 0) return 'dropout before the new head draws new masks every epoch';
   if (model.bnPolicy !== 'frozen-eval') return "BatchNorm policy 'train' updates the frozen body's statistics every step";
   const noisy = bodyDropouts(model, headPath);
   if (noisy.length > 1) return `the body has dropout in several places (${noisy.map((p) => `'${p}'`).join(', ')}), so the head's inputs change every epoch`;
+  if (train.dataset.collate) return "the model's inputs are not one tensor a sample (the cache covers image-like inputs)";
   if (train.dataset.withoutAugmentation) return "the training data is augmented, so the head's inputs change every epoch";
   if (val?.dataset.withoutAugmentation) return 'the validation data is augmented';
   return undefined;
 }
 
 /** The model's outputs with the head made an identity: the head's inputs, as one float array per dataset. */
-async function featuresOf(model: Model, dataset: Dataset, batchSize: number): Promise<{ data: Float32Array; width: number }> {
+async function featuresOf(model: Model, dataset: Dataset<BatchInput>, batchSize: number): Promise<{ data: Float32Array; width: number }> {
   const chunks: Float32Array[] = [];
   let width = 0;
   // In index order: the feature loader rebuilds each epoch's order from the same seed.
@@ -66,8 +67,7 @@ async function featuresOf(model: Model, dataset: Dataset, batchSize: number): Pr
     width = out.shape[1];
     chunks.push((await out.read()) as Float32Array);
     out.dispose();
-    batch.input.dispose();
-    batch.target.dispose();
+    disposeBatch(batch);
   }
   const data = new Float32Array(chunks.reduce((n, c) => n + c.length, 0));
   let at = 0;
@@ -79,7 +79,7 @@ async function featuresOf(model: Model, dataset: Dataset, batchSize: number): Pr
 }
 
 /** A dataset of `features` with the targets of `source`, sample for sample. */
-function featureDataset(source: Dataset, features: Float32Array, width: number): Dataset {
+function featureDataset(source: Dataset<BatchInput>, features: Float32Array, width: number): Dataset {
   const targets = Array.from({ length: source.length }, (_, i) => source.target(i));
   return tensorDataset(features, Int32Array.from(targets), { inputShape: [width], ...(source.classes && { classes: source.classes }) });
 }
@@ -92,7 +92,7 @@ function featureDataset(source: Dataset, features: Float32Array, width: number):
 export async function prepareFeatureCache(
   model: Model,
   headPath: string,
-  options: { train: Loader; val?: Loader; dropout: number; mode: boolean | 'auto'; budget: number; blocked?: string },
+  options: { train: Loader<BatchInput>; val?: Loader<BatchInput>; dropout: number; mode: boolean | 'auto'; budget: number; blocked?: string },
 ): Promise<FeatureCache | FeatureCacheReport> {
   const refuse = (reason: string): FeatureCacheReport => {
     if (options.mode === true) throw new TorchError('TORCHLITE_BAD_ARGUMENT', `cacheFeatures: true cannot apply: ${reason}; pass cacheFeatures: 'auto' (or false) to train the whole model instead`);

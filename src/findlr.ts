@@ -7,7 +7,7 @@ import { lineChart } from './chart';
 import type { Loader } from './data/loader';
 import { groupOf } from './distributed';
 import { type Loss, crossEntropy } from './loss';
-import type { Model } from './model';
+import type { BatchInput, Model } from './model';
 import { native } from './native';
 import { adamw } from './optim';
 import { type Tensor, tensor } from './tensor';
@@ -46,7 +46,7 @@ export interface LrFinderResult {
   plot(path: string): Promise<void>;
 }
 
-export async function findLr(model: Model, loader: Loader, options?: FindLrOptions): Promise<LrFinderResult> {
+export async function findLr(model: Model, loader: Loader<BatchInput>, options?: FindLrOptions): Promise<LrFinderResult> {
   const o = checkOptions<FindLrOptions>(options, 'options', ['startLr', 'endLr', 'steps', 'loss', 'restoreRng']);
   if (o.restoreRng !== undefined && typeof o.restoreRng !== 'boolean') throw typeError('a boolean', 'options.restoreRng', o.restoreRng);
   const startLr = checkFiniteNumber(o.startLr ?? 1e-7, 'options.startLr');

@@ -3,6 +3,7 @@ export {
   loadPretrained,
   Model,
   type Batch,
+  type BatchInput,
   type BatchNormPolicy,
   type EvaluateOptions,
   type Prediction,
@@ -17,16 +18,20 @@ export {
   type ModuleInfo,
   type ParameterInfo,
   type TensorInfo,
+  TensorList,
+  tensorList,
 } from './model';
 export type { TrainingPosition } from './checkpoint';
 export * as data from './data';
 export * as distributed from './distributed';
 export type { DataParallelOptions, InitOptions, ProcessGroup, ReduceOp } from './distributed';
-export type { Dataset, Loader, LoaderBatch, Sample } from './data';
+export type { Dataset, Loader, LoaderBatch, Sample, TextDatasetOptions } from './data';
 export type { FeatureCacheReport } from './features';
 export { findLr, type FindLrOptions, type LrFinderResult, type LrRule } from './findlr';
 export { classNamesOf, defaultNormalisation, inputSpecOf, type InputSpec } from './preprocess';
 export { progressBar } from './progress';
+export * as text from './text';
+export type { EncodedTexts, TextInput, TextSpec, TextTokenizer, TokenizerOptions } from './text';
 export { lineChart, type Series } from './chart';
 export * as loss from './loss';
 export type { Loss } from './loss';

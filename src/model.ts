@@ -1,5 +1,5 @@
 import { callNative, callNativeAsync, disposedError, TorchError } from './errors';
-import { native, type NativeGroupOptions, type NativeModel, type NativeOptimizer, type NativeProcessGroup, type NativeTensor } from './native';
+import { native, type NativeGroupOptions, type NativeInputs, type NativeModel, type NativeOptimizer, type NativeProcessGroup, type NativeTensor } from './native';
 import { Loss } from './loss';
 import { MetricAccumulator, type Metrics, type MetricSpec } from './metrics';
 import { dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear, sequential, specOf } from './nn';
@@ -8,8 +8,43 @@ import { compilePattern, describePattern, type Pattern } from './patterns';
 import { type Device, type Dtype, ones, Tensor, zeros } from './tensor';
 import { checkDevice, checkFiniteNumber, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from './validate';
 
-/** What a model's forward accepts: tensors, numbers, booleans, strings, and lists of tensors. */
-export type ModelInput = Tensor | number | boolean | string | null | readonly ModelInput[] | { readonly [key: string]: ModelInput };
+/**
+ * One argument of a model's method: a Tensor, number, boolean, string or null; an array
+ * (a `List` or `Tuple` argument); a {@link TensorList}; or a plain object (a `Dict[str, …]`
+ * argument).
+ */
+export type ModelInput = Tensor | TensorList | number | boolean | string | null | readonly ModelInput[] | { readonly [key: string]: ModelInput };
+
+/**
+ * A `List[Tensor]` argument, said explicitly. Where a batch's input is an array, its
+ * elements are the model's positional arguments (`[ids, mask]`); to pass one list of
+ * tensors as one argument, wrap it: `trainStep(tensorList([a, b]), y, …)`.
+ */
+export class TensorList {
+  readonly tensors: readonly Tensor[];
+  /** @internal Use {@link tensorList}. */
+  constructor(tensors: readonly Tensor[]) {
+    this.tensors = tensors;
+  }
+}
+
+/** Wraps tensors as one `List[Tensor]` argument; see {@link TensorList}. */
+export function tensorList(tensors: readonly Tensor[]): TensorList {
+  if (!Array.isArray(tensors) || !tensors.every((t) => t instanceof Tensor)) throw typeError('an array of Tensors', 'tensors', tensors);
+  return new TensorList([...tensors]);
+}
+
+/**
+ * The input of one batch, as `trainStep`, `evaluate`, `predict`, `fit` and the loaders take
+ * it:
+ * - a Tensor: the model's one argument;
+ * - an array: the model's positional arguments (`[ids, mask]` for `forward(ids, mask)`);
+ *   inside it, a plain object is a `Dict[str, …]` argument;
+ * - a plain object: arguments named as forward names them (`{ ids, mask }`); ones left out
+ *   take forward's defaults;
+ * - a {@link TensorList}: one `List[Tensor]` argument.
+ */
+export type BatchInput = Tensor | TensorList | readonly ModelInput[] | { readonly [name: string]: ModelInput };
 /** What a model's forward returns: tuples and lists become arrays, dicts become objects. */
 export type ModelOutput = Tensor | number | boolean | string | null | ModelOutput[] | { [key: string]: ModelOutput };
 
@@ -162,7 +197,7 @@ export interface TrainStepResult {
 
 /** One batch for {@link Model.evaluate}. */
 export interface Batch {
-  input: ModelInput;
+  input: BatchInput;
   target: Tensor;
 }
 
@@ -198,12 +233,36 @@ function wrapOutput(value: unknown): ModelOutput {
 /** @internal */
 export function unwrapInput(value: ModelInput, name: string): unknown {
   if (value instanceof Tensor) return Tensor.handle(value);
+  if (value instanceof TensorList) return value.tensors.map((t) => Tensor.handle(t));
   if (Array.isArray(value)) return value.map((item, i) => unwrapInput(item, `${name}[${i}]`));
   if (value === null || ['number', 'boolean', 'string'].includes(typeof value)) return value;
   // A plain object stands for a Dict[str, …] argument.
   if (typeof value === 'object' && Object.getPrototypeOf(value) === Object.prototype)
     return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, unwrapInput(item as ModelInput, `${name}.${key}`)]));
   throw typeError('a Tensor, number, boolean, string, or an array or plain object of them', name, value);
+}
+
+/** @internal A batch input as the native calls take it: positional arguments (an array) or named ones (an object). */
+export function batchArgs(input: BatchInput, name: string): unknown[] | Record<string, unknown> {
+  if (Array.isArray(input)) return input.map((item, i) => unwrapInput(item, `${name}[${i}]`));
+  if (input instanceof Tensor || input instanceof TensorList) return [unwrapInput(input, name)];
+  if (input === null || typeof input !== 'object' || Object.getPrototypeOf(input) !== Object.prototype)
+    throw typeError('a Tensor, an array of arguments, an object of named arguments or a TensorList', name, input);
+  return unwrapInput(input as ModelInput, name) as Record<string, unknown>;
+}
+
+/** @internal Every tensor of a batch input, e.g. to dispose of them. */
+export function inputTensors(input: BatchInput | ModelInput): Tensor[] {
+  if (input instanceof Tensor) return [input];
+  if (input instanceof TensorList) return [...input.tensors];
+  if (Array.isArray(input)) return input.flatMap(inputTensors);
+  if (input !== null && typeof input === 'object') return Object.values(input).flatMap(inputTensors);
+  return [];
+}
+
+/** @internal Frees a batch's tensors. */
+export function disposeBatch(batch: Batch): void {
+  for (const t of [...inputTensors(batch.input), batch.target]) t.dispose();
 }
 
 function formatCount(n: number): string {
@@ -417,10 +476,10 @@ export class Model implements Disposable, AsyncDisposable {
    * mode emits a `TORCHLITE_EVAL_MODE_STEP` warning, once per model). The optimizer's
    * group options (lr, …) are taken as they are at the call.
    */
-  trainStep(input: ModelInput, target: Tensor, options: TrainStepOptions): Promise<TrainStepResult> {
+  trainStep(input: BatchInput, target: Tensor, options: TrainStepOptions): Promise<TrainStepResult> {
     return callNativeAsync(async () => {
       const step = this.#stepOptions(options);
-      const batch: [unknown[], NativeTensor] = [[unwrapInput(input, 'input')], Tensor.handle(target)];
+      const batch: [NativeInputs, NativeTensor] = [batchArgs(input, 'input'), Tensor.handle(target)];
       const [result] = await this.#enqueueStep((handle, sync) => handle.trainStep([batch], this.#withSync(step, sync)));
       return result;
     });
@@ -436,7 +495,7 @@ export class Model implements Disposable, AsyncDisposable {
     return callNativeAsync(async () => {
       if (!Array.isArray(batches) || batches.length === 0) throw typeError('a non-empty array of { input, target } batches', 'batches', batches);
       const step = this.#stepOptions(options);
-      const work = batches.map((b, i): [unknown[], NativeTensor] => [[unwrapInput(b?.input, `batches[${i}].input`)], Tensor.handle(b?.target)]);
+      const work = batches.map((b, i): [NativeInputs, NativeTensor] => [batchArgs(b?.input, `batches[${i}].input`), Tensor.handle(b?.target)]);
       return this.#enqueueStep((handle, sync) => handle.trainStep(work, this.#withSync(step, sync)));
     });
   }
@@ -503,7 +562,7 @@ export class Model implements Disposable, AsyncDisposable {
         let samples = 0;
         let classes = 0;
         for await (const batch of batches) {
-          const args = [unwrapInput(batch.input, 'batch.input')];
+          const args = batchArgs(batch.input, 'batch.input');
           const padding = (batch as { padding?: number }).padding ?? 0;
           const keep = padding > 0 ? batch.target.shape[0] - padding : undefined;
           const { scores, shape, targets, loss } = await handle.evalBatch(args, Tensor.handle(batch.target), lossSpec, keep);
@@ -529,9 +588,9 @@ export class Model implements Disposable, AsyncDisposable {
   }
 
   /** Class probabilities (softmax over dimension 1) and the argmax, computed in eval mode ahead of queued training. */
-  predict(input: ModelInput): Promise<Prediction> {
+  predict(input: BatchInput): Promise<Prediction> {
     return callNativeAsync(async () => {
-      const args = [unwrapInput(input, 'input')];
+      const args = batchArgs(input, 'input');
       const { probabilities, argmax } = await this.#enqueue((handle) => handle.predict(args), true);
       return { probabilities: new Tensor(probabilities), argmax: new Tensor(argmax) };
     });

@@ -47,13 +47,16 @@ export interface NativeTensorInfo {
   numel: number;
 }
 
+/** A method's inputs: positional (an array) or named by its arguments (an object). */
+export type NativeInputs = unknown[] | Record<string, unknown>;
+
 export interface NativeModel {
   forward(inputs: unknown[]): Promise<unknown>;
   probeGradients(inputs: unknown[]): Promise<Record<string, boolean>>;
-  trainStep(batches: [unknown[], NativeTensor][], options: object): Promise<NativeStepResult[]>;
+  trainStep(batches: [NativeInputs, NativeTensor][], options: object): Promise<NativeStepResult[]>;
   call(method: string, inputs: unknown[]): Promise<unknown>;
-  evalBatch(inputs: unknown[], target: NativeTensor | null, loss: object | null, keep?: number): Promise<{ scores: Float32Array; shape: number[]; targets?: Float64Array; loss?: number }>;
-  predict(inputs: unknown[]): Promise<{ probabilities: NativeTensor; argmax: NativeTensor }>;
+  evalBatch(inputs: NativeInputs, target: NativeTensor | null, loss: object | null, keep?: number): Promise<{ scores: Float32Array; shape: number[]; targets?: Float64Array; loss?: number }>;
+  predict(inputs: NativeInputs): Promise<{ probabilities: NativeTensor; argmax: NativeTensor }>;
   to(device: string): Promise<void>;
   modules(): NativeModuleInfo[];
   parameters(): (NativeTensorInfo & { requiresGrad: boolean })[];

@@ -10,7 +10,7 @@ import { findLr, type LrRule } from './findlr';
 import type { Loader, LoaderBatch } from './data/loader';
 import { Loss, crossEntropy } from './loss';
 import type { Metrics, MetricSpec } from './metrics';
-import { kStepGroups, Model, type TrainStepOptions, type TrainStepResult } from './model';
+import { type BatchInput, disposeBatch, kStepGroups, Model, type TrainStepOptions, type TrainStepResult } from './model';
 import { native } from './native';
 import { Optimizer, adamw, type ParamGroupSpec } from './optim';
 import { PlateauScheduler, Scheduler, oneCycle } from './sched';
@@ -77,9 +77,9 @@ export interface Callback {
 }
 
 export interface FitOptions {
-  train: Loader;
+  train: Loader<BatchInput>;
   /** Evaluated after each epoch. Defaults to none. */
-  val?: Loader;
+  val?: Loader<BatchInput>;
   /** Total epochs, counting those a resumed checkpoint already did. */
   epochs: number;
   optimizer: Optimizer;
@@ -180,7 +180,7 @@ type StepSpec = Pick<TrainStepOptions, 'loss' | 'optimizer' | 'accumulate' | 'cl
  * is put back and stepped once per update the job made, so a skipped step (a non-finite
  * loss) delays the schedule exactly as it would have.
  */
-async function trainWindow(model: Model, window: LoaderBatch[], step: StepSpec, scheduler: Scheduler | undefined, windowed: boolean): Promise<(TrainStepResult & { lr: number })[]> {
+async function trainWindow(model: Model, window: LoaderBatch<BatchInput>[], step: StepSpec, scheduler: Scheduler | undefined, windowed: boolean): Promise<(TrainStepResult & { lr: number })[]> {
   const optimizer = step.optimizer;
   const lrNow = () => optimizer.paramGroups[0]?.lr ?? 0;
   if (!windowed) {
@@ -212,11 +212,11 @@ async function trainWindow(model: Model, window: LoaderBatch[], step: StepSpec, 
  * The model now answers in the training data's classes and expects its preprocessing:
  * recorded so that save() and checkpoints carry them (see InputSpec).
  */
-function recordTrainingData(model: Model, dataset: Loader['dataset']): void {
-  const { preprocessing, classes } = dataset;
-  if (preprocessing || classes) {
+function recordTrainingData(model: Model, dataset: Loader<BatchInput>['dataset']): void {
+  const { preprocessing, text, classes } = dataset;
+  if (preprocessing || text || classes) {
     const meta = model.metadata !== null && typeof model.metadata === 'object' ? model.metadata : {};
-    model.metadata = { ...meta, ...(preprocessing && { input: preprocessing }), ...(classes && { classes }) };
+    model.metadata = { ...meta, ...(preprocessing && { input: preprocessing }), ...(text && { text }), ...(classes && { classes }) };
   }
 }
 
@@ -271,7 +271,7 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
       const step = { loss: lossFn, optimizer: o.optimizer, accumulate, ...(o.clipGradNorm && { clipGradNorm: o.clipGradNorm }), ...(o.amp && { amp: o.amp }) };
       for await (const window of windows(o.train.batches(epoch), windowed ? STEPS_PER_JOB : 1)) {
         if (o.signal?.aborted) {
-          window.forEach((b) => [b.input, b.target].forEach((t) => t.dispose()));
+          window.forEach(disposeBatch);
           stopReason = 'aborted';
           break;
         }
@@ -300,7 +300,7 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
           for (const cb of callbacks) await cb.onBatchEnd?.(ctx, event);
           yield event;
         }
-        window.forEach((b) => [b.input, b.target].forEach((t) => t.dispose()));
+        window.forEach(disposeBatch);
       }
       if (stopReason === 'aborted') break;
       if (accumulate > 1 && (await o.optimizer.flush(accumulate))) {
@@ -437,8 +437,8 @@ export function jsonlLogger(path: string): Callback {
 }
 
 export interface FineTuneOptions {
-  train: Loader;
-  val?: Loader;
+  train: Loader<BatchInput>;
+  val?: Loader<BatchInput>;
   /** Replaces the head with a fresh Linear of this many outputs. Defaults to keeping the head. */
   numClasses?: number;
   /** Dropout before the new head. Defaults to `0`. */

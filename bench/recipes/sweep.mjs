@@ -35,7 +35,7 @@ export const GRID = [3e-3, 1e-2, 3e-2, 1e-1, 3e-1];
 // fineTune's defaults, written into every grid cell so that a change of default makes new
 // cells rather than reusing old results (cells without lrMult ran with the old 100, cells
 // without minSteps with a fixed 1 + 3 epochs).
-const DEFAULTS = { lrMult: 3, minSteps: 128 };
+const DEFAULTS = { lrMult: 1, minSteps: 128 };
 const MODELS = {
   cnn: { file: join(here, '..', '..', 'models', 'fashion-cnn.pt'), layout: 'grey28', shape: [1, 28, 28] },
   mnv3: { file: join(cache, 'mobilenet_v3_small-fashion04.pt'), layout: 'rgb32', shape: [3, 32, 32] },

@@ -2,17 +2,26 @@ import { TorchError } from '../errors';
 import { Tensor, tensor } from '../tensor';
 import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, rangeError, typeError } from '../validate';
 import { readIdx } from './idx';
+import type { BatchInput } from '../model';
 import type { InputSpec } from '../preprocess';
+import type { TextSpec } from '../text';
 import { permutation } from './random';
 
-/** One sample: a flat float input of the dataset's `inputShape`, and a class index or a float target. */
+/**
+ * One sample: a flat float input of the dataset's `inputShape` (or, for a dataset with its
+ * own `collate`, what that takes, such as a text's token ids), and a class index or a float
+ * target.
+ */
 export interface Sample {
-  input: Float32Array;
+  input: Float32Array | Int32Array;
   target: number | Float32Array;
 }
 
-/** A random-access dataset. `get` may be async (image decoding); `target` never decodes. */
-export interface Dataset {
+/**
+ * A random-access dataset. `get` may be async (image decoding); `target` never decodes.
+ * `I` is what its batches' input is: one Tensor, unless `collate` makes another {@link BatchInput}.
+ */
+export interface Dataset<I extends BatchInput = Tensor> {
   readonly length: number;
   /** Shape of one input, e.g. `[1, 28, 28]`. */
   readonly inputShape: number[];
@@ -28,10 +37,18 @@ export interface Dataset {
   describe(i: number): string;
   /** How raw images became inputs, for datasets of images: it travels into the model's metadata when it trains on them. */
   readonly preprocessing?: InputSpec;
+  /** How texts became inputs (the tokenizer), for text datasets: it travels into the model's metadata as `preprocessing` does. */
+  readonly text?: TextSpec;
+  /**
+   * Makes one batch's input from its samples' inputs, for samples that are not flat float
+   * arrays of one shape: e.g. token ids padded to the longest of the batch, returned as
+   * `[ids, mask]`. Without it the loader stacks the float arrays into `[B, ...inputShape]`.
+   */
+  collate?(inputs: Sample['input'][]): I;
   /** The same samples without random augmentation (`data.split` uses it for the validation part). */
-  withoutAugmentation?(): Dataset;
+  withoutAugmentation?(): Dataset<I>;
   /** @internal A batch of samples gathered natively, for data already in memory as tensors. */
-  rows?(indices: number[]): { input: Tensor; target: Tensor };
+  rows?(indices: number[]): { input: I; target: Tensor };
 }
 
 type NumericArray = Float32Array | Float64Array | Int32Array | Int16Array | Int8Array | Uint8Array | BigInt64Array;
@@ -106,7 +123,7 @@ export function tensorDataset(inputs: Tensor | ArrayBufferView | number[], targe
  * Gives `ds` its native batch gather, not enumerable: a dataset made by spreading this one
  * with its own `get` must be read through that `get`.
  */
-function withRows(ds: Dataset, rows: Dataset['rows']): Dataset {
+function withRows<I extends BatchInput>(ds: Dataset<I>, rows: Dataset<I>['rows']): Dataset<I> {
   return rows ? Object.defineProperty(ds, 'rows', { value: rows, enumerable: false }) : ds;
 }
 
@@ -150,7 +167,7 @@ export async function idx(imagesPath: string, labelsPath: string, options?: IdxO
 }
 
 /** A view of `base` through `indices`, optionally with remapped class indices. */
-function view(base: Dataset, indices: number[], remap?: Map<number, number>, classes?: string[]): Dataset {
+function view<I extends BatchInput>(base: Dataset<I>, indices: number[], remap?: Map<number, number>, classes?: string[]): Dataset<I> {
   const rows =
     base.rows &&
     ((at: number[]) => {
@@ -171,18 +188,20 @@ function view(base: Dataset, indices: number[], remap?: Map<number, number>, cla
     },
     describe: (i) => base.describe(indices[i]),
     ...(base.preprocessing && { preprocessing: base.preprocessing }),
+    ...(base.text && { text: base.text }),
+    ...(base.collate && { collate: base.collate }),
     ...(base.withoutAugmentation && { withoutAugmentation: () => view(base.withoutAugmentation!(), indices, remap, classes) }),
   }, rows);
 }
 
-function checkDataset(ds: unknown, name: string): Dataset {
+function checkDataset<I extends BatchInput>(ds: Dataset<I>, name: string): Dataset<I> {
   if (ds === null || typeof ds !== 'object' || typeof (ds as Dataset).get !== 'function' || typeof (ds as Dataset).length !== 'number')
     throw typeError('a Dataset from `data.*`', name, ds);
-  return ds as Dataset;
+  return ds;
 }
 
 /** Splits a dataset at random into train and validation views; the validation view is never augmented. */
-export function split(ds: Dataset, options: { val: number; seed?: number }): { train: Dataset; val: Dataset } {
+export function split<I extends BatchInput>(ds: Dataset<I>, options: { val: number; seed?: number }): { train: Dataset<I>; val: Dataset<I> } {
   checkDataset(ds, 'ds');
   const o = checkOptions<{ val: number; seed?: number }>(options, 'options', ['val', 'seed']);
   const fraction = checkFiniteNumber(o.val, 'options.val');
@@ -200,7 +219,7 @@ export function split(ds: Dataset, options: { val: number; seed?: number }): { t
  * scored against the right outputs. A class of `ds` missing from `classes` is a
  * `TORCHLITE_UNKNOWN_CLASSES` error that names it.
  */
-export function relabel(ds: Dataset, classes: readonly string[]): Dataset {
+export function relabel<I extends BatchInput>(ds: Dataset<I>, classes: readonly string[]): Dataset<I> {
   checkDataset(ds, 'ds');
   if (!Array.isArray(classes) || classes.some((c) => typeof c !== 'string')) throw typeError('an array of class names', 'classes', classes);
   if (!ds.classes) throw new TorchError('TORCHLITE_BAD_DATA', 'the dataset has no class names to match');
@@ -221,7 +240,7 @@ export interface SubsetOptions {
 }
 
 /** A class-balanced subset, for small labelled budgets, optionally of some classes only (renumbered). */
-export function subset(ds: Dataset, options: SubsetOptions): Dataset {
+export function subset<I extends BatchInput>(ds: Dataset<I>, options: SubsetOptions): Dataset<I> {
   checkDataset(ds, 'ds');
   const o = checkOptions<SubsetOptions>(options, 'options', ['perClass', 'classes', 'seed']);
   const perClass = o.perClass === undefined ? Infinity : checkPositiveInteger(o.perClass, 'options.perClass');

@@ -1,6 +1,6 @@
 import { ProcessGroup } from '../distributed';
 import { TorchError } from '../errors';
-import { kShardGroup, type ShardGroup } from '../model';
+import { type BatchInput, kShardGroup, type ShardGroup } from '../model';
 import { native } from '../native';
 import { Tensor, tensor } from '../tensor';
 import { checkInteger, checkOptions, checkPositiveInteger, typeError } from '../validate';
@@ -39,9 +39,9 @@ interface Shard {
   group?: ProcessGroup;
 }
 
-/** A batch: inputs `[B, ...inputShape]` and targets (int64 `[B]` or float `[B, ...]`). */
-export interface LoaderBatch {
-  input: Tensor;
+/** A batch: inputs `[B, ...inputShape]` (or what the dataset's `collate` makes) and targets (int64 `[B]` or float `[B, ...]`). */
+export interface LoaderBatch<I extends BatchInput = Tensor> {
+  input: I;
   target: Tensor;
   /** Dataset indices in the batch, in order. */
   indices: number[];
@@ -53,8 +53,8 @@ export interface LoaderBatch {
  * Batches a dataset as an async iterable, preparing the next batches while the current one
  * trains. Each `for await` runs one epoch; epoch `e`'s order depends only on `seed` and `e`.
  */
-export class Loader implements AsyncIterable<LoaderBatch> {
-  readonly dataset: Dataset;
+export class Loader<I extends BatchInput = Tensor> implements AsyncIterable<LoaderBatch<I>> {
+  readonly dataset: Dataset<I>;
   readonly batchSize: number;
   readonly #o: Required<Omit<LoaderOptions, 'batchSize' | 'distributed'>>;
   readonly #shard: Shard | undefined;
@@ -63,7 +63,7 @@ export class Loader implements AsyncIterable<LoaderBatch> {
   readonly #warned = new Set<number>();
 
   /** @internal Use {@link loader}. */
-  constructor(dataset: Dataset, batchSize: number, options: Required<Omit<LoaderOptions, 'batchSize' | 'distributed'>>, shard?: Shard) {
+  constructor(dataset: Dataset<I>, batchSize: number, options: Required<Omit<LoaderOptions, 'batchSize' | 'distributed'>>, shard?: Shard) {
     this.dataset = dataset;
     this.batchSize = batchSize;
     this.#o = options;
@@ -87,7 +87,7 @@ export class Loader implements AsyncIterable<LoaderBatch> {
   }
 
   /** @internal The same batching (size, shuffle, seed, sharding) over another dataset of the same length. */
-  withDataset(dataset: Dataset): Loader {
+  withDataset(dataset: Dataset<I>): Loader<I> {
     return new Loader(dataset, this.batchSize, this.#o, this.#shard);
   }
 
@@ -127,15 +127,15 @@ export class Loader implements AsyncIterable<LoaderBatch> {
     return Math.min(position, Math.max(0, Math.ceil((this.dataset.length - rank) / worldSize)));
   }
 
-  [Symbol.asyncIterator](): AsyncIterator<LoaderBatch> {
+  [Symbol.asyncIterator](): AsyncIterator<LoaderBatch<I>> {
     return this.batches(this.epoch++);
   }
 
   /** The batches of `epoch`, starting at batch `from` (to resume mid-epoch). */
-  async *batches(epoch: number, from = 0): AsyncGenerator<LoaderBatch> {
+  async *batches(epoch: number, from = 0): AsyncGenerator<LoaderBatch<I>> {
     const order = this.order(epoch);
     const count = this.length;
-    const ahead: Promise<LoaderBatch | null>[] = [];
+    const ahead: Promise<LoaderBatch<I> | null>[] = [];
     let next = from;
     const fill = () => {
       while (ahead.length <= this.#o.prefetch && next < count) {
@@ -157,7 +157,7 @@ export class Loader implements AsyncIterable<LoaderBatch> {
     }
   }
 
-  async #collate(indices: number[], epoch: number, padding: number): Promise<LoaderBatch | null> {
+  async #collate(indices: number[], epoch: number, padding: number): Promise<LoaderBatch<I> | null> {
     const ds = this.dataset;
     if (ds.rows) return { ...ds.rows(indices), indices, ...(padding > 0 && { padding }) };
     const settled = await Promise.allSettled(indices.map(async (i) => ds.get(i, epoch)));
@@ -176,17 +176,22 @@ export class Loader implements AsyncIterable<LoaderBatch> {
       this.#warned.add(indices[k]);
     });
     if (samples.length === 0) return null;
-    const inputSize = ds.inputShape.reduce((a, b) => a * b, 1);
-    const input = new Float32Array(samples.length * inputSize);
-    samples.forEach((s, k) => input.set(s.input, k * inputSize));
     const floatTargets = typeof samples[0].target !== 'number';
     const target = floatTargets
       ? tensor(concat(samples.map((s) => s.target as Float32Array)), [samples.length, ...ds.targetShape])
       : tensor(BigInt64Array.from(samples, (s) => BigInt(s.target as number)));
     // A padding sample that failed to load was dropped with the rest; count only those kept.
     const padded = Math.min(padding, kept.length);
-    return { input: tensor(input, [samples.length, ...ds.inputShape]), target, indices: kept, ...(padded > 0 && { padding: padded }) };
+    return { input: ds.collate ? ds.collate(samples.map((s) => s.input)) : (stack(samples, ds.inputShape) as I), target, indices: kept, ...(padded > 0 && { padding: padded }) };
   }
+}
+
+/** Float inputs of one shape as one `[B, ...shape]` tensor. */
+function stack(samples: Sample[], shape: number[]): Tensor {
+  const size = shape.reduce((a, b) => a * b, 1);
+  const input = new Float32Array(samples.length * size);
+  samples.forEach((s, k) => input.set(s.input as Float32Array, k * size));
+  return tensor(input, [samples.length, ...shape]);
 }
 
 function concat(parts: Float32Array[]): Float32Array {
@@ -200,7 +205,7 @@ function concat(parts: Float32Array[]): Float32Array {
 }
 
 /** Batches `dataset`; see {@link LoaderOptions}. */
-export function loader(dataset: Dataset, options?: LoaderOptions): Loader {
+export function loader<I extends BatchInput = Tensor>(dataset: Dataset<I>, options?: LoaderOptions): Loader<I> {
   if (dataset === null || typeof dataset !== 'object' || typeof dataset.get !== 'function') throw typeError('a Dataset from `data.*`', 'dataset', dataset);
   const o = checkOptions<LoaderOptions>(options, 'options', ['batchSize', 'shuffle', 'seed', 'dropLast', 'prefetch', 'strict', 'distributed']);
   const flag = (value: unknown, name: string) => {
