@@ -129,10 +129,15 @@ def text_example(vocab, length):
 
 
 def export_text(args, model, tokenizer, classes, max_length, how_built):
-    ids, mask = text_example(len(tokenizer["model"].get("vocab") or []) or 100, min(max_length, 16))
-    with torch.no_grad():
-        expected = model(ids, mask)
-        expected = expected[0] if isinstance(expected, (tuple, list)) else expected
+    vocab = len(tokenizer["model"].get("vocab") or []) or 100
+    ids, mask = text_example(vocab, min(max_length, 16))
+    try:
+        with torch.no_grad():
+            expected = model(ids, mask)
+    except (IndexError, RuntimeError) as error:
+        raise SystemExit(f"export_model.py: the model fails on token ids below the tokenizer's {vocab} ({str(error).strip().splitlines()[0]}); "
+                         "does its embedding table match the tokenizer?")
+    expected = expected[0] if isinstance(expected, (tuple, list)) else expected
     if args.trace or how_built == "hf":
         scripted, how, reason = trace_text(Unwrap(model) if how_built == "hf" else model, ids, mask), "traced", "--trace" if args.trace else "hf"
     else:
@@ -145,7 +150,7 @@ def export_text(args, model, tokenizer, classes, max_length, how_built):
         got = scripted(ids, mask)
     check(expected, got, how)
     # A traced model must answer alike for a length it was not traced at.
-    longer = text_example(len(tokenizer["model"].get("vocab") or []) or 100, min(max_length, 16 + 3))
+    longer = text_example(vocab, min(max_length, 16 + 3))
     with torch.no_grad():
         check(model(*longer), scripted(*longer), how)
     if classes and len(classes) != expected.shape[1]:
