@@ -13,6 +13,7 @@
 #include "distributed.h"
 #include "executor.h"
 #include "layers.h"
+#include "script_object.h"
 #include "loss.h"
 #include "optimizer.h"
 #include "model.h"
@@ -138,6 +139,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->modelClass = Napi::Persistent(ModelWrap::Define(env));
   data->optimizerClass = Napi::Persistent(OptimizerWrap::Define(env));
   data->groupClass = Napi::Persistent(GroupWrap::Define(env));
+  data->scriptObjectClass = Napi::Persistent(ScriptObjectWrap::Define(env));
   std::shared_ptr<CompletionChannel> channel = data->completions;
   channel->tsfn = Napi::ThreadSafeFunction::New(env, Napi::Function::New(env, [](const Napi::CallbackInfo&) {}),
                                                 "torchlite", 0, 1);
@@ -154,6 +156,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Model", data->modelClass.Value());
   exports.Set("Optimizer", data->optimizerClass.Value());
   exports.Set("ProcessGroup", data->groupClass.Value());
+  exports.Set("ScriptObject", data->scriptObjectClass.Value());
   exports.Set("computeLoss", Napi::Function::New<ComputeLoss>(env));
   exports.Set("setNumThreads", Napi::Function::New<SetNumThreads>(env));
   exports.Set("getNumThreads", Napi::Function::New<GetNumThreads>(env));

@@ -22,6 +22,7 @@ struct AddonData {
   Napi::FunctionReference modelClass;
   Napi::FunctionReference optimizerClass;
   Napi::FunctionReference groupClass;
+  Napi::FunctionReference scriptObjectClass;
   // Holds the event loop open only while jobs are in flight.
   std::shared_ptr<CompletionChannel> completions = std::make_shared<CompletionChannel>();
   int64_t inFlight = 0;

@@ -1,5 +1,6 @@
 #include "ivalue.h"
 
+#include "script_object.h"
 #include "tensor.h"
 
 namespace tl {
@@ -49,13 +50,14 @@ c10::IValue toIValue(Napi::Env env, const Napi::Value& value, const c10::TypePtr
     }
     return entries;
   }
+  if (ScriptObjectWrap::IsScriptObject(env, value)) return ScriptObjectWrap::From(env, value);
   if (value.IsObject() && !TensorWrap::IsTensor(env, value))
     throw CodedError("TORCH_ARGUMENT", "expected " + (type ? "a value of type '" + type->annotation_str() + "'" : std::string("a Tensor")) +
                                            " but received an object; plain objects are only for Dict[str, ...] arguments");
   return TensorWrap::From(env, value);
 }
 
-Napi::Value fromIValue(Napi::Env env, const c10::IValue& value) {
+Napi::Value fromIValue(Napi::Env env, const c10::IValue& value, const ModelPtr& owner) {
   if (value.isTensor()) return TensorWrap::Wrap(env, value.toTensor());
   if (value.isNone()) return env.Null();
   if (value.isBool()) return Napi::Boolean::New(env, value.toBool());
@@ -66,7 +68,7 @@ Napi::Value fromIValue(Napi::Env env, const c10::IValue& value) {
     std::vector<c10::IValue> items =
         value.isTuple() ? value.toTupleRef().elements().vec() : value.toListRef().vec();
     Napi::Array array = Napi::Array::New(env, items.size());
-    for (size_t i = 0; i < items.size(); ++i) array.Set(i, fromIValue(env, items[i]));
+    for (size_t i = 0; i < items.size(); ++i) array.Set(i, fromIValue(env, items[i], owner));
     return array;
   }
   if (value.isGenericDict()) {
@@ -75,10 +77,11 @@ Napi::Value fromIValue(Napi::Env env, const c10::IValue& value) {
       const c10::IValue& key = entry.key();
       std::string name = key.isString() ? key.toStringRef() : key.isInt() ? std::to_string(key.toInt()) : "";
       if (name.empty()) throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "dict output with a non-string key");
-      object.Set(name, fromIValue(env, entry.value()));
+      object.Set(name, fromIValue(env, entry.value(), owner));
     }
     return object;
   }
+  if (value.isObject() && !value.toObjectRef().type()->is_module()) return ScriptObjectWrap::Wrap(env, value.toObject(), owner);
   throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "model returned an unsupported value of type " +
                                                        value.type()->annotation_str());
 }

@@ -1,12 +1,15 @@
 // Conversions between JS values and TorchScript IValues, on the JS thread only.
 #pragma once
 #include "common.h"
+#include "model.h"
 
 namespace tl {
 
 // `expected` is the schema type of the argument, so JS numbers become int or float as
 // the TorchScript signature asks (JS cannot tell 1 from 1.0).
 c10::IValue toIValue(Napi::Env env, const Napi::Value& value, const c10::TypePtr& expected);
-Napi::Value fromIValue(Napi::Env env, const c10::IValue& value);
+// `owner` is the model that produced the value: TorchScript class instances in it become
+// ScriptObjects whose methods run on that model's lane.
+Napi::Value fromIValue(Napi::Env env, const c10::IValue& value, const ModelPtr& owner);
 
 }  // namespace tl

@@ -292,7 +292,7 @@ Napi::Value ModelWrap::Forward(const Napi::CallbackInfo& info) {
           prepareInputs(*state, inputs);
           return runForward(*state, std::move(inputs));
         },
-        [](Napi::Env env, c10::IValue& output) { return fromIValue(env, output); });
+        [state](Napi::Env env, c10::IValue& output) { return fromIValue(env, output, state); });
   });
 }
 
@@ -310,7 +310,7 @@ Napi::Value ModelWrap::Call(const Napi::CallbackInfo& info) {
           prepareInputs(*state, inputs);
           return methodOf(*state, name)(std::move(inputs));
         },
-        [](Napi::Env env, c10::IValue& output) { return fromIValue(env, output); });
+        [state](Napi::Env env, c10::IValue& output) { return fromIValue(env, output, state); });
   });
 }
 

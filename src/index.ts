@@ -17,6 +17,7 @@ export {
   type ModelOutput,
   type ModuleInfo,
   type ParameterInfo,
+  ScriptObject,
   type TensorInfo,
   TensorList,
   tensorList,

@@ -1,5 +1,5 @@
 import { callNative, callNativeAsync, disposedError, TorchError } from './errors';
-import { native, type NativeGroupOptions, type NativeInputs, type NativeModel, type NativeOptimizer, type NativeProcessGroup, type NativeTensor } from './native';
+import { native, type NativeGroupOptions, type NativeInputs, type NativeModel, type NativeOptimizer, type NativeProcessGroup, type NativeScriptObject, type NativeTensor } from './native';
 import { Loss } from './loss';
 import { MetricAccumulator, type Metrics, type MetricSpec } from './metrics';
 import { dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear, sequential, specOf } from './nn';
@@ -13,7 +13,7 @@ import { checkDevice, checkFiniteNumber, checkOneOf, checkOptions, checkPositive
  * (a `List` or `Tuple` argument); a {@link TensorList}; or a plain object (a `Dict[str, …]`
  * argument).
  */
-export type ModelInput = Tensor | TensorList | number | boolean | string | null | readonly ModelInput[] | { readonly [key: string]: ModelInput };
+export type ModelInput = Tensor | TensorList | ScriptObject | number | boolean | string | null | readonly ModelInput[] | { readonly [key: string]: ModelInput };
 
 /**
  * A `List[Tensor]` argument, said explicitly. Where a batch's input is an array, its
@@ -45,8 +45,60 @@ export function tensorList(tensors: readonly Tensor[]): TensorList {
  * - a {@link TensorList}: one `List[Tensor]` argument.
  */
 export type BatchInput = Tensor | TensorList | readonly ModelInput[] | { readonly [name: string]: ModelInput };
-/** What a model's forward returns: tuples and lists become arrays, dicts become objects. */
-export type ModelOutput = Tensor | number | boolean | string | null | ModelOutput[] | { [key: string]: ModelOutput };
+/** What a model's forward returns: tuples and lists become arrays, dicts become objects, TorchScript class instances ScriptObjects. */
+export type ModelOutput = Tensor | ScriptObject | number | boolean | string | null | ModelOutput[] | { [key: string]: ModelOutput };
+
+/**
+ * An instance of a TorchScript class (`@torch.jit.script class`) that a model's method
+ * returned: call its methods, or pass it back into the model's methods
+ * (`model.call('add_them', obj)`). Its methods run like `model.call`: on the model's lane,
+ * without gradients.
+ */
+export class ScriptObject {
+  readonly #native: NativeScriptObject;
+  #live = true;
+
+  /** @internal */
+  constructor(handle: NativeScriptObject) {
+    this.#native = handle;
+  }
+
+  /** @internal */
+  static handle(object: ScriptObject): NativeScriptObject {
+    if (!object.#live) throw disposedError('ScriptObject');
+    return object.#native;
+  }
+
+  /** The TorchScript class's qualified name, e.g. `__torch__.MyPair`. */
+  get type(): string {
+    return callNative(() => ScriptObject.handle(this).type());
+  }
+
+  /** The names of the class's methods. */
+  methods(): string[] {
+    return callNative(() => ScriptObject.handle(this).methods());
+  }
+
+  /** Calls one of the object's methods; an unknown name is `TORCHLITE_NO_SUCH_METHOD`, listing them. */
+  call<T extends ModelOutput = ModelOutput>(method: string, ...inputs: ModelInput[]): Promise<T> {
+    return callNativeAsync(async () => {
+      checkString(method, 'method');
+      const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
+      return wrapOutput(await ScriptObject.handle(this).call(method, args)) as T;
+    });
+  }
+
+  /** Releases the object; idempotent. */
+  dispose(): void {
+    if (!this.#live) return;
+    this.#live = false;
+    this.#native.dispose();
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
 
 export interface ModuleInfo {
   /** Dotted path, as in Python (`layer1.0.conv1`); `''` is the model itself. */
@@ -225,6 +277,7 @@ function wrapOutput(value: unknown): ModelOutput {
   if (Array.isArray(value)) return value.map(wrapOutput);
   if (value !== null && typeof value === 'object') {
     if (value instanceof native.Tensor) return new Tensor(value as NativeTensor);
+    if (value instanceof native.ScriptObject) return new ScriptObject(value);
     return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, wrapOutput(item)]));
   }
   return value as ModelOutput;
@@ -234,6 +287,7 @@ function wrapOutput(value: unknown): ModelOutput {
 export function unwrapInput(value: ModelInput, name: string): unknown {
   if (value instanceof Tensor) return Tensor.handle(value);
   if (value instanceof TensorList) return value.tensors.map((t) => Tensor.handle(t));
+  if (value instanceof ScriptObject) return ScriptObject.handle(value);
   if (Array.isArray(value)) return value.map((item, i) => unwrapInput(item, `${name}[${i}]`));
   if (value === null || ['number', 'boolean', 'string'].includes(typeof value)) return value;
   // A plain object stands for a Dict[str, …] argument.

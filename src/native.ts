@@ -132,6 +132,14 @@ export interface NativeProcessGroupClass {
   init(options: NativeInitOptions): Promise<NativeProcessGroup>;
 }
 
+/** An instance of a TorchScript class, returned by a model's method. */
+export interface NativeScriptObject {
+  type(): string;
+  methods(): string[];
+  call(method: string, inputs: unknown[]): Promise<unknown>;
+  dispose(): void;
+}
+
 export interface NativeModelClass {
   load(path: string, device: string, extraNames?: string[]): Promise<NativeModel>;
   fromLayer(spec: object): NativeModel;
@@ -142,6 +150,7 @@ export interface NativeAddon {
   Model: NativeModelClass;
   Optimizer: NativeOptimizerClass;
   ProcessGroup: NativeProcessGroupClass;
+  ScriptObject: abstract new (...args: never[]) => NativeScriptObject;
   computeLoss(spec: object, output: NativeTensor, target: NativeTensor): NativeTensor;
   setNumThreads(n: number): void;
   getNumThreads(): number;

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -178,5 +178,41 @@ describe('torchlite CLI', () => {
     const help = cli('finetune', '--help');
     expect(help.status).toBe(0);
     expect(help.stdout).toContain('Examples:');
+  });
+});
+
+describe('torchlite with text', () => {
+  const TEXT_MODEL = join(root, 'models', 'fortunes-encoder.pt');
+  const words = { food: ['pizza', 'bread', 'soup', 'cheese'], law: ['court', 'judge', 'lawyer', 'jury'], sports: ['goal', 'ball', 'match', 'team'] };
+  const rows = Object.entries(words).flatMap(([label, ws]) => ws.flatMap((w, i) => [`the ${w} was ${ws[(i + 1) % 4]}`, `a ${w} and a ${ws[(i + 2) % 4]}`].map((text) => ({ text, label }))));
+
+  it('fine-tunes the shipped text encoder on JSONL, predicts texts from arguments and stdin, and evaluates a CSV', () => {
+    writeFileSync(join(work, 'topics.jsonl'), rows.map((r) => JSON.stringify(r)).join('\n'));
+    writeFileSync(join(work, 'topics.csv'), `text,label\n${rows.map((r) => `"${r.text}",${r.label}`).join('\n')}\n`);
+    const tuned = cli('finetune', '--model', TEXT_MODEL, '--data', 'topics.jsonl', '--val', 'topics.csv', '--freeze-epochs', '1', '--epochs', '3', '--lr', '0.01', '--batch-size', '8', '--out', 'topics.pt', '--json');
+    expect(tuned.stderr).toBe('');
+    const result = JSON.parse(tuned.stdout) as { classes: string[]; featureCache: { used: boolean; reason: string } };
+    expect(result.classes).toEqual(['food', 'law', 'sports']);
+    expect(result.featureCache).toEqual({ used: false, reason: "the model's inputs are not one tensor a sample (the cache covers image-like inputs)" });
+    const predicted = cli('predict', 'topics.pt', 'the judge and the jury', 'pizza and soup', '--top', '1', '--json');
+    const answers = JSON.parse(predicted.stdout) as { text: string; top: { label: string }[] }[];
+    expect(answers.map((a) => a.text)).toEqual(['the judge and the jury', 'pizza and soup']);
+    const piped = spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), 'predict', 'topics.pt', '--top', '2'], { encoding: 'utf8', cwd: work, input: 'a ball and a goal\n\nthe court\n' });
+    expect(piped.stdout.trim().split('\n').map((l) => l.replace(/:.*/, ''))).toEqual(['a ball and a goal', 'the court']);
+    expect(piped.stdout).toMatch(/^the court: (food|law|sports) \d+\.\d%, (food|law|sports) \d+\.\d%$/m);
+    const scored = cli('eval', 'topics.pt', '--data', 'topics.csv', '--json');
+    const metrics = JSON.parse(scored.stdout) as { accuracy: number; classes: string[] };
+    expect(metrics.classes).toEqual(['food', 'law', 'sports']);
+    expect(metrics.accuracy).toBeGreaterThan(0.5); // the training texts themselves; chance is 1/3
+  });
+
+  it('asks for a tokenizer when the model has none, and names a bad row', () => {
+    const bare = cli('finetune', '--model', fixture('encoder.scripted.pt'), '--data', 'topics.jsonl');
+    expect(bare.status).toBe(1);
+    expect(bare.stderr.trim()).toBe(`torchlite: ${fixture('encoder.scripted.pt')} has no tokenizer in its metadata (\`text\`); pass --tokenizer tokenizer.json, or export it with scripts/export_model.py --text [TORCHLITE_NO_INPUT_SPEC]`);
+    writeFileSync(join(work, 'broken.jsonl'), '{"text": "a", "label": "x"}\n{"text": 3, "label": "y"}\n');
+    const broken = cli('finetune', '--model', TEXT_MODEL, '--data', 'broken.jsonl');
+    expect(broken.status).toBe(2);
+    expect(broken.stderr.trim()).toBe('torchlite: broken.jsonl:2: the row has no text in "text"; fix it, or skip bad rows (skipBadRows: true, or --skip-bad-rows) [TORCHLITE_BAD_DATA]');
   });
 });

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { data, fit, loadPretrained, loss, manualSeed, optim, type Tensor, tensor, tensorList, text, TorchError } from '../src';
+import { data, fit, loadPretrained, loss, manualSeed, optim, ScriptObject, type Tensor, tensor, tensorList, text, TorchError } from '../src';
 import { fixture, hasTorch, python, PYTHON, relativeDiff, root } from './helpers';
 
 const refs = JSON.parse(readFileSync(fixture('text.json'), 'utf8')) as {
@@ -191,7 +191,7 @@ describe('data.textDataset', () => {
     const csv = write('t.csv', 'label,text\npos,"a ""fine"" day,\nreally"\nneg,grim\nneg\n');
     await expect(data.textDataset(csv, { tokenizer: tok })).rejects.toMatchObject({
       code: 'TORCHLITE_BAD_DATA',
-      message: `${csv}:5: the row has 1 fields where the header has 2; fix it, or pass skipBadRows: true to skip bad rows`,
+      message: `${csv}:5: the row has 1 fields where the header has 2; fix it, or skip bad rows (skipBadRows: true, or --skip-bad-rows)`,
     });
     const { result: ds, warnings } = await warningsDuring(() => data.textDataset(csv, { tokenizer: tok, skipBadRows: true }));
     expect(warnings).toEqual([`${csv}: skipped 1 bad row (line 5)`]);
@@ -202,12 +202,12 @@ describe('data.textDataset', () => {
   it('refuses bad rows with their line: invalid JSON, no text, a label outside the classes', async () => {
     const tok = await text.tokenizer(fixture('tokenizer.json'));
     const file = write('bad.jsonl', '{"text": "ok", "label": "a"}\n{"text": "ok", "label": "a"\n{"label": "b"}\n{"text": "x", "label": "c"}\n');
-    await expect(data.textDataset(file, { tokenizer: tok })).rejects.toMatchObject({ code: 'TORCHLITE_BAD_DATA', message: expect.stringMatching(new RegExp(`^${file}:2: the row is not valid JSON \\(.*\\); fix it, or pass skipBadRows: true to skip bad rows$`)) });
+    await expect(data.textDataset(file, { tokenizer: tok })).rejects.toMatchObject({ code: 'TORCHLITE_BAD_DATA', message: expect.stringMatching(new RegExp(`^${file}:2: the row is not valid JSON \\(.*\\); fix it, or skip bad rows (skipBadRows: true, or --skip-bad-rows)$`)) });
     const { result, warnings } = await warningsDuring(() => data.textDataset(file, { tokenizer: tok, skipBadRows: true, classes: ['a', 'b'] }));
     expect(warnings).toEqual([`${file}: skipped 3 bad rows (lines 2, 3, 4)`]);
     expect(result.length).toBe(1);
     const outside = write('label.jsonl', '{"text": "ok", "label": "a"}\n');
-    await expect(data.textDataset(outside, { tokenizer: tok, classes: ['b'] })).rejects.toMatchObject({ message: `${outside}:1: the row has the label 'a', which is not one of the classes ('b'); fix it, or pass skipBadRows: true to skip bad rows` });
+    await expect(data.textDataset(outside, { tokenizer: tok, classes: ['b'] })).rejects.toMatchObject({ message: `${outside}:1: the row has the label 'a', which is not one of the classes ('b'); fix it, or skip bad rows (skipBadRows: true, or --skip-bad-rows)` });
     await expect(data.textDataset(write('x.txt', ''), { tokenizer: tok })).rejects.toThrow(new TypeError("Expected 'jsonl' or 'csv' (the file's extension does not say) for `options.format` but received undefined"));
     await expect(data.textDataset(file, {} as never)).rejects.toThrow(TypeError);
   });
@@ -260,5 +260,44 @@ print(json.dumps(m(ids, mask).flatten().tolist()))`,
     await expect(data.textDataset(write('one.jsonl', '{"text": "a", "label": "x"}'), { like: model })).rejects.toEqual(
       new TorchError('TORCHLITE_NO_INPUT_SPEC', 'the model passed as `like` has no tokenizer in its metadata (`metadata.text`); pass `tokenizer: await text.tokenizer(path)`'),
     );
+  });
+});
+
+describe('the kinds of TorchScript file tch-rs loads (scripts/fixtures/tch_cases.py)', () => {
+  const load = (n: number) => loadPretrained(fixture(`tch/case${n}.pt`));
+  const numbers = async (t: unknown) => Array.from(((await (t as Tensor).read()) as Float32Array));
+  const x = () => tensor([3, 1, 4, 1, 5]);
+  const y = () => tensor([7]);
+
+  it('runs all nine: buffers, traced inputs and tuples, loops, scalars, strings, objects and dicts', async () => {
+    await using m1 = await load(1);
+    expect(await numbers(await m1.forward(x(), y()))).toEqual([55, 51, 57, 51, 59]);
+    await using m2 = await load(2);
+    expect(await numbers(await m2.forward(tensor([42]), tensor([1337])))).toEqual([1421]);
+    await using m3 = await load(3);
+    const [sum, difference] = await m3.forward<Tensor[]>(tensor([42]), tensor([1337]));
+    expect([await numbers(sum), await numbers(difference)]).toEqual([[1421], [-1295]]);
+    await using m4 = await load(4);
+    expect(await numbers(await m4.forward(tensor([1, 2, 3, 4, 5])))).toEqual([120]);
+    await using m5 = await load(5);
+    expect(await m5.forward<number>([2, 3, 4])).toBe(14);
+    await using m6 = await load(6);
+    expect(await m6.forward<string[]>(['foo', 'bar', 'foobar'])).toEqual(['fo', 'ba', 'fooba']);
+    await using m7 = await load(7);
+    using doubler = await m7.forward<ScriptObject>(tensor([3, 4, 5]));
+    expect(doubler).toBeInstanceOf(ScriptObject);
+    expect(doubler.type).toBe('__torch__.Doubler');
+    expect(doubler.methods()).toEqual(['y']);
+    expect(await numbers(await doubler.call('y'))).toEqual([6, 8, 10]);
+    await expect(doubler.call('z')).rejects.toMatchObject({ code: 'TORCHLITE_NO_SUCH_METHOD', message: "the Doubler object has no method 'z'; it has 'y'" });
+    await using m8 = await load(8);
+    const pair = await m8.call<ScriptObject>('make_input_object', tensor([1, 2, 3]), tensor([4, 5, 6]));
+    expect(await numbers(await m8.call('add_them', pair))).toEqual([5, 7, 9]);
+    pair.dispose();
+    pair.dispose();
+    expect(() => pair.type).toThrow(expect.objectContaining({ code: 'TORCHLITE_DISPOSED' }));
+    await using m9 = await load(9);
+    const [foo, bar] = await m9.call<Tensor[]>('generate', { bar: tensor([1, 7]), foo: tensor([1, 2, 3]) });
+    expect([await numbers(foo), await numbers(bar)]).toEqual([[1, 2, 3], [1, 7]]);
   });
 });

@@ -1,8 +1,8 @@
 // Turns --data arguments into datasets shaped for a given model.
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, statSync } from 'node:fs';
+import { extname, join } from 'node:path';
 
-import { classNamesOf, data, type Dataset, defaultNormalisation, type InputSpec, inputSpecOf, type Model, TorchError } from '..';
+import { type BatchInput, classNamesOf, data, type Dataset, defaultNormalisation, type InputSpec, inputSpecOf, type Model, text, type TextInput, TorchError } from '..';
 import { intFlag } from './flags';
 
 const { idx, imageFolder, subset } = data;
@@ -43,7 +43,7 @@ export function inputSpec(model: Model, flags: InputFlags, modelPath: string): I
  * some of them, in any order), else checked to have as many classes as the model has
  * outputs.
  */
-export function matchClasses(model: Model, ds: Dataset): { ds: Dataset; names: string[] } {
+export function matchClasses<I extends BatchInput>(model: Model, ds: Dataset<I>): { ds: Dataset<I>; names: string[] } {
   const names = classNamesOf(model);
   if (names) return { ds: data.relabel(ds, names), names };
   const head = model.classifierHead();
@@ -81,4 +81,34 @@ export async function loadDataset(spec: string, split: 'train' | 't10k', input: 
   }
   const [channels, size] = input.shape;
   return imageFolder(spec, { size, channels: channels === 1 ? 1 : 3, mean: input.mean, std: input.std, augment: options.augment ?? false });
+}
+
+/** Flags that say where a text model's tokenizer comes from when its metadata does not. */
+export interface TextFlags {
+  text?: boolean;
+  tokenizer?: string;
+  skipBadRows?: boolean;
+}
+
+/** Whether `--data` names labelled texts: `--text`, or a .jsonl/.json/.ndjson/.csv file. */
+export function isTextData(spec: string, flags: TextFlags): boolean {
+  if (flags.text || flags.tokenizer !== undefined) return true;
+  return ['.jsonl', '.json', '.ndjson', '.csv'].includes(extname(spec).toLowerCase()) && existsSync(spec) && statSync(spec).isFile();
+}
+
+/**
+ * The model's tokenizer: `--tokenizer` when given, else its `metadata.text`. A model with
+ * neither is an error that says how to give one.
+ */
+export async function textTokenizer(model: Model, flags: TextFlags, modelPath: string): Promise<text.TextTokenizer> {
+  if (flags.tokenizer !== undefined) return text.tokenizer(flags.tokenizer);
+  const saved = text.tokenizerOf(model);
+  if (saved) return saved;
+  throw new TorchError('TORCHLITE_NO_INPUT_SPEC', `${modelPath} has no tokenizer in its metadata (\`text\`); pass --tokenizer tokenizer.json, or export it with scripts/export_model.py --text`);
+}
+
+/** Labelled texts for a text model, tokenized as it expects; `classes` numbers them as another part of the data did. */
+export async function loadTextDataset(spec: string, model: Model, tokenizer: text.TextTokenizer, flags: TextFlags, classes?: string[]): Promise<Dataset<TextInput>> {
+  const saved = text.textSpecOf(model);
+  return data.textDataset(spec, { tokenizer, skipBadRows: flags.skipBadRows === true, ...(saved && { maxLength: saved.maxLength }), ...(saved?.inputs && { inputs: saved.inputs }), ...(classes && { classes }) });
 }

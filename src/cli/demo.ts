@@ -6,15 +6,15 @@ import { resolve } from 'node:path';
 import { data, type EpochRecord, fineTune, fit, lineChart, loadPretrained, loss as losses, manualSeed, type Model, optim, progressBar, sched, tensor } from '..';
 import { FASHION_CLASSES, inputSpec, loadDataset } from './data';
 import { intFlag, numberFlag } from './flags';
-import { stepRecorder, writeReport } from './report';
+import { stepRecorder, textTable, writeReport } from './report';
 
 const { loader, subset } = data;
 
 export const SHIPPED_MODEL = resolve(__dirname, '..', '..', 'models', 'fashion-cnn.pt');
 
 export interface DemoFlags {
-  budget: string;
-  epochs: string;
+  budget?: string;
+  epochs?: string;
   target: string;
   dataDir?: string;
   out: string;
@@ -38,8 +38,8 @@ function stepsTo(history: EpochRecord[], target: number, stepsPerEpoch: number):
 
 export async function runDemo(flags: DemoFlags): Promise<void> {
   const quick = flags.quick === true;
-  const budget = intFlag(quick ? '200' : flags.budget, '--budget');
-  const epochs = intFlag(quick ? '5' : flags.epochs, '--epochs', 2);
+  const budget = intFlag(quick ? '200' : (flags.budget ?? '100'), '--budget');
+  const epochs = intFlag(quick ? '5' : (flags.epochs ?? '12'), '--epochs', 2);
   const target = numberFlag(flags.target, '--target');
   const say = (line: string) => !flags.json && console.log(line);
   const classes = [5, 6, 7, 8, 9];
@@ -98,9 +98,7 @@ export async function runDemo(flags: DemoFlags): Promise<void> {
 
   const pct = (v: number) => `${(v * 100).toFixed(1)}%`;
   const rows = outcomes.map((o) => [o.name, pct(o.accuracy), o.stepsToTarget === null ? 'never' : String(o.stepsToTarget), `${o.seconds.toFixed(1)}s`]);
-  const header = ['approach', 'test accuracy', `steps to ${pct(target)}`, 'time'];
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  const table = textTable(['approach', 'test accuracy', `steps to ${pct(target)}`, 'time'], rows);
   const [head, tune, fromScratch] = outcomes;
   const claims = [
     tune.accuracy > fromScratch.accuracy
@@ -115,12 +113,12 @@ export async function runDemo(flags: DemoFlags): Promise<void> {
   if (flags.json) {
     console.log(JSON.stringify({ budget: train.length, epochs, target, outcomes: outcomes.map(({ history: _h, ...o }) => o), claims, out: flags.out, report: flags.report }));
   } else {
-    console.log(`\n${line(header)}\n${widths.map((w) => '-'.repeat(w)).join('  ')}\n${rows.map(line).join('\n')}\n`);
+    console.log(`\n${table}\n`);
     for (const claim of claims) console.log(`- ${claim}`);
   }
   await writeReport(flags.report, {
     title: 'torchlite demo: fine-tuning a pretrained CNN on Fashion-MNIST classes 5-9',
-    summary: [`${train.length} labelled training images, ${test.length} test images, ${epochs} epochs each`, ...rows.map(line), '', ...claims, '', `saved ${flags.out}`],
+    summary: [`${train.length} labelled training images, ${test.length} test images, ${epochs} epochs each`, ...table.split('\n'), '', ...claims, '', `saved ${flags.out}`],
     history: tune.history,
     steps: allSteps[tune.name],
     confusion: { matrix: final.confusionMatrix ?? [], classes: names },

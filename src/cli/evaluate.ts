@@ -1,10 +1,12 @@
-import { data, loadPretrained, loss } from '..';
-import { type InputFlags, inputSpec, loadDataset, matchClasses, parseClasses } from './data';
+import { type BatchInput, data, type Dataset, loadPretrained, loss } from '..';
+import { type InputFlags, inputSpec, isTextData, loadDataset, loadTextDataset, matchClasses, parseClasses, type TextFlags, textTokenizer } from './data';
 import { intFlag } from './flags';
 
-export async function runEval(modelPath: string, flags: InputFlags & { data: string; classes?: string; batchSize: string; json?: boolean }): Promise<void> {
+export async function runEval(modelPath: string, flags: InputFlags & TextFlags & { data: string; classes?: string; batchSize: string; json?: boolean }): Promise<void> {
   await using model = await loadPretrained(modelPath);
-  const loaded = await loadDataset(flags.data, 't10k', inputSpec(model, flags, modelPath), { classes: parseClasses(flags.classes) });
+  const loaded: Dataset<BatchInput> = isTextData(flags.data, flags)
+    ? await loadTextDataset(flags.data, model, await textTokenizer(model, flags, modelPath), flags)
+    : await loadDataset(flags.data, 't10k', inputSpec(model, flags, modelPath), { classes: parseClasses(flags.classes) });
   const { ds, names } = matchClasses(model, loaded);
   const metrics = await model.evaluate(data.loader(ds, { batchSize: intFlag(flags.batchSize, '--batch-size') }), { loss: loss.crossEntropy(), metrics: ['accuracy', { topK: 2 }, 'f1', 'confusionMatrix'] });
   // Rows and columns of the classes the data holds, and the predictions that fell outside them.

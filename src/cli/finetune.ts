@@ -1,11 +1,11 @@
-import { checkpoint, data, fineTune, loadPretrained, type Loss, loss as losses, manualSeed, progressBar } from '..';
-import { type InputFlags, inputSpec, loadDataset, parseClasses } from './data';
+import { type BatchInput, checkpoint, data, type Dataset, fineTune, loadPretrained, type Loss, loss as losses, manualSeed, progressBar } from '..';
+import { type InputFlags, inputSpec, isTextData, loadDataset, loadTextDataset, parseClasses, type TextFlags, textTokenizer } from './data';
 import { choiceFlag, intFlag, numberFlag } from './flags';
 
 const { loader, split, subset } = data;
 import { stepRecorder, writeReport } from './report';
 
-export interface FinetuneFlags extends InputFlags {
+export interface FinetuneFlags extends InputFlags, TextFlags {
   model: string;
   data: string;
   val?: string;
@@ -38,12 +38,16 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   const seed = intFlag(flags.seed, '--seed', 0);
   manualSeed(seed);
   await using model = await loadPretrained(flags.model, { device: flags.device as 'cpu' });
-  const input = inputSpec(model, flags, flags.model);
-  let train = await loadDataset(flags.data, 'train', input, { classes, augment: input.shape[1] > 32 });
+  // Labelled texts for a text model, else images shaped by the model's input spec.
+  const tokenizer = isTextData(flags.data, flags) ? await textTokenizer(model, flags, flags.model) : undefined;
+  const input = tokenizer ? undefined : inputSpec(model, flags, flags.model);
+  const load = (spec: string, part: 'train' | 't10k', augment = false, names?: string[]): Promise<Dataset<BatchInput>> =>
+    tokenizer ? loadTextDataset(spec, model, tokenizer, flags, names) : loadDataset(spec, part, input!, { classes, augment });
+  let train = await load(flags.data, 'train', input !== undefined && input.shape[1] > 32);
   if (flags.perClass !== undefined) train = subset(train, { perClass: intFlag(flags.perClass, '--per-class'), seed });
-  let val = flags.val ? await loadDataset(flags.val, 't10k', input, { classes }) : undefined;
+  let val = flags.val ? await load(flags.val, 't10k', false, train.classes) : undefined;
   if (!val) {
-    if (flags.data === 'fashion-mnist') val = await loadDataset(flags.data, 't10k', input, { classes });
+    if (flags.data === 'fashion-mnist') val = await load(flags.data, 't10k');
     else ({ train, val } = split(train, { val: 0.1, seed }));
   }
   const names = train.classes ?? Array.from({ length: Math.max(...Array.from({ length: train.length }, (_, i) => train.target(i))) + 1 }, (_, i) => String(i));
@@ -78,7 +82,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   const final = await model.evaluate(valLoader, { loss, metrics: ['accuracy', 'f1', 'confusionMatrix'] });
   // fit has recorded the classes and the input spec; the model is in eval mode.
   await model.save(flags.out, {
-    metadata: { ...(model.metadata as object), classes: names, input, recipe: { command: 'torchlite finetune', data: flags.data, epochs: history.epochs, freezeEpochs: history.freezeEpochs, lr: history.lr, lrFinder: history.lrFinder, batchSize, seed, valAccuracy: final.accuracy } },
+    metadata: { ...(model.metadata as object), classes: names, ...(input && { input }), recipe: { command: 'torchlite finetune', data: flags.data, epochs: history.epochs, freezeEpochs: history.freezeEpochs, lr: history.lr, lrFinder: history.lrFinder, batchSize, seed, valAccuracy: final.accuracy } },
   });
   if (flags.report)
     await writeReport(flags.report, {

@@ -7,7 +7,13 @@ import { join } from 'node:path';
 import { TorchError } from '..';
 
 export const FORTUNES_DIR = '/usr/share/games/fortunes';
-export const SOURCE_TOPICS = ['computers', 'politics', 'science', 'work', 'men-women', 'art', 'literature', 'people', 'songs-poems', 'definitions'];
+// Every English topic file of the `fortunes` package but the targets and the ones that are
+// not prose (ascii-art, translate-me) or hardly there (pratchett: one fortune).
+export const SOURCE_TOPICS = [
+  'art', 'computers', 'cookie', 'debian', 'definitions', 'disclaimer', 'drugs', 'ethnic', 'fortunes', 'goedel', 'humorists', 'kids', 'knghtbrd',
+  'linux', 'linuxcookie', 'literature', 'magic', 'medicine', 'men-women', 'miscellaneous', 'news', 'paradoxum', 'people', 'perl', 'pets',
+  'platitudes', 'politics', 'riddles', 'science', 'songs-poems', 'startrek', 'tao', 'wisdom', 'work', 'zippy',
+];
 export const TARGET_TOPICS = ['food', 'sports', 'law', 'education', 'love'];
 
 export interface LabelledText {

@@ -3,6 +3,8 @@ import { Command, CommanderError } from 'commander';
 
 import { TorchError, torchVersion } from '..';
 import { runDemo } from './demo';
+import { runTextDemo } from './demo-text';
+import { choiceFlag } from './flags';
 import { runEval } from './evaluate';
 import { runFinetune } from './finetune';
 import { runInspect } from './inspect';
@@ -19,6 +21,9 @@ const program = new Command()
 
 const SIZE = ['--size <px>', 'input side in pixels, for a model whose metadata has no input spec (or to override it)'] as const;
 const CHANNELS = ['--channels <1|3>', 'input channels, with --size (default 3; ImageNet mean/std, 0.5 for grey)'] as const;
+const TEXT = ['--text', 'the data is labelled text (implied by a .jsonl, .json, .ndjson or .csv file)'] as const;
+const TOKENIZER = ['--tokenizer <file>', "a tokenizer.json, for a text model whose metadata has none (implies --text)"] as const;
+const SKIP_BAD_ROWS = ['--skip-bad-rows', 'skip unreadable or unlabelled rows of a text file with a warning, instead of failing'] as const;
 
 program
   .command('inspect')
@@ -32,8 +37,8 @@ program
   .command('finetune')
   .description('replace the head, train it with the body frozen, then unfreeze and train everything')
   .requiredOption('--model <file>', 'pretrained TorchScript model')
-  .requiredOption('--data <dir|fashion-mnist>', 'a folder with one subfolder per class, or fashion-mnist')
-  .option('--val <dir>', 'validation folder (default: 10% of --data, or the fashion-mnist test set)')
+  .requiredOption('--data <dir|fashion-mnist|file>', 'a folder with one subfolder per class, fashion-mnist, or labelled texts (JSONL or CSV with text and label fields)')
+  .option('--val <dir|file>', 'validation folder or text file (default: 10% of --data, or the fashion-mnist test set)')
   .option('--classes <list>', 'with fashion-mnist: class indices to keep, e.g. 5,6,7,8,9')
   .option('--per-class <n>', 'labelled images per class (a small budget)')
   .option('--epochs <n>', 'epochs after unfreezing (default: 3, more when --freeze-epochs and --epochs are both unset and the data is small: at least 128 steps in all)')
@@ -44,6 +49,9 @@ program
   .option('--device <device>', 'cpu, cuda or cuda:N', 'cpu')
   .option(...SIZE)
   .option(...CHANNELS)
+  .option(...TEXT)
+  .option(...TOKENIZER)
+  .option(...SKIP_BAD_ROWS)
   .option('--seed <n>', 'seeds the head, dropout, sampling, shuffling and augmentation', '0')
   .option('--cache-features <auto|on|off>', 'train the head-only epochs on cached backbone features where that is exact', 'auto')
   .option('--checkpoint-dir <dir>', 'write a checkpoint after every epoch (epoch-N.ckpt, best.ckpt)')
@@ -51,47 +59,53 @@ program
   .option('--out <file>', 'where to save the fine-tuned model', 'finetuned.pt')
   .option('--report <file>', 'write an HTML report with curves and the confusion matrix')
   .option('--json', 'print machine-readable results')
-  .addHelpText('after', '\nExamples:\n  torchlite finetune --model models/fashion-cnn.pt --data fashion-mnist --classes 5,6,7,8,9 --per-class 100 --out ft.pt\n  torchlite finetune --model resnet18.pt --data ./photos --epochs 5 --report report.html')
+  .addHelpText('after', '\nExamples:\n  torchlite finetune --model models/fashion-cnn.pt --data fashion-mnist --classes 5,6,7,8,9 --per-class 100 --out ft.pt\n  torchlite finetune --model resnet18.pt --data ./photos --epochs 5 --report report.html\n  torchlite finetune --model models/fortunes-encoder.pt --data reviews.jsonl --out reviews.pt')
   .action(runFinetune);
 
 program
   .command('eval')
   .description('print loss, accuracy, macro F1 and the confusion matrix on a dataset')
   .argument('<model>', 'a TorchScript .pt file')
-  .requiredOption('--data <dir|fashion-mnist>', 'a folder with one subfolder per class, or fashion-mnist (test split)')
+  .requiredOption('--data <dir|fashion-mnist|file>', 'a folder with one subfolder per class, fashion-mnist (test split), or labelled texts (JSONL or CSV)')
   .option('--classes <list>', 'with fashion-mnist: class indices to keep')
   .option('--batch-size <n>', 'samples per batch', '256')
   .option(...SIZE)
   .option(...CHANNELS)
+  .option(...TEXT)
+  .option(...TOKENIZER)
+  .option(...SKIP_BAD_ROWS)
   .option('--json', 'print machine-readable results')
   .addHelpText('after', '\nExample:\n  torchlite eval ft.pt --data fashion-mnist --classes 5,6,7,8,9')
   .action(runEval);
 
 program
   .command('predict')
-  .description('print the top labels of images, with class names from the model metadata')
+  .description('print the top labels of images or texts, with class names from the model metadata')
   .argument('<model>', 'a TorchScript .pt file')
-  .argument('<images...>', 'image files')
-  .option('--top <k>', 'labels per image', '3')
+  .argument('[inputs...]', 'image files; for a text model, texts (none or - reads one a line from stdin)')
+  .option('--top <k>', 'labels per input', '3')
   .option(...SIZE)
   .option(...CHANNELS)
+  .option('--text', 'the inputs are texts (implied by a model with a tokenizer in its metadata)')
+  .option(...TOKENIZER)
   .option('--json', 'print machine-readable results')
-  .addHelpText('after', '\nExample:\n  torchlite predict ft.pt shoe.png bag.jpg')
+  .addHelpText('after', '\nExamples:\n  torchlite predict ft.pt shoe.png bag.jpg\n  torchlite predict reviews.pt "the soup was cold"\n  cut -f2 tickets.tsv | torchlite predict tickets.pt --json')
   .action(runPredict);
 
 program
   .command('demo')
-  .description('fine-tune the shipped model on Fashion-MNIST classes 5-9 and compare with head-only and from-scratch training')
-  .option('--budget <n>', 'labelled training images', '100')
-  .option('--epochs <n>', 'epochs per approach', '12')
+  .description('images (default): fine-tune the shipped CNN on Fashion-MNIST classes 5-9; text: fine-tune the shipped text encoder on fortune topics it has not seen; each compared with head-only and from-scratch training')
+  .argument('[kind]', 'images or text', 'images')
+  .option('--budget <n>', 'labelled training samples (default: 100 images, 16 texts a topic)')
+  .option('--epochs <n>', 'epochs per approach (default: 12 for images, 10 for text)')
   .option('--target <accuracy>', 'test accuracy for the steps-to-target column', '0.8')
-  .option('--data-dir <dir>', 'folder with the Fashion-MNIST IDX files (default: the Debian package)')
+  .option('--data-dir <dir>', 'folder with the Fashion-MNIST IDX files or the fortune files (default: the Debian packages)')
   .option('--out <file>', 'where to save the fine-tuned model', 'demo-finetuned.pt')
   .option('--report <file>', 'HTML report', 'demo-report.html')
-  .option('--quick', 'a small, fast run (200 images, 5 epochs, 500 test images)')
+  .option('--quick', 'a small, fast run (200 images, 5 epochs, 500 test images; text: 3 epochs, 100 test texts a topic)')
   .option('--json', 'print machine-readable results')
-  .addHelpText('after', '\nExample:\n  torchlite demo --budget 250 --epochs 8')
-  .action(runDemo);
+  .addHelpText('after', '\nExamples:\n  torchlite demo --budget 250 --epochs 8\n  torchlite demo text')
+  .action((kind: string, flags) => (choiceFlag(kind, 'kind', ['images', 'text'] as const) === 'text' ? runTextDemo(flags) : runDemo(flags)));
 
 program
   .command('run')

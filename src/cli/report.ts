@@ -59,3 +59,10 @@ ${input.confusion ? `<h2>Confusion matrix (test set)</h2>${confusionTable(input.
 </body></html>\n`;
   await writeFile(path, html);
 }
+
+/** A plain-text table: the first column left-aligned, the others right-aligned. */
+export function textTable(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) => cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...rows.map(line)].join('\n');
+}

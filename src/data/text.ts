@@ -139,7 +139,7 @@ export async function textDataset(file: string, options: TextDatasetOptions): Pr
   }
   const skipped: number[] = [];
   const bad = (line: number, why: string) => {
-    if (!o.skipBadRows) throw new TorchError('TORCHLITE_BAD_DATA', `${file}:${line}: the row ${why}; fix it, or pass skipBadRows: true to skip bad rows`);
+    if (!o.skipBadRows) throw new TorchError('TORCHLITE_BAD_DATA', `${file}:${line}: the row ${why}; fix it, or skip bad rows (skipBadRows: true, or --skip-bad-rows)`);
     skipped.push(line);
   };
   const rows = (format === 'csv' ? csvRows : jsonlRows)(content, file, bad);
