@@ -202,7 +202,7 @@ describe('data.textDataset', () => {
   it('refuses bad rows with their line: invalid JSON, no text, a label outside the classes', async () => {
     const tok = await text.tokenizer(fixture('tokenizer.json'));
     const file = write('bad.jsonl', '{"text": "ok", "label": "a"}\n{"text": "ok", "label": "a"\n{"label": "b"}\n{"text": "x", "label": "c"}\n');
-    await expect(data.textDataset(file, { tokenizer: tok })).rejects.toMatchObject({ code: 'TORCHLITE_BAD_DATA', message: expect.stringMatching(new RegExp(`^${file}:2: the row is not valid JSON \\(.*\\); fix it, or skip bad rows (skipBadRows: true, or --skip-bad-rows)$`)) });
+    await expect(data.textDataset(file, { tokenizer: tok })).rejects.toMatchObject({ code: 'TORCHLITE_BAD_DATA', message: expect.stringMatching(new RegExp(`^${file}:2: the row is not valid JSON \\(.*\\); fix it, or skip bad rows \\(skipBadRows: true, or --skip-bad-rows\\)$`)) });
     const { result, warnings } = await warningsDuring(() => data.textDataset(file, { tokenizer: tok, skipBadRows: true, classes: ['a', 'b'] }));
     expect(warnings).toEqual([`${file}: skipped 3 bad rows (lines 2, 3, 4)`]);
     expect(result.length).toBe(1);

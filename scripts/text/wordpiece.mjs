@@ -6,7 +6,7 @@ import { join } from 'node:path';
 
 /**
  * Trains on `texts` and writes `dir/tokenizer.json`, the vocabulary cut to the `size` most
- * frequent pieces with [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3. Returns the file's path.
+ * frequent pieces with [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4. Returns the file's path.
  */
 export function trainWordPiece(texts, size, dir) {
   const tk = createRequire(import.meta.url)('tokenizers');
@@ -22,12 +22,12 @@ export function trainWordPiece(texts, size, dir) {
   // The trainer numbers the alphabet first, then each merge in the order it made them (the
   // most frequent first), so the first ids form a vocabulary every word still splits into.
   const trained = Object.entries(full.getVocab()).sort((a, b) => a[1] - b[1]);
-  const vocab = { '[PAD]': 0, '[UNK]': 1, '[CLS]': 2, '[SEP]': 3 };
+  const vocab = { '[PAD]': 0, '[UNK]': 1, '[CLS]': 2, '[SEP]': 3, '[MASK]': 4 };
   for (const [piece] of trained) if (Object.keys(vocab).length < size && !(piece in vocab)) vocab[piece] = Object.keys(vocab).length;
   const cut = bert(new tk.Tokenizer(tk.WordPiece.init(vocab, { unkToken: '[UNK]' })));
   cut.setDecoder(tk.wordPieceDecoder());
   cut.setPostProcessor(tk.bertProcessing(['[SEP]', 3], ['[CLS]', 2]));
-  cut.addSpecialTokens(['[PAD]', '[UNK]', '[CLS]', '[SEP]']);
+  cut.addSpecialTokens(['[PAD]', '[UNK]', '[CLS]', '[SEP]', '[MASK]']);
   const path = join(dir, 'tokenizer.json');
   cut.save(path);
   return path;
