@@ -206,6 +206,10 @@ describe('torchlite with text', () => {
     expect(metrics.accuracy).toBeGreaterThan(0.5); // the training texts themselves; chance is 1/3
   });
 
+  it('inspect sums up the tokenizer a text model carries', () => {
+    expect(cli('inspect', TEXT_MODEL).stdout).toContain('"tokenizer": "<tokenizer.json: WordPiece, 4,000 pieces; --json prints it whole>"');
+  });
+
   it('asks for a tokenizer when the model has none, and names a bad row', () => {
     const bare = cli('finetune', '--model', fixture('encoder.scripted.pt'), '--data', 'topics.jsonl');
     expect(bare.status).toBe(1);
