@@ -188,7 +188,7 @@ describe('data.textDataset', () => {
 
   it('reads CSV with quoted fields over several lines, and names the line of a bad row', async () => {
     const tok = await text.tokenizer(fixture('tokenizer.json'));
-    const csv = write('t.csv', 'label,text\npos,"a ""fine"" day,\nreally"\nneg,grim\nneg\n');
+    const csv = write('t.csv', '\uFEFFlabel,text\r\npos,"a ""fine"" day,\nreally"\r\nneg,grim\nneg\n');
     await expect(data.textDataset(csv, { tokenizer: tok })).rejects.toMatchObject({
       code: 'TORCHLITE_BAD_DATA',
       message: `${csv}:5: the row has 1 fields where the header has 2; fix it, or skip bad rows (skipBadRows: true, or --skip-bad-rows)`,

@@ -142,7 +142,8 @@ export async function textDataset(file: string, options: TextDatasetOptions): Pr
     if (!o.skipBadRows) throw new TorchError('TORCHLITE_BAD_DATA', `${file}:${line}: the row ${why}; fix it, or skip bad rows (skipBadRows: true, or --skip-bad-rows)`);
     skipped.push(line);
   };
-  const rows = (format === 'csv' ? csvRows : jsonlRows)(content, file, bad);
+  // Spreadsheet exports start CSV files with a byte-order mark, which would otherwise join the first column's name.
+  const rows = (format === 'csv' ? csvRows : jsonlRows)(content.replace(/^\uFEFF/, ''), file, bad);
   const labelled = rows.flatMap(({ line, fields }) => {
     const text = fields[textField];
     const label = fields[labelField];
