@@ -62,5 +62,5 @@ const ours = {
 const rows = Object.keys(ours).map((name) => ({ case: name, torchlite: ours[name].toFixed(0), pytorch: py[name].toFixed(0), ratio: (ours[name] / py[name]).toFixed(2) }));
 console.table(rows);
 const file = join(here, 'results', `fit-${new Date().toISOString().slice(0, 16).replace(':', '')}.json`);
-writeFileSync(file, `${JSON.stringify({ machine: `${cpus()[0]?.model} x${availableParallelism()}`, threads, torch: torchlite.torchVersion, ours, python: py, rows }, null, 2)}\n`);
+writeFileSync(file, `${JSON.stringify({ machine: `${cpus()[0]?.model} x${availableParallelism()}`, threads, torch: torchlite.torchVersion, graphExecutor: process.env.TORCHLITE_GRAPH_EXECUTOR ?? 'legacy', ours, python: py, rows }, null, 2)}\n`);
 console.log(`wrote ${file}`);
