@@ -57,6 +57,20 @@ c10::IValue toIValue(Napi::Env env, const Napi::Value& value, const c10::TypePtr
   return TensorWrap::From(env, value);
 }
 
+std::vector<c10::IValue> toArguments(Napi::Env env, const Napi::Array& args, const c10::FunctionSchema& schema) {
+  const std::vector<c10::Argument>& arguments = schema.arguments();
+  std::vector<c10::IValue> values;
+  for (uint32_t i = 0; i < args.Length(); ++i) values.push_back(toIValue(env, args.Get(i), i + 1 < arguments.size() ? arguments[i + 1].type() : nullptr));
+  return values;
+}
+
+std::string methodNames(const c10::ClassType& type) {
+  std::string names;
+  for (const torch::jit::Function* method : type.methods())
+    if (method->name() != "__init__") names += (names.empty() ? "'" : ", '") + method->name() + "'";
+  return names.empty() ? "none" : names;
+}
+
 Napi::Value fromIValue(Napi::Env env, const c10::IValue& value, const ModelPtr& owner) {
   if (value.isTensor()) return TensorWrap::Wrap(env, value.toTensor());
   if (value.isNone()) return env.Null();

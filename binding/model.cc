@@ -226,9 +226,7 @@ Napi::Value ModelWrap::FromLayer(const Napi::CallbackInfo& info) {
 // A method of the model by name; a model may export others beside forward, or no forward.
 torch::jit::Method methodOf(const ModelState& state, const std::string& name) {
   if (auto method = state.module.find_method(name)) return *method;
-  std::string names;
-  for (const torch::jit::Method& method : state.module.get_methods()) names += (names.empty() ? "'" : ", '") + method.name() + "'";
-  throw CodedError("TORCHLITE_NO_SUCH_METHOD", "the model has no method '" + name + "'; it exports " + (names.empty() ? "none" : names) +
+  throw CodedError("TORCHLITE_NO_SUCH_METHOD", "the model has no method '" + name + "'; it exports " + methodNames(*state.module.type()) +
                                                    (name == "forward" ? ": call one with model.call(name, ...inputs)" : ""));
 }
 
@@ -242,14 +240,9 @@ std::string argumentList(const c10::FunctionSchema& schema) {
 
 std::vector<c10::IValue> ModelWrap::Inputs(Napi::Env env, const ModelState& state, const Napi::Value& value, const std::string& method) {
   const c10::FunctionSchema& schema = methodOf(state, method).function().getSchema();
+  if (value.IsArray()) return toArguments(env, value.As<Napi::Array>(), schema);
   const std::vector<c10::Argument>& arguments = schema.arguments();  // argument 0 is `self`
   std::vector<c10::IValue> inputs;
-  if (value.IsArray()) {
-    Napi::Array args = value.As<Napi::Array>();
-    for (uint32_t i = 0; i < args.Length(); ++i)
-      inputs.push_back(toIValue(env, args.Get(i), i + 1 < arguments.size() ? arguments[i + 1].type() : nullptr));
-    return inputs;
-  }
   // Inputs named by the method's argument names (`{ ids, mask }`): put in the schema's order
   // here, on the JS thread, so that a wrong name fails at the call that made it.
   Napi::Object named = value.As<Napi::Object>();

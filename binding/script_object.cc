@@ -69,16 +69,10 @@ Napi::Value ScriptObjectWrap::Call(const Napi::CallbackInfo& info) {
     c10::intrusive_ptr<c10::ivalue::Object> object = live();
     std::string name = info[0].As<Napi::String>().Utf8Value();
     torch::jit::Function* method = object->type()->findMethod(name);
-    if (method == nullptr) {
-      std::string names;
-      for (const torch::jit::Function* m : object->type()->methods())
-        if (m->name() != "__init__") names += (names.empty() ? "'" : ", '") + m->name() + "'";
-      throw CodedError("TORCHLITE_NO_SUCH_METHOD", "the " + object->type()->name()->name() + " object has no method '" + name + "'; it has " + (names.empty() ? "none" : names));
-    }
-    const std::vector<c10::Argument>& arguments = method->getSchema().arguments();  // argument 0 is `self`
-    Napi::Array args = info[1].As<Napi::Array>();
-    std::vector<c10::IValue> inputs{c10::IValue(object)};
-    for (uint32_t i = 0; i < args.Length(); ++i) inputs.push_back(toIValue(env, args.Get(i), i + 1 < arguments.size() ? arguments[i + 1].type() : nullptr));
+    if (method == nullptr)
+      throw CodedError("TORCHLITE_NO_SUCH_METHOD", "the " + object->type()->name()->name() + " object has no method '" + name + "'; it has " + methodNames(*object->type()));
+    std::vector<c10::IValue> inputs = toArguments(env, info[1].As<Napi::Array>(), method->getSchema());
+    inputs.insert(inputs.begin(), c10::IValue(object));
     ModelPtr owner = owner_;
     return Job<c10::IValue>::Start(
         env, {owner->device, Priority::Inference},
