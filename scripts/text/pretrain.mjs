@@ -7,7 +7,7 @@
 // `tokenizers` (Hugging Face's native binding, to train the WordPiece tokenizer); the
 // training itself runs in torchlite.
 //
-//   node scripts/text/pretrain.mjs [--mlm-epochs 10] [--epochs 3] [--out models/fortunes-encoder.pt]
+//   node scripts/text/pretrain.mjs [--mlm-epochs 10] [--mlm-lr 1e-3] [--epochs 3] [--out models/fortunes-encoder.pt]
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -24,6 +24,7 @@ const args = process.argv.slice(2);
 const flag = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
 const out = flag('--out', join(here, '..', '..', 'models', 'fortunes-encoder.pt'));
 const mlmEpochs = Number(flag('--mlm-epochs', '10'));
+const mlmLr = Number(flag('--mlm-lr', '1e-3'));
 const epochs = Number(flag('--epochs', '3'));
 const [VOCAB, MAX_LENGTH, BATCH, MASK_ID] = [4000, 64, 32, 4];
 const SIZES = ['--dim', '64', '--heads', '4', '--layers', '2', '--hidden', '128', '--max-length', String(MAX_LENGTH)];
@@ -91,8 +92,8 @@ const mlm = await loadPretrained(initial('mlm', ['--mlm']));
 mlm.train();
 const texts = rows.map((r) => tok.ids(r.text)).filter((ids) => ids.length > 2);
 const stepsPerEpoch = Math.ceil(texts.length / BATCH);
-const mlmOptimizer = optim.adamw(mlm, { lr: 1e-3, weightDecay: 0.01 });
-const mlmSchedule = sched.oneCycle(mlmOptimizer, { maxLr: 1e-3, totalSteps: mlmEpochs * stepsPerEpoch, pctStart: 0.1 });
+const mlmOptimizer = optim.adamw(mlm, { lr: mlmLr, weightDecay: 0.01 });
+const mlmSchedule = sched.oneCycle(mlmOptimizer, { maxLr: mlmLr, totalSteps: mlmEpochs * stepsPerEpoch, pctStart: 0.1 });
 const ce = loss.crossEntropy();
 const rand = random(0);
 for (let epoch = 0; epoch < mlmEpochs; epoch++) {
@@ -126,7 +127,7 @@ const accuracy = history.at(-1).val.accuracy;
 await model.save(out, {
   metadata: {
     ...model.metadata,
-    recipe: { script: 'scripts/text/pretrain.mjs', task: 'a masked language model, then English fortunes by topic', texts: train.length, mlmEpochs, epochs, valAccuracy: accuracy, seconds: (Date.now() - started) / 1000 },
+    recipe: { script: 'scripts/text/pretrain.mjs', task: 'a masked language model, then English fortunes by topic', texts: train.length, mlmEpochs, mlmLr, epochs, valAccuracy: accuracy, seconds: (Date.now() - started) / 1000 },
   },
 });
 rmSync(work, { recursive: true, force: true });
