@@ -724,7 +724,8 @@ export class Model implements Disposable, AsyncDisposable {
   /**
    * Draws every parameter afresh as PyTorch's constructors would from the shapes alone
    * (kaiming-uniform weights with their biases, normalisation weights 1 and biases 0) and
-   * resets the buffers (running variances 1, the rest 0): the same network, untrained, for
+   * resets normalisation statistics (running variances 1, means and counts 0; other buffers,
+   * such as a text model's position ids, are kept): the same network, untrained, for
    * a from-scratch baseline. Draws from the generator seeded by `manualSeed`. Refused
    * while operations are pending.
    */
@@ -742,8 +743,11 @@ export class Model implements Disposable, AsyncDisposable {
         if (init.bias) fresh[`${prefix}bias`] = new Tensor(init.bias);
       }
       for (const p of params) if (!(p.name in fresh)) fresh[p.name] = (p.name.endsWith('weight') ? ones : zeros)(p.shape, { dtype: p.dtype });
-      for (const b of this.#snapshot.buffers) fresh[b.name] = (b.name.endsWith('running_var') ? ones : zeros)(b.shape, { dtype: b.dtype });
-      this.loadStateDict(fresh);
+      // Only normalisation statistics are state to forget; other buffers are constants of the
+      // architecture (a text model's position ids, an attention mask) that zeros would break.
+      for (const b of this.#snapshot.buffers)
+        if (/(^|\.)(running_mean|running_var|num_batches_tracked)$/.test(b.name)) fresh[b.name] = (b.name.endsWith('running_var') ? ones : zeros)(b.shape, { dtype: b.dtype });
+      this.loadStateDict(fresh, { strict: false });
     } finally {
       for (const t of Object.values(fresh)) t.dispose();
     }

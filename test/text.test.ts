@@ -114,6 +114,16 @@ describe('several inputs', () => {
     expect(() => tensorList([a, 3 as never])).toThrow(new TypeError('Expected an array of Tensors for `tensors` but received an array of length 2'));
   });
 
+  it('resetParameters redraws the weights but keeps the position ids, a buffer that is no statistic', async () => {
+    await using model = await loadPretrained(fixture('encoder.scripted.pt'));
+    const before = await values(model.stateDict()['tokens.weight']);
+    model.resetParameters();
+    const after = model.stateDict();
+    expect(Array.from(after.position_ids.toTypedArray() as BigInt64Array, Number)).toEqual(Array.from({ length: 32 }, (_, i) => i));
+    expect(await values(after['tokens.weight'])).not.toEqual(before);
+    expect(await values(after['embedding_norm.weight'])).toEqual(Array(16).fill(1));
+  });
+
   it("a traced encoder keeps forward's argument names, and its dropout switches with train() and eval()", async () => {
     await using traced = await loadPretrained(fixture('encoder.traced.pt'));
     await using scripted = await loadPretrained(fixture('encoder.scripted.pt'));
