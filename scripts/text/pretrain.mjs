@@ -7,7 +7,7 @@
 // `tokenizers` (Hugging Face's native binding, to train the WordPiece tokenizer); the
 // training itself runs in torchlite.
 //
-//   node scripts/text/pretrain.mjs [--mlm-epochs 10] [--mlm-lr 1e-3] [--epochs 3] [--out models/fortunes-encoder.pt]
+//   node scripts/text/pretrain.mjs [--mlm-epochs 16] [--mlm-lr 5e-3] [--epochs 3] [--out models/fortunes-encoder.pt]
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,8 +23,8 @@ const here = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
 const flag = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
 const out = flag('--out', join(here, '..', '..', 'models', 'fortunes-encoder.pt'));
-const mlmEpochs = Number(flag('--mlm-epochs', '10'));
-const mlmLr = Number(flag('--mlm-lr', '1e-3'));
+const mlmEpochs = Number(flag('--mlm-epochs', '16'));
+const mlmLr = Number(flag('--mlm-lr', '5e-3'));
 const epochs = Number(flag('--epochs', '3'));
 const [VOCAB, MAX_LENGTH, BATCH, MASK_ID] = [4000, 64, 32, 4];
 const SIZES = ['--dim', '64', '--heads', '4', '--layers', '2', '--hidden', '128', '--max-length', String(MAX_LENGTH)];
