@@ -45,6 +45,7 @@ export function tensorList(tensors: readonly Tensor[]): TensorList {
  * - a {@link TensorList}: one `List[Tensor]` argument.
  */
 export type BatchInput = Tensor | TensorList | readonly ModelInput[] | { readonly [name: string]: ModelInput };
+
 /** What a model's forward returns: tuples and lists become arrays, dicts become objects, TorchScript class instances ScriptObjects. */
 export type ModelOutput = Tensor | ScriptObject | number | boolean | string | null | ModelOutput[] | { [key: string]: ModelOutput };
 
