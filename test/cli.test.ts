@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { data, loadPretrained } from '../src';
+import { data, loadPretrained, text } from '../src';
 import { fixture, hasTorch, python, root } from './helpers';
 
 const cli = (...args: string[]) => spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), ...args], { encoding: 'utf8', cwd: work });
@@ -204,6 +204,19 @@ describe('torchlite with text', () => {
     const metrics = JSON.parse(scored.stdout) as { accuracy: number; classes: string[] };
     expect(metrics.classes).toEqual(['food', 'law', 'sports']);
     expect(metrics.accuracy).toBeGreaterThan(0.5); // the training texts themselves; chance is 1/3
+  });
+
+  it.skipIf(!existsSync('/usr/share/games/fortunes/food'))('demo text compares head-only, fine-tuning and scratch on fortune topics and saves a text model', async () => {
+    const run = cli('demo', 'text', '--quick', '--json', '--out', 'demo-text.pt');
+    expect(run.stderr).toBe('');
+    const result = JSON.parse(run.stdout) as { perTopic: number; train: number; test: number; outcomes: { name: string; accuracy: number }[]; claims: string[] };
+    expect([result.perTopic, result.train, result.test]).toEqual([16, 80, 100]);
+    expect(result.outcomes.map((o) => o.name)).toEqual(['head only', 'fine-tune', 'from scratch']);
+    for (const o of result.outcomes) expect(o.accuracy).toBeGreaterThanOrEqual(0);
+    expect(result.claims).toHaveLength(2);
+    await using saved = await loadPretrained(join(work, 'demo-text.pt'));
+    expect((saved.metadata as { classes: string[] }).classes).toEqual(['food', 'sports', 'law', 'education', 'love']);
+    expect(text.tokenizerOf(saved)?.maxLength).toBe(64);
   });
 
   it('inspect sums up the tokenizer a text model carries', () => {
