@@ -57,11 +57,14 @@ export type ModelOutput = Tensor | ScriptObject | number | boolean | string | nu
  */
 export class ScriptObject {
   readonly #native: NativeScriptObject;
+  /** The model whose method made it: its calls queue behind that model's operations. */
+  readonly #owner: Model;
   #live = true;
 
   /** @internal */
-  constructor(handle: NativeScriptObject) {
+  constructor(handle: NativeScriptObject, owner: Model) {
     this.#native = handle;
+    this.#owner = owner;
   }
 
   /** @internal */
@@ -80,12 +83,17 @@ export class ScriptObject {
     return callNative(() => ScriptObject.handle(this).methods());
   }
 
-  /** Calls one of the object's methods; an unknown name is `TORCHLITE_NO_SUCH_METHOD`, listing them. */
+  /**
+   * Calls one of the object's methods, queued as `model.call` is on the model that made the
+   * object (so after operations called on it before); an unknown name is
+   * `TORCHLITE_NO_SUCH_METHOD`, listing them.
+   */
   call<T extends ModelOutput = ModelOutput>(method: string, ...inputs: ModelInput[]): Promise<T> {
     return callNativeAsync(async () => {
       checkString(method, 'method');
       const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
-      return wrapOutput(await ScriptObject.handle(this).call(method, args)) as T;
+      const handle = ScriptObject.handle(this);
+      return wrapOutput(await Model.enqueue(this.#owner, () => handle.call(method, args), true), this.#owner) as T;
     });
   }
 
@@ -274,12 +282,12 @@ export interface LoadOptions {
 }
 
 /** Maps output tensors to public Tensors, keeping arrays and objects. */
-function wrapOutput(value: unknown): ModelOutput {
-  if (Array.isArray(value)) return value.map(wrapOutput);
+function wrapOutput(value: unknown, owner: Model): ModelOutput {
+  if (Array.isArray(value)) return value.map((item) => wrapOutput(item, owner));
   if (value !== null && typeof value === 'object') {
     if (value instanceof native.Tensor) return new Tensor(value as NativeTensor);
-    if (value instanceof native.ScriptObject) return new ScriptObject(value);
-    return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, wrapOutput(item)]));
+    if (value instanceof native.ScriptObject) return new ScriptObject(value, owner);
+    return Object.fromEntries(Object.entries(value).map(([key, item]) => [key, wrapOutput(item, owner)]));
   }
   return value as ModelOutput;
 }
@@ -383,9 +391,9 @@ export class Model implements Disposable, AsyncDisposable {
     return Model.handle(this);
   }
 
-  /** @internal Queues work that touches this model (an optimizer flush) behind its other operations. */
-  static enqueue<T>(model: Model, op: (handle: NativeModel) => Promise<T>): Promise<T> {
-    return model.#enqueue(op);
+  /** @internal Queues work that touches this model (an optimizer flush, a ScriptObject's method) behind its other operations. */
+  static enqueue<T>(model: Model, op: (handle: NativeModel) => Promise<T>, read = false): Promise<T> {
+    return model.#enqueue(op, read);
   }
 
   /**
@@ -507,7 +515,7 @@ export class Model implements Disposable, AsyncDisposable {
   forward<T extends ModelOutput = Tensor>(...inputs: ModelInput[]): Promise<T> {
     return callNativeAsync(async () => {
       const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
-      return wrapOutput(await this.#enqueue((handle) => handle.forward(args), true)) as T;
+      return wrapOutput(await this.#enqueue((handle) => handle.forward(args), true), this) as T;
     });
   }
 
@@ -521,7 +529,7 @@ export class Model implements Disposable, AsyncDisposable {
     return callNativeAsync(async () => {
       checkString(method, 'method');
       const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
-      return wrapOutput(await this.#enqueue((handle) => handle.call(method, args), true)) as T;
+      return wrapOutput(await this.#enqueue((handle) => handle.call(method, args), true), this) as T;
     });
   }
 

@@ -298,11 +298,16 @@ describe('the kinds of TorchScript file tch-rs loads (scripts/fixtures/tch_cases
     expect(doubler).toBeInstanceOf(ScriptObject);
     expect(doubler.type).toBe('__torch__.Doubler');
     expect(doubler.methods()).toEqual(['y']);
-    expect(await numbers(await doubler.call('y'))).toEqual([6, 8, 10]);
+    const doubled = doubler.call('y');
+    expect(m7.pending).toBe(1); // queued on the model that made it, as model.call is
+    expect(await numbers(await doubled)).toEqual([6, 8, 10]);
     await expect(doubler.call('z')).rejects.toMatchObject({ code: 'TORCHLITE_NO_SUCH_METHOD', message: "the Doubler object has no method 'z'; it has 'y'" });
     await using m8 = await load(8);
     const pair = await m8.call<ScriptObject>('make_input_object', tensor([1, 2, 3]), tensor([4, 5, 6]));
     expect(await numbers(await m8.call('add_them', pair))).toEqual([5, 7, 9]);
+    const kept = await m8.call<ScriptObject>('make_input_object', tensor([1]), tensor([2]));
+    m8.dispose();
+    await expect(kept.call('anything')).rejects.toMatchObject({ code: 'TORCHLITE_DISPOSED' });
     pair.dispose();
     pair.dispose();
     expect(() => pair.type).toThrow(expect.objectContaining({ code: 'TORCHLITE_DISPOSED' }));
