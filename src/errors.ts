@@ -113,3 +113,10 @@ export async function callNativeAsync<T>(body: () => Promise<T>): Promise<T> {
 export function disposedError(what: string): TorchError {
   return new TorchError('TORCHLITE_DISPOSED', `${what} has been disposed`);
 }
+
+/** A failed read of a file or folder as a coded error: missing, a directory, or otherwise unreadable. */
+export function readError(error: unknown, message: string): TorchError {
+  const code = (error as NodeJS.ErrnoException).code;
+  const coded = code === 'ENOENT' ? 'TORCHLITE_FILE_NOT_FOUND' : code === 'EISDIR' ? 'TORCHLITE_IS_DIRECTORY' : 'TORCHLITE_FILE_UNREADABLE';
+  return new TorchError(coded, `${message}: ${(error as Error).message}`, { cause: error });
+}

@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 
-import { TorchError } from './errors';
+import { readError, TorchError } from './errors';
 import { Tensor, tensor } from './tensor';
 import { checkOptions, checkPositiveInteger, checkString, typeError } from './validate';
 
@@ -127,8 +127,7 @@ export async function tokenizer(path: string, options?: TokenizerOptions): Promi
   try {
     text = await readFile(path, 'utf8');
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new TorchError(code === 'ENOENT' ? 'TORCHLITE_FILE_NOT_FOUND' : 'TORCHLITE_FILE_UNREADABLE', `cannot read tokenizer ${path}: ${(error as Error).message}`, { cause: error });
+    throw readError(error, `cannot read tokenizer ${path}`);
   }
   let json: unknown;
   try {

@@ -1,7 +1,7 @@
 import { readdir } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 
-import { TorchError } from '../errors';
+import { readError, TorchError } from '../errors';
 import { checkFiniteNumber, checkOptions, checkPositiveInteger, checkString, typeError } from '../validate';
 import { defaultNormalisation, inputSpecOf } from '../preprocess';
 import type { Dataset, Sample } from './dataset';
@@ -49,8 +49,7 @@ export async function imageFolder(dir: string, options?: ImageFolderOptions): Pr
   try {
     entries = await readdir(dir, { withFileTypes: true });
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new TorchError(code === 'ENOENT' ? 'TORCHLITE_FILE_NOT_FOUND' : 'TORCHLITE_FILE_UNREADABLE', `cannot read image folder ${dir}: ${(error as Error).message}`);
+    throw readError(error, `cannot read image folder ${dir}`);
   }
   const folders = entries.filter((e) => e.isDirectory()).map((e) => e.name).sort();
   const classes = o.classes ?? folders;
