@@ -1,6 +1,6 @@
 // Turns --data arguments into datasets shaped for a given model.
 import { existsSync, statSync } from 'node:fs';
-import { extname, join } from 'node:path';
+import { join } from 'node:path';
 
 import { type BatchInput, classNamesOf, data, type Dataset, defaultNormalisation, type InputSpec, inputSpecOf, type Model, text, type TextInput, TorchError } from '..';
 import { intFlag } from './flags';
@@ -93,7 +93,7 @@ export interface TextFlags {
 /** Whether `--data` names labelled texts: `--text`, or a .jsonl/.json/.ndjson/.csv file. */
 export function isTextData(spec: string, flags: TextFlags): boolean {
   if (flags.text || flags.tokenizer !== undefined) return true;
-  return ['.jsonl', '.json', '.ndjson', '.csv'].includes(extname(spec).toLowerCase()) && existsSync(spec) && statSync(spec).isFile();
+  return data.textFormatOf(spec) !== undefined && existsSync(spec) && statSync(spec).isFile();
 }
 
 /**

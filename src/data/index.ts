@@ -2,4 +2,4 @@ export { type Dataset, idx, type IdxOptions, relabel, type Sample, split, subset
 export { readIdx, type IdxArray } from './idx';
 export { imageFolder, type ImageFolderOptions } from './images';
 export { Loader, loader, type LoaderBatch, type LoaderOptions } from './loader';
-export { textDataset, type TextDatasetOptions } from './text';
+export { textDataset, type TextDatasetOptions, textFormatOf } from './text';

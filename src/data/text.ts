@@ -1,7 +1,7 @@
 import { readFile } from 'node:fs/promises';
 import { extname } from 'node:path';
 
-import { TorchError } from '../errors';
+import { readError, TorchError } from '../errors';
 import { type TextInput, textInput, TextTokenizer, textSpecOf, tokenizerOf } from '../text';
 import { checkOptions, checkPositiveInteger, checkString, typeError } from '../validate';
 import type { Dataset } from './dataset';
@@ -28,6 +28,11 @@ export interface TextDatasetOptions {
   skipBadRows?: boolean;
   /** `'jsonl'` or `'csv'`. Defaults to the file's extension (`.jsonl`/`.json`/`.ndjson`, `.csv`). */
   format?: 'jsonl' | 'csv';
+}
+
+/** The format `textDataset` reads a file as, from its extension: `.jsonl`, `.json` or `.ndjson` are JSONL, `.csv` is CSV; undefined for others. */
+export function textFormatOf(file: string): 'jsonl' | 'csv' | undefined {
+  return ({ '.csv': 'csv', '.jsonl': 'jsonl', '.json': 'jsonl', '.ndjson': 'jsonl' } as const)[extname(file).toLowerCase() as '.csv'];
 }
 
 /** One parsed record and the line it starts on. */
@@ -127,15 +132,14 @@ export async function textDataset(file: string, options: TextDatasetOptions): Pr
     throw typeError("two argument names, e.g. ['input_ids', 'attention_mask']", 'options.inputs', inputs);
   const given = o.classes ?? (o.like ? (o.like.metadata as { classes?: string[] } | null)?.classes : undefined);
   if (given !== undefined && (!Array.isArray(given) || given.some((c) => typeof c !== 'string'))) throw typeError('an array of class names', 'options.classes', given);
-  const format = o.format ?? ({ '.csv': 'csv', '.jsonl': 'jsonl', '.json': 'jsonl', '.ndjson': 'jsonl' } as const)[extname(file).toLowerCase() as '.csv'];
+  const format = o.format ?? textFormatOf(file);
   if (format !== 'csv' && format !== 'jsonl') throw typeError("'jsonl' or 'csv' (the file's extension does not say)", 'options.format', o.format);
 
   let content: string;
   try {
     content = await readFile(file, 'utf8');
   } catch (error) {
-    const code = (error as NodeJS.ErrnoException).code;
-    throw new TorchError(code === 'ENOENT' ? 'TORCHLITE_FILE_NOT_FOUND' : code === 'EISDIR' ? 'TORCHLITE_IS_DIRECTORY' : 'TORCHLITE_FILE_UNREADABLE', `cannot read ${file}: ${(error as Error).message}`, { cause: error });
+    throw readError(error, `cannot read ${file}`);
   }
   const skipped: number[] = [];
   const bad = (line: number, why: string) => {
