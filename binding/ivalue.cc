@@ -64,10 +64,16 @@ std::vector<c10::IValue> toArguments(Napi::Env env, const Napi::Array& args, con
   return values;
 }
 
+std::vector<std::string> callableMethods(const c10::ClassType& type) {
+  std::vector<std::string> names;
+  for (const torch::jit::Function* method : type.methods())
+    if (method->name() != "__init__") names.push_back(method->name());
+  return names;
+}
+
 std::string methodNames(const c10::ClassType& type) {
   std::string names;
-  for (const torch::jit::Function* method : type.methods())
-    if (method->name() != "__init__") names += (names.empty() ? "'" : ", '") + method->name() + "'";
+  for (const std::string& name : callableMethods(type)) names += (names.empty() ? "'" : ", '") + name + "'";
   return names.empty() ? "none" : names;
 }
 

@@ -12,8 +12,9 @@ c10::IValue toIValue(Napi::Env env, const Napi::Value& value, const c10::TypePtr
 // `self`); `self` itself is not among them.
 std::vector<c10::IValue> toArguments(Napi::Env env, const Napi::Array& args, const c10::FunctionSchema& schema);
 
-// The names of a class's methods (a module's or a TorchScript class's), quoted and
-// comma-separated, "none" without any: for errors that list what can be called.
+// The methods of a class (a module's or a TorchScript class's) that can be called, and the
+// same names quoted and comma-separated ("none" without any), for errors that list them.
+std::vector<std::string> callableMethods(const c10::ClassType& type);
 std::string methodNames(const c10::ClassType& type);
 
 // `owner` is the model that produced the value: TorchScript class instances in it become

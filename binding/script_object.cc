@@ -53,10 +53,9 @@ Napi::Value ScriptObjectWrap::Type(const Napi::CallbackInfo& info) {
 
 Napi::Value ScriptObjectWrap::Methods(const Napi::CallbackInfo& info) {
   return guard(info.Env(), [&]() -> Napi::Value {
-    const auto& methods = live()->type()->methods();
-    Napi::Array names = Napi::Array::New(info.Env());
-    for (const torch::jit::Function* method : methods)
-      if (method->name() != "__init__") names.Set(names.Length(), method->name());
+    std::vector<std::string> methods = callableMethods(*live()->type());
+    Napi::Array names = Napi::Array::New(info.Env(), methods.size());
+    for (size_t i = 0; i < methods.size(); ++i) names.Set(i, methods[i]);
     return names;
   });
 }
