@@ -42,9 +42,8 @@ def fit(model, x, y, batch):
     for epoch in range(EPOCHS + 1):
         if epoch == 1:
             start = time.perf_counter()
-        total = 0.0
         for xb, yb in loader:
-            total += step(model, opt, loss_fn, xb, yb)
+            step(model, opt, loss_fn, xb, yb)
     return EPOCHS * N / (time.perf_counter() - start)
 
 

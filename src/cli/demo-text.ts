@@ -115,7 +115,11 @@ export async function runTextDemo(flags: TextDemoFlags): Promise<void> {
     const tok = text.tokenizerOf(tuned)!;
     const { probabilities } = await tuned.predict(text.textInput(tok.encode(shown.map((s) => s.text)), text.textSpecOf(tuned)?.inputs));
     const probs = (await probabilities.read()) as Float32Array;
-    const predicted = shown.map((s, i) => ({ text: s.text, label: s.label, predicted: TARGET_TOPICS[probs.subarray(i * 5, i * 5 + 5).indexOf(Math.max(...probs.subarray(i * 5, i * 5 + 5)))] }));
+    const topics = TARGET_TOPICS.length;
+    const predicted = shown.map((s, i) => {
+      const row = probs.subarray(i * topics, (i + 1) * topics);
+      return { text: s.text, label: s.label, predicted: TARGET_TOPICS[row.indexOf(Math.max(...row))] };
+    });
     if (flags.json) {
       console.log(JSON.stringify({ perTopic, train: train.length, test: testSet.length, epochs, outcomes: outcomes.map(({ history: _h, ...o }) => o), claims, examples: predicted, out: flags.out }));
     } else {
