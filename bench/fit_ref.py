@@ -1,10 +1,13 @@
 """Python half of bench/fit.mjs: the idiomatic PyTorch loop on in-memory data.
 
 Usage: /usr/bin/python3 bench/fit_ref.py OUT_DIR THREADS
-Scripts the models torchlite will load into OUT_DIR, then times, in samples per second,
-a DataLoader over a TensorDataset (shuffled) with zero_grad, forward, loss, backward, step
-and loss.item() per batch, and one train step per call on the small CNN at batch 8.
-Prints one JSON line.
+Scripts the models torchlite will load into OUT_DIR, prints "ready", then times each case
+named on a line of stdin and prints its rate as one JSON line: in samples per second, a
+DataLoader over a TensorDataset (shuffled) with zero_grad, forward, loss, backward, step
+and loss.item() per batch (fit_mlp, fit_cnn), and in steps per second one train step per
+call on the small CNN at batch 8 (step_cnn_b8); the CNN cases again in channels-last layout
+(model and each batch converted, as PyTorch's channels-last recipe does: *_nhwc). Each
+case starts from a fresh model with the same initial weights.
 """
 import json
 import os
@@ -34,7 +37,7 @@ def step(model, opt, loss_fn, x, y):
     return loss.item()
 
 
-def fit(model, x, y, batch):
+def fit(model, x, y, batch, layout=torch.contiguous_format):
     loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -43,7 +46,7 @@ def fit(model, x, y, batch):
         if epoch == 1:
             start = time.perf_counter()
         for xb, yb in loader:
-            step(model, opt, loss_fn, xb, yb)
+            step(model, opt, loss_fn, xb.to(memory_format=layout), yb)
     return EPOCHS * N / (time.perf_counter() - start)
 
 
@@ -58,19 +61,33 @@ def steps(model, x, y, count):
     return count / (time.perf_counter() - start)
 
 
+def fresh(kind, layout=torch.contiguous_format):
+    torch.manual_seed(0)
+    return (models.MLP() if kind == "mlp" else models.FashionCNN(num_classes=10)).to(memory_format=layout)
+
+
+def cases():
+    nhwc = torch.channels_last
+    x, y = data((1, 28, 28), 10)
+    return {
+        "fit_mlp": lambda: fit(fresh("mlp"), *data((12,), 4), 32),
+        "fit_cnn": lambda: fit(fresh("cnn"), x, y, 32),
+        "step_cnn_b8": lambda: steps(fresh("cnn"), x[:8], y[:8], 300),
+        "fit_cnn_nhwc": lambda: fit(fresh("cnn", nhwc), x, y, 32, nhwc),
+        "step_cnn_b8_nhwc": lambda: steps(fresh("cnn", nhwc), x[:8].to(memory_format=nhwc), y[:8], 300),
+    }
+
+
 def main():
     out, threads = sys.argv[1], int(sys.argv[2])
     torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    results = {}
-    mlp, cnn = models.MLP(), models.FashionCNN(num_classes=10)
-    torch.jit.script(mlp).save(os.path.join(out, "mlp.pt"))
-    torch.jit.script(cnn).save(os.path.join(out, "cnn.pt"))
-    results["fit_mlp"] = fit(mlp, *data((12,), 4), 32)
-    results["fit_cnn"] = fit(cnn, *data((1, 28, 28), 10), 32)
-    x, y = data((1, 28, 28), 10)
-    results["step_cnn_b8"] = steps(cnn, x[:8], y[:8], 300)
-    print(json.dumps(results))
+    torch.jit.script(fresh("mlp")).save(os.path.join(out, "mlp.pt"))
+    torch.jit.script(fresh("cnn")).save(os.path.join(out, "cnn.pt"))
+    run = cases()
+    print("ready", flush=True)
+    for line in sys.stdin:
+        name = line.strip()
+        print(json.dumps({name: run[name]()}), flush=True)
 
 
 if __name__ == "__main__":

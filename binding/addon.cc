@@ -5,7 +5,6 @@
 #include <cstring>
 #include <mutex>
 
-#include <torch/csrc/jit/runtime/graph_executor.h>
 #ifdef __GLIBC__
 #include <malloc.h>
 #endif
@@ -134,23 +133,9 @@ void keepFreedMemory() {
 #endif
 }
 
-// TorchScript's profiling executor records shapes for the first runs of every graph, then
-// specialises and guards each later run: on small models that bookkeeping is a large part of
-// a step (a tiny MLP's fit ran 1.45x Python's with the legacy executor against 1.19x). On the
-// CPU it buys nothing, since LibTorch fuses no CPU kernels by default, and the legacy
-// executor differentiates the same aten ops. TORCHLITE_GRAPH_EXECUTOR=profiling keeps it.
-void chooseGraphExecutor() {
-  static std::once_flag once;
-  std::call_once(once, [] {
-    const char* setting = std::getenv("TORCHLITE_GRAPH_EXECUTOR");
-    if (setting != nullptr && std::strcmp(setting, "profiling") == 0) return;
-    torch::jit::getProfilingMode() = false;
-  });
-}
-
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   keepFreedMemory();
-  chooseGraphExecutor();
+  configureGraphExecutor();
   auto* data = new AddonData();
   data->tensorClass = Napi::Persistent(TensorWrap::Define(env));
   data->modelClass = Napi::Persistent(ModelWrap::Define(env));

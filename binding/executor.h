@@ -28,6 +28,10 @@
 
 namespace tl {
 
+// Picks TorchScript's graph executor for the process from TORCHLITE_GRAPH_EXECUTOR; the
+// lanes apply it to their threads. Called once when the addon loads.
+void configureGraphExecutor();
+
 // Inference (forward, predict, evaluate, reads) runs ahead of queued training.
 enum class Priority { Inference = 0, Training = 1 };
 
