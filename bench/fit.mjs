@@ -2,8 +2,10 @@
 // (a DataLoader over a TensorDataset; zero_grad, forward, loss, backward, step, loss.item())
 // on the same LibTorch in the same run, for a tiny MLP and the small CNN (batch 32, 2048
 // samples, 2 timed epochs after a warm-up one), and one trainStep per call on the small CNN
-// at batch 8; the CNN cases again with model.channelsLast() against PyTorch's channels-last
-// recipe. Both sides start each case from the same initial weights.
+// at batch 8. torchlite runs its defaults (the CNN in channels-last, see
+// LoadOptions.channelsLast) against PyTorch's idiomatic NCHW; the CNN cases then run again
+// with both sides in NCHW (*_nchw) and both in channels-last (*_nhwc, PyTorch's
+// channels-last recipe), kernel for kernel. Both sides start from the same initial weights.
 //
 // This VM's speed drifts by up to 1.7x within minutes (Python's CNN fit read 1,918-3,320
 // samples/s in runs minutes apart), so one Python process stays up and the two sides take
@@ -51,9 +53,9 @@ function dataset(shape, classes) {
   return data.tensorDataset(x, y, { inputShape: shape });
 }
 
-/** Runs `time` on a fresh copy of the scripted model and disposes it after. */
-async function timed(file, nhwc, time) {
-  const model = (await loadPretrained(join(dir, file))).channelsLast(nhwc);
+/** Runs `time` on a fresh copy of the scripted model, in `layout` (LoadOptions.channelsLast), and disposes it after. */
+async function timed(file, layout, time) {
+  const model = await loadPretrained(join(dir, file), { channelsLast: layout });
   try {
     return await time(model);
   } finally {
@@ -61,8 +63,8 @@ async function timed(file, nhwc, time) {
   }
 }
 
-const fitRate = (file, ds, nhwc = false) =>
-  timed(file, nhwc, async (model) => {
+const fitRate = (file, ds, layout = 'auto') =>
+  timed(file, layout, async (model) => {
     const optimizer = optim.sgd(model, { lr: 0.01, momentum: 0.9 });
     const train = data.loader(ds, { batchSize: 32, shuffle: true });
     await fit(model, { train, epochs: 1, optimizer }); // warm-up
@@ -71,8 +73,8 @@ const fitRate = (file, ds, nhwc = false) =>
     return (EPOCHS * N) / ((performance.now() - start) / 1000);
   });
 
-const stepRate = (file, count, nhwc = false) =>
-  timed(file, nhwc, async (model) => {
+const stepRate = (file, count, layout = 'auto') =>
+  timed(file, layout, async (model) => {
     model.train();
     const optimizer = optim.sgd(model, { lr: 0.01, momentum: 0.9 });
     const x = randn([8, 1, 28, 28]);
@@ -92,6 +94,8 @@ const cases = {
   fit_mlp: () => fitRate('mlp.pt', mlp),
   fit_cnn: () => fitRate('cnn.pt', images),
   step_cnn_b8: () => stepRate('cnn.pt', 300),
+  fit_cnn_nchw: () => fitRate('cnn.pt', images, false),
+  step_cnn_b8_nchw: () => stepRate('cnn.pt', 300, false),
   fit_cnn_nhwc: () => fitRate('cnn.pt', images, true),
   step_cnn_b8_nhwc: () => stepRate('cnn.pt', 300, true),
 };

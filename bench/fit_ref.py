@@ -5,9 +5,10 @@ Scripts the models torchlite will load into OUT_DIR, prints "ready", then times 
 named on a line of stdin and prints its rate as one JSON line: in samples per second, a
 DataLoader over a TensorDataset (shuffled) with zero_grad, forward, loss, backward, step
 and loss.item() per batch (fit_mlp, fit_cnn), and in steps per second one train step per
-call on the small CNN at batch 8 (step_cnn_b8); the CNN cases again in channels-last layout
-(model and each batch converted, as PyTorch's channels-last recipe does: *_nhwc). Each
-case starts from a fresh model with the same initial weights.
+call on the small CNN at batch 8 (step_cnn_b8), all in NCHW (the *_nchw cases are the same);
+the CNN cases again in channels-last layout (model and each batch converted, as PyTorch's
+channels-last recipe does: *_nhwc). Each case starts from a fresh model with the same
+initial weights.
 """
 import json
 import os
@@ -69,10 +70,14 @@ def fresh(kind, layout=torch.contiguous_format):
 def cases():
     nhwc = torch.channels_last
     x, y = data((1, 28, 28), 10)
-    return {
-        "fit_mlp": lambda: fit(fresh("mlp"), *data((12,), 4), 32),
+    nchw = {
         "fit_cnn": lambda: fit(fresh("cnn"), x, y, 32),
         "step_cnn_b8": lambda: steps(fresh("cnn"), x[:8], y[:8], 300),
+    }
+    return {
+        "fit_mlp": lambda: fit(fresh("mlp"), *data((12,), 4), 32),
+        **nchw,
+        **{f"{name}_nchw": run for name, run in nchw.items()},
         "fit_cnn_nhwc": lambda: fit(fresh("cnn", nhwc), x, y, 32, nhwc),
         "step_cnn_b8_nhwc": lambda: steps(fresh("cnn", nhwc), x[:8].to(memory_format=nhwc), y[:8], 300),
     }

@@ -128,7 +128,16 @@ void saveArchive(ModelState& state, const std::string& path, const std::string& 
   try {
     torch::jit::ExtraFilesMap files(extras.begin(), extras.end());
     files["torchlite.json"] = metadata;
-    state.module.save(temp.string(), files);
+    // Saved in NCHW whatever the layout torchlite trains in: Python code that views a
+    // loaded weight (w.view(-1)) would fail on channels-last strides.
+    bool nhwc = state.channelsLast && setChannelsLast(state, false);
+    try {
+      state.module.save(temp.string(), files);
+    } catch (...) {
+      if (nhwc) setChannelsLast(state, true);
+      throw;
+    }
+    if (nhwc) setChannelsLast(state, true);
   } catch (const c10::Error& error) {
     fs::remove(temp, ec);
     throw CodedError("TORCHLITE_WRITE_FAILED", "cannot write " + path + ": " + error.what_without_backtrace());

@@ -113,6 +113,60 @@ std::string hintFor(const ModelState& state, const InputFacts& inputs, const Err
 
 }  // namespace
 
+namespace {
+
+// view() needs strides it can reuse; a convolution's channels-last output fails it where the
+// NCHW one passes (models written as `x.view(x.size(0), -1)` before a Linear).
+bool isLayoutFailure(const std::string& message) {
+  return message.find("view size is not compatible with input tensor's size and stride") != std::string::npos;
+}
+
+// Runs `run` on a model whose channels-last layout was chosen automatically and has not yet
+// been through a forward. If the graph cannot run in NHWC, the model goes back to NCHW and
+// the same call runs again from the same state: the buffers (BatchNorm's running statistics,
+// which the failed pass may have updated) and the CPU generator (dropout's draws) are put
+// back first, so the result is exactly that of a model that never tried.
+template <typename Run>
+c10::IValue onLayoutTrial(ModelState& state, std::vector<c10::IValue>& inputs, Run run) {
+  std::vector<torch::Tensor> buffers;
+  std::vector<torch::Tensor> saved;
+  {
+    torch::NoGradGuard noGrad;
+    for (const torch::Tensor& buffer : state.module.buffers()) {
+      buffers.push_back(buffer);
+      saved.push_back(buffer.clone());
+    }
+  }
+  at::Generator generator = at::detail::getDefaultCPUGenerator();
+  torch::Tensor rng;
+  {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    rng = generator.get_state();
+  }
+  try {
+    c10::IValue output = run(std::vector<c10::IValue>(inputs));
+    state.layoutOnTrial = false;
+    return output;
+  } catch (const std::exception&) {
+    if (!isLayoutFailure(describe(std::current_exception()).message)) throw;
+  }
+  {
+    torch::NoGradGuard noGrad;
+    for (size_t i = 0; i < buffers.size(); ++i) buffers[i].copy_(saved[i]);
+  }
+  {
+    std::lock_guard<std::mutex> lock(generator.mutex());
+    generator.set_state(rng);
+  }
+  setChannelsLast(state, false);
+  state.layoutOnTrial = false;
+  for (c10::IValue& input : inputs)
+    if (input.isTensor() && input.toTensor().dim() == 4) input = input.toTensor().contiguous();
+  return run(std::move(inputs));
+}
+
+}  // namespace
+
 c10::IValue runForward(ModelState& state, std::vector<c10::IValue> inputs) {
   InputFacts facts;
   for (const c10::IValue& input : inputs) {
@@ -122,6 +176,8 @@ c10::IValue runForward(ModelState& state, std::vector<c10::IValue> inputs) {
     facts.anyDouble = facts.anyDouble || tensor.scalar_type() == c10::kDouble;
   }
   try {
+    if (state.layoutOnTrial)
+      return onLayoutTrial(state, inputs, [&](std::vector<c10::IValue> args) { return state.module.forward(std::move(args)); });
     return state.module.forward(std::move(inputs));
   } catch (const std::exception&) {
     ErrorInfo failure = describe(std::current_exception());
@@ -130,6 +186,18 @@ c10::IValue runForward(ModelState& state, std::vector<c10::IValue> inputs) {
     if (hint.empty()) throw;
     throw CodedError(code, failure.message + ". " + hint, failure.backtrace);
   }
+}
+
+bool setChannelsLast(ModelState& state, bool on) {
+  std::vector<torch::Tensor> planes;
+  for (const torch::Tensor& parameter : state.module.parameters())
+    if (parameter.dim() == 4) planes.push_back(parameter);
+  if (planes.empty()) return false;
+  torch::NoGradGuard noGrad;
+  // set_data keeps each parameter's identity (optimizers hold them) while changing its layout.
+  for (torch::Tensor& parameter : planes) parameter.set_data(on ? toChannelsLast(parameter) : parameter.contiguous());
+  state.channelsLast = on;
+  return true;
 }
 
 void prepareInputs(const ModelState& state, std::vector<c10::IValue>& inputs) {
@@ -310,7 +378,9 @@ Napi::Value ModelWrap::Call(const Napi::CallbackInfo& info) {
           std::lock_guard<std::mutex> lock(state->mutex);
           torch::NoGradGuard noGrad;  // not InferenceMode: see Forward
           prepareInputs(*state, inputs);
-          return methodOf(*state, name)(std::move(inputs));
+          torch::jit::Method method = methodOf(*state, name);
+          if (state->layoutOnTrial) return onLayoutTrial(*state, inputs, [&](std::vector<c10::IValue> args) { return method(std::move(args)); });
+          return method(std::move(inputs));
         },
         [state](Napi::Env env, c10::IValue& output) { return fromIValue(env, output, state); });
   });
@@ -443,6 +513,7 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     result.Set("device", deviceName(state.device));
     result.Set("metadata", state.metadata);
     result.Set("bnPolicy", state.bnFrozenEval ? "frozen-eval" : "train");
+    result.Set("channelsLast", state.channelsLast);
     Napi::Array warnings = Napi::Array::New(env, state.warnings.size());
     for (size_t i = 0; i < state.warnings.size(); ++i) warnings.Set(i, state.warnings[i]);
     result.Set("warnings", warnings);
@@ -548,14 +619,18 @@ Napi::Value ModelWrap::LoadStateDict(const Napi::CallbackInfo& info) {
   });
 }
 
+// setChannelsLast(on, auto): `auto` (loadPretrained's default on the CPU) makes the first
+// forward a trial that falls back to NCHW when the graph needs it (see onLayoutTrial).
 Napi::Value ModelWrap::SetChannelsLast(const Napi::CallbackInfo& info) {
   return Locked(info, [&](Napi::Env env, ModelState& state) {
-    state.channelsLast = info[0].As<Napi::Boolean>().Value();
-    torch::NoGradGuard noGrad;
-    // set_data keeps each parameter's identity (optimizers hold them) while changing its layout.
-    for (torch::Tensor parameter : state.module.parameters())
-      if (parameter.dim() == 4) parameter.set_data(state.channelsLast ? toChannelsLast(parameter) : parameter.contiguous());
-    return env.Undefined();
+    bool on = info[0].As<Napi::Boolean>().Value();
+    bool automatic = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+    bool changed = setChannelsLast(state, on);
+    // Asked for by name, a model without 4-D weights still gets its 4-D inputs in NHWC;
+    // chosen automatically, it stays as it is (a text model's [B, 1, 1, L] mask gains nothing).
+    if (!changed && !automatic) state.channelsLast = on;
+    state.layoutOnTrial = changed && on && automatic;
+    return Napi::Boolean::New(env, state.channelsLast);
   });
 }
 

@@ -19,6 +19,7 @@ struct ModelState {
   std::map<std::string, std::string> extras;  // other extra files asked for at load (checkpoint state)
   bool bnFrozenEval = true;           // BatchNorm policy 'frozen-eval' (else 'train')
   bool channelsLast = false;          // 4-D weights and inputs in NHWC (oneDNN/cuDNN fast paths)
+  bool layoutOnTrial = false;         // channels-last chosen automatically, not yet through a forward
   torch::Tensor lossSum;              // train losses not yet read back (readLoss: false)
   int64_t lossCount = 0;
   torch::Tensor badTargets;           // out-of-range class indices met since then (a device count)
@@ -44,6 +45,10 @@ void prepareInputs(const ModelState& state, std::vector<c10::IValue>& inputs);
 // dimension, the wrong number of channels) are rethrown with what to change: LibTorch's
 // own message names an inner layer ("running_mean should contain 32 elements not 16").
 c10::IValue runForward(ModelState& state, std::vector<c10::IValue> inputs);
+
+// Puts the model's 4-D parameters in channels-last (NHWC) or back in NCHW; later inputs
+// follow. Returns false, changing nothing, when the model has no 4-D parameter.
+bool setChannelsLast(ModelState& state, bool on);
 
 class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  public:

@@ -63,14 +63,14 @@ export interface NativeModel {
   buffers(): NativeTensorInfo[];
   stateDict(): Record<string, NativeTensor>;
   setTraining(on: boolean): void;
-  info(): { training: boolean; traced: boolean; device: string; metadata: string; bnPolicy: string; warnings: string[] };
+  info(): { training: boolean; traced: boolean; device: string; metadata: string; bnPolicy: string; channelsLast: boolean; warnings: string[] };
   replace(path: string, spec: object): void;
   setRequiresGrad(names: string[], flag: boolean): void;
   setBatchNormPolicy(policy: string): void;
   save(path: string, metadata: string, extras?: Record<string, Buffer>): Promise<void>;
   loadStateDict(dict: Record<string, NativeTensor>, strict: boolean): void;
   extras(): Record<string, Buffer>;
-  setChannelsLast(on: boolean): void;
+  setChannelsLast(on: boolean, automatic?: boolean): boolean;
   dispose(): void;
 }
 

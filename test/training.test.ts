@@ -1,4 +1,4 @@
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -6,7 +6,7 @@ import { describe, expect, it } from 'vitest';
 
 import { cuda, loadPretrained, loss, manualSeed, type Model, nn, optim, randn, sched, type Tensor, tensor, TorchError } from '../src';
 import { readIdx } from '../src/data/idx';
-import { fixture, root } from './helpers';
+import { fixture, hasTorch, python, relativeDiff, root } from './helpers';
 
 const refs = JSON.parse(readFileSync(fixture('training.json'), 'utf8'));
 
@@ -369,15 +369,74 @@ describe('a real task', () => {
 });
 
 describe('device options', () => {
-  it('channels-last gives the same outputs and trains', async () => {
-    await using plain = await loadPretrained(fixture('resnet_small.scripted.pt'));
+  it('on the CPU, models with convolutions run channels-last by default, with NCHW results, and save NCHW weights', async () => {
+    await using plain = await loadPretrained(fixture('resnet_small.scripted.pt'), { channelsLast: false });
     await using nhwc = await loadPretrained(fixture('resnet_small.scripted.pt'));
-    nhwc.channelsLast();
+    await using mlp = await loadPretrained(fixture('mlp.scripted.pt'));
+    expect([plain.memoryFormat, nhwc.memoryFormat, mlp.memoryFormat]).toEqual(['contiguous', 'channelsLast', 'contiguous']);
     const x = randn([4, 3, 16, 16]);
     relClose(values(await nhwc.forward<Tensor>(x)), values(await plain.forward<Tensor>(x)), 1e-4);
-    const opt = optim.sgd(nhwc, { lr: 0.01 });
-    const r = await nhwc.trainStep(x, longs([1, 2, 3, 4]), { loss: loss.crossEntropy(), optimizer: opt });
-    expect(r.stepped).toBe(true);
+    for (const model of [plain, nhwc]) {
+      model.train();
+      manualSeed(1); // the same dropout draws
+      const opt = optim.sgd(model, { lr: 0.01, momentum: 0.9 });
+      for (let step = 0; step < 3; step++) expect((await model.trainStep(x, longs([1, 2, 3, 4]), { loss: loss.crossEntropy(), optimizer: opt })).stepped).toBe(true);
+    }
+    const [a, b] = [plain.stateDict(), nhwc.stateDict()];
+    for (const name of Object.keys(a)) expect(relativeDiff(Array.from(b[name].toTypedArray() as ArrayLike<number>, Number), Array.from(a[name].toTypedArray() as ArrayLike<number>, Number))).toBeLessThan(1e-5);
+    expect(nhwc.channelsLast(false).memoryFormat).toBe('contiguous');
+    await expect(loadPretrained(fixture('mlp.scripted.pt'), { channelsLast: 'yes' as never })).rejects.toThrow(
+      new TypeError("Expected a boolean or 'auto' for `options.channelsLast` but received 'yes'"),
+    );
+    nhwc.channelsLast(true);
+    const file = join(mkdtempSync(join(tmpdir(), 'torchlite-nhwc-')), 'nhwc.pt');
+    await nhwc.save(file);
+    expect(nhwc.memoryFormat).toBe('channelsLast');
+    if (hasTorch) expect(python('import sys, torch; print(all(p.is_contiguous() for p in torch.jit.load(sys.argv[1]).parameters()))', [file]).trim()).toBe('True');
+  });
+
+  it.skipIf(!hasTorch)('a model that views a convolution output falls back to NCHW on its first forward, exactly as if it had never tried', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-view-'));
+    const file = join(dir, 'view.pt');
+    // TorchScript reads the class's source, so the script is a file.
+    writeFileSync(
+      join(dir, 'view.py'),
+      `import sys, torch
+from torch import nn
+class ViewNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.drop, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Dropout(0.5), nn.Linear(144, 2)
+    def forward(self, x):
+        x = self.drop(torch.relu(self.bn(self.conv(x))))  # BatchNorm statistics and dropout draws before the view
+        return self.fc(x.view(x.size(0), -1))
+torch.manual_seed(0)
+torch.jit.script(ViewNet()).save(sys.argv[1])
+`,
+    );
+    python('import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")', [join(dir, 'view.py'), file]);
+    const x = randn([4, 3, 6, 6]);
+    const y = longs([0, 1, 1, 0]);
+    const run = async (options: { channelsLast: boolean } | undefined) => {
+      const model = await loadPretrained(file, options);
+      const before = model.memoryFormat;
+      model.train();
+      const opt = optim.sgd(model, { lr: 0.1 });
+      manualSeed(3);
+      const losses = [];
+      for (let step = 0; step < 2; step++) losses.push((await model.trainStep(x, y, { loss: loss.crossEntropy(), optimizer: opt })).loss);
+      const state = Object.fromEntries(Object.entries(model.stateDict()).map(([name, t]) => [name, Array.from(t.toTypedArray() as ArrayLike<number>, Number)]));
+      const after = model.memoryFormat;
+      model.dispose();
+      return { before, after, losses, state };
+    };
+    const tried = await run(undefined);
+    const plain = await run({ channelsLast: false });
+    expect([tried.before, tried.after]).toEqual(['channelsLast', 'contiguous']);
+    expect(tried.losses).toEqual(plain.losses);
+    expect(tried.state).toEqual(plain.state); // running statistics included
+    await using forced = await loadPretrained(file, { channelsLast: true });
+    await expect(forced.forward(x)).rejects.toThrow('view size is not compatible');
   });
 
   it('readLoss: false skips the host read and the next read averages the steps since', async () => {
