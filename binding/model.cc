@@ -159,7 +159,7 @@ c10::IValue onLayoutTrial(ModelState& state, std::vector<c10::IValue>& inputs, R
     generator.set_state(rng);
   }
   setChannelsLast(state, false);
-  state.layoutOnTrial = false;
+  state.layoutAutomatic = state.layoutOnTrial = false;
   for (c10::IValue& input : inputs)
     if (input.isTensor() && input.toTensor().dim() == 4) input = input.toTensor().contiguous();
   return run(std::move(inputs));
@@ -440,6 +440,11 @@ Napi::Value ModelWrap::To(const Napi::CallbackInfo& info) {
         env, {state->device, Priority::Training},
         [state, device] {
           std::lock_guard<std::mutex> lock(state->mutex);
+          // 'auto' chose channels-last for oneDNN; on a GPU the choice is the user's.
+          if (state->layoutAutomatic && !device.is_cpu()) {
+            setChannelsLast(*state, false);
+            state->layoutAutomatic = state->layoutOnTrial = false;
+          }
           state->module.to(device);
           state->device = device;
           return true;
@@ -629,7 +634,7 @@ Napi::Value ModelWrap::SetChannelsLast(const Napi::CallbackInfo& info) {
     // Asked for by name, a model without 4-D weights still gets its 4-D inputs in NHWC;
     // chosen automatically, it stays as it is (a text model's [B, 1, 1, L] mask gains nothing).
     if (!changed && !automatic) state.channelsLast = on;
-    state.layoutOnTrial = changed && on && automatic;
+    state.layoutAutomatic = state.layoutOnTrial = changed && on && automatic;
     return Napi::Boolean::New(env, state.channelsLast);
   });
 }

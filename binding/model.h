@@ -19,7 +19,8 @@ struct ModelState {
   std::map<std::string, std::string> extras;  // other extra files asked for at load (checkpoint state)
   bool bnFrozenEval = true;           // BatchNorm policy 'frozen-eval' (else 'train')
   bool channelsLast = false;          // 4-D weights and inputs in NHWC (oneDNN/cuDNN fast paths)
-  bool layoutOnTrial = false;         // channels-last chosen automatically, not yet through a forward
+  bool layoutAutomatic = false;       // channels-last chosen by loadPretrained's 'auto' (CPU only)
+  bool layoutOnTrial = false;         // ... and not yet through a forward
   torch::Tensor lossSum;              // train losses not yet read back (readLoss: false)
   int64_t lossCount = 0;
   torch::Tensor badTargets;           // out-of-range class indices met since then (a device count)

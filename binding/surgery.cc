@@ -138,6 +138,8 @@ void replaceSubmodule(ModelState& state, const std::string& path, torch::jit::Mo
   // Execution plans already built for the parent and its ancestors still call the old
   // class; cloning rebuilds functions and types while sharing the parameter tensors.
   state.module = state.module.clone(/*inplace=*/true);
+  // The new layer's 4-D weights join the model's layout (a no-op for tensors already in it).
+  if (state.channelsLast) setChannelsLast(state, true);
   state.generation += 1;
 }
 

@@ -284,8 +284,9 @@ export interface LoadOptions {
    * CPU for models with 4-D weights (convolutions), which oneDNN trains faster than NCHW
    * (measured: the shipped CNN 1.3-1.4x, MobileNetV3 1.3x, ResNet-18 1.05x); a model whose
    * graph cannot run in NHWC (a `view()` of a convolution's output) goes back to NCHW on its
-   * first forward, with the same result as if it had never tried. `true`/`false` force it
-   * (as `model.channelsLast(on)` does later). Saved files hold NCHW weights either way.
+   * first forward, with the same result as if it had never tried; moving the model to a GPU
+   * turns an automatic choice off. `true`/`false` force it (as `model.channelsLast(on)` does
+   * later). Saved files hold NCHW weights either way.
    * Defaults to `'auto'`.
    */
   channelsLast?: boolean | 'auto';
