@@ -3,10 +3,11 @@
 #include <chrono>
 #include <cstdlib>
 
+// setGraphExecutorOptimize: graph_executor.h declares it on 2.x and includes its 1.13 header.
+#include <torch/csrc/jit/runtime/graph_executor.h>
+
 #ifdef TORCHLITE_WITH_CUDA
 #include <c10/core/Event.h>
-#include <torch/csrc/jit/python/update_graph_executor_opt.h>
-#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAStream.h>
 #endif
