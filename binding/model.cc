@@ -77,7 +77,17 @@ struct InputFacts {
   std::vector<int64_t> firstShape;  // of the first tensor input; empty when there is none
 };
 
+// view() needs strides it can reuse; a convolution's channels-last output fails it where the
+// NCHW one passes (models written as `x.view(x.size(0), -1)` before a Linear).
+bool isLayoutFailure(const std::string& message) {
+  return message.find("view size is not compatible with input tensor's size and stride") != std::string::npos;
+}
+
 std::string hintFor(const ModelState& state, const InputFacts& inputs, const ErrorInfo& failure, std::string& code) {
+  // Only after the automatic choice has passed its trial, or when channels-last was asked for.
+  if (state.channelsLast && isLayoutFailure(failure.message))
+    return "The model runs in channels-last layout (NHWC), in which this graph's view() cannot run: load it with "
+           "`{ channelsLast: false }` or call `model.channelsLast(false)`";
   torch::Tensor firstConv;  // the first 4-D weight: a Conv2d's [out, in / groups, kh, kw]
   c10::ScalarType weights = c10::kFloat;
   bool sawFloat = false;
@@ -114,12 +124,6 @@ std::string hintFor(const ModelState& state, const InputFacts& inputs, const Err
 }  // namespace
 
 namespace {
-
-// view() needs strides it can reuse; a convolution's channels-last output fails it where the
-// NCHW one passes (models written as `x.view(x.size(0), -1)` before a Linear).
-bool isLayoutFailure(const std::string& message) {
-  return message.find("view size is not compatible with input tensor's size and stride") != std::string::npos;
-}
 
 // Runs `run` on a model whose channels-last layout was chosen automatically and has not yet
 // been through a forward. If the graph cannot run in NHWC, the model goes back to NCHW and

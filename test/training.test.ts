@@ -436,7 +436,7 @@ torch.jit.script(ViewNet()).save(sys.argv[1])
     expect(tried.losses).toEqual(plain.losses);
     expect(tried.state).toEqual(plain.state); // running statistics included
     await using forced = await loadPretrained(file, { channelsLast: true });
-    await expect(forced.forward(x)).rejects.toThrow('view size is not compatible');
+    await expect(forced.forward(x)).rejects.toThrow('this graph\'s view() cannot run: load it with `{ channelsLast: false }` or call `model.channelsLast(false)`');
   });
 
   it('readLoss: false skips the host read and the next read averages the steps since', async () => {
