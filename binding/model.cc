@@ -192,6 +192,14 @@ c10::IValue runForward(ModelState& state, std::vector<c10::IValue> inputs) {
   }
 }
 
+void chooseChannelsLast(ModelState& state, bool on, bool automatic) {
+  bool changed = setChannelsLast(state, on);
+  // Asked for by name, a model without 4-D weights still gets its 4-D inputs in NHWC;
+  // chosen automatically, it stays as it is (a text model's [B, 1, 1, L] mask gains nothing).
+  if (!changed && !automatic) state.channelsLast = on;
+  state.layoutAutomatic = state.layoutOnTrial = changed && on && automatic;
+}
+
 bool setChannelsLast(ModelState& state, bool on) {
   std::vector<torch::Tensor> planes;
   for (const torch::Tensor& parameter : state.module.parameters())
@@ -285,8 +293,16 @@ Napi::Value ModelWrap::Load(const Napi::CallbackInfo& info) {
       Napi::Array names = info[2].As<Napi::Array>();
       for (uint32_t i = 0; i < names.Length(); ++i) extraNames.push_back(names.Get(i).As<Napi::String>().Utf8Value());
     }
+    // "auto": channels-last on the CPU, tried on the first forward (see onLayoutTrial); set
+    // here, on the lane, since converting a ResNet's weights takes milliseconds.
+    std::string layout = info[3].IsString() ? info[3].As<Napi::String>().Utf8Value() : "off";
     return Job<ModelPtr>::Start(
-        env, {device, Priority::Training}, [path, device, extraNames] { return loadArchive(path, device, extraNames); },
+        env, {device, Priority::Training},
+        [path, device, extraNames, layout] {
+          ModelPtr state = loadArchive(path, device, extraNames);
+          if (layout == "on" || (layout == "auto" && device.is_cpu())) chooseChannelsLast(*state, true, layout == "auto");
+          return state;
+        },
         [](Napi::Env env, ModelPtr& state) -> Napi::Value { return Wrap(env, state); });
   });
 }
@@ -628,18 +644,10 @@ Napi::Value ModelWrap::LoadStateDict(const Napi::CallbackInfo& info) {
   });
 }
 
-// setChannelsLast(on, auto): `auto` (loadPretrained's default on the CPU) makes the first
-// forward a trial that falls back to NCHW when the graph needs it (see onLayoutTrial).
 Napi::Value ModelWrap::SetChannelsLast(const Napi::CallbackInfo& info) {
   return Locked(info, [&](Napi::Env env, ModelState& state) {
-    bool on = info[0].As<Napi::Boolean>().Value();
-    bool automatic = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
-    bool changed = setChannelsLast(state, on);
-    // Asked for by name, a model without 4-D weights still gets its 4-D inputs in NHWC;
-    // chosen automatically, it stays as it is (a text model's [B, 1, 1, L] mask gains nothing).
-    if (!changed && !automatic) state.channelsLast = on;
-    state.layoutAutomatic = state.layoutOnTrial = changed && on && automatic;
-    return Napi::Boolean::New(env, state.channelsLast);
+    chooseChannelsLast(state, info[0].As<Napi::Boolean>().Value(), /*automatic=*/false);
+    return env.Undefined();
   });
 }
 

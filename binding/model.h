@@ -51,6 +51,10 @@ c10::IValue runForward(ModelState& state, std::vector<c10::IValue> inputs);
 // follow. Returns false, changing nothing, when the model has no 4-D parameter.
 bool setChannelsLast(ModelState& state, bool on);
 
+// The layout a model asks for: `automatic` (loadPretrained's 'auto') only takes models with
+// 4-D weights, and makes their first forward a trial that can fall back to NCHW.
+void chooseChannelsLast(ModelState& state, bool on, bool automatic);
+
 class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  public:
   static Napi::Function Define(Napi::Env env);

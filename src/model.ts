@@ -1048,8 +1048,6 @@ export async function loadArchive(path: string, options: LoadOptions | undefined
   const { device = 'cpu', channelsLast = 'auto' } = checkOptions<LoadOptions>(options, 'options', ['device', 'channelsLast']);
   const target = checkDevice(device, 'options.device');
   if (channelsLast !== 'auto' && typeof channelsLast !== 'boolean') throw typeError("a boolean or 'auto'", 'options.channelsLast', channelsLast);
-  const handle = await native.Model.load(path, target, extraNames);
-  if (channelsLast === true) handle.setChannelsLast(true);
-  else if (channelsLast === 'auto' && target === 'cpu') handle.setChannelsLast(true, true);
+  const handle = await native.Model.load(path, target, extraNames, channelsLast === 'auto' ? 'auto' : channelsLast ? 'on' : 'off');
   return { model: new Model(handle), extras: handle.extras() };
 }

@@ -70,7 +70,7 @@ export interface NativeModel {
   save(path: string, metadata: string, extras?: Record<string, Buffer>): Promise<void>;
   loadStateDict(dict: Record<string, NativeTensor>, strict: boolean): void;
   extras(): Record<string, Buffer>;
-  setChannelsLast(on: boolean, automatic?: boolean): boolean;
+  setChannelsLast(on: boolean): void;
   dispose(): void;
 }
 
@@ -141,7 +141,7 @@ export interface NativeScriptObject {
 }
 
 export interface NativeModelClass {
-  load(path: string, device: string, extraNames?: string[]): Promise<NativeModel>;
+  load(path: string, device: string, extraNames: string[], channelsLast: 'auto' | 'on' | 'off'): Promise<NativeModel>;
   fromLayer(spec: object): NativeModel;
 }
 
