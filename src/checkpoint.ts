@@ -89,7 +89,7 @@ export async function saveCheckpoint(path: string, state: TrainingState): Promis
  * generator from a checkpoint; returns the position.
  */
 export async function loadCheckpoint(path: string, state: Omit<TrainingState, 'position' | 'rngs'> & { rng?: boolean; rank?: number }): Promise<TrainingPosition> {
-  const { model: saved, extras } = await loadArchive(path, { device: state.model.device }, [STATE, TENSORS]);
+  const { model: saved, extras } = await loadArchive(path, { device: state.model.device, channelsLast: false }, [STATE, TENSORS]); // weights only copied out: no layout work
   try {
     if (!extras[STATE]) throw new TorchError('TORCHLITE_BAD_STATE', `${path} is a model but not a torchlite checkpoint`);
     const json = JSON.parse(extras[STATE].toString('utf8')) as CheckpointJson;
@@ -121,7 +121,7 @@ export async function loadCheckpoint(path: string, state: Omit<TrainingState, 'p
 
 /** The position stored in a checkpoint, without restoring anything. */
 export async function readCheckpointPosition(path: string): Promise<TrainingPosition> {
-  const { model, extras } = await loadArchive(path, undefined, [STATE]);
+  const { model, extras } = await loadArchive(path, { channelsLast: false }, [STATE]);
   model.dispose();
   if (!extras[STATE]) throw new TorchError('TORCHLITE_BAD_STATE', `${path} is a model but not a torchlite checkpoint`);
   const { epoch, step, stage, history, callbacks } = JSON.parse(extras[STATE].toString('utf8')) as CheckpointJson;
