@@ -162,8 +162,7 @@ c10::IValue onLayoutTrial(ModelState& state, std::vector<c10::IValue>& inputs, R
     std::lock_guard<std::mutex> lock(generator.mutex());
     generator.set_state(rng);
   }
-  setChannelsLast(state, false);
-  state.layoutAutomatic = state.layoutOnTrial = false;
+  chooseChannelsLast(state, false, /*automatic=*/false);
   for (c10::IValue& input : inputs)
     if (input.isTensor() && input.toTensor().dim() == 4) input = input.toTensor().contiguous();
   return run(std::move(inputs));
@@ -461,10 +460,7 @@ Napi::Value ModelWrap::To(const Napi::CallbackInfo& info) {
         [state, device] {
           std::lock_guard<std::mutex> lock(state->mutex);
           // 'auto' chose channels-last for oneDNN; on a GPU the choice is the user's.
-          if (state->layoutAutomatic && !device.is_cpu()) {
-            setChannelsLast(*state, false);
-            state->layoutAutomatic = state->layoutOnTrial = false;
-          }
+          if (state->layoutAutomatic && !device.is_cpu()) chooseChannelsLast(*state, false, /*automatic=*/false);
           state->module.to(device);
           state->device = device;
           return true;
