@@ -183,6 +183,13 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
                                                false
 #endif
                                                ));
+  exports.Set("ncclBuild", Napi::Boolean::New(env,
+#if defined(USE_C10D_GLOO) && defined(USE_C10D_NCCL)
+                                               true
+#else
+                                               false
+#endif
+                                               ));
   exports.Set("cudaBuild", Napi::Boolean::New(env,
 #ifdef TORCHLITE_WITH_CUDA
                                                true

@@ -11,6 +11,10 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #define TORCHLITE_C10D 1
 #endif
+#if defined(TORCHLITE_C10D) && defined(USE_C10D_NCCL)
+#include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
+#define TORCHLITE_NCCL 1
+#endif
 
 #include "compat.h"
 #include "job.h"
@@ -27,7 +31,8 @@ struct GroupState {
   std::chrono::milliseconds timeout{0};
 #ifdef TORCHLITE_C10D
   c10::intrusive_ptr<c10d::Store> store;
-  c10::intrusive_ptr<compat::CommBackend> comm;
+  c10::intrusive_ptr<compat::CommBackend> gloo;  // CPU tensors, and CUDA ones when there is no NCCL
+  c10::intrusive_ptr<compat::CommBackend> nccl;  // CUDA tensors, when the group was made with NCCL
 #endif
   // Set by the first failed collective: Gloo cannot recover a group that lost a peer, so
   // every later call fails at once with the same error instead of waiting for a timeout.
@@ -94,6 +99,18 @@ auto communicate(GroupState& group, const char* what, F&& body) -> decltype(body
 
 void run(const c10::intrusive_ptr<c10d::Work>& work) { work->wait(); }
 
+// As PyTorch's default group does: NCCL for CUDA tensors where the group has it, Gloo for
+// the rest (the JS side refuses CUDA tensors in a Gloo-only group's own collectives).
+compat::CommBackend& commFor(GroupState& group, const torch::Device& device) {
+  return device.is_cuda() && group.nccl ? *group.nccl : *group.gloo;
+}
+
+// Where a small message about tensors on `device` (flags, hashes) must live: NCCL reduces
+// device memory only, Gloo is cheapest on the host.
+torch::Device scratchFor(const GroupState& group, const torch::Device& device) {
+  return device.is_cuda() && group.nccl ? device : torch::Device(torch::kCPU);
+}
+
 c10d::ReduceOp parseOp(const std::string& op) {
   if (op == "sum" || op == "avg") return c10d::ReduceOp::SUM;  // Gloo has no AVG: divided after
   if (op == "max") return c10d::ReduceOp::MAX;
@@ -147,6 +164,7 @@ struct InitOptions {
   int threads = 2;
   std::string agentPrefix;  // torchrun's agent store: every rank a client, under this prefix
   std::vector<std::string> interfaces;
+  bool nccl = false;  // beside Gloo, for CUDA tensors
 };
 
 bool isLoopback(const std::string& host) { return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1"; }
@@ -260,10 +278,25 @@ GroupPtr initGroup(const InitOptions& o) {
                                                   : c10d::ProcessGroupGloo::createDefaultDevice());
   options->threads = o.threads;
   try {
-    group->comm = c10::make_intrusive<c10d::ProcessGroupGloo>(c10::make_intrusive<c10d::PrefixStore>("torchlite_pg/", store), o.rank,
+    group->gloo = c10::make_intrusive<c10d::ProcessGroupGloo>(c10::make_intrusive<c10d::PrefixStore>("torchlite_pg/", store), o.rank,
                                                               o.size, options);
   } catch (const std::exception& e) {
     throw explain(*group, messageOf(e), "the Gloo connection set-up");
+  }
+  if (o.nccl) {
+#ifdef TORCHLITE_NCCL
+    // NCCL connects lazily, on the first collective of each device, so this returns at once.
+    auto nccl = c10d::ProcessGroupNCCL::Options::create();
+    nccl->timeout = o.timeout;
+    try {
+      group->nccl = c10::make_intrusive<c10d::ProcessGroupNCCL>(c10::make_intrusive<c10d::PrefixStore>("torchlite_nccl/", store),
+                                                                o.rank, o.size, nccl);
+    } catch (const std::exception& e) {
+      throw explain(*group, messageOf(e), "the NCCL set-up");
+    }
+#else
+    throw CodedError("TORCHLITE_DIST_UNAVAILABLE", "this build of torchlite has no NCCL; use backend 'gloo'");
+#endif
   }
   group->store = store;
   return group;
@@ -285,6 +318,7 @@ InitOptions parseInit(const Napi::Object& object) {
   o.initTimeout = millis("initTimeoutMs", o.initTimeout);
   o.threads = integer("threads", o.threads);
   o.agentPrefix = getString(object, "agentPrefix", "");
+  o.nccl = object.Get("nccl").ToBoolean().Value();
   if (object.Get("interfaces").IsArray()) {
     Napi::Array names = object.Get("interfaces").As<Napi::Array>();
     for (uint32_t i = 0; i < names.Length(); ++i) o.interfaces.push_back(names.Get(i).As<Napi::String>().Utf8Value());
@@ -313,26 +347,31 @@ double averageGradients(GroupState& group, const std::vector<torch::Tensor>& par
     // One small message beside the buckets: the flag, then which parameters have a grad
     // on each rank. One unused everywhere keeps an undefined grad, so the optimizer skips
     // it as a single process would (a zero grad would still move it through weight decay).
-    std::vector<at::Tensor> flags{torch::zeros({static_cast<int64_t>(params.size()) + 1}, torch::kDouble)};
-    auto* flag0 = flags[0].data_ptr<double>();
-    flag0[0] = flag;
+    torch::Device device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
+    compat::CommBackend& comm = commFor(group, device);
+    torch::Tensor local = torch::zeros({static_cast<int64_t>(params.size()) + 1}, torch::kDouble);
+    auto* mine = local.data_ptr<double>();
+    mine[0] = flag;
     std::vector<torch::Tensor> grads;
     for (size_t i = params.size(); i-- > 0;) {
       torch::Tensor param = params[i];
-      flag0[i + 1] = param.grad().defined() ? 1 : 0;
+      mine[i + 1] = param.grad().defined() ? 1 : 0;
       if (!param.grad().defined()) param.mutable_grad() = torch::zeros_like(param);
       grads.push_back(param.grad());
     }
-    auto flagWork = group.comm->allreduce(flags);
+    std::vector<at::Tensor> flags{local.to(scratchFor(group, device))};
+    auto flagWork = comm.allreduce(flags);
     std::vector<std::vector<torch::Tensor>> groups = buckets(grads, kBucketBytes);
     // All buckets go out before the first wait, so Gloo's threads overlap them.
     std::vector<std::vector<at::Tensor>> flats;
     std::vector<c10::intrusive_ptr<c10d::Work>> works;
     for (const auto& bucket : groups) {
       flats.push_back({flatten(bucket)});
-      works.push_back(group.comm->allreduce(flats.back()));
+      works.push_back(comm.allreduce(flats.back()));
     }
     run(flagWork);
+    torch::Tensor summed = flags[0].to(torch::kCPU);  // from NCCL: the one host sync of the update
+    const auto* flag0 = summed.data_ptr<double>();
     for (size_t i = 0; i < groups.size(); ++i) {
       run(works[i]);
       flats[i][0].div_(group.size);
@@ -372,7 +411,7 @@ void broadcastTensors(GroupState& group, const std::vector<torch::Tensor>& tenso
     options.rootRank = root;
     for (const auto& bucket : buckets(tensors, SIZE_MAX)) {
       std::vector<at::Tensor> flat{flatten(bucket)};
-      run(group.comm->broadcast(flat, options));
+      run(commFor(group, flat[0].device()).broadcast(flat, options));
       unflattenInto(flat[0], bucket);
     }
   });
@@ -395,14 +434,17 @@ void broadcastModel(GroupState& group, torch::jit::Module& module) {
     signature += b.name + c10::str(b.value.sizes()) + c10::toString(b.value.scalar_type()) + ";";
   }
   // Equal signatures on every rank: the min and max of their hashes agree.
+  torch::Device device = tensors.empty() ? torch::Device(torch::kCPU) : tensors.front().device();
   communicate(group, "the model check", [&] {
     auto hash = static_cast<int64_t>(std::hash<std::string>{}(signature) >> 1);
-    std::vector<at::Tensor> low{torch::full({1}, hash, torch::kLong)}, high{torch::full({1}, hash, torch::kLong)};
+    auto scratch = torch::TensorOptions().dtype(torch::kLong).device(scratchFor(group, device));
+    std::vector<at::Tensor> low{torch::full({1}, hash, scratch)}, high{torch::full({1}, hash, scratch)};
     c10d::AllreduceOptions min, max;
     min.reduceOp = c10d::ReduceOp::MIN;
     max.reduceOp = c10d::ReduceOp::MAX;
-    run(group.comm->allreduce(low, min));
-    run(group.comm->allreduce(high, max));
+    compat::CommBackend& comm = commFor(group, device);
+    run(comm.allreduce(low, min));
+    run(comm.allreduce(high, max));
     if (low[0].item<int64_t>() != high[0].item<int64_t>())
       throw CodedError("TORCHLITE_DIST_MODEL_MISMATCH",
                        "the ranks hold different models (parameter or buffer names, shapes or dtypes differ): load and change the model "
@@ -486,7 +528,7 @@ Napi::Value GroupWrap::AllReduce(const Napi::CallbackInfo& info) {
     options.reduceOp = parseOp(op);
     return collective(env, group, placeOf(tensor), "allReduce", [tensor, options, op](GroupState& g) {
       std::vector<at::Tensor> tensors{tensor};
-      run(g.comm->allreduce(tensors, options));
+      run(commFor(g, tensor.device()).allreduce(tensors, options));
       if (op == "avg") tensor.div_(g.size);
     });
 #else
@@ -519,7 +561,7 @@ Napi::Value GroupWrap::AllGather(const Napi::CallbackInfo& info) {
             std::vector<std::vector<at::Tensor>> outputs(1);
             for (int r = 0; r < group->size; ++r) outputs[0].push_back(torch::empty_like(tensor));
             std::vector<at::Tensor> inputs{tensor};
-            run(group->comm->allgather(outputs, inputs));
+            run(commFor(*group, tensor.device()).allgather(outputs, inputs));
             return outputs[0];
           });
         },
@@ -538,7 +580,7 @@ Napi::Value GroupWrap::Barrier(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&]() -> Napi::Value {
 #ifdef TORCHLITE_C10D
-    return collective(env, live(), {torch::Device(torch::kCPU), Priority::Training}, "barrier", [](GroupState& g) { run(g.comm->barrier()); });
+    return collective(env, live(), {torch::Device(torch::kCPU), Priority::Training}, "barrier", [](GroupState& g) { run(g.gloo->barrier()); });
 #else
     unavailable();
 #endif

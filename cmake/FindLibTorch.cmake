@@ -2,7 +2,8 @@
 #   1. $LIBTORCH (an unpacked LibTorch zip), 2. $Torch_DIR,
 #   3. the torch of $TORCHLITE_PYTHON, else python3, else /usr/bin/python3,
 #   4. the system (Debian's libtorch-dev).
-# Sets TORCH_LIBRARIES, Torch_VERSION, TORCHLITE_TORCH_LIBDIR, TORCHLITE_TORCH_SOURCE, TORCHLITE_CUDA.
+# Sets TORCH_LIBRARIES, Torch_VERSION, TORCHLITE_TORCH_LIBDIR, TORCHLITE_TORCH_SOURCE, TORCHLITE_CUDA,
+# and TORCHLITE_PYTHON_USED when the LibTorch is a Python torch's (its wheels hold nccl.h).
 function(_torchlite_try dir source)
   if(NOT TORCHLITE_TORCH_SOURCE AND EXISTS "${dir}/TorchConfig.cmake")
     set(Torch_DIR "${dir}" CACHE PATH "LibTorch CMake folder" FORCE)
@@ -37,6 +38,9 @@ macro(torchlite_find_libtorch)
                       RESULT_VARIABLE _rc ERROR_QUIET)
       if(_rc EQUAL 0)
         _torchlite_try("${_prefix}/Torch" "torch of ${_py}")
+        if(TORCHLITE_TORCH_SOURCE STREQUAL "torch of ${_py}")
+          set(TORCHLITE_PYTHON_USED "${_py}")
+        endif()
       else()
         set(_tried "${_tried}\n  - ${_py}: no importable torch")
       endif()

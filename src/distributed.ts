@@ -1,5 +1,5 @@
-// Data-parallel training across processes on PyTorch's own c10d: a TCPStore rendezvous and
-// Gloo collectives (binding/distributed.cc). One process per rank, started by
+// Data-parallel training across processes on PyTorch's own c10d: a TCPStore rendezvous,
+// Gloo collectives, and NCCL for CUDA tensors in CUDA builds (binding/distributed.cc). One process per rank, started by
 // `torchlite run --nproc N` or torchrun, which pass the rank and rendezvous address in
 // torchrun's environment variables.
 import { TorchError } from './errors';
@@ -20,7 +20,12 @@ export interface InitOptions {
   masterAddr?: string;
   /** Its TCP port. Defaults to `MASTER_PORT`, else `29500`. */
   masterPort?: number;
-  /** `'gloo'` (CPU tensors), or `'auto'`, which picks Gloo in this build. Defaults to `'auto'`. */
+  /**
+   * `'gloo'` reduces every tensor with Gloo (CUDA gradients by way of the host); `'nccl'`
+   * reduces CUDA tensors with NCCL on the GPUs and CPU tensors with Gloo, as PyTorch's
+   * default group does (it needs a CUDA build of torchlite and a visible GPU); `'auto'` is
+   * `'nccl'` where that is available, else `'gloo'`. Defaults to `'auto'`.
+   */
   backend?: 'gloo' | 'nccl' | 'auto';
   /**
    * How long a collective waits for the other ranks before failing with
@@ -55,16 +60,18 @@ export class ProcessGroup implements AsyncDisposable {
   readonly worldSize: number;
   /** This process's rank on its machine (`LOCAL_RANK`), e.g. to pick a GPU. */
   readonly localRank: number;
-  readonly backend = 'gloo' as const;
+  /** What reduces which tensors, in PyTorch's spelling: `'gloo'`, or `'cpu:gloo,cuda:nccl'`. */
+  readonly backend: 'gloo' | 'cpu:gloo,cuda:nccl';
   #native: NativeProcessGroup | null;
   #tail: Promise<void> = Promise.resolve();
 
   /** @internal Use {@link init}. */
-  constructor(handle: NativeProcessGroup, rank: number, worldSize: number, localRank: number) {
+  constructor(handle: NativeProcessGroup, rank: number, worldSize: number, localRank: number, nccl: boolean) {
     this.#native = handle;
     this.rank = rank;
     this.worldSize = worldSize;
     this.localRank = localRank;
+    this.backend = nccl ? 'cpu:gloo,cuda:nccl' : 'gloo';
   }
 
   get #live(): NativeProcessGroup {
@@ -98,7 +105,7 @@ export class ProcessGroup implements AsyncDisposable {
       try {
         const handle = this.#live;
         if (tensor !== null && !(tensor instanceof Tensor)) throw typeError('a Tensor', 'tensor', tensor);
-        if (tensor !== null && tensor.device !== 'cpu') throw new TorchError('TORCHLITE_BAD_DEVICE', `${name} with Gloo takes CPU tensors but received one on ${tensor.device}; move it with \`await t.to('cpu')\``);
+        if (tensor !== null && tensor.device !== 'cpu' && this.backend === 'gloo') throw new TorchError('TORCHLITE_BAD_DEVICE', `${name} with Gloo takes CPU tensors but received one on ${tensor.device}; move it with \`await t.to('cpu')\`, or init the group with backend 'nccl'`);
         await turn.ready;
         return await body(handle);
       } finally {
@@ -185,7 +192,10 @@ export async function init(options?: InitOptions): Promise<ProcessGroup> {
   const masterPort = o.masterPort === undefined ? envInteger('MASTER_PORT', 29500, 1) : checkInteger(o.masterPort, 'options.masterPort', 1, 'a port number');
   if (masterPort > 65535) throw rangeError('a port number (1–65535)', o.masterPort === undefined ? 'MASTER_PORT' : 'options.masterPort', masterPort);
   const backend = checkOneOf(o.backend ?? 'auto', 'options.backend', ['gloo', 'nccl', 'auto'] as const);
-  if (backend === 'nccl') throw new TorchError('TORCHLITE_DIST_UNAVAILABLE', "this build of torchlite has no NCCL backend; use backend 'gloo' (or 'auto'), which also reduces CUDA tensors by way of the host");
+  const ncclReady = native.ncclBuild && native.cudaInfo().available;
+  if (backend === 'nccl' && !native.ncclBuild) throw new TorchError('TORCHLITE_DIST_UNAVAILABLE', "this build of torchlite has no NCCL (it needs a CUDA LibTorch and nccl.h when the addon is built); use backend 'gloo' (or 'auto'), which also reduces CUDA tensors by way of the host");
+  if (backend === 'nccl' && !ncclReady) throw new TorchError('TORCHLITE_DIST_UNAVAILABLE', "backend 'nccl' needs a GPU but no CUDA device is visible; use backend 'gloo' (or 'auto')");
+  const nccl = backend === 'nccl' || (backend === 'auto' && ncclReady);
   const timeoutMs = checkPositiveInteger(o.timeoutMs ?? 300_000, 'options.timeoutMs');
   const initTimeoutMs = checkPositiveInteger(o.initTimeoutMs ?? 120_000, 'options.initTimeoutMs');
   const threads = checkPositiveInteger(o.threads ?? 2, 'options.threads');
@@ -203,9 +213,10 @@ export async function init(options?: InitOptions): Promise<ProcessGroup> {
       threads,
       ...(agent && { agentPrefix: `/worker/attempt_${envInteger('TORCHELASTIC_RESTART_COUNT', 0, 0)}/` }),
       ...(interfaces && { interfaces }),
+      nccl,
     }),
   );
-  return new ProcessGroup(handle, rank, worldSize, envInteger('LOCAL_RANK', rank, 0));
+  return new ProcessGroup(handle, rank, worldSize, envInteger('LOCAL_RANK', rank, 0), nccl);
 }
 
 export interface DataParallelOptions {

@@ -117,6 +117,7 @@ export interface NativeInitOptions {
   threads: number;
   agentPrefix?: string;
   interfaces?: string[];
+  nccl?: boolean;
 }
 
 export interface NativeProcessGroup {
@@ -170,6 +171,7 @@ export interface NativeAddon {
   torchVersion: string;
   cudaBuild: boolean;
   glooBuild: boolean;
+  ncclBuild: boolean;
 }
 
 const root = resolve(__dirname, '..');

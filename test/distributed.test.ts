@@ -9,8 +9,9 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { data, distributed, TorchError } from '../src';
-import { fixture, hasTorch, PYTHON, root } from './helpers';
+import { cuda, data, distributed } from '../src';
+import { native } from '../src/native';
+import { fixture, freePort, hasTorch, PYTHON, root } from './helpers';
 
 const CLI = join(root, 'lib', 'cli', 'main.js');
 const WORKER = join(root, 'test', 'distributed', 'worker.mjs');
@@ -39,15 +40,6 @@ function relative(a: number[], b: number[]): number {
     norm += b[i] ** 2;
   }
   return a.length === b.length ? Math.sqrt(diff / norm) : Infinity;
-}
-
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const server = createServer().listen(0, '127.0.0.1', () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
 }
 
 /** Starts join.mjs as the given ranks at once; resolves what each printed. */
@@ -213,7 +205,13 @@ describe('distributed: process groups and data-parallel training on 2 ranks', ()
   it('validates its options before connecting', async () => {
     await expect(distributed.init({ rank: 2, worldSize: 2 })).rejects.toThrow(new RangeError('Expected a rank below the world size 2 but received 2; ranks run from 0 to 1'));
     await expect(distributed.init({ masterPort: 70000 })).rejects.toThrow(new RangeError('Expected a port number (1–65535) for `options.masterPort` but received 70000'));
-    await expect(distributed.init({ backend: 'nccl' })).rejects.toThrow(TorchError);
+    if (!cuda.isAvailable())
+      await expect(distributed.init({ backend: 'nccl' })).rejects.toMatchObject({
+        code: 'TORCHLITE_DIST_UNAVAILABLE',
+        message: native.ncclBuild
+          ? "backend 'nccl' needs a GPU but no CUDA device is visible; use backend 'gloo' (or 'auto')"
+          : "this build of torchlite has no NCCL (it needs a CUDA LibTorch and nccl.h when the addon is built); use backend 'gloo' (or 'auto'), which also reduces CUDA tensors by way of the host",
+      });
     expect(() => distributed.dataParallel({} as never, { group: {} as never })).toThrow(new TypeError('Expected a Model for `model` but received an object'));
   });
 });

@@ -1,5 +1,6 @@
 import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
@@ -105,4 +106,14 @@ with torch.no_grad():
     [model, join(dir, 'input.f32'), join(dir, 'output.f32')],
   );
   return readF32(join(dir, 'output.f32'));
+}
+
+/** A TCP port on 127.0.0.1 that was free a moment ago, for a rendezvous. */
+export function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
 }

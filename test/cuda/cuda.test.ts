@@ -3,8 +3,9 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { cuda, loadPretrained, loss, manualSeed, nn, optim, randn, runtime, type Tensor, tensor, TorchError } from '../../src';
-import { exportTorchvision, fixture, hasTorchvision, maxAbsDiff, python, readF32, relativeDiff } from '../helpers';
+import { cuda, distributed, loadPretrained, loss, manualSeed, nn, optim, randn, runtime, type Tensor, tensor, TorchError } from '../../src';
+import { native } from '../../src/native';
+import { exportTorchvision, fixture, freePort, hasTorchvision, maxAbsDiff, python, readF32, relativeDiff } from '../helpers';
 
 const values = async (t: Tensor) => (await t.read()) as Float32Array;
 const longs = (xs: number[]) => tensor(BigInt64Array.from(xs.map(BigInt)));
@@ -134,6 +135,37 @@ with torch.no_grad(): print(json.dumps(m(x).float().flatten().tolist()))`, [file
       expect(relativeDiff(ours, theirs)).toBeLessThanOrEqual(1e-3);
       cuda.setOptions({ cudnnBenchmark: false, tf32: false });
     }
+  });
+
+  it.skipIf(!native.ncclBuild)('NCCL, world size 1: collectives on CUDA tensors, and a data-parallel step equals a plain one', async () => {
+    await using group = await distributed.init({ rank: 0, worldSize: 1, masterPort: await freePort(), backend: 'nccl' });
+    expect(group.backend).toBe('cpu:gloo,cuda:nccl');
+    const t = tensor(Float32Array.of(1, 2, 3)).to('cuda');
+    await group.allReduce(t, 'avg');
+    await group.broadcast(t, 0);
+    expect(Array.from(await values(t))).toEqual([1, 2, 3]);
+    const gathered = await group.allGather(t);
+    expect(gathered.map((g) => g.device)).toEqual(['cuda:0']);
+    expect((await group.allReduce(tensor(Float64Array.of(4)), 'sum')).toTypedArray()).toEqual(Float64Array.of(4)); // CPU: Gloo
+    await group.barrier();
+
+    const batches = Array.from({ length: 3 }, () => ({ input: randn([8, 12]), target: randn([8, 4]) }));
+    const run = async (parallel: boolean) => {
+      manualSeed(0);
+      await using model = await loadPretrained(fixture('mlp.scripted.pt'), { device: 'cuda' });
+      if (parallel) distributed.dataParallel(model, { group });
+      model.train();
+      const opt = optim.sgd(model, { lr: 0.1, momentum: 0.9 });
+      const losses = [];
+      for (const b of batches) losses.push((await model.trainStep(b.input, b.target, { loss: loss.mse(), optimizer: opt })).loss);
+      const weights = [];
+      for (const p of Object.values(model.stateDict())) weights.push(...(await values(p)));
+      return { losses, weights };
+    };
+    const plain = await run(false);
+    const parallel = await run(true);
+    expect(parallel.losses).toEqual(plain.losses);
+    expect(maxAbsDiff(Float32Array.from(parallel.weights), Float32Array.from(plain.weights))).toBeLessThanOrEqual(1e-6);
   });
 
   it('a layer replaced on the GPU lands on the GPU', async () => {
