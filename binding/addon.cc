@@ -177,14 +177,14 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("cudaInfo", Napi::Function::New<CudaInfo>(env));
   exports.Set("torchVersion", TORCH_VERSION);
   exports.Set("glooBuild", Napi::Boolean::New(env,
-#ifdef USE_C10D_GLOO
+#ifdef TORCHLITE_GLOO
                                                true
 #else
                                                false
 #endif
                                                ));
   exports.Set("ncclBuild", Napi::Boolean::New(env,
-#if defined(USE_C10D_GLOO) && defined(USE_C10D_NCCL)
+#if defined(TORCHLITE_GLOO) && defined(TORCHLITE_NCCL)
                                                true
 #else
                                                false

@@ -5,15 +5,15 @@
 #include <sstream>
 #include <thread>
 
-#ifdef USE_C10D_GLOO
+#ifdef TORCHLITE_GLOO
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 #define TORCHLITE_C10D 1
 #endif
-#if defined(TORCHLITE_C10D) && defined(USE_C10D_NCCL)
+#if defined(TORCHLITE_C10D) && defined(TORCHLITE_NCCL)
 #include <torch/csrc/distributed/c10d/ProcessGroupNCCL.hpp>
-#define TORCHLITE_NCCL 1
+#define TORCHLITE_WITH_NCCL 1
 #endif
 
 #include "compat.h"
@@ -284,7 +284,7 @@ GroupPtr initGroup(const InitOptions& o) {
     throw explain(*group, messageOf(e), "the Gloo connection set-up");
   }
   if (o.nccl) {
-#ifdef TORCHLITE_NCCL
+#ifdef TORCHLITE_WITH_NCCL
     // NCCL connects lazily, on the first collective of each device, so this returns at once.
     auto nccl = c10d::ProcessGroupNCCL::Options::create();
     nccl->timeout = o.timeout;

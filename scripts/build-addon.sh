@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${TORCHLITE_BUILD_JOBS:-$(nproc)}"
-exec npx --no-install cmake-js build --out build --parallel "$jobs" --log-level warn "$@"
+exec node node_modules/cmake-js/bin/cmake-js build --out build --parallel "$jobs" --log-level warn "$@"

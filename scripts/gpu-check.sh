@@ -42,6 +42,7 @@ has_cuda="$("$PY" -c 'import torch; print(torch.cuda.is_available())')"
 result[libtorch]="$("$PY" -c 'import torch; print(torch.__version__, "cuda", torch.version.cuda)') at $prefix"
 
 step "build"
+[[ -d .device/gloo-include ]] && export TORCHLITE_GLOO_INCLUDE="$PWD/.device/gloo-include"
 # Ninja stops at the first failed file; -k 0 goes on, so one run shows every error.
 keep_going() { cmake --build build -- -k 0 >> "$OUT/build.log" 2>&1; }
 if ! TORCHLITE_PYTHON="$PY" bash scripts/build-addon.sh > "$OUT/build.log" 2>&1 && ! keep_going; then
