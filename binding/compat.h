@@ -78,5 +78,17 @@ using CommBackend = c10d::Backend;
 using CommBackend = c10d::ProcessGroup;
 #endif
 
+#ifdef TORCHLITE_WITH_NCCL
+// From 2.4 a ProcessGroupNCCL destroyed without shutdown() (Python's
+// destroy_process_group calls it) prints a warning on every rank; 1.13 has neither.
+inline void shutdownNccl(CommBackend& nccl) {
+#if TORCHLITE_TORCH_AT_LEAST(2, 4)
+  static_cast<c10d::ProcessGroupNCCL&>(nccl).shutdown();
+#else
+  (void)nccl;
+#endif
+}
+#endif
+
 }  // namespace tl::compat
 #endif

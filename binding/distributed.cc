@@ -39,6 +39,16 @@ struct GroupState {
   std::mutex mutex;
   std::optional<CodedError> failure;
   bool destroyed = false;
+
+#ifdef TORCHLITE_WITH_NCCL
+  ~GroupState() {
+    try {
+      if (nccl) compat::shutdownNccl(*nccl);
+    } catch (const std::exception&) {
+      // A group that lost a peer may fail to shut down cleanly; it is going away regardless.
+    }
+  }
+#endif
 };
 
 namespace {

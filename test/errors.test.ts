@@ -4,7 +4,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { loadPretrained, tensor, TorchError } from '../src';
+import { cuda, loadPretrained, tensor, TorchError } from '../src';
 import { decode, fixture, hasTorch, python, refs } from './helpers';
 
 const dir = mkdtempSync(join(tmpdir(), 'torchlite-errors-'));
@@ -45,7 +45,7 @@ describe('loading bad files', () => {
     expect(error.stack).toContain('errors.test.ts');
   });
 
-  it("refuses device 'cuda' without CUDA", async () => {
+  it.skipIf(cuda.isAvailable())("refuses device 'cuda' without CUDA", async () => {
     const error = await rejection(loadPretrained(fixture('mlp.scripted.pt'), { device: 'cuda' }));
     expect(error.code).toBe('TORCHLITE_CUDA_UNAVAILABLE');
     expect(error.message).toMatch(/^device 'cuda' requested but CUDA is not available/);

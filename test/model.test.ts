@@ -1,10 +1,12 @@
 import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { loadPretrained, type Model, randn, Tensor, tensor, TorchError } from '../src';
-import { decode, fixture, outputDiff, refs, root } from './helpers';
+import { loadPretrained, loss, type Model, optim, randn, Tensor, tensor, TorchError } from '../src';
+import { decode, fixture, maxAbsDiff, outputDiff, refs, root } from './helpers';
 
 const ARCHITECTURES = ['resnet_small', 'mobilenet_small', 'mlp', 'tuple_out', 'text'] as const;
 const KINDS = ['scripted', 'traced'] as const;
@@ -15,6 +17,36 @@ describe.each(KINDS)('%s fixtures', (kind) => {
     expect(model.isTraced).toBe(kind === 'traced');
     const output = await model.forward(decode(refs[name].input));
     expect(outputDiff(output, refs[name].output)).toBeLessThanOrEqual(1e-5);
+  });
+});
+
+// Exported by PyTorch 2.11 (cu130) on the lent GPU machine (scripts/gpu-check.sh runs
+// scripts/fixtures/make_fixtures.py there), with that PyTorch's outputs: the archives a
+// current PyTorch writes load here and give its results.
+describe('TorchScript written by PyTorch 2.11', () => {
+  const refs211: typeof refs = JSON.parse(readFileSync(fixture('torch-2.11/refs.json'), 'utf8'));
+  const files = [...ARCHITECTURES.flatMap((name) => KINDS.map((kind) => [name, `${name}.${kind}.pt`])), ['dict_out', 'dict_out.scripted.pt'], ['mlp', 'mlp.frozen.pt']];
+  it.each(files)('%s (%s): forward matches PyTorch 2.11 within 1e-5', async (name, file) => {
+    await using model = await loadPretrained(fixture(`torch-2.11/${file}`));
+    const output = await model.forward(decode(refs211[name].input));
+    expect(outputDiff(output, refs211[name].output)).toBeLessThanOrEqual(1e-5);
+  });
+
+  it('fine-tunes one and saves an archive that loads again', async () => {
+    await using model = await loadPretrained(fixture('torch-2.11/resnet_small.traced.pt'));
+    model.resetClassifier(3);
+    model.train();
+    const x = randn([4, 3, 16, 16]);
+    const y = tensor(BigInt64Array.of(0n, 1n, 2n, 0n));
+    const optimizer = optim.sgd(model, { lr: 0.1 });
+    const first = await model.trainStep(x, y, { loss: loss.crossEntropy(), optimizer });
+    for (let i = 0; i < 5; i++) await model.trainStep(x, y, { loss: loss.crossEntropy(), optimizer });
+    expect((await model.trainStep(x, y, { loss: loss.crossEntropy(), optimizer })).loss).toBeLessThan(first.loss);
+    model.eval();
+    const file = join(mkdtempSync(join(tmpdir(), 'torchlite-211-')), 'tuned.pt');
+    await model.save(file);
+    await using again = await loadPretrained(file);
+    expect(maxAbsDiff((await again.forward<Tensor>(x)).toTypedArray() as Float32Array, (await model.forward<Tensor>(x)).toTypedArray() as Float32Array)).toBe(0);
   });
 });
 
