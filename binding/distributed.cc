@@ -4,6 +4,8 @@
 #include <chrono>
 #include <sstream>
 #include <thread>
+#include <unordered_map>
+#include <unordered_set>
 
 #ifdef TORCHLITE_GLOO
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
@@ -53,7 +55,7 @@ struct GroupState {
 
 namespace {
 
-constexpr size_t kBucketBytes = 25u << 20;  // DDP's bucket_cap_mb
+constexpr size_t kFirstBucketBytes = 1u << 20;  // DDP's first bucket (the others: bucketCapMb)
 
 bool contains(const std::string& text, const char* needle) { return text.find(needle) != std::string::npos; }
 
@@ -85,14 +87,17 @@ CodedError explain(const GroupState& group, const std::string& cause, const char
   return CodedError("TORCHLITE_DIST_ERROR", me + ": " + what + " failed: " + cause);
 }
 
+// Throws when the group cannot be used: destroyed, or failed before.
+void usable(GroupState& group) {
+  std::lock_guard<std::mutex> lock(group.mutex);
+  if (group.destroyed) throw CodedError("TORCHLITE_DISPOSED", "the process group has been destroyed");
+  if (group.failure) throw *group.failure;
+}
+
 // Runs one use of the group; a failure poisons the group for every later call.
 template <class F>
 auto communicate(GroupState& group, const char* what, F&& body) -> decltype(body()) {
-  {
-    std::lock_guard<std::mutex> lock(group.mutex);
-    if (group.destroyed) throw CodedError("TORCHLITE_DISPOSED", "the process group has been destroyed");
-    if (group.failure) throw *group.failure;
-  }
+  usable(group);
   try {
     return body();
   } catch (const CodedError&) {
@@ -129,21 +134,31 @@ c10d::ReduceOp parseOp(const std::string& op) {
   throw CodedError("TORCHLITE_BAD_ARGUMENT", "unknown reduce op '" + op + "'");
 }
 
-// One flat tensor per run of same-dtype tensors of at most `cap` bytes, in the given order.
-std::vector<std::vector<torch::Tensor>> buckets(const std::vector<torch::Tensor>& tensors, size_t cap) {
-  std::vector<std::vector<torch::Tensor>> out;
+// Runs of same-dtype, same-device tensors in the given order, as index lists: the first of
+// at most `firstCap` bytes, the others of at most `cap` (DDP starts with a small bucket so
+// the sync begins early in backward).
+std::vector<std::vector<size_t>> buckets(const std::vector<torch::Tensor>& tensors, size_t firstCap, size_t cap) {
+  std::vector<std::vector<size_t>> out;
   size_t bytes = 0;
-  for (const torch::Tensor& t : tensors) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const torch::Tensor& t = tensors[i];
+    const torch::Tensor* head = out.empty() ? nullptr : &tensors[out.back().front()];
     size_t size = static_cast<size_t>(t.numel()) * t.element_size();
-    if (out.empty() || bytes + size > cap || out.back().front().scalar_type() != t.scalar_type() ||
-        out.back().front().device() != t.device()) {
+    if (!head || bytes + size > (out.size() == 1 ? firstCap : cap) || head->scalar_type() != t.scalar_type() || head->device() != t.device()) {
       out.emplace_back();
       bytes = 0;
     }
-    out.back().push_back(t);
+    out.back().push_back(i);
     bytes += size;
   }
   return out;
+}
+
+std::vector<torch::Tensor> pick(const std::vector<torch::Tensor>& tensors, const std::vector<size_t>& indices) {
+  std::vector<torch::Tensor> picked;
+  picked.reserve(indices.size());
+  for (size_t i : indices) picked.push_back(tensors[i]);
+  return picked;
 }
 
 torch::Tensor flatten(const std::vector<torch::Tensor>& tensors) {
@@ -350,67 +365,223 @@ Place placeOf(const torch::Tensor& tensor) { return {tensor.device(), Priority::
 
 }  // namespace
 
-double averageGradients(GroupState& group, const std::vector<torch::Tensor>& params, double flag) {
 #ifdef TORCHLITE_C10D
-  return communicate(group, "the gradient allreduce", [&] {
+namespace {
+
+// One gradient sync: the trained parameters in reverse order (about the order in which
+// backward finishes their grads), in buckets that each go out as one flat allreduce once
+// all their grads are in, strictly in bucket order, so every rank issues the same
+// collectives in the same order whatever order its grads arrive in.
+struct GradientSync {
+  GradientSync(const std::vector<torch::Tensor>& trained, size_t bucketBytes) : params(trained.rbegin(), trained.rend()) {
+    groups = buckets(params, std::min(kFirstBucketBytes, bucketBytes), bucketBytes);
+    bucketOf.resize(params.size());
+    for (size_t b = 0; b < groups.size(); ++b) {
+      waiting.push_back(groups[b].size());
+      for (size_t i : groups[b]) bucketOf[i] = b;
+    }
+    ready.assign(params.size(), 0);
+    hadGrad.assign(params.size(), 0);
+    flats.resize(groups.size());
+    works.resize(groups.size());
+  }
+
+  // Sends bucket `next`. A parameter without a grad on this rank takes part as zeros, so
+  // every rank sends the same layout.
+  void launchNext(GroupState& group) {
     torch::NoGradGuard noGrad;
-    // One small message beside the buckets: the flag, then which parameters have a grad
-    // on each rank. One unused everywhere keeps an undefined grad, so the optimizer skips
-    // it as a single process would (a zero grad would still move it through weight decay).
+    for (size_t i : groups[next]) {
+      torch::Tensor param = params[i];
+      hadGrad[i] = param.grad().defined();
+      if (!hadGrad[i]) param.mutable_grad() = torch::zeros_like(param);
+    }
+    std::vector<torch::Tensor> grads = gradsOf(next);
+    flats[next] = {flatten(grads)};
+    works[next] = commFor(group, grads.front().device()).allreduce(flats[next]);
+    ++next;
+  }
+
+  // A parameter's grad is complete (the overlap's hook): sends the buckets now complete.
+  void markReady(GroupState& group, size_t i) {
+    if (ready[i]) return;
+    ready[i] = 1;
+    --waiting[bucketOf[i]];
+    while (next < groups.size() && waiting[next] == 0) launchNext(group);
+  }
+
+  // Sends what is left, then one small message: the flag, then which parameters had a grad
+  // on each rank (one unused everywhere keeps an undefined grad, so the optimizer skips it
+  // as a single process would: a zero grad would still move it through weight decay).
+  // Waits, averages, and returns the sum of the ranks' flags.
+  double finish(GroupState& group, double flag) {
+    torch::NoGradGuard noGrad;
+    while (next < groups.size()) launchNext(group);
     torch::Device device = params.empty() ? torch::Device(torch::kCPU) : params.front().device();
-    compat::CommBackend& comm = commFor(group, device);
     torch::Tensor local = torch::zeros({static_cast<int64_t>(params.size()) + 1}, torch::kDouble);
     auto* mine = local.data_ptr<double>();
     mine[0] = flag;
-    std::vector<torch::Tensor> grads;
-    for (size_t i = params.size(); i-- > 0;) {
-      torch::Tensor param = params[i];
-      mine[i + 1] = param.grad().defined() ? 1 : 0;
-      if (!param.grad().defined()) param.mutable_grad() = torch::zeros_like(param);
-      grads.push_back(param.grad());
-    }
+    for (size_t i = 0; i < params.size(); ++i) mine[i + 1] = hadGrad[i];
     std::vector<at::Tensor> flags{local.to(scratchFor(group, device))};
-    auto flagWork = comm.allreduce(flags);
-    std::vector<std::vector<torch::Tensor>> groups = buckets(grads, kBucketBytes);
-    // All buckets go out before the first wait, so Gloo's threads overlap them.
-    std::vector<std::vector<at::Tensor>> flats;
-    std::vector<c10::intrusive_ptr<c10d::Work>> works;
-    for (const auto& bucket : groups) {
-      flats.push_back({flatten(bucket)});
-      works.push_back(comm.allreduce(flats.back()));
+    auto flagWork = commFor(group, device).allreduce(flags);
+    for (size_t b = 0; b < groups.size(); ++b) {
+      run(works[b]);
+      flats[b][0].div_(group.size);
+      unflattenInto(flats[b][0], gradsOf(b));
     }
     run(flagWork);
     torch::Tensor summed = flags[0].to(torch::kCPU);  // from NCCL: the one host sync of the update
-    const auto* flag0 = summed.data_ptr<double>();
-    for (size_t i = 0; i < groups.size(); ++i) {
-      run(works[i]);
-      flats[i][0].div_(group.size);
-      unflattenInto(flats[i][0], groups[i]);
-    }
+    const auto* sums = summed.data_ptr<double>();
     for (size_t i = 0; i < params.size(); ++i)
-      if (flag0[i + 1] == 0) {
+      if (sums[i + 1] == 0) {
         torch::Tensor param = params[i];
         param.mutable_grad() = torch::Tensor();
       }
-    return flag0[0];
-  });
+    return sums[0];
+  }
+
+  std::vector<torch::Tensor> gradsOf(size_t bucket) const {
+    std::vector<torch::Tensor> grads;
+    for (size_t i : groups[bucket]) grads.push_back(params[i].grad());
+    return grads;
+  }
+
+  std::vector<torch::Tensor> params;
+  std::vector<std::vector<size_t>> groups;
+  std::vector<size_t> bucketOf, waiting;
+  std::vector<char> ready, hadGrad;
+  size_t next = 0;  // the next bucket to send
+  std::vector<std::vector<at::Tensor>> flats;
+  std::vector<c10::intrusive_ptr<c10d::Work>> works;
+};
+
+std::vector<torch::Tensor> trainedParameters(const OptimizerState& optimizer) {
+  std::vector<torch::Tensor> trained;
+  for (const torch::Tensor& param : optimizer.parameters())
+    if (param.requires_grad()) trained.push_back(param);
+  return trained;
+}
+
+}  // namespace
+
+// The overlap's state, one per optimizer: the hooks it put on grad accumulators, and the
+// sync armed for the current step. Hooks run on autograd's threads, hence the mutex.
+struct OverlapState {
+  std::mutex mutex;
+  std::unordered_set<const c10::TensorImpl*> hooked;
+  // Autograd keeps a parameter's grad accumulator only weakly; the hooks live on it, so
+  // the accumulators are kept here (as c10d::Reducer does).
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
+  GroupPtr group;
+  std::optional<GradientSync> sync;  // armed while set
+  std::unordered_map<const c10::TensorImpl*, size_t> indexOf;
+  std::exception_ptr error;  // a send that failed inside backward, rethrown at the sync
+
+  void ready(const c10::TensorImpl* param) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (!sync || error) return;
+    auto it = indexOf.find(param);
+    if (it == indexOf.end()) return;
+    try {
+      sync->markReady(*group, it->second);
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+};
+
+namespace {
+
+class ReadyHook final : public torch::autograd::FunctionPostHook {
+ public:
+  ReadyHook(std::weak_ptr<OverlapState> state, const c10::TensorImpl* param) : state_(std::move(state)), param_(param) {}
+
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list& /*inputs*/) override {
+    if (auto state = state_.lock()) state->ready(param_);
+    return outputs;
+  }
+
+ private:
+  std::weak_ptr<OverlapState> state_;
+  const c10::TensorImpl* param_;
+};
+
+}  // namespace
 #else
-  (void)group, (void)params, (void)flag;
+struct OverlapState {};
+#endif  // TORCHLITE_C10D
+
+OverlapScope armOverlap(const GroupPtr& group, OptimizerState& optimizer, size_t bucketBytes) {
+#ifdef TORCHLITE_C10D
+  usable(*group);
+  if (!optimizer.overlap) optimizer.overlap = std::make_shared<OverlapState>();
+  std::shared_ptr<OverlapState> state = optimizer.overlap;
+  std::vector<torch::Tensor> trained = trainedParameters(optimizer);
+  std::lock_guard<std::mutex> lock(state->mutex);
+  state->indexOf.clear();
+  for (size_t i = 0; i < trained.size(); ++i) {
+    const c10::TensorImpl* impl = trained[i].unsafeGetTensorImpl();
+    state->indexOf.emplace(impl, trained.size() - 1 - i);  // GradientSync holds them reversed
+    if (!state->hooked.insert(impl).second) continue;
+    std::shared_ptr<torch::autograd::Node> accumulator = torch::autograd::impl::grad_accumulator(trained[i]);
+    accumulator->add_post_hook(std::make_unique<ReadyHook>(state, impl));
+    state->accumulators.push_back(std::move(accumulator));
+  }
+  state->group = group;
+  state->sync.emplace(trained, bucketBytes);
+  state->error = nullptr;
+  return OverlapScope(state);
+#else
+  (void)group, (void)optimizer, (void)bucketBytes;
   unavailable();
 #endif
 }
 
-bool syncGradients(GroupState& group, OptimizerState& optimizer) {
-  std::vector<torch::Tensor> trained;
-  for (const torch::Tensor& param : optimizer.parameters())
-    if (param.requires_grad()) trained.push_back(param);
-  bool poisoned = averageGradients(group, trained, optimizer.poisoned ? 1 : 0) > 0;
+// A step that fails between arming and the sync leaves the other ranks waiting for
+// buckets this one may already have sent, so the group is marked lost.
+OverlapScope::~OverlapScope() {
+#ifdef TORCHLITE_C10D
+  if (!state_) return;
+  std::lock_guard<std::mutex> lock(state_->mutex);
+  if (!state_->sync) return;
+  bool sent = state_->sync->next > 0;
+  GroupPtr group = std::move(state_->group);
+  state_->sync.reset();
+  if (!sent) return;
+  std::lock_guard<std::mutex> groupLock(group->mutex);
+  if (!group->failure)
+    group->failure = CodedError("TORCHLITE_DIST_ERROR", "rank " + std::to_string(group->rank) +
+                                                            ": a data-parallel step failed after its gradients had started to sync, so "
+                                                            "the ranks are out of step and the group cannot go on");
+#endif
+}
+
+bool syncGradients(GroupState& group, OptimizerState& optimizer, size_t bucketBytes) {
+#ifdef TORCHLITE_C10D
+  std::optional<GradientSync> armed;
+  std::exception_ptr error;
+  if (optimizer.overlap) {
+    std::lock_guard<std::mutex> lock(optimizer.overlap->mutex);
+    armed.swap(optimizer.overlap->sync);
+    error = optimizer.overlap->error;
+    optimizer.overlap->group.reset();
+  }
+  double flag = optimizer.poisoned ? 1 : 0;
+  bool poisoned = communicate(group, "the gradient allreduce", [&] {
+                    if (error) std::rethrow_exception(error);
+                    if (!armed) armed.emplace(trainedParameters(optimizer), bucketBytes);
+                    return armed->finish(group, flag);
+                  }) > 0;
   optimizer.poisoned = false;
   if (poisoned) {
     optimizer.clearGrads();
     optimizer.pending = 0;
   }
   return poisoned;
+#else
+  (void)group, (void)optimizer, (void)bucketBytes;
+  unavailable();
+#endif
 }
 
 void broadcastTensors(GroupState& group, const std::vector<torch::Tensor>& tensors, int root) {
@@ -419,7 +590,8 @@ void broadcastTensors(GroupState& group, const std::vector<torch::Tensor>& tenso
     torch::NoGradGuard noGrad;
     c10d::BroadcastOptions options;
     options.rootRank = root;
-    for (const auto& bucket : buckets(tensors, SIZE_MAX)) {
+    for (const auto& indices : buckets(tensors, SIZE_MAX, SIZE_MAX)) {
+      std::vector<torch::Tensor> bucket = pick(tensors, indices);
       std::vector<at::Tensor> flat{flatten(bucket)};
       run(commFor(group, flat[0].device()).broadcast(flat, options));
       unflattenInto(flat[0], bucket);

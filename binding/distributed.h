@@ -1,6 +1,7 @@
-// Distributed: a process group on PyTorch's c10d (a TCPStore rendezvous and Gloo), the
-// collectives JS calls, and the gradient averaging the fused train step runs. The c10d
-// headers stay in distributed.cc, so the rest of the addon compiles without them.
+// Distributed: a process group on PyTorch's c10d (a TCPStore rendezvous, Gloo, and NCCL
+// for CUDA tensors), the collectives JS calls, and the gradient averaging the fused train
+// step runs. The c10d headers stay in distributed.cc, so the rest of the addon compiles
+// without them.
 #pragma once
 #include <memory>
 
@@ -12,17 +13,33 @@ namespace tl {
 struct GroupState;
 using GroupPtr = std::shared_ptr<GroupState>;
 
-// Sums the grads of `params` over the group's ranks and divides by its size, in buckets of
-// at most 25 MB taken in reverse parameter order (as DDP does); a parameter without a grad
-// on this rank takes part as zeros, so every rank sends the same layout. `flag` travels
-// with them: the result is the sum of every rank's flag (a rank that skipped its backward
-// sends 1, so all ranks skip the update together).
-double averageGradients(GroupState& group, const std::vector<torch::Tensor>& params, double flag);
+// The gradient sync of a data-parallel update: sums the grads of every parameter the
+// optimizer trains over the ranks and divides by their number, in buckets (the first of
+// at most 1 MB, then up to `bucketBytes`, as DDP) taken in reverse parameter order; a parameter without a
+// grad on this rank takes part as zeros, so every rank sends the same layout, and keeps no
+// grad when no rank had one. Returns true when some rank met a non-finite loss since the
+// last update; the grads are then dropped and every rank skips the update together. After
+// armOverlap, the buckets already sent during backward are only waited for.
+constexpr size_t kDefaultBucketBytes = 25u << 20;  // DDP's bucket_cap_mb
+bool syncGradients(GroupState& group, OptimizerState& optimizer, size_t bucketBytes = kDefaultBucketBytes);
 
-// The gradient sync of a data-parallel update: averages the grads of every parameter the
-// optimizer trains. Returns true when some rank met a non-finite loss since the last
-// update; the grads are then dropped and every rank skips the update together.
-bool syncGradients(GroupState& group, OptimizerState& optimizer);
+// DDP's overlap of the gradient allreduce with backward (dataParallel's `overlap`), on the
+// same autograd hooks c10d::Reducer uses: called before the backward of a step that
+// updates, it hooks every trained parameter's grad accumulator (once) and arms the sync;
+// each bucket goes out, in order, as soon as its grads are complete, while backward goes
+// on. The returned scope disarms on the way out; a step that fails after sending marks the
+// group lost (the ranks are out of step).
+class OverlapScope {
+ public:
+  explicit OverlapScope(std::shared_ptr<OverlapState> state) : state_(std::move(state)) {}
+  OverlapScope(OverlapScope&&) = default;
+  OverlapScope& operator=(OverlapScope&&) = delete;
+  ~OverlapScope();
+
+ private:
+  std::shared_ptr<OverlapState> state_;
+};
+OverlapScope armOverlap(const GroupPtr& group, OptimizerState& optimizer, size_t bucketBytes);
 
 // Overwrites `tensors` on every rank with rank `root`'s values, one flat message per dtype.
 void broadcastTensors(GroupState& group, const std::vector<torch::Tensor>& tensors, int root);

@@ -6,6 +6,8 @@
 
 namespace tl {
 
+struct OverlapState;  // distributed.cc
+
 struct GroupOptions {
   double lr = 1e-3;
   double momentum = 0;
@@ -47,6 +49,9 @@ struct OptimizerState {
   // fp16 GradScaler state, with PyTorch's defaults (init 2^16, growth 2 every 2000 steps, backoff 0.5).
   double lossScale = 65536;
   int64_t growthTracker = 0;
+  // Data-parallel with overlap: the hooks on this optimizer's parameters and the sync armed
+  // for the current step (see armOverlap).
+  std::shared_ptr<OverlapState> overlap;
 
   void addGroup(const std::vector<std::string>& names, const GroupOptions& options);
   // Takes the options JS holds for each group (sent with every job); empty keeps them.

@@ -78,6 +78,8 @@ StepOptions parseStepOptions(const Napi::Object& object) {
   options.groups = parseGroupOptions(object.Get("groups"));
   if (object.Get("sync").IsObject()) options.sync = GroupWrap::StateOf(object.Env(), object.Get("sync"));
   if (object.Get("syncBuffers").IsBoolean()) options.syncBuffers = object.Get("syncBuffers").As<Napi::Boolean>().Value();
+  options.syncOverlap = object.Get("syncOverlap").ToBoolean().Value();
+  if (object.Get("syncBucketBytes").IsNumber()) options.syncBucketBytes = static_cast<size_t>(object.Get("syncBucketBytes").As<Napi::Number>().Int64Value());
   return options;
 }
 
@@ -130,6 +132,9 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
     result.loss = value.item<double>();
   }
   if (options.readLoss && countsCorrect(loss, target)) result.correct = correctPredictions(output.detach(), target, loss.ignoreIndex);
+  // Armed before the skip decision too: a skipping rank still sends its (zero) buckets.
+  std::optional<OverlapScope> overlap;
+  if (options.sync && options.syncOverlap && optimizer.pending + 1 >= options.accumulate) overlap.emplace(armOverlap(options.sync, optimizer, options.syncBucketBytes));
   // With a single step's loss read, result.loss is this step's; after unread steps it is
   // a mean, so this step's own value decides whether to skip.
   double own = !options.readLoss ? 0 : result.lossSteps == 1 ? result.loss : value.item<double>();
@@ -149,7 +154,7 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
   optimizer.pending += 1;
   if (optimizer.pending < options.accumulate) return result;
   // Synced before the overflow check and clipping, so every rank decides on the same grads.
-  if (options.sync && syncGradients(*options.sync, optimizer)) {
+  if (options.sync && syncGradients(*options.sync, optimizer, options.syncBucketBytes)) {
     result.skipped = true;
     if (options.throwOnNonFinite)
       throw CodedError("TORCH_NONFINITE_LOSS", "a rank's loss was not finite since the last update; the update was skipped on every rank");

@@ -18,6 +18,8 @@ struct StepOptions {
   std::vector<GroupOptions> groups;  // the optimizer's group options when the step was called
   GroupPtr sync;             // data-parallel: average grads over this group before updating
   bool syncBuffers = true;   // and start each forward from rank 0's buffers, as DDP does
+  bool syncOverlap = false;  // and send the grads' buckets during backward (armOverlap)
+  size_t syncBucketBytes = kDefaultBucketBytes;
 };
 
 struct StepResult {

@@ -7,7 +7,7 @@ import { callNativeAsync } from './errors';
 import { type DataParallelLink, kDataParallel, Model } from './model';
 import { native, type NativeProcessGroup } from './native';
 import { Tensor } from './tensor';
-import { checkInteger, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from './validate';
+import { checkInteger, checkOneOf, checkOptions, checkPositiveInteger, checkPositiveNumber, checkString, rangeError, typeError } from './validate';
 
 export type ReduceOp = 'sum' | 'avg' | 'max' | 'min' | 'product';
 
@@ -223,6 +223,14 @@ export interface DataParallelOptions {
   group: ProcessGroup;
   /** Start every step's forward from rank 0's buffers (BatchNorm statistics), as DDP's `broadcast_buffers`. Defaults to `true`. */
   broadcastBuffers?: boolean;
+  /**
+   * Send the gradients' buckets while backward is still running, as DDP does: each bucket
+   * (the first of 1 MB, then up to 25 MB) goes out as soon as backward has finished its
+   * grads. The results are the same either way; give every rank the same setting. Defaults to `false`.
+   */
+  overlap?: boolean;
+  /** The size of a gradient bucket, in MiB, as DDP's `bucket_cap_mb` (the first bucket is at most 1 MiB). Defaults to `25`. */
+  bucketCapMb?: number;
 }
 
 const groups = new WeakMap<Model, ProcessGroup>();
@@ -240,14 +248,18 @@ const groups = new WeakMap<Model, ProcessGroup>();
  */
 export function dataParallel(model: Model, options: DataParallelOptions): Model {
   if (!(model instanceof Model)) throw typeError('a Model', 'model', model);
-  const o = checkOptions<DataParallelOptions>(options, 'options', ['group', 'broadcastBuffers']);
+  const o = checkOptions<DataParallelOptions>(options, 'options', ['group', 'broadcastBuffers', 'overlap', 'bucketCapMb']);
   if (!(o.group instanceof ProcessGroup)) throw typeError('a ProcessGroup from `distributed.init()`', 'options.group', o.group);
   if (o.broadcastBuffers !== undefined && typeof o.broadcastBuffers !== 'boolean') throw typeError('a boolean', 'options.broadcastBuffers', o.broadcastBuffers);
+  if (o.overlap !== undefined && typeof o.overlap !== 'boolean') throw typeError('a boolean', 'options.overlap', o.overlap);
+  const bucketCapMb = checkPositiveNumber(o.bucketCapMb ?? 25, 'options.bucketCapMb');
   if (groups.has(model)) throw new TorchError('TORCHLITE_BAD_ARGUMENT', 'this model is already data-parallel');
   const group = o.group;
   const link: DataParallelLink = {
     group: ProcessGroup.handle(group),
     broadcastBuffers: o.broadcastBuffers ?? true,
+    overlap: o.overlap ?? false,
+    bucketBytes: Math.max(1, Math.round(bucketCapMb * 2 ** 20)),
     turn: () => ProcessGroup.turn(group),
     stale: true,
   };

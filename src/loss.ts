@@ -1,7 +1,7 @@
 import { callNative } from './errors';
 import { native, type NativeTensor } from './native';
 import { Tensor, tensor } from './tensor';
-import { checkFiniteNumber, checkInteger, checkOneOf, checkOptions, rangeError, typeError } from './validate';
+import { checkFiniteNumber, checkInteger, checkOneOf, checkOptions, checkPositiveNumber, rangeError, typeError } from './validate';
 
 /** How per-element losses are combined, as in PyTorch. */
 export type Reduction = 'mean' | 'sum' | 'none';
@@ -123,18 +123,12 @@ export function l1(options?: RegressionOptions): Loss {
   return make('l1', options, []);
 }
 
-function positive(value: unknown, name: string): number {
-  const n = checkFiniteNumber(value, name);
-  if (n <= 0) throw rangeError('a positive number', name, n);
-  return n;
-}
-
 /** Smooth L1, like `torch.nn.SmoothL1Loss`. `beta` defaults to `1`. */
 export function smoothL1(options?: RegressionOptions & { beta?: number }): Loss {
-  return make('smoothL1', options, ['beta'], (o) => ({ beta: o.beta === undefined ? 1 : positive(o.beta, 'options.beta') }));
+  return make('smoothL1', options, ['beta'], (o) => ({ beta: o.beta === undefined ? 1 : checkPositiveNumber(o.beta, 'options.beta') }));
 }
 
 /** Huber loss, like `torch.nn.HuberLoss`. `delta` defaults to `1`. */
 export function huber(options?: RegressionOptions & { delta?: number }): Loss {
-  return make('huber', options, ['delta'], (o) => ({ delta: o.delta === undefined ? 1 : positive(o.delta, 'options.delta') }));
+  return make('huber', options, ['delta'], (o) => ({ delta: o.delta === undefined ? 1 : checkPositiveNumber(o.delta, 'options.delta') }));
 }

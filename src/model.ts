@@ -174,6 +174,8 @@ export const kDataParallel = Symbol('torchlite.dataParallel');
 export interface DataParallelLink {
   group: NativeProcessGroup;
   broadcastBuffers: boolean;
+  overlap: boolean;
+  bucketBytes: number;
   turn(): { ready: Promise<void>; release(): void };
   /** The parameters changed on this rank since rank 0's were last broadcast. */
   stale: boolean;
@@ -575,7 +577,7 @@ export class Model implements Disposable, AsyncDisposable {
   }
 
   #withSync(step: Record<string, unknown>, sync: NativeProcessGroup | undefined): Record<string, unknown> {
-    return sync ? { ...step, sync, syncBuffers: this.#parallel!.broadcastBuffers } : step;
+    return sync ? { ...step, sync, syncBuffers: this.#parallel!.broadcastBuffers, syncOverlap: this.#parallel!.overlap, syncBucketBytes: this.#parallel!.bucketBytes } : step;
   }
 
   #stepOptions(options: TrainStepOptions): Record<string, unknown> {

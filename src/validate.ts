@@ -38,6 +38,12 @@ export function checkFiniteNumber(value: unknown, name: string): number {
   return value;
 }
 
+export function checkPositiveNumber(value: unknown, name: string): number {
+  const n = checkFiniteNumber(value, name);
+  if (n <= 0) throw rangeError('a positive number', name, n);
+  return n;
+}
+
 export function checkString(value: unknown, name: string): string {
   if (typeof value !== 'string' || value.length === 0) throw typeError('a non-empty string', name, value);
   return value;

@@ -9,7 +9,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { cuda, data, distributed } from '../src';
+import { cuda, data, distributed, loadPretrained } from '../src';
 import { native } from '../src/native';
 import { fixture, freePort, hasTorch, PYTHON, root } from './helpers';
 
@@ -90,9 +90,11 @@ describe('distributed: process groups and data-parallel training on 2 ranks', ()
     for (const r of ranks) expect(r).toEqual({ sum: [3, 30], max: 1, avg: 2, broadcast: [4, -1], gathered: [[0, 1], [7, 1]] });
   });
 
-  for (const [kind, variant] of [['sgd', ''], ['adamw', ''], ['adamw', 'freeze'], ['sgd', 'accumulate'], ['adamw', 'accumulate']]) {
+  const plain = new Map<string, number[]>();
+  const cases = [['sgd', ''], ['adamw', ''], ['adamw', 'freeze'], ['sgd', 'accumulate'], ['adamw', 'accumulate'], ['sgd', 'overlap'], ['adamw', 'overlap freeze'], ['sgd', 'overlap accumulate']];
+  for (const [kind, variant] of cases) {
     it(`2 ranks × B equal 1 process × 2B: ${kind}${variant ? `, ${variant}` : ''}, 5 steps`, () => {
-      const { status, stderr, ranks } = launch('equivalence', kind, variant);
+      const { status, stderr, ranks } = launch('equivalence', kind, ...variant.split(' '));
       expect(stderr).toBe('');
       expect(status).toBe(0);
       const [r0, r1] = ranks;
@@ -101,7 +103,11 @@ describe('distributed: process groups and data-parallel training on 2 ranks', ()
       expect(relative(r0.weights, r0.single.weights)).toBeLessThan(1e-5);
       const mean = r0.losses[0].map((l: number, i: number) => (l + r0.losses[1][i]) / 2);
       expect(relative(mean, r0.single.losses)).toBeLessThan(1e-5);
-      if (variant === 'freeze') expect(r0.weights.slice(0, 10)).toEqual(r0.start.slice(0, 10)); // net.0.bias stays as it was
+      if (variant.includes('freeze')) expect(r0.weights.slice(0, 10)).toEqual(r0.start.slice(0, 10)); // net.0.bias stays as it was
+      // Sending buckets during backward, one per parameter, changes nothing: bit for bit the plain sync's result.
+      const key = `${kind} ${variant.replace('overlap', '').trim()}`;
+      if (!variant.includes('overlap')) plain.set(key, r0.weights);
+      else expect(r0.weights).toEqual(plain.get(key) ?? launch('equivalence', kind, ...variant.replace('overlap', '').split(' ')).ranks[0].weights);
     });
   }
 
@@ -213,5 +219,9 @@ describe('distributed: process groups and data-parallel training on 2 ranks', ()
           : "this build of torchlite has no NCCL (it needs a CUDA LibTorch and nccl.h when the addon is built); use backend 'gloo' (or 'auto'), which also reduces CUDA tensors by way of the host",
       });
     expect(() => distributed.dataParallel({} as never, { group: {} as never })).toThrow(new TypeError('Expected a Model for `model` but received an object'));
+    await using group = await distributed.init({ rank: 0, worldSize: 1, masterPort: await freePort() });
+    await using model = await loadPretrained(fixture('mlp.scripted.pt'));
+    expect(() => distributed.dataParallel(model, { group, overlap: 'yes' as never })).toThrow(new TypeError("Expected a boolean for `options.overlap` but received 'yes'"));
+    expect(() => distributed.dataParallel(model, { group, bucketCapMb: 0 })).toThrow(new RangeError('Expected a positive number for `options.bucketCapMb` but received 0'));
   });
 });

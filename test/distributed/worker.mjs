@@ -32,11 +32,12 @@ const optimizers = {
 };
 
 /** Five steps of 2 ranks × B against one process × 2B (rank 0 computes both). */
-async function equivalence(group, kind, { freeze = false, accumulate = 1 } = {}) {
+async function equivalence(group, kind, { freeze = false, accumulate = 1, overlap = false } = {}) {
   const B = 8;
   const model = await loadPretrained(MLP);
   if (group.rank === 1) model.resetParameters(); // starts different: dataParallel broadcasts rank 0's
-  dist.dataParallel(model, { group });
+  // With overlap, buckets of ~100 bytes: every parameter its own, sent as backward finishes it.
+  dist.dataParallel(model, { group, ...(overlap && { overlap, bucketCapMb: 1e-4 }) });
   await model.idle();
   const start = await flat(model);
   if (freeze) model.freeze('net.0');
@@ -124,7 +125,7 @@ async function training(group) {
 const group = await dist.init({ timeoutMs: 20000, initTimeoutMs: 20000 });
 const scenarios = {
   collectives: () => collectives(group),
-  equivalence: () => equivalence(group, rest[0], { freeze: rest.includes('freeze'), accumulate: rest.includes('accumulate') ? 2 : 1 }),
+  equivalence: () => equivalence(group, rest[0], { freeze: rest.includes('freeze'), accumulate: rest.includes('accumulate') ? 2 : 1, overlap: rest.includes('overlap') }),
   metrics: () => metrics(group),
   training: () => training(group),
   crash: async () => {
