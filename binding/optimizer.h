@@ -1,6 +1,6 @@
-// Optimizer: SGD, Adam and AdamW written out as PyTorch 1.13's single-tensor code does
-// them, so results match Python step for step, frozen parameters are skipped exactly as
-// there (undefined grad), and state is keyed by parameter name across LibTorch versions.
+// Optimizer: SGD, Adam and AdamW written out as PyTorch's multi-tensor (`foreach`) code
+// does them, so results match Python step for step, frozen parameters are skipped exactly
+// as there (undefined grad), and state is keyed by parameter name across LibTorch versions.
 #pragma once
 #include "model.h"
 

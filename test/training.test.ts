@@ -139,6 +139,8 @@ function setup(name: string, model: Model) {
       const opt = optim.adamw([{ params: 'net.0', lr: 1e-3 }, { params: /^net\.[24]\./, lr: 5e-3 }], { weightDecay: 0.05 });
       return { opt, lossFn: ce, schedule: sched.oneCycle(opt, { maxLr: [1e-2, 5e-2], totalSteps: 20 }) };
     }
+    case 'adamw_amsgrad':
+      return { opt: optim.adamw(model, { lr: 5e-3, weightDecay: 0.01, amsgrad: true }), lossFn: ce };
     case 'label_smoothing':
       return { opt: optim.sgd(model, { lr: 0.1 }), lossFn: loss.crossEntropy({ labelSmoothing: 0.1 }) };
     default:
