@@ -66,6 +66,9 @@ void configureGraphExecutor() {
   });
 }
 
+GraphOptimizing::GraphOptimizing() : previous_(torch::jit::getGraphExecutorOptimize()) { torch::jit::setGraphExecutorOptimize(true); }
+GraphOptimizing::~GraphOptimizing() { torch::jit::setGraphExecutorOptimize(previous_); }
+
 Lane::Lane(std::string name, std::function<void()> before, std::function<void()> after)
     : name_(std::move(name)), before_(std::move(before)), after_(std::move(after)), thread_([this] { run(); }) {}
 

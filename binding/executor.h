@@ -32,6 +32,19 @@ namespace tl {
 // lanes apply it to their threads. Called once when the addon loads.
 void configureGraphExecutor();
 
+// Turns graph optimisation on for the calling thread while it lives: freezing a module
+// inlines and rewrites its graphs through passes that fail with it off (as the lanes run).
+class GraphOptimizing {
+ public:
+  GraphOptimizing();
+  ~GraphOptimizing();
+  GraphOptimizing(const GraphOptimizing&) = delete;
+  GraphOptimizing& operator=(const GraphOptimizing&) = delete;
+
+ private:
+  bool previous_;
+};
+
 // Inference (forward, predict, evaluate, reads) runs ahead of queued training.
 enum class Priority { Inference = 0, Training = 1 };
 

@@ -227,6 +227,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                      {
                          StaticMethod<&ModelWrap::Load>("load"),
                          StaticMethod<&ModelWrap::FromLayer>("fromLayer"),
+                         InstanceMethod<&ModelWrap::InferenceCopy>("inferenceCopy"),
                          InstanceMethod<&ModelWrap::Forward>("forward"),
                          InstanceMethod<&ModelWrap::Call>("call"),
                          InstanceMethod<&ModelWrap::ProbeGradients>("probeGradients"),
@@ -316,6 +317,27 @@ Napi::Value ModelWrap::FromLayer(const Napi::CallbackInfo& info) {
                                          /*shouldMangle=*/true),
                       cpu);
     return Wrap(env, std::make_shared<ModelState>(buildLayer(env, info[0].As<Napi::Object>(), "head", holder), cpu));
+  });
+}
+
+// A frozen copy in eval mode, optimised for inference as torch.jit.optimize_for_inference
+// does (BatchNorm folded into the convolutions, oneDNN's prepacked weights on the CPU):
+// fineTune's feature cache runs the frozen body through it. It shares no tensor with the
+// model, and its results equal the model's within float noise.
+Napi::Value ModelWrap::InferenceCopy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    return Job<ModelPtr>::Start(
+        env, {state->device, Priority::Inference},
+        [state] {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          torch::jit::Module copy = state->module.clone();
+          copy.eval();
+          GraphOptimizing optimizing;
+          return std::make_shared<ModelState>(torch::jit::optimize_for_inference(copy), state->device);
+        },
+        [](Napi::Env env, ModelPtr& copy) -> Napi::Value { return Wrap(env, copy); });
   });
 }
 

@@ -68,6 +68,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  private:
   static Napi::Value Load(const Napi::CallbackInfo& info);
   static Napi::Value FromLayer(const Napi::CallbackInfo& info);
+  Napi::Value InferenceCopy(const Napi::CallbackInfo& info);
 
   static std::vector<c10::IValue> Inputs(Napi::Env env, const ModelState& state, const Napi::Value& value,
                                          const std::string& method = "forward");

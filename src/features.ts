@@ -22,6 +22,13 @@ export interface FeatureCacheReport {
   bytes?: number;
   /** Time spent computing it. */
   seconds?: number;
+  /**
+   * Whether the body ran as a frozen copy optimised for inference (BatchNorm folded into the
+   * convolutions, as `torch.jit.optimize_for_inference`), which is faster on the CPU and gives
+   * the model's features within float noise; the model itself computes them where freezing
+   * fails or the copy disagrees on a probe batch.
+   */
+  optimized?: boolean;
 }
 
 /** What {@link prepareFeatureCache} hands fineTune when the cache applies. */
@@ -116,6 +123,7 @@ export async function prepareFeatureCache(
   const linearHead = headLayer(inFeatures, outFeatures, dict[`${headPath}.weight`], dict[`${headPath}.bias`]);
   model.replace(headPath, identity());
   let head: Model | undefined;
+  let fast: Model | undefined;
   try {
     // The head must be the model's last step: its output on the features is the model's.
     const features = await model.forward(probe.input);
@@ -126,6 +134,7 @@ export async function prepareFeatureCache(
     head.eval();
     const again = flat && p >= 0 ? ((await head.forward(features)) as Tensor) : undefined;
     const same = again !== undefined && again.shape.join() === (original as Tensor).shape.join() && maxRelative((await again.read()) as Float32Array, (await (original as Tensor).read()) as Float32Array) < 1e-4;
+    fast = same ? await inferenceBody(model, probe.input, features as Tensor) : undefined;
     for (const t of [features, original, probe.input, probe.target, again]) if (t instanceof Tensor) t.dispose();
     if (!same) {
       await restoreHead(model, headPath, head);
@@ -136,22 +145,45 @@ export async function prepareFeatureCache(
       );
     }
     // Inference batches larger than training ones: fewer, better-filled kernels.
-    const train = await featuresOf(model, options.train.dataset, Math.max(options.train.batchSize, FEATURE_BATCH));
-    const val = options.val ? await featuresOf(model, options.val.dataset, Math.max(options.val.batchSize, FEATURE_BATCH)) : undefined;
+    const body = fast ?? model;
+    const train = await featuresOf(body, options.train.dataset, Math.max(options.train.batchSize, FEATURE_BATCH));
+    const val = options.val ? await featuresOf(body, options.val.dataset, Math.max(options.val.batchSize, FEATURE_BATCH)) : undefined;
     return {
       head,
       train: options.train.withDataset(featureDataset(options.train.dataset, train.data, train.width)),
       ...(options.val && val && { val: options.val.withDataset(featureDataset(options.val.dataset, val.data, val.width)) }),
-      report: { used: true, bytes, seconds: (Date.now() - started) / 1000 },
+      report: { used: true, bytes, seconds: (Date.now() - started) / 1000, optimized: fast !== undefined },
     };
   } catch (error) {
     if (head) await restoreHead(model, headPath, head);
     else model.replace(headPath, linearHead);
     throw error;
   } finally {
+    fast?.dispose();
     model.train(wasTraining);
     Object.values(dict).forEach((t) => t.dispose());
   }
+}
+
+/**
+ * The body (the model with its head an identity) as a frozen, inference-optimised copy, if
+ * freezing works for it and the copy gives its features on the probe batch; on the CPU only,
+ * where it was measured (ResNet-18 at 64 px: 1.25x faster). Else the model computes them.
+ */
+async function inferenceBody(model: Model, input: BatchInput, features: Tensor): Promise<Model | undefined> {
+  if (model.device !== 'cpu') return undefined;
+  let copy: Model | undefined;
+  try {
+    copy = await model.inferenceCopy();
+    const out = await copy.forward(input);
+    const close = out instanceof Tensor && out.shape.join() === features.shape.join() && maxRelative((await out.read()) as Float32Array, (await features.read()) as Float32Array) < 1e-4;
+    if (out instanceof Tensor) out.dispose();
+    if (close) return copy;
+  } catch {
+    // A module freezing cannot take (attributes set in forward, unsupported ops): no copy.
+  }
+  copy?.dispose();
+  return undefined;
 }
 
 /**

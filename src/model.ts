@@ -533,6 +533,16 @@ export class Model implements Disposable, AsyncDisposable {
   }
 
   /**
+   * @internal A frozen copy in eval mode, optimised for inference as
+   * `torch.jit.optimize_for_inference` does (BatchNorm folded into the convolutions): equal to
+   * this model within float noise, and sharing nothing with it. fineTune's feature cache
+   * runs the frozen body through it.
+   */
+  inferenceCopy(): Promise<Model> {
+    return callNativeAsync(async () => new Model(await this.#enqueue((handle) => handle.inferenceCopy(), true)));
+  }
+
+  /**
    * Calls an exported method other than forward (`@torch.jit.export`), e.g.
    * `model.call('generate', { ids, mask })`: a plain object is a `Dict[str, …]` argument, and
    * dict results come back as objects. Runs like `forward`: without gradients, in the model's
