@@ -111,6 +111,20 @@ describe('distributed: process groups and data-parallel training on 2 ranks', ()
     });
   }
 
+  for (const mode of ['', 'overlap']) {
+    it(`a non-finite loss on one rank skips that update on every rank${mode ? ', buckets sent during backward' : ''}`, () => {
+      const { status, stderr, ranks } = launch('skip', mode);
+      expect(stderr).toBe('');
+      expect(status).toBe(0);
+      for (const r of ranks) {
+        expect(r.skipped).toEqual([false, true, false]);
+        expect(r.afterSkip).toEqual(r.beforeSkip); // the skipped update moved nothing
+      }
+      expect(ranks[1].weights).toEqual(ranks[0].weights);
+      expect(ranks[0].weights).not.toEqual(ranks[0].afterSkip); // the step after it trained again
+    });
+  }
+
   it('evaluate on a sharded loader reduces over ranks without counting the padding twice', () => {
     const { status, ranks } = launch('metrics');
     expect(status).toBe(0);

@@ -77,6 +77,25 @@ async function equivalence(group, kind, { freeze = false, accumulate = 1, overla
   return result;
 }
 
+/** Three SGD steps; rank 1's second batch is NaN, so its loss is not finite: every rank must skip that update. */
+async function skip(group, overlap) {
+  const model = await loadPretrained(MLP);
+  dist.dataParallel(model, { group, ...(overlap && { overlap, bucketCapMb: 1e-4 }) });
+  await model.idle();
+  model.train();
+  const opt = optimizers.sgd(model);
+  const lossFn = loss.crossEntropy();
+  const skipped = [];
+  const snapshots = [];
+  for (let step = 0; step < 3; step++) {
+    const { x, y } = batch(step * 16 + group.rank * 8, 8);
+    const input = step === 1 && group.rank === 1 ? tensor(new Float32Array(96).fill(Number.NaN), [8, 12]) : x;
+    snapshots.push(await flat(model));
+    skipped.push((await model.trainStep(input, y, { loss: lossFn, optimizer: opt })).skipped);
+  }
+  return { skipped, beforeSkip: snapshots[1], afterSkip: snapshots[2], weights: await flat(model) };
+}
+
 async function collectives(group) {
   const x = tensor(Float32Array.of(group.rank + 1, 10 * (group.rank + 1)));
   await group.allReduce(x);
@@ -127,6 +146,7 @@ const scenarios = {
   collectives: () => collectives(group),
   equivalence: () => equivalence(group, rest[0], { freeze: rest.includes('freeze'), accumulate: rest.includes('accumulate') ? 2 : 1, overlap: rest.includes('overlap') }),
   metrics: () => metrics(group),
+  skip: () => skip(group, rest.includes('overlap')),
   training: () => training(group),
   crash: async () => {
     if (group.rank === 1) process.exit(3);
