@@ -168,10 +168,16 @@ torch::Tensor flatten(const std::vector<torch::Tensor>& tensors) {
   return torch::cat(pieces);
 }
 
-void unflattenInto(const torch::Tensor& flat, const std::vector<torch::Tensor>& tensors) {
+// Copies `flat`'s pieces back into `tensors`, divided by `divisor` on the way (one pass
+// over the grads instead of a division of the flat tensor, then a copy).
+void unflattenInto(const torch::Tensor& flat, const std::vector<torch::Tensor>& tensors, int64_t divisor = 1) {
   int64_t offset = 0;
-  for (const torch::Tensor& t : tensors) {
-    t.copy_(flat.narrow(0, offset, t.numel()).view_as(t));
+  for (torch::Tensor t : tensors) {
+    torch::Tensor piece = flat.narrow(0, offset, t.numel()).view_as(t);
+    if (divisor == 1)
+      t.copy_(piece);
+    else
+      at::div_out(t, piece, divisor);
     offset += t.numel();
   }
 }
@@ -425,8 +431,7 @@ struct GradientSync {
     auto flagWork = commFor(group, device).allreduce(flags);
     for (size_t b = 0; b < groups.size(); ++b) {
       run(works[b]);
-      flats[b][0].div_(group.size);
-      unflattenInto(flats[b][0], gradsOf(b));
+      unflattenInto(flats[b][0], gradsOf(b), group.size);
     }
     run(flagWork);
     torch::Tensor summed = flags[0].to(torch::kCPU);  // from NCCL: the one host sync of the update
