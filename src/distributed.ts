@@ -1,7 +1,7 @@
 // Data-parallel training across processes on PyTorch's own c10d: a TCPStore rendezvous,
-// Gloo collectives, and NCCL for CUDA tensors in CUDA builds (binding/distributed.cc). One process per rank, started by
-// `torchlite run --nproc N` or torchrun, which pass the rank and rendezvous address in
-// torchrun's environment variables.
+// Gloo collectives, and NCCL for CUDA tensors in CUDA builds (binding/distributed.cc). One
+// process per rank, started by `torchlite run --nproc N` or torchrun, which pass the rank
+// and rendezvous address in torchrun's environment variables.
 import { TorchError } from './errors';
 import { callNativeAsync } from './errors';
 import { type DataParallelLink, kDataParallel, Model } from './model';
