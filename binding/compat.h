@@ -17,6 +17,27 @@ template <class T>
 using optional = c10::optional<T>;
 #endif
 
+// Gathers the LibTorch warnings raised on the calling thread while it lives, instead of
+// printing them (handlers are per thread). 2.0 passes handlers a c10::Warning and moved the
+// guard from c10::Warning into c10::WarningUtils.
+class WarningCollector : public c10::WarningHandler {
+ public:
+  WarningCollector() : guard_(this) {}
+#if TORCHLITE_TORCH_AT_LEAST(2, 0)
+  void process(const c10::Warning& warning) override { messages.push_back(warning.msg()); }
+#else
+  void process(const c10::SourceLocation&, const std::string& msg, const bool) override { messages.push_back(msg); }
+#endif
+  std::vector<std::string> messages;
+
+ private:
+#if TORCHLITE_TORCH_AT_LEAST(2, 0)
+  c10::WarningUtils::WarningHandlerGuard guard_;
+#else
+  c10::Warning::WarningHandlerGuard guard_;
+#endif
+};
+
 }  // namespace tl::compat
 
 #include <ATen/autocast_mode.h>

@@ -5,6 +5,7 @@
 
 #include "addon.h"
 #include "archive.h"
+#include "compat.h"
 #include "ivalue.h"
 #include "job.h"
 #include "layers.h"
@@ -320,24 +321,58 @@ Napi::Value ModelWrap::FromLayer(const Napi::CallbackInfo& info) {
   });
 }
 
+namespace {
+
+// Whether the copy gives the model's output for `input`, without a LibTorch warning: the
+// inference passes have bugs for some models (MobileNetV3 in 1.13: wrong outputs, and an
+// "output ... was resized" warning), so a copy is trusted only once checked.
+bool agrees(ModelState& model, ModelState& copy, const torch::Tensor& input) {
+  std::vector<c10::IValue> mine{input}, theirs{input};
+  prepareInputs(model, mine);
+  c10::IValue expected = runForward(model, std::move(mine));
+  compat::WarningCollector warnings;
+  try {
+    prepareInputs(copy, theirs);
+    c10::IValue got = runForward(copy, std::move(theirs));
+    if (!expected.isTensor() || !got.isTensor() || !got.toTensor().sizes().equals(expected.toTensor().sizes())) return false;
+    torch::Tensor want = expected.toTensor().to(torch::kFloat), have = got.toTensor().to(torch::kFloat);
+    bool close = ((have - want).abs() / want.abs().clamp_min(1)).max().item<double>() < 1e-4;
+    return close && warnings.messages.empty();
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+
+}  // namespace
+
 // A frozen copy in eval mode, optimised for inference as torch.jit.optimize_for_inference
 // does (BatchNorm folded into the convolutions, oneDNN's prepacked weights on the CPU):
 // fineTune's feature cache runs the frozen body through it. It shares no tensor with the
-// model, and its results equal the model's within float noise.
+// model. Checked against the model on the probe batch and on its first sample (a batch size
+// of its own); null when freezing fails or the copy disagrees (within 1e-4) or warns.
 Napi::Value ModelWrap::InferenceCopy(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
     ModelPtr state = live();
+    torch::Tensor probe = TensorWrap::From(env, info[0]);
     return Job<ModelPtr>::Start(
         env, {state->device, Priority::Inference},
-        [state] {
+        [state, probe]() -> ModelPtr {
           std::lock_guard<std::mutex> lock(state->mutex);
-          torch::jit::Module copy = state->module.clone();
-          copy.eval();
-          GraphOptimizing optimizing;
-          return std::make_shared<ModelState>(torch::jit::optimize_for_inference(copy), state->device);
+          torch::NoGradGuard noGrad;
+          ModelPtr copy;
+          try {
+            torch::jit::Module module = state->module.clone();
+            module.eval();
+            GraphOptimizing optimizing;
+            copy = std::make_shared<ModelState>(torch::jit::optimize_for_inference(module), state->device);
+          } catch (const std::exception&) {
+            return nullptr;  // a module freezing cannot take (attributes set in forward, ...)
+          }
+          bool good = agrees(*state, *copy, probe) && (probe.size(0) == 1 || agrees(*state, *copy, probe.narrow(0, 0, 1)));
+          return good ? copy : nullptr;
         },
-        [](Napi::Env env, ModelPtr& copy) -> Napi::Value { return Wrap(env, copy); });
+        [](Napi::Env env, ModelPtr& copy) -> Napi::Value { return copy ? Wrap(env, copy) : env.Null(); });
   });
 }
 

@@ -534,12 +534,17 @@ export class Model implements Disposable, AsyncDisposable {
 
   /**
    * @internal A frozen copy in eval mode, optimised for inference as
-   * `torch.jit.optimize_for_inference` does (BatchNorm folded into the convolutions): equal to
-   * this model within float noise, and sharing nothing with it. fineTune's feature cache
-   * runs the frozen body through it.
+   * `torch.jit.optimize_for_inference` does (BatchNorm folded into the convolutions), sharing
+   * nothing with this model; fineTune's feature cache runs the frozen body through it.
+   * `undefined` unless it gives this model's output on `probe` and on its first sample
+   * (within 1e-4, without a LibTorch warning): freezing fails for some modules and its
+   * passes get others wrong.
    */
-  inferenceCopy(): Promise<Model> {
-    return callNativeAsync(async () => new Model(await this.#enqueue((handle) => handle.inferenceCopy(), true)));
+  inferenceCopy(probe: Tensor): Promise<Model | undefined> {
+    return callNativeAsync(async () => {
+      const copy = await this.#enqueue((handle) => handle.inferenceCopy(Tensor.handle(probe)), true);
+      return copy === null ? undefined : new Model(copy);
+    });
   }
 
   /**

@@ -52,7 +52,7 @@ export type NativeInputs = unknown[] | Record<string, unknown>;
 
 export interface NativeModel {
   forward(inputs: unknown[]): Promise<unknown>;
-  inferenceCopy(): Promise<NativeModel>;
+  inferenceCopy(probe: NativeTensor): Promise<NativeModel | null>;
   probeGradients(inputs: unknown[]): Promise<Record<string, boolean>>;
   trainStep(batches: [NativeInputs, NativeTensor][], options: object): Promise<NativeStepResult[]>;
   call(method: string, inputs: unknown[]): Promise<unknown>;
