@@ -76,7 +76,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
     : `lr ${history.lr.toExponential(2)}, as given`;
   const epochLine = `${history.freezeEpochs} epoch${history.freezeEpochs === 1 ? '' : 's'} with the body frozen, then ${history.epochs} unfrozen (${trainLoader.length} steps each)`;
   const cacheLine = history.featureCache?.used
-    ? `head-only epochs on cached backbone features (${((history.featureCache.bytes ?? 0) / 2 ** 20).toFixed(1)} MB, computed in ${(history.featureCache.seconds ?? 0).toFixed(1)} s)`
+    ? `head-only epochs on cached backbone features (${((history.featureCache.bytes ?? 0) / 2 ** 20).toFixed(1)} MB, computed in ${(history.featureCache.seconds ?? 0).toFixed(1)} s${history.featureCache.optimized ? ' by a frozen copy of the body, optimised for inference' : ''})`
     : history.featureCache && `head-only epochs on the whole model: ${history.featureCache.reason}`;
   if (!flags.json) console.log([epochLine, lrLine, cacheLine].filter(Boolean).join('\n'));
   const final = await model.evaluate(valLoader, { loss, metrics: ['accuracy', 'f1', 'confusionMatrix'] });
