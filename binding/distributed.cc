@@ -644,6 +644,17 @@ void broadcastModel(GroupState& group, torch::jit::Module& module) {
 #endif
 }
 
+SyncOptions parseSyncOptions(const Napi::Value& value) {
+  SyncOptions options;
+  if (!value.IsObject()) return options;
+  Napi::Object object = value.As<Napi::Object>();
+  options.group = GroupWrap::StateOf(object.Env(), object.Get("group"));
+  options.buffers = object.Get("buffers").ToBoolean().Value();
+  options.overlap = object.Get("overlap").ToBoolean().Value();
+  options.bucketBytes = static_cast<size_t>(object.Get("bucketBytes").As<Napi::Number>().Int64Value());
+  return options;
+}
+
 Napi::Function GroupWrap::Define(Napi::Env env) {
   return DefineClass(env, "ProcessGroup",
                      {

@@ -21,7 +21,7 @@ using GroupPtr = std::shared_ptr<GroupState>;
 // last update; the grads are then dropped and every rank skips the update together. After
 // armOverlap, the buckets already sent during backward are only waited for.
 constexpr size_t kDefaultBucketBytes = 25u << 20;  // DDP's bucket_cap_mb
-bool syncGradients(GroupState& group, OptimizerState& optimizer, size_t bucketBytes = kDefaultBucketBytes);
+bool syncGradients(GroupState& group, OptimizerState& optimizer, size_t bucketBytes);
 
 // DDP's overlap of the gradient allreduce with backward (dataParallel's `overlap`), on the
 // same autograd hooks c10d::Reducer uses: called before the backward of a step that
@@ -40,6 +40,16 @@ class OverlapScope {
   std::shared_ptr<OverlapState> state_;
 };
 OverlapScope armOverlap(const GroupPtr& group, OptimizerState& optimizer, size_t bucketBytes);
+
+// How a data-parallel model's training jobs sync: JS sends it with each trainStep and flush
+// (`{ group, buffers, overlap, bucketBytes }`, from the model's data-parallel link).
+struct SyncOptions {
+  GroupPtr group;             // none: the model is not data-parallel
+  bool buffers = true;        // start each forward from rank 0's buffers, as DDP does
+  bool overlap = false;       // send the grads' buckets during backward (armOverlap)
+  size_t bucketBytes = kDefaultBucketBytes;
+};
+SyncOptions parseSyncOptions(const Napi::Value& value);
 
 // Overwrites `tensors` on every rank with rank `root`'s values, one flat message per dtype.
 void broadcastTensors(GroupState& group, const std::vector<torch::Tensor>& tensors, int root);

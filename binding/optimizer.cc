@@ -374,7 +374,7 @@ Napi::Value OptimizerWrap::Flush(const Napi::CallbackInfo& info) {
     OptimizerPtr state = live();
     int64_t window = info[0].As<Napi::Number>().Int64Value();
     std::vector<GroupOptions> groups = parseGroupOptions(info[1]);
-    GroupPtr sync = info[2].IsObject() ? GroupWrap::StateOf(env, info[2]) : nullptr;
+    SyncOptions sync = parseSyncOptions(info[2]);
     return Job<bool>::Start(
         env, {state->model->device, Priority::Training},
         [state, window, groups, sync] {
@@ -384,7 +384,7 @@ Napi::Value OptimizerWrap::Flush(const Napi::CallbackInfo& info) {
           // same number), so all of them sync here or none does.
           if (state->pending == 0) return false;
           state->checkFresh();
-          if (sync && syncGradients(*sync, *state)) return false;
+          if (sync.group && syncGradients(*sync.group, *state, sync.bucketBytes)) return false;
           // Each micro-batch loss was divided by the full window; a partial window of k
           // must be averaged over k instead.
           state->step(static_cast<double>(window) / static_cast<double>(state->pending));

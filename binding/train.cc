@@ -76,10 +76,7 @@ StepOptions parseStepOptions(const Napi::Object& object) {
   options.throwOnNonFinite = getString(object, "nonFinite", "skip") == "throw";
   if (object.Get("readLoss").IsBoolean()) options.readLoss = object.Get("readLoss").As<Napi::Boolean>().Value();
   options.groups = parseGroupOptions(object.Get("groups"));
-  if (object.Get("sync").IsObject()) options.sync = GroupWrap::StateOf(object.Env(), object.Get("sync"));
-  if (object.Get("syncBuffers").IsBoolean()) options.syncBuffers = object.Get("syncBuffers").As<Napi::Boolean>().Value();
-  options.syncOverlap = object.Get("syncOverlap").ToBoolean().Value();
-  if (object.Get("syncBucketBytes").IsNumber()) options.syncBucketBytes = static_cast<size_t>(object.Get("syncBucketBytes").As<Napi::Number>().Int64Value());
+  options.sync = parseSyncOptions(object.Get("sync"));
   return options;
 }
 
@@ -94,10 +91,11 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
   // Grad and autocast modes are thread-local: they are set here, on the lane.
   torch::AutoGradMode enableGrad(true);
   torch::Tensor output, value;
-  if (options.sync && options.syncBuffers) {
+  const GroupPtr& group = options.sync.group;
+  if (group && options.sync.buffers) {
     std::vector<torch::Tensor> buffers;
     for (const torch::Tensor& buffer : model.module.buffers()) buffers.push_back(buffer);
-    if (!buffers.empty()) broadcastTensors(*options.sync, buffers, 0);
+    if (!buffers.empty()) broadcastTensors(*group, buffers, 0);
   }
   prepareInputs(model, inputs);
   {
@@ -134,15 +132,15 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
   if (options.readLoss && countsCorrect(loss, target)) result.correct = correctPredictions(output.detach(), target, loss.ignoreIndex);
   // Armed before the skip decision too: a skipping rank still sends its (zero) buckets.
   std::optional<OverlapScope> overlap;
-  if (options.sync && options.syncOverlap && optimizer.pending + 1 >= options.accumulate) overlap.emplace(armOverlap(options.sync, optimizer, options.syncBucketBytes));
+  if (group && options.sync.overlap && optimizer.pending + 1 >= options.accumulate) overlap.emplace(armOverlap(group, optimizer, options.sync.bucketBytes));
   // With a single step's loss read, result.loss is this step's; after unread steps it is
   // a mean, so this step's own value decides whether to skip.
   double own = !options.readLoss ? 0 : result.lossSteps == 1 ? result.loss : value.item<double>();
   if (!std::isfinite(own)) {
-    if (options.throwOnNonFinite && !options.sync)
+    if (options.throwOnNonFinite && !group)
       throw CodedError("TORCH_NONFINITE_LOSS", "the loss is " + std::to_string(own) + "; the step was not applied");
     result.skipped = true;  // nothing of this micro-batch reaches the grads
-    if (!options.sync) return result;
+    if (!group) return result;
     // A rank must not skip alone: the others would wait for it at the gradient sync. It
     // counts the micro-batch and tells them there.
     optimizer.poisoned = true;
@@ -154,7 +152,7 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
   optimizer.pending += 1;
   if (optimizer.pending < options.accumulate) return result;
   // Synced before the overflow check and clipping, so every rank decides on the same grads.
-  if (options.sync && syncGradients(*options.sync, optimizer, options.syncBucketBytes)) {
+  if (group && syncGradients(*group, optimizer, options.sync.bucketBytes)) {
     result.skipped = true;
     if (options.throwOnNonFinite)
       throw CodedError("TORCH_NONFINITE_LOSS", "a rank's loss was not finite since the last update; the update was skipped on every rank");

@@ -16,10 +16,7 @@ struct StepOptions {
   // the next read returns the mean of the losses since the last one.
   bool readLoss = true;
   std::vector<GroupOptions> groups;  // the optimizer's group options when the step was called
-  GroupPtr sync;             // data-parallel: average grads over this group before updating
-  bool syncBuffers = true;   // and start each forward from rank 0's buffers, as DDP does
-  bool syncOverlap = false;  // and send the grads' buckets during backward (armOverlap)
-  size_t syncBucketBytes = kDefaultBucketBytes;
+  SyncOptions sync;          // data-parallel: average grads over its group before updating
 };
 
 struct StepResult {

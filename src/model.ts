@@ -1,5 +1,5 @@
 import { callNative, callNativeAsync, disposedError, TorchError } from './errors';
-import { native, type NativeGroupOptions, type NativeInputs, type NativeModel, type NativeOptimizer, type NativeProcessGroup, type NativeScriptObject, type NativeTensor } from './native';
+import { native, type NativeGroupOptions, type NativeInputs, type NativeModel, type NativeOptimizer, type NativeProcessGroup, type NativeScriptObject, type NativeSync, type NativeTensor } from './native';
 import { Loss } from './loss';
 import { MetricAccumulator, type Metrics, type MetricSpec } from './metrics';
 import { dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear, sequential, specOf } from './nn';
@@ -441,9 +441,9 @@ export class Model implements Disposable, AsyncDisposable {
   /**
    * Queues a training operation; on a data-parallel model it also takes its place in the
    * group's order of collectives now, at the call, and first re-broadcasts rank 0's
-   * parameters if they changed since. `op` gets the group to sync over.
+   * parameters if they changed since. `op` gets how to sync, for the native job.
    */
-  #enqueueStep<T>(op: (handle: NativeModel, sync?: NativeProcessGroup) => Promise<T>): Promise<T> {
+  #enqueueStep<T>(op: (handle: NativeModel, sync?: NativeSync) => Promise<T>): Promise<T> {
     const link = this.#parallel;
     if (link === null) return this.#enqueue((handle) => op(handle));
     const turn = link.turn();
@@ -453,7 +453,7 @@ export class Model implements Disposable, AsyncDisposable {
         await link.group.broadcastModel(handle);
         link.stale = false;
       }
-      return op(handle, link.group);
+      return op(handle, { group: link.group, buffers: link.broadcastBuffers, overlap: link.overlap, bucketBytes: link.bucketBytes });
     });
   }
 
@@ -485,7 +485,7 @@ export class Model implements Disposable, AsyncDisposable {
   }
 
   /** @internal Queues an optimizer update (a flush) as a training operation. */
-  static enqueueStep<T>(model: Model, op: (handle: NativeModel, sync?: NativeProcessGroup) => Promise<T>): Promise<T> {
+  static enqueueStep<T>(model: Model, op: (handle: NativeModel, sync?: NativeSync) => Promise<T>): Promise<T> {
     return model.#enqueueStep(op);
   }
 
@@ -571,7 +571,7 @@ export class Model implements Disposable, AsyncDisposable {
     return callNativeAsync(async () => {
       const step = this.#stepOptions(options);
       const batch: [NativeInputs, NativeTensor] = [batchArgs(input, 'input'), Tensor.handle(target)];
-      const [result] = await this.#enqueueStep((handle, sync) => handle.trainStep([batch], this.#withSync(step, sync)));
+      const [result] = await this.#enqueueStep((handle, sync) => handle.trainStep([batch], { ...step, sync }));
       return result;
     });
   }
@@ -587,12 +587,8 @@ export class Model implements Disposable, AsyncDisposable {
       if (!Array.isArray(batches) || batches.length === 0) throw typeError('a non-empty array of { input, target } batches', 'batches', batches);
       const step = this.#stepOptions(options);
       const work = batches.map((b, i): [NativeInputs, NativeTensor] => [batchArgs(b?.input, `batches[${i}].input`), Tensor.handle(b?.target)]);
-      return this.#enqueueStep((handle, sync) => handle.trainStep(work, this.#withSync(step, sync)));
+      return this.#enqueueStep((handle, sync) => handle.trainStep(work, { ...step, sync }));
     });
-  }
-
-  #withSync(step: Record<string, unknown>, sync: NativeProcessGroup | undefined): Record<string, unknown> {
-    return sync ? { ...step, sync, syncBuffers: this.#parallel!.broadcastBuffers, syncOverlap: this.#parallel!.overlap, syncBucketBytes: this.#parallel!.bucketBytes } : step;
   }
 
   #stepOptions(options: TrainStepOptions): Record<string, unknown> {

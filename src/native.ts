@@ -92,7 +92,7 @@ export interface NativeOptimizer {
   groups(): (NativeGroupOptions & { params: string[] })[];
   stateDict(): { state: Record<string, Record<string, unknown>>; pending: number };
   loadStateDict(state: Record<string, Record<string, unknown>>, pending: number): void;
-  flush(window: number, groups: NativeGroupOptions[], sync?: NativeProcessGroup): Promise<boolean>;
+  flush(window: number, groups: NativeGroupOptions[], sync?: NativeSync): Promise<boolean>;
   dispose(): void;
 }
 
@@ -119,6 +119,14 @@ export interface NativeInitOptions {
   agentPrefix?: string;
   interfaces?: string[];
   nccl?: boolean;
+}
+
+/** How a data-parallel model's training jobs sync (binding/distributed.h, SyncOptions). */
+export interface NativeSync {
+  group: NativeProcessGroup;
+  buffers: boolean;
+  overlap: boolean;
+  bucketBytes: number;
 }
 
 export interface NativeProcessGroup {
