@@ -43,13 +43,15 @@ Napi::Object describeTensor(Napi::Env env, const std::string& name, const torch:
   return entry;
 }
 
-// Channels-last strides even where contiguous() would keep the tensor as it is: with one
-// input channel (a grayscale batch, a first conv's weight) both layouts describe the same
-// memory, and LibTorch then reads the old strides as NCHW and runs the whole first stage in
-// NCHW, converting after it (measured: that alone cost the small CNN a third of its
-// channels-last gain). to() rewrites the strides whenever the suggested format differs.
-torch::Tensor toChannelsLast(const torch::Tensor& tensor) {
-  return tensor.to(tensor.options(), /*non_blocking=*/false, /*copy=*/false, torch::MemoryFormat::ChannelsLast);
+// The strides of `format` even where contiguous() would keep the tensor as it is: with one
+// input channel (a grayscale batch, a first conv's weight) or a 1x1 kernel both layouts
+// describe the same memory, and LibTorch picks a convolution's layout from the strides. A
+// grayscale batch left in NCHW strides made the small CNN run its whole first stage in NCHW
+// (a third of its channels-last gain lost), and a 1x1 weight left in NHWC strides kept
+// its convolution in NHWC after the model went back to NCHW. to() rewrites the strides
+// whenever the suggested format differs.
+torch::Tensor toMemoryFormat(const torch::Tensor& tensor, torch::MemoryFormat format) {
+  return tensor.to(tensor.options(), /*non_blocking=*/false, /*copy=*/false, format);
 }
 
 torch::Tensor prepareTensor(const ModelState& state, torch::Tensor tensor) {
@@ -57,7 +59,7 @@ torch::Tensor prepareTensor(const ModelState& state, torch::Tensor tensor) {
     if (state.device.is_cuda() && tensor.is_cpu() && !tensor.is_pinned()) tensor = tensor.pin_memory();
     tensor = tensor.to(state.device, /*non_blocking=*/true);
   }
-  if (state.channelsLast && tensor.dim() == 4) tensor = toChannelsLast(tensor);
+  if (state.channelsLast && tensor.dim() == 4) tensor = toMemoryFormat(tensor, torch::MemoryFormat::ChannelsLast);
   return tensor;
 }
 
@@ -165,7 +167,7 @@ c10::IValue onLayoutTrial(ModelState& state, std::vector<c10::IValue>& inputs, R
   }
   chooseChannelsLast(state, false, /*automatic=*/false);
   for (c10::IValue& input : inputs)
-    if (input.isTensor() && input.toTensor().dim() == 4) input = input.toTensor().contiguous();
+    if (input.isTensor() && input.toTensor().dim() == 4) input = toMemoryFormat(input.toTensor(), torch::MemoryFormat::Contiguous);
   return run(std::move(inputs));
 }
 
@@ -207,9 +209,28 @@ bool setChannelsLast(ModelState& state, bool on) {
   if (planes.empty()) return false;
   torch::NoGradGuard noGrad;
   // set_data keeps each parameter's identity (optimizers hold them) while changing its layout.
-  for (torch::Tensor& parameter : planes) parameter.set_data(on ? toChannelsLast(parameter) : parameter.contiguous());
+  for (torch::Tensor& parameter : planes) parameter.set_data(toMemoryFormat(parameter, on ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous));
   state.channelsLast = on;
   return true;
+}
+
+void guardNhwcBackward(ModelState& state) {
+  if (!state.channelsLast || !state.device.is_cpu()) return;
+  // Once per structure: replace() is the only way a layer comes or goes.
+  if (state.hazardGeneration != state.generation) {
+    state.nhwcHazard = nhwcBackwardHazard(state.module);
+    state.hazardGeneration = state.generation;
+  }
+  if (state.nhwcHazard.empty()) return;
+  if (state.layoutAutomatic) {
+    chooseChannelsLast(state, false, /*automatic=*/false);
+    return;
+  }
+  throw CodedError("TORCHLITE_UNSAFE_LAYOUT",
+                   "training " + state.nhwcHazard +
+                       " in channels-last on the CPU corrupts memory inside LibTorch's oneDNN kernels; call "
+                       "model.channelsLast(false) before training on the CPU (inference in channels-last is safe), or "
+                       "train on a GPU");
 }
 
 void prepareInputs(const ModelState& state, std::vector<c10::IValue>& inputs) {
@@ -486,6 +507,7 @@ Napi::Value ModelWrap::ProbeGradients(const Napi::CallbackInfo& info) {
         [state, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           torch::AutoGradMode enableGrad(true);
+          guardNhwcBackward(*state);
           prepareInputs(*state, inputs);
           torch::Tensor total;
           sumTensors(runForward(*state, std::move(inputs)), total);

@@ -25,6 +25,8 @@ struct ModelState {
   int64_t lossCount = 0;
   torch::Tensor badTargets;           // out-of-range class indices met since then (a device count)
   uint64_t generation = 0;            // bumped by every replace(), so optimizers recheck only then
+  uint64_t hazardGeneration = ~0ull;  // the generation nhwcHazard was found for
+  std::string nhwcHazard;             // a layer that must not train in NHWC on the CPU, "" if none
   // Jobs hold it while they run a step. The JS thread only ever try-locks it (see
   // lockIdle): JS refuses synchronous methods while the model has jobs in flight, and a
   // method reaching a model that is busy anyway (another model copied in) must fail
@@ -54,6 +56,11 @@ bool setChannelsLast(ModelState& state, bool on);
 // The layout a model asks for: `automatic` (loadPretrained's 'auto') only takes models with
 // 4-D weights, and makes their first forward a trial that can fall back to NCHW.
 void chooseChannelsLast(ModelState& state, bool on, bool automatic);
+
+// Before a backward pass on the CPU in channels-last: a model with a layer oneDNN cannot
+// train in NHWC (see nhwcBackwardHazard) goes back to NCHW when the layout was chosen
+// automatically, and fails with TORCHLITE_UNSAFE_LAYOUT when it was asked for by name.
+void guardNhwcBackward(ModelState& state);
 
 class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  public:

@@ -1,6 +1,7 @@
 #include "surgery.h"
 
 #include <functional>
+#include <limits>
 #include <set>
 
 namespace tl {
@@ -171,6 +172,53 @@ std::vector<std::string> fixTracedTrainingFlags(torch::jit::Module& module) {
     }
   }
   return warnings;
+}
+
+namespace {
+
+// The largest stride a convolution node asks for: a constant, or a list built from
+// constants (how TorchScript writes `[2, 2]` and `self.stride`); one known only at run
+// time counts as large.
+int64_t largestStride(Value* stride) {
+  constexpr int64_t unknown = std::numeric_limits<int64_t>::max();
+  std::vector<Value*> items{stride};
+  if (stride->node()->kind() == c10::prim::ListConstruct) items = stride->node()->inputs().vec();
+  int64_t largest = 1;
+  for (Value* item : items) {
+    // c10::optional on 1.13, std::optional on 2.x: `auto` keeps either (an std::optional
+    // built from 1.13's empty one would hold an IValue None instead of nothing).
+    auto value = torch::jit::toIValue(item);
+    std::vector<c10::IValue> ints = !value                ? std::vector<c10::IValue>{}
+                                    : value->isIntList() ? value->toListRef().vec()
+                                    : value->isTuple()   ? value->toTupleRef().elements().vec()
+                                                         : std::vector<c10::IValue>{*value};
+    if (ints.empty()) return unknown;
+    for (const c10::IValue& entry : ints) largest = std::max(largest, entry.isInt() ? entry.toInt() : unknown);
+  }
+  return largest;
+}
+
+}  // namespace
+
+std::string nhwcBackwardHazard(const torch::jit::Module& module) {
+  for (const auto& item : module.named_modules()) {
+    const torch::jit::Module& layer = item.value;
+    if (!layer.hasattr("weight") || !layer.attr("weight").isTensor()) continue;
+    torch::Tensor weight = layer.attr("weight").toTensor();
+    if (weight.dim() != 4 || weight.size(2) != 1 || weight.size(3) != 1 || weight.size(1) % 16 == 0) continue;
+    int64_t stride = 1;
+    for (const auto& graph : methodGraphs(layer.type())) {
+      forEachNode(graph->block(), [&](Node* node) {
+        // conv2d, convolution and _convolution all take (input, weight, bias, stride, ...).
+        if (node->kind() == c10::aten::conv2d || node->kind() == c10::aten::convolution || node->kind() == c10::aten::_convolution)
+          stride = std::max(stride, largestStride(node->input(3)));
+      });
+    }
+    if (stride > 1)
+      return "'" + (item.name.empty() ? std::string("<root>") : item.name) + "' (a 1x1 convolution with stride > 1 over " +
+             std::to_string(weight.size(1)) + " input channels)";
+  }
+  return "";
 }
 
 void applyBatchNormPolicy(ModelState& state) {

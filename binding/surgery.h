@@ -17,4 +17,11 @@ std::vector<std::string> fixTracedTrainingFlags(torch::jit::Module& module);
 // trains, when the state's policy is frozen-eval; every other module follows the model.
 void applyBatchNormPolicy(ModelState& state);
 
+// oneDNN's AVX-512 kernel for the weight gradient of a 1x1 convolution with a stride
+// above 1 writes past its buffers when the input is channels-last and its channel count is
+// not a multiple of 16 (16 floats fill one AVX-512 register): measured on LibTorch 1.13
+// (oneDNN 2.6) with 3, 5, 9 and 16 threads for 1-15 input channels, and on 2.11 with 16;
+// Python crashes alike. Names the first such layer (its path and channel count), or "".
+std::string nhwcBackwardHazard(const torch::jit::Module& module);
+
 }  // namespace tl

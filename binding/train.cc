@@ -97,6 +97,7 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
     for (const torch::Tensor& buffer : model.module.buffers()) buffers.push_back(buffer);
     if (!buffers.empty()) broadcastTensors(*group, buffers, 0);
   }
+  guardNhwcBackward(model);
   prepareInputs(model, inputs);
   {
     auto autocast = autocastFor(options.amp, model.device);

@@ -85,7 +85,7 @@ fi
 # that reason alone). The verbose log names each test even when the time limit cuts the run.
 step "cpu test files against libtorch 2.x"
 TORCHLITE_PYTHON="$PY" timeout "${TORCHLITE_CPU_TESTS_S:-180}" node_modules/.bin/vitest run test/distributed.test.ts test/model.test.ts \
-  test/training.test.ts test/execution.test.ts test/text.test.ts test/surgery.test.ts test/tensor.test.ts test/errors.test.ts \
+  test/training.test.ts test/features.test.ts test/execution.test.ts test/text.test.ts test/surgery.test.ts test/tensor.test.ts test/errors.test.ts \
   --reporter=verbose --reporter=json --outputFile.json="$OUT/cpu-tests.json" > "$OUT/cpu-tests.log" 2>&1
 if [[ -f "$OUT/cpu-tests.json" ]]; then
   result[cpu-tests-2.x]="$(node scripts/test-summary.mjs "$OUT/cpu-tests.json" | tail -1)"

@@ -286,9 +286,13 @@ export interface LoadOptions {
    * CPU for models with 4-D weights (convolutions), which oneDNN trains faster than NCHW
    * (measured: the shipped CNN 1.3-1.4x, MobileNetV3 1.3x, ResNet-18 1.05x); a model whose
    * graph cannot run in NHWC (a `view()` of a convolution's output) goes back to NCHW on its
-   * first forward, with the same result as if it had never tried; moving the model to a GPU
-   * turns an automatic choice off. `true`/`false` force it (as `model.channelsLast(on)` does
-   * later). Saved files hold NCHW weights either way.
+   * first forward, with the same result as if it had never tried; so does a model with a layer
+   * oneDNN cannot train in NHWC (a 1x1 convolution with stride > 1 over a channel count that
+   * is not a multiple of 16: its weight gradient corrupts memory inside LibTorch), on its first
+   * training step on the CPU; moving the model to a GPU turns an automatic choice off.
+   * `true`/`false` force it (as `model.channelsLast(on)` does later; `true` fails such a
+   * model's CPU training steps with `TORCHLITE_UNSAFE_LAYOUT`). Saved files hold NCHW weights
+   * either way.
    * Defaults to `'auto'`.
    */
   channelsLast?: boolean | 'auto';

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { checkpoint, data, fineTune, type FineTuneOptions, loadPretrained, manualSeed, type Model, nn, randn, type Tensor, TorchError, torchVersion } from '../src';
-import { fixture, relativeDiff } from './helpers';
+import { fixture, maxAbsDiff, relativeDiff } from './helpers';
 
 manualSeed(5);
 const inputs = randn([96, 3, 32, 32]);
@@ -53,11 +53,15 @@ describe('fineTune({ cacheFeatures })', () => {
       expect(cached.types).toEqual(whole.types); // the head is a plain Linear again
       // The unfrozen epoch after it trains the whole model at the range test's lr (0.086),
       // where its loss rises: that amplifies any difference (a weight moves by 8%). At a
-      // stable lr the whole run stays within 1e-4 (a 1e-7 difference in the features, grown
-      // over an epoch of training the whole model).
+      // stable lr the losses of all four epochs stay within 1e-6. The weights differ more:
+      // AdamW moves each weight by about lr per step whatever its gradient's size, so where
+      // a gradient is near zero (BatchNorm biases) a 1e-7 difference in the features turns
+      // into up to 1.5e-4 of the 6e-3 those six steps can move a weight.
       const [steadyWhole, steadyCached] = [await tune({ cacheFeatures: false, lr: 1e-3 }, body), await tune({ lr: 1e-3 }, body)];
       expect(steadyCached.history.featureCache).toMatchObject({ used: true, optimized: true });
-      for (const [name, weights] of Object.entries(steadyWhole.weights)) expect(relativeDiff(steadyCached.weights[name], weights), name).toBeLessThan(1e-4);
+      const all = (h: typeof whole.history) => h.flatMap((r) => [r.trainLoss, r.val!.loss!]);
+      expect(relativeDiff(all(steadyCached.history), all(steadyWhole.history))).toBeLessThan(1e-6);
+      for (const [name, weights] of Object.entries(steadyWhole.weights)) expect(maxAbsDiff(steadyCached.weights[name], weights), name).toBeLessThan(5e-4);
     });
   }
 

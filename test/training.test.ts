@@ -1,3 +1,4 @@
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -372,8 +373,9 @@ describe('a real task', () => {
 
 describe('device options', () => {
   it('on the CPU, models with convolutions run channels-last by default, with NCHW results, and save NCHW weights', async () => {
-    await using plain = await loadPretrained(fixture('resnet_small.scripted.pt'), { channelsLast: false });
-    await using nhwc = await loadPretrained(fixture('resnet_small.scripted.pt'));
+    // MobileNet: resnet_small has a layer that must not train in NHWC (see the next test).
+    await using plain = await loadPretrained(fixture('mobilenet_small.scripted.pt'), { channelsLast: false });
+    await using nhwc = await loadPretrained(fixture('mobilenet_small.scripted.pt'));
     await using mlp = await loadPretrained(fixture('mlp.scripted.pt'));
     expect([plain.memoryFormat, nhwc.memoryFormat, mlp.memoryFormat]).toEqual(['contiguous', 'channelsLast', 'contiguous']);
     const x = randn([4, 3, 16, 16]);
@@ -384,6 +386,7 @@ describe('device options', () => {
       const opt = optim.sgd(model, { lr: 0.01, momentum: 0.9 });
       for (let step = 0; step < 3; step++) expect((await model.trainStep(x, longs([1, 2, 3, 4]), { loss: loss.crossEntropy(), optimizer: opt })).stepped).toBe(true);
     }
+    expect(nhwc.memoryFormat).toBe('channelsLast'); // trained in NHWC
     const [a, b] = [plain.stateDict(), nhwc.stateDict()];
     for (const name of Object.keys(a)) expect(relativeDiff(Array.from(b[name].toTypedArray() as ArrayLike<number>, Number), Array.from(a[name].toTypedArray() as ArrayLike<number>, Number))).toBeLessThan(1e-5);
     expect(nhwc.channelsLast(false).memoryFormat).toBe('contiguous');
@@ -439,6 +442,54 @@ torch.jit.script(ViewNet()).save(sys.argv[1])
     expect(tried.state).toEqual(plain.state); // running statistics included
     await using forced = await loadPretrained(file, { channelsLast: true });
     await expect(forced.forward(x)).rejects.toThrow('this graph\'s view() cannot run: load it with `{ channelsLast: false }` or call `model.channelsLast(false)`');
+  });
+
+  it("trains a 1x1 stride-2 convolution over fewer than 16 channels in NCHW, which oneDNN's NHWC kernel corrupts memory on", async () => {
+    // resnet_small's layer2.0.downsample.0 is one (8 input channels). In NHWC its weight
+    // gradient overran a oneDNN buffer and killed the process at 3, 5, 9 or 16 threads.
+    const x = randn([8, 3, 32, 32]);
+    const y = longs([0, 1, 2, 3, 4, 5, 6, 7]);
+    const train = async (model: Model) => {
+      model.train();
+      const opt = optim.sgd(model, { lr: 0.01, momentum: 0.9 });
+      manualSeed(5);
+      const losses = [];
+      for (let step = 0; step < 2; step++) losses.push((await model.trainStep(x, y, { loss: loss.crossEntropy(), optimizer: opt })).loss);
+      return losses;
+    };
+    for (const file of ['resnet_small.scripted.pt', 'resnet_small.traced.pt']) {
+      await using auto = await loadPretrained(fixture(file));
+      await using plain = await loadPretrained(fixture(file), { channelsLast: false });
+      expect(auto.memoryFormat).toBe('channelsLast'); // inference in NHWC is safe
+      expect(await train(auto)).toEqual(await train(plain)); // an automatic choice goes back to NCHW for training
+      expect(auto.memoryFormat).toBe('contiguous');
+    }
+    await using forced = await loadPretrained(fixture('resnet_small.scripted.pt'), { channelsLast: true });
+    forced.train();
+    const opt = optim.sgd(forced, { lr: 0.01 });
+    await expect(forced.trainStep(x, y, { loss: loss.crossEntropy(), optimizer: opt })).rejects.toThrow(
+      new TorchError('TORCHLITE_UNSAFE_LAYOUT',
+        "training 'layer2.0.downsample.0' (a 1x1 convolution with stride > 1 over 8 input channels) in channels-last on the CPU corrupts memory inside LibTorch's oneDNN kernels; call model.channelsLast(false) before training on the CPU (inference in channels-last is safe), or train on a GPU",
+      ),
+    );
+    expect((await forced.channelsLast(false).trainStep(x, y, { loss: loss.crossEntropy(), optimizer: opt })).stepped).toBe(true);
+    // A layer put in later is checked too: MobileNet trains in NHWC until one arrives.
+    await using mobile = await loadPretrained(fixture('mobilenet_small.scripted.pt'));
+    await train(mobile);
+    expect(mobile.memoryFormat).toBe('channelsLast');
+    mobile.replace('features.6', nn.conv2d(8, 16, 1, { stride: 2 }));
+    await train(mobile);
+    expect(mobile.memoryFormat).toBe('contiguous');
+    // The crash itself, where it happened: a separate process at 3 threads.
+    const script = `const t = require('./lib'); t.setNumThreads(3);
+      t.loadPretrained('${fixture('resnet_small.scripted.pt')}').then(async (m) => {
+        m.train();
+        const opt = t.optim.sgd(m, { lr: 0.01 });
+        for (let i = 0; i < 3; i++) await m.trainStep(t.randn([8, 3, 32, 32]), t.tensor(BigInt64Array.of(0n, 1n, 2n, 3n, 4n, 5n, 6n, 7n)), { loss: t.loss.crossEntropy(), optimizer: opt });
+        console.log(m.memoryFormat);
+      });`;
+    const child = spawnSync(process.execPath, ['-e', script], { cwd: root, encoding: 'utf8', timeout: 60_000 });
+    expect({ status: child.status, signal: child.signal, stdout: child.stdout.trim() }).toEqual({ status: 0, signal: null, stdout: 'contiguous' });
   });
 
   it('readLoss: false skips the host read and the next read averages the steps since', async () => {
