@@ -46,6 +46,7 @@ describe.skipIf(!cuda.isAvailable())('CUDA', () => {
 
   it('fp16 AMP skips steps on overflow and recovers', async () => {
     await using model = await loadPretrained(fixture('mlp.scripted.pt'), { device: 'cuda' });
+    model.train();
     const opt = optim.sgd(model, { lr: 1e-6 });
     const x = randn([8, 12]);
     const huge = tensor(new Float32Array(32).fill(3000), [8, 4]); // MSE ~1e7, × 65536 overflows fp16 grads
@@ -81,6 +82,7 @@ describe.skipIf(!cuda.isAvailable())('CUDA', () => {
   it('two models train on one GPU at once', async () => {
     await using a = await loadPretrained(fixture('resnet_small.scripted.pt'), { device: 'cuda' });
     await using b = await loadPretrained(fixture('mobilenet_small.scripted.pt'), { device: 'cuda' });
+    for (const m of [a, b]) m.train();
     const x = randn([8, 3, 16, 16]);
     const y = longs([0, 1, 2, 3, 4, 5, 6, 7]);
     const [ra, rb] = await Promise.all([
