@@ -4,8 +4,8 @@
 #   Python torch, build the addon against it (every compile error listed; if the NCCL
 #   part alone fails, built again without it so the rest still runs), run test/cuda and
 #   the GPU bench, export a few TorchScript models with this PyTorch for the CPU build to
-#   try, run the CPU test files against LibTorch 2.x in the time left, and print a short
-#   table last. Logs go under $OUT (at most 8 files come back: keep it so).
+#   try, run the CPU test files against LibTorch 2.x in the time left, run the training
+#   parity cases against this PyTorch's own references, and print a short table last. Logs go under $OUT (at most 8 files come back: keep it so).
 # Prepare with `bash scripts/device-pack.sh`; run with carry [".device", "lib"].
 # On a machine without CUDA it stops, saying so, right before the CUDA tests (a dry run).
 set -uo pipefail
@@ -19,7 +19,7 @@ step() { printf '[gpu-check %(%H:%M:%S)T] %s\n' -1 "$*" | tee -a "$OUT/gpu-check
 table() {
   echo
   printf '%-22s %s\n' check result
-  for key in machine node libtorch build cuda-tests bench torchscript-2.x cpu-tests-2.x; do printf '%-22s %s\n' "$key" "${result[$key]:-not run}"; done
+  for key in machine node libtorch build cuda-tests bench torchscript-2.x cpu-tests-2.x parity-vs-this-pytorch; do printf '%-22s %s\n' "$key" "${result[$key]:-not run}"; done
 }
 trap table EXIT
 
@@ -93,3 +93,17 @@ else
   result[cpu-tests-2.x]="cut by the time limit: $(grep -c '✓' "$OUT/cpu-tests.log") passed, $(grep -c '×' "$OUT/cpu-tests.log") failed so far"
 fi
 grep -E '×' "$OUT/cpu-tests.log" | head -30
+
+# The training parity cases against references this PyTorch writes itself (test/fixtures
+# holds 1.13's): tells a formula torchlite does differently on 2.x (say, Adam's first
+# moment) from float noise between versions. The 1.13 file is put back afterwards.
+step "training parity against this pytorch's own references"
+cp test/fixtures/training.json "$work/training-1.13.json"
+if "$PY" scripts/fixtures/make_training_refs.py --refs-only 2>>"$OUT/gpu-check.log"; then
+  TORCHLITE_PYTHON="$PY" timeout 120 node_modules/.bin/vitest run test/training.test.ts -t 'within 1e-5 relative' --reporter=verbose > "$work/parity.log" 2>&1
+  sed 's/\x1b\[[0-9;]*m//g' "$work/parity.log" | grep -E '✓|×|→' | tee -a "$OUT/gpu-check.log"
+  result[parity-vs-this-pytorch]="$(grep -cE '✓.* > ' "$work/parity.log") passed, $(grep -cE '×.* > ' "$work/parity.log") failed (details in gpu-check.log)"
+else
+  result[parity-vs-this-pytorch]="reference export failed (see gpu-check.log)"
+fi
+cp "$work/training-1.13.json" test/fixtures/training.json
