@@ -5,7 +5,8 @@
 #   part alone fails, built again without it so the rest still runs), run test/cuda and
 #   the GPU bench, export a few TorchScript models with this PyTorch for the CPU build to
 #   try, run the CPU test files against LibTorch 2.x in the time left, run the training
-#   parity cases against this PyTorch's own references, and print a short table last. Logs go under $OUT (at most 8 files come back: keep it so).
+#   parity cases against this PyTorch's own references, and print a short table last.
+#   Logs go under $OUT (at most 8 files come back: keep it so).
 # Prepare with `bash scripts/device-pack.sh`; run with carry [".device", "lib"].
 # On a machine without CUDA it stops, saying so, right before the CUDA tests (a dry run).
 set -uo pipefail
