@@ -20,7 +20,7 @@ void applyBatchNormPolicy(ModelState& state);
 // oneDNN's AVX-512 kernel for the weight gradient of a 1x1 convolution with a stride
 // above 1 writes past its buffers when the input is channels-last and has few channels:
 // measured on LibTorch 1.13 (oneDNN 2.6) at 3, 5, 9 and 16 threads with 1 to 15 input
-// channels (24, 40 and 72 never crashed), and on 2.11 at 16 threads; Python crashes alike.
+// channels (24, 40 and 72 never crashed; Python 1.13 crashes alike), and on 2.11 at 16 threads.
 // Any count that is not a multiple of 16 (one AVX-512 register of floats) counts, to be
 // safe. Names the first such layer (its path and channel count), or "".
 std::string nhwcBackwardHazard(const torch::jit::Module& module);
