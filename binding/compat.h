@@ -38,6 +38,18 @@ class WarningCollector : public c10::WarningHandler {
 #endif
 };
 
+// Adam's first moment, written as each version's Python writes it so that parity holds on
+// both: 1.13 computes exp_avg * beta1 + grad * (1 - beta1), 2.0 switched to
+// exp_avg.lerp_(grad, 1 - beta1), which rounds differently (1e-5 relative after 10 steps).
+inline void decayFirstMoment(std::vector<at::Tensor>& expAvg, const std::vector<at::Tensor>& grads, double beta1) {
+#if TORCHLITE_TORCH_AT_LEAST(2, 0)
+  at::_foreach_lerp_(expAvg, grads, 1 - beta1);
+#else
+  at::_foreach_mul_(expAvg, beta1);
+  at::_foreach_add_(expAvg, grads, 1 - beta1);
+#endif
+}
+
 }  // namespace tl::compat
 
 #include <ATen/autocast_mode.h>

@@ -5,6 +5,7 @@
 #include <set>
 
 #include "addon.h"
+#include "compat.h"
 #include "distributed.h"
 #include "job.h"
 #include "tensor.h"
@@ -124,8 +125,7 @@ void adamUpdate(const Slots& slots, const GroupOptions& o, std::vector<torch::Te
     grads = at::_foreach_add(grads, params, o.weightDecay);
   std::vector<torch::Tensor> expAvg = each(slots, [](ParamSlot& s) { return s.expAvg; });
   std::vector<torch::Tensor> expAvgSq = each(slots, [](ParamSlot& s) { return s.expAvgSq; });
-  at::_foreach_mul_(expAvg, o.beta1);
-  at::_foreach_add_(expAvg, grads, 1 - o.beta1);
+  compat::decayFirstMoment(expAvg, grads, o.beta1);
   at::_foreach_mul_(expAvgSq, o.beta2);
   at::_foreach_addcmul_(expAvgSq, grads, grads, 1 - o.beta2);
   // Parameters that joined later have taken fewer steps: bias corrections are per slot.
