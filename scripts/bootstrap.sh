@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Sets up a Debian/Ubuntu machine for torchlite: LibTorch, the Python reference torch,
-# Fashion-MNIST and the English fortune files (the text demo's data), build tools, npm
+# Fashion-MNIST and the fortune files in four languages (the text demo's data), build tools, npm
 # packages, then the addon and the TypeScript build.
 # Idempotent: on a ready machine it only checks, and rebuilds what changed (seconds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(libtorch-dev libgloo-dev python3-torch python3-torchvision dataset-fashion-mnist fortunes
+packages=(libtorch-dev libgloo-dev python3-torch python3-torchvision dataset-fashion-mnist fortunes fortunes-de fortunes-es fortunes-it
           build-essential cmake ninja-build ccache git xz-utils)
 missing=()
 for pkg in "${packages[@]}"; do

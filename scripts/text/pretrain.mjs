@@ -1,13 +1,15 @@
 // Pretrains the shipped text model, models/fortunes-encoder.pt: a small BERT-shaped encoder
 // (scripts/fixtures/text_encoder.py) trained as BERT was, first as a masked language model on
-// English fortunes, then to tell their topics apart: the SOURCE_TOPICS of
-// src/cli/fortunes.ts. `torchlite demo text` fine-tunes it on five topics it has never
-// seen (their files are left out of both stages). Needs `apt-get install fortunes`,
-// /usr/bin/python3 with torch (to script the random initial models) and the dev dependency
-// `tokenizers` (Hugging Face's native binding, to train the WordPiece tokenizer); the
-// training itself runs in torchlite.
+// fortunes in English, German, Spanish and Italian (up to --per-language of each), then to
+// tell English fortunes' topics apart: the SOURCE_TOPICS of src/cli/fortunes.ts. No stage
+// sees a language label, and neither reads the fortunes `isHeldOut` keeps for
+// `torchlite demo text`, which fine-tunes it to identify the language. Needs
+// `apt-get install fortunes fortunes-de fortunes-es fortunes-it`, /usr/bin/python3 with torch
+// (to script the random initial models) and the dev dependency `tokenizers` (Hugging Face's
+// native binding, to train the WordPiece tokenizer); the training itself runs in torchlite.
 //
-//   node scripts/text/pretrain.mjs [--mlm-epochs 16] [--mlm-lr 5e-3] [--epochs 3] [--out models/fortunes-encoder.pt]
+//   node scripts/text/pretrain.mjs [--per-language 6000] [--vocab 6000] [--mlm-epochs 10] [--mlm-lr 5e-3] [--epochs 3]
+//                                  [--out models/fortunes-encoder.pt]
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,7 +17,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import torchlite from '../../lib/index.js';
-import { readFortunes, SOURCE_TOPICS, writeJsonl } from '../../lib/cli/fortunes.js';
+import { isHeldOut, LANGUAGES, readFortunes, readLanguages, SOURCE_TOPICS, writeJsonl } from '../../lib/cli/fortunes.js';
 import { trainWordPiece } from './wordpiece.mjs';
 
 const { data, fit, loadPretrained, loss, manualSeed, optim, progressBar, sched, tensor, text } = torchlite;
@@ -23,10 +25,12 @@ const here = dirname(fileURLToPath(import.meta.url));
 const args = process.argv.slice(2);
 const flag = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
 const out = flag('--out', join(here, '..', '..', 'models', 'fortunes-encoder.pt'));
-const mlmEpochs = Number(flag('--mlm-epochs', '16'));
+const perLanguage = Number(flag('--per-language', '6000'));
+const VOCAB = Number(flag('--vocab', '6000'));
+const mlmEpochs = Number(flag('--mlm-epochs', '10'));
 const mlmLr = Number(flag('--mlm-lr', '5e-3'));
 const epochs = Number(flag('--epochs', '3'));
-const [VOCAB, MAX_LENGTH, BATCH, MASK_ID] = [4000, 64, 32, 4];
+const [MAX_LENGTH, BATCH, MASK_ID] = [64, 32, 4];
 const SIZES = ['--dim', '64', '--heads', '4', '--layers', '2', '--hidden', '128', '--max-length', String(MAX_LENGTH)];
 const work = mkdtempSync(join(tmpdir(), 'torchlite-pretrain-text-'));
 const started = Date.now();
@@ -82,26 +86,37 @@ function maskedBatch(rows, rand) {
   };
 }
 
-manualSeed(0);
-torchlite.setNumThreads(2);
-const rows = readFortunes(SOURCE_TOPICS);
-const tok = await text.tokenizer(trainWordPiece(rows.map((r) => r.text), VOCAB, work), { maxLength: MAX_LENGTH });
-
-// Stage 1: a masked language model over every source fortune.
-const mlm = await loadPretrained(initial('mlm', ['--mlm']));
-mlm.train();
-const texts = rows.map((r) => tok.ids(r.text)).filter((ids) => ids.length > 2);
-const stepsPerEpoch = Math.ceil(texts.length / BATCH);
-const mlmOptimizer = optim.adamw(mlm, { lr: mlmLr, weightDecay: 0.01 });
-const mlmSchedule = sched.oneCycle(mlmOptimizer, { maxLr: mlmLr, totalSteps: mlmEpochs * stepsPerEpoch, pctStart: 0.1 });
-const ce = loss.crossEntropy();
-const rand = random(0);
-for (let epoch = 0; epoch < mlmEpochs; epoch++) {
-  const order = texts.map((_, i) => i);
+/** Fisher-Yates with the seeded generator. */
+function shuffle(items, rand) {
+  const order = [...items];
   for (let i = order.length - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));
     [order[i], order[j]] = [order[j], order[i]];
   }
+  return order;
+}
+
+manualSeed(0);
+torchlite.setNumThreads(2);
+const rand = random(0);
+const corpus = LANGUAGES.flatMap((language) =>
+  shuffle(
+    readLanguages([language]).filter((r) => !isHeldOut(r.text)),
+    rand,
+  ).slice(0, perLanguage),
+);
+const tok = await text.tokenizer(trainWordPiece(corpus.map((r) => r.text), VOCAB, work), { maxLength: MAX_LENGTH });
+
+// Stage 1: a masked language model over the four languages' fortunes, unlabelled.
+const mlm = await loadPretrained(initial('mlm', ['--mlm']));
+mlm.train();
+const texts = corpus.map((r) => tok.ids(r.text)).filter((ids) => ids.length > 2);
+const stepsPerEpoch = Math.ceil(texts.length / BATCH);
+const mlmOptimizer = optim.adamw(mlm, { lr: mlmLr, weightDecay: 0.01 });
+const mlmSchedule = sched.oneCycle(mlmOptimizer, { maxLr: mlmLr, totalSteps: mlmEpochs * stepsPerEpoch, pctStart: 0.1 });
+const ce = loss.crossEntropy();
+for (let epoch = 0; epoch < mlmEpochs; epoch++) {
+  const order = shuffle(texts.keys(), rand);
   let sum = 0;
   for (let s = 0; s < stepsPerEpoch; s++) {
     const { input, target } = maskedBatch(order.slice(s * BATCH, (s + 1) * BATCH).map((i) => texts[i]), rand);
@@ -116,7 +131,7 @@ const model = await loadPretrained(initial('classifier', ['--classes', String(SO
 const body = Object.fromEntries(Object.entries(mlm.stateDict()).filter(([name]) => !/^(lm_|pooler\.|classifier\.)/.test(name)));
 model.loadStateDict(body, { strict: false });
 mlm.dispose();
-writeJsonl(join(work, 'source.jsonl'), rows);
+writeJsonl(join(work, 'source.jsonl'), readFortunes(SOURCE_TOPICS).filter((r) => !isHeldOut(r.text)));
 const all = await data.textDataset(join(work, 'source.jsonl'), { tokenizer: tok, classes: SOURCE_TOPICS });
 const { train, val } = data.split(all, { val: 0.1, seed: 0 });
 const trainLoader = data.loader(train, { batchSize: BATCH, shuffle: true, seed: 0 });
@@ -127,7 +142,7 @@ const accuracy = history.at(-1).val.accuracy;
 await model.save(out, {
   metadata: {
     ...model.metadata,
-    recipe: { script: 'scripts/text/pretrain.mjs', task: 'a masked language model, then English fortunes by topic', texts: train.length, mlmEpochs, mlmLr, epochs, valAccuracy: accuracy, seconds: (Date.now() - started) / 1000 },
+    recipe: { script: 'scripts/text/pretrain.mjs', task: 'a masked language model on English, German, Spanish and Italian fortunes, then English fortunes by topic', mlmTexts: texts.length, texts: train.length, vocab: VOCAB, mlmEpochs, mlmLr, epochs, valAccuracy: accuracy, seconds: (Date.now() - started) / 1000 },
   },
 });
 rmSync(work, { recursive: true, force: true });

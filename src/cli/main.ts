@@ -94,15 +94,16 @@ program
 
 program
   .command('demo')
-  .description('images (default): fine-tune the shipped CNN on Fashion-MNIST classes 5-9; text: fine-tune the shipped text encoder on fortune topics it has not seen; each compared with head-only and from-scratch training')
+  .description('images (default): fine-tune the shipped CNN on Fashion-MNIST classes 5-9; text: fine-tune the shipped text encoder to tell the language of fortunes it has never read; each compared with head-only and from-scratch training')
   .argument('[kind]', 'images or text', 'images')
-  .option('--budget <n>', 'labelled training samples (default: 100 images, 16 texts a topic)')
+  .option('--budget <n>', 'labelled training samples (default: 100 images, 8 texts a language)')
   .option('--epochs <n>', 'epochs per approach (default: 12 for images, 10 for text)')
   .option('--target <accuracy>', 'test accuracy for the steps-to-target column', '0.8')
+  .option('--model <file>', 'text: the encoder to fine-tune, one scripts/text/pretrain.mjs wrote (default: models/fortunes-encoder.pt)')
   .option('--data-dir <dir>', 'folder with the Fashion-MNIST IDX files or the fortune files (default: the Debian packages)')
   .option('--out <file>', 'where to save the fine-tuned model', 'demo-finetuned.pt')
   .option('--report <file>', 'HTML report', 'demo-report.html')
-  .option('--quick', 'a small, fast run (200 images, 5 epochs, 500 test images; text: 3 epochs, 100 test texts a topic)')
+  .option('--quick', 'a small, fast run (200 images, 5 epochs, 500 test images; text: 3 epochs, 20 test texts a language)')
   .option('--json', 'print machine-readable results')
   .addHelpText('after', '\nExamples:\n  torchlite demo --budget 250 --epochs 8\n  torchlite demo text')
   .action((kind: string, flags) => (choiceFlag(kind, 'kind', ['images', 'text'] as const) === 'text' ? runTextDemo(flags) : runDemo(flags)));
