@@ -236,7 +236,7 @@ describe('torchlite with text', () => {
   it.skipIf(!existsSync('/usr/share/games/fortunes/de'))('demo text compares head-only, fine-tuning and scratch at telling languages apart and saves a text model', async () => {
     const run = cli('demo', 'text', '--quick', '--json', '--out', 'demo-text.pt');
     expect(run.stderr).toBe('');
-    const result = JSON.parse(run.stdout) as { perClass: number; train: number; test: number; outcomes: { name: string; accuracy: number }[]; claims: string[] };
+    const result = JSON.parse(run.stdout) as { perClass: number; train: number; test: number; outcomes: { name: string; accuracy: number }[]; claims: string[]; examples: { label: string }[] };
     expect([result.perClass, result.train, result.test]).toEqual([8, 32, 80]);
     expect(result.outcomes.map((o) => o.name)).toEqual(['head only', 'fine-tune', 'from scratch']);
     // 3 quick epochs on 8 fortunes a language: 82.5% fine-tuned, 25.0% (chance) from scratch here.
@@ -244,6 +244,7 @@ describe('torchlite with text', () => {
     expect(tune).toBeGreaterThan(0.7);
     expect(tune - scratch).toBeGreaterThan(0.2);
     expect(tune).toBeGreaterThan(head);
+    expect(result.examples.map((e) => e.label)).toEqual(['english', 'german', 'spanish', 'italian']);
     expect(result.claims[0]).toMatch(/^Better results: the pretrained encoder beats the same model trained from scratch by \d+\.\d points with the same 32 fortunes and epochs\.$/);
     await using saved = await loadPretrained(join(work, 'demo-text.pt'));
     expect((saved.metadata as { classes: string[] }).classes).toEqual(['english', 'german', 'spanish', 'italian']);

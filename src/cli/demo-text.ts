@@ -49,7 +49,8 @@ export async function runTextDemo(flags: TextDemoFlags): Promise<void> {
   const work = mkdtempSync(join(tmpdir(), 'torchlite-demo-text-'));
   try {
     const heldOut = readLanguages(LANGUAGES, flags.dataDir ?? FORTUNES_DIR).filter((r) => isHeldOut(r.text));
-    const { pool, test } = splitClasses(heldOut, quick ? 20 : TEST_PER_CLASS);
+    const testPerClass = quick ? 20 : TEST_PER_CLASS;
+    const { pool, test } = splitClasses(heldOut, testPerClass);
     writeJsonl(join(work, 'pool.jsonl'), pool);
     writeJsonl(join(work, 'test.jsonl'), test);
     const modelPath = flags.model ?? TEXT_MODEL;
@@ -116,7 +117,7 @@ export async function runTextDemo(flags: TextDemoFlags): Promise<void> {
       `Unfreezing: full fine-tuning ${tune.accuracy > head.accuracy ? 'beat' : 'did not beat'} training the head alone (${pct(tune.accuracy)} vs ${pct(head.accuracy)}).`,
     ];
     // A few test fortunes through the fine-tuned model, with their tokenizer from its metadata.
-    const shown = test.filter((_, i) => i % TEST_PER_CLASS === 0).slice(0, LANGUAGES.length);
+    const shown = test.filter((_, i) => i % testPerClass === 0);
     const tok = text.tokenizerOf(tuned)!;
     const { probabilities } = await tuned.predict(text.textInput(tok.encode(shown.map((s) => s.text)), text.textSpecOf(tuned)?.inputs));
     const probs = (await probabilities.read()) as Float32Array;
