@@ -251,6 +251,12 @@ describe('torchlite with text', () => {
     expect(text.tokenizerOf(saved)?.maxLength).toBe(64);
   });
 
+  it('demo text refuses a --model without a tokenizer', () => {
+    const run = cli('demo', 'text', '--model', join(root, 'models', 'fashion-cnn.pt'), '--quick');
+    expect(run.status).toBe(1);
+    expect(run.stderr.trim()).toBe(`torchlite: ${join(root, 'models', 'fashion-cnn.pt')} has no tokenizer in its metadata (\`text\`): --model takes a text encoder that scripts/text/pretrain.mjs wrote [TORCHLITE_NO_INPUT_SPEC]`);
+  });
+
   it('inspect sums up the tokenizer a text model carries', () => {
     expect(cli('inspect', TEXT_MODEL).stdout).toContain('"tokenizer": "<tokenizer.json: WordPiece, 6,000 pieces; --json prints it whole>"');
   });

@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
-import { data, type EpochRecord, fineTune, fit, loadPretrained, loss as losses, manualSeed, type Model, optim, sched, text } from '..';
+import { data, type EpochRecord, fineTune, fit, loadPretrained, loss as losses, manualSeed, type Model, optim, sched, text, TorchError } from '..';
 import { intFlag } from './flags';
 import { FORTUNES_DIR, isHeldOut, type LabelledText, LANGUAGES, readLanguages, writeJsonl } from './fortunes';
 import { textTable } from './report';
@@ -55,6 +55,7 @@ export async function runTextDemo(flags: TextDemoFlags): Promise<void> {
     writeJsonl(join(work, 'test.jsonl'), test);
     const modelPath = flags.model ?? TEXT_MODEL;
     await using probe = await loadPretrained(modelPath);
+    if (!text.tokenizerOf(probe)) throw new TorchError('TORCHLITE_NO_INPUT_SPEC', `${modelPath} has no tokenizer in its metadata (\`text\`): --model takes a text encoder that scripts/text/pretrain.mjs wrote`);
     const trainAll = await data.textDataset(join(work, 'pool.jsonl'), { like: probe, classes: [...LANGUAGES] });
     const train = data.subset(trainAll, { perClass, seed: 0 });
     const testSet = await data.textDataset(join(work, 'test.jsonl'), { like: probe, classes: [...LANGUAGES] });
