@@ -54,16 +54,9 @@ export async function findLr(model: Model, loader: Loader<BatchInput>, options?:
   if (startLr <= 0 || endLr <= startLr) throw rangeError(`0 < startLr < endLr`, 'options.startLr', startLr);
   const steps = checkPositiveInteger(o.steps ?? 100, 'options.steps');
   const lossFn = o.loss ?? crossEntropy();
-  await model.idle();
   // Data-parallel: every rank reads the same mean loss, so all stop at the same step.
   const group = groupOf(model);
-  const saved: [string, Tensor][] = [];
-  for (const [name, t] of Object.entries(model.stateDict())) {
-    saved.push([name, tensor((await t.read()) as Float32Array, t.shape, { dtype: t.dtype })]);
-    t.dispose();
-  }
-  const rng = o.restoreRng === false ? null : native.getRngState();
-  const wasTraining = model.training;
+  const saved = await snapshot(model, { rng: o.restoreRng !== false });
   const optimizer = adamw(model, { lr: startLr, weightDecay: 0 });
   const lrs: number[] = [];
   const losses: number[] = [];
@@ -94,10 +87,8 @@ export async function findLr(model: Model, loader: Loader<BatchInput>, options?:
       }
     }
   } finally {
-    model.loadStateDict(Object.fromEntries(saved));
-    saved.forEach(([, t]) => t.dispose());
-    if (rng) native.setRngState(rng);
-    model.train(wasTraining);
+    saved.restore();
+    saved.dispose();
     optimizer.dispose();
   }
   const low = lowest(losses);
@@ -109,6 +100,35 @@ export async function findLr(model: Model, loader: Loader<BatchInput>, options?:
     suggestions,
     suggestion,
     plot: (path) => writeFile(path, lineChart(`LR range test (suggested ${suggestion.toExponential(1)})`, 'step', [{ name: 'smoothed loss', color: '#1565c0', points: losses.map((l, i) => [i, l]) }])),
+  };
+}
+
+/** A model's state as {@link snapshot} saved it. */
+export interface Snapshot {
+  /** Puts the weights, buffers, training mode and (if saved) the generator back; may be called again. */
+  restore(): void;
+  dispose(): void;
+}
+
+/** The model's weights and buffers, its training mode and the random generator, to put back after trial training. */
+export async function snapshot(model: Model, options: { rng: boolean }): Promise<Snapshot> {
+  await model.idle();
+  const saved: [string, Tensor][] = [];
+  for (const [name, t] of Object.entries(model.stateDict())) {
+    saved.push([name, tensor((await t.read()) as Float32Array, t.shape, { dtype: t.dtype })]);
+    t.dispose();
+  }
+  const rng = options.rng ? native.getRngState() : null;
+  const wasTraining = model.training;
+  return {
+    restore() {
+      model.loadStateDict(Object.fromEntries(saved));
+      if (rng) native.setRngState(rng);
+      model.train(wasTraining);
+    },
+    dispose() {
+      saved.forEach(([, t]) => t.dispose());
+    },
   };
 }
 

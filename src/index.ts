@@ -74,4 +74,6 @@ export {
   type FitRun,
   fit,
   jsonlLogger,
+  type LrSearchReport,
+  type LrTrial,
 } from './train';

@@ -30,6 +30,11 @@ export function progressBar(options: { label?: string; enabled?: boolean; batchS
       const seconds = (Date.now() - started) / 1000;
       bar?.update(e.batch + 1, { label: options.label ?? '', epoch: e.epoch + 1, loss: e.loss.toFixed(4), accuracy: e.accuracy === undefined ? '-' : `${(e.accuracy * 100).toFixed(1)}%`, rate: seconds > 0 ? Math.round(((e.batch + 1) * (options.batchSize ?? 1)) / seconds) : 0 });
     },
+    onLrTrial(trial, index, count) {
+      if (!enabled) return;
+      const score = trial.accuracy === undefined ? `loss ${trial.loss.toFixed(4)}` : `acc ${(trial.accuracy * 100).toFixed(1)}%  loss ${trial.loss.toFixed(4)}`;
+      process.stderr.write(`${options.label ? `${options.label} ` : ''}lr trial ${index + 1}/${count}  lr ${trial.lr.toExponential(2)}  held-out ${score}\n`);
+    },
     onEpochEnd(_ctx, record) {
       if (!enabled) return;
       if (bars) {

@@ -6,7 +6,9 @@ import { join } from 'node:path';
 import { loadCheckpoint, readCheckpointPosition, saveCheckpoint, type TrainingPosition } from './checkpoint';
 import { groupOf } from './distributed';
 import { FEATURE_CACHE_BUDGET, type FeatureCache, type FeatureCacheReport, prepareFeatureCache, restoreHead } from './features';
-import { findLr, type LrRule } from './findlr';
+import { findLr, type LrRule, type Snapshot, snapshot } from './findlr';
+import { type Dataset, split } from './data/dataset';
+import { TorchError } from './errors';
 import type { Loader, LoaderBatch } from './data/loader';
 import { Loss, crossEntropy } from './loss';
 import type { Metrics, MetricSpec } from './metrics';
@@ -74,6 +76,8 @@ export interface Callback {
   readonly observesBatches?: boolean;
   onEpochEnd?(ctx: FitContext, record: EpochRecord): void | Promise<void>;
   onBatchEnd?(ctx: FitContext, event: Extract<FitEvent, { type: 'batchEnd' }>): void | Promise<void>;
+  /** After each of fineTune's lr trials (see `lrSearch`): the trial, its place and how many there are. */
+  onLrTrial?(trial: LrTrial, index: number, count: number): void | Promise<void>;
 }
 
 export interface FitOptions {
@@ -480,6 +484,18 @@ export interface FineTuneOptions {
    */
   lrScale?: number;
   /**
+   * With `lr: 'auto'`, chooses among lrs around the range test's by trial, since on a few
+   * hundred samples the range test alone is noisy: it holds out a fifth of each class, runs
+   * this same recipe on the rest at the range test's lr times each of 1/4, 1/2, 1, 2 and 4,
+   * scores each run's loss on the held-out part, and trains on all the data at the lr whose
+   * loss, averaged with its neighbours' (1-2-1), is lowest. The trials cost five
+   * runs on 80% of the data; the model and the random generator are put back after them, so
+   * the final run equals one given the chosen lr. `'auto'` searches on training sets of at
+   * most 2,000 samples, where trials are cheap and the range test least reliable, and says
+   * otherwise in the result's `lrFinder.search`. Defaults to `'auto'`.
+   */
+  lrSearch?: boolean | 'auto';
+  /**
    * The earliest layers train at `lr / lrMult`, later ones geometrically closer to `lr`.
    * fastai's 100 suits long ImageNet runs. In the recipe sweep (bench/results/recipes.md),
    * one lr for every block landed within 2 points of the best grid lr in 23 of 30 cells
@@ -530,9 +546,49 @@ export type FineTuneHistory = EpochRecord[] & {
   epochs: number;
   /** How the head-only phase ran: on cached features or not, and why not. */
   featureCache?: FeatureCacheReport;
-  /** With `lr: 'auto'`: the rule and scale used (`lr` = the rule's suggestion × `scale`) and what each rule read off the range test. */
-  lrFinder?: { rule: LrRule; scale: number; suggestions: Record<LrRule, number> };
+  /**
+   * With `lr: 'auto'`: the rule and scale used, what each rule read off the range test, and
+   * the search around the rule's suggestion × `scale` that chose `lr` (see `lrSearch`).
+   */
+  lrFinder?: { rule: LrRule; scale: number; suggestions: Record<LrRule, number>; search: LrSearchReport };
 };
+
+/** How `lrSearch` chose fineTune's lr. */
+export interface LrSearchReport {
+  /** Whether the trials ran. */
+  used: boolean;
+  /** Why they did not. */
+  reason?: string;
+  /** The training samples held out to score the trials. */
+  holdout?: number;
+  /** Each trial, in the order run. */
+  trials?: LrTrial[];
+}
+
+/** One of `lrSearch`'s trials: its lr, and its held-out loss (and accuracy, for classification). */
+export interface LrTrial {
+  lr: number;
+  loss: number;
+  accuracy?: number;
+}
+
+/** The lrs `lrSearch` tries, as factors of the range test's. */
+const LR_TRIAL_FACTORS = [0.25, 0.5, 1, 2, 4];
+/** The largest training set `lrSearch: 'auto'` searches on. */
+const LR_SEARCH_MAX_SAMPLES = 2000;
+
+/** What one fineTune trains, whatever the lr and the data: the trials and the final run share it. */
+interface Recipe {
+  headPath: string;
+  stages: string[];
+  freezeEpochs: number;
+  epochs: number;
+  lrMult: number;
+  weightDecay: number;
+  pctStart?: number;
+  loss?: Loss;
+  signal?: AbortSignal;
+}
 
 /**
  * The fastai recipe: new head, body frozen, one-cycle on the head for `freezeEpochs`;
@@ -540,7 +596,7 @@ export type FineTuneHistory = EpochRecord[] & {
  * BatchNorm policy keeps frozen BatchNorm layers in eval mode throughout.
  */
 export async function fineTune(model: Model, options: FineTuneOptions): Promise<FineTuneHistory> {
-  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'minSteps', 'lr', 'lrRule', 'lrScale', 'lrMult', 'unfreeze', 'weightDecay', 'pctStart', 'cacheFeatures', 'cacheBudgetMB', 'loss', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng']) as FineTuneOptions;
+  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'minSteps', 'lr', 'lrRule', 'lrScale', 'lrSearch', 'lrMult', 'unfreeze', 'weightDecay', 'pctStart', 'cacheFeatures', 'cacheBudgetMB', 'loss', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng']) as FineTuneOptions;
   const resumed = o.resume === undefined ? undefined : await readCheckpointPosition(checkString(o.resume, 'options.resume'));
   const resumeStage = resumed?.stage ?? -1;
   const minSteps = checkInteger(o.minSteps ?? 128, 'options.minSteps', 0, 'a non-negative integer');
@@ -553,6 +609,8 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   const rule = checkOneOf(o.lrRule ?? 'valley', 'options.lrRule', ['valley', 'peak', 'minimum', 'steepest'] as const);
   const lrScale = checkFiniteNumber(o.lrScale ?? 7, 'options.lrScale');
   if (lrScale <= 0) throw rangeError('a positive number', 'options.lrScale', lrScale);
+  const lrSearch = o.lrSearch ?? 'auto';
+  if (lrSearch !== true && lrSearch !== false && lrSearch !== 'auto') throw typeError("true, false or 'auto'", 'options.lrSearch', lrSearch);
   const lrMult = checkFiniteNumber(o.lrMult ?? 1, 'options.lrMult');
   if (lrMult < 1) throw rangeError('a number ≥ 1', 'options.lrMult', lrMult);
   const stages = o.unfreeze === undefined || o.unfreeze === 'all' ? ['all'] : o.unfreeze;
@@ -563,9 +621,9 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   if (headPath === undefined) throw new RangeError('Expected a model with a Linear head for `fineTune` but found none; pass `numClasses`');
   model.freeze();
   model.unfreeze(headPath);
-  const { cache, featureCache } = await headOnlyCache(model, headPath, o, freezeEpochs, resumeStage);
+  const recipe: Recipe = { headPath, stages, freezeEpochs, epochs, lrMult, weightDecay: o.weightDecay ?? 0.01, pctStart: o.pctStart, loss: o.loss, signal: o.signal };
+  let { cache, featureCache } = await headOnlyCache(model, headPath, o, freezeEpochs, resumeStage);
   try {
-    const weightDecay = o.weightDecay ?? 0.01;
     // A resumed run reuses the lr its checkpoint recorded: a new range test on weights
     // already trained would pick another one and break exact resumption.
     const recorded = (resumed?.callbacks.fineTune as { lr?: number } | undefined)?.lr;
@@ -575,8 +633,17 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
     else if (recorded !== undefined) baseLr = recorded;
     else {
       const found = await findLr(cache?.head ?? model, cache?.train ?? o.train, { ...(o.loss && { loss: o.loss }) });
-      baseLr = found.suggestions[rule] * lrScale;
-      finder = { rule, scale: lrScale, suggestions: found.suggestions };
+      const suggested = found.suggestions[rule] * lrScale;
+      const plan = planLrSearch(o, lrSearch);
+      let search: LrSearchReport = plan;
+      baseLr = suggested;
+      if (plan.used) {
+        // The trials train the whole model: the head goes back in now and the cache is made again after them.
+        if (cache) await restoreHead(model, headPath, cache.head);
+        ({ lr: baseLr, report: search } = await searchLr(model, recipe, o, suggested, plan.parts));
+        if (cache) ({ cache, featureCache } = await headOnlyCache(model, headPath, o, freezeEpochs, resumeStage));
+      }
+      finder = { rule, scale: lrScale, suggestions: found.suggestions, search };
     }
     const remember: Callback = {
       name: 'fineTune',
@@ -585,40 +652,137 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
       },
     };
     const history: FineTuneHistory = Object.assign([] as EpochRecord[], { lr: baseLr, freezeEpochs, epochs, ...(finder && { lrFinder: finder }), ...(featureCache && { featureCache }) });
-    const common = { loss: o.loss, metrics: o.metrics, callbacks: [remember, ...(o.callbacks ?? [])], signal: o.signal };
-    const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[], on = { model, train: o.train, val: o.val }): Promise<void> => {
-      // Stages a resumed run already finished only replay their freezing, not their training.
-      if (epochCount === 0 || o.signal?.aborted || stage < resumeStage) return;
-      using optimizer = adamw(groups, { weightDecay });
-      const scheduler = oneCycle(optimizer, { maxLr: peak, totalSteps: epochCount * on.train.length, ...(o.pctStart !== undefined && { pctStart: o.pctStart }) });
-      const resume = stage === resumeStage ? o.resume : undefined;
-      const records = await fit(on.model, { ...common, train: on.train, val: on.val, epochs: epochCount, optimizer, scheduler, stage, ...(resume && { resume, resumeRng: o.resumeRng }) });
-      history.push(...records.map((r) => ({ ...r, epoch: history.length + r.epoch })));
-    };
-    if (cache) {
-      await phase(0, freezeEpochs, [{ params: /.*/ }], [baseLr], { model: cache.head, train: cache.train, val: cache.val });
-      await restoreHead(model, headPath, cache.head);
-      recordTrainingData(model, o.train.dataset);
-    } else {
-      await phase(0, freezeEpochs, [{ params: headPath }], [baseLr]);
-    }
-    const lr = baseLr / 2;
-    const topLevel = [...new Set(model.parameters().map((p) => p.name.split('.')[0]))];
-    const perStage = stages.map((_, i) => Math.floor(epochs / stages.length) + (i < epochs % stages.length ? 1 : 0));
-    for (const [i, prefix] of stages.entries()) {
-      if (prefix === 'all') model.unfreeze();
-      else model.unfreeze(prefix);
-      // Discriminative lrs: each top-level block gets its own group, lr rising geometrically
-      // from lr/lrMult (first block) to lr (the head).
-      const trainable = topLevel.filter((block) => model.parameters().some((p) => p.requiresGrad && (p.name === block || p.name.startsWith(`${block}.`))));
-      const peaks = trainable.map((_, k) => (trainable.length === 1 ? lr : lr / lrMult ** (1 - k / (trainable.length - 1))));
-      await phase(i + 1, perStage[i], trainable.map((block) => ({ params: block })), peaks);
-    }
+    await runRecipe(model, recipe, baseLr, { train: o.train, val: o.val, cache, metrics: o.metrics, callbacks: [remember, ...(o.callbacks ?? [])], resume: o.resume, resumeStage, resumeRng: o.resumeRng }, history);
     return history;
   } finally {
     // The trained head goes back into the model, also when training failed.
     if (cache) await restoreHead(model, headPath, cache.head);
   }
+}
+
+/**
+ * Trains `recipe` at head lr `baseLr`: the head-only phase (on the feature cache when there
+ * is one), then the unfreeze stages; each epoch's record goes into `records`.
+ */
+async function runRecipe(
+  model: Model,
+  recipe: Recipe,
+  baseLr: number,
+  run: { train: Loader<BatchInput>; val?: Loader<BatchInput>; cache?: FeatureCache; metrics?: MetricSpec[]; callbacks: Callback[]; resume?: string; resumeStage: number; resumeRng?: boolean },
+  records: EpochRecord[],
+): Promise<void> {
+  const { headPath, signal } = recipe;
+  const common = { loss: recipe.loss, metrics: run.metrics, callbacks: run.callbacks, signal };
+  const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[], on = { model, train: run.train, val: run.val }): Promise<void> => {
+    // Stages a resumed run already finished only replay their freezing, not their training.
+    if (epochCount === 0 || signal?.aborted || stage < run.resumeStage) return;
+    using optimizer = adamw(groups, { weightDecay: recipe.weightDecay });
+    const scheduler = oneCycle(optimizer, { maxLr: peak, totalSteps: epochCount * on.train.length, ...(recipe.pctStart !== undefined && { pctStart: recipe.pctStart }) });
+    const resume = stage === run.resumeStage ? run.resume : undefined;
+    const done = await fit(on.model, { ...common, train: on.train, val: on.val, epochs: epochCount, optimizer, scheduler, stage, ...(resume && { resume, resumeRng: run.resumeRng }) });
+    records.push(...done.map((r) => ({ ...r, epoch: records.length + r.epoch })));
+  };
+  if (run.cache) {
+    await phase(0, recipe.freezeEpochs, [{ params: /.*/ }], [baseLr], { model: run.cache.head, train: run.cache.train, val: run.cache.val });
+    await restoreHead(model, headPath, run.cache.head);
+    recordTrainingData(model, run.train.dataset);
+  } else {
+    await phase(0, recipe.freezeEpochs, [{ params: headPath }], [baseLr]);
+  }
+  const lr = baseLr / 2;
+  const topLevel = [...new Set(model.parameters().map((p) => p.name.split('.')[0]))];
+  const perStage = recipe.stages.map((_, i) => Math.floor(recipe.epochs / recipe.stages.length) + (i < recipe.epochs % recipe.stages.length ? 1 : 0));
+  for (const [i, prefix] of recipe.stages.entries()) {
+    if (prefix === 'all') model.unfreeze();
+    else model.unfreeze(prefix);
+    // Discriminative lrs: each top-level block gets its own group, lr rising geometrically
+    // from lr/lrMult (first block) to lr (the head).
+    const trainable = topLevel.filter((block) => model.parameters().some((p) => p.requiresGrad && (p.name === block || p.name.startsWith(`${block}.`))));
+    const peaks = trainable.map((_, k) => (trainable.length === 1 ? lr : lr / recipe.lrMult ** (1 - k / (trainable.length - 1))));
+    await phase(i + 1, perStage[i], trainable.map((block) => ({ params: block })), peaks);
+  }
+}
+
+/** Whether `lrSearch` runs, with the held-out split it scores on; why not otherwise. */
+function planLrSearch(o: FineTuneOptions, mode: boolean | 'auto'): { used: true; parts: { train: Dataset<BatchInput>; val: Dataset<BatchInput> } } | { used: false; reason: string } {
+  const ds = o.train.dataset;
+  if (mode === false) return { used: false, reason: 'lrSearch: false' };
+  if (mode === 'auto' && ds.length > LR_SEARCH_MAX_SAMPLES)
+    return { used: false, reason: `the training set has ${ds.length} samples, over the ${LR_SEARCH_MAX_SAMPLES} up to which lrSearch: 'auto' searches (pass lrSearch: true to search anyway)` };
+  try {
+    return { used: true, parts: split(ds, { val: 0.2, stratify: isClassification(ds, o.loss) }) };
+  } catch (error) {
+    if (!(error instanceof RangeError)) throw error;
+    const reason = `${ds.length} training samples leave none to hold out for the trials`;
+    if (mode === true) throw new TorchError('TORCHLITE_BAD_ARGUMENT', `lrSearch: true cannot apply: ${reason}; pass lrSearch: 'auto' (or false)`);
+    return { used: false, reason };
+  }
+}
+
+/** Class-index targets under a classification loss: the trials are scored by accuracy, the split stratified. */
+function isClassification(ds: Dataset<BatchInput>, loss: Loss | undefined): boolean {
+  return ds.targetShape.length === 0 && (loss === undefined || ['crossEntropy', 'nll'].includes(loss.kind));
+}
+
+/**
+ * `lrSearch`'s trials: the recipe on `parts.train` at `suggested` times each of
+ * LR_TRIAL_FACTORS, scored on `parts.val`; the model (new head, body frozen) and the
+ * generator are put back afterwards. Resolves the winner, with the report.
+ */
+async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, suggested: number, parts: { train: Dataset<BatchInput>; val: Dataset<BatchInput> }): Promise<{ lr: number; report: LrSearchReport }> {
+  const classification = isClassification(o.train.dataset, o.loss);
+  const fitOn = o.train.withDataset(parts.train);
+  const heldOut = o.train.withDataset(parts.val);
+  const lossFn = o.loss ?? crossEntropy();
+  const saved = await snapshot(model, { rng: true });
+  const trials: LrTrial[] = [];
+  const group = groupOf(model);
+  const listeners = (o.callbacks ?? []).filter((cb) => cb.onLrTrial && !(group && group.rank !== 0 && cb.rankZeroOnly));
+  try {
+    for (const [k, factor] of LR_TRIAL_FACTORS.entries()) {
+      if (o.signal?.aborted) break;
+      if (k > 0) startOver(model, recipe.headPath, saved);
+      const lr = suggested * factor;
+      const { cache } = await headOnlyCache(model, recipe.headPath, { ...o, train: fitOn, val: undefined, callbacks: undefined }, recipe.freezeEpochs, -1);
+      try {
+        await runRecipe(model, recipe, lr, { train: fitOn, cache, callbacks: [], resumeStage: -1 }, []);
+      } finally {
+        if (cache) await restoreHead(model, recipe.headPath, cache.head);
+      }
+      const scored = await model.evaluate(heldOut, { loss: lossFn, metrics: classification ? ['accuracy'] : [] });
+      const trial = { lr, loss: scored.loss!, ...(classification && { accuracy: scored.accuracy }) };
+      trials.push(trial);
+      for (const cb of listeners) await cb.onLrTrial!(trial, k, LR_TRIAL_FACTORS.length);
+    }
+  } finally {
+    startOver(model, recipe.headPath, saved);
+    saved.dispose();
+  }
+  const best = trials[lowestSmoothedLoss(trials)];
+  if (best === undefined) return { lr: suggested, report: { used: false, reason: 'aborted' } };
+  return { lr: best.lr, report: { used: true, holdout: parts.val.length, trials } };
+}
+
+/**
+ * The trial with the lowest held-out loss, each loss first averaged 1-2-1 with its neighbours'
+ * (lrs a factor 2 apart): one run scored on a few dozen samples is noisy, and its neighbours
+ * say whether a low score is a trend or luck. Over the recipe sweep's 90 searches this picked
+ * better than the raw loss, accuracy (then loss) and smoothed accuracy
+ * (bench/results/recipes.md, "Choosing among the held-out trials").
+ */
+function lowestSmoothedLoss(trials: LrTrial[]): number {
+  const smoothed = trials.map((t, i) => {
+    const near = [trials[i - 1]?.loss, t.loss, t.loss, trials[i + 1]?.loss].filter((v) => v !== undefined);
+    return near.reduce((a, b) => a + b, 0) / near.length;
+  });
+  return smoothed.indexOf(Math.min(...smoothed));
+}
+
+/** The model as fineTune's first phase starts it: saved weights and generator, new head trainable, body frozen. */
+function startOver(model: Model, headPath: string, saved: Snapshot): void {
+  saved.restore();
+  model.freeze();
+  model.unfreeze(headPath);
 }
 
 /**

@@ -125,7 +125,9 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
     const run = (out: string, seed: string) => {
       const r = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', seed, '--out', out, '--json');
       expect(r.stderr).toBe('');
-      return JSON.parse(r.stdout).final;
+      const { final, lr, lrFinder } = JSON.parse(r.stdout);
+      expect(lrFinder.search.trials.map((t: { lr: number }) => t.lr)).toContain(lr); // the lr came from the held-out trials
+      return final;
     };
     const a = run('s1.pt', '3');
     expect(run('s2.pt', '3')).toEqual(a);
@@ -137,6 +139,10 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
       return values;
     };
     expect(await weights('s2.pt')).toEqual(await weights('s1.pt'));
+    // Without --json: a line per trial as it ends, and how the lr was chosen.
+    const told = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--out', 's4.pt');
+    expect(told.stderr.match(/^lr trial \d\/5 {2}lr \S+ {2}held-out acc \d+\.\d% {2}loss \d+\.\d{4}$/gm)).toHaveLength(5);
+    expect(told.stdout).toMatch(/^lr \S+, the lowest held-out loss \(averaged with the neighbouring lrs'\) of 5 trials on 18 held-out training samples \((\S+ loss \d+\.\d{3} \(\d+\.\d%\)(, )?){5}\) around the LR range test \(valley rule × 7; /m);
   });
 });
 

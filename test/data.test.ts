@@ -53,6 +53,22 @@ describe('datasets', () => {
     expect(() => data.subset(ds, { classes: [3] })).toThrow(expect.objectContaining({ code: 'TORCHLITE_BAD_DATA', message: 'class 3 has no samples in the dataset' }));
     expect(() => data.split(ds, { val: 1 })).toThrow(RangeError);
   });
+
+  it('a stratified split takes the share of every class, and leaves a lone sample in train', async () => {
+    const ds = await data.idx(images, labels);
+    const counts = (part: typeof ds) => Array.from({ length: part.length }, (_, i) => part.target(i)).reduce((m, t) => m.set(t, (m.get(t) ?? 0) + 1), new Map<number, number>());
+    const picked = data.subset(ds, { perClass: 7, seed: 4 }); // 7 a class: 1.4 of them is 1
+    const { train, val } = data.split(picked, { val: 0.2, seed: 1, stratify: true });
+    expect([...counts(val).values()]).toEqual(Array(counts(picked).size).fill(1));
+    expect([...counts(train).values()]).toEqual(Array(counts(picked).size).fill(6));
+    const plain = data.split(picked, { val: 0.2, seed: 1 });
+    expect(plain.val.length).toBe(7); // 35 × 0.2, from any class
+    const lone = data.subset(ds, { perClass: 1 });
+    expect(() => data.split(lone, { val: 0.2, stratify: true })).toThrow(new RangeError(`Expected a split that leaves both parts non-empty for \`options.val\` but received 0.2 of ${lone.length} samples`));
+    const floats = data.tensorDataset(new Float32Array(20), Float32Array.from({ length: 10 }, (_, i) => i + 0.5), { inputShape: [2] });
+    expect(() => data.split(floats, { val: 0.2, stratify: true })).toThrow(expect.objectContaining({ code: 'TORCHLITE_BAD_ARGUMENT' }));
+    expect(() => data.split(picked, { val: 0.2, stratify: 'yes' as never })).toThrow(new TypeError("Expected a boolean for `options.stratify` but received 'yes'"));
+  });
 });
 
 describe('loader', () => {

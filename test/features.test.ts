@@ -25,6 +25,7 @@ async function tune(options: Partial<FineTuneOptions>, body?: (model: Model) => 
     numClasses: 3,
     freezeEpochs: 3,
     epochs: 1,
+    lrSearch: false, // random data: the cache is under test here, not the search (test/recipes.test.ts)
     ...options,
   });
   const dict = model.stateDict();

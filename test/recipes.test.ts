@@ -6,7 +6,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { checkpoint, data, findLr, fineTune, loadPretrained, manualSeed, type Tensor } from '../src';
+import { checkpoint, data, findLr, fineTune, type FineTuneOptions, loadPretrained, manualSeed, type Tensor } from '../src';
 import { fixture, root } from './helpers';
 
 const SHIPPED = join(root, 'models', 'fashion-cnn.pt');
@@ -16,10 +16,10 @@ async function fashion(split: 'train' | 't10k') {
   return data.subset(ds, { classes: [5, 6, 7, 8, 9], ...(split === 'train' && { perClass: 40 }) });
 }
 
-async function tune(lr: number | 'auto') {
+async function tune(lr: number | 'auto', options: Partial<FineTuneOptions> = {}) {
   manualSeed(3);
   const model = await loadPretrained(SHIPPED);
-  const history = await fineTune(model, { train: data.loader(await fashion('train'), { batchSize: 32, shuffle: true, seed: 3 }), numClasses: 5, freezeEpochs: 1, epochs: 3, lr });
+  const history = await fineTune(model, { train: data.loader(await fashion('train'), { batchSize: 32, shuffle: true, seed: 3 }), numClasses: 5, freezeEpochs: 1, epochs: 3, lr, ...options });
   const weights = Array.from((await (model.stateDict()['classifier.2.weight'] as Tensor).read()) as Float32Array);
   const { accuracy } = await model.evaluate(data.loader(await fashion('t10k'), { batchSize: 250 }), { metrics: ['accuracy'] });
   model.dispose();
@@ -27,21 +27,56 @@ async function tune(lr: number | 'auto') {
 }
 
 describe("fineTune({ lr: 'auto' })", () => {
-  it('reads the lr off a range test of the new head, then trains exactly as with that lr given', async () => {
-    const auto = await tune('auto');
-    expect(auto.history.lrFinder?.rule).toBe('valley');
-    const { valley, peak, minimum, steepest } = auto.history.lrFinder!.suggestions;
-    expect(auto.history.lrFinder?.scale).toBe(7);
-    expect(auto.history.lr).toBeCloseTo(valley * 7, 12);
+  it('reads the lr off a range test of the new head, tries five around it on held-out labels, then trains exactly as with the winner given', async () => {
+    const seen: [number, number, number][] = [];
+    const auto = await tune('auto', { callbacks: [{ name: 'spy', onLrTrial: (trial, index, count) => void seen.push([index, count, trial.lr]) }] });
+    const finder = auto.history.lrFinder!;
+    expect(finder.rule).toBe('valley');
+    const { valley, peak, minimum, steepest } = finder.suggestions;
+    expect(finder.scale).toBe(7);
     expect(minimum).toBeCloseTo(peak / 10, 12);
     for (const lr of [valley, peak, minimum, steepest]) expect(lr).toBeGreaterThan(1e-7);
-    expect(auto.history.lr).toBeLessThan(10);
-    // The range test put the model and the generator back: same weights as a run given the lr.
+    // 200 labels, 40 a class: 8 a class held out; trials at the valley × 7 times 1/4 … 4.
+    const { used, holdout, trials } = finder.search;
+    expect([used, holdout]).toEqual([true, 40]);
+    expect(trials!.map((t) => t.lr / (valley * 7))).toEqual([0.25, 0.5, 1, 2, 4].map((f) => expect.closeTo(f, 12)));
+    for (const t of trials!) {
+      expect(t.accuracy! * 40).toBeCloseTo(Math.round(t.accuracy! * 40), 9); // a share of 40 samples
+      expect(t.loss).toBeGreaterThan(0);
+    }
+    expect(seen).toEqual(trials!.map((t, i) => [i, 5, t.lr])); // callbacks hear of each trial as it ends
+    // The lowest held-out loss, each averaged 1-2-1 with its neighbours'.
+    const losses = trials!.map((t) => t.loss);
+    const smoothed = losses.map((l, i) => (i === 0 ? (2 * l + losses[1]) / 3 : i === 4 ? (losses[3] + 2 * l) / 3 : (losses[i - 1] + 2 * l + losses[i + 1]) / 4));
+    const picked = smoothed.indexOf(Math.min(...smoothed));
+    expect(picked).toBe(0); // here the smallest, a quarter of the valley × 7
+    expect(auto.history.lr).toBe(trials![picked].lr);
+    expect(new Set(trials!.map((t) => t.accuracy)).size).toBeGreaterThan(1); // the lrs differ on held-out data
+    // The trials put the model and the generator back: same weights as a run given the lr.
     const given = await tune(auto.history.lr);
     expect(given.history.lrFinder).toBeUndefined();
     expect(given.weights).toEqual(auto.weights);
-    expect(auto.accuracy).toBeGreaterThan(0.5); // 200 labels, 4 epochs: 60% here, deterministic on the CPU; chance is 20%
+    expect(auto.accuracy).toBeGreaterThan(0.6); // 200 labels, 4 epochs, deterministic on the CPU; chance is 20%
     expect([auto.history.freezeEpochs, auto.history.epochs]).toEqual([1, 3]); // given counts are kept
+  });
+
+  it('lrSearch: false keeps the range test alone; large sets and bad values say why', async () => {
+    const plain = await tune('auto', { lrSearch: false });
+    expect(plain.history.lr).toBeCloseTo(plain.history.lrFinder!.suggestions.valley * 7, 12);
+    expect(plain.history.lrFinder!.search).toEqual({ used: false, reason: 'lrSearch: false' });
+    const model = await loadPretrained(SHIPPED);
+    const train = data.loader(await fashion('train'), { batchSize: 32 });
+    await expect(fineTune(model, { train, numClasses: 5, lrSearch: 'yes' as never })).rejects.toThrow(new TypeError("Expected true, false or 'auto' for `options.lrSearch` but received 'yes'"));
+    const big = data.loader(data.tensorDataset(new Float32Array(2001 * 784), Int32Array.from({ length: 2001 }, (_, i) => i % 5), { inputShape: [1, 28, 28] }), { batchSize: 500 });
+    const history = await fineTune(model, { train: big, numClasses: 5, freezeEpochs: 1, epochs: 0 });
+    expect(history.lrFinder!.search).toEqual({ used: false, reason: "the training set has 2001 samples, over the 2000 up to which lrSearch: 'auto' searches (pass lrSearch: true to search anyway)" });
+    const lone = data.loader(data.subset(await fashion('train'), { perClass: 1 }), { batchSize: 5 });
+    await expect(fineTune(model, { train: lone, numClasses: 5, freezeEpochs: 0, epochs: 1, lrSearch: true })).rejects.toThrow(
+      expect.objectContaining({ code: 'TORCHLITE_BAD_ARGUMENT', message: "lrSearch: true cannot apply: 5 training samples leave none to hold out for the trials; pass lrSearch: 'auto' (or false)" }),
+    );
+    const skipped = await fineTune(model, { train: lone, numClasses: 5, freezeEpochs: 0, epochs: 1 });
+    expect(skipped.lrFinder!.search).toEqual({ used: false, reason: '5 training samples leave none to hold out for the trials' });
+    model.dispose();
   });
 
   it('with every default, a short loader repeats until the run has at least minSteps steps', async () => {

@@ -1,4 +1,4 @@
-import { type BatchInput, checkpoint, data, type Dataset, fineTune, loadPretrained, type Loss, loss as losses, manualSeed, progressBar } from '..';
+import { type BatchInput, checkpoint, data, type Dataset, fineTune, type FineTuneHistory, loadPretrained, type Loss, loss as losses, manualSeed, progressBar } from '..';
 import { type InputFlags, inputSpec, isTextData, loadDataset, loadTextDataset, parseClasses, type TextFlags, textTokenizer } from './data';
 import { choiceFlag, intFlag, numberFlag } from './flags';
 
@@ -68,12 +68,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
     callbacks: [progressBar({ enabled: !flags.json, batchSize }), steps, ...(flags.checkpointDir ? [checkpoint({ dir: flags.checkpointDir })] : [])],
     ...(flags.resume && { resume: flags.resume }),
   });
-  const lrLine = history.lrFinder
-    ? `lr ${history.lr.toExponential(2)}, chosen by the LR range test (${history.lrFinder.rule} rule × ${history.lrFinder.scale}; ${Object.entries(history.lrFinder.suggestions)
-        .filter(([rule]) => rule !== history.lrFinder!.rule)
-        .map(([rule, value]) => `${rule} ${value.toExponential(2)}`)
-        .join(', ')})`
-    : `lr ${history.lr.toExponential(2)}, as given`;
+  const lrLine = describeLr(history);
   const epochLine = `${history.freezeEpochs} epoch${history.freezeEpochs === 1 ? '' : 's'} with the body frozen, then ${history.epochs} unfrozen (${trainLoader.length} steps each)`;
   const cacheLine = history.featureCache?.used
     ? `head-only epochs on cached backbone features (${((history.featureCache.bytes ?? 0) / 2 ** 20).toFixed(1)} MB, computed in ${(history.featureCache.seconds ?? 0).toFixed(1)} s${history.featureCache.optimized ? ' by a frozen copy of the body, optimised for inference' : ''})`
@@ -94,4 +89,20 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
     });
   if (flags.json) console.log(JSON.stringify({ out: flags.out, classes: names, lr: history.lr, lrFinder: history.lrFinder, freezeEpochs: history.freezeEpochs, epochs: history.epochs, featureCache: history.featureCache, history, final }));
   else console.log(`validation accuracy ${((final.accuracy ?? 0) * 100).toFixed(2)}%, saved ${flags.out}${flags.report ? `, report ${flags.report}` : ''}`);
+}
+
+/** How the run's lr came about: given, read off the range test, or the best of the held-out trials around it. */
+function describeLr(history: FineTuneHistory): string {
+  const lr = `lr ${history.lr.toExponential(2)}`;
+  const finder = history.lrFinder;
+  if (!finder) return `${lr}, as given`;
+  const others = Object.entries(finder.suggestions)
+    .filter(([rule]) => rule !== finder.rule)
+    .map(([rule, value]) => `${rule} ${value.toExponential(2)}`)
+    .join(', ');
+  const test = `the LR range test (${finder.rule} rule × ${finder.scale}; ${others})`;
+  const { search } = finder;
+  if (!search.used) return `${lr}, chosen by ${test}; no held-out trials: ${search.reason}`;
+  const trials = search.trials!.map((t) => `${t.lr.toExponential(2)} loss ${t.loss.toFixed(3)}${t.accuracy === undefined ? '' : ` (${(t.accuracy * 100).toFixed(1)}%)`}`).join(', ');
+  return `${lr}, the lowest held-out loss (averaged with the neighbouring lrs') of ${search.trials!.length} trials on ${search.holdout} held-out training samples (${trials}) around ${test}`;
 }

@@ -200,17 +200,43 @@ function checkDataset<I extends BatchInput>(ds: Dataset<I>, name: string): Datas
   return ds;
 }
 
+export interface SplitOptions {
+  /** The share of samples in the validation part, in (0, 1). */
+  val: number;
+  /** Defaults to `0`. */
+  seed?: number;
+  /**
+   * Takes the validation share of every class (of class-index targets) rather than of the
+   * whole, so that a few labels a class still leave each class in both parts. A class with
+   * one sample stays in the training part. Defaults to `false`.
+   */
+  stratify?: boolean;
+}
+
 /** Splits a dataset at random into train and validation views; the validation view is never augmented. */
-export function split<I extends BatchInput>(ds: Dataset<I>, options: { val: number; seed?: number }): { train: Dataset<I>; val: Dataset<I> } {
+export function split<I extends BatchInput>(ds: Dataset<I>, options: SplitOptions): { train: Dataset<I>; val: Dataset<I> } {
   checkDataset(ds, 'ds');
-  const o = checkOptions<{ val: number; seed?: number }>(options, 'options', ['val', 'seed']);
+  const o = checkOptions<SplitOptions>(options, 'options', ['val', 'seed', 'stratify']);
   const fraction = checkFiniteNumber(o.val, 'options.val');
   if (fraction <= 0 || fraction >= 1) throw rangeError('a fraction in (0, 1)', 'options.val', fraction);
+  if (o.stratify !== undefined && typeof o.stratify !== 'boolean') throw typeError('a boolean', 'options.stratify', o.stratify);
   const order = permutation(ds.length, checkInteger(o.seed ?? 0, 'options.seed', 0));
-  const cut = Math.round(ds.length * fraction);
-  if (cut === 0 || cut === ds.length) throw new RangeError(`Expected a split that leaves both parts non-empty for \`options.val\` but received ${fraction} of ${ds.length} samples`);
+  const held = new Set<number>();
+  if (o.stratify) {
+    const byClass = new Map<number, number[]>();
+    for (const i of order) {
+      const t = ds.target(i);
+      if (ds.targetShape.length > 0 || !Number.isInteger(t)) throw new TorchError('TORCHLITE_BAD_ARGUMENT', 'stratify needs class-index targets but the dataset has float targets; split without stratify');
+      const members = byClass.get(t);
+      if (members) members.push(i);
+      else byClass.set(t, [i]);
+    }
+    for (const members of byClass.values()) members.slice(0, members.length < 2 ? 0 : Math.max(1, Math.round(members.length * fraction))).forEach((i) => held.add(i));
+  } else order.slice(0, Math.round(ds.length * fraction)).forEach((i) => held.add(i));
+  if (held.size === 0 || held.size === ds.length) throw new RangeError(`Expected a split that leaves both parts non-empty for \`options.val\` but received ${fraction} of ${ds.length} samples`);
+  const all = Array.from({ length: ds.length }, (_, i) => i);
   const plain = ds.withoutAugmentation?.() ?? ds;
-  return { val: view(plain, order.slice(0, cut).sort((a, b) => a - b)), train: view(ds, order.slice(cut).sort((a, b) => a - b)) };
+  return { val: view(plain, all.filter((i) => held.has(i))), train: view(ds, all.filter((i) => !held.has(i))) };
 }
 
 /**

@@ -1,4 +1,4 @@
-export { type Dataset, idx, type IdxOptions, relabel, type Sample, split, subset, type SubsetOptions, tensorDataset, type TensorDatasetOptions } from './dataset';
+export { type Dataset, idx, type IdxOptions, relabel, type Sample, split, type SplitOptions, subset, type SubsetOptions, tensorDataset, type TensorDatasetOptions } from './dataset';
 export { readIdx, type IdxArray } from './idx';
 export { imageFolder, type ImageFolderOptions } from './images';
 export { Loader, loader, type LoaderBatch, type LoaderOptions } from './loader';

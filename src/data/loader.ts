@@ -86,7 +86,7 @@ export class Loader<I extends BatchInput = Tensor> implements AsyncIterable<Load
     }
   }
 
-  /** @internal The same batching (size, shuffle, seed, sharding) over another dataset of the same length. */
+  /** @internal The same batching (size, shuffle, seed, sharding) over another dataset: the feature cache, or a part of this one. */
   withDataset(dataset: Dataset<I>): Loader<I> {
     return new Loader(dataset, this.batchSize, this.#o, this.#shard);
   }
