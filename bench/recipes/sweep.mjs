@@ -4,9 +4,10 @@
 // (the shipped CNN, and mobilenet_v3_small from pretrain_mobilenet.py), three seeds. Each
 // cell runs the default and a five-point lr grid with fineTune's other defaults (batch 32),
 // and scores the 500 validation images; the `others` part varies those other defaults one at
-// a time on budget 50.
+// a time on budget 50; the `trials` part trains at every lr the default's held-out trials
+// tried, so that rules for choosing among them are scored by the accuracy they really reach.
 //
-//   node bench/recipes/sweep.mjs [--part others|grid|all] [--models cnn,mnv3] [--budgets 10,50,200]
+//   node bench/recipes/sweep.mjs [--part grid|others|trials|all] [--models cnn,mnv3] [--budgets 10,50,200]
 //                                [--shard i/n] [--threads n] [--report]
 //
 // Results append to $TORCHLITE_RECIPES_DIR/runs.jsonl (default /tmp/torchlite-recipes), so an
@@ -34,8 +35,14 @@ export const SEEDS = [0, 1, 2];
 export const GRID = [3e-3, 1e-2, 3e-2, 1e-1, 3e-1];
 // fineTune's defaults, written into every grid cell so that a change of default makes new
 // cells rather than reusing old results (cells without lrMult ran with the old 100, cells
-// without minSteps with a fixed 1 + 3 epochs).
-const DEFAULTS = { lrMult: 1, minSteps: 128 };
+// without minSteps with a fixed 1 + 3 epochs, cells without lrSearch with the range test's
+// lr alone). `sweep` counts changes of torchlite's numerics: the same cell rerun on another
+// build moved MobileNetV3 by 3.3 points on average (bench/results/recipes.md), so the default
+// is compared only with a grid from the same build.
+const DEFAULTS = { lrMult: 1, minSteps: 128, sweep: 2 };
+// How fineTune's lrSearch picks among its trials (src/train.ts), written into the default's
+// cells so that a change of rule makes new ones; the trials themselves do not depend on it.
+export const CHOICE = 'held-out loss smoothed 1-2-1';
 const MODELS = {
   cnn: { file: join(here, '..', '..', 'models', 'fashion-cnn.pt'), layout: 'grey28', shape: [1, 28, 28] },
   mnv3: { file: join(cache, 'mobilenet_v3_small-fashion04.pt'), layout: 'rgb32', shape: [3, 32, 32] },
@@ -44,7 +51,7 @@ const MODELS = {
 // --models cnn,mnv3 and --budgets 10,50,200 run a part of the sweep (the rest can follow).
 const FAMILIES = flag('--models', 'cnn,mnv3').split(',');
 const RUN_BUDGETS = flag('--budgets', BUDGETS.join(',')).split(',').map(Number);
-// --shard i/n runs every n-th cell from the i-th, so n processes share a sweep; --threads sets
+// --shard i/n runs every n-th cell still to run from the i-th, so n processes share a sweep; --threads sets
 // each one's intra-op threads (at 32 px, one thread per process did more work than two).
 const [shard, shards] = flag('--shard', '0/1').split('/').map(Number);
 torchlite.setNumThreads(Number(flag('--threads', String(torchlite.getNumThreads()))));
@@ -72,7 +79,7 @@ function load(name, family, model) {
 }
 
 /** One fine-tuning run; resolves its validation accuracy, the lr and the epochs used. */
-export async function run({ part: _part, variant: _variant, family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, ...rest }) {
+export async function run({ part: _part, variant: _variant, sweep: _sweep, choice: _choice, family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, lrSearch = false, ...rest }) {
   manualSeed(seed);
   const model = await loadPretrained(MODELS[family].file);
   try {
@@ -80,9 +87,9 @@ export async function run({ part: _part, variant: _variant, family, dataset, bud
     const picked = data.subset(train, { perClass: budget, seed });
     const started = Date.now();
     // freezeEpochs, epochs, minSteps, weightDecay, pctStart: fineTune's own defaults unless the cell names them.
-    const history = await fineTune(model, { train: data.loader(picked, { batchSize: 32, shuffle: true, seed }), numClasses: 5, lr, lrRule, lrScale, lrMult, ...rest });
+    const history = await fineTune(model, { train: data.loader(picked, { batchSize: 32, shuffle: true, seed }), numClasses: 5, lr, lrRule, lrScale, lrSearch, lrMult, ...rest });
     const { accuracy } = await model.evaluate(data.loader(val, { batchSize: 250 }), { metrics: ['accuracy'] });
-    return { accuracy, lr: history.lr, epochs: `${history.freezeEpochs}+${history.epochs}`, suggestions: history.lrFinder?.suggestions, seconds: (Date.now() - started) / 1000 };
+    return { accuracy, lr: history.lr, epochs: `${history.freezeEpochs}+${history.epochs}`, suggestions: history.lrFinder?.suggestions, search: history.lrFinder?.search, seconds: (Date.now() - started) / 1000 };
   } finally {
     model.dispose();
   }
@@ -95,15 +102,14 @@ function done() {
 
 async function sweep(cells) {
   const finished = done();
-  let i = 0;
-  for (const cell of cells) {
-    i += 1;
-    if ((i - 1) % shards !== shard) continue;
+  // Shards split the cells still to run, so that cells of one kind (every sixth is a default
+  // run) spread over the processes; start the shards of a sweep together.
+  const pending = cells.filter((cell) => !finished.has(JSON.stringify(cell))).filter((_, k) => k % shards === shard);
+  for (const [k, cell] of pending.entries()) {
     const key = JSON.stringify(cell);
-    if (finished.has(key)) continue;
     const result = await run(cell);
     appendFileSync(runsFile, `${JSON.stringify({ key, ...cell, ...result })}\n`);
-    console.log(`${i}/${cells.length} ${key} -> ${(result.accuracy * 100).toFixed(1)}% at lr ${result.lr.toExponential(2)} (${result.seconds.toFixed(1)}s)`);
+    console.log(`${k + 1}/${pending.length} ${key} -> ${(result.accuracy * 100).toFixed(1)}% at lr ${result.lr.toExponential(2)} (${result.seconds.toFixed(1)}s)`);
   }
 }
 
@@ -142,21 +148,42 @@ function gridCells() {
       for (const budget of RUN_BUDGETS)
         for (const seed of SEEDS) {
           const base = { part: 'grid', family, dataset, budget, seed, ...DEFAULTS };
-          cells.push({ ...base, lr: 'auto', lrRule: 'valley', lrScale: 7 });
+          cells.push({ ...base, lr: 'auto', lrRule: 'valley', lrScale: 7, lrSearch: 'auto', choice: CHOICE });
           for (const lr of GRID) cells.push({ ...base, lr });
         }
   return cells;
 }
 
+/**
+ * Every lr the default's held-out trials tried, trained as the default's final run would
+ * be (all the labels, lr given): with these, any rule for choosing among the trials can be
+ * scored by the accuracy it would really have reached, since `lr: 'auto'` then trains exactly
+ * as a run given the lr it chose.
+ */
+function trialCells() {
+  const cells = [];
+  for (const r of readRuns())
+    if (r.part === 'grid' && searched(r) && r.search?.used && FAMILIES.includes(r.family) && RUN_BUDGETS.includes(r.budget))
+      for (const trial of r.search.trials) cells.push({ part: 'trials', family: r.family, dataset: r.dataset, budget: r.budget, seed: r.seed, ...DEFAULTS, lr: trial.lr });
+  return cells;
+}
+
+const readRuns = () => (existsSync(runsFile) ? readFileSync(runsFile, 'utf8').trim().split('\n').filter(Boolean).map((line) => JSON.parse(line)) : []);
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const pct = (v) => (Number.isNaN(v) ? '-' : `${(v * 100).toFixed(1)}%`);
 const keyOf = (r) => JSON.parse(r.key);
-const isDefault = (r) => keyOf(r).lr === 'auto' && r.lrScale === 7;
+// The default: the range test's valley × 7, then (since lrSearch) the best of five held-out trials around it.
+const rangeTestAlone = (r) => keyOf(r).lr === 'auto' && r.lrScale === 7 && keyOf(r).lrSearch === undefined;
+const searched = (r) => keyOf(r).lr === 'auto' && keyOf(r).lrSearch === 'auto';
+const isCurrentDefault = (r) => searched(r) && keyOf(r).choice === CHOICE;
 
-/** The default against the best grid point per cell, averaged over seeds; `rules` adds columns for other lr rules run alongside. */
-function gridSection(grid, title, rules = {}) {
+/**
+ * The default (`isDefault`, described as `what`) against the best grid point per cell, averaged
+ * over seeds; `rules` adds columns for other lr rules run alongside.
+ */
+function gridSection(grid, title, { isDefault, what, rules = {} }) {
   if (grid.length === 0) return [];
-  const lines = [title, '', `Mean validation accuracy over seeds. Acceptance: the default (\`lr: 'auto'\`: the valley rule × 7) within 2 points of the best grid point.`, ''];
+  const lines = [title, '', `Mean validation accuracy over seeds. Acceptance: the default (\`lr: 'auto'\`: ${what}) within 2 points of the best grid point.`, ''];
   const extra = Object.keys(rules);
   lines.push(`| model | dataset | labels/class | default | its lr (mean) | ${[...extra, ...GRID.map((lr) => `lr ${lr}`)].join(' | ')} | gap | within 2 |`, `|${'---|'.repeat(7 + extra.length + GRID.length)}`);
   let met = 0;
@@ -169,7 +196,7 @@ function gridSection(grid, title, rules = {}) {
           const xs = cell.filter(pred).map((r) => r.accuracy);
           return xs.length ? mean(xs) : NaN;
         };
-        const points = GRID.map((lr) => acc((r) => keyOf(r).lr === lr));
+        const points = gridPoints(cell);
         const auto = acc(isDefault);
         if (points.some(Number.isNaN) || Number.isNaN(auto)) continue;
         const best = Math.max(...points);
@@ -187,11 +214,92 @@ function gridSection(grid, title, rules = {}) {
   return lines;
 }
 
+/** A cell's mean accuracy at each grid lr (NaN where a point is missing). */
+function gridPoints(cell) {
+  return GRID.map((lr) => {
+    const xs = cell.filter((r) => keyOf(r).lr === lr).map((r) => r.accuracy);
+    return xs.length ? mean(xs) : NaN;
+  });
+}
+
+/** Weights 1-2-1 over neighbouring lrs: a held-out score of 10 samples moves 10 points with one of them. */
+const smoothed = (xs) => xs.map((x, i) => {
+  const near = [xs[i - 1], x, x, xs[i + 1]].filter((v) => v !== undefined);
+  return mean(near);
+});
+const argBest = (n, better) => Array.from({ length: n }, (_, i) => i).reduce((a, i) => (better(i, a) ? i : a), 0);
+/** Ways to choose among the held-out trials: each returns the index of the trial it picks. */
+const CHOICES = {
+  'held-out accuracy, then loss': (t) => argBest(t.length, (i, j) => (t[i].accuracy === t[j].accuracy ? t[i].loss < t[j].loss : t[i].accuracy > t[j].accuracy)),
+  'held-out loss': (t) => argBest(t.length, (i, j) => t[i].loss < t[j].loss),
+  'accuracy then loss, each smoothed 1-2-1 over neighbouring lrs': (t) => {
+    const [a, l] = [smoothed(t.map((x) => x.accuracy)), smoothed(t.map((x) => x.loss))];
+    return argBest(t.length, (i, j) => (a[i] === a[j] ? l[i] < l[j] : a[i] > a[j]));
+  },
+  'held-out loss smoothed 1-2-1': (t) => {
+    const l = smoothed(t.map((x) => x.loss));
+    return argBest(t.length, (i, j) => l[i] < l[j]);
+  },
+  'the middle trial (the range test alone)': (t) => Math.floor(t.length / 2),
+};
+
+/** How other ways of choosing among the same trials would have done, by the accuracy each chosen lr reached (the `trials` part). */
+function choiceSection(runs, now) {
+  const reached = new Map();
+  const at = (r, lr) => `${r.family}|${r.dataset}|${r.budget}|${r.seed}|${lr}`;
+  for (const r of runs) if (keyOf(r).sweep === DEFAULTS.sweep && (r.part === 'trials' || (r.part === 'grid' && searched(r)))) reached.set(at(r, r.lr), r.accuracy);
+  const rows = Object.keys(CHOICES).map((name) => ({ name, gaps: [] }));
+  for (const family of Object.keys(MODELS))
+    for (const dataset of DATASETS)
+      for (const budget of BUDGETS) {
+        const cell = now.filter((r) => r.family === family && r.dataset === dataset && r.budget === budget);
+        // One default run a seed: runs under any choice rule recorded the same trials.
+        const defaults = [...new Map(cell.filter((r) => searched(r) && r.search?.used).map((r) => [r.seed, r])).values()];
+        const points = gridPoints(cell);
+        if (defaults.length === 0 || points.some(Number.isNaN)) continue;
+        const picks = rows.map(({ name }) => defaults.map((r) => reached.get(at(r, r.search.trials[CHOICES[name](r.search.trials)].lr))));
+        if (picks.flat().some((v) => v === undefined)) continue;
+        picks.forEach((xs, k) => rows[k].gaps.push((Math.max(...points) - mean(xs)) * 100));
+      }
+  if (rows[0].gaps.length === 0) return [];
+  const lines = ['## Choosing among the held-out trials', '', `Each rule picks one of the default's five trials (¼–4× the valley rule × 7, scored on a fifth of each class held out); scored by the validation accuracy a run given that lr reaches, which is the accuracy \`lr: 'auto'\` reaches when it picks it. ${rows[0].gaps.length} cells.`, ''];
+  lines.push('| rule | cells within 2 points | mean gap | worst gap |', '|---|---|---|---|');
+  for (const { name, gaps } of rows) lines.push(`| ${name === CHOICE ? `**${name}** (fineTune's)` : name} | ${gaps.filter((g) => g <= 2).length} of ${gaps.length} | ${mean(gaps).toFixed(2)} | ${Math.max(...gaps).toFixed(1)} |`);
+  lines.push('');
+  return lines;
+}
+
+/**
+ * How far a run's accuracy is reproducible: the default's runs against the `trials` part
+ * at the same lr (same build), and the earlier build's range-test runs against this build's
+ * middle trial (the same lr, labels and seed, another build).
+ */
+function noiseSection(runs) {
+  const same = (a, b) => a.family === b.family && a.dataset === b.dataset && a.budget === b.budget && a.seed === b.seed && Math.abs(a.lr / b.lr - 1) < 1e-9;
+  const trials = runs.filter((r) => r.part === 'trials' && keyOf(r).sweep === DEFAULTS.sweep);
+  const defaults = runs.filter((r) => r.part === 'grid' && isCurrentDefault(r) && keyOf(r).sweep === DEFAULTS.sweep);
+  const rerun = defaults.map((d) => [d, trials.find((t) => same(t, d))]).filter(([, t]) => t);
+  const earlier = runs.filter((r) => r.part === 'grid' && rangeTestAlone(r) && keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult && keyOf(r).sweep === undefined);
+  const moved = earlier.map((e) => [e, trials.find((t) => same(t, e))]).filter(([, t]) => t);
+  if (rerun.length === 0 && moved.length === 0) return [];
+  const lines = ['## How reproducible one run is', ''];
+  if (rerun.length) lines.push(`On one build a run is exact: ${rerun.filter(([d, t]) => d.accuracy === t.accuracy).length} of ${rerun.length} default runs reached the accuracy that the \`trials\` part reached at the lr they chose.`, '');
+  if (moved.length) {
+    lines.push('The same cell (lr, labels, seed) on the build before this sweep and on this one: float noise that training amplifies, and the floor under any gap in the tables above.', '', '| model | runs | identical | mean difference | largest |', '|---|---|---|---|---|');
+    for (const family of Object.keys(MODELS)) {
+      const diffs = moved.filter(([e]) => e.family === family).map(([e, t]) => Math.abs(e.accuracy - t.accuracy) * 100);
+      if (diffs.length) lines.push(`| ${family} | ${diffs.length} | ${diffs.filter((d) => d === 0).length} | ${mean(diffs).toFixed(2)} points | ${Math.max(...diffs).toFixed(1)} |`);
+    }
+    lines.push('');
+  }
+  return lines;
+}
+
 /** One row per variant: mean accuracy per model family. */
 function othersSection(runs) {
   if (runs.length === 0) return [];
   const families = Object.keys(MODELS).filter((family) => runs.some((r) => r.family === family));
-  const lines = ['## The other defaults, one at a time (budget 50, seeds 0 and 1, five datasets)', '', 'Mean validation accuracy; each row changes one thing from the default.', ''];
+  const lines = ['## The other defaults, one at a time (budget 50, seeds 0 and 1, five datasets)', '', 'Mean validation accuracy; each row changes one thing from the default. These ran before `lrSearch`: their lr is the range test\'s alone.', ''];
   lines.push(`| change | ${families.join(' | ')} |`, `|---|${'---|'.repeat(families.length)}`);
   for (const variant of Object.keys(VARIANTS)) {
     const cells = families.map((family) => {
@@ -205,16 +313,25 @@ function othersSection(runs) {
 }
 
 function report() {
-  const runs = readFileSync(runsFile, 'utf8').trim().split('\n').map((line) => JSON.parse(line));
+  const runs = readRuns();
   const lines = ['# Recipe sweep', '', `Machine: ${process.env.TORCHLITE_SWEEP_MACHINE ?? 'this 2-core VM'}; LibTorch ${torchlite.torchVersion}. Made by \`node bench/recipes/sweep.mjs --report\` from ${runs.length} runs.`, ''];
   const grid = runs.filter((r) => r.part === 'grid');
-  const now = grid.filter((r) => keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult);
-  lines.push(...gridSection(now, `## The default against a five-point lr grid (fineTune's defaults: at least ${DEFAULTS.minSteps} steps, lr ratio ${DEFAULTS.lrMult})`));
+  const now = grid.filter((r) => keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult && keyOf(r).sweep === DEFAULTS.sweep);
+  lines.push(
+    ...gridSection(now, `## The default against a five-point lr grid (fineTune's defaults: at least ${DEFAULTS.minSteps} steps, lr ratio ${DEFAULTS.lrMult})`, {
+      isDefault: isCurrentDefault,
+      what: `the ${CHOICE} of five trials at ¼–4× the valley rule × 7`,
+    }),
+  );
+  lines.push(...choiceSection(runs, now));
+  lines.push(...noiseSection(runs));
+  const earlier = grid.filter((r) => keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult && keyOf(r).sweep === undefined);
+  lines.push(...gridSection(earlier, '## Before `lrSearch`, on an earlier build: the range test alone', { isDefault: rangeTestAlone, what: 'the valley rule × 7' }));
   lines.push(...othersSection(runs.filter((r) => r.part === 'others')));
   // Earlier sweeps, kept because the defaults above were chosen against them.
   const fixedEpochs = grid.filter((r) => keyOf(r).minSteps === undefined);
   const rules = { 'valley alone': (r) => keyOf(r).lr === 'auto' && r.lrRule === 'valley' && r.lrScale === undefined, peak: (r) => keyOf(r).lr === 'auto' && r.lrRule === 'peak' };
-  lines.push(...gridSection(fixedEpochs.filter((r) => keyOf(r).lrMult === 3), '## Before `minSteps`: a fixed 1 + 3 epochs (8 steps at 10 labels per class), lr ratio 3', rules));
+  lines.push(...gridSection(fixedEpochs.filter((r) => keyOf(r).lrMult === 3), '## Before `minSteps`: a fixed 1 + 3 epochs (8 steps at 10 labels per class), lr ratio 3', { isDefault: rangeTestAlone, what: 'the valley rule × 7', rules }));
   const old = runs.filter((r) => r.part === 'defaults');
   if (old.length > 0) {
     lines.push('## The lr ratio and epoch split at a fixed 1 + 3 epochs (budget 50, seed 0): mean accuracy over the five datasets', '', '| model | lr ratio | frozen + unfrozen epochs | accuracy |', '|---|---|---|---|');
@@ -235,6 +352,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     prepare();
     if (part === 'grid' || part === 'all') await sweep(gridCells());
     if (part === 'others' || part === 'all') await sweep(otherCells());
+    if (part === 'trials' || part === 'all') await sweep(trialCells());
     if (shards === 1) report();
   }
 }
