@@ -270,7 +270,8 @@ Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
     struct Result {
       torch::Tensor scores;   // float32, contiguous, on the CPU
       torch::Tensor targets;  // float64, on the CPU
-      double loss = NAN;
+      // Empty without a loss to compute; a diverged model's NaN is kept, not taken for "none".
+      std::optional<double> loss;
     };
     return Job<Result>::Start(
         env, {state->device, Priority::Inference},
@@ -295,7 +296,7 @@ Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
           result.Set("scores", hostArray(env, r.scores));
           result.Set("shape", fromShape(env, r.scores.sizes()));
           if (r.targets.defined()) result.Set("targets", hostArray(env, r.targets));
-          if (!std::isnan(r.loss)) result.Set("loss", r.loss);
+          if (r.loss) result.Set("loss", *r.loss);
           return result;
         });
   });

@@ -15,6 +15,13 @@ export interface Metrics {
   [topK: `top${number}`]: number;
 }
 
+/** Whether class `a` comes before class `b` by score: NaN above any number (as in torch.argmax), ties to the lower index. */
+function outranks(row: Float32Array, a: number, b: number): boolean {
+  const [x, y] = [row[a], row[b]];
+  if (Number.isNaN(x) || Number.isNaN(y)) return Number.isNaN(x) && (!Number.isNaN(y) || a < b);
+  return x > y || (x === y && a < b);
+}
+
 export function metricName(spec: MetricSpec): string {
   return typeof spec === 'string' ? spec : `top${spec.topK}`;
 }
@@ -43,10 +50,13 @@ export class MetricAccumulator {
         const row = scores.subarray(i * classes, (i + 1) * classes);
         const truth = Number(targets[i]);
         if (truth < 0 || truth >= classes) continue; // ignored targets
-        const above = row.reduce((count, v) => count + (v > row[truth] ? 1 : 0), 0);
-        for (const k of new Set(ks)) if (above < k) this.#correct.set(k, (this.#correct.get(k) ?? 0) + 1);
+        // The truth's rank in the order torch.argmax and topk pick classes: NaN first, ties to
+        // the lower index. A row of equal (or NaN) scores predicts class 0, not every class.
+        let rank = 0;
+        for (let c = 0; c < classes; c++) if (c !== truth && outranks(row, c, truth)) rank += 1;
+        for (const k of new Set(ks)) if (rank < k) this.#correct.set(k, (this.#correct.get(k) ?? 0) + 1);
         let best = 0;
-        for (let c = 1; c < classes; c++) if (row[c] > row[best]) best = c;
+        for (let c = 1; c < classes; c++) if (outranks(row, c, best)) best = c;
         this.#confusion[truth][best] += 1;
         this.#count += 1;
       }

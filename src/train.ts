@@ -635,13 +635,15 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
       const found = await findLr(cache?.head ?? model, cache?.train ?? o.train, { ...(o.loss && { loss: o.loss }) });
       const suggested = found.suggestions[rule] * lrScale;
       const plan = planLrSearch(o, lrSearch);
-      let search: LrSearchReport = plan;
-      baseLr = suggested;
+      let search: LrSearchReport;
       if (plan.used) {
         // The trials train the whole model: the head goes back in now and the cache is made again after them.
         if (cache) await restoreHead(model, headPath, cache.head);
         ({ lr: baseLr, report: search } = await searchLr(model, recipe, o, suggested, plan.parts));
         if (cache) ({ cache, featureCache } = await headOnlyCache(model, headPath, o, freezeEpochs, resumeStage));
+      } else {
+        baseLr = suggested;
+        search = plan;
       }
       finder = { rule, scale: lrScale, suggestions: found.suggestions, search };
     }
@@ -719,7 +721,7 @@ function planLrSearch(o: FineTuneOptions, mode: boolean | 'auto'): { used: true;
   }
 }
 
-/** Class-index targets under a classification loss: the trials are scored by accuracy, the split stratified. */
+/** Class-index targets under a classification loss: the held-out split is stratified, and the trials report accuracy too. */
 function isClassification(ds: Dataset<BatchInput>, loss: Loss | undefined): boolean {
   return ds.targetShape.length === 0 && (loss === undefined || ['crossEntropy', 'nll'].includes(loss.kind));
 }
@@ -771,11 +773,14 @@ async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, sugges
  * (bench/results/recipes.md, "Choosing among the held-out trials").
  */
 function lowestSmoothedLoss(trials: LrTrial[]): number {
-  const smoothed = trials.map((t, i) => {
-    const near = [trials[i - 1]?.loss, t.loss, t.loss, trials[i + 1]?.loss].filter((v) => v !== undefined);
+  // A diverged trial (NaN or infinite loss) counts as infinitely bad, and so do its neighbours.
+  const losses = trials.map((t) => (Number.isFinite(t.loss) ? t.loss : Infinity));
+  const smoothed = losses.map((loss, i) => {
+    const near = [losses[i - 1], loss, loss, losses[i + 1]].filter((v) => v !== undefined);
     return near.reduce((a, b) => a + b, 0) / near.length;
   });
-  return smoothed.indexOf(Math.min(...smoothed));
+  const lowest = Math.min(...smoothed);
+  return Number.isFinite(lowest) ? smoothed.indexOf(lowest) : losses.indexOf(Math.min(...losses));
 }
 
 /** The model as fineTune's first phase starts it: saved weights and generator, new head trainable, body frozen. */

@@ -60,6 +60,15 @@ describe("fineTune({ lr: 'auto' })", () => {
     expect([auto.history.freezeEpochs, auto.history.epochs]).toEqual([1, 3]); // given counts are kept
   });
 
+  it('a trial that diverges scores a NaN loss and loses, never a perfect score', async () => {
+    const { history } = await tune('auto', { lrScale: 1e5 }); // trials at 2.6e2 … 4.1e3: far past any sane lr
+    const trials = history.lrFinder!.search.trials!;
+    expect(trials.at(-1)!.loss).toBeNaN();
+    expect(trials.at(-1)!.accuracy).toBe(0.2); // NaN scores all predict class 0: one class in five
+    expect(trials.slice(0, 4).every((t) => Number.isFinite(t.loss))).toBe(true);
+    expect(history.lr).toBe(trials[0].lr); // the lowest loss once averaged with its neighbours'
+  });
+
   it('lrSearch: false keeps the range test alone; large sets and bad values say why', async () => {
     const plain = await tune('auto', { lrSearch: false });
     expect(plain.history.lr).toBeCloseTo(plain.history.lrFinder!.suggestions.valley * 7, 12);

@@ -350,6 +350,27 @@ describe('evaluate and predict', () => {
     expect(regression.mse).toBeCloseTo(regression.loss!, 5);
     await expect(model.evaluate([], { loss: loss.mse() })).rejects.toThrow(RangeError);
   });
+
+  it('scores tied or NaN outputs as torch.argmax does (class 0), and reports a NaN loss as NaN', async () => {
+    // A diverged model used to score 100% with a loss of 0: every class counted as the truth's
+    // equal, and a NaN loss was taken for "no loss".
+    await using model = await loadPretrained(fixture('mlp.scripted.pt'));
+    const dict = model.stateDict();
+    const { x, y } = batch(0);
+    const truth = refs.training.ys.slice(0, 8) as number[];
+    const share = (classes: number[]) => truth.filter((t) => classes.includes(t)).length / 8;
+    for (const value of [0, Number.NaN]) {
+      const filled = (name: string) => tensor(new Float32Array(dict[name].shape.reduce((a, b) => a * b, 1)).fill(value), dict[name].shape);
+      model.loadStateDict({ ...dict, 'net.4.weight': filled('net.4.weight'), 'net.4.bias': filled('net.4.bias') });
+      const result = await model.evaluate([{ input: x, target: y }], { loss: loss.crossEntropy(), metrics: ['accuracy', { topK: 2 }, 'confusionMatrix'] });
+      expect(result.accuracy).toBe(share([0]));
+      expect(result.top2).toBe(share([0, 1]));
+      expect(result.confusionMatrix!.map((row) => row.slice(1).every((n) => n === 0))).toEqual([true, true, true, true]); // all predicted class 0
+      if (value === 0) expect(result.loss).toBeCloseTo(Math.log(4), 6);
+      else expect(result.loss).toBeNaN();
+    }
+    expect(share([0])).toBeLessThan(1); // the old count would have said 100%
+  });
 });
 
 describe('a real task', () => {
