@@ -285,7 +285,8 @@ Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
               if (target.defined()) target = target.narrow(0, 0, keep);
             }
             Result result;
-            if (loss && target.defined()) result.loss = computeLoss(*loss, output, target).item<double>();
+            // A batch of padding only has no rows left, and no loss (the mean of none is NaN).
+            if (loss && target.defined() && output.size(0) > 0) result.loss = computeLoss(*loss, output, target).item<double>();
             result.scores = output.to(torch::kCPU, torch::kFloat).contiguous();
             if (target.defined()) result.targets = target.to(torch::kCPU, torch::kDouble).contiguous();
             return result;
