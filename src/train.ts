@@ -224,12 +224,17 @@ function recordTrainingData(model: Model, dataset: Loader<BatchInput>['dataset']
   }
 }
 
+/** Data-parallel: every rank trains, and rank 0 alone runs the callbacks that write and print (`rankZeroOnly`). */
+function callbacksOfThisRank(model: Model, callbacks: Callback[]): Callback[] {
+  const group = groupOf(model);
+  return group && group.rank !== 0 ? callbacks.filter((cb) => !cb.rankZeroOnly) : callbacks;
+}
+
 async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGenerator<FitEvent, EpochRecord[]> {
   const lossFn = o.loss ?? crossEntropy();
   recordTrainingData(model, o.train.dataset);
-  // Data-parallel: every rank trains; rank 0 alone writes and prints.
   const group = groupOf(model);
-  if (group && group.rank !== 0) callbacks = callbacks.filter((cb) => !cb.rankZeroOnly);
+  callbacks = callbacksOfThisRank(model, callbacks);
   let position: TrainingPosition = { epoch: 0, step: 0, stage: o.stage ?? 0, history: [], callbacks: {} };
   if (o.resume) {
     await model.idle(); // operations called before fit (a data-parallel broadcast) come first
@@ -738,8 +743,7 @@ async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, sugges
   const lossFn = o.loss ?? crossEntropy();
   const saved = await snapshot(model, { rng: true });
   const trials: LrTrial[] = [];
-  const group = groupOf(model);
-  const listeners = (o.callbacks ?? []).filter((cb) => cb.onLrTrial && !(group && group.rank !== 0 && cb.rankZeroOnly));
+  const listeners = callbacksOfThisRank(model, o.callbacks ?? []).filter((cb) => cb.onLrTrial);
   try {
     for (const [k, factor] of LR_TRIAL_FACTORS.entries()) {
       if (o.signal?.aborted) break;

@@ -223,10 +223,12 @@ export function split<I extends BatchInput>(ds: Dataset<I>, options: SplitOption
   const order = permutation(ds.length, checkInteger(o.seed ?? 0, 'options.seed', 0));
   const held = new Set<number>();
   if (o.stratify) {
+    const floats = () => new TorchError('TORCHLITE_BAD_ARGUMENT', 'stratify needs class-index targets but the dataset has float targets; split without stratify');
+    if (ds.targetShape.length > 0) throw floats();
     const byClass = new Map<number, number[]>();
     for (const i of order) {
       const t = ds.target(i);
-      if (ds.targetShape.length > 0 || !Number.isInteger(t)) throw new TorchError('TORCHLITE_BAD_ARGUMENT', 'stratify needs class-index targets but the dataset has float targets; split without stratify');
+      if (!Number.isInteger(t)) throw floats(); // float targets of one value a sample
       const members = byClass.get(t);
       if (members) members.push(i);
       else byClass.set(t, [i]);
