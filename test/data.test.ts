@@ -69,6 +69,25 @@ describe('datasets', () => {
     expect(() => data.split(floats, { val: 0.2, stratify: true })).toThrow(expect.objectContaining({ code: 'TORCHLITE_BAD_ARGUMENT' }));
     expect(() => data.split(picked, { val: 0.2, stratify: 'yes' as never })).toThrow(new TypeError("Expected a boolean for `options.stratify` but received 'yes'"));
   });
+
+  it('folds hold out disjoint shares that together cover the data, of every class with stratify', async () => {
+    const ids = Float32Array.from({ length: 50 }, (_, i) => i);
+    const ds = data.tensorDataset(ids, Int32Array.from(ids, (i) => i % 5), { inputShape: [1] });
+    const heldOut = (options: { val: number; stratify?: boolean; fold?: number }) => {
+      const { val } = data.split(ds, { seed: 3, ...options });
+      return Promise.all(Array.from({ length: val.length }, async (_, i) => ((await val.get(i, 0)).input as Float32Array)[0]));
+    };
+    const all = [...ids];
+    const stratified = await Promise.all([0, 1, 2, 3, 4].map((fold) => heldOut({ val: 0.2, stratify: true, fold })));
+    expect(stratified.flat().sort((a, b) => a - b)).toEqual(all);
+    for (const fold of stratified) expect(fold.map((id) => id % 5).sort()).toEqual([0, 0, 1, 1, 2, 2, 3, 3, 4, 4]);
+    expect(stratified[0]).toEqual(await heldOut({ val: 0.2, stratify: true })); // fold 0 is the plain split
+    const plain = await Promise.all([0, 1, 2, 3].map((fold) => heldOut({ val: 0.25, fold })));
+    expect(plain.map((fold) => fold.length)).toEqual([13, 13, 13, 11]);
+    expect(plain.flat().sort((a, b) => a - b)).toEqual(all);
+    expect(() => data.split(ds, { val: 0.3, fold: 3 })).toThrow(new RangeError('Expected a fold from 0 to 2 (val 0.3 makes 3) for `options.fold` but received 3'));
+    expect(() => data.split(ds, { val: 0.2, fold: 1.5 })).toThrow(new RangeError('Expected a non-negative integer for `options.fold` but received 1.5'));
+  });
 });
 
 describe('loader', () => {

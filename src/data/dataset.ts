@@ -211,15 +211,26 @@ export interface SplitOptions {
    * one sample stays in the training part. Defaults to `false`.
    */
   stratify?: boolean;
+  /**
+   * Which share to hold out, counting from 0: with the same `seed`, folds 0 to ⌊1/val⌋ − 1
+   * hold out disjoint shares (of every class, with `stratify`), e.g. the five folds of a
+   * five-fold cross-validation for `val: 0.2`. Defaults to `0`.
+   */
+  fold?: number;
 }
 
 /** Splits a dataset at random into train and validation views; the validation view is never augmented. */
 export function split<I extends BatchInput>(ds: Dataset<I>, options: SplitOptions): { train: Dataset<I>; val: Dataset<I> } {
   checkDataset(ds, 'ds');
-  const o = checkOptions<SplitOptions>(options, 'options', ['val', 'seed', 'stratify']);
+  const o = checkOptions<SplitOptions>(options, 'options', ['val', 'seed', 'stratify', 'fold']);
   const fraction = checkFiniteNumber(o.val, 'options.val');
   if (fraction <= 0 || fraction >= 1) throw rangeError('a fraction in (0, 1)', 'options.val', fraction);
   if (o.stratify !== undefined && typeof o.stratify !== 'boolean') throw typeError('a boolean', 'options.stratify', o.stratify);
+  const folds = Math.floor(1 / fraction);
+  const fold = checkInteger(o.fold ?? 0, 'options.fold', 0, 'a non-negative integer');
+  if (fold >= folds) throw rangeError(`a fold from 0 to ${folds - 1} (val ${fraction} makes ${folds})`, 'options.fold', fold);
+  // The fold-th run of `size` samples from `members`, in their shuffled order.
+  const share = (members: number[], size: number) => members.slice(fold * size, (fold + 1) * size);
   const order = permutation(ds.length, checkInteger(o.seed ?? 0, 'options.seed', 0));
   const held = new Set<number>();
   if (o.stratify) {
@@ -233,8 +244,8 @@ export function split<I extends BatchInput>(ds: Dataset<I>, options: SplitOption
       if (members) members.push(i);
       else byClass.set(t, [i]);
     }
-    for (const members of byClass.values()) members.slice(0, members.length < 2 ? 0 : Math.max(1, Math.round(members.length * fraction))).forEach((i) => held.add(i));
-  } else order.slice(0, Math.round(ds.length * fraction)).forEach((i) => held.add(i));
+    for (const members of byClass.values()) share(members, members.length < 2 ? 0 : Math.max(1, Math.round(members.length * fraction))).forEach((i) => held.add(i));
+  } else share(order, Math.round(ds.length * fraction)).forEach((i) => held.add(i));
   if (held.size === 0 || held.size === ds.length) throw new RangeError(`Expected a split that leaves both parts non-empty for \`options.val\` but received ${fraction} of ${ds.length} samples`);
   const all = Array.from({ length: ds.length }, (_, i) => i);
   const plain = ds.withoutAugmentation?.() ?? ds;
