@@ -6,7 +6,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { checkpoint, data, findLr, fineTune, type FineTuneOptions, loadPretrained, manualSeed, type Tensor } from '../src';
+import { checkpoint, data, findLr, fineTune, type FineTuneOptions, loadPretrained, loss, manualSeed, type Tensor } from '../src';
 import { fixture, root } from './helpers';
 
 const SHIPPED = join(root, 'models', 'fashion-cnn.pt');
@@ -36,14 +36,28 @@ describe("fineTune({ lr: 'auto' })", () => {
     expect(finder.scale).toBe(7);
     expect(minimum).toBeCloseTo(peak / 10, 12);
     for (const lr of [valley, peak, minimum, steepest]) expect(lr).toBeGreaterThan(1e-7);
-    // 200 labels, 40 a class: 8 a class held out; trials at the valley × 7 times 1/4 … 4.
-    const { used, holdout, trials } = finder.search;
-    expect([used, holdout]).toEqual([true, 40]);
+    // 200 labels, 40 a class: a fifth holds out 40, under 100, so every lr runs on all five
+    // fifths and is scored on all 200; trials at the valley × 7 times 1/4 … 4.
+    const { used, holdout, folds, trials } = finder.search;
+    expect([used, holdout, folds]).toEqual([true, 200, 5]);
     expect(trials!.map((t) => t.lr / (valley * 7))).toEqual([0.25, 0.5, 1, 2, 4].map((f) => expect.closeTo(f, 12)));
     for (const t of trials!) {
-      expect(t.accuracy! * 40).toBeCloseTo(Math.round(t.accuracy! * 40), 9); // a share of 40 samples
+      expect(t.accuracy! * 200).toBeCloseTo(Math.round(t.accuracy! * 200), 9); // a share of 200 samples
       expect(t.loss).toBeGreaterThan(0);
     }
+    // A trial's loss pools its five runs: each as fineTune given that lr trains on a fold's
+    // training part, scored on the fold's held-out part.
+    const middle = trials![2];
+    let pooled = 0;
+    for (const fold of [0, 1, 2, 3, 4]) {
+      manualSeed(3);
+      const model = await loadPretrained(SHIPPED);
+      const parts = data.split(await fashion('train'), { val: 0.2, stratify: true, fold });
+      await fineTune(model, { train: data.loader(parts.train, { batchSize: 32, shuffle: true, seed: 3 }), numClasses: 5, freezeEpochs: 1, epochs: 3, lr: middle.lr });
+      pooled += (await model.evaluate(data.loader(parts.val, { batchSize: 32, shuffle: true, seed: 3 }), { loss: loss.crossEntropy() })).loss! * parts.val.length;
+      model.dispose();
+    }
+    expect(middle.loss).toBe(pooled / 200);
     expect(seen).toEqual(trials!.map((t, i) => [i, 5, t.lr])); // callbacks hear of each trial as it ends
     // The lowest held-out loss, each averaged 1-2-1 with its neighbours'.
     const losses = trials!.map((t) => t.loss);
@@ -85,6 +99,11 @@ describe("fineTune({ lr: 'auto' })", () => {
     );
     const skipped = await fineTune(model, { train: lone, numClasses: 5, freezeEpochs: 0, epochs: 1 });
     expect(skipped.lrFinder!.search).toEqual({ used: false, reason: '5 training samples leave none to hold out for the trials' });
+    // Folds: one where a fifth holds out 100 or more; as many as the classes fill otherwise.
+    const blank = (perClass: number) => data.loader(data.tensorDataset(new Float32Array(5 * perClass * 784), Int32Array.from({ length: 5 * perClass }, (_, i) => i % 5), { inputShape: [1, 28, 28] }), { batchSize: 500 });
+    const searched = async (perClass: number) => (await fineTune(model, { train: blank(perClass), numClasses: 5, freezeEpochs: 1, epochs: 0, lrSearch: true })).lrFinder!.search;
+    expect(await searched(100)).toMatchObject({ used: true, holdout: 100, folds: 1 });
+    expect(await searched(3)).toMatchObject({ used: true, holdout: 15, folds: 3 }); // 1 a class a fold: folds 3 and 4 hold out nothing
     model.dispose();
   });
 
