@@ -804,7 +804,7 @@ async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, sugges
  * (lrs a factor 2 apart): one run scored on a few dozen samples is noisy, and its neighbours
  * say whether a low score is a trend or luck. Over the recipe sweep's 180 searches, scored on
  * lrSearch's folds, this landed within 2 points of the best grid lr in the most cells: 25 of
- * 30, against 24 for the raw loss (whose mean gap was lower, 0.62 points to 0.77), 23 for
+ * 30, against 24 for the raw loss (whose mean gap was lower, 0.67 points to 0.81), 22 for
  * accuracy then loss and 21 for smoothed accuracy (bench/results/recipes.md, "Choosing among
  * the held-out trials").
  */

@@ -86,21 +86,30 @@ function load(name, family, model) {
   return { train: part(0, meta.train), val: part(meta.train, meta.train + meta.val) };
 }
 
-/** One fine-tuning run; resolves its validation accuracy, the lr and the epochs used. */
-export async function run({ part: _part, variant: _variant, sweep: _sweep, choice: _choice, folds: _folds, family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, lrSearch = false, ...rest }) {
+/**
+ * Calls `use` with a cell's model, freshly loaded after seeding the generator, its labelled
+ * subset of the training part and the validation part; disposes of the model after.
+ */
+async function withCell({ family, dataset, budget, seed }, use) {
   manualSeed(seed);
   const model = await loadPretrained(MODELS[family].file);
   try {
     const { train, val } = load(dataset, family, model);
-    const picked = data.subset(train, { perClass: budget, seed });
+    return await use(model, data.subset(train, { perClass: budget, seed }), val);
+  } finally {
+    model.dispose();
+  }
+}
+
+/** One fine-tuning run; resolves its validation accuracy, the lr and the epochs used. */
+export async function run({ part: _part, variant: _variant, sweep: _sweep, choice: _choice, folds: _folds, family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, lrSearch = false, ...rest }) {
+  return withCell({ family, dataset, budget, seed }, async (model, picked, val) => {
     const started = Date.now();
     // freezeEpochs, epochs, minSteps, weightDecay, pctStart: fineTune's own defaults unless the cell names them.
     const history = await fineTune(model, { train: data.loader(picked, { batchSize: 32, shuffle: true, seed }), numClasses: 5, lr, lrRule, lrScale, lrSearch, lrMult, ...rest });
     const { accuracy } = await model.evaluate(data.loader(val, { batchSize: 250 }), { metrics: ['accuracy'] });
     return { accuracy, lr: history.lr, epochs: `${history.freezeEpochs}+${history.epochs}`, suggestions: history.lrFinder?.suggestions, search: history.lrFinder?.search, seconds: (Date.now() - started) / 1000 };
-  } finally {
-    model.dispose();
-  }
+  });
 }
 
 function done() {
@@ -198,11 +207,9 @@ function foldCells() {
 export const foldCell = (r, lr, fold, freezeEpochs, epochs) => ({ part: 'folds', family: r.family, dataset: r.dataset, budget: r.budget, seed: r.seed, ...DEFAULTS, lr, fold, freezeEpochs, epochs });
 
 /** One trial on one fold, as lrSearch runs it: the held-out loss and accuracy. */
-async function foldRun({ family, dataset, budget, seed, lr, fold, freezeEpochs, epochs }) {
-  manualSeed(seed);
-  const model = await loadPretrained(MODELS[family].file);
-  try {
-    const picked = data.subset(load(dataset, family, model).train, { perClass: budget, seed });
+async function foldRun({ lr, fold, freezeEpochs, epochs, ...cell }) {
+  const { seed } = cell;
+  return withCell(cell, async (model, picked) => {
     const parts = data.split(picked, { val: 0.2, stratify: true, fold });
     const started = Date.now();
     // lrSearch scores on its train loader's copy for the held-out part: shuffled, so the same here.
@@ -210,9 +217,7 @@ async function foldRun({ family, dataset, budget, seed, lr, fold, freezeEpochs, 
     await fineTune(model, { train: loader(parts.train), numClasses: 5, lr, freezeEpochs, epochs });
     const scored = await model.evaluate(loader(parts.val), { loss: torchlite.loss.crossEntropy(), metrics: ['accuracy'] });
     return { accuracy: scored.accuracy, loss: scored.loss, holdout: parts.val.length, lr, seconds: (Date.now() - started) / 1000 };
-  } finally {
-    model.dispose();
-  }
+  });
 }
 
 const readRuns = () => (existsSync(runsFile) ? readFileSync(runsFile, 'utf8').trim().split('\n').filter(Boolean).map((line) => JSON.parse(line)) : []);
@@ -336,20 +341,20 @@ function foldScores(r, folds) {
 }
 
 const foldsPart = (runs) => new Map(runs.filter((r) => r.part === 'folds' && keyOf(r).sweep === DEFAULTS.sweep).map((r) => [`${at(r, r.lr)}|${r.fold}`, r]));
-// One search a cell and seed: searches under any choice rule ran the same trials.
-const searchesBySeed = (runs) => [...new Map(runs.filter((r) => searched(r) && r.search?.used && !r.derived).map((r) => [at(r, 0), r])).values()];
+// One search from before lrSearch's folds a cell and seed: searches under any choice rule ran the same trials.
+const earlierSearches = (runs) => [...new Map(runs.filter((r) => searched(r) && r.search?.used && r.search.folds === undefined && !r.derived).map((r) => [at(r, 0), r])).values()];
 
 /**
- * Today's default for the seeds where only a one-fold search ran: the lr today's rule picks
- * from its five-fold scores, at the accuracy a run given that lr reached. `lr: 'auto'` trains
- * exactly as that run (see "How reproducible one run is"), so this is the accuracy it reaches.
+ * Today's default derived from each search that ran before lrSearch's folds: the lr today's
+ * rule picks from its five-fold scores, at the accuracy a run given that lr reached. `lr:
+ * 'auto'` trains exactly as that run (see "How reproducible one run is"), so this is the
+ * accuracy it reaches.
  */
-function derivedDefaults(now, runs) {
+function derivedDefaults(grid, runs) {
   const reached = accuracyAt(runs);
   const folds = foldsPart(runs);
   const derived = [];
-  for (const r of searchesBySeed(now.filter((x) => keyOf(x).sweep === DEFAULTS.sweep))) {
-    if (now.some((x) => isCurrentDefault(x) && x.family === r.family && x.dataset === r.dataset && x.budget === r.budget && x.seed === r.seed)) continue;
+  for (const r of earlierSearches(grid)) {
     const trials = foldScores(r, folds);
     const lr = trials && trials[CHOICES[CHOICE](trials)].lr;
     const accuracy = lr === undefined ? undefined : reached.get(at(r, lr));
@@ -371,7 +376,7 @@ function choiceSection(runs, now) {
     for (const dataset of DATASETS)
       for (const budget of BUDGETS) {
         const cell = now.filter((r) => r.family === family && r.dataset === dataset && r.budget === budget);
-        const searches = searchesBySeed(cell).filter((r) => r.search.folds === undefined);
+        const searches = earlierSearches(cell);
         [(r) => r.search.trials, (r) => foldScores(r, folds)].forEach((scores, k) => {
           // The seeds whose trials are scored and whose every pick ran, against the grid on the same seeds.
           const scored = searches.map((r) => [r, scores(r)]).filter(([r, trials]) => trials && trials.every((t) => reached.has(at(r, t.lr))));
@@ -401,7 +406,7 @@ function choiceSection(runs, now) {
  * at the same lr (same build), and the earlier build's range-test runs against this build's
  * middle trial (the same lr, labels and seed, another build).
  */
-function noiseSection(runs) {
+function noiseSection(runs, derived) {
   const same = (a, b) => a.family === b.family && a.dataset === b.dataset && a.budget === b.budget && a.seed === b.seed && Math.abs(a.lr / b.lr - 1) < 1e-9;
   const trials = runs.filter((r) => r.part === 'trials' && keyOf(r).sweep === DEFAULTS.sweep);
   const defaults = runs.filter((r) => r.part === 'grid' && searched(r) && r.search?.used && keyOf(r).sweep === DEFAULTS.sweep);
@@ -411,9 +416,8 @@ function noiseSection(runs) {
   if (rerun.length === 0 && moved.length === 0) return [];
   const lines = ['## How reproducible one run is', ''];
   if (rerun.length) lines.push(`On one build a run is exact: ${rerun.filter(([d, t]) => d.accuracy === t.accuracy).length} of ${rerun.length} default runs reached the accuracy that the \`trials\` part reached at the lr they chose.`, '');
-  const real = runs.filter((r) => r.part === 'grid' && isCurrentDefault(r) && keyOf(r).sweep === DEFAULTS.sweep);
-  const derived = derivedDefaults(runs.filter((r) => r.part === 'grid' && !isCurrentDefault(r)), runs);
-  const pairs = real.map((r) => [r, derived.find((d) => d.family === r.family && d.dataset === r.dataset && d.budget === r.budget && d.seed === r.seed)]).filter(([, d]) => d);
+  const real = new Map(runs.filter((r) => r.part === 'grid' && isCurrentDefault(r) && keyOf(r).sweep === DEFAULTS.sweep).map((r) => [at(r, 0), r]));
+  const pairs = derived.filter((d) => real.has(at(d, 0))).map((d) => [real.get(at(d, 0)), d]);
   if (pairs.length)
     lines.push(`Today's default run for real against its derivation from a one-fold search, the \`folds\` part and the \`trials\` part: ${pairs.filter(([r, d]) => r.lr === d.lr && r.accuracy === d.accuracy).length} of ${pairs.length} chose the same lr and reached the same accuracy.`, '');
   if (moved.length) {
@@ -449,7 +453,10 @@ function report() {
   const lines = ['# Recipe sweep', '', `Machine: ${process.env.TORCHLITE_SWEEP_MACHINE ?? 'this 2-core VM'}; LibTorch ${torchlite.torchVersion}. Made by \`node bench/recipes/sweep.mjs --report\` from ${runs.length} runs.`, ''];
   const grid = runs.filter((r) => r.part === 'grid');
   const measured = grid.filter((r) => keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult && keyOf(r).sweep === DEFAULTS.sweep);
-  const derived = derivedDefaults(measured, runs);
+  const derivations = derivedDefaults(measured, runs);
+  // A seed's real run of today's default, where there is one, stands for it.
+  const ranNow = new Set(measured.filter(isCurrentDefault).map((r) => at(r, 0)));
+  const derived = derivations.filter((d) => !ranNow.has(at(d, 0)));
   const now = [...measured, ...derived];
   lines.push(
     ...gridSection(now, `## The default against a five-point lr grid (fineTune's defaults: at least ${DEFAULTS.minSteps} steps, lr ratio ${DEFAULTS.lrMult})`, {
@@ -460,7 +467,7 @@ function report() {
   if (derived.length)
     lines.push(`${derived.length} of the default's ${now.filter(isCurrentDefault).length} runs above are derived, not run again: their search ran on fold 0 alone, before lrSearch's folds; the \`folds\` part scored its trials on folds 1-4, and the accuracy is the one a run given the lr that the five-fold scores pick reached (the \`trials\` part).`, '');
   lines.push(...choiceSection(runs, now));
-  lines.push(...noiseSection(runs));
+  lines.push(...noiseSection(runs, derivations));
   const earlier = grid.filter((r) => keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult && keyOf(r).sweep === undefined);
   lines.push(...gridSection(earlier, '## Before `lrSearch`, on an earlier build: the range test alone', { isDefault: rangeTestAlone, what: 'the valley rule × 7' }));
   lines.push(...othersSection(runs.filter((r) => r.part === 'others')));
