@@ -612,7 +612,7 @@ Napi::Value ModelWrap::Info(const Napi::CallbackInfo& info) {
     result.Set("traced", state.traced);
     result.Set("device", deviceName(state.device));
     result.Set("metadata", state.metadata);
-    result.Set("bnPolicy", state.bnFrozenEval ? "frozen-eval" : "train");
+    result.Set("bnPolicy", state.bnPolicy);
     result.Set("channelsLast", state.channelsLast);
     Napi::Array warnings = Napi::Array::New(env, state.warnings.size());
     for (size_t i = 0; i < state.warnings.size(); ++i) warnings.Set(i, state.warnings[i]);
@@ -658,7 +658,7 @@ Napi::Value ModelWrap::SetRequiresGrad(const Napi::CallbackInfo& info) {
 
 Napi::Value ModelWrap::SetBatchNormPolicy(const Napi::CallbackInfo& info) {
   return Locked(info, [&](Napi::Env env, ModelState& state) {
-    state.bnFrozenEval = info[0].As<Napi::String>().Utf8Value() == "frozen-eval";
+    state.bnPolicy = info[0].As<Napi::String>().Utf8Value();
     applyBatchNormPolicy(state);
     return env.Undefined();
   });

@@ -230,8 +230,9 @@ void applyBatchNormPolicy(ModelState& state) {
       any = true;
       allFrozen = allFrozen && !parameter.requires_grad();
     }
+    bool eval = state.bnPolicy == "eval" || (state.bnPolicy == "frozen-eval" && any && allFrozen);
     torch::jit::Module layer = item.value;
-    layer.train(training && !(state.bnFrozenEval && any && allFrozen));
+    layer.train(training && !eval);
   }
 }
 

@@ -13,8 +13,8 @@ void replaceSubmodule(ModelState& state, const std::string& path, torch::jit::Mo
 // dropout calls to read self.training. Returns a warning per construct left unfixed.
 std::vector<std::string> fixTracedTrainingFlags(torch::jit::Module& module);
 
-// Puts BatchNorm layers whose parameters are all frozen in eval mode while the model
-// trains, when the state's policy is frozen-eval; every other module follows the model.
+// Puts BatchNorm layers in eval mode while the model trains: those whose parameters are
+// all frozen under policy frozen-eval, every one under eval. Other modules follow the model.
 void applyBatchNormPolicy(ModelState& state);
 
 // oneDNN's AVX-512 kernel for the weight gradient of a 1x1 convolution with a stride

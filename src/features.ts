@@ -55,7 +55,7 @@ function bodyDropouts(model: Model, headPath: string): string[] {
 function reasonNotToCache(model: Model, headPath: string, train: Loader<BatchInput>, val: Loader<BatchInput> | undefined, newHeadDropout: number): string | undefined {
   if (train.dataset.collate) return "the model's inputs are not one tensor a sample (the cache covers image-like inputs)";
   if (newHeadDropout > 0) return 'dropout before the new head draws new masks every epoch';
-  if (model.bnPolicy !== 'frozen-eval') return "BatchNorm policy 'train' updates the frozen body's statistics every step";
+  if (model.bnPolicy === 'train') return "BatchNorm policy 'train' updates the frozen body's statistics every step";
   const noisy = bodyDropouts(model, headPath);
   if (noisy.length > 1) return `the body has dropout in several places (${noisy.map((p) => `'${p}'`).join(', ')}), so the head's inputs change every epoch`;
   if (train.dataset.withoutAugmentation) return "the training data is augmented, so the head's inputs change every epoch";

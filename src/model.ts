@@ -139,10 +139,11 @@ export interface FreezeResult {
 
 /**
  * `'frozen-eval'` keeps a BatchNorm layer whose parameters are all frozen in eval mode
- * (running statistics untouched) even while the model trains; `'train'` lets every layer
- * follow the model.
+ * (running statistics untouched) even while the model trains; `'eval'` keeps every
+ * BatchNorm layer so (its scale and shift still train), as Keras advises for fine-tuning on
+ * small batches; `'train'` lets every layer follow the model.
  */
-export type BatchNormPolicy = 'frozen-eval' | 'train';
+export type BatchNormPolicy = 'frozen-eval' | 'eval' | 'train';
 
 export interface ResetClassifierOptions {
   /** Dropout probability put in front of the new Linear; `0` adds no dropout layer. Defaults to `0`. */
@@ -937,7 +938,7 @@ export class Model implements Disposable, AsyncDisposable {
   }
 
   set bnPolicy(policy: BatchNormPolicy) {
-    const value = checkOneOf(policy, 'bnPolicy', ['frozen-eval', 'train'] as const);
+    const value = checkOneOf(policy, 'bnPolicy', ['frozen-eval', 'eval', 'train'] as const);
     this.#apply((handle) => handle.setBatchNormPolicy(value));
     this.#snapshot.bnPolicy = value;
   }

@@ -3,6 +3,9 @@ import { callNativeAsync } from './errors';
 import { Model, type ModelInput, unwrapInput } from './model';
 import { native } from './native';
 
+/** Which of lrSearch's trials fineTune trains at (an index into them). */
+export { bestTrial } from './train';
+
 /**
  * Runs forward and backward on the sum of the outputs, and reports which parameters
  * received a non-zero gradient; grads are cleared afterwards.

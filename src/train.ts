@@ -492,9 +492,9 @@ export interface FineTuneOptions {
    * With `lr: 'auto'`, chooses among lrs around the range test's by trial, since on a few
    * hundred samples the range test alone is noisy: it holds out a fifth of each class, runs
    * this same recipe on the rest at the range test's lr times each of 1/4, 1/2, 1, 2 and 4,
-   * scores each run's loss on the held-out part, and trains on all the data at the lr whose
-   * loss, averaged with its neighbours' (1-2-1), is lowest. Where a fifth holds out fewer
-   * than 100 samples, each lr runs on all five fifths in turn (five-fold cross-validation)
+   * scores each run on the held-out part, and trains on all the data at the lr whose held-out
+   * loss plus twice its error rate (the loss alone without class targets) is lowest. Where a
+   * fifth holds out fewer than 100 samples, each lr runs on all five fifths in turn (five-fold cross-validation)
    * and is scored on every sample: a fifth of 10 labels a class is 2 a class, too few to rank
    * lrs by (bench/results/recipes.md). The trials cost five runs on 80% of the data, 25 on
    * such small sets; the model and the random generator are put back before each and after
@@ -588,6 +588,8 @@ const LR_TRIAL_FACTORS = [0.25, 0.5, 1, 2, 4];
 const LR_SEARCH_MAX_SAMPLES = 2000;
 /** Holding out fewer samples than this, `lrSearch` runs each lr on all five folds rather than one. */
 const LR_SEARCH_MIN_HOLDOUT = 100;
+/** How much a trial's held-out error rate adds to its held-out loss in `lrSearch`'s score. */
+const LR_TRIAL_ERROR_WEIGHT = 2;
 
 type Parts = { train: Dataset<BatchInput>; val: Dataset<BatchInput> };
 
@@ -794,29 +796,26 @@ async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, sugges
     startOver(model, recipe.headPath, saved);
     saved.dispose();
   }
-  const best = trials[lowestSmoothedLoss(trials)];
+  const best = trials[bestTrial(trials)];
   if (best === undefined) return { lr: suggested, report: { used: false, reason: 'aborted' } };
   return { lr: best.lr, report: { used: true, holdout, folds: folds.length, trials } };
 }
 
 /**
- * The trial with the lowest held-out loss, each loss first averaged 1-2-1 with its neighbours'
- * (lrs a factor 2 apart): one run scored on a few dozen samples is noisy, and its neighbours
- * say whether a low score is a trend or luck. Over the recipe sweep's 180 searches, scored on
- * lrSearch's folds, this landed within 2 points of the best grid lr in the most cells: 25 of
- * 30, against 24 for the raw loss (whose mean gap was lower, 0.67 points to 0.81), 22 for
- * accuracy then loss and 21 for smoothed accuracy (bench/results/recipes.md, "Choosing among
- * the held-out trials").
+ * The trial with the lowest held-out score: the loss plus twice the error rate where the
+ * trials report accuracy, else the loss. Loss alone can prefer an lr whose runs collapsed to
+ * near-uniform outputs (a loss near ln(classes), at chance) to one whose runs learned but are
+ * overconfident on hard data; accuracy alone ranks lrs by a handful of samples. Over the recipe sweep's 180 searches,
+ * scored on lrSearch's folds, the sum landed within 2 points of the best grid lr in 26 of 30
+ * cells, 0.37 points short on average and 4.0 at worst, against 25, 0.81 and 9.5 for the
+ * loss averaged 1-2-1 with its neighbours' (the rule before), 24 for the loss alone and 22
+ * for accuracy then loss; on either half of the seeds alone its mean and worst gaps were
+ * still the lowest of those (bench/results/recipes.md, "Choosing among the held-out trials").
  */
-function lowestSmoothedLoss(trials: LrTrial[]): number {
-  // A diverged trial (NaN or infinite loss) counts as infinitely bad, and so do its neighbours.
-  const losses = trials.map((t) => (Number.isFinite(t.loss) ? t.loss : Infinity));
-  const smoothed = losses.map((loss, i) => {
-    const near = [losses[i - 1], loss, loss, losses[i + 1]].filter((v) => v !== undefined);
-    return near.reduce((a, b) => a + b, 0) / near.length;
-  });
-  const lowest = Math.min(...smoothed);
-  return Number.isFinite(lowest) ? smoothed.indexOf(lowest) : losses.indexOf(Math.min(...losses));
+export function bestTrial(trials: LrTrial[]): number {
+  // A diverged trial (NaN or infinite loss) counts as infinitely bad.
+  const scores = trials.map((t) => (Number.isFinite(t.loss) ? t.loss + LR_TRIAL_ERROR_WEIGHT * (1 - (t.accuracy ?? 1)) : Infinity));
+  return scores.indexOf(Math.min(...scores));
 }
 
 /** The model as fineTune's first phase starts it: saved weights and generator, new head trainable, body frozen. */

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { checkpoint, data, findLr, fineTune, type FineTuneOptions, loadPretrained, loss, manualSeed, type Tensor } from '../src';
+import { bestTrial } from '../src/testing';
 import { fixture, root } from './helpers';
 
 const SHIPPED = join(root, 'models', 'fashion-cnn.pt');
@@ -59,10 +60,9 @@ describe("fineTune({ lr: 'auto' })", () => {
     }
     expect(middle.loss).toBe(pooled / 200);
     expect(seen).toEqual(trials!.map((t, i) => [i, 5, t.lr])); // callbacks hear of each trial as it ends
-    // The lowest held-out loss, each averaged 1-2-1 with its neighbours'.
-    const losses = trials!.map((t) => t.loss);
-    const smoothed = losses.map((l, i) => (i === 0 ? (2 * l + losses[1]) / 3 : i === 4 ? (losses[3] + 2 * l) / 3 : (losses[i - 1] + 2 * l + losses[i + 1]) / 4));
-    const picked = smoothed.indexOf(Math.min(...smoothed));
+    // The lowest held-out loss plus twice the error rate.
+    const scores = trials!.map((t) => t.loss + 2 * (1 - t.accuracy!));
+    const picked = scores.indexOf(Math.min(...scores));
     expect(picked).toBe(0); // here the smallest, a quarter of the valley × 7
     expect(auto.history.lr).toBe(trials![picked].lr);
     expect(new Set(trials!.map((t) => t.accuracy)).size).toBeGreaterThan(1); // the lrs differ on held-out data
@@ -80,7 +80,18 @@ describe("fineTune({ lr: 'auto' })", () => {
     expect(trials.at(-1)!.loss).toBeNaN();
     expect(trials.at(-1)!.accuracy).toBe(0.2); // NaN scores all predict class 0: one class in five
     expect(trials.slice(0, 4).every((t) => Number.isFinite(t.loss))).toBe(true);
-    expect(history.lr).toBe(trials[0].lr); // the lowest loss once averaged with its neighbours'
+    expect(history.lr).toBe(trials[0].lr); // all at chance: the lowest finite loss
+  });
+
+  it('ranks trials by held-out loss plus twice the error rate, or by loss without accuracy', () => {
+    // Near chance, the lower lr's fewer confident mistakes win on loss (1.50 < 1.60), but the
+    // higher one gets 20 points more right: 1.50 + 2 × 0.6 = 2.70 against 1.60 + 2 × 0.4 = 2.40.
+    expect(bestTrial([{ lr: 1, loss: 1.5, accuracy: 0.4 }, { lr: 2, loss: 1.6, accuracy: 0.6 }])).toBe(1);
+    // Where accuracy is close, loss decides: 0.30 + 2 × 0.10 = 0.50 against 0.45 + 2 × 0.05 = 0.55.
+    expect(bestTrial([{ lr: 1, loss: 0.3, accuracy: 0.9 }, { lr: 2, loss: 0.45, accuracy: 0.95 }])).toBe(0);
+    expect(bestTrial([{ lr: 1, loss: 0.3 }, { lr: 2, loss: 0.2 }, { lr: 4, loss: 0.25 }])).toBe(1); // regression: loss alone
+    expect(bestTrial([{ lr: 1, loss: Number.NaN, accuracy: 1 }, { lr: 2, loss: 9, accuracy: 0.2 }, { lr: 4, loss: Infinity, accuracy: 1 }])).toBe(1); // diverged trials lose
+    expect(bestTrial([{ lr: 1, loss: 0.5, accuracy: 0.8 }, { lr: 2, loss: 0.5, accuracy: 0.8 }])).toBe(0); // a tie goes to the lower lr
   });
 
   it('lrSearch: false keeps the range test alone; large sets and bad values say why', async () => {

@@ -181,6 +181,16 @@ describe('freeze', () => {
     await model.forward(randn([4, 3, 16, 16]));
     const trained = model.stateDict();
     expect(maxAbsDiff(trained['bn1.running_mean'].toTypedArray() as Float32Array, snapshot['bn1.running_mean'] as Float32Array)).toBeGreaterThan(0);
+    // 'eval': every BatchNorm, trainable or not, normalises by its running statistics and
+    // leaves them alone while the model trains.
+    model.bnPolicy = 'eval';
+    expect([model.bnPolicy, model.training]).toEqual(['eval', true]);
+    await model.forward(randn([4, 3, 16, 16]));
+    const held = model.stateDict();
+    for (const name of Object.keys(snapshot)) if (name.includes('running_')) expect([name, held[name].toTypedArray()]).toEqual([name, trained[name].toTypedArray()]);
+    model.train();
+    expect(model.parameters().filter((p) => p.requiresGrad).length).toBe(8); // its scale and shift still train
+    await expectGradients(model, decode(refs.resnet_small.input));
   });
 
   it('throws TORCHLITE_NO_MATCH for a pattern that matches nothing, naming it', async () => {
@@ -189,7 +199,7 @@ describe('freeze', () => {
     expect(() => model.unfreeze(/^nothing/)).toThrow(expect.objectContaining({ code: 'TORCHLITE_NO_MATCH' }));
     expect(() => model.requiresGrad('fc', 'yes' as never)).toThrow(new TypeError("Expected a boolean for `flag` but received 'yes'"));
     expect(() => model.freeze([])).toThrow(new TypeError('Expected a non-empty pattern array for `patterns` but received an array of length 0'));
-    expect(() => { model.bnPolicy = 'eval' as never; }).toThrow(RangeError);
+    expect(() => { model.bnPolicy = 'frozen' as never; }).toThrow(RangeError);
     expect(model.requiresGrad(/bn\d\.bias$/, false).frozen).toBeGreaterThan(0);
   });
 });

@@ -7,9 +7,10 @@
 // a time on budget 50; the `trials` part trains at every lr the default's held-out trials
 // tried, so that rules for choosing among them are scored by the accuracy they really reach;
 // the `folds` part scores the trials of searches that ran on one held-out fold on the other
-// four, as lrSearch now does on small sets.
+// four, as lrSearch now does on small sets; the `bn` part runs a grid with every BatchNorm
+// layer on its running statistics (bnPolicy 'eval') on seeds 0-2.
 //
-//   node bench/recipes/sweep.mjs [--part grid|others|trials|folds|all] [--models cnn,mnv3] [--budgets 10,50,200]
+//   node bench/recipes/sweep.mjs [--part grid|others|trials|folds|bn|all] [--models cnn,mnv3] [--budgets 10,50,200]
 //                                [--seeds 0,1,2,3,4,5] [--shard i/n] [--threads n] [--report]
 //
 // Results append to $TORCHLITE_RECIPES_DIR/runs.jsonl (default /tmp/torchlite-recipes), so an
@@ -46,7 +47,7 @@ export const GRID = [3e-3, 1e-2, 3e-2, 1e-1, 3e-1];
 const DEFAULTS = { lrMult: 1, minSteps: 128, sweep: 2 };
 // How fineTune's lrSearch picks among its trials (src/train.ts), written into the default's
 // cells so that a change of rule makes new ones; the trials themselves do not depend on it.
-export const CHOICE = 'held-out loss smoothed 1-2-1';
+export const CHOICE = 'held-out loss + 2 × error rate';
 // On how many held-out folds lrSearch scores each trial (src/train.ts), also in the default's cells.
 export const FOLDS = 'five folds where one holds out under 100';
 const MIN_HOLDOUT = 100;
@@ -102,8 +103,9 @@ async function withCell({ family, dataset, budget, seed }, use) {
 }
 
 /** One fine-tuning run; resolves its validation accuracy, the lr and the epochs used. */
-export async function run({ part: _part, variant: _variant, sweep: _sweep, choice: _choice, folds: _folds, family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, lrSearch = false, ...rest }) {
+export async function run({ part: _part, variant: _variant, sweep: _sweep, choice: _choice, folds: _folds, family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, lrSearch = false, bnPolicy, ...rest }) {
   return withCell({ family, dataset, budget, seed }, async (model, picked, val) => {
+    if (bnPolicy) model.bnPolicy = bnPolicy;
     const started = Date.now();
     // freezeEpochs, epochs, minSteps, weightDecay, pctStart: fineTune's own defaults unless the cell names them.
     const history = await fineTune(model, { train: data.loader(picked, { batchSize: 32, shuffle: true, seed }), numClasses: 5, lr, lrRule, lrScale, lrSearch, lrMult, ...rest });
@@ -204,6 +206,21 @@ function foldCells() {
     }
   return cells;
 }
+/**
+ * The grid again with bnPolicy 'eval' (every BatchNorm layer normalising by its running
+ * statistics while it fine-tunes, its scale and shift still training), one step lower and
+ * without 0.3: in a probe it did best at the low end and diverged from 0.03 on MobileNetV3.
+ */
+const BN_GRID = [1e-3, ...GRID.slice(0, 4)];
+function bnCells() {
+  const cells = [];
+  for (const family of FAMILIES)
+    for (const dataset of DATASETS)
+      for (const budget of RUN_BUDGETS)
+        for (const seed of RUN_SEEDS.filter((s) => s < 3)) for (const lr of BN_GRID) cells.push({ part: 'bn', family, dataset, budget, seed, ...DEFAULTS, lr, bnPolicy: 'eval' });
+  return cells;
+}
+
 export const foldCell = (r, lr, fold, freezeEpochs, epochs) => ({ part: 'folds', family: r.family, dataset: r.dataset, budget: r.budget, seed: r.seed, ...DEFAULTS, lr, fold, freezeEpochs, epochs });
 
 /** One trial on one fold, as lrSearch runs it: the held-out loss and accuracy. */
@@ -311,6 +328,7 @@ const CHOICES = {
     const l = smoothed(t.map((x) => x.loss));
     return argBest(t.length, (i, j) => l[i] < l[j]);
   },
+  ...Object.fromEntries([0.5, 1, 2, 4, 10].map((weight) => [`held-out loss + ${weight} × error rate`, (t) => argBest(t.length, (i, j) => t[i].loss + weight * (1 - t[i].accuracy) < t[j].loss + weight * (1 - t[j].accuracy))])),
   'the middle trial (the range test alone)': (t) => Math.floor(t.length / 2),
 };
 
@@ -371,14 +389,21 @@ function derivedDefaults(grid, runs) {
 function choiceSection(runs, now) {
   const reached = accuracyAt(runs);
   const folds = foldsPart(runs);
-  const rows = Object.keys(CHOICES).map((name) => ({ name, gaps: [[], []] }));
+  // Columns: how the trials are scored, and on which seeds (halves show whether a rule picked on some seeds holds on others).
+  const columns = [
+    { title: 'fold 0 alone', scores: (r) => r.search.trials, seeds: SEEDS },
+    { title: "lrSearch's folds", scores: (r) => foldScores(r, folds), seeds: SEEDS },
+    { title: "lrSearch's folds, seeds 0-2", scores: (r) => foldScores(r, folds), seeds: [0, 1, 2] },
+    { title: "lrSearch's folds, seeds 3-5", scores: (r) => foldScores(r, folds), seeds: [3, 4, 5] },
+  ];
+  const rows = Object.keys(CHOICES).map((name) => ({ name, gaps: columns.map(() => []) }));
   for (const family of Object.keys(MODELS))
     for (const dataset of DATASETS)
       for (const budget of BUDGETS) {
         const cell = now.filter((r) => r.family === family && r.dataset === dataset && r.budget === budget);
-        const searches = earlierSearches(cell);
-        [(r) => r.search.trials, (r) => foldScores(r, folds)].forEach((scores, k) => {
+        columns.forEach(({ scores, seeds: wanted }, k) => {
           // The seeds whose trials are scored and whose every pick ran, against the grid on the same seeds.
+          const searches = earlierSearches(cell).filter((r) => wanted.includes(r.seed));
           const scored = searches.map((r) => [r, scores(r)]).filter(([r, trials]) => trials && trials.every((t) => reached.has(at(r, t.lr))));
           const seeds = new Set(scored.map(([r]) => r.seed));
           const points = gridPoints(cell.filter((r) => seeds.has(r.seed)));
@@ -390,13 +415,13 @@ function choiceSection(runs, now) {
   const lines = [
     '## Choosing among the held-out trials',
     '',
-    `Each rule picks one of the default's five trials (¼–4× the valley rule × 7), scored on fold 0 alone (a fifth of each class held out) or as \`lrSearch\` scores them (all five folds where one holds out under ${MIN_HOLDOUT} samples: here 10 and 50 labels a class); each pick is scored by the validation accuracy a run given that lr reaches, which is the accuracy \`lr: 'auto'\` reaches when it picks it. Cells within 2 points, mean gap, worst gap.`,
+    `Each rule picks one of the default's five trials (¼–4× the valley rule × 7), scored on fold 0 alone (a fifth of each class held out) or as \`lrSearch\` scores them (all five folds where one holds out under ${MIN_HOLDOUT} samples: here 10 and 50 labels a class); each pick is scored by the validation accuracy a run given that lr reaches, which is the accuracy \`lr: 'auto'\` reaches when it picks it. Cells within 2 points, mean gap, worst gap; the last two columns split the seeds in halves, so that a rule chosen on one half can be checked on the other.`,
     '',
-    '| rule | fold 0 alone | lrSearch\'s folds |',
-    '|---|---|---|',
+    `| rule | ${columns.map((c) => c.title).join(' | ')} |`,
+    `|---|${'---|'.repeat(columns.length)}`,
   ];
   const summary = (gaps) => (gaps.length ? `${gaps.filter((g) => g <= 2).length} of ${gaps.length}, ${mean(gaps).toFixed(2)}, ${Math.max(...gaps).toFixed(1)}` : '-');
-  for (const { name, gaps } of rows) lines.push(`| ${name === CHOICE ? `**${name}** (fineTune's)` : name} | ${summary(gaps[0])} | ${summary(gaps[1])} |`);
+  for (const { name, gaps } of rows) lines.push(`| ${name === CHOICE ? `**${name}** (fineTune's)` : name} | ${gaps.map(summary).join(' | ')} |`);
   lines.push('');
   return lines;
 }
@@ -428,6 +453,47 @@ function noiseSection(runs, derived) {
     }
     lines.push('');
   }
+  return lines;
+}
+
+/**
+ * The `bn` part against the default policy's grid on the same seeds: each lr's mean
+ * accuracy, each policy's best lr, and how far seeds scatter at it (the sample standard
+ * deviation), since a policy that lands every seed near its best is one an lr rule can find.
+ */
+function bnSection(bn, grid) {
+  if (bn.length === 0) return [];
+  const seeds = [...new Set(bn.map((r) => r.seed))].sort();
+  const sd = (xs) => Math.sqrt(xs.reduce((a, x) => a + (x - mean(xs)) ** 2, 0) / (xs.length - 1));
+  /** The lr with the best mean over `seeds`, its mean and the seeds' spread; undefined until every seed ran. */
+  const best = (runs, lrs) => {
+    const at = lrs.map((lr) => runs.filter((r) => keyOf(r).lr === lr && seeds.includes(r.seed)).map((r) => r.accuracy));
+    if (at.some((xs) => xs.length < seeds.length)) return undefined;
+    const k = at.reduce((b, xs, i) => (mean(xs) > mean(at[b]) ? i : b), 0);
+    return { lr: lrs[k], mean: mean(at[k]), sd: sd(at[k]), means: at.map(mean) };
+  };
+  const lines = [
+    `## Every BatchNorm layer on its running statistics (\`bnPolicy = 'eval'\`), seeds ${seeds.join(', ')}`,
+    '',
+    "fineTune leaves the policy to the model; its default, 'frozen-eval', lets the unfrozen body's BatchNorm layers normalise by batch statistics (and update their running ones) once the body unfreezes. Here a grid ran with 'eval', where every BatchNorm layer keeps normalising by its running statistics while its scale and shift train. Mean validation accuracy over the seeds; the best lr of each policy with the seeds' standard deviation there; the default policy's grid is the one above, on the same seeds.",
+    '',
+    `| model | dataset | labels/class | 'frozen-eval' best | ${BN_GRID.map((lr) => `'eval' lr ${lr}`).join(' | ')} | 'eval' best | difference |`,
+    `|---|---|---|---|${'---|'.repeat(BN_GRID.length)}---|---|`,
+  ];
+  const diffs = {};
+  for (const family of Object.keys(MODELS))
+    for (const dataset of DATASETS)
+      for (const budget of BUDGETS) {
+        const cell = (runs) => runs.filter((r) => r.family === family && r.dataset === dataset && r.budget === budget);
+        const [was, now] = [best(cell(grid), GRID), best(cell(bn), BN_GRID)];
+        if (!was || !now) continue;
+        const shown = (b) => `${pct(b.mean)} ± ${(b.sd * 100).toFixed(1)} (lr ${b.lr})`;
+        (diffs[family] ??= []).push((now.mean - was.mean) * 100);
+        lines.push(`| ${family} | ${dataset} | ${budget} | ${shown(was)} | ${now.means.map(pct).join(' | ')} | ${shown(now)} | ${((now.mean - was.mean) * 100).toFixed(1)} |`);
+      }
+  lines.push('');
+  for (const [family, ds] of Object.entries(diffs))
+    lines.push(`${family}: 'eval' best higher by over 2 points in ${ds.filter((d) => d > 2).length} of ${ds.length} cells, lower by over 2 in ${ds.filter((d) => d < -2).length}; mean difference ${mean(ds).toFixed(1)} points.`, '');
   return lines;
 }
 
@@ -470,6 +536,7 @@ function report() {
   lines.push(...noiseSection(runs, derivations));
   const earlier = grid.filter((r) => keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult && keyOf(r).sweep === undefined);
   lines.push(...gridSection(earlier, '## Before `lrSearch`, on an earlier build: the range test alone', { isDefault: rangeTestAlone, what: 'the valley rule × 7' }));
+  lines.push(...bnSection(runs.filter((r) => r.part === 'bn' && keyOf(r).sweep === DEFAULTS.sweep), measured.filter((r) => typeof keyOf(r).lr === 'number')));
   lines.push(...othersSection(runs.filter((r) => r.part === 'others')));
   // Earlier sweeps, kept because the defaults above were chosen against them.
   const fixedEpochs = grid.filter((r) => keyOf(r).minSteps === undefined);
@@ -497,6 +564,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     if (part === 'others' || part === 'all') await sweep(otherCells());
     if (part === 'trials' || part === 'all') await sweep(trialCells());
     if (part === 'folds' || part === 'all') await sweep(foldCells());
+    if (part === 'bn' || part === 'all') await sweep(bnCells());
     if (shards === 1) report();
   }
 }
