@@ -8,9 +8,10 @@
 // tried, so that rules for choosing among them are scored by the accuracy they really reach;
 // the `folds` part scores the trials of searches that ran on one held-out fold on the other
 // four, as lrSearch now does on small sets; the `bn` part runs a grid with every BatchNorm
-// layer on its running statistics (bnPolicy 'eval') on seeds 0-2.
+// layer on its running statistics (bnPolicy 'eval') on seeds 0-2, and `bn-folds` and
+// `bn-trials` the default's searches under that policy.
 //
-//   node bench/recipes/sweep.mjs [--part grid|others|trials|folds|bn|all] [--models cnn,mnv3] [--budgets 10,50,200]
+//   node bench/recipes/sweep.mjs [--part grid|others|trials|folds|bn|bn-folds|bn-trials|all] [--models cnn,mnv3] [--budgets 10,50,200]
 //                                [--seeds 0,1,2,3,4,5] [--shard i/n] [--threads n] [--report]
 //
 // Results append to $TORCHLITE_RECIPES_DIR/runs.jsonl (default /tmp/torchlite-recipes), so an
@@ -91,10 +92,11 @@ function load(name, family, model) {
  * Calls `use` with a cell's model, freshly loaded after seeding the generator, its labelled
  * subset of the training part and the validation part; disposes of the model after.
  */
-async function withCell({ family, dataset, budget, seed }, use) {
+async function withCell({ family, dataset, budget, seed, bnPolicy }, use) {
   manualSeed(seed);
   const model = await loadPretrained(MODELS[family].file);
   try {
+    if (bnPolicy) model.bnPolicy = bnPolicy;
     const { train, val } = load(dataset, family, model);
     return await use(model, data.subset(train, { perClass: budget, seed }), val);
   } finally {
@@ -104,8 +106,7 @@ async function withCell({ family, dataset, budget, seed }, use) {
 
 /** One fine-tuning run; resolves its validation accuracy, the lr and the epochs used. */
 export async function run({ part: _part, variant: _variant, sweep: _sweep, choice: _choice, folds: _folds, family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, lrSearch = false, bnPolicy, ...rest }) {
-  return withCell({ family, dataset, budget, seed }, async (model, picked, val) => {
-    if (bnPolicy) model.bnPolicy = bnPolicy;
+  return withCell({ family, dataset, budget, seed, bnPolicy }, async (model, picked, val) => {
     const started = Date.now();
     // freezeEpochs, epochs, minSteps, weightDecay, pctStart: fineTune's own defaults unless the cell names them.
     const history = await fineTune(model, { train: data.loader(picked, { batchSize: 32, shuffle: true, seed }), numClasses: 5, lr, lrRule, lrScale, lrSearch, lrMult, ...rest });
@@ -130,7 +131,7 @@ async function sweep(cells) {
   const pending = [...dealt(true), ...dealt(false)];
   for (const [k, cell] of pending.entries()) {
     const key = JSON.stringify(cell);
-    const result = cell.part === 'folds' ? await foldRun(cell) : await run(cell);
+    const result = cell.part === 'folds' || cell.part === 'bn-folds' ? await foldRun(cell) : await run(cell);
     appendFileSync(runsFile, `${JSON.stringify({ key, ...cell, ...result })}\n`);
     console.log(`${k + 1}/${pending.length} ${key} -> ${(result.accuracy * 100).toFixed(1)}% at lr ${result.lr.toExponential(2)} (${result.seconds.toFixed(1)}s)`);
   }
@@ -218,6 +219,25 @@ function bnCells() {
     for (const dataset of DATASETS)
       for (const budget of RUN_BUDGETS)
         for (const seed of RUN_SEEDS.filter((s) => s < 3)) for (const lr of BN_GRID) cells.push({ part: 'bn', family, dataset, budget, seed, ...DEFAULTS, lr, bnPolicy: 'eval' });
+  return cells;
+}
+
+/**
+ * The default's search again with bnPolicy 'eval', seeds 0-2: the trials of each search (the
+ * same lrs, since the range test trains the head alone, where both policies keep every
+ * BatchNorm on its running statistics) scored on the folds lrSearch uses (`bn-folds`), and
+ * a run on all the labels at each (`bn-trials`), so that a search over both policies can
+ * be scored as the default is.
+ */
+function bnSearchCells(kind) {
+  const cells = [];
+  for (const r of earlierSearches(readRuns()))
+    if (FAMILIES.includes(r.family) && RUN_BUDGETS.includes(r.budget) && RUN_SEEDS.includes(r.seed) && r.seed < 3)
+      for (const trial of r.search.trials) {
+        const [freezeEpochs, epochs] = r.epochs.split('+').map(Number);
+        if (kind === 'bn-trials') cells.push({ part: kind, family: r.family, dataset: r.dataset, budget: r.budget, seed: r.seed, ...DEFAULTS, lr: trial.lr, bnPolicy: 'eval' });
+        else for (const fold of r.search.holdout < MIN_HOLDOUT ? [0, 1, 2, 3, 4] : [0]) cells.push({ ...foldCell(r, trial.lr, fold, freezeEpochs, epochs), part: kind, bnPolicy: 'eval' });
+      }
   return cells;
 }
 
@@ -565,6 +585,8 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     if (part === 'trials' || part === 'all') await sweep(trialCells());
     if (part === 'folds' || part === 'all') await sweep(foldCells());
     if (part === 'bn' || part === 'all') await sweep(bnCells());
+    if (part === 'bn-folds' || part === 'all') await sweep(bnSearchCells('bn-folds'));
+    if (part === 'bn-trials' || part === 'all') await sweep(bnSearchCells('bn-trials'));
     if (shards === 1) report();
   }
 }

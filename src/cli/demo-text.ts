@@ -94,7 +94,7 @@ export async function runTextDemo(flags: TextDemoFlags): Promise<void> {
       )
     ).dispose();
     // The scratch baseline's lr and epochs, so that only the starting weights differ (lr: 'auto'
-    // chooses 0.015-0.022 on these 32 fortunes and trains 64 epochs; see the README).
+    // chooses 0.018-0.030 on these 32 fortunes and trains 64 epochs; see the README).
     const tuned = await approach('fine-tune', () => undefined, (model) => fineTune(model, { train: trainLoader, numClasses: LANGUAGES.length, epochs: epochs - 1, freezeEpochs: 1, lr: 1e-2, loss }));
     (
       await approach(
