@@ -369,8 +369,19 @@ function accuracyAt(runs) {
  */
 function foldScores(r, folds) {
   if (!oneFold(r)) return r.search.trials;
+  const fold0 = (t) => ({ loss: t.loss, accuracy: t.accuracy, holdout: r.search.holdout });
+  return pooledTrials(r, (t, fold) => (fold === 0 ? fold0(t) : folds.get(`${at(r, t.lr)}|${fold}`)));
+}
+
+/**
+ * A search's trials scored on the folds lrSearch uses for its held-out size, each fold's
+ * score from `partOf(trial, fold)`, pooled by held-out sample as src/train.ts pools them.
+ * Undefined while a fold is missing.
+ */
+function pooledTrials(r, partOf) {
+  const used = r.search.holdout < MIN_HOLDOUT ? [0, 1, 2, 3, 4] : [0];
   const trials = r.search.trials.map((t) => {
-    const parts = [{ loss: t.loss, accuracy: t.accuracy, holdout: r.search.holdout }, ...[1, 2, 3, 4].map((fold) => folds.get(`${at(r, t.lr)}|${fold}`))];
+    const parts = used.map((fold) => partOf(t, fold));
     if (parts.some((p) => p === undefined)) return undefined;
     const holdout = parts.reduce((n, p) => n + p.holdout, 0);
     return { lr: t.lr, loss: parts.reduce((sum, p) => sum + p.loss * p.holdout, 0) / holdout, accuracy: parts.reduce((sum, p) => sum + p.accuracy * p.holdout, 0) / holdout };
@@ -517,6 +528,62 @@ function bnSection(bn, grid) {
   return lines;
 }
 
+/**
+ * The default's searches under bnPolicy 'eval' (`bn-folds`, `bn-trials`) against the same
+ * searches under 'frozen-eval', and a search that ranks all ten trials (five lrs, two
+ * policies) by fineTune's rule; each against the best grid point of either policy on the
+ * same seeds. Cells show the seeds whose both searches are complete.
+ */
+function bnSearchSection(runs, measured) {
+  const own = (part) => runs.filter((r) => r.part === part && keyOf(r).sweep === DEFAULTS.sweep);
+  const bnFolds = new Map(own('bn-folds').map((r) => [`${at(r, r.lr)}|${r.fold}`, r]));
+  if (bnFolds.size === 0) return [];
+  const [reached, bnReached, folds] = [accuracyAt(runs), new Map(own('bn-trials').map((r) => [at(r, r.lr), r.accuracy])), foldsPart(runs)];
+  const bnGrid = own('bn');
+  const lines = [
+    "## fineTune's search with every BatchNorm layer on its running statistics",
+    '',
+    "The default's searches again with bnPolicy 'eval' (the same five trial lrs: the range test trains the head alone, where both policies agree), and a search that ranks all ten trials, five lrs under each policy, by fineTune's rule. Mean validation accuracy over the seeds whose searches are complete under both policies; the gap is to the best grid point of either policy on those seeds.",
+    '',
+    "| model | dataset | labels/class | seeds | best grid 'frozen-eval' | best grid 'eval' | lr: 'auto', 'frozen-eval' | lr: 'auto', 'eval' | search over both | its policies | gap |",
+    '|---|---|---|---|---|---|---|---|---|---|---|',
+  ];
+  const gaps = {};
+  for (const family of Object.keys(MODELS))
+    for (const dataset of DATASETS)
+      for (const budget of BUDGETS) {
+        const inCell = (r) => r.family === family && r.dataset === dataset && r.budget === budget;
+        const picks = [];
+        for (const r of earlierSearches(measured.filter(inCell))) {
+          const frozen = foldScores(r, folds);
+          const bn = pooledTrials(r, (t, fold) => bnFolds.get(`${at(r, t.lr)}|${fold}`));
+          if (!frozen || !bn || r.search.trials.some((t) => !reached.has(at(r, t.lr)) || !bnReached.has(at(r, t.lr)))) continue;
+          const both = CHOICES[CHOICE]([...frozen, ...bn]);
+          picks.push({
+            seed: r.seed,
+            frozen: reached.get(at(r, frozen[CHOICES[CHOICE](frozen)].lr)),
+            bn: bnReached.get(at(r, bn[CHOICES[CHOICE](bn)].lr)),
+            both: both < frozen.length ? reached.get(at(r, frozen[both].lr)) : bnReached.get(at(r, bn[both - frozen.length].lr)),
+            policy: both < frozen.length ? 'f' : 'e',
+          });
+        }
+        picks.sort((a, b) => a.seed - b.seed);
+        const seeds = picks.map((p) => p.seed);
+        const [frozenGrid, bnGridPoints] = [gridPoints(measured.filter((r) => inCell(r) && typeof keyOf(r).lr === 'number' && seeds.includes(r.seed))), BN_GRID.map((lr) => mean(bnGrid.filter((r) => inCell(r) && keyOf(r).lr === lr && seeds.includes(r.seed)).map((r) => r.accuracy)))];
+        if (picks.length === 0 || [...frozenGrid, ...bnGridPoints].some(Number.isNaN)) continue;
+        const best = Math.max(...frozenGrid, ...bnGridPoints);
+        const gap = (best - mean(picks.map((p) => p.both))) * 100;
+        (gaps[family] ??= []).push({ gap, both: mean(picks.map((p) => p.both)), frozen: mean(picks.map((p) => p.frozen)) });
+        lines.push(`| ${family} | ${dataset} | ${budget} | ${seeds.join(', ')} | ${pct(Math.max(...frozenGrid))} | ${pct(Math.max(...bnGridPoints))} | ${pct(mean(picks.map((p) => p.frozen)))} | ${pct(mean(picks.map((p) => p.bn)))} | ${pct(mean(picks.map((p) => p.both)))} | ${picks.map((p) => p.policy).join('')} | ${gap.toFixed(1)} |`);
+      }
+  lines.push('', "Policies: f 'frozen-eval', e 'eval', by seed.", '');
+  for (const [family, cells] of Object.entries(gaps)) {
+    const gs = cells.map((c) => c.gap);
+    lines.push(`${family}: the search over both within 2 points of the better grid in ${gs.filter((g) => g <= 2).length} of ${cells.length} cells, mean gap ${mean(gs).toFixed(2)} points, worst ${Math.max(...gs).toFixed(1)}; mean accuracy over the cells ${pct(mean(cells.map((c) => c.both)))}, against ${pct(mean(cells.map((c) => c.frozen)))} for lr: 'auto' under 'frozen-eval'.`, '');
+  }
+  return lines;
+}
+
 /** One row per variant: mean accuracy per model family. */
 function othersSection(runs) {
   if (runs.length === 0) return [];
@@ -557,6 +624,7 @@ function report() {
   const earlier = grid.filter((r) => keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult && keyOf(r).sweep === undefined);
   lines.push(...gridSection(earlier, '## Before `lrSearch`, on an earlier build: the range test alone', { isDefault: rangeTestAlone, what: 'the valley rule × 7' }));
   lines.push(...bnSection(runs.filter((r) => r.part === 'bn' && keyOf(r).sweep === DEFAULTS.sweep), measured.filter((r) => typeof keyOf(r).lr === 'number')));
+  lines.push(...bnSearchSection(runs, measured));
   lines.push(...othersSection(runs.filter((r) => r.part === 'others')));
   // Earlier sweeps, kept because the defaults above were chosen against them.
   const fixedEpochs = grid.filter((r) => keyOf(r).minSteps === undefined);
