@@ -571,6 +571,8 @@ export interface LrSearchReport {
   holdout?: number;
   /** The held-out folds each lr ran on: 5 when one fold holds out fewer than 100 samples, else 1. */
   folds?: number;
+  /** What ranked the trials: `'loss + 2 × error rate'` where they report accuracy, else `'loss'`. */
+  score?: string;
   /** Each trial, in the order run. */
   trials?: LrTrial[];
 }
@@ -798,7 +800,8 @@ async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, sugges
   }
   const best = trials[bestTrial(trials)];
   if (best === undefined) return { lr: suggested, report: { used: false, reason: 'aborted' } };
-  return { lr: best.lr, report: { used: true, holdout, folds: folds.length, trials } };
+  const score = classification ? `loss + ${LR_TRIAL_ERROR_WEIGHT} × error rate` : 'loss';
+  return { lr: best.lr, report: { used: true, holdout, folds: folds.length, score, trials } };
 }
 
 /**

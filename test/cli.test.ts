@@ -142,7 +142,7 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
     // Without --json: a line per trial as it ends, and how the lr was chosen.
     const told = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--out', 's4.pt');
     expect(told.stderr.match(/^lr trial \d\/5 {2}lr \S+ {2}held-out acc \d+\.\d% {2}loss \d+\.\d{4}$/gm)).toHaveLength(5);
-    expect(told.stdout).toMatch(/^lr \S+, the lowest held-out loss \+ 2 × error of 5 trials on 86 held-out training samples, 5 folds \((\S+ loss \d+\.\d{3} \(\d+\.\d%\)(, )?){5}\) around the LR range test \(valley rule × 7; /m);
+    expect(told.stdout).toMatch(/^lr \S+, the lowest held-out loss \+ 2 × error rate of 5 trials on 86 held-out training samples, 5 folds \((\S+ loss \d+\.\d{3} \(\d+\.\d%\)(, )?){5}\) around the LR range test \(valley rule × 7; /m);
   });
 });
 

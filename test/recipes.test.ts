@@ -39,8 +39,8 @@ describe("fineTune({ lr: 'auto' })", () => {
     for (const lr of [valley, peak, minimum, steepest]) expect(lr).toBeGreaterThan(1e-7);
     // 200 labels, 40 a class: a fifth holds out 40, under 100, so every lr runs on all five
     // fifths and is scored on all 200; trials at the valley × 7 times 1/4 … 4.
-    const { used, holdout, folds, trials } = finder.search;
-    expect([used, holdout, folds]).toEqual([true, 200, 5]);
+    const { used, holdout, folds, score, trials } = finder.search;
+    expect([used, holdout, folds, score]).toEqual([true, 200, 5, 'loss + 2 × error rate']);
     expect(trials!.map((t) => t.lr / (valley * 7))).toEqual([0.25, 0.5, 1, 2, 4].map((f) => expect.closeTo(f, 12)));
     for (const t of trials!) {
       expect(t.accuracy! * 200).toBeCloseTo(Math.round(t.accuracy! * 200), 9); // a share of 200 samples

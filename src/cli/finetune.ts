@@ -105,6 +105,5 @@ function describeLr(history: FineTuneHistory): string {
   if (!search.used) return `${lr}, chosen by ${test}; no held-out trials: ${search.reason}`;
   const trials = search.trials!.map((t) => `${t.lr.toExponential(2)} loss ${t.loss.toFixed(3)}${t.accuracy === undefined ? '' : ` (${(t.accuracy * 100).toFixed(1)}%)`}`).join(', ');
   const folds = search.folds! > 1 ? `, ${search.folds} folds` : '';
-  const score = search.trials!.every((t) => t.accuracy !== undefined) ? 'loss + 2 × error' : 'loss';
-  return `${lr}, the lowest held-out ${score} of ${search.trials!.length} trials on ${search.holdout} held-out training samples${folds} (${trials}) around ${test}`;
+  return `${lr}, the lowest held-out ${search.score} of ${search.trials!.length} trials on ${search.holdout} held-out training samples${folds} (${trials}) around ${test}`;
 }
