@@ -494,9 +494,9 @@ export interface FineTuneOptions {
    * this same recipe on the rest at the range test's lr times each of 1/4, 1/2, 1, 2 and 4,
    * scores each run on the held-out part, and trains on all the data at the lr whose held-out
    * loss plus twice its error rate (the loss alone without class targets) is lowest. Where a
-   * fifth holds out fewer than 100 samples, each lr runs on all five fifths in turn (five-fold cross-validation)
-   * and is scored on every sample: a fifth of 10 labels a class is 2 a class, too few to rank
-   * lrs by (bench/results/recipes.md). The trials cost five runs on 80% of the data, 25 on
+   * fifth holds out fewer than 100 samples, each lr runs on all five fifths in turn
+   * (five-fold cross-validation) and is scored on every sample: a fifth of 10 labels a class
+   * is 2 a class, too few to rank lrs by (bench/results/recipes.md). The trials cost five runs on 80% of the data, 25 on
    * such small sets; the model and the random generator are put back before each and after
    * them, so the final run equals one given the chosen lr. `'auto'` searches on training sets
    * of at most 2,000 samples, where trials are cheap and the range test least reliable, and
@@ -808,8 +808,8 @@ async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, sugges
  * The trial with the lowest held-out score: the loss plus twice the error rate where the
  * trials report accuracy, else the loss. Loss alone can prefer an lr whose runs collapsed to
  * near-uniform outputs (a loss near ln(classes), at chance) to one whose runs learned but are
- * overconfident on hard data; accuracy alone ranks lrs by a handful of samples. Over the recipe sweep's 180 searches,
- * scored on lrSearch's folds, the sum landed within 2 points of the best grid lr in 26 of 30
+ * overconfident on hard data; accuracy alone ranks lrs by a handful of samples. Over the
+ * recipe sweep's 180 searches, scored on lrSearch's folds, the sum landed within 2 points of the best grid lr in 26 of 30
  * cells, 0.37 points short on average and 4.0 at worst, against 25, 0.81 and 9.5 for the
  * loss averaged 1-2-1 with its neighbours' (the rule before), 24 for the loss alone and 22
  * for accuracy then loss; on either half of the seeds alone its mean and worst gaps were

@@ -209,6 +209,7 @@ function foldCells() {
     }
   return cells;
 }
+
 /**
  * The grid again with bnPolicy 'eval' (every BatchNorm layer normalising by its running
  * statistics while it fine-tunes, its scale and shift still training), one step lower and
@@ -238,7 +239,7 @@ function bnSearchCells(kind) {
       for (const trial of r.search.trials) {
         const [freezeEpochs, epochs] = r.epochs.split('+').map(Number);
         if (kind === 'bn-trials') cells.push({ part: kind, family: r.family, dataset: r.dataset, budget: r.budget, seed: r.seed, ...DEFAULTS, lr: trial.lr, bnPolicy: 'eval' });
-        else for (const fold of r.search.holdout < MIN_HOLDOUT ? [0, 1, 2, 3, 4] : [0]) cells.push({ ...foldCell(r, trial.lr, fold, freezeEpochs, epochs), part: kind, bnPolicy: 'eval' });
+        else for (const fold of foldsOf(r)) cells.push({ ...foldCell(r, trial.lr, fold, freezeEpochs, epochs), part: kind, bnPolicy: 'eval' });
       }
   return cells;
 }
@@ -261,12 +262,16 @@ async function foldRun({ lr, fold, freezeEpochs, epochs, ...cell }) {
 
 const readRuns = () => (existsSync(runsFile) ? readFileSync(runsFile, 'utf8').trim().split('\n').filter(Boolean).map((line) => JSON.parse(line)) : []);
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+/** The sample standard deviation. */
+const sd = (xs) => Math.sqrt(xs.reduce((a, x) => a + (x - mean(xs)) ** 2, 0) / (xs.length - 1));
 const pct = (v) => (Number.isNaN(v) ? '-' : `${(v * 100).toFixed(1)}%`);
 const keyOf = (r) => JSON.parse(r.key);
 // The default: the range test's valley × 7, then (since lrSearch) the best of five held-out trials around it.
 const rangeTestAlone = (r) => keyOf(r).lr === 'auto' && r.lrScale === 7 && keyOf(r).lrSearch === undefined;
 const searched = (r) => keyOf(r).lr === 'auto' && keyOf(r).lrSearch === 'auto';
 const isCurrentDefault = (r) => searched(r) && keyOf(r).choice === CHOICE && keyOf(r).folds === FOLDS;
+// The folds lrSearch scores a search's trials on, by how many samples fold 0 held out (src/train.ts).
+const foldsOf = (r) => (r.search.holdout < MIN_HOLDOUT ? [0, 1, 2, 3, 4] : [0]);
 // A search that scored its trials on one fold where five would now run.
 const oneFold = (r) => searched(r) && r.search?.used && r.search.folds === undefined && r.search.holdout < MIN_HOLDOUT;
 
@@ -320,7 +325,7 @@ function compare(cell, isDefault) {
   const auto = mean(defaults.map((r) => r.accuracy));
   const atBest = cell.filter((r) => keyOf(r).lr === GRID[points.indexOf(best)]);
   const diffs = defaults.flatMap((d) => atBest.filter((g) => g.seed === d.seed).map((g) => (g.accuracy - d.accuracy) * 100));
-  const spread = diffs.length > 1 ? Math.sqrt(diffs.reduce((a, x) => a + (x - mean(diffs)) ** 2, 0) / (diffs.length - 1) / diffs.length) : NaN;
+  const spread = diffs.length > 1 ? sd(diffs) / Math.sqrt(diffs.length) : NaN;
   return { auto, points, best, gap: (best - auto) * 100, se: spread, seeds: seeds.size };
 }
 
@@ -381,9 +386,8 @@ function foldScores(r, folds) {
  * Undefined while a fold is missing.
  */
 function pooledTrials(r, partOf) {
-  const used = r.search.holdout < MIN_HOLDOUT ? [0, 1, 2, 3, 4] : [0];
   const trials = r.search.trials.map((t) => {
-    const parts = used.map((fold) => partOf(t, fold));
+    const parts = foldsOf(r).map((fold) => partOf(t, fold));
     if (parts.some((p) => p === undefined)) return undefined;
     const holdout = parts.reduce((n, p) => n + p.holdout, 0);
     return { lr: t.lr, loss: parts.reduce((sum, p) => sum + p.loss * p.holdout, 0) / holdout, accuracy: parts.reduce((sum, p) => sum + p.accuracy * p.holdout, 0) / holdout };
@@ -498,13 +502,12 @@ function noiseSection(runs, derived) {
 function bnSection(bn, grid) {
   if (bn.length === 0) return [];
   const seeds = [...new Set(bn.map((r) => r.seed))].sort();
-  const sd = (xs) => Math.sqrt(xs.reduce((a, x) => a + (x - mean(xs)) ** 2, 0) / (xs.length - 1));
   /** The lr with the best mean over `seeds`, its mean and the seeds' spread; undefined until every seed ran. */
   const best = (runs, lrs) => {
-    const at = lrs.map((lr) => runs.filter((r) => keyOf(r).lr === lr && seeds.includes(r.seed)).map((r) => r.accuracy));
-    if (at.some((xs) => xs.length < seeds.length)) return undefined;
-    const k = at.reduce((b, xs, i) => (mean(xs) > mean(at[b]) ? i : b), 0);
-    return { lr: lrs[k], mean: mean(at[k]), sd: sd(at[k]), means: at.map(mean) };
+    const byLr = lrs.map((lr) => runs.filter((r) => keyOf(r).lr === lr && seeds.includes(r.seed)).map((r) => r.accuracy));
+    if (byLr.some((xs) => xs.length < seeds.length)) return undefined;
+    const k = byLr.reduce((b, xs, i) => (mean(xs) > mean(byLr[b]) ? i : b), 0);
+    return { lr: lrs[k], mean: mean(byLr[k]), sd: sd(byLr[k]), means: byLr.map(mean) };
   };
   const lines = [
     `## Every BatchNorm layer on its running statistics (\`bnPolicy = 'eval'\`), seeds ${seeds.join(', ')}`,
@@ -566,16 +569,12 @@ function bnSearchSection(runs, measured) {
           const frozen = foldScores(r, folds);
           const bn = pooledTrials(r, (t, fold) => bnFolds.get(`${at(r, t.lr)}|${fold}`));
           if (!frozen || !bn || r.search.trials.some((t) => !reached.has(at(r, t.lr)) || !bnReached.has(at(r, t.lr)))) continue;
-          const both = CHOICES[CHOICE]([...frozen, ...bn]);
-          const lower = CHOICES[CHOICE]([...frozen, ...bn.slice(0, LOWER_TRIALS)]);
-          picks.push({
-            lower: lower < frozen.length ? reached.get(at(r, frozen[lower].lr)) : bnReached.get(at(r, bn[lower - frozen.length].lr)),
-            seed: r.seed,
-            frozen: reached.get(at(r, frozen[CHOICES[CHOICE](frozen)].lr)),
-            bn: bnReached.get(at(r, bn[CHOICES[CHOICE](bn)].lr)),
-            both: both < frozen.length ? reached.get(at(r, frozen[both].lr)) : bnReached.get(at(r, bn[both - frozen.length].lr)),
-            policy: both < frozen.length ? 'f' : 'e',
-          });
+          // Each trial with the accuracy a run given its lr and policy reached; fineTune's rule picks among a list.
+          const f = frozen.map((t) => ({ ...t, reached: reached.get(at(r, t.lr)), policy: 'f' }));
+          const e = bn.map((t) => ({ ...t, reached: bnReached.get(at(r, t.lr)), policy: 'e' }));
+          const pick = (trials) => trials[CHOICES[CHOICE](trials)];
+          const both = pick([...f, ...e]);
+          picks.push({ seed: r.seed, frozen: pick(f).reached, bn: pick(e).reached, both: both.reached, policy: both.policy, lower: pick([...f, ...e.slice(0, LOWER_TRIALS)]).reached });
         }
         picks.sort((a, b) => a.seed - b.seed);
         const seeds = picks.map((p) => p.seed);
