@@ -12,7 +12,7 @@ import { TorchError } from './errors';
 import type { Loader, LoaderBatch } from './data/loader';
 import { Loss, crossEntropy } from './loss';
 import type { Metrics, MetricSpec } from './metrics';
-import { type BatchInput, disposeBatch, kStepGroups, Model, type TrainStepOptions, type TrainStepResult } from './model';
+import { type BatchInput, type BatchNormPolicy, disposeBatch, kStepGroups, Model, type TrainStepOptions, type TrainStepResult } from './model';
 import { native } from './native';
 import { Optimizer, adamw, type ParamGroupSpec } from './optim';
 import { PlateauScheduler, Scheduler, oneCycle } from './sched';
@@ -500,9 +500,26 @@ export interface FineTuneOptions {
    * such small sets; the model and the random generator are put back before each and after
    * them, so the final run equals one given the chosen lr. `'auto'` searches on training sets
    * of at most 2,000 samples, where trials are cheap and the range test least reliable, and
-   * says otherwise in the result's `lrFinder.search`. Defaults to `'auto'`.
+   * says otherwise in the result's `lrFinder.search`. With `bnPolicy: 'auto'` the search
+   * may also try BatchNorm policy `'eval'` (see `bnPolicy`). Defaults to `'auto'`.
    */
   lrSearch?: boolean | 'auto';
+  /**
+   * How BatchNorm layers train (see {@link Model.bnPolicy}): a policy, set on the model for
+   * this run and left there, or `'auto'`: the model's own policy, except that where `lrSearch`
+   * runs on a model with BatchNorm layers that its body's unfreezing trains, the search also
+   * tries `'eval'` (every BatchNorm layer on its running statistics) at ¼, ½ and 1× the range
+   * test's lr, eight trials in all (40 runs on small sets). The best trial wins as before, but
+   * one under `'eval'` only where its three trials also have the lower mean held-out loss than
+   * the model's policy at those lrs (else the model's policy's best trial does); the final run
+   * trains under the winner's policy, which stays set on the model and is in the result's `bnPolicy`.
+   * Which policy suits depends on the model: in the recipe sweep (bench/results/recipes.md),
+   * `'eval'` raised MobileNetV3's best grid accuracy by 5.2 points and cost the shipped CNN
+   * 8.5; it diverged on MobileNetV3 from lr 0.03, and at the higher trial lrs a CNN run
+   * on all the data collapsed where its trials on 80% had trained well, hence the lower three
+   * lrs only. Defaults to `'auto'`.
+   */
+  bnPolicy?: BatchNormPolicy | 'auto';
   /**
    * The earliest layers train at `lr / lrMult`, later ones geometrically closer to `lr`.
    * fastai's 100 suits long ImageNet runs. In the recipe sweep (bench/results/recipes.md),
@@ -552,6 +569,8 @@ export type FineTuneHistory = EpochRecord[] & {
   /** The epoch counts used: as given, or the defaults scaled by `minSteps`. */
   freezeEpochs: number;
   epochs: number;
+  /** The BatchNorm policy the run trained under: as given, or the one `bnPolicy: 'auto'` chose. */
+  bnPolicy: BatchNormPolicy;
   /** How the head-only phase ran: on cached features or not, and why not. */
   featureCache?: FeatureCacheReport;
   /**
@@ -577,15 +596,18 @@ export interface LrSearchReport {
   trials?: LrTrial[];
 }
 
-/** One of `lrSearch`'s trials: its lr, and its held-out loss (and accuracy, for classification) over all folds. */
+/** One of `lrSearch`'s trials: its lr and BatchNorm policy, and its held-out loss (and accuracy, for classification) over all folds. */
 export interface LrTrial {
   lr: number;
+  bnPolicy: BatchNormPolicy;
   loss: number;
   accuracy?: number;
 }
 
 /** The lrs `lrSearch` tries, as factors of the range test's. */
 const LR_TRIAL_FACTORS = [0.25, 0.5, 1, 2, 4];
+/** The lower of those, at which `bnPolicy: 'auto'` also tries BatchNorm policy 'eval'. */
+const LR_TRIAL_EVAL_FACTORS = LR_TRIAL_FACTORS.slice(0, 3);
 /** The largest training set `lrSearch: 'auto'` searches on. */
 const LR_SEARCH_MAX_SAMPLES = 2000;
 /** Holding out fewer samples than this, `lrSearch` runs each lr on all five folds rather than one. */
@@ -614,7 +636,7 @@ interface Recipe {
  * BatchNorm policy keeps frozen BatchNorm layers in eval mode throughout.
  */
 export async function fineTune(model: Model, options: FineTuneOptions): Promise<FineTuneHistory> {
-  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'minSteps', 'lr', 'lrRule', 'lrScale', 'lrSearch', 'lrMult', 'unfreeze', 'weightDecay', 'pctStart', 'cacheFeatures', 'cacheBudgetMB', 'loss', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng']) as FineTuneOptions;
+  const o = checkOptions<FineTuneOptions>(options, 'options', ['train', 'val', 'numClasses', 'dropout', 'freezeEpochs', 'epochs', 'minSteps', 'lr', 'lrRule', 'lrScale', 'lrSearch', 'bnPolicy', 'lrMult', 'unfreeze', 'weightDecay', 'pctStart', 'cacheFeatures', 'cacheBudgetMB', 'loss', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng']) as FineTuneOptions;
   const resumed = o.resume === undefined ? undefined : await readCheckpointPosition(checkString(o.resume, 'options.resume'));
   const resumeStage = resumed?.stage ?? -1;
   const minSteps = checkInteger(o.minSteps ?? 128, 'options.minSteps', 0, 'a non-negative integer');
@@ -629,11 +651,13 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   if (lrScale <= 0) throw rangeError('a positive number', 'options.lrScale', lrScale);
   const lrSearch = o.lrSearch ?? 'auto';
   if (lrSearch !== true && lrSearch !== false && lrSearch !== 'auto') throw typeError("true, false or 'auto'", 'options.lrSearch', lrSearch);
+  const bnPolicy = checkOneOf(o.bnPolicy ?? 'auto', 'options.bnPolicy', ['auto', 'frozen-eval', 'eval', 'train'] as const);
   const lrMult = checkFiniteNumber(o.lrMult ?? 1, 'options.lrMult');
   if (lrMult < 1) throw rangeError('a number ≥ 1', 'options.lrMult', lrMult);
   const stages = o.unfreeze === undefined || o.unfreeze === 'all' ? ['all'] : o.unfreeze;
   if (!Array.isArray(stages) || stages.length === 0) throw typeError("'all' or a non-empty array of prefixes", 'options.unfreeze', o.unfreeze);
   await model.idle(); // operations called before (a data-parallel broadcast) come first
+  if (bnPolicy !== 'auto') model.bnPolicy = bnPolicy;
   const head = o.numClasses === undefined ? undefined : model.resetClassifier(o.numClasses, { dropout: o.dropout ?? 0 });
   const headPath = head ?? model.classifierHead();
   if (headPath === undefined) throw new RangeError('Expected a model with a Linear head for `fineTune` but found none; pass `numClasses`');
@@ -644,34 +668,38 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   try {
     // A resumed run reuses the lr its checkpoint recorded: a new range test on weights
     // already trained would pick another one and break exact resumption.
-    const recorded = (resumed?.callbacks.fineTune as { lr?: number } | undefined)?.lr;
+    const recorded = resumed?.callbacks.fineTune as { lr?: number; bnPolicy?: BatchNormPolicy } | undefined;
+    if (bnPolicy === 'auto' && recorded?.bnPolicy !== undefined) model.bnPolicy = recorded.bnPolicy;
     let finder: FineTuneHistory['lrFinder'];
     let baseLr: number;
     if (!auto) baseLr = o.lr as number;
-    else if (recorded !== undefined) baseLr = recorded;
+    else if (recorded?.lr !== undefined) baseLr = recorded.lr;
     else {
       const found = await findLr(cache?.head ?? model, cache?.train ?? o.train, { ...(o.loss && { loss: o.loss }) });
       const suggested = found.suggestions[rule] * lrScale;
       const plan = planLrSearch(o, lrSearch);
       let search: LrSearchReport;
       if (plan.used) {
-        // The trials train the whole model: the head goes back in now and the cache is made again after them.
+        // The trials train the whole model: the head goes back in now, and the cache is made
+        // again after them, under the policy they chose.
         if (cache) await restoreHead(model, headPath, cache.head);
-        ({ lr: baseLr, report: search } = await searchLr(model, recipe, o, suggested, plan.folds));
-        if (cache) ({ cache, featureCache } = await headOnlyCache(model, headPath, o, freezeEpochs, resumeStage));
+        const policies = bnPolicy === 'auto' && model.bnPolicy !== 'eval' && bodyBatchNormTrains(model, headPath, recipe) ? [model.bnPolicy, 'eval' as const] : [model.bnPolicy];
+        ({ lr: baseLr, report: search } = await searchLr(model, recipe, o, suggested, plan.folds, policies));
+        ({ cache, featureCache } = await headOnlyCache(model, headPath, o, freezeEpochs, resumeStage));
       } else {
         baseLr = suggested;
         search = plan;
       }
       finder = { rule, scale: lrScale, suggestions: found.suggestions, search };
     }
+    const trainedUnder = model.bnPolicy;
     const remember: Callback = {
       name: 'fineTune',
       onEpochEnd: (ctx) => {
-        ctx.callbackState.fineTune = { lr: baseLr };
+        ctx.callbackState.fineTune = { lr: baseLr, bnPolicy: trainedUnder };
       },
     };
-    const history: FineTuneHistory = Object.assign([] as EpochRecord[], { lr: baseLr, freezeEpochs, epochs, ...(finder && { lrFinder: finder }), ...(featureCache && { featureCache }) });
+    const history: FineTuneHistory = Object.assign([] as EpochRecord[], { lr: baseLr, bnPolicy: trainedUnder, freezeEpochs, epochs, ...(finder && { lrFinder: finder }), ...(featureCache && { featureCache }) });
     await runRecipe(model, recipe, baseLr, { train: o.train, val: o.val, cache, metrics: o.metrics, callbacks: [remember, ...(o.callbacks ?? [])], resume: o.resume, resumeStage, resumeRng: o.resumeRng }, history);
     return history;
   } finally {
@@ -758,22 +786,36 @@ function isClassification(ds: Dataset<BatchInput>, loss: Loss | undefined): bool
 }
 
 /**
- * `lrSearch`'s trials: the recipe at `suggested` times each of LR_TRIAL_FACTORS, on the
- * training part of each fold, scored on its held-out part (the loss and accuracy over all
- * folds' held-out samples); the model (new head, body frozen) and the generator are put back
- * before each run and afterwards. Resolves the winner, with the report.
+ * Whether a BatchNorm layer trains once the body unfreezes, so that the BatchNorm policy
+ * matters: the head-only phase keeps a frozen body's BatchNorm in eval mode under every policy.
  */
-async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, suggested: number, folds: Parts[]): Promise<{ lr: number; report: LrSearchReport }> {
+function bodyBatchNormTrains(model: Model, headPath: string, recipe: Recipe): boolean {
+  if (recipe.epochs === 0) return false;
+  const under = (prefix: string) => (path: string) => prefix === 'all' || path === prefix || path.startsWith(`${prefix}.`);
+  return model.modules().some((m) => /BatchNorm/.test(m.type) && m.params > 0 && !under(headPath)(m.path) && recipe.stages.some((stage) => under(stage)(m.path)));
+}
+
+/**
+ * `lrSearch`'s trials: the recipe at `suggested` times each of LR_TRIAL_FACTORS under the
+ * first of `policies`, and times each of LR_TRIAL_EVAL_FACTORS under the second where there
+ * is one, on the training part of each fold, scored on its held-out part (the loss and
+ * accuracy over all folds' held-out samples); the model (new head, body frozen) and the
+ * generator are put back before each run and afterwards. Resolves the winner's lr, with the
+ * report, and leaves its policy set on the model.
+ */
+async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, suggested: number, folds: Parts[], policies: BatchNormPolicy[]): Promise<{ lr: number; report: LrSearchReport }> {
   const classification = isClassification(o.train.dataset, o.loss);
   const lossFn = o.loss ?? crossEntropy();
   const saved = await snapshot(model, { rng: true });
+  const plan = [...LR_TRIAL_FACTORS.map((factor) => ({ factor, bnPolicy: policies[0] })), ...(policies.length > 1 ? LR_TRIAL_EVAL_FACTORS.map((factor) => ({ factor, bnPolicy: policies[1] })) : [])];
   const trials: LrTrial[] = [];
   const listeners = callbacksOfThisRank(model, o.callbacks ?? []).filter((cb) => cb.onLrTrial);
   const holdout = folds.reduce((n, parts) => n + parts.val.length, 0);
   let runs = 0;
   try {
-    for (const [k, factor] of LR_TRIAL_FACTORS.entries()) {
+    for (const [k, { factor, bnPolicy }] of plan.entries()) {
       const lr = suggested * factor;
+      model.bnPolicy = bnPolicy;
       let [loss, hits] = [0, 0];
       for (const parts of folds) {
         if (o.signal?.aborted) break;
@@ -790,35 +832,60 @@ async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, sugges
         hits += (scored.accuracy ?? 0) * parts.val.length;
       }
       if (o.signal?.aborted) break;
-      const trial = { lr, loss: loss / holdout, ...(classification && { accuracy: hits / holdout }) };
+      const trial = { lr, bnPolicy, loss: loss / holdout, ...(classification && { accuracy: hits / holdout }) };
       trials.push(trial);
-      for (const cb of listeners) await cb.onLrTrial!(trial, k, LR_TRIAL_FACTORS.length);
+      for (const cb of listeners) await cb.onLrTrial!(trial, k, plan.length);
     }
   } finally {
     startOver(model, recipe.headPath, saved);
     saved.dispose();
   }
   const best = trials[bestTrial(trials)];
+  model.bnPolicy = best?.bnPolicy ?? policies[0];
   if (best === undefined) return { lr: suggested, report: { used: false, reason: 'aborted' } };
   const score = classification ? `loss + ${LR_TRIAL_ERROR_WEIGHT} × error rate` : 'loss';
   return { lr: best.lr, report: { used: true, holdout, folds: folds.length, score, trials } };
 }
 
 /**
- * The trial with the lowest held-out score: the loss plus twice the error rate where the
- * trials report accuracy, else the loss. Loss alone can prefer an lr whose runs collapsed to
- * near-uniform outputs (a loss near ln(classes), at chance) to one whose runs learned but are
- * overconfident on hard data; accuracy alone ranks lrs by a handful of samples. Over the
- * recipe sweep's 180 searches, scored on lrSearch's folds, the sum landed within 2 points of the best grid lr in 26 of 30
- * cells, 0.37 points short on average and 4.0 at worst, against 25, 0.81 and 9.5 for the
- * loss averaged 1-2-1 with its neighbours' (the rule before), 24 for the loss alone and 22
- * for accuracy then loss; on either half of the seeds alone its mean and worst gaps were
- * still the lowest of those (bench/results/recipes.md, "Choosing among the held-out trials").
+ * The trial fineTune trains at: the lowest held-out score, the loss plus twice the error rate
+ * where the trials report accuracy, else the loss. Loss alone can prefer an lr whose runs
+ * collapsed to near-uniform outputs (a loss near ln(classes), at chance) to one whose runs
+ * learned but are overconfident on hard data; accuracy alone ranks lrs by a handful of
+ * samples. Over the recipe sweep's 180 searches, scored on lrSearch's folds, the sum landed
+ * within 2 points of the best grid lr in 26 of 30 cells, 0.37 points short on average and 4.0
+ * at worst, against 25, 0.81 and 9.5 for the loss averaged 1-2-1 with its neighbours' (the
+ * rule before), 24 for the loss alone and 22 for accuracy then loss; on either half of the
+ * seeds alone its mean and worst gaps were still the lowest of those
+ * (bench/results/recipes.md, "Choosing among the held-out trials").
+ *
+ * Where the trials ran under a second BatchNorm policy, a trial of it wins only if that
+ * policy's trials also have the lower mean held-out loss at the lrs both ran, each pair on
+ * the same folds; else the best trial of the first policy does. A policy suits a model and
+ * its data rather than one lr: the single best trial chose 'eval' for the shipped CNN where
+ * its final runs fell 2.5 points short (fashion, 10 labels a class), and the mean alone can be
+ * carried by one diverging lr of the other policy. With both, 28 of 30 cells landed within 2
+ * points, 25 on either half of the seeds ("Choosing the BatchNorm policy").
  */
 export function bestTrial(trials: LrTrial[]): number {
-  // A diverged trial (NaN or infinite loss) counts as infinitely bad.
-  const scores = trials.map((t) => (Number.isFinite(t.loss) ? t.loss + LR_TRIAL_ERROR_WEIGHT * (1 - (t.accuracy ?? 1)) : Infinity));
+  const first = trials[0]?.bnPolicy;
+  const best = lowestScore(trials, () => true);
+  if (best < 0 || trials[best].bnPolicy === first || meanPairedLoss(trials, trials[best].bnPolicy) < meanPairedLoss(trials, first)) return best;
+  return lowestScore(trials, (t) => t.bnPolicy === first);
+}
+
+/** The index of the lowest-scoring trial that `among` accepts; a diverged trial (NaN or infinite loss) counts as infinitely bad. */
+function lowestScore(trials: LrTrial[], among: (trial: LrTrial) => boolean): number {
+  const scores = trials.map((t) => (among(t) && Number.isFinite(t.loss) ? t.loss + LR_TRIAL_ERROR_WEIGHT * (1 - (t.accuracy ?? 1)) : Infinity));
   return scores.indexOf(Math.min(...scores));
+}
+
+/** The mean held-out loss of `policy`'s trials at the lrs every policy tried (a diverged trial's counts as infinite). */
+function meanPairedLoss(trials: LrTrial[], policy: BatchNormPolicy): number {
+  const policies = new Set(trials.map((t) => t.bnPolicy));
+  const everywhere = (lr: number) => [...policies].every((p) => trials.some((t) => t.bnPolicy === p && t.lr === lr));
+  const losses = trials.filter((t) => t.bnPolicy === policy && everywhere(t.lr)).map((t) => (Number.isFinite(t.loss) ? t.loss : Infinity));
+  return losses.reduce((a, b) => a + b, 0) / losses.length;
 }
 
 /** The model as fineTune's first phase starts it: saved weights and generator, new head trainable, body frozen. */

@@ -139,10 +139,17 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
       return values;
     };
     expect(await weights('s2.pt')).toEqual(await weights('s1.pt'));
-    // Without --json: a line per trial as it ends, and how the lr was chosen.
+    // Without --json: a line per trial as it ends, and how the lr and the BatchNorm policy were chosen.
     const told = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--out', 's4.pt');
-    expect(told.stderr.match(/^lr trial \d\/5 {2}lr \S+ {2}held-out acc \d+\.\d% {2}loss \d+\.\d{4}$/gm)).toHaveLength(5);
-    expect(told.stdout).toMatch(/^lr \S+, the lowest held-out loss \+ 2 × error rate of 5 trials on 86 held-out training samples, 5 folds \((\S+ loss \d+\.\d{3} \(\d+\.\d%\)(, )?){5}\) around the LR range test \(valley rule × 7; /m);
+    expect(told.stderr.match(/^lr trial \d\/8 {2}lr \S+ (frozen-eval|eval) {2}held-out acc \d+\.\d% {2}loss \d+\.\d{4}$/gm)).toHaveLength(8);
+    expect(told.stdout).toMatch(/^lr \S+ under bnPolicy '(frozen-eval|eval)', the lowest held-out loss \+ 2 × error rate of 8 trials on 86 held-out training samples, 5 folds \((\S+ (frozen-eval|eval) loss \d+\.\d{3} \(\d+\.\d%\)(, )?){8}\) around the LR range test \(valley rule × 7; /m);
+    // --bn-policy fixes the policy: five trials, none named, and the saved recipe records it.
+    const fixed = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--bn-policy', 'eval', '--out', 's5.pt', '--json');
+    const { bnPolicy, lrFinder } = JSON.parse(fixed.stdout);
+    expect([bnPolicy, ...lrFinder.search.trials.map((t: { bnPolicy: string }) => t.bnPolicy)]).toEqual(Array(6).fill('eval'));
+    const saved = await loadPretrained(join(work, 's5.pt'));
+    expect((saved.metadata as { recipe: { bnPolicy: string } }).recipe.bnPolicy).toBe('eval');
+    saved.dispose();
   });
 });
 
@@ -176,6 +183,9 @@ describe('torchlite CLI', () => {
     const cache = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', work, '--cache-features', 'maybe');
     expect(cache.status).toBe(2);
     expect(cache.stderr.trim()).toBe("torchlite: Expected one of auto, on, off for `--cache-features` but received 'maybe'");
+    const policy = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', work, '--bn-policy', 'frozen');
+    expect(policy.status).toBe(2);
+    expect(policy.stderr.trim()).toBe("torchlite: Expected one of auto, frozen-eval, eval, train for `--bn-policy` but received 'frozen'");
     const ranks = cli('run', '--nproc', '0', 'train.mjs');
     expect(ranks.status).toBe(2);
     expect(ranks.stderr.trim()).toBe("torchlite: Expected a positive integer for `--nproc` but received '0'");

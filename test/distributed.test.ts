@@ -191,7 +191,8 @@ describe('distributed: process groups and data-parallel training on 2 ranks', ()
   });
 
   // The example takes fineTune's defaults: its 320 samples hold out 64 a fold, so lrSearch
-  // cross-validates 25 trials on both ranks (70-100 s on 2 cores beside other test files).
+  // cross-validates its 8 trials (the CNN has BatchNorm) on 5 folds on both ranks (120-170 s
+  // on 2 cores beside other test files).
   it("the README's example fine-tunes on 2 ranks through `torchlite run`, rank 0 alone printing and writing checkpoints", { timeout: 330_000 }, () => {
     const cwd = mkdtempSync(join(tmpdir(), 'torchlite-example-'));
     const r = spawnSync(process.execPath, [CLI, 'run', '--nproc', '2', join(root, 'examples', 'data-parallel.mjs')], { cwd, encoding: 'utf8', timeout: 300_000 });

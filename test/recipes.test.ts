@@ -6,7 +6,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { checkpoint, data, findLr, fineTune, type FineTuneOptions, loadPretrained, loss, manualSeed, type Tensor } from '../src';
+import { checkpoint, data, findLr, fineTune, type FineTuneOptions, loadPretrained, loss, type LrTrial, manualSeed, type Tensor } from '../src';
 import { bestTrial } from '../src/testing';
 import { fixture, root } from './helpers';
 
@@ -23,14 +23,15 @@ async function tune(lr: number | 'auto', options: Partial<FineTuneOptions> = {})
   const history = await fineTune(model, { train: data.loader(await fashion('train'), { batchSize: 32, shuffle: true, seed: 3 }), numClasses: 5, freezeEpochs: 1, epochs: 3, lr, ...options });
   const weights = Array.from((await (model.stateDict()['classifier.2.weight'] as Tensor).read()) as Float32Array);
   const { accuracy } = await model.evaluate(data.loader(await fashion('t10k'), { batchSize: 250 }), { metrics: ['accuracy'] });
+  const { bnPolicy } = model;
   model.dispose();
-  return { history, weights, accuracy: accuracy! };
+  return { history, weights, accuracy: accuracy!, bnPolicy };
 }
 
 describe("fineTune({ lr: 'auto' })", () => {
-  it('reads the lr off a range test of the new head, tries five around it on held-out labels, then trains exactly as with the winner given', async () => {
-    const seen: [number, number, number][] = [];
-    const auto = await tune('auto', { callbacks: [{ name: 'spy', onLrTrial: (trial, index, count) => void seen.push([index, count, trial.lr]) }] });
+  it("reads the lr off a range test of the new head, tries five around it on held-out labels and the lower three under bnPolicy 'eval', then trains exactly as with the winner given", async () => {
+    const seen: [number, number, number, string][] = [];
+    const auto = await tune('auto', { callbacks: [{ name: 'spy', onLrTrial: (trial, index, count) => void seen.push([index, count, trial.lr, trial.bnPolicy]) }] });
     const finder = auto.history.lrFinder!;
     expect(finder.rule).toBe('valley');
     const { valley, peak, minimum, steepest } = finder.suggestions;
@@ -38,36 +39,44 @@ describe("fineTune({ lr: 'auto' })", () => {
     expect(minimum).toBeCloseTo(peak / 10, 12);
     for (const lr of [valley, peak, minimum, steepest]) expect(lr).toBeGreaterThan(1e-7);
     // 200 labels, 40 a class: a fifth holds out 40, under 100, so every lr runs on all five
-    // fifths and is scored on all 200; trials at the valley × 7 times 1/4 … 4.
+    // fifths and is scored on all 200; trials at the valley × 7 times 1/4 … 4 under the
+    // model's policy, then 1/4 … 1 with every BatchNorm layer on its running statistics.
     const { used, holdout, folds, score, trials } = finder.search;
     expect([used, holdout, folds, score]).toEqual([true, 200, 5, 'loss + 2 × error rate']);
-    expect(trials!.map((t) => t.lr / (valley * 7))).toEqual([0.25, 0.5, 1, 2, 4].map((f) => expect.closeTo(f, 12)));
+    expect(trials!.map((t) => t.lr / (valley * 7))).toEqual([0.25, 0.5, 1, 2, 4, 0.25, 0.5, 1].map((f) => expect.closeTo(f, 12)));
+    expect(trials!.map((t) => t.bnPolicy)).toEqual([...Array(5).fill('frozen-eval'), ...Array(3).fill('eval')]);
     for (const t of trials!) {
       expect(t.accuracy! * 200).toBeCloseTo(Math.round(t.accuracy! * 200), 9); // a share of 200 samples
       expect(t.loss).toBeGreaterThan(0);
     }
-    // A trial's loss pools its five runs: each as fineTune given that lr trains on a fold's
-    // training part, scored on the fold's held-out part.
-    const middle = trials![2];
-    let pooled = 0;
-    for (const fold of [0, 1, 2, 3, 4]) {
-      manualSeed(3);
-      const model = await loadPretrained(SHIPPED);
-      const parts = data.split(await fashion('train'), { val: 0.2, stratify: true, fold });
-      await fineTune(model, { train: data.loader(parts.train, { batchSize: 32, shuffle: true, seed: 3 }), numClasses: 5, freezeEpochs: 1, epochs: 3, lr: middle.lr });
-      pooled += (await model.evaluate(data.loader(parts.val, { batchSize: 32, shuffle: true, seed: 3 }), { loss: loss.crossEntropy() })).loss! * parts.val.length;
-      model.dispose();
+    // A trial's loss pools its five runs: each as fineTune given that lr and policy trains on
+    // a fold's training part, scored on the fold's held-out part.
+    for (const trial of [trials![2], trials![7]]) {
+      let pooled = 0;
+      for (const fold of [0, 1, 2, 3, 4]) {
+        manualSeed(3);
+        const model = await loadPretrained(SHIPPED);
+        const parts = data.split(await fashion('train'), { val: 0.2, stratify: true, fold });
+        await fineTune(model, { train: data.loader(parts.train, { batchSize: 32, shuffle: true, seed: 3 }), numClasses: 5, freezeEpochs: 1, epochs: 3, lr: trial.lr, bnPolicy: trial.bnPolicy });
+        pooled += (await model.evaluate(data.loader(parts.val, { batchSize: 32, shuffle: true, seed: 3 }), { loss: loss.crossEntropy() })).loss! * parts.val.length;
+        model.dispose();
+      }
+      expect(trial.loss).toBe(pooled / 200);
     }
-    expect(middle.loss).toBe(pooled / 200);
-    expect(seen).toEqual(trials!.map((t, i) => [i, 5, t.lr])); // callbacks hear of each trial as it ends
-    // The lowest held-out loss plus twice the error rate.
+    expect(trials![7].loss).not.toBe(trials![2].loss); // the same lr under the other policy trains otherwise
+    expect(seen).toEqual(trials!.map((t, i) => [i, 8, t.lr, t.bnPolicy])); // callbacks hear of each trial as it ends
+    // The lowest held-out loss plus twice the error rate; an 'eval' trial only where the three
+    // 'eval' trials also have the lower mean loss than 'frozen-eval' at the same lrs.
     const scores = trials!.map((t) => t.loss + 2 * (1 - t.accuracy!));
-    const picked = scores.indexOf(Math.min(...scores));
-    expect(picked).toBe(0); // here the smallest, a quarter of the valley × 7
-    expect(auto.history.lr).toBe(trials![picked].lr);
+    const best = scores.indexOf(Math.min(...scores));
+    expect(best).toBe(0); // here 'frozen-eval' at a quarter of the valley × 7 (score 1.74; 'eval' there: 2.26)
+    const meanLoss = (from: number) => (trials![from].loss + trials![from + 1].loss + trials![from + 2].loss) / 3;
+    expect(meanLoss(5)).toBeLessThan(meanLoss(0)); // though 'eval' has the lower mean: 'frozen-eval' diverges at 4× a quarter
+    const picked = best;
+    expect([auto.history.lr, auto.history.bnPolicy, auto.bnPolicy]).toEqual([trials![picked].lr, trials![picked].bnPolicy, trials![picked].bnPolicy]);
     expect(new Set(trials!.map((t) => t.accuracy)).size).toBeGreaterThan(1); // the lrs differ on held-out data
-    // The trials put the model and the generator back: same weights as a run given the lr.
-    const given = await tune(auto.history.lr);
+    // The trials put the model and the generator back: same weights as a run given the lr and policy.
+    const given = await tune(auto.history.lr, { bnPolicy: auto.history.bnPolicy });
     expect(given.history.lrFinder).toBeUndefined();
     expect(given.weights).toEqual(auto.weights);
     expect(auto.accuracy).toBeGreaterThan(0.6); // 200 labels, 4 epochs, deterministic on the CPU; chance is 20%
@@ -84,14 +93,23 @@ describe("fineTune({ lr: 'auto' })", () => {
   });
 
   it('ranks trials by held-out loss plus twice the error rate, or by loss without accuracy', () => {
+    const at = (lr: number, loss: number, accuracy?: number): LrTrial => ({ lr, bnPolicy: 'frozen-eval', loss, ...(accuracy !== undefined && { accuracy }) });
     // Near chance, the lower lr's fewer confident mistakes win on loss (1.50 < 1.60), but the
     // higher one gets 20 points more right: 1.50 + 2 × 0.6 = 2.70 against 1.60 + 2 × 0.4 = 2.40.
-    expect(bestTrial([{ lr: 1, loss: 1.5, accuracy: 0.4 }, { lr: 2, loss: 1.6, accuracy: 0.6 }])).toBe(1);
+    expect(bestTrial([at(1, 1.5, 0.4), at(2, 1.6, 0.6)])).toBe(1);
     // Where accuracy is close, loss decides: 0.30 + 2 × 0.10 = 0.50 against 0.45 + 2 × 0.05 = 0.55.
-    expect(bestTrial([{ lr: 1, loss: 0.3, accuracy: 0.9 }, { lr: 2, loss: 0.45, accuracy: 0.95 }])).toBe(0);
-    expect(bestTrial([{ lr: 1, loss: 0.3 }, { lr: 2, loss: 0.2 }, { lr: 4, loss: 0.25 }])).toBe(1); // regression: loss alone
-    expect(bestTrial([{ lr: 1, loss: Number.NaN, accuracy: 1 }, { lr: 2, loss: 9, accuracy: 0.2 }, { lr: 4, loss: Infinity, accuracy: 1 }])).toBe(1); // diverged trials lose
-    expect(bestTrial([{ lr: 1, loss: 0.5, accuracy: 0.8 }, { lr: 2, loss: 0.5, accuracy: 0.8 }])).toBe(0); // a tie goes to the lower lr
+    expect(bestTrial([at(1, 0.3, 0.9), at(2, 0.45, 0.95)])).toBe(0);
+    expect(bestTrial([at(1, 0.3), at(2, 0.2), at(4, 0.25)])).toBe(1); // regression: loss alone
+    expect(bestTrial([at(1, Number.NaN, 1), at(2, 9, 0.2), at(4, Infinity, 1)])).toBe(1); // diverged trials lose
+    expect(bestTrial([at(1, 0.5, 0.8), at(2, 0.5, 0.8)])).toBe(0); // a tie goes to the trial run first (the lower lr)
+    // Two policies: the best trial, one of the second policy only where its trials also have the
+    // lower mean loss at the lrs both ran; else the first policy's best.
+    const under = (bnPolicy: 'eval', t: LrTrial): LrTrial => ({ ...t, bnPolicy });
+    const frozen = [at(1, 0.6, 0.8), at(2, 0.5, 0.8), at(4, 0.9, 0.7)]; // scores 1.0, 0.9, 1.5; mean loss at lrs 1, 2: 0.55
+    expect(bestTrial([...frozen, under('eval', at(1, 0.3, 0.9)), under('eval', at(2, 0.6, 0.6))])).toBe(3); // 'eval' best (0.5), mean 0.45
+    expect(bestTrial([...frozen, under('eval', at(1, 0.3, 0.9)), under('eval', at(2, 1.2, 0.6))])).toBe(1); // best, but mean 0.75
+    expect(bestTrial([...frozen, under('eval', at(1, 0.45, 0.7)), under('eval', at(2, 0.55, 0.7))])).toBe(1); // mean 0.5, not best (1.05)
+    expect(bestTrial([...frozen, under('eval', at(1, 0.1, 0.9)), under('eval', at(2, Number.NaN, 0.2))])).toBe(1); // a diverged trial: mean infinite
   });
 
   it('lrSearch: false keeps the range test alone; large sets and bad values say why', async () => {
@@ -113,7 +131,17 @@ describe("fineTune({ lr: 'auto' })", () => {
     // Folds: one where a fifth holds out 100 or more; as many as the classes fill otherwise.
     const blank = (perClass: number) => data.loader(data.tensorDataset(new Float32Array(5 * perClass * 784), Int32Array.from({ length: 5 * perClass }, (_, i) => i % 5), { inputShape: [1, 28, 28] }), { batchSize: 500 });
     const searched = async (perClass: number) => (await fineTune(model, { train: blank(perClass), numClasses: 5, freezeEpochs: 1, epochs: 0, lrSearch: true })).lrFinder!.search;
-    expect(await searched(100)).toMatchObject({ used: true, holdout: 100, folds: 1 });
+    const one = await searched(100);
+    expect(one).toMatchObject({ used: true, holdout: 100, folds: 1 });
+    expect(one.trials!.map((t) => t.bnPolicy)).toEqual(Array(5).fill('frozen-eval')); // no unfrozen epochs: the policy cannot matter
+    await using mlp = await loadPretrained(fixture('mlp.scripted.pt')); // nor without BatchNorm layers
+    const rows = data.loader(data.tensorDataset(new Float32Array(500 * 12), Int32Array.from({ length: 500 }, (_, i) => i % 5), { inputShape: [12] }), { batchSize: 100 });
+    const plainTrials = (await fineTune(mlp, { train: rows, numClasses: 5, freezeEpochs: 1, epochs: 1, lrSearch: true })).lrFinder!.search.trials!;
+    expect(plainTrials.map((t) => t.bnPolicy)).toEqual(Array(5).fill('frozen-eval'));
+    // A policy given is the run's, its trials' and the model's after.
+    const given = await fineTune(model, { train: blank(100), numClasses: 5, freezeEpochs: 1, epochs: 1, bnPolicy: 'eval' });
+    expect([given.bnPolicy, model.bnPolicy, ...given.lrFinder!.search.trials!.map((t) => t.bnPolicy)]).toEqual(Array(7).fill('eval'));
+    await expect(fineTune(model, { train, bnPolicy: 'frozen' as never })).rejects.toThrow(new RangeError("Expected one of 'auto', 'frozen-eval', 'eval', 'train' for `options.bnPolicy` but received 'frozen'"));
     expect(await searched(3)).toMatchObject({ used: true, holdout: 15, folds: 3 }); // 1 a class a fold: folds 3 and 4 hold out nothing
     model.dispose();
   });
@@ -131,16 +159,16 @@ describe("fineTune({ lr: 'auto' })", () => {
     await expect(fineTune(model, { train, minSteps: -1 })).rejects.toThrow(new RangeError('Expected a non-negative integer for `options.minSteps` but received -1'));
   });
 
-  it('a resumed run reuses the lr its checkpoint recorded instead of testing again', async () => {
+  it('a resumed run reuses the lr and BatchNorm policy its checkpoint recorded instead of testing again', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-auto-'));
     const train = data.loader(await fashion('train'), { batchSize: 32, shuffle: true, seed: 3 });
     manualSeed(3);
     const first = await loadPretrained(SHIPPED);
-    const history = await fineTune(first, { train, numClasses: 5, freezeEpochs: 1, epochs: 1, callbacks: [checkpoint({ dir, saveBest: false })] });
+    const history = await fineTune(first, { train, numClasses: 5, freezeEpochs: 1, epochs: 1, bnPolicy: 'eval', callbacks: [checkpoint({ dir, saveBest: false })] });
     first.dispose();
     const resumed = await loadPretrained(SHIPPED);
     const again = await fineTune(resumed, { train, numClasses: 5, freezeEpochs: 1, epochs: 1, resume: join(dir, 'epoch-1.ckpt') });
-    expect(again.lr).toBe(history.lr);
+    expect([again.lr, again.bnPolicy, resumed.bnPolicy]).toEqual([history.lr, 'eval', 'eval']); // and its BatchNorm policy
     expect(again.lrFinder).toBeUndefined();
     resumed.dispose();
   });

@@ -8,14 +8,17 @@
 // tried, so that rules for choosing among them are scored by the accuracy they really reach;
 // the `folds` part scores the trials of searches that ran on one held-out fold on the other
 // four, as lrSearch now does on small sets; the `bn` part runs a grid with every BatchNorm
-// layer on its running statistics (bnPolicy 'eval') on seeds 0-2, and `bn-folds` and
-// `bn-trials` the default's searches under that policy.
+// layer on its running statistics (bnPolicy 'eval'), and `bn-folds` and `bn-trials` the
+// default's searches under that policy (all five trial lrs on seeds 0-2, the lower three,
+// which the default tries under 'eval', on seeds 3-5).
 //
-//   node bench/recipes/sweep.mjs [--part grid|others|trials|folds|bn|bn-folds|bn-trials|all] [--models cnn,mnv3] [--budgets 10,50,200]
-//                                [--seeds 0,1,2,3,4,5] [--shard i/n] [--threads n] [--report]
+//   node bench/recipes/sweep.mjs [--part grid|others|trials|folds|bn|bn-folds|bn-trials|all] [--models cnn,mnv3] [--datasets fashion,…]
+//                                [--budgets 10,50,200] [--seeds 0,1,2,3,4,5] [--shard i/n] [--threads n] [--report]
 //
 // Results append to $TORCHLITE_RECIPES_DIR/runs.jsonl (default /tmp/torchlite-recipes), so an
 // interrupted sweep continues where it stopped; --report writes bench/results/recipes.md.
+// bench/results/recipes-runs.jsonl holds the runs that report was made from: copied to
+// runs.jsonl there, it regenerates the report or lets the sweep go on from them.
 // A benchmark, not a test: test/recipes.test.ts runs one small cell end to end.
 import { execFileSync } from 'node:child_process';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -51,17 +54,20 @@ const DEFAULTS = { lrMult: 1, minSteps: 128, sweep: 2 };
 export const CHOICE = 'held-out loss + 2 × error rate';
 // On how many held-out folds lrSearch scores each trial (src/train.ts), also in the default's cells.
 export const FOLDS = 'five folds where one holds out under 100';
+// Which BatchNorm policies fineTune's bnPolicy: 'auto' tries (src/train.ts), also in the default's cells.
+export const POLICIES = "the model's, and 'eval' at the lower 3 trial lrs where it has the best trial and the lower mean paired loss";
 const MIN_HOLDOUT = 100;
 const MODELS = {
   cnn: { file: join(here, '..', '..', 'models', 'fashion-cnn.pt'), layout: 'grey28', shape: [1, 28, 28] },
   mnv3: { file: join(cache, 'mobilenet_v3_small-fashion04.pt'), layout: 'rgb32', shape: [3, 32, 32] },
 };
 
-// --models cnn,mnv3, --budgets 10,50,200 and --seeds 0,1 run a part of the sweep (the rest can follow).
+// --models cnn,mnv3, --datasets fashion,letters, --budgets 10,50,200 and --seeds 0,1 run a part of the grid (the rest can follow).
 const FAMILIES = flag('--models', 'cnn,mnv3').split(',');
+const RUN_DATASETS = flag('--datasets', DATASETS.join(',')).split(',');
 const RUN_BUDGETS = flag('--budgets', BUDGETS.join(',')).split(',').map(Number);
 const RUN_SEEDS = flag('--seeds', SEEDS.join(',')).split(',').map(Number);
-// --shard i/n runs every n-th cell still to run from the i-th, so n processes share a sweep; --threads sets
+// --shard i/n runs every n-th cell from the i-th that is still to run, so n processes share a sweep; --threads sets
 // each one's intra-op threads (at 32 px, one thread per process did more work than two). A run
 // repeats exactly only at the same thread count (the default for CNN letters-10 seed 0 reached
 // 73.2% on one thread and 74.0% on two), and the recorded runs used one: pass --threads 1.
@@ -107,13 +113,13 @@ async function withCell({ family, dataset, budget, seed, bnPolicy }, use) {
 }
 
 /** One fine-tuning run; resolves its validation accuracy, the lr and the epochs used. */
-export async function run({ part: _part, variant: _variant, sweep: _sweep, choice: _choice, folds: _folds, family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, lrSearch = false, bnPolicy, ...rest }) {
+export async function run({ part: _part, variant: _variant, sweep: _sweep, choice: _choice, folds: _folds, policies: _policies, family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, lrSearch = false, bnPolicy, ...rest }) {
   return withCell({ family, dataset, budget, seed, bnPolicy }, async (model, picked, val) => {
     const started = Date.now();
     // freezeEpochs, epochs, minSteps, weightDecay, pctStart: fineTune's own defaults unless the cell names them.
     const history = await fineTune(model, { train: data.loader(picked, { batchSize: 32, shuffle: true, seed }), numClasses: 5, lr, lrRule, lrScale, lrSearch, lrMult, ...rest });
     const { accuracy } = await model.evaluate(data.loader(val, { batchSize: 250 }), { metrics: ['accuracy'] });
-    return { accuracy, lr: history.lr, epochs: `${history.freezeEpochs}+${history.epochs}`, suggestions: history.lrFinder?.suggestions, search: history.lrFinder?.search, seconds: (Date.now() - started) / 1000 };
+    return { accuracy, lr: history.lr, bnPolicy: history.bnPolicy, epochs: `${history.freezeEpochs}+${history.epochs}`, suggestions: history.lrFinder?.suggestions, search: history.lrFinder?.search, seconds: (Date.now() - started) / 1000 };
   });
 }
 
@@ -124,12 +130,14 @@ function done() {
 
 async function sweep(cells) {
   const finished = done();
-  // Shards split the cells still to run kind by kind: a default run costs ten grid runs, and
-  // every sixth cell is one, so dealing all cells in turn gave one shard every default run.
-  // Start the shards of a sweep together.
+  // Shards deal the cells kind by kind: a default run costs ten grid runs, and every sixth
+  // cell is one, so dealing all cells in turn gave one shard every default run. They deal
+  // every cell, done or not, and then skip the done ones, so that a shard's share does not
+  // depend on when it starts (dealing only the cells still to run, a shard that started
+  // after another had finished some missed half of its share and ran some of the other's).
   // Searches under several choice rules ran the same trials: their cells come once.
-  const todo = [...new Map(cells.map((cell) => [JSON.stringify(cell), cell])).values()].filter((cell) => !finished.has(JSON.stringify(cell)));
-  const dealt = (kind) => todo.filter((cell) => (cell.lr === 'auto') === kind).filter((_, k) => k % shards === shard);
+  const unique = [...new Map(cells.map((cell) => [JSON.stringify(cell), cell])).values()];
+  const dealt = (kind) => unique.filter((cell) => (cell.lr === 'auto') === kind).filter((_, k) => k % shards === shard).filter((cell) => !finished.has(JSON.stringify(cell)));
   const pending = [...dealt(true), ...dealt(false)];
   for (const [k, cell] of pending.entries()) {
     const key = JSON.stringify(cell);
@@ -170,11 +178,11 @@ function otherCells() {
 function gridCells() {
   const cells = [];
   for (const family of FAMILIES)
-    for (const dataset of DATASETS)
+    for (const dataset of RUN_DATASETS)
       for (const budget of RUN_BUDGETS)
         for (const seed of RUN_SEEDS) {
           const base = { part: 'grid', family, dataset, budget, seed, ...DEFAULTS };
-          cells.push({ ...base, lr: 'auto', lrRule: 'valley', lrScale: 7, lrSearch: 'auto', choice: CHOICE, folds: FOLDS });
+          cells.push({ ...base, lr: 'auto', lrRule: 'valley', lrScale: 7, lrSearch: 'auto', choice: CHOICE, folds: FOLDS, policies: POLICIES });
           for (const lr of GRID) cells.push({ ...base, lr });
         }
   return cells;
@@ -216,12 +224,15 @@ function foldCells() {
  * without 0.3: in a probe it did best at the low end and diverged from 0.03 on MobileNetV3.
  */
 const BN_GRID = [1e-3, ...GRID.slice(0, 4)];
+// 'eval' diverged on MobileNetV3 from lr 0.03 in the bn grid, and a CNN final run collapsed at
+// the top trials' lrs: a search that tries 'eval' at ¼, ½ and 1× the range test's lr only.
+const LOWER_TRIALS = 3;
 function bnCells() {
   const cells = [];
   for (const family of FAMILIES)
     for (const dataset of DATASETS)
       for (const budget of RUN_BUDGETS)
-        for (const seed of RUN_SEEDS.filter((s) => s < 3)) for (const lr of BN_GRID) cells.push({ part: 'bn', family, dataset, budget, seed, ...DEFAULTS, lr, bnPolicy: 'eval' });
+        for (const seed of RUN_SEEDS) for (const lr of BN_GRID) cells.push({ part: 'bn', family, dataset, budget, seed, ...DEFAULTS, lr, bnPolicy: 'eval' });
   return cells;
 }
 
@@ -235,8 +246,9 @@ function bnCells() {
 function bnSearchCells(kind) {
   const cells = [];
   for (const r of earlierSearches(readRuns()))
-    if (FAMILIES.includes(r.family) && RUN_BUDGETS.includes(r.budget) && RUN_SEEDS.includes(r.seed) && r.seed < 3)
-      for (const trial of r.search.trials) {
+    if (FAMILIES.includes(r.family) && RUN_BUDGETS.includes(r.budget) && RUN_SEEDS.includes(r.seed))
+      // Seeds 0-2 ran all five; later seeds the lower LOWER_TRIALS, the ones the default tries under 'eval'.
+      for (const trial of r.search.trials.slice(0, r.seed < 3 ? undefined : LOWER_TRIALS)) {
         const [freezeEpochs, epochs] = r.epochs.split('+').map(Number);
         if (kind === 'bn-trials') cells.push({ part: kind, family: r.family, dataset: r.dataset, budget: r.budget, seed: r.seed, ...DEFAULTS, lr: trial.lr, bnPolicy: 'eval' });
         else for (const fold of foldsOf(r)) cells.push({ ...foldCell(r, trial.lr, fold, freezeEpochs, epochs), part: kind, bnPolicy: 'eval' });
@@ -260,7 +272,8 @@ async function foldRun({ lr, fold, freezeEpochs, epochs, ...cell }) {
   });
 }
 
-const readRuns = () => (existsSync(runsFile) ? readFileSync(runsFile, 'utf8').trim().split('\n').filter(Boolean).map((line) => JSON.parse(line)) : []);
+// One record a cell: shards that overlapped ran some cells twice (with the same result, on one build).
+const readRuns = () => (existsSync(runsFile) ? [...new Map(readFileSync(runsFile, 'utf8').trim().split('\n').filter(Boolean).map((line) => JSON.parse(line)).map((r) => [r.key, r])).values()] : []);
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
 /** The sample standard deviation. */
 const sd = (xs) => Math.sqrt(xs.reduce((a, x) => a + (x - mean(xs)) ** 2, 0) / (xs.length - 1));
@@ -269,7 +282,11 @@ const keyOf = (r) => JSON.parse(r.key);
 // The default: the range test's valley × 7, then (since lrSearch) the best of five held-out trials around it.
 const rangeTestAlone = (r) => keyOf(r).lr === 'auto' && r.lrScale === 7 && keyOf(r).lrSearch === undefined;
 const searched = (r) => keyOf(r).lr === 'auto' && keyOf(r).lrSearch === 'auto';
-const isCurrentDefault = (r) => searched(r) && keyOf(r).choice === CHOICE && keyOf(r).folds === FOLDS;
+const isCurrentDefault = (r) => searched(r) && keyOf(r).choice === CHOICE && keyOf(r).folds === FOLDS && keyOf(r).policies === POLICIES;
+// The default before it tried 'eval': its five trials under the model's policy.
+const isFrozenOnly = (r) => searched(r) && keyOf(r).choice === CHOICE && keyOf(r).folds === FOLDS && keyOf(r).policies === undefined;
+// The policy a run trained under: searches before POLICIES trained under the model's, 'frozen-eval'.
+const policyOf = (r) => r.bnPolicy ?? 'frozen-eval';
 // The folds lrSearch scores a search's trials on, by how many samples fold 0 held out (src/train.ts).
 const foldsOf = (r) => (r.search.holdout < MIN_HOLDOUT ? [0, 1, 2, 3, 4] : [0]);
 // A search that scored its trials on one fold where five would now run.
@@ -277,14 +294,15 @@ const oneFold = (r) => searched(r) && r.search?.used && r.search.folds === undef
 
 /**
  * The default (`isDefault`, described as `what`) against the best grid point per cell, averaged
- * over seeds; `rules` adds columns for other lr rules run alongside. The ± is the standard error
- * of the gap, from the seeds' paired differences between the best grid point and the default.
+ * over seeds; `rules` adds columns for other lr rules run alongside, and `policies` one with the
+ * BatchNorm policy of each seed's default run. The ± is the standard error of the gap, from the
+ * seeds' paired differences between the best grid point and the default.
  */
-function gridSection(grid, title, { isDefault, what, rules = {} }) {
+function gridSection(grid, title, { isDefault, what, rules = {}, policies = false }) {
   if (grid.length === 0) return [];
   const lines = [title, '', `Mean validation accuracy over seeds. Acceptance: the default (\`lr: 'auto'\`: ${what}) within 2 points of the best grid point.`, ''];
   const extra = Object.keys(rules);
-  lines.push(`| model | dataset | labels/class | seeds | default | its lr (mean) | ${[...extra, ...GRID.map((lr) => `lr ${lr}`)].join(' | ')} | gap ± s.e. | within 2 |`, `|${'---|'.repeat(8 + extra.length + GRID.length)}`);
+  lines.push(`| model | dataset | labels/class | seeds | default | its lr (mean) | ${[...(policies ? ['its policies'] : []), ...extra, ...GRID.map((lr) => `lr ${lr}`)].join(' | ')} | gap ± s.e. | within 2 |`, `|${'---|'.repeat(8 + Number(policies) + extra.length + GRID.length)}`);
   const gaps = { default: [], ...Object.fromEntries(extra.map((name) => [name, []])) };
   const firstThree = [];
   for (const family of Object.keys(MODELS))
@@ -298,9 +316,11 @@ function gridSection(grid, title, { isDefault, what, rules = {} }) {
         const others = extra.map((name) => compare(cell, rules[name])?.auto ?? NaN);
         others.forEach((v, k) => Number.isNaN(v) || gaps[extra[k]].push((best - v) * 100));
         if (seeds > 3) firstThree.push(compare(cell.filter((r) => r.seed < 3), isDefault)?.gap);
-        const lrs = cell.filter(isDefault).map((r) => r.lr);
+        const defaults = cell.filter(isDefault).sort((a, b) => a.seed - b.seed);
+        const lrs = defaults.map((r) => r.lr);
         const mark = (v) => (v === best ? `**${pct(v)}**` : pct(v));
-        lines.push(`| ${family} | ${dataset} | ${budget} | ${seeds} | ${pct(auto)} | ${Math.exp(mean(lrs.map(Math.log))).toExponential(1)} | ${[...others.map(pct), ...points.map(mark)].join(' | ')} | ${gap.toFixed(1)} ± ${se.toFixed(1)} | ${gap <= 2 ? 'yes' : '**no**'} |`);
+        const policy = policies ? [defaults.map((r) => (policyOf(r) === 'eval' ? 'e' : 'f')).join('')] : [];
+        lines.push(`| ${family} | ${dataset} | ${budget} | ${seeds} | ${pct(auto)} | ${Math.exp(mean(lrs.map(Math.log))).toExponential(1)} | ${[...policy, ...others.map(pct), ...points.map(mark)].join(' | ')} | ${gap.toFixed(1)} ± ${se.toFixed(1)} | ${gap <= 2 ? 'yes' : '**no**'} |`);
       }
   const summary = (xs) => (xs.length ? `${mean(xs).toFixed(2)} points (worst ${Math.max(...xs).toFixed(1)})` : '-');
   const within = (xs) => `${xs.filter((g) => g <= 2).length} of ${xs.length} cells`;
@@ -361,10 +381,16 @@ const CHOICES = {
 
 const at = (r, lr) => `${r.family}|${r.dataset}|${r.budget}|${r.seed}|${lr}`;
 
-/** The validation accuracy a run given each lr reached, by cell, seed and lr: the `trials` part and the default's own runs. */
-function accuracyAt(runs) {
+/** The runs on all the labels at a trial's lr under `policy`: the `trials` part for 'frozen-eval', `bn-trials` for 'eval'. */
+const trialRuns = (runs, policy) => runs.filter((r) => r.part === (policy === 'eval' ? 'bn-trials' : 'trials') && keyOf(r).sweep === DEFAULTS.sweep);
+
+/**
+ * The validation accuracy a run given each lr under `policy` reached, by cell, seed and lr:
+ * the trial runs and the default's own runs under that policy.
+ */
+function accuracyAt(runs, policy = 'frozen-eval') {
   const reached = new Map();
-  for (const r of runs) if (keyOf(r).sweep === DEFAULTS.sweep && (r.part === 'trials' || (r.part === 'grid' && searched(r) && !r.derived))) reached.set(at(r, r.lr), r.accuracy);
+  for (const r of [...trialRuns(runs, policy), ...runs.filter((d) => d.part === 'grid' && searched(d) && !d.derived && keyOf(d).sweep === DEFAULTS.sweep && policyOf(d) === policy)]) reached.set(at(r, r.lr), r.accuracy);
   return reached;
 }
 
@@ -377,44 +403,94 @@ function accuracyAt(runs) {
 function foldScores(r, folds) {
   if (!oneFold(r)) return r.search.trials;
   const fold0 = (t) => ({ loss: t.loss, accuracy: t.accuracy, holdout: r.search.holdout });
-  return pooledTrials(r, (t, fold) => (fold === 0 ? fold0(t) : folds.get(`${at(r, t.lr)}|${fold}`)));
+  return pooledTrials(r, r.search.trials, (t, fold) => (fold === 0 ? fold0(t) : folds.get(`${at(r, t.lr)}|${fold}`)));
 }
 
 /**
- * A search's trials scored on the folds lrSearch uses for its held-out size, each fold's
- * score from `partOf(trial, fold)`, pooled by held-out sample as src/train.ts pools them.
- * Undefined while a fold is missing.
+ * `trials` of search `r` scored on the folds lrSearch uses for its held-out size, each
+ * fold's score from `partOf(trial, fold)`, pooled by held-out sample as src/train.ts pools
+ * them. Undefined while a fold is missing.
  */
-function pooledTrials(r, partOf) {
-  const trials = r.search.trials.map((t) => {
+function pooledTrials(r, trials, partOf) {
+  const scored = trials.map((t) => {
     const parts = foldsOf(r).map((fold) => partOf(t, fold));
     if (parts.some((p) => p === undefined)) return undefined;
     const holdout = parts.reduce((n, p) => n + p.holdout, 0);
     return { lr: t.lr, loss: parts.reduce((sum, p) => sum + p.loss * p.holdout, 0) / holdout, accuracy: parts.reduce((sum, p) => sum + p.accuracy * p.holdout, 0) / holdout };
   });
-  return trials.some((t) => t === undefined) ? undefined : trials;
+  return scored.some((t) => t === undefined) ? undefined : scored;
 }
+
+const bnFoldsPart = (runs) => new Map(runs.filter((r) => r.part === 'bn-folds' && keyOf(r).sweep === DEFAULTS.sweep).map((r) => [`${at(r, r.lr)}|${r.fold}`, r]));
+
+/**
+ * Today's default's trials for search `r`: its five under 'frozen-eval', scored on
+ * lrSearch's folds, and the lower LOWER_TRIALS under 'eval' (`bn-folds`), each with its
+ * policy and the accuracy a run given its lr and policy reached (undefined where none ran).
+ * Undefined while a fold is missing.
+ */
+function defaultTrials(r, parts) {
+  const frozen = foldScores(r, parts.folds);
+  const bn = pooledTrials(r, r.search.trials.slice(0, LOWER_TRIALS), (t, fold) => parts.bnFolds.get(`${at(r, t.lr)}|${fold}`));
+  if (!frozen || !bn) return undefined;
+  return [...frozen.map((t) => ({ ...t, policy: 'frozen-eval', reached: parts.reached.get(at(r, t.lr)) })), ...bn.map((t) => ({ ...t, policy: 'eval', reached: parts.bnReached.get(at(r, t.lr)) }))];
+}
+const defaultParts = (runs) => ({ folds: foldsPart(runs), bnFolds: bnFoldsPart(runs), reached: accuracyAt(runs), bnReached: accuracyAt(runs, 'eval') });
+
+const score = (t) => (Number.isFinite(t.loss) ? t.loss + 2 * (1 - t.accuracy) : Infinity);
+const meanOf = (trials, of) => mean(trials.map((t) => (Number.isFinite(t.loss) ? of(t) : Infinity)));
+/**
+ * Ways to choose the BatchNorm policy from a search's five 'frozen-eval' trials `f` and the
+ * three 'eval' trials `e` at the lower lrs (`f[i]` and `e[i]` share an lr); each returns the
+ * trial it trains at, the lr picked by fineTune's rule among the chosen policy's trials.
+ */
+const byPolicy = (evalWins) => (f, e) => {
+  const pool = evalWins(f.slice(0, e.length), e) ? e : f;
+  return pool[CHOICES[CHOICE](pool)];
+};
+const POLICY_CHOICES = {
+  "'frozen-eval' always (the default before)": byPolicy(() => false),
+  'the best of all eight trials': (f, e) => [...f, ...e][CHOICES[CHOICE]([...f, ...e])],
+  'the better of the best paired trials': byPolicy((f, e) => Math.min(...e.map(score)) < Math.min(...f.map(score))),
+  "'eval' wins 2 of 3 pairs by score": byPolicy((f, e) => e.filter((t, i) => score(t) < score(f[i])).length >= 2),
+  "'eval' wins all 3 pairs by score": byPolicy((f, e) => e.every((t, i) => score(t) < score(f[i]))),
+  'mean score of the paired trials': byPolicy((f, e) => meanOf(e, score) < meanOf(f, score)),
+  'mean accuracy of the paired trials': byPolicy((f, e) => meanOf(e, (t) => -t.accuracy) < meanOf(f, (t) => -t.accuracy)),
+  'mean held-out loss of the paired trials': byPolicy((f, e) => meanOf(e, (t) => t.loss) < meanOf(f, (t) => t.loss)),
+  "'eval' has the best trial and the lower mean paired loss": (f, e) => {
+    const best = [...f, ...e][CHOICES[CHOICE]([...f, ...e])];
+    return e.includes(best) && meanOf(e, (t) => t.loss) < meanOf(f.slice(0, e.length), (t) => t.loss) ? best : f[CHOICES[CHOICE](f)];
+  },
+};
+// fineTune's (src/train.ts, trialPolicy).
+const POLICY_CHOICE = "'eval' has the best trial and the lower mean paired loss";
+/** The trial `choose` picks from `defaultTrials`. */
+const pickOf = (trials, choose) => {
+  const f = trials.filter((t) => t.policy === 'frozen-eval');
+  return choose(f, trials.filter((t) => t.policy === 'eval'));
+};
 
 const foldsPart = (runs) => new Map(runs.filter((r) => r.part === 'folds' && keyOf(r).sweep === DEFAULTS.sweep).map((r) => [`${at(r, r.lr)}|${r.fold}`, r]));
 // One search from before lrSearch's folds a cell and seed: searches under any choice rule ran the same trials.
 const earlierSearches = (runs) => [...new Map(runs.filter((r) => searched(r) && r.search?.used && r.search.folds === undefined && !r.derived).map((r) => [at(r, 0), r])).values()];
 
 /**
- * Today's default derived from each search that ran before lrSearch's folds: the lr today's
- * rule picks from its five-fold scores, at the accuracy a run given that lr reached. `lr:
- * 'auto'` trains exactly as that run (see "How reproducible one run is"), so this is the
- * accuracy it reaches.
+ * Today's default derived from each search that ran before lrSearch's folds and policies:
+ * the trial today's rules pick from its eight (`defaultTrials`), at the accuracy a run given
+ * that lr and policy reached; and the default before POLICIES (`isFrozenOnly`), from the
+ * five under 'frozen-eval'. `lr: 'auto'` trains exactly as that run (see "How reproducible
+ * one run is"), so this is the accuracy it reaches.
  */
 function derivedDefaults(grid, runs) {
-  const reached = accuracyAt(runs);
-  const folds = foldsPart(runs);
+  const parts = defaultParts(runs);
   const derived = [];
   for (const r of earlierSearches(grid)) {
-    const trials = foldScores(r, folds);
-    const lr = trials && trials[CHOICES[CHOICE](trials)].lr;
-    const accuracy = lr === undefined ? undefined : reached.get(at(r, lr));
-    if (accuracy === undefined) continue;
-    derived.push({ ...r, key: JSON.stringify({ ...keyOf(r), choice: CHOICE, folds: FOLDS }), lr, accuracy, derived: true });
+    const trials = defaultTrials(r, parts) ?? [];
+    const frozenOnly = trials.slice(0, r.search.trials.length);
+    for (const [choices, policies] of [[trials, POLICIES], [frozenOnly, undefined]]) {
+      const best = choices.length ? pickOf(choices, POLICY_CHOICES[POLICY_CHOICE]) : undefined;
+      if (best?.reached !== undefined) derived.push({ ...r, key: JSON.stringify({ ...keyOf(r), choice: CHOICE, folds: FOLDS, policies }), lr: best.lr, bnPolicy: best.policy, accuracy: best.reached, derived: true });
+    }
   }
   return derived;
 }
@@ -452,7 +528,7 @@ function choiceSection(runs, now) {
   const lines = [
     '## Choosing among the held-out trials',
     '',
-    `Each rule picks one of the default's five trials (¼–4× the valley rule × 7), scored on fold 0 alone (a fifth of each class held out) or as \`lrSearch\` scores them (all five folds where one holds out under ${MIN_HOLDOUT} samples: here 10 and 50 labels a class); each pick is scored by the validation accuracy a run given that lr reaches, which is the accuracy \`lr: 'auto'\` reaches when it picks it. Cells within 2 points, mean gap, worst gap; the last two columns split the seeds in halves, so that a rule chosen on one half can be checked on the other.`,
+    `Each rule picks one of the default's five trials under 'frozen-eval' (¼–4× the valley rule × 7), scored on fold 0 alone (a fifth of each class held out) or as \`lrSearch\` scores them (all five folds where one holds out under ${MIN_HOLDOUT} samples: here 10 and 50 labels a class); each pick is scored by the validation accuracy a run given that lr reaches, which is the accuracy \`lr: 'auto'\` reaches when it picks it. Cells within 2 points, mean gap, worst gap; the last two columns split the seeds in halves, so that a rule chosen on one half can be checked on the other.`,
     '',
     `| rule | ${columns.map((c) => c.title).join(' | ')} |`,
     `|---|${'---|'.repeat(columns.length)}`,
@@ -470,19 +546,23 @@ function choiceSection(runs, now) {
  */
 function noiseSection(runs, derived) {
   const same = (a, b) => a.family === b.family && a.dataset === b.dataset && a.budget === b.budget && a.seed === b.seed && Math.abs(a.lr / b.lr - 1) < 1e-9;
-  const trials = runs.filter((r) => r.part === 'trials' && keyOf(r).sweep === DEFAULTS.sweep);
+  const trials = trialRuns(runs, 'frozen-eval');
+  // A run on all the labels at the lr and policy `d` trained at.
+  const twin = (d) => trialRuns(runs, policyOf(d)).find((t) => same(t, d));
   const defaults = runs.filter((r) => r.part === 'grid' && searched(r) && r.search?.used && keyOf(r).sweep === DEFAULTS.sweep);
-  const rerun = defaults.map((d) => [d, trials.find((t) => same(t, d))]).filter(([, t]) => t);
+  const rerun = defaults.map((d) => [d, twin(d)]).filter(([, t]) => t);
   const earlier = runs.filter((r) => r.part === 'grid' && rangeTestAlone(r) && keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult && keyOf(r).sweep === undefined);
   const moved = earlier.map((e) => [e, trials.find((t) => same(t, e))]).filter(([, t]) => t);
   if (rerun.length === 0 && moved.length === 0) return [];
   const lines = ['## How reproducible one run is', ''];
-  if (rerun.length) lines.push(`On one build a run is exact: ${rerun.filter(([d, t]) => d.accuracy === t.accuracy).length} of ${rerun.length} default runs reached the accuracy that the \`trials\` part reached at the lr they chose.`, '');
-  const real = new Map(runs.filter((r) => r.part === 'grid' && isCurrentDefault(r) && keyOf(r).sweep === DEFAULTS.sweep).map((r) => [at(r, 0), r]));
-  const pairs = derived.filter((d) => real.has(at(d, 0))).map((d) => [real.get(at(d, 0)), d]);
-  if (pairs.length)
-    // Against the `trials` part alone: the derivation itself takes a real run's accuracy where there is one.
-    lines.push(`Today's default run for real against its derivation from a one-fold search, the \`folds\` part and the \`trials\` part: ${pairs.filter(([r, d]) => r.lr === d.lr).length} of ${pairs.length} chose the derived lr, and ${pairs.filter(([r]) => r.accuracy === trials.find((t) => same(t, r))?.accuracy).length} reached the accuracy the \`trials\` part reached at it.`, '');
+  if (rerun.length) lines.push(`On one build a run is exact: ${rerun.filter(([d, t]) => d.accuracy === t.accuracy).length} of ${rerun.length} default runs reached the accuracy that the \`trials\` (or, under 'eval', \`bn-trials\`) part reached at the lr and policy they chose.`, '');
+  for (const [isDefault, which] of [[isFrozenOnly, "The default before it tried 'eval'"], [isCurrentDefault, "Today's default"]]) {
+    const real = new Map(runs.filter((r) => r.part === 'grid' && isDefault(r) && keyOf(r).sweep === DEFAULTS.sweep).map((r) => [at(r, 0), r]));
+    const pairs = derived.filter((d) => isDefault(d) && real.has(at(d, 0))).map((d) => [real.get(at(d, 0)), d]);
+    if (pairs.length)
+      // Against the trial runs alone: the derivation itself takes a real run's accuracy where there is one.
+      lines.push(`${which}, run for real, against its derivation from a one-fold search and the \`folds\`, \`bn-folds\`, \`trials\` and \`bn-trials\` parts: ${pairs.filter(([r, d]) => r.lr === d.lr && policyOf(r) === d.bnPolicy).length} of ${pairs.length} chose the derived lr and policy, and ${pairs.filter(([r]) => r.accuracy === twin(r)?.accuracy).length} reached the accuracy the trial runs reached at them.`, '');
+  }
   if (moved.length) {
     lines.push('The same cell (lr, labels, seed) on the build before this sweep and on this one: float noise that training amplifies, and the floor under any gap in the tables above.', '', '| model | runs | identical | mean difference | largest |', '|---|---|---|---|---|');
     for (const family of Object.keys(MODELS)) {
@@ -534,22 +614,17 @@ function bnSection(bn, grid) {
   return lines;
 }
 
-// 'eval' diverged on MobileNetV3 from lr 0.03 in the bn grid, and a CNN final run collapsed at
-// the top trials' lrs: a search that tries 'eval' at ¼, ½ and 1× the range test's lr only.
-const LOWER_TRIALS = 3;
-
 /**
  * The default's searches under bnPolicy 'eval' (`bn-folds`, `bn-trials`) against the same
  * searches under 'frozen-eval', and a search that ranks all ten trials (five lrs, two
- * policies) by fineTune's rule, or 'eval' at the lower LOWER_TRIALS lrs only; each against
- * the best grid point of either policy on the same seeds. Cells show the seeds whose both
- * searches are complete.
+ * policies) by fineTune's lr rule; each against the best grid point of either policy on the
+ * same seeds. Cells show the seeds whose both searches are complete (seeds 0-2: later seeds
+ * ran the lower LOWER_TRIALS lrs under 'eval' only).
  */
 function bnSearchSection(runs, measured) {
   const own = (part) => runs.filter((r) => r.part === part && keyOf(r).sweep === DEFAULTS.sweep);
-  const bnFolds = new Map(own('bn-folds').map((r) => [`${at(r, r.lr)}|${r.fold}`, r]));
+  const { folds, bnFolds, reached, bnReached } = defaultParts(runs);
   if (bnFolds.size === 0) return [];
-  const [reached, bnReached, folds] = [accuracyAt(runs), new Map(own('bn-trials').map((r) => [at(r, r.lr), r.accuracy])), foldsPart(runs)];
   const bnGrid = own('bn');
   const lines = [
     "## fineTune's search with every BatchNorm layer on its running statistics",
@@ -567,14 +642,14 @@ function bnSearchSection(runs, measured) {
         const picks = [];
         for (const r of earlierSearches(measured.filter(inCell))) {
           const frozen = foldScores(r, folds);
-          const bn = pooledTrials(r, (t, fold) => bnFolds.get(`${at(r, t.lr)}|${fold}`));
+          const bn = pooledTrials(r, r.search.trials, (t, fold) => bnFolds.get(`${at(r, t.lr)}|${fold}`));
           if (!frozen || !bn || r.search.trials.some((t) => !reached.has(at(r, t.lr)) || !bnReached.has(at(r, t.lr)))) continue;
           // Each trial with the accuracy a run given its lr and policy reached; fineTune's rule picks among a list.
           const f = frozen.map((t) => ({ ...t, reached: reached.get(at(r, t.lr)), policy: 'f' }));
           const e = bn.map((t) => ({ ...t, reached: bnReached.get(at(r, t.lr)), policy: 'e' }));
           const pick = (trials) => trials[CHOICES[CHOICE](trials)];
           const both = pick([...f, ...e]);
-          picks.push({ seed: r.seed, frozen: pick(f).reached, bn: pick(e).reached, both: both.reached, policy: both.policy, lower: pick([...f, ...e.slice(0, LOWER_TRIALS)]).reached });
+          picks.push({ seed: r.seed, frozen: pick(f).reached, bn: pick(e).reached, both: both.reached, policy: both.policy });
         }
         picks.sort((a, b) => a.seed - b.seed);
         const seeds = picks.map((p) => p.seed);
@@ -582,16 +657,67 @@ function bnSearchSection(runs, measured) {
         if (picks.length === 0 || [...frozenGrid, ...bnGridPoints].some(Number.isNaN)) continue;
         const best = Math.max(...frozenGrid, ...bnGridPoints);
         const gap = (best - mean(picks.map((p) => p.both))) * 100;
-        const lowerGap = (best - mean(picks.map((p) => p.lower))) * 100;
-        (gaps[family] ??= []).push({ gap, lowerGap, both: mean(picks.map((p) => p.both)), lower: mean(picks.map((p) => p.lower)), frozen: mean(picks.map((p) => p.frozen)) });
+        (gaps[family] ??= []).push({ gap, both: mean(picks.map((p) => p.both)), frozen: mean(picks.map((p) => p.frozen)) });
         lines.push(`| ${family} | ${dataset} | ${budget} | ${seeds.join(', ')} | ${pct(Math.max(...frozenGrid))} | ${pct(Math.max(...bnGridPoints))} | ${pct(mean(picks.map((p) => p.frozen)))} | ${pct(mean(picks.map((p) => p.bn)))} | ${pct(mean(picks.map((p) => p.both)))} | ${picks.map((p) => p.policy).join('')} | ${gap.toFixed(1)} |`);
       }
   lines.push('', "Policies: f 'frozen-eval', e 'eval', by seed.", '');
   for (const [family, cells] of Object.entries(gaps)) {
     const gs = cells.map((c) => c.gap);
-    const ls = cells.map((c) => c.lowerGap);
-    lines.push(`${family}: the search over both within 2 points of the better grid in ${gs.filter((g) => g <= 2).length} of ${cells.length} cells, mean gap ${mean(gs).toFixed(2)} points, worst ${Math.max(...gs).toFixed(1)}; mean accuracy over the cells ${pct(mean(cells.map((c) => c.both)))}, against ${pct(mean(cells.map((c) => c.frozen)))} for lr: 'auto' under 'frozen-eval'. With 'eval' tried at the lower ${LOWER_TRIALS} lrs only: ${ls.filter((g) => g <= 2).length} of ${cells.length}, mean gap ${mean(ls).toFixed(2)}, worst ${Math.max(...ls).toFixed(1)}, mean accuracy ${pct(mean(cells.map((c) => c.lower)))}.`, '');
+    lines.push(`${family}: the search over both within 2 points of the better grid in ${gs.filter((g) => g <= 2).length} of ${cells.length} cells, mean gap ${mean(gs).toFixed(2)} points, worst ${Math.max(...gs).toFixed(1)}; mean accuracy over the cells ${pct(mean(cells.map((c) => c.both)))}, against ${pct(mean(cells.map((c) => c.frozen)))} for lr: 'auto' under 'frozen-eval'.`, '');
   }
+  return lines;
+}
+
+/**
+ * How each of POLICY_CHOICES does with the default's eight trials, by the accuracy its pick
+ * reached: cells within 2 points of the best 'frozen-eval' grid point on the same seeds, mean
+ * and worst gap, and each family's mean accuracy; on all seeds, each half, and against the
+ * better of both policies' grids.
+ */
+function policySection(runs, measured) {
+  const parts = defaultParts(runs);
+  const bnGrid = runs.filter((r) => r.part === 'bn' && keyOf(r).sweep === DEFAULTS.sweep);
+  const columns = [
+    { title: 'all seeds', seeds: SEEDS },
+    { title: 'seeds 0-2', seeds: [0, 1, 2] },
+    { title: 'seeds 3-5', seeds: [3, 4, 5] },
+    { title: "all seeds, against the better of both policies' grids", seeds: SEEDS, both: true },
+  ];
+  const rows = Object.keys(POLICY_CHOICES).map((name) => ({ name, cells: columns.map(() => []) }));
+  for (const family of Object.keys(MODELS))
+    for (const dataset of DATASETS)
+      for (const budget of BUDGETS) {
+        const inCell = (r) => r.family === family && r.dataset === dataset && r.budget === budget;
+        const searches = earlierSearches(measured.filter(inCell))
+          .map((r) => [r, defaultTrials(r, parts)])
+          .filter(([, trials]) => trials?.every((t) => t.reached !== undefined));
+        columns.forEach(({ seeds, both }, k) => {
+          const mine = searches.filter(([r]) => seeds.includes(r.seed));
+          const on = new Set(mine.map(([r]) => r.seed));
+          const points = [...gridPoints(measured.filter((r) => inCell(r) && on.has(r.seed))), ...(both ? BN_GRID.map((lr) => mean(bnGrid.filter((r) => inCell(r) && on.has(r.seed) && keyOf(r).lr === lr).map((r) => r.accuracy))) : [])];
+          if (mine.length === 0 || points.some(Number.isNaN)) return;
+          for (const { name, cells } of rows) {
+            const accuracy = mean(mine.map(([, trials]) => pickOf(trials, POLICY_CHOICES[name]).reached));
+            cells[k].push({ family, accuracy, gap: (Math.max(...points) - accuracy) * 100 });
+          }
+        });
+      }
+  if (rows[0].cells[0].length === 0) return [];
+  const lines = [
+    '## Choosing the BatchNorm policy',
+    '',
+    "The default tries 'eval' at the lower three of its five trial lrs, eight trials in all. Each rule below chooses the policy from them; fineTune's rule then picks the lr among that policy's trials; each pick is scored by the accuracy a run given its lr and policy reached (the `trials` and `bn-trials` parts). Cells within 2 points of the best grid point, mean gap, worst gap; then each family's mean accuracy over its 15 cells. Several rules were tried on all six seeds, so the one chosen was chosen on these runs: the halves show whether it holds on each.",
+    '',
+    `| policy rule | ${columns.map((c) => c.title).join(' | ')} |`,
+    `|---|${'---|'.repeat(columns.length)}`,
+  ];
+  const summary = (cells) => {
+    const gaps = cells.map((c) => c.gap);
+    const byFamily = Object.keys(MODELS).map((family) => `${family} ${pct(mean(cells.filter((c) => c.family === family).map((c) => c.accuracy)))}`);
+    return `${gaps.filter((g) => g <= 2).length} of ${gaps.length}, ${mean(gaps).toFixed(2)}, ${Math.max(...gaps).toFixed(1)}; ${byFamily.join(', ')}`;
+  };
+  for (const { name, cells } of rows) lines.push(`| ${name === POLICY_CHOICE ? `**${name}** (fineTune's)` : name} | ${cells.map(summary).join(' | ')} |`);
+  lines.push('');
   return lines;
 }
 
@@ -618,19 +744,24 @@ function report() {
   const grid = runs.filter((r) => r.part === 'grid');
   const measured = grid.filter((r) => keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult && keyOf(r).sweep === DEFAULTS.sweep);
   const derivations = derivedDefaults(measured, runs);
-  // A seed's real run of today's default, where there is one, stands for it.
-  const ranNow = new Set(measured.filter(isCurrentDefault).map((r) => at(r, 0)));
-  const derived = derivations.filter((d) => !ranNow.has(at(d, 0)));
+  // A seed's real run of a default, where there is one, stands for it.
+  const real = (r) => `${at(r, 0)}|${keyOf(r).policies}`;
+  const ranNow = new Set(measured.filter((r) => isCurrentDefault(r) || isFrozenOnly(r)).map(real));
+  const derived = derivations.filter((d) => !ranNow.has(real(d)));
   const now = [...measured, ...derived];
   lines.push(
     ...gridSection(now, `## The default against a five-point lr grid (fineTune's defaults: at least ${DEFAULTS.minSteps} steps, lr ratio ${DEFAULTS.lrMult})`, {
       isDefault: isCurrentDefault,
-      what: `the ${CHOICE} of five trials at ¼–4× the valley rule × 7, on ${FOLDS} samples`,
+      what: `the ${CHOICE} of eight trials: five at ¼–4× the valley rule × 7 under the model's BatchNorm policy, 'frozen-eval', and three at ¼–1× under 'eval', on ${FOLDS} samples`,
+      policies: true,
+      rules: { "the five under 'frozen-eval' alone (the default before)": isFrozenOnly },
     }),
   );
-  if (derived.length)
-    lines.push(`${derived.length} of the default's ${now.filter(isCurrentDefault).length} runs above are derived, not run again: their search ran on fold 0 alone, before lrSearch's folds; the \`folds\` part scored its trials on folds 1-4, and the accuracy is the one a run given the lr that the five-fold scores pick reached (the \`trials\` part).`, '');
+  const derivedNow = derived.filter(isCurrentDefault).length;
+  if (derivedNow)
+    lines.push(`${derivedNow} of the default's ${now.filter(isCurrentDefault).length} runs above are derived, not run again: their search ran on fold 0 alone under 'frozen-eval', before lrSearch's folds and policies; the \`folds\` part scored its trials on folds 1-4, the \`bn-folds\` part its lower three lrs under 'eval' on every fold, and the accuracy is the one a run given the lr and policy that the rule picks reached (the \`trials\` and \`bn-trials\` parts). Policies: f 'frozen-eval', e 'eval', by seed.`, '');
   lines.push(...choiceSection(runs, now));
+  lines.push(...policySection(runs, measured));
   lines.push(...noiseSection(runs, derivations));
   const earlier = grid.filter((r) => keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult && keyOf(r).sweep === undefined);
   lines.push(...gridSection(earlier, '## Before `lrSearch`, on an earlier build: the range test alone', { isDefault: rangeTestAlone, what: 'the valley rule × 7' }));

@@ -23,6 +23,7 @@ export interface FinetuneFlags extends InputFlags, TextFlags {
   resume?: string;
   seed: string;
   cacheFeatures: string;
+  bnPolicy: string;
   json?: boolean;
 }
 
@@ -32,6 +33,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   const batchSize = intFlag(flags.batchSize, '--batch-size');
   const lr = flags.lr === 'auto' ? 'auto' : numberFlag(flags.lr, '--lr');
   const cacheFeatures = ({ auto: 'auto', on: true, off: false } as const)[choiceFlag(flags.cacheFeatures, '--cache-features', ['auto', 'on', 'off'] as const)];
+  const bnPolicy = choiceFlag(flags.bnPolicy, '--bn-policy', ['auto', 'frozen-eval', 'eval', 'train'] as const);
   const classes = parseClasses(flags.classes);
   // The seed covers everything random: the new head's weights, dropout, the subset, the
   // validation split, shuffling and augmentation. The same command gives the same model.
@@ -65,6 +67,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
     loss,
     unfreeze: flags.unfreeze ? flags.unfreeze.split(',') : 'all',
     cacheFeatures,
+    bnPolicy,
     callbacks: [progressBar({ enabled: !flags.json, batchSize }), steps, ...(flags.checkpointDir ? [checkpoint({ dir: flags.checkpointDir })] : [])],
     ...(flags.resume && { resume: flags.resume }),
   });
@@ -77,7 +80,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   const final = await model.evaluate(valLoader, { loss, metrics: ['accuracy', 'f1', 'confusionMatrix'] });
   // fit has recorded the classes and the input spec; the model is in eval mode.
   await model.save(flags.out, {
-    metadata: { ...(model.metadata as object), classes: names, ...(input && { input }), recipe: { command: 'torchlite finetune', data: flags.data, epochs: history.epochs, freezeEpochs: history.freezeEpochs, lr: history.lr, lrFinder: history.lrFinder, batchSize, seed, valAccuracy: final.accuracy } },
+    metadata: { ...(model.metadata as object), classes: names, ...(input && { input }), recipe: { command: 'torchlite finetune', data: flags.data, epochs: history.epochs, freezeEpochs: history.freezeEpochs, lr: history.lr, lrFinder: history.lrFinder, bnPolicy: history.bnPolicy, batchSize, seed, valAccuracy: final.accuracy } },
   });
   if (flags.report)
     await writeReport(flags.report, {
@@ -87,7 +90,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
       steps: steps.steps,
       confusion: { matrix: final.confusionMatrix ?? [], classes: names },
     });
-  if (flags.json) console.log(JSON.stringify({ out: flags.out, classes: names, lr: history.lr, lrFinder: history.lrFinder, freezeEpochs: history.freezeEpochs, epochs: history.epochs, featureCache: history.featureCache, history, final }));
+  if (flags.json) console.log(JSON.stringify({ out: flags.out, classes: names, lr: history.lr, lrFinder: history.lrFinder, bnPolicy: history.bnPolicy, freezeEpochs: history.freezeEpochs, epochs: history.epochs, featureCache: history.featureCache, history, final }));
   else console.log(`validation accuracy ${((final.accuracy ?? 0) * 100).toFixed(2)}%, saved ${flags.out}${flags.report ? `, report ${flags.report}` : ''}`);
 }
 
@@ -103,7 +106,9 @@ function describeLr(history: FineTuneHistory): string {
   const test = `the LR range test (${finder.rule} rule × ${finder.scale}; ${others})`;
   const { search } = finder;
   if (!search.used) return `${lr}, chosen by ${test}; no held-out trials: ${search.reason}`;
-  const trials = search.trials!.map((t) => `${t.lr.toExponential(2)} loss ${t.loss.toFixed(3)}${t.accuracy === undefined ? '' : ` (${(t.accuracy * 100).toFixed(1)}%)`}`).join(', ');
+  // Trials under two BatchNorm policies name theirs, and so does the run.
+  const mixed = new Set(search.trials!.map((t) => t.bnPolicy)).size > 1;
+  const trials = search.trials!.map((t) => `${t.lr.toExponential(2)}${mixed ? ` ${t.bnPolicy}` : ''} loss ${t.loss.toFixed(3)}${t.accuracy === undefined ? '' : ` (${(t.accuracy * 100).toFixed(1)}%)`}`).join(', ');
   const folds = search.folds! > 1 ? `, ${search.folds} folds` : '';
-  return `${lr}, the lowest held-out ${search.score} of ${search.trials!.length} trials on ${search.holdout} held-out training samples${folds} (${trials}) around ${test}`;
+  return `${lr}${mixed ? ` under bnPolicy '${history.bnPolicy}'` : ''}, the lowest held-out ${search.score} of ${search.trials!.length} trials on ${search.holdout} held-out training samples${folds} (${trials}) around ${test}`;
 }

@@ -54,6 +54,7 @@ program
   .option(...SKIP_BAD_ROWS)
   .option('--seed <n>', 'seeds the head, dropout, sampling, shuffling and augmentation', '0')
   .option('--cache-features <auto|on|off>', 'train the head-only epochs on cached backbone features where that is exact', 'auto')
+  .option('--bn-policy <auto|frozen-eval|eval|train>', "BatchNorm while the body trains; auto: the lr trials also try eval (every BatchNorm layer on its running statistics) at the lower lrs", 'auto')
   .option('--checkpoint-dir <dir>', 'write a checkpoint after every epoch (epoch-N.ckpt, best.ckpt)')
   .option('--resume <ckpt>', 'continue an interrupted run from one of its checkpoints')
   .option('--out <file>', 'where to save the fine-tuned model', 'finetuned.pt')
