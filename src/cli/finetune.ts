@@ -107,8 +107,10 @@ function describeLr(history: FineTuneHistory): string {
   const { search } = finder;
   if (!search.used) return `${lr}, chosen by ${test}; no held-out trials: ${search.reason}`;
   // Trials under two BatchNorm policies name theirs, and so does the run.
-  const mixed = new Set(search.trials!.map((t) => t.bnPolicy)).size > 1;
-  const trials = search.trials!.map((t) => `${t.lr.toExponential(2)}${mixed ? ` ${t.bnPolicy}` : ''} loss ${t.loss.toFixed(3)}${t.accuracy === undefined ? '' : ` (${(t.accuracy * 100).toFixed(1)}%)`}`).join(', ');
+  const [, second] = new Set(search.trials!.map((t) => t.bnPolicy));
+  const trials = search.trials!.map((t) => `${t.lr.toExponential(2)}${second ? ` ${t.bnPolicy}` : ''} loss ${t.loss.toFixed(3)}${t.accuracy === undefined ? '' : ` (${(t.accuracy * 100).toFixed(1)}%)`}`).join(', ');
   const folds = search.folds! > 1 ? `, ${search.folds} folds` : '';
-  return `${lr}${mixed ? ` under bnPolicy '${history.bnPolicy}'` : ''}, the lowest held-out ${search.score} of ${search.trials!.length} trials on ${search.holdout} held-out training samples${folds} (${trials}) around ${test}`;
+  const policy = second ? ` under bnPolicy '${history.bnPolicy}'` : '';
+  const rule = second ? ` (an '${second}' one only where the '${second}' trials have the lower mean loss at the lrs both policies tried)` : '';
+  return `${lr}${policy}, the lowest held-out ${search.score} of ${search.trials!.length} trials${rule} on ${search.holdout} held-out training samples${folds} (${trials}) around ${test}`;
 }
