@@ -462,7 +462,7 @@ const POLICY_CHOICES = {
     return e.includes(best) && meanOf(e, (t) => t.loss) < meanOf(f.slice(0, e.length), (t) => t.loss) ? best : f[CHOICES[CHOICE](f)];
   },
 };
-// fineTune's (src/train.ts, trialPolicy).
+// fineTune's (src/train.ts, bestTrial).
 const POLICY_CHOICE = "'eval' has the best trial and the lower mean paired loss";
 /** The trial `choose` picks from `defaultTrials`. */
 const pickOf = (trials, choose) => {
