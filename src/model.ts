@@ -143,7 +143,8 @@ export interface FreezeResult {
  * BatchNorm layer so (its scale and shift still train), as Keras advises for fine-tuning on
  * small batches; `'train'` lets every layer follow the model.
  */
-export type BatchNormPolicy = 'frozen-eval' | 'eval' | 'train';
+export const BATCH_NORM_POLICIES = ['frozen-eval', 'eval', 'train'] as const;
+export type BatchNormPolicy = (typeof BATCH_NORM_POLICIES)[number];
 
 export interface ResetClassifierOptions {
   /** Dropout probability put in front of the new Linear; `0` adds no dropout layer. Defaults to `0`. */
@@ -938,7 +939,7 @@ export class Model implements Disposable, AsyncDisposable {
   }
 
   set bnPolicy(policy: BatchNormPolicy) {
-    const value = checkOneOf(policy, 'bnPolicy', ['frozen-eval', 'eval', 'train'] as const);
+    const value = checkOneOf(policy, 'bnPolicy', BATCH_NORM_POLICIES);
     this.#apply((handle) => handle.setBatchNormPolicy(value));
     this.#snapshot.bnPolicy = value;
   }

@@ -12,8 +12,9 @@ import { TorchError } from './errors';
 import type { Loader, LoaderBatch } from './data/loader';
 import { Loss, crossEntropy } from './loss';
 import type { Metrics, MetricSpec } from './metrics';
-import { type BatchInput, type BatchNormPolicy, disposeBatch, kStepGroups, Model, type TrainStepOptions, type TrainStepResult } from './model';
+import { BATCH_NORM_POLICIES, type BatchInput, type BatchNormPolicy, disposeBatch, kStepGroups, Model, type TrainStepOptions, type TrainStepResult } from './model';
 import { native } from './native';
+import { compilePattern } from './patterns';
 import { Optimizer, adamw, type ParamGroupSpec } from './optim';
 import { PlateauScheduler, Scheduler, oneCycle } from './sched';
 import { tensor } from './tensor';
@@ -496,12 +497,13 @@ export interface FineTuneOptions {
    * loss plus twice its error rate (the loss alone without class targets) is lowest. Where a
    * fifth holds out fewer than 100 samples, each lr runs on all five fifths in turn
    * (five-fold cross-validation) and is scored on every sample: a fifth of 10 labels a class
-   * is 2 a class, too few to rank lrs by (bench/results/recipes.md). The trials cost five runs on 80% of the data, 25 on
-   * such small sets; the model and the random generator are put back before each and after
-   * them, so the final run equals one given the chosen lr. `'auto'` searches on training sets
-   * of at most 2,000 samples, where trials are cheap and the range test least reliable, and
-   * says otherwise in the result's `lrFinder.search`. With `bnPolicy: 'auto'` the search
-   * may also try BatchNorm policy `'eval'` (see `bnPolicy`). Defaults to `'auto'`.
+   * is 2 a class, too few to rank lrs by (bench/results/recipes.md). The trials cost five
+   * runs on 80% of the data, 25 on such small sets; the model and the random generator are
+   * put back before each and after them, so the final run equals one given the chosen lr.
+   * `'auto'` searches on training sets of at most 2,000 samples, where trials are cheap and
+   * the range test least reliable, and says otherwise in the result's `lrFinder.search`.
+   * With `bnPolicy: 'auto'` the search may also try BatchNorm policy `'eval'` (see
+   * `bnPolicy`). Defaults to `'auto'`.
    */
   lrSearch?: boolean | 'auto';
   /**
@@ -651,7 +653,7 @@ export async function fineTune(model: Model, options: FineTuneOptions): Promise<
   if (lrScale <= 0) throw rangeError('a positive number', 'options.lrScale', lrScale);
   const lrSearch = o.lrSearch ?? 'auto';
   if (lrSearch !== true && lrSearch !== false && lrSearch !== 'auto') throw typeError("true, false or 'auto'", 'options.lrSearch', lrSearch);
-  const bnPolicy = checkOneOf(o.bnPolicy ?? 'auto', 'options.bnPolicy', ['auto', 'frozen-eval', 'eval', 'train'] as const);
+  const bnPolicy = checkOneOf(o.bnPolicy ?? 'auto', 'options.bnPolicy', ['auto', ...BATCH_NORM_POLICIES] as const);
   const lrMult = checkFiniteNumber(o.lrMult ?? 1, 'options.lrMult');
   if (lrMult < 1) throw rangeError('a number ≥ 1', 'options.lrMult', lrMult);
   const stages = o.unfreeze === undefined || o.unfreeze === 'all' ? ['all'] : o.unfreeze;
@@ -791,8 +793,10 @@ function isClassification(ds: Dataset<BatchInput>, loss: Loss | undefined): bool
  */
 function bodyBatchNormTrains(model: Model, headPath: string, recipe: Recipe): boolean {
   if (recipe.epochs === 0) return false;
-  const under = (prefix: string) => (path: string) => prefix === 'all' || path === prefix || path.startsWith(`${prefix}.`);
-  return model.modules().some((m) => /BatchNorm/.test(m.type) && m.params > 0 && !under(headPath)(m.path) && recipe.stages.some((stage) => under(stage)(m.path)));
+  // The stages match as `model.unfreeze` matches them: prefixes, globs or RegExps.
+  const unfrozen = recipe.stages.map((stage) => (stage === 'all' ? () => true : compilePattern(stage)));
+  const inHead = compilePattern(headPath);
+  return model.modules().some((m) => /BatchNorm/.test(m.type) && m.params > 0 && !inHead(m.path) && unfrozen.some((matches) => matches(m.path)));
 }
 
 /**

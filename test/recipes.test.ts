@@ -134,6 +134,9 @@ describe("fineTune({ lr: 'auto' })", () => {
     const one = await searched(100);
     expect(one).toMatchObject({ used: true, holdout: 100, folds: 1 });
     expect(one.trials!.map((t) => t.bnPolicy)).toEqual(Array(5).fill('frozen-eval')); // no unfrozen epochs: the policy cannot matter
+    // Stages match as model.unfreeze matches them: the head alone trains no BatchNorm, a glob over the body does.
+    const staged = async (unfreeze: string[]) => (await fineTune(model, { train: blank(100), numClasses: 5, freezeEpochs: 1, epochs: 1, unfreeze, lrSearch: true })).lrFinder!.search.trials!.length;
+    expect([await staged(['classifier']), await staged(['features.*'])]).toEqual([5, 8]);
     await using mlp = await loadPretrained(fixture('mlp.scripted.pt')); // nor without BatchNorm layers
     const rows = data.loader(data.tensorDataset(new Float32Array(500 * 12), Int32Array.from({ length: 500 }, (_, i) => i % 5), { inputShape: [12] }), { batchSize: 100 });
     const plainTrials = (await fineTune(mlp, { train: rows, numClasses: 5, freezeEpochs: 1, epochs: 1, lrSearch: true })).lrFinder!.search.trials!;
