@@ -5,4 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs="${TORCHLITE_BUILD_JOBS:-$(nproc)}"
+# A configure that failed (LibTorch not installed yet) leaves a CMakeCache.txt without a build
+# system; cmake-js then skips configuring and the build stops at "loading 'build.ninja'".
+if [[ -f build/CMakeCache.txt && ! -f build/build.ninja && ! -f build/Makefile ]]; then
+  rm -f build/CMakeCache.txt
+fi
 exec node "$(node -p "require.resolve('cmake-js/bin/cmake-js')")" build --out build --parallel "$jobs" --log-level warn "$@"
