@@ -10,15 +10,19 @@
 // four, as lrSearch now does on small sets; the `bn` part runs a grid with every BatchNorm
 // layer on its running statistics (bnPolicy 'eval'), and `bn-folds` and `bn-trials` the
 // default's searches under that policy (all five trial lrs on seeds 0-2, the lower three,
-// which the default tries under 'eval', on seeds 3-5).
+// which the default tries under 'eval', on seeds 3-5); `cal-folds` reruns the default's eight
+// trials on lrSearch's folds with their held-out logits (run for the cells named with
+// --models, --datasets and --budgets), to see how far one search's signal moves when only the
+// numerics do and whether a temperature-calibrated held-out loss would pick better.
 //
-//   node bench/recipes/sweep.mjs [--part grid|others|trials|folds|bn|bn-folds|bn-trials|all] [--models cnn,mnv3] [--datasets fashion,…]
+//   node bench/recipes/sweep.mjs [--part grid|others|trials|folds|bn|bn-folds|bn-trials|cal-folds|all] [--models cnn,mnv3] [--datasets fashion,…]
 //                                [--budgets 10,50,200] [--seeds 0,1,2,3,4,5] [--shard i/n] [--threads n] [--report]
 //
 // Results append to $TORCHLITE_RECIPES_DIR/runs.jsonl (default /tmp/torchlite-recipes), so an
 // interrupted sweep continues where it stopped; --report writes bench/results/recipes.md.
-// bench/results/recipes-runs.jsonl holds the runs that report was made from: copied to
-// runs.jsonl there, it regenerates the report or lets the sweep go on from them.
+// bench/results/recipes-runs.jsonl.gz holds the runs that report was made from (gzipped: the
+// `cal-folds` part's logits); unpacked to runs.jsonl there (gunzip -c … > runs.jsonl), it
+// regenerates the report or lets the sweep go on from them.
 // A benchmark, not a test: test/recipes.test.ts runs one small cell end to end.
 import { execFileSync } from 'node:child_process';
 import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -141,7 +145,7 @@ async function sweep(cells) {
   const pending = [...dealt(true), ...dealt(false)];
   for (const [k, cell] of pending.entries()) {
     const key = JSON.stringify(cell);
-    const result = cell.part === 'folds' || cell.part === 'bn-folds' ? await foldRun(cell) : await run(cell);
+    const result = ['folds', 'bn-folds', 'cal-folds'].includes(cell.part) ? await foldRun(cell) : await run(cell);
     appendFileSync(runsFile, `${JSON.stringify({ key, ...cell, ...result })}\n`);
     console.log(`${k + 1}/${pending.length} ${key} -> ${(result.accuracy * 100).toFixed(1)}% at lr ${result.lr.toExponential(2)} (${result.seconds.toFixed(1)}s)`);
   }
@@ -256,6 +260,19 @@ function bnSearchCells(kind) {
   return cells;
 }
 
+/** Every trial of the default's searches (five under 'frozen-eval', the lower three under 'eval') on lrSearch's folds, with the held-out logits. */
+function calCells() {
+  const cells = [];
+  for (const r of earlierSearches(readRuns()))
+    if (FAMILIES.includes(r.family) && RUN_DATASETS.includes(r.dataset) && RUN_BUDGETS.includes(r.budget) && RUN_SEEDS.includes(r.seed)) {
+      const [freezeEpochs, epochs] = r.epochs.split('+').map(Number);
+      for (const [i, trial] of r.search.trials.entries())
+        for (const bnPolicy of i < LOWER_TRIALS ? [undefined, 'eval'] : [undefined])
+          for (const fold of foldsOf(r)) cells.push({ ...foldCell(r, trial.lr, fold, freezeEpochs, epochs), part: 'cal-folds', ...(bnPolicy && { bnPolicy }) });
+    }
+  return cells;
+}
+
 export const foldCell = (r, lr, fold, freezeEpochs, epochs) => ({ part: 'folds', family: r.family, dataset: r.dataset, budget: r.budget, seed: r.seed, ...DEFAULTS, lr, fold, freezeEpochs, epochs });
 
 /** One trial on one fold, as lrSearch runs it: the held-out loss and accuracy. */
@@ -268,13 +285,26 @@ async function foldRun({ lr, fold, freezeEpochs, epochs, ...cell }) {
     const loader = (ds) => data.loader(ds, { batchSize: 32, shuffle: true, seed });
     await fineTune(model, { train: loader(parts.train), numClasses: 5, lr, freezeEpochs, epochs });
     const scored = await model.evaluate(loader(parts.val), { loss: torchlite.loss.crossEntropy(), metrics: ['accuracy'] });
-    return { accuracy: scored.accuracy, loss: scored.loss, holdout: parts.val.length, lr, seconds: (Date.now() - started) / 1000 };
+    const logits = [];
+    const targets = [];
+    if (cell.part === 'cal-folds')
+      for await (const batch of data.loader(parts.val, { batchSize: 250 })) {
+        const out = await model.forward(batch.input);
+        logits.push(...Array.from(out.toTypedArray(), (v) => Math.round(v * 1e4) / 1e4));
+        targets.push(...Array.from(batch.target.toTypedArray(), Number));
+        out.dispose();
+      }
+    return { accuracy: scored.accuracy, loss: scored.loss, holdout: parts.val.length, lr, seconds: (Date.now() - started) / 1000, ...(logits.length && { logits, targets }) };
   });
 }
 
 // One record a cell: shards that overlapped ran some cells twice (with the same result, on one build).
 const readRuns = () => (existsSync(runsFile) ? [...new Map(readFileSync(runsFile, 'utf8').trim().split('\n').filter(Boolean).map((line) => JSON.parse(line)).map((r) => [r.key, r])).values()] : []);
 const mean = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+const median = (xs) => {
+  const sorted = [...xs].sort((a, b) => a - b);
+  return (sorted[Math.floor((sorted.length - 1) / 2)] + sorted[Math.ceil((sorted.length - 1) / 2)]) / 2;
+};
 /** The sample standard deviation. */
 const sd = (xs) => Math.sqrt(xs.reduce((a, x) => a + (x - mean(xs)) ** 2, 0) / (xs.length - 1));
 const pct = (v) => (Number.isNaN(v) ? '-' : `${(v * 100).toFixed(1)}%`);
@@ -362,6 +392,8 @@ const smoothed = (xs) => xs.map((x, i) => {
   const near = [xs[i - 1], x, x, xs[i + 1]].filter((v) => v !== undefined);
   return mean(near);
 });
+/** A trial's held-out loss + `weight` × its error rate; a diverged trial (NaN or infinite loss) scores infinitely bad, as in src/train.ts. */
+const scoreOf = (t, weight) => (Number.isFinite(t.loss) ? t.loss + weight * (1 - t.accuracy) : Infinity);
 const argBest = (n, better) => Array.from({ length: n }, (_, i) => i).reduce((a, i) => (better(i, a) ? i : a), 0);
 /** Ways to choose among the held-out trials: each returns the index of the trial it picks. */
 const CHOICES = {
@@ -375,7 +407,7 @@ const CHOICES = {
     const l = smoothed(t.map((x) => x.loss));
     return argBest(t.length, (i, j) => l[i] < l[j]);
   },
-  ...Object.fromEntries([0.5, 1, 2, 4, 10].map((weight) => [`held-out loss + ${weight} × error rate`, (t) => argBest(t.length, (i, j) => t[i].loss + weight * (1 - t[i].accuracy) < t[j].loss + weight * (1 - t[j].accuracy))])),
+  ...Object.fromEntries([0.5, 1, 2, 4, 10].map((weight) => [`held-out loss + ${weight} × error rate`, (t) => argBest(t.length, (i, j) => scoreOf(t[i], weight) < scoreOf(t[j], weight))])),
   'the middle trial (the range test alone)': (t) => Math.floor(t.length / 2),
 };
 
@@ -437,7 +469,7 @@ function defaultTrials(r, parts) {
 }
 const defaultParts = (runs) => ({ folds: foldsPart(runs), bnFolds: bnFoldsPart(runs), reached: accuracyAt(runs), bnReached: accuracyAt(runs, 'eval') });
 
-const score = (t) => (Number.isFinite(t.loss) ? t.loss + 2 * (1 - t.accuracy) : Infinity);
+const score = (t) => scoreOf(t, 2);
 const meanOf = (trials, of) => mean(trials.map((t) => (Number.isFinite(t.loss) ? of(t) : Infinity)));
 /**
  * Ways to choose the BatchNorm policy from a search's five 'frozen-eval' trials `f` and the
@@ -571,6 +603,104 @@ function noiseSection(runs, derived) {
     }
     lines.push('');
   }
+  return lines;
+}
+
+/** The mean cross-entropy of logits (`classes` a row) divided by `temperature`. */
+function crossEntropyAt(logits, targets, classes, temperature) {
+  let sum = 0;
+  targets.forEach((target, i) => {
+    const z = logits.slice(i * classes, (i + 1) * classes).map((v) => v / temperature);
+    const top = Math.max(...z);
+    sum += top + Math.log(z.reduce((a, v) => a + Math.exp(v - top), 0)) - z[target];
+  });
+  return sum / targets.length;
+}
+
+/**
+ * The temperature that minimises the held-out cross-entropy (golden-section search over its
+ * log, from e^-3 to e^5) and that loss: how well a trial ranks the classes, with the
+ * overconfidence that one temperature removes, which changes no prediction, left out.
+ */
+function calibrated(logits, targets, classes) {
+  const at = (logT) => crossEntropyAt(logits, targets, classes, Math.exp(logT));
+  const golden = (Math.sqrt(5) - 1) / 2;
+  let [lo, hi] = [-3, 5];
+  let [a, b] = [hi - golden * (hi - lo), lo + golden * (hi - lo)];
+  let [fa, fb] = [at(a), at(b)];
+  // Each step keeps one inner point of the last, so it costs one evaluation.
+  for (let i = 0; i < 40; i++)
+    if (fa < fb) {
+      [hi, b, fb] = [b, a, fa];
+      a = hi - golden * (hi - lo);
+      fa = at(a);
+    } else {
+      [lo, a, fa] = [a, b, fb];
+      b = lo + golden * (hi - lo);
+      fb = at(b);
+    }
+  return { temperature: Math.exp((lo + hi) / 2), loss: at((lo + hi) / 2) };
+}
+
+/**
+ * The `cal-folds` part: the default's eight trials of some searches rerun on lrSearch's folds
+ * on another machine, with their held-out logits. How far one search's signal moves when only
+ * the numerics do, whether fineTune's rule still picks the same trial, and whether scoring each
+ * trial by its temperature-calibrated held-out loss instead of its loss would pick better.
+ */
+function calSection(runs, measured) {
+  const cal = new Map(runs.filter((r) => r.part === 'cal-folds' && keyOf(r).sweep === DEFAULTS.sweep).map((r) => [`${at(r, r.lr)}|${policyOf(r)}|${r.fold}`, r]));
+  if (cal.size === 0) return [];
+  const parts = defaultParts(runs);
+  const pick = (trials) => pickOf(trials, POLICY_CHOICES[POLICY_CHOICE]);
+  const byCell = new Map();
+  for (const r of earlierSearches(measured)) {
+    const recorded = defaultTrials(r, parts);
+    const rerun = recorded && pooledTrials(r, recorded, (t, fold) => cal.get(`${at(r, t.lr)}|${t.policy}|${fold}`));
+    if (!rerun) continue;
+    const rescored = recorded.map((t, i) => {
+      const folds = foldsOf(r).map((fold) => cal.get(`${at(r, t.lr)}|${t.policy}|${fold}`));
+      const { loss, temperature } = calibrated(folds.flatMap((f) => f.logits), folds.flatMap((f) => f.targets), 5);
+      return { ...t, accuracy: rerun[i].accuracy, raw: rerun[i].loss, loss, temperature, moved: { accuracy: Math.abs(t.accuracy - rerun[i].accuracy) * 100, loss: Math.abs(t.loss - rerun[i].loss) } };
+    });
+    const again = rescored.map((t) => ({ ...t, loss: t.raw }));
+    const key = `${r.family} | ${r.dataset} | ${r.budget}`;
+    if (!byCell.has(key)) byCell.set(key, { family: r.family, cell: measured.filter((g) => g.family === r.family && g.dataset === r.dataset && g.budget === r.budget), picks: [] });
+    byCell.get(key).picks.push({ seed: r.seed, trials: rescored, recorded: recorded.indexOf(pick(recorded)), rerun: again.indexOf(pick(again)), calibrated: rescored.indexOf(pick(rescored)), reached: recorded.map((t) => t.reached) });
+  }
+  // Cells whose searches are all rerun: a part-run cell would be scored on a few seeds.
+  const complete = [...byCell].filter(([, { picks }]) => picks.length === SEEDS.length);
+  if (complete.length === 0) return [];
+  const trials = complete.flatMap(([, { picks }]) => picks.flatMap((p) => p.trials));
+  const moved = (of) => trials.map((t) => t.moved[of]);
+  const temperature = (policy) => median(trials.filter((t) => t.policy === policy).map((t) => t.temperature)).toFixed(1);
+  const lines = [
+    '## How reproducible one search is, and scoring its trials by a calibrated loss',
+    '',
+    `The default's eight trials in the cells below (those whose ${SEEDS.length} searches are all rerun) rerun on lrSearch's folds on another machine (a new VM, where the numerics differ as between the builds above), with each trial's held-out logits (the \`cal-folds\` part). Each trial's pooled held-out accuracy moved by ${mean(moved('accuracy')).toFixed(1)} points on average (at most ${Math.max(...moved('accuracy')).toFixed(1)}) and its loss by ${mean(moved('loss')).toFixed(2)}, over ${trials.length} trials. The calibrated loss is each trial's held-out loss at the temperature that minimises it, fitted over its pooled folds: the median fitted temperature was ${temperature('frozen-eval')} under 'frozen-eval' and ${temperature('eval')} under 'eval' (above 1: overconfident). A pick's accuracy is the one a run given its lr and policy reached (the \`trials\` and \`bn-trials\` parts).`,
+    '',
+    "| model | dataset | labels/class | seeds | best grid point | fineTune's rule, recorded trials | the same rule, rerun trials | same pick | the rule on calibrated losses, rerun trials |",
+    '|---|---|---|---|---|---|---|---|---|',
+  ];
+  const gaps = [];
+  for (const [key, { family, cell, picks }] of complete) {
+    const best = Math.max(...gridPoints(cell));
+    const gap = { family };
+    const shown = (of) => {
+      const accuracy = mean(picks.map((p) => p.reached[p[of]]));
+      gap[of] = (best - accuracy) * 100;
+      return `${pct(accuracy)} (gap ${gap[of].toFixed(1)})`;
+    };
+    lines.push(`| ${key} | ${picks.length} | ${pct(best)} | ${shown('recorded')} | ${shown('rerun')} | ${picks.filter((p) => p.rerun === p.recorded).length} of ${picks.length} | ${shown('calibrated')} |`);
+    gaps.push(gap);
+  }
+  const summary = (of, among) => {
+    const xs = gaps.filter(among).map((g) => g[of]);
+    return `${xs.filter((g) => g <= 2).length} of ${xs.length} within 2 points, mean gap ${mean(xs).toFixed(2)}, worst ${Math.max(...xs).toFixed(1)}`;
+  };
+  lines.push('');
+  for (const [what, among] of [['all these cells', () => true], ...Object.keys(MODELS).map((family) => [family, (g) => g.family === family])])
+    if (gaps.some(among)) lines.push(`${what}: fineTune's rule on the recorded trials ${summary('recorded', among)}; on the rerun trials ${summary('rerun', among)}; on their calibrated losses ${summary('calibrated', among)}.`, '');
   return lines;
 }
 
@@ -763,6 +893,7 @@ function report() {
   lines.push(...choiceSection(runs, now));
   lines.push(...policySection(runs, measured));
   lines.push(...noiseSection(runs, derivations));
+  lines.push(...calSection(runs, measured));
   const earlier = grid.filter((r) => keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult && keyOf(r).sweep === undefined);
   lines.push(...gridSection(earlier, '## Before `lrSearch`, on an earlier build: the range test alone', { isDefault: rangeTestAlone, what: 'the valley rule × 7' }));
   lines.push(...bnSection(runs.filter((r) => r.part === 'bn' && keyOf(r).sweep === DEFAULTS.sweep), measured.filter((r) => typeof keyOf(r).lr === 'number')));
@@ -797,6 +928,7 @@ if (process.argv[1] === fileURLToPath(import.meta.url)) {
     if (part === 'bn' || part === 'all') await sweep(bnCells());
     if (part === 'bn-folds' || part === 'all') await sweep(bnSearchCells('bn-folds'));
     if (part === 'bn-trials' || part === 'all') await sweep(bnSearchCells('bn-trials'));
+    if (part === 'cal-folds') await sweep(calCells());
     if (shards === 1) report();
   }
 }
