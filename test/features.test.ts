@@ -6,7 +6,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { checkpoint, data, fineTune, type FineTuneOptions, loadPretrained, manualSeed, type Model, nn, randn, type Tensor, TorchError, torchVersion } from '../src';
+import { checkpoint, data, fineTune, type FineTuneOptions, loadPretrained, manualSeed, type Model, nn, randn, type Tensor, TorchError } from '../src';
 import { fixture, maxAbsDiff, relativeDiff } from './helpers';
 
 manualSeed(5);
@@ -69,9 +69,18 @@ describe('fineTune({ cacheFeatures })', () => {
   it('checks the frozen copy of the body first, and computes the features with the model where the copy is wrong', async () => {
     const [whole, cached] = [await tune({ cacheFeatures: false, epochs: 0 }, undefined, 'mobilenet_small.scripted.pt'), await tune({ epochs: 0 }, undefined, 'mobilenet_small.scripted.pt')];
     expect(cached.history.featureCache).toMatchObject({ used: true });
-    // LibTorch 1.13's inference passes get this MobileNetV3 wrong (outputs off by 1e-2, and
-    // an "output ... was resized" warning), so its copy is refused there.
-    if (torchVersion.startsWith('1.13')) expect(cached.history.featureCache?.optimized).toBe(false);
+    // Whether the copy is right depends on the CPU's kernels: LibTorch 1.13's inference passes
+    // got this MobileNetV3 wrong on one VM (outputs off by 1e-2, and an "output ... was
+    // resized" warning) and right on an AMD EPYC one. The cache used the copy exactly where
+    // the model's own copy agrees on the same probe (the first 16 training samples), and its
+    // losses are the whole model's either way.
+    const model = await loadPretrained(fixture('mobilenet_small.scripted.pt'));
+    model.eval();
+    const probe = (await data.loader(train, { batchSize: 16 }).batches(0).next()).value!;
+    const copy = await model.inferenceCopy(probe.input as Tensor);
+    expect(cached.history.featureCache?.optimized).toBe(copy !== undefined);
+    copy?.dispose();
+    model.dispose();
     const losses = (h: typeof whole.history) => h.flatMap((r) => [r.trainLoss, r.val!.loss!]);
     expect(relativeDiff(losses(cached.history), losses(whole.history))).toBeLessThan(1e-6);
   });
