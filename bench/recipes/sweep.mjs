@@ -71,6 +71,8 @@ const FAMILIES = flag('--models', 'cnn,mnv3').split(',');
 const RUN_DATASETS = flag('--datasets', DATASETS.join(',')).split(',');
 const RUN_BUDGETS = flag('--budgets', BUDGETS.join(',')).split(',').map(Number);
 const RUN_SEEDS = flag('--seeds', SEEDS.join(',')).split(',').map(Number);
+/** Whether run `r` is of a cell those flags name. */
+const named = (r) => FAMILIES.includes(r.family) && RUN_DATASETS.includes(r.dataset) && RUN_BUDGETS.includes(r.budget) && RUN_SEEDS.includes(r.seed);
 // --shard i/n runs every n-th cell from the i-th that is still to run, so n processes share a sweep; --threads sets
 // each one's intra-op threads (at 32 px, one thread per process did more work than two). A run
 // repeats exactly only at the same thread count (the default for CNN letters-10 seed 0 reached
@@ -201,7 +203,7 @@ function gridCells() {
 function trialCells() {
   const cells = [];
   for (const r of readRuns())
-    if (r.part === 'grid' && searched(r) && r.search?.used && FAMILIES.includes(r.family) && RUN_BUDGETS.includes(r.budget) && RUN_SEEDS.includes(r.seed))
+    if (r.part === 'grid' && searched(r) && r.search?.used && named(r))
       for (const trial of r.search.trials) cells.push({ part: 'trials', family: r.family, dataset: r.dataset, budget: r.budget, seed: r.seed, ...DEFAULTS, lr: trial.lr });
   return cells;
 }
@@ -215,10 +217,7 @@ function trialCells() {
 function foldCells() {
   const cells = [];
   for (const r of readRuns())
-    if (r.part === 'grid' && oneFold(r) && FAMILIES.includes(r.family) && RUN_BUDGETS.includes(r.budget) && RUN_SEEDS.includes(r.seed)) {
-      const [freezeEpochs, epochs] = r.epochs.split('+').map(Number);
-      for (const fold of [1, 2, 3, 4]) for (const trial of r.search.trials) cells.push(foldCell(r, trial.lr, fold, freezeEpochs, epochs));
-    }
+    if (r.part === 'grid' && oneFold(r) && named(r)) for (const fold of [1, 2, 3, 4]) for (const trial of r.search.trials) cells.push(foldCell(r, trial.lr, fold));
   return cells;
 }
 
@@ -249,31 +248,29 @@ function bnCells() {
  */
 function bnSearchCells(kind) {
   const cells = [];
-  for (const r of earlierSearches(readRuns()))
-    if (FAMILIES.includes(r.family) && RUN_BUDGETS.includes(r.budget) && RUN_SEEDS.includes(r.seed))
-      // Seeds 0-2 ran all five; later seeds the lower LOWER_TRIALS, the ones the default tries under 'eval'.
-      for (const trial of r.search.trials.slice(0, r.seed < 3 ? undefined : LOWER_TRIALS)) {
-        const [freezeEpochs, epochs] = r.epochs.split('+').map(Number);
-        if (kind === 'bn-trials') cells.push({ part: kind, family: r.family, dataset: r.dataset, budget: r.budget, seed: r.seed, ...DEFAULTS, lr: trial.lr, bnPolicy: 'eval' });
-        else for (const fold of foldsOf(r)) cells.push({ ...foldCell(r, trial.lr, fold, freezeEpochs, epochs), part: kind, bnPolicy: 'eval' });
-      }
+  for (const r of earlierSearches(readRuns()).filter(named))
+    // Seeds 0-2 ran all five; later seeds the lower LOWER_TRIALS, the ones the default tries under 'eval'.
+    for (const trial of r.search.trials.slice(0, r.seed < 3 ? undefined : LOWER_TRIALS))
+      if (kind === 'bn-trials') cells.push({ part: kind, family: r.family, dataset: r.dataset, budget: r.budget, seed: r.seed, ...DEFAULTS, lr: trial.lr, bnPolicy: 'eval' });
+      else for (const fold of foldsOf(r)) cells.push({ ...foldCell(r, trial.lr, fold), part: kind, bnPolicy: 'eval' });
   return cells;
 }
 
 /** Every trial of the default's searches (five under 'frozen-eval', the lower three under 'eval') on lrSearch's folds, with the held-out logits. */
 function calCells() {
   const cells = [];
-  for (const r of earlierSearches(readRuns()))
-    if (FAMILIES.includes(r.family) && RUN_DATASETS.includes(r.dataset) && RUN_BUDGETS.includes(r.budget) && RUN_SEEDS.includes(r.seed)) {
-      const [freezeEpochs, epochs] = r.epochs.split('+').map(Number);
-      for (const [i, trial] of r.search.trials.entries())
-        for (const bnPolicy of i < LOWER_TRIALS ? [undefined, 'eval'] : [undefined])
-          for (const fold of foldsOf(r)) cells.push({ ...foldCell(r, trial.lr, fold, freezeEpochs, epochs), part: 'cal-folds', ...(bnPolicy && { bnPolicy }) });
-    }
+  for (const r of earlierSearches(readRuns()).filter(named))
+    for (const [i, trial] of r.search.trials.entries())
+      for (const bnPolicy of i < LOWER_TRIALS ? [undefined, 'eval'] : [undefined])
+        for (const fold of foldsOf(r)) cells.push({ ...foldCell(r, trial.lr, fold), part: 'cal-folds', ...(bnPolicy && { bnPolicy }) });
   return cells;
 }
 
-export const foldCell = (r, lr, fold, freezeEpochs, epochs) => ({ part: 'folds', family: r.family, dataset: r.dataset, budget: r.budget, seed: r.seed, ...DEFAULTS, lr, fold, freezeEpochs, epochs });
+/** Search `r`'s trial at `lr` on one fold, trained for the epochs its search trained each trial. */
+const foldCell = (r, lr, fold) => {
+  const [freezeEpochs, epochs] = r.epochs.split('+').map(Number);
+  return { part: 'folds', family: r.family, dataset: r.dataset, budget: r.budget, seed: r.seed, ...DEFAULTS, lr, fold, freezeEpochs, epochs };
+};
 
 /** One trial on one fold, as lrSearch runs it: the held-out loss and accuracy. */
 async function foldRun({ lr, fold, freezeEpochs, epochs, ...cell }) {
