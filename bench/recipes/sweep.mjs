@@ -319,6 +319,12 @@ const foldsOf = (r) => (r.search.holdout < MIN_HOLDOUT ? [0, 1, 2, 3, 4] : [0]);
 // A search that scored its trials on one fold where five would now run.
 const oneFold = (r) => searched(r) && r.search?.used && r.search.folds === undefined && r.search.holdout < MIN_HOLDOUT;
 
+// Seeds an earlier report stopped at, each scored alone where a cell has more, so that what later seeds changed shows.
+const EARLIER_SEEDS = [
+  { what: "seeds 0-2 alone (the first sweep's three)", seeds: [0, 1, 2] },
+  { what: 'seeds 0-5 alone (the first VM)', seeds: SEEDS },
+];
+
 /**
  * The default (`isDefault`, described as `what`) against the best grid point per cell, averaged
  * over seeds; `rules` adds columns for other lr rules run alongside, and `policies` one with the
@@ -331,7 +337,7 @@ function gridSection(grid, title, { isDefault, what, rules = {}, policies = fals
   const extra = Object.keys(rules);
   lines.push(`| model | dataset | labels/class | seeds | default | its lr (mean) | ${[...(policies ? ['its policies'] : []), ...extra, ...GRID.map((lr) => `lr ${lr}`)].join(' | ')} | gap ± s.e. | within 2 |`, `|${'---|'.repeat(8 + Number(policies) + extra.length + GRID.length)}`);
   const gaps = { default: [], ...Object.fromEntries(extra.map((name) => [name, []])) };
-  const firstThree = [];
+  const earlier = EARLIER_SEEDS.map(() => []);
   for (const family of Object.keys(MODELS))
     for (const dataset of DATASETS)
       for (const budget of BUDGETS) {
@@ -342,7 +348,7 @@ function gridSection(grid, title, { isDefault, what, rules = {}, policies = fals
         gaps.default.push(gap);
         const others = extra.map((name) => compare(cell, rules[name])?.auto ?? NaN);
         others.forEach((v, k) => Number.isNaN(v) || gaps[extra[k]].push((best - v) * 100));
-        if (seeds > 3) firstThree.push(compare(cell.filter((r) => r.seed < 3), isDefault)?.gap);
+        EARLIER_SEEDS.forEach(({ seeds: some }, k) => seeds > some.length && earlier[k].push(compare(cell.filter((r) => some.includes(r.seed)), isDefault)?.gap));
         const defaults = cell.filter(isDefault).sort((a, b) => a.seed - b.seed);
         const lrs = defaults.map((r) => r.lr);
         const mark = (v) => (v === best ? `**${pct(v)}**` : pct(v));
@@ -352,8 +358,10 @@ function gridSection(grid, title, { isDefault, what, rules = {}, policies = fals
   const summary = (xs) => (xs.length ? `${mean(xs).toFixed(2)} points (worst ${Math.max(...xs).toFixed(1)})` : '-');
   const within = (xs) => `${xs.filter((g) => g <= 2).length} of ${xs.length} cells`;
   lines.push('', `Within 2 points: ${within(gaps.default)}. Mean gap to the best grid point: the default ${summary(gaps.default)}${extra.map((name) => `; ${name} ${summary(gaps[name])}`).join('')}.`);
-  const early = firstThree.filter((g) => g !== undefined);
-  if (early.length) lines.push(`On seeds 0-2 alone (the first sweep's three): within 2 points ${within(early)}, mean gap ${summary(early)}.`);
+  EARLIER_SEEDS.forEach(({ what }, k) => {
+    const early = earlier[k].filter((g) => g !== undefined);
+    if (early.length) lines.push(`On ${what}: within 2 points ${within(early)}, mean gap ${summary(early)}.`);
+  });
   lines.push('');
   return lines;
 }
@@ -363,7 +371,9 @@ function gridSection(grid, title, { isDefault, what, rules = {}, policies = fals
  * point in points and the gap's paired standard error over seeds; undefined where a part is missing.
  */
 function compare(cell, isDefault) {
-  const defaults = cell.filter(isDefault);
+  // Seeds whose every grid point ran: a sweep under way has run some seeds' defaults (dealt first) and not yet their grid.
+  const gridded = (seed) => GRID.every((lr) => cell.some((r) => r.seed === seed && keyOf(r).lr === lr));
+  const defaults = cell.filter((r) => isDefault(r) && gridded(r.seed));
   // The grid on the default's seeds only: a seed is a draw of the labels, shared by both.
   const seeds = new Set(defaults.map((r) => r.seed));
   const points = gridPoints(cell.filter((r) => seeds.has(r.seed)));
