@@ -344,12 +344,11 @@ function gridSection(grid, title, { isDefault, what, rules = {}, policies = fals
         const cell = grid.filter((r) => r.family === family && r.dataset === dataset && r.budget === budget);
         const all = compare(cell, isDefault);
         if (!all) continue;
-        const { auto, points, best, gap, se, seeds } = all;
+        const { auto, points, best, gap, se, seeds, defaults } = all;
         gaps.default.push(gap);
         const others = extra.map((name) => compare(cell, rules[name])?.auto ?? NaN);
         others.forEach((v, k) => Number.isNaN(v) || gaps[extra[k]].push((best - v) * 100));
         EARLIER_SEEDS.forEach(({ seeds: some }, k) => seeds > some.length && earlier[k].push(compare(cell.filter((r) => some.includes(r.seed)), isDefault)?.gap));
-        const defaults = cell.filter(isDefault).sort((a, b) => a.seed - b.seed);
         const lrs = defaults.map((r) => r.lr);
         const mark = (v) => (v === best ? `**${pct(v)}**` : pct(v));
         const policy = policies ? [defaults.map((r) => (policyOf(r) === 'eval' ? 'e' : 'f')).join('')] : [];
@@ -368,12 +367,13 @@ function gridSection(grid, title, { isDefault, what, rules = {}, policies = fals
 
 /**
  * A cell's default (`isDefault`) against its grid: mean accuracies, the gap to the best grid
- * point in points and the gap's paired standard error over seeds; undefined where a part is missing.
+ * point in points, the gap's paired standard error over seeds, and the default's runs counted (by
+ * seed); undefined where a part is missing.
  */
 function compare(cell, isDefault) {
   // Seeds whose every grid point ran: a sweep under way has run some seeds' defaults (dealt first) and not yet their grid.
   const gridded = (seed) => GRID.every((lr) => cell.some((r) => r.seed === seed && keyOf(r).lr === lr));
-  const defaults = cell.filter((r) => isDefault(r) && gridded(r.seed));
+  const defaults = cell.filter((r) => isDefault(r) && gridded(r.seed)).sort((a, b) => a.seed - b.seed);
   // The grid on the default's seeds only: a seed is a draw of the labels, shared by both.
   const seeds = new Set(defaults.map((r) => r.seed));
   const points = gridPoints(cell.filter((r) => seeds.has(r.seed)));
@@ -383,7 +383,7 @@ function compare(cell, isDefault) {
   const atBest = cell.filter((r) => keyOf(r).lr === GRID[points.indexOf(best)]);
   const diffs = defaults.flatMap((d) => atBest.filter((g) => g.seed === d.seed).map((g) => (g.accuracy - d.accuracy) * 100));
   const spread = diffs.length > 1 ? sd(diffs) / Math.sqrt(diffs.length) : NaN;
-  return { auto, points, best, gap: (best - auto) * 100, se: spread, seeds: seeds.size };
+  return { auto, points, best, gap: (best - auto) * 100, se: spread, seeds: seeds.size, defaults };
 }
 
 /** A cell's mean accuracy at each grid lr (NaN where a point is missing). */
