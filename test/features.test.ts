@@ -75,12 +75,17 @@ describe('fineTune({ cacheFeatures })', () => {
     // the model's own copy agrees on the same probe (the first 16 training samples), and its
     // losses are the whole model's either way.
     const model = await loadPretrained(fixture('mobilenet_small.scripted.pt'));
-    model.eval();
-    const probe = (await data.loader(train, { batchSize: 16 }).batches(0).next()).value!;
-    const copy = await model.inferenceCopy(probe.input as Tensor);
-    expect(cached.history.featureCache?.optimized).toBe(copy !== undefined);
-    copy?.dispose();
-    model.dispose();
+    let copied: boolean;
+    try {
+      model.eval();
+      const probe = (await data.loader(train, { batchSize: 16 }).batches(0).next()).value!;
+      const copy = await model.inferenceCopy(probe.input as Tensor);
+      copied = copy !== undefined;
+      copy?.dispose();
+    } finally {
+      model.dispose();
+    }
+    expect(cached.history.featureCache?.optimized).toBe(copied);
     const losses = (h: typeof whole.history) => h.flatMap((r) => [r.trainLoss, r.val!.loss!]);
     expect(relativeDiff(losses(cached.history), losses(whole.history))).toBeLessThan(1e-6);
   });
