@@ -900,7 +900,10 @@ function othersSection(runs) {
 function laterSeedsNote(defaults) {
   const cellsOf = (seed) => defaults.filter((r) => r.seed === seed).map((r) => `${r.family}|${r.budget}|${r.dataset}`).sort().join(',');
   const bySet = new Map();
-  for (const seed of [...new Set(defaults.map((r) => r.seed))].filter((seed) => !SEEDS.includes(seed)).sort((a, b) => a - b)) bySet.set(cellsOf(seed), [...(bySet.get(cellsOf(seed)) ?? []), seed]);
+  for (const seed of [...new Set(defaults.map((r) => r.seed))].filter((seed) => !SEEDS.includes(seed)).sort((a, b) => a - b)) {
+    const cells = cellsOf(seed);
+    bySet.set(cells, [...(bySet.get(cells) ?? []), seed]);
+  }
   if (bySet.size === 0) return [];
   const where = (set) => {
     const cells = set.split(',').map((c) => c.split('|'));
