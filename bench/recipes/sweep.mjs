@@ -898,26 +898,27 @@ function othersSection(runs) {
  * cell, or some families at some budgets), from the default runs `defaults`.
  */
 function laterSeedsNote(defaults) {
-  const cellsOf = (seed) => defaults.filter((r) => r.seed === seed).map((r) => `${r.family}|${r.budget}|${r.dataset}`).sort().join(',');
-  const bySet = new Map();
+  // Seeds that ran in the same cells, grouped by those cells.
+  const groups = new Map();
   for (const seed of [...new Set(defaults.map((r) => r.seed))].filter((seed) => !SEEDS.includes(seed)).sort((a, b) => a - b)) {
-    const cells = cellsOf(seed);
-    bySet.set(cells, [...(bySet.get(cells) ?? []), seed]);
+    const cells = defaults.filter((r) => r.seed === seed).map((r) => ({ family: r.family, budget: r.budget, key: `${r.family}|${r.budget}|${r.dataset}` }));
+    const key = cells.map((c) => c.key).sort().join(',');
+    groups.set(key, { cells, seeds: [...(groups.get(key)?.seeds ?? []), seed] });
   }
-  if (bySet.size === 0) return [];
-  const where = (set) => {
-    const cells = set.split(',').map((c) => c.split('|'));
+  if (groups.size === 0) return [];
+  const where = (cells) => {
     if (cells.length === Object.keys(MODELS).length * DATASETS.length * BUDGETS.length) return 'every cell';
-    return [...new Set(cells.map(([family]) => family))]
+    return [...new Set(cells.map((c) => c.family))]
       .map((family) => {
-        const budgets = [...new Set(cells.filter(([f]) => f === family).map(([, budget]) => budget))];
+        const budgets = [...new Set(cells.filter((c) => c.family === family).map((c) => c.budget))];
         return `the ${family} cells${budgets.length < BUDGETS.length ? ` at ${budgets.join(' and ')} labels a class` : ''}`;
       })
       .join(' and ');
   };
-  const ran = [...bySet].map(([set, seeds]) => `${seedRange(seeds)} in ${where(set)}`).join('; ');
+  const places = [...groups.values()].map(({ cells, seeds }) => ({ seeds: seedRange(seeds), where: where(cells) }));
+  const ran = places.map((p) => `${p.seeds} in ${p.where}`).join('; ');
   // Seeds past those every cell ran went where they cost least, and to the budget of the cells out.
-  const partial = [...bySet.keys()].some((set) => where(set) !== 'every cell') ? " A seed of the CNN's 15 cells takes 14 core-minutes here, and of MobileNetV3's 15 about 100: its later seeds ran at 10 labels a class, where its cells out at eight seeds were (40 core-minutes a seed); the cells were chosen before those seeds ran, and every run counts." : '';
+  const partial = places.some((p) => p.where !== 'every cell') ? " A seed of the CNN's 15 cells takes 14 core-minutes here, and of MobileNetV3's 15 about 100: its later seeds ran at 10 labels a class, where its cells out at eight seeds were (40 core-minutes a seed); the cells were chosen before those seeds ran, and every run counts." : '';
   return [`Later seeds, with the default unchanged: ${ran}. They ran on a new VM (2-core AMD EPYC), where MobileNetV3 was pretrained again by the same seeded script; a seed's default and grid ran on one build, so its gap is a paired difference, and the summary also scores the earlier seeds alone.${partial}`, ''];
 }
 
