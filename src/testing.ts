@@ -3,8 +3,8 @@ import { callNativeAsync } from './errors';
 import { Model, type ModelInput, unwrapInput } from './model';
 import { native } from './native';
 
-/** Which of lrSearch's trials fineTune trains at (an index into them). */
-export { bestTrial } from './train';
+/** Which of lrSearch's trials fineTune trains at (an index into them), and whether they beat chance at all. */
+export { beatsChance, bestTrial } from './train';
 
 /**
  * Runs forward and backward on the sum of the outputs, and reports which parameters

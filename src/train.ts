@@ -502,6 +502,10 @@ export interface FineTuneOptions {
    * put back before each and after them, so the final run equals one given the chosen lr.
    * `'auto'` searches on training sets of at most 2,000 samples, where trials are cheap and
    * the range test least reliable, and says otherwise in the result's `lrFinder.search`.
+   * Where no trial's held-out accuracy beats always answering the commonest class by more
+   * than luck gives (a one-sided binomial test at 5%, over all the trials), the trials rank
+   * lrs by noise: fineTune then trains at the range test's lr under the model's BatchNorm
+   * policy, sets `lrFinder.search.abstained` and warns (code `TORCHLITE_NO_SIGNAL`).
    * With `bnPolicy: 'auto'` the search may also try BatchNorm policy `'eval'` (see
    * `bnPolicy`). Defaults to `'auto'`.
    */
@@ -596,6 +600,14 @@ export interface LrSearchReport {
   score?: string;
   /** Each trial, in the order run. */
   trials?: LrTrial[];
+  /** With class targets: the commonest class's share of the held-out samples, the accuracy of always answering it. */
+  chance?: number;
+  /**
+   * True where no trial's held-out accuracy beat `chance` beyond luck: the trials then rank lrs
+   * by noise, and fineTune trains at the range test's lr under the model's BatchNorm policy
+   * (and warns, code `TORCHLITE_NO_SIGNAL`).
+   */
+  abstained?: boolean;
 }
 
 /** One of `lrSearch`'s trials: its lr and BatchNorm policy, and its held-out loss (and accuracy, for classification) over all folds. */
@@ -616,6 +628,8 @@ const LR_SEARCH_MAX_SAMPLES = 2000;
 const LR_SEARCH_MIN_HOLDOUT = 100;
 /** How much a trial's held-out error rate adds to its held-out loss in `lrSearch`'s score. */
 const LR_TRIAL_ERROR_WEIGHT = 2;
+/** How unlikely by luck alone a trial's held-out accuracy must be for `lrSearch` to trust the trials (see `beatsChance`). */
+const LR_TRIAL_SIGNIFICANCE = 0.05;
 
 type Parts = { train: Dataset<BatchInput>; val: Dataset<BatchInput> };
 
@@ -848,7 +862,58 @@ async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, sugges
   model.bnPolicy = best?.bnPolicy ?? policies[0];
   if (best === undefined) return { lr: suggested, report: { used: false, reason: 'aborted' } };
   const score = classification ? `loss + ${LR_TRIAL_ERROR_WEIGHT} × error rate` : 'loss';
-  return { lr: best.lr, report: { used: true, holdout, folds: folds.length, score, trials } };
+  const report: LrSearchReport = { used: true, holdout, folds: folds.length, score, trials, ...(classification && { chance: majorityShare(folds) }) };
+  if (report.chance === undefined || beatsChance(trials, holdout, report.chance)) return { lr: best.lr, report };
+  model.bnPolicy = policies[0];
+  const top = Math.max(...trials.map((t) => t.accuracy!));
+  // Every rank decides alike (the held-out scores are summed over the ranks); rank 0 alone says so.
+  if ((groupOf(model)?.rank ?? 0) === 0)
+    process.emitWarning(
+      `lrSearch: no trial did better on its ${holdout} held-out samples than always answering the commonest class (${percent(report.chance)}; the best trial reached ${percent(top)}), so fineTune trains at the range test's lr ${suggested.toExponential(2)} under bnPolicy '${policies[0]}'. Few labels, or features that do not suit this data: add labels, or start from a model pretrained nearer to it.`,
+      { code: 'TORCHLITE_NO_SIGNAL' },
+    );
+  return { lr: suggested, report: { ...report, abstained: true } };
+}
+
+const percent = (share: number) => `${(share * 100).toFixed(1)}%`;
+
+/** The share of the folds' held-out samples in their commonest class: the accuracy of always answering it. */
+function majorityShare(folds: Parts[]): number {
+  const counts = new Map<number, number>();
+  let total = 0;
+  for (const { val } of folds)
+    for (let i = 0; i < val.length; i++, total++) counts.set(val.target(i), (counts.get(val.target(i)) ?? 0) + 1);
+  return Math.max(...counts.values()) / total;
+}
+
+/**
+ * Whether some trial's held-out accuracy is above `chance` (the commonest class's share of
+ * the `holdout` samples) beyond what luck gives: its hit count has a one-sided binomial
+ * p-value of at most LR_TRIAL_SIGNIFICANCE divided by the number of trials (Bonferroni, since
+ * the best of them is the one that counts). A diverged trial never is. Where none is, the
+ * trials rank lrs by noise: in the recipe sweep, MobileNetV3 on letters at 10 labels a class
+ * (26% at its best grid lr, on five classes) picked the lr of a run that collapsed to
+ * near-uniform outputs in 5 of 10 seeds, since those score about ln(classes) and beat runs
+ * that learned a little but are overconfident; the range test's lr landed 0.3 points above
+ * the best grid lr there, against 2.3 short (bench/results/recipes.md, "When the trials
+ * find nothing").
+ */
+export function beatsChance(trials: LrTrial[], holdout: number, chance: number): boolean {
+  const alpha = LR_TRIAL_SIGNIFICANCE / trials.length;
+  return trials.some((t) => Number.isFinite(t.loss) && binomialTail(holdout, Math.round(t.accuracy! * holdout), chance) <= alpha);
+}
+
+/** P(X ≥ k) for X ~ Binomial(n, p), each term in logs so that none underflows on large n. */
+function binomialTail(n: number, k: number, p: number): number {
+  if (k <= 0) return 1;
+  if (p >= 1) return 1;
+  if (p <= 0) return 0;
+  let [logChoose, tail] = [0, 0];
+  for (let i = 1; i <= n; i++) {
+    logChoose += Math.log((n - i + 1) / i);
+    if (i >= k) tail += Math.exp(logChoose + i * Math.log(p) + (n - i) * Math.log1p(-p));
+  }
+  return Math.min(1, tail);
 }
 
 /**

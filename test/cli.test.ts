@@ -151,6 +151,21 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
     expect((saved.metadata as { recipe: { bnPolicy: string } }).recipe.bnPolicy).toBe('eval');
     saved.dispose();
   });
+
+  it('says when no held-out trial beat chance, and trains at the range test\'s lr', () => {
+    // Labels that say nothing of the images: every other image of each class in 'odd', the rest
+    // in 'even'. The split and --per-class leave 19 of the 34 held-out training samples in one class.
+    const noise = join(work, 'noise');
+    for (const name of readdirSync(folder))
+      readdirSync(join(folder, name)).forEach((file, k) => {
+        mkdirSync(join(noise, k % 2 ? 'odd' : 'even'), { recursive: true });
+        symlinkSync(join(folder, name, file), join(noise, k % 2 ? 'odd' : 'even', `${name}-${file}`));
+      });
+    const r = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', noise, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--out', 's6.pt');
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/\[TORCHLITE_NO_SIGNAL\] Warning: lrSearch: no trial did better on its 34 held-out samples than always answering the commonest class \(55\.9%; the best trial reached \d+\.\d%\), so fineTune trains at the range test's lr \S+ under bnPolicy 'frozen-eval'\./);
+    expect(r.stdout).toMatch(/^lr \S+, chosen by the LR range test \(valley rule × 7; [^)]*\): no held-out trial beat always answering the commonest class \(55\.9%\) on 34 held-out training samples, 5 folds \((\S+ (frozen-eval|eval) loss \d+\.\d{3} \(\d+\.\d%\)(, )?){8}\)$/m);
+  });
 });
 
 describe('torchlite CLI', () => {

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 
 import { checkpoint, data, findLr, fineTune, type FineTuneOptions, loadPretrained, loss, type LrTrial, manualSeed, type Tensor } from '../src';
-import { bestTrial } from '../src/testing';
+import { beatsChance, bestTrial } from '../src/testing';
 import { fixture, root } from './helpers';
 
 const SHIPPED = join(root, 'models', 'fashion-cnn.pt');
@@ -89,7 +89,24 @@ describe("fineTune({ lr: 'auto' })", () => {
     expect(trials.at(-1)!.loss).toBeNaN();
     expect(trials.at(-1)!.accuracy).toBe(0.2); // NaN scores all predict class 0: one class in five
     expect(trials.slice(0, 4).every((t) => Number.isFinite(t.loss))).toBe(true);
-    expect(history.lr).toBe(trials[0].lr); // all at chance: the lowest finite loss
+    // None beat chance, so the trials found nothing to rank by: the range test's lr, as given.
+    expect(history.lrFinder!.search).toMatchObject({ chance: 0.2, abstained: true });
+    expect(history.lr).toBe(history.lrFinder!.suggestions.valley * 1e5);
+  });
+
+  it('trusts the trials only where one beats always answering the commonest class beyond luck (binomial, p ≤ 0.05 over all trials)', () => {
+    const at = (accuracy: number, loss = 1): LrTrial => ({ lr: 1, bnPolicy: 'frozen-eval', loss, accuracy });
+    const five = (best: number) => [at(0.2), at(0.2), at(best), at(0.2), at(0.2)];
+    // 50 held-out samples of five classes, five trials: p ≤ 0.05 / 5 = 0.01 each.
+    expect(beatsChance(five(18 / 50), 50, 0.2)).toBe(true); // P(X ≥ 18 | 50, 0.2) = 0.0063
+    expect(beatsChance(five(17 / 50), 50, 0.2)).toBe(false); // P(X ≥ 17) = 0.0144
+    expect(beatsChance([at(17 / 50)], 50, 0.2)).toBe(true); // a single trial needs only 0.05
+    // The commonest class sets the bar: 60% of 100 against a class holding 50% is p = 0.028.
+    expect(beatsChance([at(0.6)], 100, 0.5)).toBe(true);
+    expect(beatsChance([at(0.6), at(0.5)], 100, 0.5)).toBe(false); // 0.028 > 0.025
+    expect(beatsChance([at(1, Number.NaN)], 100, 0.2)).toBe(false); // a diverged trial never does
+    expect(beatsChance([at(0.3)], 4000, 0.2)).toBe(true); // no underflow on large hold-outs (0.8^4000 is 0 in doubles)
+    expect(beatsChance([at(1)], 10, 1)).toBe(false); // one class held out: nothing to beat
   });
 
   it('ranks trials by held-out loss plus twice the error rate, or by loss without accuracy', () => {
@@ -131,8 +148,19 @@ describe("fineTune({ lr: 'auto' })", () => {
     // Folds: one where a fifth holds out 100 or more; as many as the classes fill otherwise.
     const blank = (perClass: number) => data.loader(data.tensorDataset(new Float32Array(5 * perClass * 784), Int32Array.from({ length: 5 * perClass }, (_, i) => i % 5), { inputShape: [1, 28, 28] }), { batchSize: 500 });
     const searched = async (perClass: number) => (await fineTune(model, { train: blank(perClass), numClasses: 5, freezeEpochs: 1, epochs: 0, lrSearch: true })).lrFinder!.search;
+    const warnings: Error[] = [];
+    const listen = (w: Error) => warnings.push(w);
+    process.on('warning', listen);
     const one = await searched(100);
-    expect(one).toMatchObject({ used: true, holdout: 100, folds: 1 });
+    await new Promise((resolve) => setImmediate(resolve));
+    process.off('warning', listen);
+    // Blank images: every trial at chance, so the trials abstain and say so.
+    expect(one).toMatchObject({ used: true, holdout: 100, folds: 1, chance: 0.2, abstained: true });
+    const ours = warnings.filter((w) => (w as Error & { code?: string }).code === 'TORCHLITE_NO_SIGNAL');
+    expect(ours).toHaveLength(1);
+    expect(ours[0].message).toMatch(
+      /^lrSearch: no trial did better on its 100 held-out samples than always answering the commonest class \(20\.0%; the best trial reached 20\.0%\), so fineTune trains at the range test's lr \d\.\d\de[-+]\d+ under bnPolicy 'frozen-eval'\. Few labels, or features that do not suit this data: add labels, or start from a model pretrained nearer to it\.$/,
+    );
     expect(one.trials!.map((t) => t.bnPolicy)).toEqual(Array(5).fill('frozen-eval')); // no unfrozen epochs: the policy cannot matter
     // Stages match as model.unfreeze matches them: the head alone trains no BatchNorm, a glob over the body does.
     const staged = async (unfreeze: string[]) => (await fineTune(model, { train: blank(100), numClasses: 5, freezeEpochs: 1, epochs: 1, unfreeze, lrSearch: true })).lrFinder!.search.trials!.length;

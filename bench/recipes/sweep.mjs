@@ -32,6 +32,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import torchlite from '../../lib/index.js';
+import { beatsChance } from '../../lib/testing.js';
 
 const { data, fineTune, inputSpecOf, loadPretrained, manualSeed } = torchlite;
 const here = dirname(fileURLToPath(import.meta.url));
@@ -63,6 +64,8 @@ export const CHOICE = 'held-out loss + 2 × error rate';
 export const FOLDS = 'five folds where one holds out under 100';
 // Which BatchNorm policies fineTune's bnPolicy: 'auto' tries (src/train.ts), also in the default's cells.
 export const POLICIES = "the model's, and 'eval' at the lower 3 trial lrs where it has the best trial and the lower mean paired loss";
+// What fineTune does where no trial beats chance (src/train.ts, beatsChance), also in the default's cells.
+export const ABSTAIN = "the range test's lr where no trial beats the commonest class (binomial, p ≤ 0.05 over the trials)";
 const MIN_HOLDOUT = 100;
 const MODELS = {
   cnn: { file: join(here, '..', '..', 'models', 'fashion-cnn.pt'), layout: 'grey28', shape: [1, 28, 28] },
@@ -122,7 +125,7 @@ async function withCell({ family, dataset, budget, seed, bnPolicy }, use) {
 }
 
 /** One fine-tuning run; resolves its validation accuracy, the lr and the epochs used. */
-export async function run({ part: _part, variant: _variant, sweep: _sweep, choice: _choice, folds: _folds, policies: _policies, family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, lrSearch = false, bnPolicy, ...rest }) {
+export async function run({ part: _part, variant: _variant, sweep: _sweep, choice: _choice, folds: _folds, policies: _policies, abstain: _abstain, family, dataset, budget, seed, lr, lrRule = 'valley', lrScale = 1, lrMult = 100, lrSearch = false, bnPolicy, ...rest }) {
   return withCell({ family, dataset, budget, seed, bnPolicy }, async (model, picked, val) => {
     const started = Date.now();
     // freezeEpochs, epochs, minSteps, weightDecay, pctStart: fineTune's own defaults unless the cell names them.
@@ -191,7 +194,7 @@ function gridCells() {
       for (const budget of RUN_BUDGETS)
         for (const seed of RUN_SEEDS) {
           const base = { part: 'grid', family, dataset, budget, seed, ...DEFAULTS };
-          cells.push({ ...base, lr: 'auto', lrRule: 'valley', lrScale: 7, lrSearch: 'auto', choice: CHOICE, folds: FOLDS, policies: POLICIES });
+          cells.push({ ...base, lr: 'auto', lrRule: 'valley', lrScale: 7, lrSearch: 'auto', choice: CHOICE, folds: FOLDS, policies: POLICIES, abstain: ABSTAIN });
           for (const lr of GRID) cells.push({ ...base, lr });
         }
   return cells;
@@ -314,7 +317,10 @@ const keyOf = (r) => JSON.parse(r.key);
 // The default: the range test's valley × 7, then (since lrSearch) the best of five held-out trials around it.
 const rangeTestAlone = (r) => keyOf(r).lr === 'auto' && r.lrScale === 7 && keyOf(r).lrSearch === undefined;
 const searched = (r) => keyOf(r).lr === 'auto' && keyOf(r).lrSearch === 'auto';
-const isCurrentDefault = (r) => searched(r) && keyOf(r).choice === CHOICE && keyOf(r).folds === FOLDS && keyOf(r).policies === POLICIES;
+const isCurrentDefault = (r) => isPoliciesDefault(r) && keyOf(r).abstain === ABSTAIN;
+// The default before it abstained where no trial beats chance.
+const isBeforeAbstain = (r) => isPoliciesDefault(r) && keyOf(r).abstain === undefined;
+const isPoliciesDefault = (r) => searched(r) && keyOf(r).choice === CHOICE && keyOf(r).folds === FOLDS && keyOf(r).policies === POLICIES;
 // The default before it tried 'eval': its five trials under the model's policy.
 const isFrozenOnly = (r) => searched(r) && keyOf(r).choice === CHOICE && keyOf(r).folds === FOLDS && keyOf(r).policies === undefined;
 // The policy a run trained under: searches before POLICIES trained under the model's, 'frozen-eval'.
@@ -530,23 +536,82 @@ const earlierSearches = (runs) => [...new Map(runs.filter((r) => searched(r) && 
 
 /**
  * Today's default derived from each search that ran before lrSearch's folds and policies:
- * the trial today's rules pick from its eight (`defaultTrials`), at the accuracy a run given
- * that lr and policy reached; and the default before POLICIES (`isFrozenOnly`), from the
- * five under 'frozen-eval'. `lr: 'auto'` trains exactly as that run (see "How reproducible
- * one run is"), so this is the accuracy it reaches.
+ * the trial today's rules pick from its eight (`defaultTrials`), or the range test's lr
+ * where none beats chance (`abstained`), at the accuracy a run given that lr and policy
+ * reached; the default before it abstained (`isBeforeAbstain`), from the same eight; and the
+ * default before POLICIES (`isFrozenOnly`), from the five under 'frozen-eval'. Also today's
+ * default from each real run of the default before it abstained: the same run where its
+ * trials beat chance, else a run at the range test's lr (the `trials` part). `lr: 'auto'`
+ * trains exactly as that run (see "How reproducible one run is"), so this is the accuracy it
+ * reaches.
  */
 function derivedDefaults(grid, runs) {
   const parts = defaultParts(runs);
   const derived = [];
+  // `derived` says from what: an earlier 'search', or a real 'run' of the default before.
+  const add = (r, fields, pick, abstains = false) => {
+    if (pick?.reached !== undefined) derived.push({ ...r, key: JSON.stringify({ ...keyOf(r), choice: CHOICE, folds: FOLDS, ...fields }), lr: pick.lr, bnPolicy: pick.policy, accuracy: pick.reached, derived: isBeforeAbstain(r) ? 'run' : 'search', abstained: abstains });
+  };
   for (const r of earlierSearches(grid)) {
     const trials = defaultTrials(r, parts) ?? [];
-    const frozenOnly = trials.slice(0, r.search.trials.length);
-    for (const [choices, policies] of [[trials, POLICIES], [frozenOnly, undefined]]) {
-      const best = choices.length ? pickOf(choices, POLICY_CHOICES[POLICY_CHOICE]) : undefined;
-      if (best?.reached !== undefined) derived.push({ ...r, key: JSON.stringify({ ...keyOf(r), choice: CHOICE, folds: FOLDS, policies }), lr: best.lr, bnPolicy: best.policy, accuracy: best.reached, derived: true });
-    }
+    if (trials.length === 0) continue;
+    const picked = pickOf(trials, POLICY_CHOICES[POLICY_CHOICE]);
+    const abstains = abstained(trials, foldsOf(r).length * r.search.holdout);
+    add(r, { policies: POLICIES }, picked);
+    add(r, { policies: POLICIES, abstain: ABSTAIN }, abstains ? trials[RANGE_TEST_TRIAL] : picked, abstains);
+    add(r, { policies: undefined }, pickOf(trials.slice(0, r.search.trials.length), POLICY_CHOICES[POLICY_CHOICE]));
   }
-  return derived;
+  for (const r of grid.filter((g) => isBeforeAbstain(g) && !g.derived)) {
+    const trials = r.search.trials;
+    const middle = trials[RANGE_TEST_TRIAL];
+    const abstains = abstained(trials, r.search.holdout);
+    add(r, { policies: POLICIES, abstain: ABSTAIN }, abstains ? { lr: middle.lr, policy: 'frozen-eval', reached: parts.reached.get(at(r, middle.lr)) } : { lr: r.lr, policy: policyOf(r), reached: r.accuracy }, abstains);
+  }
+  // One a cell, seed and default: a real run's derivation (added last) stands for the earlier search's.
+  return [...new Map(derived.map((d) => [defaultId(d), d])).values()];
+}
+
+// Which default ran (or is derived) in a cell and seed.
+const defaultId = (r) => `${at(r, 0)}|${keyOf(r).policies}|${keyOf(r).abstain}`;
+// The trial at the range test's own lr (factor 1), under the model's policy: where lrSearch abstains.
+const RANGE_TEST_TRIAL = 2;
+// Whether a default's run abstained: derived, or as lrSearch reported it.
+const didAbstain = (r) => r.abstained ?? r.search?.abstained ?? false;
+// Whether lrSearch abstains on `trials` scored on `holdout` samples: the sweep's labels are five balanced classes, so the commonest holds a fifth.
+const abstained = (trials, holdout) => !beatsChance(trials, holdout, 1 / 5);
+
+/**
+ * Where today's default abstained (no trial beat chance), against the default before it: each
+ * cell where it abstained on some seed, and every cell on each set of seeds.
+ */
+function abstainSection(now) {
+  const cells = [];
+  for (const family of Object.keys(MODELS))
+    for (const dataset of DATASETS)
+      for (const budget of BUDGETS) {
+        const cell = now.filter((r) => r.family === family && r.dataset === dataset && r.budget === budget);
+        const [after, before] = [compare(cell, isCurrentDefault), compare(cell, isBeforeAbstain)];
+        if (after && before) cells.push({ family, dataset, budget, cell, after, before, seeds: after.defaults.filter(didAbstain).map((r) => r.seed) });
+      }
+  const searches = cells.flatMap((c) => c.after.defaults);
+  const lines = [
+    '## When the trials find nothing',
+    '',
+    `lrSearch trusts its trials only where one of them beats always answering the commonest class on the held-out samples by more than luck gives: a one-sided binomial test at 5%, divided by the number of trials (Bonferroni: the best trial is the one that counts). Where none does, fineTune trains at the range test's lr (the middle trial) under the model's BatchNorm policy, and warns. The rule came from one failure, MobileNetV3 on letters at 10 labels a class, where searches picked runs that had collapsed to near-uniform outputs (a held-out loss near ln 5, below that of runs that learned a little but are overconfident); its test, level and fallback were fixed before its numbers below were computed, and none was tuned on them. It is derived from every search's recorded trials (a run at the range test's lr, the \`trials\` part, where a search past the first six seeds abstained), and it abstained in ${searches.filter(didAbstain).length} of ${searches.length} searches, in these cells:`,
+    '',
+    '| model | dataset | labels/class | seeds | abstained on seeds | best grid point | the default before | now | gap before | gap now |',
+    '|---|---|---|---|---|---|---|---|---|---|',
+  ];
+  for (const { family, dataset, budget, after, before, seeds } of cells.filter((c) => c.seeds.length))
+    lines.push(`| ${family} | ${dataset} | ${budget} | ${after.seeds} | ${seedRange(seeds)} | ${pct(after.best)} | ${pct(before.auto)} | ${pct(after.auto)} | ${before.gap.toFixed(1)} ± ${before.se.toFixed(1)} | ${after.gap.toFixed(1)} ± ${after.se.toFixed(1)} |`);
+  const summary = (gaps) => `${gaps.filter((g) => g <= 2).length} of ${gaps.length} within 2 points, mean gap ${mean(gaps).toFixed(2)}, worst ${Math.max(...gaps).toFixed(1)}`;
+  lines.push('', 'Every cell, the default before against now:', '');
+  for (const [what, some] of [['all seeds', undefined], ['seeds 0-2', [0, 1, 2]], ['seeds 3-5', [3, 4, 5]], ['seeds 0-5', SEEDS]]) {
+    const gaps = (isDefault) => cells.map((c) => compare(some ? c.cell.filter((r) => some.includes(r.seed)) : c.cell, isDefault)?.gap).filter((g) => g !== undefined);
+    lines.push(`- ${what}: ${summary(gaps(isBeforeAbstain))}; now ${summary(gaps(isCurrentDefault))}.`);
+  }
+  lines.push('');
+  return lines;
 }
 
 /**
@@ -610,12 +675,19 @@ function noiseSection(runs, derived) {
   if (rerun.length === 0 && moved.length === 0) return [];
   const lines = ['## How reproducible one run is', ''];
   if (rerun.length) lines.push(`On one build a run is exact: ${rerun.filter(([d, t]) => d.accuracy === t.accuracy).length} of ${rerun.length} default runs reached the accuracy that the \`trials\` (or, under 'eval', \`bn-trials\`) part reached at the lr and policy they chose.`, '');
-  for (const [isDefault, which] of [[isFrozenOnly, "The default before it tried 'eval'"], [isCurrentDefault, "Today's default"]]) {
+  const oneFold = "a one-fold search and the `folds`, `bn-folds`, `trials` and `bn-trials` parts";
+  const beforeRuns = new Map(runs.filter((r) => r.part === 'grid' && isBeforeAbstain(r) && !r.derived && keyOf(r).sweep === DEFAULTS.sweep).map((r) => [at(r, 0), r]));
+  // The run whose accuracy real run `r` should match, never `r` itself: the default before's own run where derivation `d` kept its pick, else a trial run at its lr and policy.
+  const source = (r, d) => (d.derived === 'run' && !d.abstained ? beforeRuns.get(at(r, 0)) : twin(r));
+  for (const [isDefault, which, from] of [
+    [isFrozenOnly, "The default before it tried 'eval'", oneFold],
+    [isBeforeAbstain, 'The default before it abstained', oneFold],
+    [isCurrentDefault, "Today's default", "the real run of the default before it abstained (where the search abstains, a run at the range test's lr: the `trials` part)"],
+  ]) {
     const real = new Map(runs.filter((r) => r.part === 'grid' && isDefault(r) && keyOf(r).sweep === DEFAULTS.sweep).map((r) => [at(r, 0), r]));
     const pairs = derived.filter((d) => isDefault(d) && real.has(at(d, 0))).map((d) => [real.get(at(d, 0)), d]);
     if (pairs.length)
-      // Against the trial runs alone: the derivation itself takes a real run's accuracy where there is one.
-      lines.push(`${which}, run for real, against its derivation from a one-fold search and the \`folds\`, \`bn-folds\`, \`trials\` and \`bn-trials\` parts: ${pairs.filter(([r, d]) => r.lr === d.lr && policyOf(r) === d.bnPolicy).length} of ${pairs.length} chose the derived lr and policy, and ${pairs.filter(([r]) => r.accuracy === twin(r)?.accuracy).length} reached the accuracy the trial runs reached at them.`, '');
+      lines.push(`${which}, run for real, against its derivation from ${from}: ${pairs.filter(([r, d]) => r.lr === d.lr && policyOf(r) === d.bnPolicy).length} of ${pairs.length} chose the derived lr and policy, and ${pairs.filter(([r, d]) => r.accuracy === source(r, d)?.accuracy).length} reached the accuracy of the run it was derived from.`, '');
   }
   if (moved.length) {
     lines.push('The same cell (lr, labels, seed) on the build before this sweep and on this one: float noise that training amplifies, and the floor under any gap in the tables above.', '', '| model | runs | identical | mean difference | largest |', '|---|---|---|---|---|');
@@ -929,22 +1001,27 @@ function report() {
   const measured = grid.filter((r) => keyOf(r).minSteps === DEFAULTS.minSteps && keyOf(r).lrMult === DEFAULTS.lrMult && keyOf(r).sweep === DEFAULTS.sweep);
   const derivations = derivedDefaults(measured, runs);
   // A seed's real run of a default, where there is one, stands for it.
-  const real = (r) => `${at(r, 0)}|${keyOf(r).policies}`;
-  const ranNow = new Set(measured.filter((r) => isCurrentDefault(r) || isFrozenOnly(r)).map(real));
-  const derived = derivations.filter((d) => !ranNow.has(real(d)));
+  const ranNow = new Set(measured.filter((r) => isCurrentDefault(r) || isBeforeAbstain(r) || isFrozenOnly(r)).map(defaultId));
+  const derived = derivations.filter((d) => !ranNow.has(defaultId(d)));
   const now = [...measured, ...derived];
   lines.push(
     ...gridSection(now, `## The default against a five-point lr grid (fineTune's defaults: at least ${DEFAULTS.minSteps} steps, lr ratio ${DEFAULTS.lrMult})`, {
       isDefault: isCurrentDefault,
-      what: `the ${CHOICE} of eight trials: five at ¼–4× the valley rule × 7 under the model's BatchNorm policy, 'frozen-eval', and three at ¼–1× under 'eval', on ${FOLDS} samples`,
+      what: `the ${CHOICE} of eight trials: five at ¼–4× the valley rule × 7 under the model's BatchNorm policy, 'frozen-eval', and three at ¼–1× under 'eval', on ${FOLDS} samples; ${ABSTAIN}`,
       policies: true,
-      rules: { "the five under 'frozen-eval' alone (the default before)": isFrozenOnly },
+      rules: { 'the same without abstaining (the default before)': isBeforeAbstain, "the five under 'frozen-eval' alone (the default before that)": isFrozenOnly },
     }),
   );
-  const derivedNow = derived.filter(isCurrentDefault).length;
-  if (derivedNow)
-    lines.push(`${derivedNow} of the default's ${now.filter(isCurrentDefault).length} runs above are derived, not run again: their search ran on fold 0 alone under 'frozen-eval', before lrSearch's folds and policies; the \`folds\` part scored its trials on folds 1-4, the \`bn-folds\` part its lower three lrs under 'eval' on every fold, and the accuracy is the one a run given the lr and policy that the rule picks reached (the \`trials\` and \`bn-trials\` parts). Policies: f 'frozen-eval', e 'eval', by seed.`, '');
+  const defaultsNow = now.filter(isCurrentDefault);
+  const fromSearch = defaultsNow.filter((r) => r.derived === 'search').length;
+  const fromRun = defaultsNow.filter((r) => r.derived === 'run').length;
+  if (fromSearch + fromRun)
+    lines.push(
+      `${fromSearch + fromRun} of the default's ${defaultsNow.length} runs above are derived, not run again. ${fromSearch} from a search that ran on fold 0 alone under 'frozen-eval', before lrSearch's folds and policies: the \`folds\` part scored its trials on folds 1-4, the \`bn-folds\` part its lower three lrs under 'eval' on every fold, and the accuracy is the one a run given the lr and policy that the rule picks reached (the \`trials\` and \`bn-trials\` parts). ${fromRun} from a real run of the default before it abstained, which ran the same trials: that run where they beat chance, else a run at the range test's lr (the \`trials\` part). Policies: f 'frozen-eval', e 'eval', by seed.`,
+      '',
+    );
   lines.push(...laterSeedsNote(now.filter(isCurrentDefault)));
+  lines.push(...abstainSection(now));
   lines.push(...choiceSection(runs, now));
   lines.push(...policySection(runs, measured));
   lines.push(...noiseSection(runs, derivations));

@@ -110,6 +110,8 @@ function describeLr(history: FineTuneHistory): string {
   const [, second] = new Set(search.trials!.map((t) => t.bnPolicy));
   const trials = search.trials!.map((t) => `${t.lr.toExponential(2)}${second ? ` ${t.bnPolicy}` : ''} loss ${t.loss.toFixed(3)}${t.accuracy === undefined ? '' : ` (${(t.accuracy * 100).toFixed(1)}%)`}`).join(', ');
   const folds = search.folds! > 1 ? `, ${search.folds} folds` : '';
+  if (search.abstained)
+    return `${lr}, chosen by ${test}: no held-out trial beat always answering the commonest class (${(search.chance! * 100).toFixed(1)}%) on ${search.holdout} held-out training samples${folds} (${trials})`;
   const policy = second ? ` under bnPolicy '${history.bnPolicy}'` : '';
   const rule = second ? ` (an '${second}' one only where the '${second}' trials have the lower mean loss at the lrs both policies tried)` : '';
   return `${lr}${policy}, the lowest held-out ${search.score} of ${search.trials!.length} trials${rule} on ${search.holdout} held-out training samples${folds} (${trials}) around ${test}`;
