@@ -905,9 +905,8 @@ export function beatsChance(trials: LrTrial[], holdout: number, chance: number):
 
 /** P(X ≥ k) for X ~ Binomial(n, p), each term in logs so that none underflows on large n. */
 function binomialTail(n: number, k: number, p: number): number {
-  if (k <= 0) return 1;
-  if (p >= 1) return 1;
-  if (p <= 0) return 0;
+  // A sure event (p = 1: one class held out) would give 0 × -∞ in the logs below.
+  if (k <= 0 || p >= 1) return 1;
   let [logChoose, tail] = [0, 0];
   for (let i = 1; i <= n; i++) {
     logChoose += Math.log((n - i + 1) / i);
