@@ -859,17 +859,21 @@ async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, sugges
     saved.dispose();
   }
   const best = trials[bestTrial(trials)];
-  model.bnPolicy = best?.bnPolicy ?? policies[0];
-  if (best === undefined) return { lr: suggested, report: { used: false, reason: 'aborted' } };
+  if (best === undefined) {
+    model.bnPolicy = policies[0];
+    return { lr: suggested, report: { used: false, reason: 'aborted' } };
+  }
   const score = classification ? `loss + ${LR_TRIAL_ERROR_WEIGHT} × error rate` : 'loss';
-  const report: LrSearchReport = { used: true, holdout, folds: folds.length, score, trials, ...(classification && { chance: majorityShare(folds) }) };
-  if (report.chance === undefined || beatsChance(trials, holdout, report.chance)) return { lr: best.lr, report };
-  model.bnPolicy = policies[0];
+  const chance = classification ? majorityShare(folds) : undefined;
+  const report: LrSearchReport = { used: true, holdout, folds: folds.length, score, trials, ...(chance !== undefined && { chance }) };
+  const trusted = chance === undefined || beatsChance(trials, holdout, chance);
+  model.bnPolicy = trusted ? best.bnPolicy : policies[0];
+  if (trusted) return { lr: best.lr, report };
   const top = Math.max(...trials.map((t) => t.accuracy!));
   // Every rank decides alike (the held-out scores are summed over the ranks); rank 0 alone says so.
   if ((groupOf(model)?.rank ?? 0) === 0)
     process.emitWarning(
-      `lrSearch: no trial did better on its ${holdout} held-out samples than always answering the commonest class (${percent(report.chance)}; the best trial reached ${percent(top)}), so fineTune trains at the range test's lr ${suggested.toExponential(2)} under bnPolicy '${policies[0]}'. Few labels, or features that do not suit this data: add labels, or start from a model pretrained nearer to it.`,
+      `lrSearch: no trial did better on its ${holdout} held-out samples than always answering the commonest class (${percent(chance)}; the best trial reached ${percent(top)}), so fineTune trains at the range test's lr ${suggested.toExponential(2)} under bnPolicy '${policies[0]}'. Few labels, or features that do not suit this data: add labels, or start from a model pretrained nearer to it.`,
       { code: 'TORCHLITE_NO_SIGNAL' },
     );
   return { lr: suggested, report: { ...report, abstained: true } };
@@ -882,7 +886,10 @@ function majorityShare(folds: Parts[]): number {
   const counts = new Map<number, number>();
   let total = 0;
   for (const { val } of folds)
-    for (let i = 0; i < val.length; i++, total++) counts.set(val.target(i), (counts.get(val.target(i)) ?? 0) + 1);
+    for (let i = 0; i < val.length; i++, total++) {
+      const target = val.target(i);
+      counts.set(target, (counts.get(target) ?? 0) + 1);
+    }
   return Math.max(...counts.values()) / total;
 }
 
