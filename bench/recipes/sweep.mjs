@@ -587,6 +587,7 @@ const ABSTAIN_CHECK = [
 // every one counted and reported apart.
 const SECOND_LOOK = { family: 'mnv3', datasets: ['fashion', 'shapes', 'textures', 'colour'], budget: 10, seeds: [10, 11, 12, 13] };
 const inSecondLook = (r) => r.family === SECOND_LOOK.family && SECOND_LOOK.datasets.includes(r.dataset) && r.budget === SECOND_LOOK.budget && SECOND_LOOK.seeds.includes(r.seed);
+const beforeSecondLook = (r) => !inSecondLook(r);
 // Which default ran (or is derived) in a cell and seed.
 const defaultId = (r) => `${at(r, 0)}|${keyOf(r).policies}|${keyOf(r).abstain}`;
 // The trial at the range test's own lr (factor 1), under the model's policy: where lrSearch abstains.
@@ -688,7 +689,8 @@ function eligibleSection(runs, now) {
   // Today's default and the rule on the seeds `keep` accepts.
   const todayOn = (c, keep) => compare(c.cell.filter(keep), isCurrentDefault);
   const eligibleOn = (c, keep) => compare([...c.cell.filter((r) => !isCurrentDefault(r) && keep(r)), ...c.picks.filter(keep)], isCurrentDefault);
-  const decided = (r) => !inSecondLook(r);
+  // Decided on the seeds run before the second look.
+  const decided = beforeSecondLook;
   const lines = [
     '## Picking only among trials that beat chance (not adopted)',
     '',
@@ -1097,7 +1099,7 @@ function secondLookNote(now) {
   const { family, datasets, budget, seeds } = SECOND_LOOK;
   const parts = datasets.map((dataset) => {
     const cell = now.filter((r) => r.family === family && r.dataset === dataset && r.budget === budget);
-    const [before, fresh, all] = [(r) => !inSecondLook(r), inSecondLook, () => true].map((keep) => compare(cell.filter(keep), isCurrentDefault));
+    const [before, fresh, all] = [beforeSecondLook, inSecondLook, () => true].map((keep) => compare(cell.filter(keep), isCurrentDefault));
     return fresh && `${dataset} ${before.gap.toFixed(1)} ± ${before.se.toFixed(1)} on ${before.seeds} seeds, ${fresh.gap.toFixed(1)} ± ${fresh.se.toFixed(1)} on ${fresh.seeds}, ${all.gap.toFixed(1)} ± ${all.se.toFixed(1)} on all ${all.seeds}`;
   });
   if (parts.some((p) => !p)) return [];
