@@ -11,7 +11,7 @@ import { TorchError } from './errors';
 import { type BatchInput, disposeBatch, Model } from './model';
 import { native } from './native';
 import { dropout, identity, linear, sequential } from './nn';
-import { Tensor } from './tensor';
+import { Tensor, tensor } from './tensor';
 
 /** How fineTune's head-only phase ran: on cached features, or on the whole model and why. */
 export interface FeatureCacheReport {
@@ -85,10 +85,17 @@ async function featuresOf(model: Model, dataset: Dataset<BatchInput>, batchSize:
   return { data, width };
 }
 
-/** A dataset of `features` with the targets of `source`, sample for sample. */
-function featureDataset(source: Dataset<BatchInput>, features: Float32Array, width: number): Dataset {
-  const targets = Array.from({ length: source.length }, (_, i) => source.target(i));
-  return tensorDataset(features, Int32Array.from(targets), { inputShape: [width], ...(source.classes && { classes: source.classes }) });
+/** A dataset of `features` with the targets of `source`, sample for sample: class indices, or float targets of its shape. */
+async function featureDataset(source: Dataset<BatchInput>, features: Float32Array, width: number): Promise<Dataset> {
+  const n = source.length;
+  // As the loader tells them apart: a sample's target is a number where it is a class index.
+  const classIndices = n === 0 || typeof (await source.get(0, 0)).target === 'number';
+  if (classIndices) return tensorDataset(features, Int32Array.from({ length: n }, (_, i) => source.target(i)), { inputShape: [width], ...(source.classes && { classes: source.classes }) });
+  // `target` holds a float target's first value only; a sample holds all of it.
+  const size = source.targetShape.reduce((a, b) => a * b, 1);
+  const targets = new Float32Array(n * size);
+  for (let i = 0; i < n; i++) targets.set((await source.get(i, 0)).target as Float32Array, i * size);
+  return tensorDataset(features, tensor(targets, [n, ...source.targetShape]), { inputShape: [width] });
 }
 
 /**
@@ -150,8 +157,8 @@ export async function prepareFeatureCache(
     const val = options.val ? await featuresOf(body, options.val.dataset, Math.max(options.val.batchSize, FEATURE_BATCH)) : undefined;
     return {
       head,
-      train: options.train.withDataset(featureDataset(options.train.dataset, train.data, train.width)),
-      ...(options.val && val && { val: options.val.withDataset(featureDataset(options.val.dataset, val.data, val.width)) }),
+      train: options.train.withDataset(await featureDataset(options.train.dataset, train.data, train.width)),
+      ...(options.val && val && { val: options.val.withDataset(await featureDataset(options.val.dataset, val.data, val.width)) }),
       report: { used: true, bytes, seconds: (Date.now() - started) / 1000, optimized: fast !== undefined },
     };
   } catch (error) {

@@ -33,7 +33,7 @@ export function progressBar(options: { label?: string; enabled?: boolean; batchS
     onLrTrial(trial, index, count) {
       if (!enabled) return;
       const score = trial.accuracy === undefined ? `loss ${trial.loss.toFixed(4)}` : `acc ${(trial.accuracy * 100).toFixed(1)}%  loss ${trial.loss.toFixed(4)}`;
-      process.stderr.write(`${options.label ? `${options.label} ` : ''}lr trial ${index + 1}/${count}  lr ${trial.lr.toExponential(2)} ${trial.bnPolicy}  held-out ${score}\n`);
+      process.stderr.write(`${options.label ? `${options.label} ` : ''}lr trial ${index + 1}/${count}  lr ${trial.lr.toExponential(2)} ${trial.bnPolicy}  held-out ${score}${trial.beatsChance === false ? '  at chance' : ''}\n`);
     },
     onEpochEnd(_ctx, record) {
       if (!enabled) return;

@@ -3,7 +3,7 @@ import { callNativeAsync } from './errors';
 import { Model, type ModelInput, unwrapInput } from './model';
 import { native } from './native';
 
-/** Which of lrSearch's trials fineTune trains at (an index into them), and whether they beat chance at all. */
+/** Which of lrSearch's trials fineTune trains at (an index into them, -1 for none), and whether one beats chance. */
 export { beatsChance, bestTrial } from './train';
 
 /**

@@ -502,10 +502,11 @@ export interface FineTuneOptions {
    * put back before each and after them, so the final run equals one given the chosen lr.
    * `'auto'` searches on training sets of at most 2,000 samples, where trials are cheap and
    * the range test least reliable, and says otherwise in the result's `lrFinder.search`.
-   * Where no trial's held-out accuracy beats always answering the commonest class by more
-   * than luck gives (a one-sided binomial test at 5%, over all the trials), the trials rank
-   * lrs by noise: fineTune then trains at the range test's lr under the model's BatchNorm
-   * policy, sets `lrFinder.search.abstained` and warns (code `TORCHLITE_NO_SIGNAL`).
+   * A trial can be chosen only where its held-out accuracy beats always answering the
+   * commonest class by more than luck gives (a one-sided binomial test at 5%, over all the
+   * trials): one at chance ranks by noise. Where none can, fineTune trains at the range
+   * test's lr under the model's BatchNorm policy, sets `lrFinder.search.abstained` and warns
+   * (code `TORCHLITE_NO_SIGNAL`).
    * With `bnPolicy: 'auto'` the search may also try BatchNorm policy `'eval'` (see
    * `bnPolicy`). Defaults to `'auto'`.
    */
@@ -590,7 +591,7 @@ export type FineTuneHistory = EpochRecord[] & {
 export interface LrSearchReport {
   /** Whether the trials ran. */
   used: boolean;
-  /** Why they did not. */
+  /** Why they did not run, or (where `abstained`) why none of them was chosen. */
   reason?: string;
   /** The training samples held out to score each trial, over all folds. */
   holdout?: number;
@@ -603,9 +604,10 @@ export interface LrSearchReport {
   /** With class targets: the commonest class's share of the held-out samples, the accuracy of always answering it. */
   chance?: number;
   /**
-   * True where no trial's held-out accuracy beat `chance` beyond luck: the trials then rank lrs
-   * by noise, and fineTune trains at the range test's lr under the model's BatchNorm policy
-   * (and warns, code `TORCHLITE_NO_SIGNAL`).
+   * True where no trial could be chosen (see {@link bestTrial}): none beat `chance` beyond luck,
+   * or only the second BatchNorm policy's did and that policy lost, or every trial diverged.
+   * fineTune then trains at the range test's lr under the model's BatchNorm policy, says why
+   * in `reason` and warns (code `TORCHLITE_NO_SIGNAL`).
    */
   abstained?: boolean;
 }
@@ -616,6 +618,8 @@ export interface LrTrial {
   bnPolicy: BatchNormPolicy;
   loss: number;
   accuracy?: number;
+  /** With class targets: whether its held-out accuracy beats the search's `chance` beyond luck (see {@link beatsChance}); only such a trial can be chosen. */
+  beatsChance?: boolean;
 }
 
 /** The lrs `lrSearch` tries, as factors of the range test's. */
@@ -628,7 +632,7 @@ const LR_SEARCH_MAX_SAMPLES = 2000;
 const LR_SEARCH_MIN_HOLDOUT = 100;
 /** How much a trial's held-out error rate adds to its held-out loss in `lrSearch`'s score. */
 const LR_TRIAL_ERROR_WEIGHT = 2;
-/** How unlikely by luck alone a trial's held-out accuracy must be for `lrSearch` to trust the trials (see `beatsChance`). */
+/** How unlikely by luck alone a trial's held-out accuracy must be, over all the trials, for `lrSearch` to choose it (see `beatsChance`). */
 const LR_TRIAL_SIGNIFICANCE = 0.05;
 
 type Parts = { train: Dataset<BatchInput>; val: Dataset<BatchInput> };
@@ -829,6 +833,7 @@ async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, sugges
   const trials: LrTrial[] = [];
   const listeners = callbacksOfThisRank(model, o.callbacks ?? []).filter((cb) => cb.onLrTrial);
   const holdout = folds.reduce((n, parts) => n + parts.val.length, 0);
+  const chance = classification ? majorityShare(folds) : undefined;
   let runs = 0;
   try {
     for (const [k, { factor, bnPolicy }] of plan.entries()) {
@@ -850,7 +855,8 @@ async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, sugges
         hits += (scored.accuracy ?? 0) * parts.val.length;
       }
       if (o.signal?.aborted) break;
-      const trial = { lr, bnPolicy, loss: loss / holdout, ...(classification && { accuracy: hits / holdout }) };
+      const scored = { lr, bnPolicy, loss: loss / holdout, ...(classification && { accuracy: hits / holdout }) };
+      const trial = chance === undefined ? scored : { ...scored, beatsChance: beatsChance(scored, holdout, chance, plan.length) };
       trials.push(trial);
       for (const cb of listeners) await cb.onLrTrial!(trial, k, plan.length);
     }
@@ -858,25 +864,37 @@ async function searchLr(model: Model, recipe: Recipe, o: FineTuneOptions, sugges
     startOver(model, recipe.headPath, saved);
     saved.dispose();
   }
-  const best = trials[bestTrial(trials)];
-  if (best === undefined) {
+  if (trials.length === 0) {
     model.bnPolicy = policies[0];
     return { lr: suggested, report: { used: false, reason: 'aborted' } };
   }
   const score = classification ? `loss + ${LR_TRIAL_ERROR_WEIGHT} × error rate` : 'loss';
-  const chance = classification ? majorityShare(folds) : undefined;
   const report: LrSearchReport = { used: true, holdout, folds: folds.length, score, trials, ...(chance !== undefined && { chance }) };
-  const trusted = chance === undefined || beatsChance(trials, holdout, chance);
-  model.bnPolicy = trusted ? best.bnPolicy : policies[0];
-  if (trusted) return { lr: best.lr, report };
-  const top = Math.max(...trials.map((t) => t.accuracy!));
+  const chosen = trials[bestTrial(trials)];
+  if (chosen) {
+    model.bnPolicy = chosen.bnPolicy;
+    return { lr: chosen.lr, report };
+  }
+  model.bnPolicy = policies[0];
+  const reason = whyNoTrial(trials, holdout, chance);
   // Every rank decides alike (the held-out scores are summed over the ranks); rank 0 alone says so.
-  if ((groupOf(model)?.rank ?? 0) === 0)
-    process.emitWarning(
-      `lrSearch: no trial did better on its ${holdout} held-out samples than always answering the commonest class (${percent(chance)}; the best trial reached ${percent(top)}), so fineTune trains at the range test's lr ${suggested.toExponential(2)} under bnPolicy '${policies[0]}'. Few labels, or features that do not suit this data: add labels, or start from a model pretrained nearer to it.`,
-      { code: 'TORCHLITE_NO_SIGNAL' },
-    );
-  return { lr: suggested, report: { ...report, abstained: true } };
+  if ((groupOf(model)?.rank ?? 0) === 0) {
+    const advice = chance === undefined ? 'Pass a lower lrScale, or an lr.' : 'Few labels, or features that do not suit this data: add labels, or start from a model pretrained nearer to it.';
+    process.emitWarning(`lrSearch: ${reason}, so fineTune trains at the range test's lr ${suggested.toExponential(2)} under bnPolicy '${policies[0]}'. ${advice}`, { code: 'TORCHLITE_NO_SIGNAL' });
+  }
+  return { lr: suggested, report: { ...report, abstained: true, reason } };
+}
+
+/** Why {@link bestTrial} found no trial to choose among `trials`, scored on `holdout` samples against `chance` (none for regression). */
+function whyNoTrial(trials: LrTrial[], holdout: number, chance: number | undefined): string {
+  if (chance === undefined) return `every trial's held-out loss diverged, from ${LR_TRIAL_FACTORS[0]} × the range test's lr up`;
+  const first = trials[0].bnPolicy;
+  // Only the second policy's trials beat chance, and that policy lost on mean loss (bestTrial).
+  const otherWins = trials.some((t) => t.beatsChance);
+  const top = Math.max(...trials.filter((t) => !otherWins || t.bnPolicy === first).map((t) => t.accuracy!));
+  const which = otherWins ? ` under bnPolicy '${first}'` : '';
+  const other = otherWins ? `, and the other policy's trials, some of which did, had the higher mean held-out loss` : '';
+  return `no trial${which} did better on its ${holdout} held-out samples than always answering the commonest class (${percent(chance)}; the best ${otherWins ? 'of them' : 'trial'} reached ${percent(top)})${other}`;
 }
 
 const percent = (share: number) => `${(share * 100).toFixed(1)}%`;
@@ -894,20 +912,19 @@ function majorityShare(folds: Parts[]): number {
 }
 
 /**
- * Whether some trial's held-out accuracy is above `chance` (the commonest class's share of
- * the `holdout` samples) beyond what luck gives: its hit count has a one-sided binomial
- * p-value of at most LR_TRIAL_SIGNIFICANCE divided by the number of trials (Bonferroni, since
- * the best of them is the one that counts). A diverged trial never is. Where none is, the
- * trials rank lrs by noise: in the recipe sweep, MobileNetV3 on letters at 10 labels a class
- * (26% at its best grid lr, on five classes) picked the lr of a run that collapsed to
- * near-uniform outputs in 5 of 10 seeds, since those score about ln(classes) and beat runs
- * that learned a little but are overconfident; the range test's lr landed 0.3 points above
+ * Whether a trial's held-out accuracy is above `chance` (the commonest class's share of the
+ * `holdout` samples) beyond what luck gives: its hit count has a one-sided binomial p-value
+ * of at most LR_TRIAL_SIGNIFICANCE divided by the number of `trials` run (Bonferroni: each
+ * is tested). A diverged trial never is. A trial at chance ranks lrs by noise: in the recipe
+ * sweep, MobileNetV3 on letters at 10 labels a class (26% at its best grid lr, on five
+ * classes) picked the lr of a run that collapsed to near-uniform outputs in 5 of 10 seeds,
+ * since those score about ln(classes) and beat runs that learned a little but are
+ * overconfident; where no trial beat chance, the range test's lr landed 0.3 points above
  * the best grid lr there, against 2.3 short (bench/results/recipes.md, "When the trials
  * find nothing").
  */
-export function beatsChance(trials: LrTrial[], holdout: number, chance: number): boolean {
-  const alpha = LR_TRIAL_SIGNIFICANCE / trials.length;
-  return trials.some((t) => Number.isFinite(t.loss) && binomialTail(holdout, Math.round(t.accuracy! * holdout), chance) <= alpha);
+export function beatsChance(trial: Pick<LrTrial, 'loss' | 'accuracy'>, holdout: number, chance: number, trials: number): boolean {
+  return Number.isFinite(trial.loss) && binomialTail(holdout, Math.round(trial.accuracy! * holdout), chance) <= LR_TRIAL_SIGNIFICANCE / trials;
 }
 
 /** P(X ≥ k) for X ~ Binomial(n, p), each term in logs so that none underflows on large n. */
@@ -923,7 +940,8 @@ function binomialTail(n: number, k: number, p: number): number {
 }
 
 /**
- * The trial fineTune trains at: the lowest held-out score, the loss plus twice the error rate
+ * The trial fineTune trains at, or -1 where there is none to choose: the lowest held-out score
+ * among the trials that neither diverged nor failed to beat chance (`beatsChance: false`), the loss plus twice the error rate
  * where the trials report accuracy, else the loss. Loss alone can prefer an lr whose runs
  * collapsed to near-uniform outputs (a loss near ln(classes), at chance) to one whose runs
  * learned but are overconfident on hard data; accuracy alone ranks lrs by a handful of
@@ -940,7 +958,16 @@ function binomialTail(n: number, k: number, p: number): number {
  * its data rather than one lr: the single best trial chose 'eval' for the shipped CNN where
  * its final runs fell 2.5 points short (fashion, 10 labels a class), and the mean alone can be
  * carried by one diverging lr of the other policy. With both, 28 of 30 cells landed within 2
- * points, 25 on either half of the seeds ("Choosing the BatchNorm policy").
+ * points, 25 on either half of the seeds ("Choosing the BatchNorm policy"). The mean counts
+ * every paired trial, at chance or not.
+ *
+ * A trial at chance can still score lowest where another beats chance: MobileNetV3 on shapes
+ * at 10 labels a class trained at a trial whose runs had collapsed to near-uniform outputs
+ * (28% held out on five classes, a loss near ln 5) while an 'eval' trial held out 40%.
+ * Choosing only among trials that beat chance put all 30 cells within 2 points (mean 1.31
+ * above the best grid lr, 1.9 short at worst), against 29 choosing among all; on the 16
+ * searches run after it was fixed it changed 4 choices, by 1.8 points a search on average
+ * ("Choosing only among trials that beat chance").
  */
 export function bestTrial(trials: LrTrial[]): number {
   const first = trials[0]?.bnPolicy;
@@ -949,10 +976,11 @@ export function bestTrial(trials: LrTrial[]): number {
   return lowestScore(trials, (t) => t.bnPolicy === first);
 }
 
-/** The index of the lowest-scoring trial that `among` accepts; a diverged trial (NaN or infinite loss) counts as infinitely bad. */
+/** The index of the lowest-scoring trial that `among` accepts and that can be chosen (finite loss, not at chance); -1 where none. */
 function lowestScore(trials: LrTrial[], among: (trial: LrTrial) => boolean): number {
-  const scores = trials.map((t) => (among(t) && Number.isFinite(t.loss) ? t.loss + LR_TRIAL_ERROR_WEIGHT * (1 - (t.accuracy ?? 1)) : Infinity));
-  return scores.indexOf(Math.min(...scores));
+  const scores = trials.map((t) => (among(t) && Number.isFinite(t.loss) && t.beatsChance !== false ? t.loss + LR_TRIAL_ERROR_WEIGHT * (1 - (t.accuracy ?? 1)) : Infinity));
+  const lowest = Math.min(...scores);
+  return lowest === Infinity ? -1 : scores.indexOf(lowest);
 }
 
 /** The mean held-out loss of `policy`'s trials at the lrs every policy tried (a diverged trial's counts as infinite). */

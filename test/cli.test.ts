@@ -124,7 +124,8 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
   it('repeats a fine-tuning run exactly under the same --seed', async () => {
     const run = (out: string, seed: string) => {
       const r = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', seed, '--out', out, '--json');
-      expect(r.stderr).toBe('');
+      // --json prints no progress; two epochs on 20 labels a class may leave every trial at chance, which warns.
+      expect(r.stderr.split('\n').filter((line) => line && !line.includes('[TORCHLITE_NO_SIGNAL]') && !line.startsWith('(Use `node --trace-warnings'))).toEqual([]);
       const { final, lr, lrFinder } = JSON.parse(r.stdout);
       expect(lrFinder.search.trials.map((t: { lr: number }) => t.lr)).toContain(lr); // the lr came from the held-out trials
       return final;
@@ -141,8 +142,8 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
     expect(await weights('s2.pt')).toEqual(await weights('s1.pt'));
     // Without --json: a line per trial as it ends, and how the lr and the BatchNorm policy were chosen.
     const told = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--out', 's4.pt');
-    expect(told.stderr.match(/^lr trial \d\/8 {2}lr \S+ (frozen-eval|eval) {2}held-out acc \d+\.\d% {2}loss \d+\.\d{4}$/gm)).toHaveLength(8);
-    expect(told.stdout).toMatch(/^lr \S+ under bnPolicy '(frozen-eval|eval)', the lowest held-out loss \+ 2 × error rate of 8 trials \(an 'eval' one only where the 'eval' trials have the lower mean loss at the lrs both policies tried\) on 86 held-out training samples, 5 folds \((\S+ (frozen-eval|eval) loss \d+\.\d{3} \(\d+\.\d%\)(, )?){8}\) around the LR range test \(valley rule × 7; /m);
+    expect(told.stderr.match(/^lr trial \d\/8 {2}lr \S+ (frozen-eval|eval) {2}held-out acc \d+\.\d% {2}loss \d+\.\d{4}( {2}at chance)?$/gm)).toHaveLength(8);
+    expect(told.stdout).toMatch(/^lr \S+ under bnPolicy '(frozen-eval|eval)', the lowest held-out loss \+ 2 × error rate of 8 trials beating chance \(\d+\.\d%\) \(an 'eval' one only where the 'eval' trials have the lower mean loss at the lrs both policies tried\) on 86 held-out training samples, 5 folds \((\S+ (frozen-eval|eval) loss \d+\.\d{3} \(\d+\.\d%(, at chance)?\)(, )?){8}\) around the LR range test \(valley rule × 7; /m);
     // --bn-policy fixes the policy: five trials, none named, and the saved recipe records it.
     const fixed = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--bn-policy', 'eval', '--out', 's5.pt', '--json');
     const { bnPolicy, lrFinder } = JSON.parse(fixed.stdout);
@@ -164,7 +165,7 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
     const r = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', noise, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--out', 's6.pt');
     expect(r.status).toBe(0);
     expect(r.stderr).toMatch(/\[TORCHLITE_NO_SIGNAL\] Warning: lrSearch: no trial did better on its 34 held-out samples than always answering the commonest class \(55\.9%; the best trial reached \d+\.\d%\), so fineTune trains at the range test's lr \S+ under bnPolicy 'frozen-eval'\./);
-    expect(r.stdout).toMatch(/^lr \S+, chosen by the LR range test \(valley rule × 7; [^)]*\): no held-out trial beat always answering the commonest class \(55\.9%\) on 34 held-out training samples, 5 folds \((\S+ (frozen-eval|eval) loss \d+\.\d{3} \(\d+\.\d%\)(, )?){8}\)$/m);
+    expect(r.stdout).toMatch(/^lr \S+, chosen by the LR range test \(valley rule × 7; [^)]*\): no trial did better on its 34 held-out samples than always answering the commonest class \(55\.9%; the best trial reached \d+\.\d%\), 5 folds \((\S+ (frozen-eval|eval) loss \d+\.\d{3} \(\d+\.\d%, at chance\)(, )?){8}\)$/m);
   });
 });
 

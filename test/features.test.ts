@@ -6,7 +6,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { checkpoint, data, fineTune, type FineTuneOptions, loadPretrained, manualSeed, type Model, nn, randn, type Tensor, TorchError } from '../src';
+import { checkpoint, data, fineTune, type FineTuneOptions, loadPretrained, loss, manualSeed, type Model, nn, randn, type Tensor, TorchError } from '../src';
 import { fixture, maxAbsDiff, relativeDiff } from './helpers';
 
 manualSeed(5);
@@ -65,6 +65,20 @@ describe('fineTune({ cacheFeatures })', () => {
       for (const [name, weights] of Object.entries(steadyWhole.weights)) expect(maxAbsDiff(steadyCached.weights[name], weights), name).toBeLessThan(5e-4);
     });
   }
+
+  it('keeps float targets of every shape on the cached features (regression)', async () => {
+    for (const outputs of [1, 2]) {
+      const rows = data.tensorDataset(inputs, randn([96, outputs]), { inputShape: [3, 32, 32] });
+      const run = async (cacheFeatures: boolean) => {
+        manualSeed(1);
+        await using model = await loadPretrained(fixture('resnet_small.scripted.pt'));
+        return await fineTune(model, { train: data.loader(rows, { batchSize: 16, shuffle: true, seed: 2 }), numClasses: outputs, loss: loss.mse(), freezeEpochs: 2, epochs: 0, lr: 1e-3, cacheFeatures });
+      };
+      const [whole, cached] = [await run(false), await run(true)];
+      expect(cached.featureCache).toMatchObject({ used: true });
+      expect(relativeDiff(cached.map((r) => r.trainLoss), whole.map((r) => r.trainLoss))).toBeLessThan(1e-6);
+    }
+  });
 
   it('checks the frozen copy of the body first, and computes the features with the model where the copy is wrong', async () => {
     const [whole, cached] = [await tune({ cacheFeatures: false, epochs: 0 }, undefined, 'mobilenet_small.scripted.pt'), await tune({ epochs: 0 }, undefined, 'mobilenet_small.scripted.pt')];

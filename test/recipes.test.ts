@@ -6,7 +6,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { checkpoint, data, findLr, fineTune, type FineTuneOptions, loadPretrained, loss, type LrTrial, manualSeed, type Tensor } from '../src';
+import { type BatchNormPolicy, checkpoint, data, findLr, fineTune, type FineTuneOptions, loadPretrained, loss, type LrTrial, manualSeed, type Tensor, tensor } from '../src';
 import { beatsChance, bestTrial } from '../src/testing';
 import { fixture, root } from './helpers';
 
@@ -69,6 +69,9 @@ describe("fineTune({ lr: 'auto' })", () => {
     // 'eval' trials also have the lower mean loss than 'frozen-eval' at the same lrs.
     const scores = trials!.map((t) => t.loss + 2 * (1 - t.accuracy!));
     const best = scores.indexOf(Math.min(...scores));
+    // Only trials that beat always answering the commonest class (a fifth) by more than luck can be chosen.
+    expect(trials!.map((t) => t.beatsChance)).toEqual(trials!.map((t) => beatsChance(t, 200, 0.2, 8)));
+    expect(trials![best].beatsChance).toBe(true);
     expect(best).toBe(0); // here 'frozen-eval' at a quarter of the valley × 7 (score 1.74; 'eval' there: 2.26)
     const meanLoss = (from: number) => (trials![from].loss + trials![from + 1].loss + trials![from + 2].loss) / 3;
     expect(meanLoss(5)).toBeLessThan(meanLoss(0)); // though 'eval' has the lower mean: 'frozen-eval' diverges at 4× a quarter
@@ -90,23 +93,42 @@ describe("fineTune({ lr: 'auto' })", () => {
     expect(trials.at(-1)!.accuracy).toBe(0.2); // NaN scores all predict class 0: one class in five
     expect(trials.slice(0, 4).every((t) => Number.isFinite(t.loss))).toBe(true);
     // None beat chance, so the trials found nothing to rank by: the range test's lr, as given.
-    expect(history.lrFinder!.search).toMatchObject({ chance: 0.2, abstained: true });
+    expect(trials.map((t) => t.beatsChance)).toEqual(Array(8).fill(false));
+    expect(history.lrFinder!.search).toMatchObject({ chance: 0.2, abstained: true, reason: expect.stringMatching(/^no trial did better on its 200 held-out samples than always answering the commonest class \(20\.0%; the best trial reached \d+\.\d%\)$/) });
     expect(history.lr).toBe(history.lrFinder!.suggestions.valley * 1e5);
   });
 
-  it('trusts the trials only where one beats always answering the commonest class beyond luck (binomial, p ≤ 0.05 over all trials)', () => {
-    const at = (accuracy: number, loss = 1): LrTrial => ({ lr: 1, bnPolicy: 'frozen-eval', loss, accuracy });
-    const five = (best: number) => [at(0.2), at(0.2), at(best), at(0.2), at(0.2)];
+  it('a regression search whose every trial diverges trains at the range test\'s lr, and says to lower lrScale', async () => {
+    await using mlp = await loadPretrained(fixture('mlp.scripted.pt'));
+    const x = Float32Array.from({ length: 200 * 12 }, (_, i) => Math.sin(i));
+    const rows = data.tensorDataset(x, tensor(Float32Array.from({ length: 200 }, (_, i) => x[i * 12] * 2), [200, 1]), { inputShape: [12] });
+    const warnings: Error[] = [];
+    const listen = (w: Error) => warnings.push(w);
+    process.on('warning', listen);
+    const history = await fineTune(mlp, { train: data.loader(rows, { batchSize: 20 }), numClasses: 1, loss: loss.mse(), freezeEpochs: 1, epochs: 1, lrScale: 1e12, lrSearch: true });
+    await new Promise((resolve) => setImmediate(resolve));
+    process.off('warning', listen);
+    const { search } = history.lrFinder!;
+    expect(search.trials!.every((t) => !Number.isFinite(t.loss) && t.beatsChance === undefined)).toBe(true);
+    expect(search).toMatchObject({ abstained: true, reason: "every trial's held-out loss diverged, from 0.25 × the range test's lr up" });
+    expect(history.lr).toBe(history.lrFinder!.suggestions.valley * 1e12);
+    expect(warnings.filter((w) => (w as Error & { code?: string }).code === 'TORCHLITE_NO_SIGNAL').map((w) => w.message)).toEqual([
+      `lrSearch: every trial's held-out loss diverged, from 0.25 × the range test's lr up, so fineTune trains at the range test's lr ${history.lr.toExponential(2)} under bnPolicy 'frozen-eval'. Pass a lower lrScale, or an lr.`,
+    ]);
+  });
+
+  it('lets a trial count only where it beats always answering the commonest class beyond luck (binomial, p ≤ 0.05 over all trials)', () => {
+    const at = (accuracy: number, loss = 1) => ({ loss, accuracy });
     // 50 held-out samples of five classes, five trials: p ≤ 0.05 / 5 = 0.01 each.
-    expect(beatsChance(five(18 / 50), 50, 0.2)).toBe(true); // P(X ≥ 18 | 50, 0.2) = 0.0063
-    expect(beatsChance(five(17 / 50), 50, 0.2)).toBe(false); // P(X ≥ 17) = 0.0144
-    expect(beatsChance([at(17 / 50)], 50, 0.2)).toBe(true); // a single trial needs only 0.05
+    expect(beatsChance(at(18 / 50), 50, 0.2, 5)).toBe(true); // P(X ≥ 18 | 50, 0.2) = 0.0063
+    expect(beatsChance(at(17 / 50), 50, 0.2, 5)).toBe(false); // P(X ≥ 17) = 0.0144
+    expect(beatsChance(at(17 / 50), 50, 0.2, 1)).toBe(true); // a single trial needs only 0.05
     // The commonest class sets the bar: 60% of 100 against a class holding 50% is p = 0.028.
-    expect(beatsChance([at(0.6)], 100, 0.5)).toBe(true);
-    expect(beatsChance([at(0.6), at(0.5)], 100, 0.5)).toBe(false); // 0.028 > 0.025
-    expect(beatsChance([at(1, Number.NaN)], 100, 0.2)).toBe(false); // a diverged trial never does
-    expect(beatsChance([at(0.3)], 4000, 0.2)).toBe(true); // no underflow on large hold-outs (0.8^4000 is 0 in doubles)
-    expect(beatsChance([at(1)], 10, 1)).toBe(false); // one class held out: nothing to beat
+    expect(beatsChance(at(0.6), 100, 0.5, 1)).toBe(true);
+    expect(beatsChance(at(0.6), 100, 0.5, 2)).toBe(false); // 0.028 > 0.025
+    expect(beatsChance(at(1, Number.NaN), 100, 0.2, 1)).toBe(false); // a diverged trial never does
+    expect(beatsChance(at(0.3), 4000, 0.2, 1)).toBe(true); // no underflow on large hold-outs (0.8^4000 is 0 in doubles)
+    expect(beatsChance(at(1), 10, 1, 1)).toBe(false); // one class held out: nothing to beat
   });
 
   it('ranks trials by held-out loss plus twice the error rate, or by loss without accuracy', () => {
@@ -127,6 +149,22 @@ describe("fineTune({ lr: 'auto' })", () => {
     expect(bestTrial([...frozen, under('eval', at(1, 0.3, 0.9)), under('eval', at(2, 1.2, 0.6))])).toBe(1); // best, but mean 0.75
     expect(bestTrial([...frozen, under('eval', at(1, 0.45, 0.7)), under('eval', at(2, 0.55, 0.7))])).toBe(1); // mean 0.5, not best (1.05)
     expect(bestTrial([...frozen, under('eval', at(1, 0.1, 0.9)), under('eval', at(2, Number.NaN, 0.2))])).toBe(1); // a diverged trial: mean infinite
+    expect(bestTrial([at(1, Number.NaN), at(2, Infinity)])).toBe(-1); // all diverged: none to choose
+  });
+
+  it('chooses only among trials that beat chance, and none where no trial of the winning policy does', () => {
+    const at = (lr: number, loss: number, accuracy: number, beatsChance = true, bnPolicy: BatchNormPolicy = 'frozen-eval'): LrTrial => ({ lr, bnPolicy, loss, accuracy, beatsChance });
+    // A collapsed run: near-uniform outputs score about ln 5 (1.59 + 2 × 0.72 = 3.03), below a run that learned but is overconfident (2.2 + 2 × 0.6 = 3.4).
+    const collapsed = at(2, 1.59, 0.28, false);
+    expect(bestTrial([at(1, 2.2, 0.4), collapsed])).toBe(0);
+    expect(bestTrial([collapsed, at(4, 1.7, 0.2, false)])).toBe(-1);
+    // Two policies: 'eval' holds the best trial that counts and the lower mean paired loss (1.2 against 1.4, at chance or not).
+    const frozen = [at(1, 1.5, 0.3, false), at(2, 1.3, 0.3, false), at(4, 1.6, 0.25, false)];
+    const evals = [at(1, 1.0, 0.45, true, 'eval'), at(2, 1.4, 0.3, false, 'eval')];
+    expect(bestTrial([...frozen, ...evals])).toBe(3);
+    // 'eval' loses on mean loss (1.5 against 1.4) and no 'frozen-eval' trial counts: none to choose.
+    expect(bestTrial([...frozen, evals[0], { ...evals[1], loss: 2.0 }])).toBe(-1);
+    expect(bestTrial([...frozen.map((t) => ({ ...t, beatsChance: true })), evals[0], { ...evals[1], loss: 2.0 }])).toBe(1);
   });
 
   it('lrSearch: false keeps the range test alone; large sets and bad values say why', async () => {

@@ -108,11 +108,10 @@ function describeLr(history: FineTuneHistory): string {
   if (!search.used) return `${lr}, chosen by ${test}; no held-out trials: ${search.reason}`;
   // Trials under two BatchNorm policies name theirs, and so does the run.
   const [, second] = new Set(search.trials!.map((t) => t.bnPolicy));
-  const trials = search.trials!.map((t) => `${t.lr.toExponential(2)}${second ? ` ${t.bnPolicy}` : ''} loss ${t.loss.toFixed(3)}${t.accuracy === undefined ? '' : ` (${(t.accuracy * 100).toFixed(1)}%)`}`).join(', ');
+  const trials = search.trials!.map((t) => `${t.lr.toExponential(2)}${second ? ` ${t.bnPolicy}` : ''} loss ${t.loss.toFixed(3)}${t.accuracy === undefined ? '' : ` (${(t.accuracy * 100).toFixed(1)}%${t.beatsChance ? '' : ', at chance'})`}`).join(', ');
   const folds = search.folds! > 1 ? `, ${search.folds} folds` : '';
-  if (search.abstained)
-    return `${lr}, chosen by ${test}: no held-out trial beat always answering the commonest class (${(search.chance! * 100).toFixed(1)}%) on ${search.holdout} held-out training samples${folds} (${trials})`;
+  if (search.abstained) return `${lr}, chosen by ${test}: ${search.reason}${folds} (${trials})`;
   const policy = second ? ` under bnPolicy '${history.bnPolicy}'` : '';
   const rule = second ? ` (an '${second}' one only where the '${second}' trials have the lower mean loss at the lrs both policies tried)` : '';
-  return `${lr}${policy}, the lowest held-out ${search.score} of ${search.trials!.length} trials${rule} on ${search.holdout} held-out training samples${folds} (${trials}) around ${test}`;
+  return `${lr}${policy}, the lowest held-out ${search.score} of ${search.trials!.length} trials${search.chance === undefined ? '' : ` beating chance (${(search.chance * 100).toFixed(1)}%)`}${rule} on ${search.holdout} held-out training samples${folds} (${trials}) around ${test}`;
 }
