@@ -893,7 +893,7 @@ function whyNoTrial(trials: LrTrial[], holdout: number, chance: number | undefin
   const otherWins = trials.some((t) => t.beatsChance);
   const top = Math.max(...trials.filter((t) => !otherWins || t.bnPolicy === first).map((t) => t.accuracy!));
   const which = otherWins ? ` under bnPolicy '${first}'` : '';
-  const other = otherWins ? `, and the other policy's trials, some of which did, had the higher mean held-out loss` : '';
+  const other = otherWins ? `, and the '${trials.find((t) => t.bnPolicy !== first)!.bnPolicy}' trials, some of which did, had the higher mean held-out loss` : '';
   return `no trial${which} did better on its ${holdout} held-out samples than always answering the commonest class (${percent(chance)}; the best ${otherWins ? 'of them' : 'trial'} reached ${percent(top)})${other}`;
 }
 

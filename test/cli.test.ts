@@ -7,7 +7,7 @@ import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { isHeldOut, readLanguages } from '../src/cli/fortunes';
-import { data, loadPretrained, text } from '../src';
+import { data, loadPretrained, type LrTrial, text } from '../src';
 import { fixture, hasTorch, python, root } from './helpers';
 
 const cli = (...args: string[]) => spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), ...args], { encoding: 'utf8', cwd: work });
@@ -124,15 +124,23 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
   it('repeats a fine-tuning run exactly under the same --seed', async () => {
     const run = (out: string, seed: string) => {
       const r = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', seed, '--out', out, '--json');
-      // --json prints no progress; two epochs on 20 labels a class may leave every trial at chance, which warns.
+      // --json prints no progress; two epochs on 20 labels a class may leave trials at chance, which can warn.
       expect(r.stderr.split('\n').filter((line) => line && !line.includes('[TORCHLITE_NO_SIGNAL]') && !line.startsWith('(Use `node --trace-warnings'))).toEqual([]);
       const { final, lr, lrFinder } = JSON.parse(r.stdout);
       expect(lrFinder.search.trials.map((t: { lr: number }) => t.lr)).toContain(lr); // the lr came from the held-out trials
-      return final;
+      return { final, lr, search: lrFinder.search, stderr: r.stderr };
     };
     const a = run('s1.pt', '3');
     expect(run('s2.pt', '3')).toEqual(a);
-    expect(run('s3.pt', '4').loss).not.toBe(a.loss); // another seed gives another model
+    expect(a.stderr).toBe('');
+    // Seed 4: only an 'eval' trial beats chance, and 'eval' loses on mean loss, so no trial can be chosen.
+    const b = run('s3.pt', '4');
+    expect(b.final.loss).not.toBe(a.final.loss); // another seed gives another model
+    const reason = "no trial under bnPolicy 'frozen-eval' did better on its 88 held-out samples than always answering the commonest class (22.7%; the best of them reached 31.8%), and the 'eval' trials, some of which did, had the higher mean held-out loss";
+    expect(b.search).toMatchObject({ abstained: true, reason });
+    expect(b.search.trials.filter((t: LrTrial) => t.beatsChance).map((t: LrTrial) => t.bnPolicy)).toEqual(['eval']);
+    expect(b.lr).toBe(b.search.trials[2].lr); // the range test's own
+    expect(b.stderr).toContain(`[TORCHLITE_NO_SIGNAL] Warning: lrSearch: ${reason}, so fineTune trains at the range test's lr ${b.lr.toExponential(2)} under bnPolicy 'frozen-eval'.`);
     const weights = async (file: string) => {
       const m = await loadPretrained(join(work, file));
       const values = Array.from(m.stateDict()['classifier.2.weight'].toTypedArray() as Float32Array);

@@ -699,7 +699,13 @@ function eligibleSection(now) {
       for (const budget of BUDGETS) {
         const cell = now.filter((r) => r.family === family && r.dataset === dataset && r.budget === budget);
         const [before, after] = [compare(cell, isBeforeEligible), compare(cell, isCurrentDefault)];
-        if (before && after) cells.push({ family, dataset, budget, cell, before, after, changed: after.defaults.filter((r) => r.changed).map((r) => r.seed) });
+        if (!before || !after) continue;
+        // Each seed's choice now, with the default before's on the same seed where it chose another lr or policy (a real run of today's records no `changed`).
+        const choices = after.defaults.map((now) => {
+          const then = before.defaults.find((r) => r.seed === now.seed);
+          return { now, then: now.lr !== then.lr || policyOf(now) !== policyOf(then) ? then : undefined };
+        });
+        cells.push({ family, dataset, budget, cell, before, after, choices, changed: choices.filter((c) => c.then).map((c) => c.now.seed) });
       }
   const on = (isDefault) => (c, keep) => compare(c.cell.filter(keep), isDefault);
   const [beforeOn, afterOn] = [on(isBeforeEligible), on(isCurrentDefault)];
@@ -717,10 +723,10 @@ function eligibleSection(now) {
     lines.push(`| ${family} | ${dataset} | ${budget} | ${after.seeds} | ${seedRange(changed)} | ${pct(after.best)} | ${pct(before.auto)} | ${pct(after.auto)} | ${before.gap.toFixed(1)} ± ${before.se.toFixed(1)} | ${after.gap.toFixed(1)} ± ${after.se.toFixed(1)} |`);
   const summary = (gaps) => `${gaps.filter((g) => g <= 2).length} of ${gaps.length} within 2 points, mean gap ${mean(gaps).toFixed(2)}, worst ${Math.max(...gaps).toFixed(1)}`;
   const gapsOf = (of, keep) => cells.map((c) => of(c, keep)?.gap).filter((g) => g !== undefined);
-  const choices = cells.flatMap((c) => c.after.defaults);
-  const fresh = choices.filter((d) => inSecondLook(d) && d.changed).map((d) => (d.accuracy - cells.find((c) => c.cell.includes(d)).before.defaults.find((b) => b.seed === d.seed).accuracy) * 100);
-  const searches = choices.filter(inSecondLook).length;
-  lines.push('', `It changed ${choices.filter((d) => d.changed).length} of ${choices.length} choices, and abstained in ${choices.filter(didAbstain).length}. Every cell, the default before against now:`, '');
+  const choices = cells.flatMap((c) => c.choices);
+  const fresh = choices.filter((c) => inSecondLook(c.now) && c.then).map((c) => (c.now.accuracy - c.then.accuracy) * 100);
+  const searches = choices.filter((c) => inSecondLook(c.now)).length;
+  lines.push('', `It changed ${choices.filter((c) => c.then).length} of ${choices.length} choices, and abstained in ${choices.filter((c) => didAbstain(c.now)).length}. Every cell, the default before against now:`, '');
   const seedsOf = (seeds) => (r) => decided(r) && seeds.includes(r.seed);
   for (const [what, keep] of [['the seeds it was decided on', decided], ['of those, seeds 0-2', seedsOf([0, 1, 2])], ['seeds 3-5', seedsOf([3, 4, 5])], ['all seeds, with the second look', () => true]]) lines.push(`- ${what}: before ${summary(gapsOf(beforeOn, keep))}; now ${summary(gapsOf(afterOn, keep))}.`);
   if (searches) lines.push('', `On the second look's ${searches} searches alone, run after the rule was fixed, it changed ${fresh.length} choices, by ${fresh.map((g) => `${g >= 0 ? '+' : ''}${g.toFixed(1)}`).join(', ')} points: ${(fresh.reduce((a, b) => a + b, 0) / searches).toFixed(1)} a search on average.`);
@@ -813,7 +819,7 @@ function noiseSection(runs, derived) {
     const source = (r, d) => (parents && d.derived === 'run' && kept(d) ? parents.get(at(r, 0)) : twin(r));
     const pairs = derived.filter((d) => isDefault(d) && real.has(at(d, 0))).map((d) => [real.get(at(d, 0)), d]);
     if (pairs.length)
-      lines.push(`${which}, run for real, against its derivation from ${from}: ${pairs.filter(([r, d]) => r.lr === d.lr && policyOf(r) === d.bnPolicy).length} of ${pairs.length} chose the derived lr and policy, and ${pairs.filter(([r, d]) => r.accuracy === source(r, d)?.accuracy).length} reached the accuracy of the run it was derived from.`, '');
+      lines.push(`${which}, run for real (${pairs.map(([r]) => `${r.family} ${r.dataset}-${r.budget} seed ${r.seed}`).join(', ')}), against its derivation from ${from}: ${pairs.filter(([r, d]) => r.lr === d.lr && policyOf(r) === d.bnPolicy).length} of ${pairs.length} chose the derived lr and policy, and ${pairs.filter(([r, d]) => r.accuracy === source(r, d)?.accuracy).length} reached the accuracy of the run it was derived from.`, '');
   }
   if (moved.length) {
     lines.push('The same cell (lr, labels, seed) on the build before this sweep and on this one: float noise that training amplifies, and the floor under any gap in the tables above.', '', '| model | runs | identical | mean difference | largest |', '|---|---|---|---|---|');
