@@ -108,7 +108,7 @@ function describeLr(history: FineTuneHistory): string {
   if (!search.used) return `${lr}, chosen by ${test}; no held-out trials: ${search.reason}`;
   // Trials under two BatchNorm policies name theirs, and so does the run.
   const [, second] = new Set(search.trials!.map((t) => t.bnPolicy));
-  const trials = search.trials!.map((t) => `${t.lr.toExponential(2)}${second ? ` ${t.bnPolicy}` : ''} loss ${t.loss.toFixed(3)}${t.accuracy === undefined ? '' : ` (${(t.accuracy * 100).toFixed(1)}%${t.beatsChance ? '' : ', at chance'})`}`).join(', ');
+  const trials = search.trials!.map((t) => `${t.lr.toExponential(2)}${second ? ` ${t.bnPolicy}` : ''} loss ${t.loss.toFixed(3)}${t.accuracy === undefined ? '' : ` (${(t.accuracy * 100).toFixed(1)}%${t.beatsChance === false ? ', at chance' : ''})`}`).join(', ');
   const folds = search.folds! > 1 ? `, ${search.folds} folds` : '';
   if (search.abstained) return `${lr}, chosen by ${test}: ${search.reason}${folds} (${trials})`;
   const policy = second ? ` under bnPolicy '${history.bnPolicy}'` : '';
