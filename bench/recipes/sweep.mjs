@@ -678,9 +678,9 @@ function eligibleDefaults(runs, now) {
     // A search derived from before lrSearch's folds is scored as lrSearch scores it; a real run recorded its trials.
     const [trials, holdout] = d.derived === 'search' ? [defaultTrials(d, parts), foldsOf(d).length * d.search.holdout] : [d.search.trials.map((t) => ({ ...t, policy: t.bnPolicy })), d.search.holdout];
     const pick = eligiblePick(trials, holdout);
-    const changed = pick.lr !== d.lr || pick.policy !== policyOf(d);
-    const accuracy = changed ? (pick.policy === 'eval' ? parts.bnReached : parts.reached).get(at(d, pick.lr)) : d.accuracy;
-    return { ...d, key: JSON.stringify({ ...keyOf(d), abstain: ELIGIBLE }), lr: pick.lr, bnPolicy: pick.policy, accuracy, derived: d.derived ?? 'run', abstained: pick.abstained ?? false, changed };
+    const kept = pick.lr === d.lr && pick.policy === policyOf(d);
+    const accuracy = kept ? d.accuracy : (pick.policy === 'eval' ? parts.bnReached : parts.reached).get(at(d, pick.lr));
+    return { ...d, key: JSON.stringify({ ...keyOf(d), abstain: ELIGIBLE }), lr: pick.lr, bnPolicy: pick.policy, accuracy, derived: d.derived ?? 'run', abstained: pick.abstained ?? false };
   });
   const missing = derived.filter((d) => d.accuracy === undefined);
   if (missing.length) console.warn(`${missing.length} choices of today's default have no run at their lr yet (--part trials): ${missing.map((d) => at(d, d.lr)).join(', ')}`);
@@ -700,7 +700,7 @@ function eligibleSection(now) {
         const cell = now.filter((r) => r.family === family && r.dataset === dataset && r.budget === budget);
         const [before, after] = [compare(cell, isBeforeEligible), compare(cell, isCurrentDefault)];
         if (!before || !after) continue;
-        // Each seed's choice now, with the default before's on the same seed where it chose another lr or policy (a real run of today's records no `changed`).
+        // Each seed's choice now, with the default before's on the same seed where it chose another lr or policy.
         const choices = after.defaults.map((now) => {
           const then = before.defaults.find((r) => r.seed === now.seed);
           return { now, then: now.lr !== then.lr || policyOf(now) !== policyOf(then) ? then : undefined };
@@ -806,20 +806,23 @@ function noiseSection(runs, derived) {
   if (rerun.length) lines.push(`On one build a run is exact: ${rerun.filter(([d, t]) => d.accuracy === t.accuracy).length} of ${rerun.length} default runs reached the accuracy that the \`trials\` (or, under 'eval', \`bn-trials\`) part reached at the lr and policy they chose.`, '');
   const oneFold = "a one-fold search and the `folds`, `bn-folds`, `trials` and `bn-trials` parts";
   const realOf = (isDefault) => new Map(runs.filter((r) => r.part === 'grid' && isDefault(r) && !r.derived && keyOf(r).sweep === DEFAULTS.sweep).map((r) => [at(r, 0), r]));
-  // Each default derived from the real run of the default before it (`parent`) keeps that run's choice where `kept`.
-  for (const [isDefault, which, from, parent, kept] of [
+  // Each default derived from the real run of the default before it (`parent`) keeps that run's accuracy where it keeps its choice.
+  for (const [isDefault, which, from, parent] of [
     [isFrozenOnly, "The default before it tried 'eval'", oneFold],
     [isBeforeAbstain, 'The default before it abstained', oneFold],
-    [isBeforeEligible, 'The default that abstained where no trial beat chance', "the real run of the default before it abstained (where the search abstains, a run at the range test's lr: the `trials` part)", isBeforeAbstain, (d) => !d.abstained],
-    [isCurrentDefault, "Today's default", "the real run of the default that abstained (where the choice changed, a run given it: the `trials` and `bn-trials` parts)", isBeforeEligible, (d) => !d.changed],
+    [isBeforeEligible, 'The default that abstained where no trial beat chance', "the real run of the default before it abstained (where the search abstains, a run at the range test's lr: the `trials` part)", isBeforeAbstain],
+    [isCurrentDefault, "Today's default", "the real run of the default that abstained (where the choice changed, a run given it: the `trials` and `bn-trials` parts)", isBeforeEligible],
   ]) {
     const real = realOf(isDefault);
     const parents = parent && realOf(parent);
-    // The run whose accuracy real run `r` should match, never `r` itself: the parent's where derivation `d` kept its choice, else a trial run at its lr and policy.
-    const source = (r, d) => (parents && d.derived === 'run' && kept(d) ? parents.get(at(r, 0)) : twin(r));
+    // The run whose accuracy real run `r` should match, never `r` itself: the parent's real run where it made the same choice, else a trial run at its lr and policy.
+    const source = (r) => {
+      const same = parents?.get(at(r, 0));
+      return same && same.lr === r.lr && policyOf(same) === policyOf(r) ? same : twin(r);
+    };
     const pairs = derived.filter((d) => isDefault(d) && real.has(at(d, 0))).map((d) => [real.get(at(d, 0)), d]);
     if (pairs.length)
-      lines.push(`${which}, run for real (${pairs.map(([r]) => `${r.family} ${r.dataset}-${r.budget} seed ${r.seed}`).join(', ')}), against its derivation from ${from}: ${pairs.filter(([r, d]) => r.lr === d.lr && policyOf(r) === d.bnPolicy).length} of ${pairs.length} chose the derived lr and policy, and ${pairs.filter(([r, d]) => r.accuracy === source(r, d)?.accuracy).length} reached the accuracy of the run it was derived from.`, '');
+      lines.push(`${which}, run for real (${pairs.map(([r]) => `${r.family} ${r.dataset}-${r.budget} seed ${r.seed}`).join(', ')}), against its derivation from ${from}: ${pairs.filter(([r, d]) => r.lr === d.lr && policyOf(r) === d.bnPolicy).length} of ${pairs.length} chose the derived lr and policy, and ${pairs.filter(([r]) => r.accuracy === source(r)?.accuracy).length} reached the accuracy of the run it was derived from.`, '');
   }
   if (moved.length) {
     lines.push('The same cell (lr, labels, seed) on the build before this sweep and on this one: float noise that training amplifies, and the floor under any gap in the tables above.', '', '| model | runs | identical | mean difference | largest |', '|---|---|---|---|---|');
