@@ -941,8 +941,9 @@ function binomialTail(n: number, k: number, p: number): number {
 
 /**
  * The trial fineTune trains at, or -1 where there is none to choose: the lowest held-out score
- * among the trials that neither diverged nor failed to beat chance (`beatsChance: false`), the loss plus twice the error rate
- * where the trials report accuracy, else the loss. Loss alone can prefer an lr whose runs
+ * among the trials that neither diverged nor failed to beat chance (`beatsChance: false`),
+ * the score being the loss plus twice the error rate where the trials report accuracy, else
+ * the loss. Loss alone can prefer an lr whose runs
  * collapsed to near-uniform outputs (a loss near ln(classes), at chance) to one whose runs
  * learned but are overconfident on hard data; accuracy alone ranks lrs by a handful of
  * samples. Over the recipe sweep's 180 searches, scored on lrSearch's folds, the sum landed
@@ -954,7 +955,7 @@ function binomialTail(n: number, k: number, p: number): number {
  *
  * Where the trials ran under a second BatchNorm policy, a trial of it wins only if that
  * policy's trials also have the lower mean held-out loss at the lrs both ran, each pair on
- * the same folds; else the best trial of the first policy does. A policy suits a model and
+ * the same folds; else the best trial of the first policy does, if it has one. A policy suits a model and
  * its data rather than one lr: the single best trial chose 'eval' for the shipped CNN where
  * its final runs fell 2.5 points short (fashion, 10 labels a class), and the mean alone can be
  * carried by one diverging lr of the other policy. With both, 28 of 30 cells landed within 2
