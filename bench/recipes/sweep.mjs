@@ -416,6 +416,13 @@ function compare(cell, isDefault) {
   return { auto, points, best, gap: (best - auto) * 100, se: spread, seeds: seeds.size, defaults };
 }
 
+/** Cells within 2 points, the mean gap and the worst, of a list of cells' gaps. */
+const gapsSummary = (gaps) => `${gaps.filter((g) => g <= 2).length} of ${gaps.length} within 2 points, mean gap ${mean(gaps).toFixed(2)}, worst ${Math.max(...gaps).toFixed(1)}`;
+
+/** A table row of a cell's default `before` against `after` (each as `compare` gives it), naming `seeds`. */
+const beforeAfterRow = ({ family, dataset, budget, before, after }, seeds) =>
+  `| ${family} | ${dataset} | ${budget} | ${after.seeds} | ${seedRange(seeds)} | ${pct(after.best)} | ${pct(before.auto)} | ${pct(after.auto)} | ${before.gap.toFixed(1)} ± ${before.se.toFixed(1)} | ${after.gap.toFixed(1)} ± ${after.se.toFixed(1)} |`;
+
 /** A cell's mean accuracy at each grid lr (NaN where a point is missing). */
 function gridPoints(cell) {
   return GRID.map((lr) => {
@@ -630,9 +637,7 @@ function abstainSection(now) {
     '| model | dataset | labels/class | seeds | abstained on seeds | best grid point | the default before | abstaining | gap before | gap abstaining |',
     '|---|---|---|---|---|---|---|---|---|---|',
   ];
-  for (const { family, dataset, budget, after, before, seeds } of cells.filter((c) => c.seeds.length))
-    lines.push(`| ${family} | ${dataset} | ${budget} | ${after.seeds} | ${seedRange(seeds)} | ${pct(after.best)} | ${pct(before.auto)} | ${pct(after.auto)} | ${before.gap.toFixed(1)} ± ${before.se.toFixed(1)} | ${after.gap.toFixed(1)} ± ${after.se.toFixed(1)} |`);
-  const summary = (gaps) => `${gaps.filter((g) => g <= 2).length} of ${gaps.length} within 2 points, mean gap ${mean(gaps).toFixed(2)}, worst ${Math.max(...gaps).toFixed(1)}`;
+  for (const c of cells.filter((x) => x.seeds.length)) lines.push(beforeAfterRow(c, c.seeds));
   for (const { family, dataset, budget, seeds } of ABSTAIN_CHECK) {
     const fresh = cells.find((c) => c.family === family && c.dataset === dataset && c.budget === budget)?.all.filter((r) => seeds.includes(r.seed));
     const after = fresh && compare(fresh, isBeforeEligible);
@@ -642,7 +647,7 @@ function abstainSection(now) {
   lines.push('', 'Every cell, the default before against abstaining:', '');
   for (const [what, some] of [['all seeds', undefined], ['seeds 0-2', [0, 1, 2]], ['seeds 3-5', [3, 4, 5]], ['seeds 0-5', SEEDS]]) {
     const gaps = (isDefault) => cells.map((c) => compare(some ? c.cell.filter((r) => some.includes(r.seed)) : c.cell, isDefault)?.gap).filter((g) => g !== undefined);
-    lines.push(`- ${what}: ${summary(gaps(isBeforeAbstain))}; abstaining ${summary(gaps(isBeforeEligible))}.`);
+    lines.push(`- ${what}: ${gapsSummary(gaps(isBeforeAbstain))}; abstaining ${gapsSummary(gaps(isBeforeEligible))}.`);
   }
   lines.push('');
   return lines;
@@ -719,16 +724,14 @@ function eligibleSection(now) {
     '| model | dataset | labels/class | seeds | changed on seeds | best grid point | the default before | now | gap before | gap now |',
     '|---|---|---|---|---|---|---|---|---|---|',
   ];
-  for (const { family, dataset, budget, before, after, changed } of cells.filter((c) => c.changed.length))
-    lines.push(`| ${family} | ${dataset} | ${budget} | ${after.seeds} | ${seedRange(changed)} | ${pct(after.best)} | ${pct(before.auto)} | ${pct(after.auto)} | ${before.gap.toFixed(1)} ± ${before.se.toFixed(1)} | ${after.gap.toFixed(1)} ± ${after.se.toFixed(1)} |`);
-  const summary = (gaps) => `${gaps.filter((g) => g <= 2).length} of ${gaps.length} within 2 points, mean gap ${mean(gaps).toFixed(2)}, worst ${Math.max(...gaps).toFixed(1)}`;
+  for (const c of cells.filter((x) => x.changed.length)) lines.push(beforeAfterRow(c, c.changed));
   const gapsOf = (of, keep) => cells.map((c) => of(c, keep)?.gap).filter((g) => g !== undefined);
   const choices = cells.flatMap((c) => c.choices);
   const fresh = choices.filter((c) => inSecondLook(c.now) && c.then).map((c) => (c.now.accuracy - c.then.accuracy) * 100);
   const searches = choices.filter((c) => inSecondLook(c.now)).length;
   lines.push('', `It changed ${choices.filter((c) => c.then).length} of ${choices.length} choices, and abstained in ${choices.filter((c) => didAbstain(c.now)).length}. Every cell, the default before against now:`, '');
   const seedsOf = (seeds) => (r) => decided(r) && seeds.includes(r.seed);
-  for (const [what, keep] of [['the seeds it was decided on', decided], ['of those, seeds 0-2', seedsOf([0, 1, 2])], ['seeds 3-5', seedsOf([3, 4, 5])], ['all seeds, with the second look', () => true]]) lines.push(`- ${what}: before ${summary(gapsOf(beforeOn, keep))}; now ${summary(gapsOf(afterOn, keep))}.`);
+  for (const [what, keep] of [['the seeds it was decided on', decided], ['of those, seeds 0-2', seedsOf([0, 1, 2])], ['seeds 3-5', seedsOf([3, 4, 5])], ['all seeds, with the second look', () => true]]) lines.push(`- ${what}: before ${gapsSummary(gapsOf(beforeOn, keep))}; now ${gapsSummary(gapsOf(afterOn, keep))}.`);
   if (searches) lines.push('', `On the second look's ${searches} searches alone, run after the rule was fixed, it changed ${fresh.length} choices, by ${fresh.map((g) => `${g >= 0 ? '+' : ''}${g.toFixed(1)}`).join(', ')} points: ${(fresh.reduce((a, b) => a + b, 0) / searches).toFixed(1)} a search on average.`);
   const within = (xs) => xs.map((g) => g <= 2);
   const criteria = (keep) =>
@@ -926,10 +929,7 @@ function calSection(runs, measured) {
     lines.push(`| ${key} | ${picks.length} | ${pct(best)} | ${shown('recorded')} | ${shown('rerun')} | ${picks.filter((p) => p.rerun === p.recorded).length} of ${picks.length} | ${shown('calibrated')} | ${shown('twice')} |`);
     gaps.push(gap);
   }
-  const summary = (of, among) => {
-    const xs = gaps.filter(among).map((g) => g[of]);
-    return `${xs.filter((g) => g <= 2).length} of ${xs.length} within 2 points, mean gap ${mean(xs).toFixed(2)}, worst ${Math.max(...xs).toFixed(1)}`;
-  };
+  const summary = (of, among) => gapsSummary(gaps.filter(among).map((g) => g[of]));
   lines.push('');
   for (const [what, among] of [['all these cells', () => true], ...Object.keys(MODELS).map((family) => [family, (g) => g.family === family])])
     if (gaps.some(among)) lines.push(`${what}: fineTune's rule on the recorded trials ${summary('recorded', among)}; on the rerun trials ${summary('rerun', among)}; on their calibrated losses ${summary('calibrated', among)}; on both draws averaged ${summary('twice', among)}.`, '');
