@@ -2,13 +2,13 @@
 // with the training state in two extra files: JSON (options, schedule, position, RNG)
 // and the optimizer's state tensors as raw bytes indexed by parameter name.
 import { TorchError } from './errors';
-import { loadArchive, Model } from './model';
+import { CHECKPOINT_STATE, loadArchive, Model } from './model';
 import { native } from './native';
 import { Optimizer, type OptimizerStateDict } from './optim';
 import type { PlateauScheduler, Scheduler } from './sched';
 import { type Dtype, Tensor, tensor } from './tensor';
 
-const STATE = 'torchlite-checkpoint.json';
+const STATE = CHECKPOINT_STATE;
 const TENSORS = 'torchlite-optimizer.bin';
 
 /** Where training stands, saved with the weights. */

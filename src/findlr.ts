@@ -40,7 +40,7 @@ export interface LrFinderResult {
   losses: number[];
   /** The lr each rule reads off the curve. */
   suggestions: Record<LrRule, number>;
-  /** `suggestions.valley`, the rule fineTune's `lr: 'auto'` uses (see bench/results/recipes.md for why). */
+  /** `suggestions.valley`, the rule fineTune's `lr: 'auto'` uses. */
   suggestion: number;
   /** Writes the loss-vs-lr curve as an SVG file. */
   plot(path: string): Promise<void>;

@@ -26,7 +26,7 @@ export type { TrainingPosition } from './checkpoint';
 export * as data from './data';
 export * as distributed from './distributed';
 export type { DataParallelOptions, InitOptions, ProcessGroup, ReduceOp } from './distributed';
-export type { Dataset, Loader, LoaderBatch, Sample, TextDatasetOptions } from './data';
+export type { Augment, Dataset, ImageFolderOptions, Loader, LoaderBatch, LoadImageOptions, Sample, TextDatasetOptions } from './data';
 export type { FeatureCacheReport } from './features';
 export { findLr, type FindLrOptions, type LrFinderResult, type LrRule } from './findlr';
 export { classNamesOf, defaultNormalisation, inputSpecOf, type InputSpec } from './preprocess';
@@ -60,20 +60,7 @@ export {
   type TensorOptions,
   zeros,
 } from './tensor';
-export {
-  type Callback,
-  checkpoint,
-  earlyStopping,
-  type EpochRecord,
-  type FineTuneHistory,
-  type FineTuneOptions,
-  fineTune,
-  type FitContext,
-  type FitEvent,
-  type FitOptions,
-  type FitRun,
-  fit,
-  jsonlLogger,
-  type LrSearchReport,
-  type LrTrial,
-} from './train';
+export { type Callback, type EpochRecord, type FitContext, type FitEvent, type FitOptions, type FitRun, fit } from './fit';
+export { checkpoint, type CheckpointOptions, earlyStopping, type EarlyStoppingOptions, jsonlLogger } from './callbacks';
+export { type FineTuneHistory, type FineTuneOptions, fineTune } from './finetune';
+export type { LrSearchPlan, LrSearchReport, LrTrial } from './lrsearch';

@@ -21,6 +21,11 @@ export class Loss {
     return this.spec.kind as string;
   }
 
+  /** Whether class-index targets make this a classification loss (accuracy applies): `crossEntropy` and `nll`. */
+  get classifies(): boolean {
+    return CLASSIFICATION_KINDS.includes(this.kind);
+  }
+
   /** The loss of `output` against `target`, without recording gradients. */
   compute(output: Tensor, target: Tensor): Tensor {
     const out = Tensor.handle(output);
@@ -30,6 +35,8 @@ export class Loss {
 }
 
 const REDUCTIONS = ['mean', 'sum', 'none'] as const;
+/** The losses whose class-index targets make accuracy meaningful (loss.cc's `classifies` mirrors it for the native step). */
+const CLASSIFICATION_KINDS = ['crossEntropy', 'nll'];
 
 /** The native handle of a per-class weight given as a Tensor or number[], if any. */
 function classWeight(value: unknown, name: string): NativeTensor | undefined {

@@ -5,6 +5,8 @@ import { MetricAccumulator, type Metrics, type MetricSpec } from './metrics';
 import { dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear, sequential, specOf } from './nn';
 import type { Optimizer } from './optim';
 import { compilePattern, describePattern, type Pattern } from './patterns';
+import { classNamesOf } from './preprocess';
+import type { Loader } from './data/loader';
 import { type Device, type Dtype, ones, Tensor, zeros } from './tensor';
 import { checkDevice, checkFiniteNumber, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from './validate';
 
@@ -637,7 +639,7 @@ export class Model implements Disposable, AsyncDisposable {
     return callNativeAsync(async () => {
       const o = checkOptions<EvaluateOptions>(options, 'options', ['loss', 'metrics']);
       if (o.loss !== undefined && !(o.loss instanceof Loss)) throw typeError('a Loss from `loss.*`', 'options.loss', o.loss);
-      const classification = o.loss === undefined || ['crossEntropy', 'nll'].includes(o.loss.kind);
+      const classification = o.loss === undefined || o.loss.classifies;
       const specs = o.metrics ?? (o.loss && classification ? (['accuracy'] as MetricSpec[]) : []);
       if (!Array.isArray(specs)) throw typeError('an array of metrics', 'options.metrics', specs);
       specs.forEach((spec, i) => {
@@ -646,6 +648,7 @@ export class Model implements Disposable, AsyncDisposable {
       });
       if (batches === null || typeof batches !== 'object' || !(Symbol.iterator in batches || Symbol.asyncIterator in batches))
         throw typeError('an iterable of { input, target } batches', 'batches', batches);
+      checkSameClasses(this, (batches as Partial<Loader<BatchInput>>).dataset?.classes);
       const metrics = new MetricAccumulator(specs);
       const lossSpec = o.loss?.spec ?? null;
       const shard = (batches as Partial<Record<typeof kShardGroup, ShardGroup>>)[kShardGroup];
@@ -1056,9 +1059,32 @@ export class Model implements Disposable, AsyncDisposable {
   }
 }
 
-/** Loads a TorchScript archive saved by `torch.jit.script(...).save()` or `torch.jit.trace(...).save()`. */
+/**
+ * Refuses to score a model on data whose class names (a loader's `dataset.classes`) are not the
+ * model's (`metadata.classes`) in the same order: target 3 would not mean output 3, and the
+ * accuracy would be silently wrong.
+ */
+function checkSameClasses(model: Model, classes: string[] | undefined): void {
+  const own = classNamesOf(model);
+  if (classes === undefined || own === undefined || (classes.length === own.length && classes.every((c, i) => c === own[i]))) return;
+  const list = (names: string[]) => names.slice(0, 8).map((c) => `'${c}'`).join(', ') + (names.length > 8 ? ', …' : '');
+  throw new TorchError('TORCHLITE_BAD_DATA', `the data's classes (${list(classes)}) are not the model's (${list(own)}); read the data with \`like: model\`, which maps folders and labels to the model's classes by name, or map them with \`data.relabel\``);
+}
+
+/** The extra file that marks an archive as a torchlite checkpoint (checkpoint.ts writes it). */
+export const CHECKPOINT_STATE = 'torchlite-checkpoint.json';
+
+/**
+ * Loads a TorchScript archive saved by `torch.jit.script(...).save()` or
+ * `torch.jit.trace(...).save()`, in the mode it was saved in; or the weights of a checkpoint
+ * that the `checkpoint` callback wrote (`best.ckpt` is the best epoch), in eval mode, ready for
+ * inference (a checkpoint is written mid-training, in train mode; `train()` trains it again).
+ */
 export function loadPretrained(path: string, options?: LoadOptions): Promise<Model> {
-  return callNativeAsync(async () => (await loadArchive(path, options, [])).model);
+  return callNativeAsync(async () => {
+    const { model, extras } = await loadArchive(path, options, [CHECKPOINT_STATE]);
+    return extras[CHECKPOINT_STATE] ? model.eval() : model;
+  });
 }
 
 /** @internal Loads an archive and the named extra files (checkpoint state) in it. */

@@ -1,5 +1,6 @@
 // The input convention a model carries in its metadata (`metadata.input`), so that
 // evaluation, prediction and further fine-tuning prepare images as training did.
+import { TorchError } from './errors';
 
 /**
  * How images become a model's input: scaled to [0, 1], resized, normalised per channel.
@@ -35,4 +36,24 @@ export function inputSpecOf(model: { readonly metadata: unknown }): InputSpec | 
 export function classNamesOf(model: { readonly metadata: unknown }): string[] | undefined {
   const classes = (model.metadata as { classes?: unknown } | null | undefined)?.classes;
   return Array.isArray(classes) && classes.every((c) => typeof c === 'string') ? classes : undefined;
+}
+
+/**
+ * The classes a dataset read `like` a model gets, from the class names `found` in the data
+ * (`what` names them in errors): the model's own, in its order, where every name found is one
+ * of them, so that targets mean what the model's outputs mean even where the data holds only
+ * some of its classes; the names found where none is (new classes, to fine-tune for); and a
+ * `TORCHLITE_BAD_DATA` error where some are and some are not, which would evaluate silently wrong.
+ */
+export function classesLike(model: { readonly metadata: unknown }, found: string[], what: string): string[] | undefined {
+  const known = classNamesOf(model);
+  if (known === undefined) return undefined;
+  const unknown = found.filter((name) => !known.includes(name));
+  if (unknown.length === 0) return known;
+  if (unknown.length === found.length) return undefined;
+  const list = (names: string[]) => names.slice(0, 10).map((c) => `'${c}'`).join(', ') + (names.length > 10 ? ', …' : '');
+  throw new TorchError(
+    'TORCHLITE_BAD_DATA',
+    `the ${what} ${list(unknown)} ${unknown.length === 1 ? 'is' : 'are'} not among the model's classes (${list(known)}), while others are; fix the names, or pass \`classes\` to say which classes the data has (to fine-tune for new ones)`,
+  );
 }

@@ -1,7 +1,7 @@
 // Training progress: a live bar on a terminal, one plain line per epoch elsewhere.
 import { MultiBar, Presets } from 'cli-progress';
 
-import type { Callback, EpochRecord } from './train';
+import type { Callback, EpochRecord } from './fit';
 
 function epochLine(r: EpochRecord): string {
   const val = r.val ? `  val loss ${r.val.loss?.toFixed(4)}  val acc ${((r.val.accuracy ?? 0) * 100).toFixed(1)}%` : '';

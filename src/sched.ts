@@ -20,12 +20,15 @@ export class Scheduler {
   readonly #base: (current: number, group: number) => number;
   #step = 0;
   #baseLrs: number[] = [];
+  /** Steps before the lr reaches its peak (linear warm-up, one-cycle's rise); 0 for a schedule without one. */
+  readonly warmupSteps: number;
 
   /** @internal Use the functions of `sched`. */
-  constructor(optimizer: Optimizer, rule: Rule, baseLr: (current: number, group: number) => number = (lr) => lr) {
+  constructor(optimizer: Optimizer, rule: Rule, baseLr: (current: number, group: number) => number = (lr) => lr, warmupSteps = 0) {
     this.#optimizer = optimizer;
     this.#rule = rule;
     this.#base = baseLr;
+    this.warmupSteps = warmupSteps;
     this.#apply();
   }
 
@@ -118,7 +121,7 @@ export function linearWarmup(optimizer: Optimizer, opts: { warmupSteps: number; 
   const o = options<typeof opts>(opts, ['warmupSteps', 'startFactor']);
   const steps = checkPositiveInteger(o.warmupSteps, 'options.warmupSteps');
   const start = checkStartFactor(o.startFactor);
-  return new Scheduler(optimizer, (t, base) => ({ lr: base * warmupFactor(t, steps, start) }));
+  return new Scheduler(optimizer, (t, base) => ({ lr: base * warmupFactor(t, steps, start) }), undefined, steps);
 }
 
 export interface CosineOptions {
@@ -147,7 +150,7 @@ export function cosine(optimizer: Optimizer, opts: CosineOptions): Scheduler {
     if (t < warmup) return { lr: base * warmupFactor(t, warmup, start) };
     const progress = Math.min(t - warmup, total - warmup) / (total - warmup);
     return { lr: minLr + ((base - minLr) * (1 + Math.cos(Math.PI * progress))) / 2 };
-  });
+  }, undefined, warmup);
 }
 
 export interface OneCycleOptions {
@@ -210,6 +213,7 @@ export function oneCycle(optimizer: Optimizer, opts: OneCycleOptions): Scheduler
       return { lr: initial };
     },
     (current, group) => maxLrs[group] ?? (maxLrs.length === 1 ? maxLrs[0] : current),
+    Math.ceil(pct * total),
   );
 }
 

@@ -3,9 +3,6 @@ import { callNativeAsync } from './errors';
 import { Model, type ModelInput, unwrapInput } from './model';
 import { native } from './native';
 
-/** Which of lrSearch's trials fineTune trains at (an index into them, -1 for none), and whether one beats chance. */
-export { beatsChance, bestTrial } from './train';
-
 /**
  * Runs forward and backward on the sum of the outputs, and reports which parameters
  * received a non-zero gradient; grads are cleared afterwards.

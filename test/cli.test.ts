@@ -7,7 +7,7 @@ import sharp from 'sharp';
 import { beforeAll, describe, expect, it } from 'vitest';
 
 import { isHeldOut, readLanguages } from '../src/cli/fortunes';
-import { data, loadPretrained, type LrTrial, text } from '../src';
+import { data, loadPretrained, text } from '../src';
 import { fixture, hasTorch, python, root } from './helpers';
 
 const cli = (...args: string[]) => spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), ...args], { encoding: 'utf8', cwd: work });
@@ -121,26 +121,17 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
     expect(counted.stderr).toContain('the model has 10 outputs and no class names in its metadata, but the data has 3 classes');
   });
 
-  it('repeats a fine-tuning run exactly under the same --seed', async () => {
+  it('repeats a fine-tuning run exactly under the same --seed, at the default lr with no search', async () => {
     const run = (out: string, seed: string) => {
       const r = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', seed, '--out', out, '--json');
-      // --json prints no progress; two epochs on 20 labels a class may leave trials at chance, which can warn.
-      expect(r.stderr.split('\n').filter((line) => line && !line.includes('[TORCHLITE_NO_SIGNAL]') && !line.startsWith('(Use `node --trace-warnings'))).toEqual([]);
-      const { final, lr, lrFinder } = JSON.parse(r.stdout);
-      expect(lrFinder.search.trials.map((t: { lr: number }) => t.lr)).toContain(lr); // the lr came from the held-out trials
-      return { final, lr, search: lrFinder.search, stderr: r.stderr };
+      expect(r.stderr).toBe(''); // --json prints no progress
+      const { final, lr, lrFinder, search } = JSON.parse(r.stdout);
+      return { final, lr, lrFinder, search };
     };
     const a = run('s1.pt', '3');
+    expect([a.lr, a.lrFinder, a.search]).toEqual([0.01, undefined, undefined]);
     expect(run('s2.pt', '3')).toEqual(a);
-    expect(a.stderr).toBe('');
-    // Seed 4: only an 'eval' trial beats chance, and 'eval' loses on mean loss, so no trial can be chosen.
-    const b = run('s3.pt', '4');
-    expect(b.final.loss).not.toBe(a.final.loss); // another seed gives another model
-    const reason = "no trial under bnPolicy 'frozen-eval' did better on its 88 held-out samples than always answering the commonest class (22.7%; the best of them reached 31.8%), and the 'eval' trials, some of which did, had the higher mean held-out loss";
-    expect(b.search).toMatchObject({ abstained: true, reason });
-    expect(b.search.trials.filter((t: LrTrial) => t.beatsChance).map((t: LrTrial) => t.bnPolicy)).toEqual(['eval']);
-    expect(b.lr).toBe(b.search.trials[2].lr); // the range test's own
-    expect(b.stderr).toContain(`[TORCHLITE_NO_SIGNAL] Warning: lrSearch: ${reason}, so fineTune trains at the range test's lr ${b.lr.toExponential(2)} under bnPolicy 'frozen-eval'.`);
+    expect(run('s3.pt', '4').final.loss).not.toBe(a.final.loss); // another seed gives another model
     const weights = async (file: string) => {
       const m = await loadPretrained(join(work, file));
       const values = Array.from(m.stateDict()['classifier.2.weight'].toTypedArray() as Float32Array);
@@ -148,20 +139,21 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
       return values;
     };
     expect(await weights('s2.pt')).toEqual(await weights('s1.pt'));
-    // Without --json: a line per trial as it ends, and how the lr and the BatchNorm policy were chosen.
-    const told = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--out', 's4.pt');
+    // --lr-search: says what it will run first, a line per trial as it ends, and how the lr and the BatchNorm policy were chosen.
+    const told = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--lr-search', '--out', 's4.pt');
+    expect(told.stdout).toMatch(/^lr search: 8 trial lrs on 5 folds, 40 whole fine-tunes before the real one$/m);
     expect(told.stderr.match(/^lr trial \d\/8 {2}lr \S+ (frozen-eval|eval) {2}held-out acc \d+\.\d% {2}loss \d+\.\d{4}( {2}at chance)?$/gm)).toHaveLength(8);
-    expect(told.stdout).toMatch(/^lr \S+ under bnPolicy '(frozen-eval|eval)', the lowest held-out loss \+ 2 × error rate of 8 trials beating chance \(\d+\.\d%\) \(an 'eval' one only where the 'eval' trials have the lower mean loss at the lrs both policies tried\) on 86 held-out training samples, 5 folds \((\S+ (frozen-eval|eval) loss \d+\.\d{3} \(\d+\.\d%(, at chance)?\)(, )?){8}\) around the LR range test \(valley rule × 7; /m);
+    expect(told.stdout).toMatch(/^lr \S+( under bnPolicy '(frozen-eval|eval)', the lowest held-out loss \+ 2 × error rate of 8 trials|, from the lr given \(or the default\): no trial)/m);
     // --bn-policy fixes the policy: five trials, none named, and the saved recipe records it.
-    const fixed = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--bn-policy', 'eval', '--out', 's5.pt', '--json');
-    const { bnPolicy, lrFinder } = JSON.parse(fixed.stdout);
-    expect([bnPolicy, ...lrFinder.search.trials.map((t: { bnPolicy: string }) => t.bnPolicy)]).toEqual(Array(6).fill('eval'));
+    const fixed = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--bn-policy', 'eval', '--lr-search', '--out', 's5.pt', '--json');
+    const { bnPolicy, search } = JSON.parse(fixed.stdout);
+    expect([bnPolicy, ...search.trials.map((t: { bnPolicy: string }) => t.bnPolicy)]).toEqual(Array(6).fill('eval'));
     const saved = await loadPretrained(join(work, 's5.pt'));
     expect((saved.metadata as { recipe: { bnPolicy: string } }).recipe.bnPolicy).toBe('eval');
     saved.dispose();
   });
 
-  it('says when no held-out trial beat chance, and trains at the range test\'s lr', () => {
+  it('says when no held-out trial beat chance, and trains at the centre lr', () => {
     // Labels that say nothing of the images: every other image of each class in 'odd', the rest
     // in 'even'. The split and --per-class leave 19 of the 34 held-out training samples in one class.
     const noise = join(work, 'noise');
@@ -170,10 +162,10 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
         mkdirSync(join(noise, k % 2 ? 'odd' : 'even'), { recursive: true });
         symlinkSync(join(folder, name, file), join(noise, k % 2 ? 'odd' : 'even', `${name}-${file}`));
       });
-    const r = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', noise, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--out', 's6.pt');
+    const r = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', noise, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--lr-search', '--out', 's6.pt');
     expect(r.status).toBe(0);
-    expect(r.stderr).toMatch(/\[TORCHLITE_NO_SIGNAL\] Warning: lrSearch: no trial did better on its 34 held-out samples than always answering the commonest class \(55\.9%; the best trial reached \d+\.\d%\), so fineTune trains at the range test's lr \S+ under bnPolicy 'frozen-eval'\./);
-    expect(r.stdout).toMatch(/^lr \S+, chosen by the LR range test \(valley rule × 7; [^)]*\): no trial did better on its 34 held-out samples than always answering the commonest class \(55\.9%; the best trial reached \d+\.\d%\), 5 folds \((\S+ (frozen-eval|eval) loss \d+\.\d{3} \(\d+\.\d%, at chance\)(, )?){8}\)$/m);
+    expect(r.stderr).toMatch(/\[TORCHLITE_NO_SIGNAL\] Warning: lrSearch: no trial did better on its 34 held-out samples than always answering the commonest class \(55\.9%; the best trial reached \d+\.\d%\), so fineTune trains at lr 1\.00e-2 under bnPolicy 'frozen-eval'\./);
+    expect(r.stdout).toMatch(/^lr 1\.00e-2, from the lr given \(or the default\): no trial did better on its 34 held-out samples than always answering the commonest class \(55\.9%; the best trial reached \d+\.\d%\), 5 folds \((\S+ (frozen-eval|eval) loss \d+\.\d{3} \(\d+\.\d%, at chance\)(, )?){8}\)$/m);
   });
 });
 

@@ -190,9 +190,7 @@ describe('distributed: process groups and data-parallel training on 2 ranks', ()
     expect(alone.message).toMatch(/^rank\(s\) 1, 2 did not join 127\.0\.0\.1:\d+ within 1\.5 s \(world size 3\): start them, or lower WORLD_SIZE$/);
   });
 
-  // The example takes fineTune's defaults: its 320 samples hold out 64 a fold, so lrSearch
-  // cross-validates its 8 trials (the CNN has BatchNorm) on 5 folds on both ranks (120-170 s
-  // on 2 cores beside other test files).
+  // The example takes fineTune's defaults: one run at lr 1e-2, 4 + 12 epochs of 10 steps a rank.
   it("the README's example fine-tunes on 2 ranks through `torchlite run`, rank 0 alone printing and writing checkpoints", { timeout: 330_000 }, () => {
     const cwd = mkdtempSync(join(tmpdir(), 'torchlite-example-'));
     const r = spawnSync(process.execPath, [CLI, 'run', '--nproc', '2', join(root, 'examples', 'data-parallel.mjs')], { cwd, encoding: 'utf8', timeout: 300_000 });

@@ -34,7 +34,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import torchlite from '../../lib/index.js';
-import { beatsChance } from '../../lib/testing.js';
+import { beatsChance, LR_SEARCH } from '../../lib/lrsearch.js';
 
 const { data, fineTune, inputSpecOf, loadPretrained, manualSeed } = torchlite;
 const here = dirname(fileURLToPath(import.meta.url));
@@ -70,7 +70,7 @@ export const POLICIES = "the model's, and 'eval' at the lower 3 trial lrs where 
 export const ABSTAIN = "the range test's lr where no trial beats the commonest class (binomial, p ≤ 0.05 over the trials)";
 // Which trials fineTune chooses among (src/train.ts, bestTrial), in the default's cells since it replaced ABSTAIN.
 export const ELIGIBLE = "only trials that beat the commonest class on their own (binomial, p ≤ 0.05 over the trials), else the range test's lr";
-const MIN_HOLDOUT = 100;
+const MIN_HOLDOUT = LR_SEARCH.minHoldout;
 const MODELS = {
   cnn: { file: join(here, '..', '..', 'models', 'fashion-cnn.pt'), layout: 'grey28', shape: [1, 28, 28] },
   mnv3: { file: join(cache, 'mobilenet_v3_small-fashion04.pt'), layout: 'rgb32', shape: [3, 32, 32] },
@@ -133,7 +133,7 @@ export async function run({ part: _part, variant: _variant, sweep: _sweep, choic
   return withCell({ family, dataset, budget, seed, bnPolicy }, async (model, picked, val) => {
     const started = Date.now();
     // freezeEpochs, epochs, minSteps, weightDecay, pctStart: fineTune's own defaults unless the cell names them.
-    const history = await fineTune(model, { train: data.loader(picked, { batchSize: 32, shuffle: true, seed }), numClasses: 5, lr, lrRule, lrScale, lrSearch, lrMult, ...rest });
+    const history = await fineTune(model, { train: data.loader(picked, { batchSize: 32, shuffle: true, seed }), numClasses: 5, lr, lrRule, lrScale, lrSearch: lrSearch === 'auto' ? true : lrSearch, lrMult, ...rest });
     const { accuracy } = await model.evaluate(data.loader(val, { batchSize: 250 }), { metrics: ['accuracy'] });
     return { accuracy, lr: history.lr, bnPolicy: history.bnPolicy, epochs: `${history.freezeEpochs}+${history.epochs}`, suggestions: history.lrFinder?.suggestions, search: history.lrFinder?.search, seconds: (Date.now() - started) / 1000 };
   });

@@ -2,7 +2,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 
-import { type BatchInput, classNamesOf, data, type Dataset, defaultNormalisation, type InputSpec, inputSpecOf, type Model, text, type TextInput, TorchError } from '..';
+import { type Augment, type BatchInput, classNamesOf, data, type Dataset, defaultNormalisation, type InputSpec, inputSpecOf, type Model, text, type TextInput, TorchError } from '..';
 import { intFlag } from './flags';
 
 const { idx, imageFolder, subset } = data;
@@ -69,7 +69,7 @@ export function parseClasses(text: string | undefined): number[] | undefined {
  * IDX files (`train-images-idx3-ubyte.gz`, …; split 'train' or 't10k'), or a folder with
  * one subfolder per class.
  */
-export async function loadDataset(spec: string, split: 'train' | 't10k', input: InputSpec, options: { classes?: number[]; augment?: boolean } = {}): Promise<Dataset> {
+export async function loadDataset(spec: string, split: 'train' | 't10k', input: InputSpec, options: { classes?: number[]; augment?: Augment } = {}): Promise<Dataset> {
   const dir = spec === 'fashion-mnist' ? FASHION_DIR : spec;
   if (spec === 'fashion-mnist' || existsSync(join(dir, `${split}-images-idx3-ubyte.gz`))) {
     const ds = await idx(join(dir, `${split}-images-idx3-ubyte.gz`), join(dir, `${split}-labels-idx1-ubyte.gz`), {
@@ -80,7 +80,7 @@ export async function loadDataset(spec: string, split: 'train' | 't10k', input: 
     return options.classes ? subset(ds, { classes: options.classes }) : ds;
   }
   const [channels, size] = input.shape;
-  return imageFolder(spec, { size, channels: channels === 1 ? 1 : 3, mean: input.mean, std: input.std, augment: options.augment ?? false });
+  return imageFolder(spec, { size, channels: channels === 1 ? 1 : 3, mean: input.mean, std: input.std, augment: options.augment ?? 'none' });
 }
 
 /** Flags that say where a text model's tokenizer comes from when its metadata does not. */

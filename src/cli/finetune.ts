@@ -1,4 +1,4 @@
-import { type BatchInput, checkpoint, data, type Dataset, fineTune, type FineTuneHistory, loadPretrained, type Loss, loss as losses, manualSeed, progressBar } from '..';
+import { type Augment, type BatchInput, type Callback, checkpoint, data, type Dataset, fineTune, type FineTuneHistory, loadPretrained, type Loss, loss as losses, manualSeed, progressBar } from '..';
 import { type InputFlags, inputSpec, isTextData, loadDataset, loadTextDataset, parseClasses, type TextFlags, textTokenizer } from './data';
 import { choiceFlag, intFlag, numberFlag } from './flags';
 
@@ -13,7 +13,9 @@ export interface FinetuneFlags extends InputFlags, TextFlags {
   perClass?: string;
   epochs?: string;
   freezeEpochs?: string;
-  lr: string;
+  lr?: string;
+  lrSearch?: boolean;
+  augment?: string;
   batchSize: string;
   device: string;
   out: string;
@@ -31,7 +33,8 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   const epochs = flags.epochs === undefined ? undefined : intFlag(flags.epochs, '--epochs', 0);
   const freezeEpochs = flags.freezeEpochs === undefined ? undefined : intFlag(flags.freezeEpochs, '--freeze-epochs', 0);
   const batchSize = intFlag(flags.batchSize, '--batch-size');
-  const lr = flags.lr === 'auto' ? 'auto' : numberFlag(flags.lr, '--lr');
+  const lr = flags.lr === undefined ? undefined : flags.lr === 'auto' ? 'auto' : numberFlag(flags.lr, '--lr');
+  const augmentFlag = flags.augment === undefined ? undefined : choiceFlag(flags.augment, '--augment', ['none', 'light', 'default'] as const);
   const cacheFeatures = ({ auto: 'auto', on: true, off: false } as const)[choiceFlag(flags.cacheFeatures, '--cache-features', ['auto', 'on', 'off'] as const)];
   const bnPolicy = choiceFlag(flags.bnPolicy, '--bn-policy', ['auto', 'frozen-eval', 'eval', 'train'] as const);
   const classes = parseClasses(flags.classes);
@@ -43,11 +46,13 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   // Labelled texts for a text model, else images shaped by the model's input spec.
   const tokenizer = isTextData(flags.data, flags) ? await textTokenizer(model, flags, flags.model) : undefined;
   const input = tokenizer ? undefined : inputSpec(model, flags, flags.model);
-  const load = (spec: string, part: 'train' | 't10k', augment = false, names?: string[]): Promise<Dataset<BatchInput>> =>
-    tokenizer ? loadTextDataset(spec, model, tokenizer, flags, names) : loadDataset(spec, part, input!, { classes, augment });
-  let train = await load(flags.data, 'train', input !== undefined && input.shape[1] > 32);
+  // Small images (digits, icons) lose their meaning to tight crops and mirrors: none by default.
+  const augment: Augment = augmentFlag ?? (input !== undefined && input.shape[1] > 32 ? 'light' : 'none');
+  const load = (spec: string, part: 'train' | 't10k', augmented: Augment = 'none', names?: string[]): Promise<Dataset<BatchInput>> =>
+    tokenizer ? loadTextDataset(spec, model, tokenizer, flags, names) : loadDataset(spec, part, input!, { classes, augment: augmented });
+  let train = await load(flags.data, 'train', augment);
   if (flags.perClass !== undefined) train = subset(train, { perClass: intFlag(flags.perClass, '--per-class'), seed });
-  let val = flags.val ? await load(flags.val, 't10k', false, train.classes) : undefined;
+  let val = flags.val ? await load(flags.val, 't10k', 'none', train.classes) : undefined;
   if (!val) {
     if (flags.data === 'fashion-mnist') val = await load(flags.data, 't10k');
     else ({ train, val } = split(train, { val: 0.1, seed }));
@@ -63,24 +68,26 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
     numClasses: names.length,
     freezeEpochs,
     epochs,
-    lr,
+    ...(lr !== undefined && { lr }),
+    lrSearch: flags.lrSearch === true,
     loss,
     unfreeze: flags.unfreeze ? flags.unfreeze.split(',') : 'all',
     cacheFeatures,
     bnPolicy,
-    callbacks: [progressBar({ enabled: !flags.json, batchSize }), steps, ...(flags.checkpointDir ? [checkpoint({ dir: flags.checkpointDir })] : [])],
+    callbacks: [progressBar({ enabled: !flags.json, batchSize }), steps, ...(flags.json ? [] : [announceSearch]), ...(flags.checkpointDir ? [checkpoint({ dir: flags.checkpointDir })] : [])],
     ...(flags.resume && { resume: flags.resume }),
   });
   const lrLine = describeLr(history);
+  const augmentLine = input && `augmentation: ${augment}${augmentFlag ? '' : ' (--augment none|light|default)'}`;
   const epochLine = `${history.freezeEpochs} epoch${history.freezeEpochs === 1 ? '' : 's'} with the body frozen, then ${history.epochs} unfrozen (${trainLoader.length} steps each)`;
   const cacheLine = history.featureCache?.used
     ? `head-only epochs on cached backbone features (${((history.featureCache.bytes ?? 0) / 2 ** 20).toFixed(1)} MB, computed in ${(history.featureCache.seconds ?? 0).toFixed(1)} s${history.featureCache.optimized ? ' by a frozen copy of the body, optimised for inference' : ''})`
     : history.featureCache && `head-only epochs on the whole model: ${history.featureCache.reason}`;
-  if (!flags.json) console.log([epochLine, lrLine, cacheLine].filter(Boolean).join('\n'));
+  if (!flags.json) console.log([epochLine, lrLine, augmentLine, cacheLine].filter(Boolean).join('\n'));
   const final = await model.evaluate(valLoader, { loss, metrics: ['accuracy', 'f1', 'confusionMatrix'] });
   // fit has recorded the classes and the input spec; the model is in eval mode.
   await model.save(flags.out, {
-    metadata: { ...(model.metadata as object), classes: names, ...(input && { input }), recipe: { command: 'torchlite finetune', data: flags.data, epochs: history.epochs, freezeEpochs: history.freezeEpochs, lr: history.lr, lrFinder: history.lrFinder, bnPolicy: history.bnPolicy, batchSize, seed, valAccuracy: final.accuracy } },
+    metadata: { ...(model.metadata as object), classes: names, ...(input && { input }), recipe: { command: 'torchlite finetune', data: flags.data, epochs: history.epochs, freezeEpochs: history.freezeEpochs, lr: history.lr, lrFinder: history.lrFinder, search: history.search, augment: input && augment, bnPolicy: history.bnPolicy, batchSize, seed, valAccuracy: final.accuracy } },
   });
   if (flags.report)
     await writeReport(flags.report, {
@@ -90,28 +97,37 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
       steps: steps.steps,
       confusion: { matrix: final.confusionMatrix ?? [], classes: names },
     });
-  if (flags.json) console.log(JSON.stringify({ out: flags.out, classes: names, lr: history.lr, lrFinder: history.lrFinder, bnPolicy: history.bnPolicy, freezeEpochs: history.freezeEpochs, epochs: history.epochs, featureCache: history.featureCache, history, final }));
+  if (flags.json) console.log(JSON.stringify({ out: flags.out, classes: names, lr: history.lr, lrFinder: history.lrFinder, search: history.search, bnPolicy: history.bnPolicy, freezeEpochs: history.freezeEpochs, epochs: history.epochs, featureCache: history.featureCache, history, final }));
   else console.log(`validation accuracy ${((final.accuracy ?? 0) * 100).toFixed(2)}%, saved ${flags.out}${flags.report ? `, report ${flags.report}` : ''}`);
 }
 
-/** How the run's lr came about: given, read off the range test, or the best of the held-out trials around it. */
+/** Says what `--lr-search` will cost before it starts. */
+const announceSearch: Callback = {
+  name: 'announceSearch',
+  onLrSearch({ trials, folds, runs, estimatedSeconds }) {
+    const time = estimatedSeconds === undefined ? '' : `, roughly ${estimatedSeconds < 90 ? `${estimatedSeconds} s` : `${Math.round(estimatedSeconds / 60)} min`}`;
+    console.log(`lr search: ${trials} trial lrs${folds > 1 ? ` on ${folds} folds` : ''}, ${runs} whole fine-tunes before the real one${time}`);
+  },
+};
+
+/** How the run's lr came about: given, the default, read off the range test, or the best of the held-out trials around it. */
 function describeLr(history: FineTuneHistory): string {
   const lr = `lr ${history.lr.toExponential(2)}`;
   const finder = history.lrFinder;
-  if (!finder) return `${lr}, as given`;
-  const others = Object.entries(finder.suggestions)
+  const others = finder && Object.entries(finder.suggestions)
     .filter(([rule]) => rule !== finder.rule)
     .map(([rule, value]) => `${rule} ${value.toExponential(2)}`)
     .join(', ');
-  const test = `the LR range test (${finder.rule} rule × ${finder.scale}; ${others})`;
-  const { search } = finder;
-  if (!search.used) return `${lr}, chosen by ${test}; no held-out trials: ${search.reason}`;
+  const source = finder ? `the LR range test (${finder.rule} rule × ${finder.scale}; ${others})` : 'the lr given (or the default)';
+  const { search } = history;
+  if (!search) return `${lr}, ${finder ? `chosen by ${source}` : 'as given (--lr), or the default; --lr-search tries others'}`;
+  if (!search.used) return `${lr}, from ${source}; no held-out trials: ${search.reason}`;
   // Trials under two BatchNorm policies name theirs, and so does the run.
   const [, second] = new Set(search.trials!.map((t) => t.bnPolicy));
   const trials = search.trials!.map((t) => `${t.lr.toExponential(2)}${second ? ` ${t.bnPolicy}` : ''} loss ${t.loss.toFixed(3)}${t.accuracy === undefined ? '' : ` (${(t.accuracy * 100).toFixed(1)}%${t.beatsChance === false ? ', at chance' : ''})`}`).join(', ');
   const folds = search.folds! > 1 ? `, ${search.folds} folds` : '';
-  if (search.abstained) return `${lr}, chosen by ${test}: ${search.reason}${folds} (${trials})`;
+  if (search.abstained) return `${lr}, from ${source}: ${search.reason}${folds} (${trials})`;
   const policy = second ? ` under bnPolicy '${history.bnPolicy}'` : '';
   const rule = second ? ` (an '${second}' one only where the '${second}' trials have the lower mean loss at the lrs both policies tried)` : '';
-  return `${lr}${policy}, the lowest held-out ${search.score} of ${search.trials!.length} trials${search.chance === undefined ? '' : ` beating chance (${(search.chance * 100).toFixed(1)}%)`}${rule} on ${search.holdout} held-out training samples${folds} (${trials}) around ${test}`;
+  return `${lr}${policy}, the lowest held-out ${search.score} of ${search.trials!.length} trials${search.chance === undefined ? '' : ` beating chance (${(search.chance * 100).toFixed(1)}%)`}${rule} on ${search.holdout} held-out training samples${folds} (${trials}) around ${source}`;
 }

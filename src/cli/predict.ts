@@ -1,4 +1,4 @@
-import { type BatchInput, classNamesOf, loadPretrained, type Model, type Tensor, tensor, text, TorchError } from '..';
+import { type BatchInput, classNamesOf, data, loadPretrained, type Model, type Tensor, text } from '..';
 import { type InputFlags, inputSpec, type TextFlags, textTokenizer } from './data';
 import { intFlag } from './flags';
 
@@ -38,27 +38,8 @@ export async function runPredict(modelPath: string, inputs: string[], flags: Inp
   else results.forEach((r, n) => console.log(`${items[n]}: ${r.top.map((t) => `${t.label} ${(t.probability * 100).toFixed(1)}%`).join(', ')}`));
 }
 
-/** Images decoded, resized and normalised as the model's input spec says. */
+/** Images prepared as the model's input spec says (data.loadImage), with --size/--channels where the model has none. */
 async function imageBatch(model: Model, images: string[], flags: InputFlags, modelPath: string): Promise<Tensor> {
   const { shape, mean, std } = inputSpec(model, flags, modelPath);
-  const [channels, size] = shape;
-  const pixels = size * size;
-  const batch = new Float32Array(images.length * channels * pixels);
-  const { default: sharp } = await import('sharp');
-  await Promise.all(
-    images.map(async (file, n) => {
-      let decoded;
-      try {
-        let image = sharp(file, { failOn: 'error' }).removeAlpha().resize(size, size, { fit: 'cover' });
-        image = channels === 1 ? image.greyscale() : image.toColourspace('srgb');
-        decoded = await image.raw().toBuffer({ resolveWithObject: true });
-      } catch (error) {
-        throw new TorchError('TORCHLITE_BAD_DATA', `cannot read image ${file}: ${(error as Error).message}`);
-      }
-      const { data, info } = decoded;
-      for (let p = 0; p < pixels; p++)
-        for (let c = 0; c < channels; c++) batch[(n * channels + c) * pixels + p] = (data[p * info.channels + Math.min(c, info.channels - 1)] / 255 - mean[c]) / std[c];
-    }),
-  );
-  return tensor(batch, [images.length, channels, size, size]);
+  return data.loadImage(images, { size: shape[1], channels: shape[0] as 1 | 3, mean, std });
 }

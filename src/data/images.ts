@@ -3,9 +3,19 @@ import { extname, join } from 'node:path';
 
 import { readError, TorchError } from '../errors';
 import { checkFiniteNumber, checkOptions, checkPositiveInteger, checkString, typeError } from '../validate';
-import { defaultNormalisation, inputSpecOf } from '../preprocess';
+import { classesLike, defaultNormalisation, inputSpecOf } from '../preprocess';
 import type { Dataset, Sample } from './dataset';
 import { mix, rng } from './random';
+import { type Tensor, tensor } from '../tensor';
+
+/** How an image folder augments its training images (see `ImageFolderOptions.augment`). */
+export type Augment = 'none' | 'light' | 'default';
+
+/** Each augmentation's crop area and aspect ranges, and whether it flips. */
+const AUGMENTS = {
+  light: { scale: [0.6, 1], ratio: [9 / 10, 10 / 9], flip: false },
+  default: { scale: [0.08, 1], ratio: [3 / 4, 4 / 3], flip: true },
+} as const;
 
 const IMAGE_EXTENSIONS = new Set(['.png', '.jpg', '.jpeg', '.webp', '.gif', '.tif', '.tiff', '.avif', '.bmp']);
 
@@ -18,9 +28,19 @@ export interface ImageFolderOptions {
   std?: number[];
   /** Colour channels: `3` (RGB) or `1` (grey). Defaults to `3`. */
   channels?: 1 | 3;
-  /** Random resized crop (scale 0.08–1, ratio 3/4–4/3) and horizontal flip, seeded per epoch. Defaults to `false`. */
-  augment?: boolean;
-  /** Class names in index order. Defaults to the sorted subfolder names. */
+  /**
+   * Random augmentation, seeded per epoch: `'default'` (or `true`) is torchvision's ImageNet
+   * training crop, a random resized crop of 8–100% of the area at aspect 3/4–4/3, and a
+   * horizontal flip; `'light'` crops 60–100% at aspect 9/10–10/9 and never flips, which keeps
+   * digits, text and other images whose meaning a mirror or a tight crop changes; `'none'` (or
+   * `false`) resizes only. Defaults to `'none'`.
+   */
+  augment?: Augment | boolean;
+  /**
+   * Class names in index order. Defaults to `like`'s class names where every subfolder is one
+   * of them (a folder with some of the model's classes keeps the model's indices), else to the
+   * sorted subfolder names (new classes, to fine-tune for); some of each is an error.
+   */
   classes?: string[];
   /**
    * A model whose `metadata.input` (size, channels, mean, std) these images should match,
@@ -38,13 +58,7 @@ export async function imageFolder(dir: string, options?: ImageFolderOptions): Pr
   checkString(dir, 'dir');
   const given = checkOptions<ImageFolderOptions>(options, 'options', ['size', 'mean', 'std', 'channels', 'augment', 'classes', 'like']);
   const o = { ...likeOptions(given.like), ...stripUndefined(given) };
-  const size = o.size === undefined ? 224 : checkPositiveInteger(o.size, 'options.size');
-  const channels = o.channels ?? 3;
-  if (channels !== 1 && channels !== 3) throw typeError('1 or 3', 'options.channels', channels);
-  const fallback = defaultNormalisation(channels);
-  const mean = (o.mean ?? fallback.mean).map((v, i) => checkFiniteNumber(v, `options.mean[${i}]`));
-  const std = (o.std ?? fallback.std).map((v, i) => checkFiniteNumber(v, `options.std[${i}]`));
-  if (mean.length !== channels || std.length !== channels) throw new RangeError(`Expected ${channels} values for \`options.mean\` and \`options.std\` but received ${mean.length} and ${std.length}`);
+  const { size, channels, mean, std } = pixelSpec(o);
   let entries;
   try {
     entries = await readdir(dir, { withFileTypes: true });
@@ -52,11 +66,13 @@ export async function imageFolder(dir: string, options?: ImageFolderOptions): Pr
     throw readError(error, `cannot read image folder ${dir}`);
   }
   const folders = entries.filter((e) => e.isDirectory()).map((e) => e.name).sort();
-  const classes = o.classes ?? folders;
+  const classes = o.classes ?? (given.like && classesLike(given.like, folders, 'class folders')) ?? folders;
   if (classes.length === 0) throw new TorchError('TORCHLITE_BAD_DATA', `${dir} has no class subfolders`);
   const files: string[] = [];
   const targets: number[] = [];
   for (const [index, name] of classes.entries()) {
+    // Mapped like a model, the data may hold only some of its classes.
+    if (o.classes === undefined && !folders.includes(name)) continue;
     const folder = join(dir, name);
     const names = (await readdir(folder).catch(() => {
       throw new TorchError('TORCHLITE_BAD_DATA', `class folder ${folder} does not exist`);
@@ -67,10 +83,10 @@ export async function imageFolder(dir: string, options?: ImageFolderOptions): Pr
       targets.push(index);
     }
   }
-  const pixels = size * size;
-  // Loaded on first use: training on tensors or IDX files needs no image codecs.
-  const { default: sharp } = await import('sharp');
-  const dataset = (augment: boolean): Dataset => ({
+  const spec: PixelSpec = { size, channels, mean, std };
+  const augmentation = o.augment === true ? 'default' : o.augment === false || o.augment === undefined ? 'none' : o.augment;
+  if (augmentation !== 'none' && !(augmentation in AUGMENTS)) throw typeError("'none', 'light', 'default' or a boolean", 'options.augment', o.augment);
+  const dataset = (augment: Augment): Dataset => ({
     length: files.length,
     inputShape: [channels, size, size],
     targetShape: [],
@@ -78,28 +94,95 @@ export async function imageFolder(dir: string, options?: ImageFolderOptions): Pr
     target: (i) => targets[i],
     describe: (i) => files[i],
     preprocessing: { shape: [channels, size, size], mean, std, resize: 'center-crop' },
-    ...(augment && { withoutAugmentation: () => dataset(false) }),
-    get: async (i, epoch): Promise<Sample> => {
-      let image = sharp(files[i], { failOn: 'error' }).removeAlpha();
-      if (augment) {
-        const meta = await sharp(files[i]).metadata();
-        const random = rng(mix(i, epoch, 0x9e3779b9));
-        const crop = randomResizedCrop(meta.width ?? size, meta.height ?? size, random);
-        image = image.extract(crop).resize(size, size, { fit: 'fill' });
-        if (random() < 0.5) image = image.flop();
-      } else {
-        image = image.resize(size, size, { fit: 'cover' });
-      }
-      image = channels === 1 ? image.greyscale() : image.toColourspace('srgb');
-      const { data, info } = await image.raw().toBuffer({ resolveWithObject: true });
-      const input = new Float32Array(channels * pixels);
-      // HWC bytes to normalised CHW floats.
-      for (let p = 0; p < pixels; p++)
-        for (let c = 0; c < channels; c++) input[c * pixels + p] = (data[p * info.channels + Math.min(c, info.channels - 1)] / 255 - mean[c]) / std[c];
-      return { input, target: targets[i] };
-    },
+    ...(augment !== 'none' && { withoutAugmentation: () => dataset('none') }),
+    get: async (i, epoch): Promise<Sample> => ({
+      input: await pixelsOf(files[i], spec, augment === 'none' ? undefined : { random: rng(mix(i, epoch, 0x9e3779b9)), ...AUGMENTS[augment] }),
+      target: targets[i],
+    }),
   });
-  return dataset(o.augment === true);
+  return dataset(augmentation);
+}
+
+/** How pixels become an input: side, channels, and per-channel normalisation. */
+interface PixelSpec {
+  size: number;
+  channels: 1 | 3;
+  mean: number[];
+  std: number[];
+}
+
+/**
+ * An image (a file or encoded bytes) decoded by sharp, off the main thread: resized to a
+ * centred square, or cropped at random with `augment`; as normalised CHW floats.
+ */
+async function pixelsOf(source: string | Buffer, { size, channels, mean, std }: PixelSpec, augment?: { random: () => number; scale: readonly number[]; ratio: readonly number[]; flip: boolean }): Promise<Float32Array> {
+  // Loaded on first use: training on tensors or IDX files needs no image codecs.
+  const { default: sharp } = await import('sharp');
+  let image = sharp(source, { failOn: 'error' }).removeAlpha();
+  if (augment) {
+    const meta = await sharp(source).metadata();
+    const crop = randomResizedCrop(meta.width ?? size, meta.height ?? size, augment.random, augment);
+    image = image.extract(crop).resize(size, size, { fit: 'fill' });
+    if (augment.flip && augment.random() < 0.5) image = image.flop();
+  } else {
+    image = image.resize(size, size, { fit: 'cover' });
+  }
+  image = channels === 1 ? image.greyscale() : image.toColourspace('srgb');
+  const { data, info } = await image.raw().toBuffer({ resolveWithObject: true });
+  const pixels = size * size;
+  const input = new Float32Array(channels * pixels);
+  // HWC bytes to normalised CHW floats.
+  for (let p = 0; p < pixels; p++)
+    for (let c = 0; c < channels; c++) input[c * pixels + p] = (data[p * info.channels + Math.min(c, info.channels - 1)] / 255 - mean[c]) / std[c];
+  return input;
+}
+
+export interface LoadImageOptions {
+  /** The model whose input spec (size, channels, mean, std in `metadata.input`) the images are prepared for. Explicit options win. Defaults to none. */
+  like?: { readonly metadata: unknown };
+  /** Side of the square input, in pixels. Defaults to `like`'s, else `224`. */
+  size?: number;
+  /** `3` (RGB) or `1` (grey). Defaults to `like`'s, else `3`. */
+  channels?: 1 | 3;
+  /** Per-channel mean. Defaults to `like`'s, else ImageNet's (`[0.5]` for 1 channel). */
+  mean?: number[];
+  /** Per-channel std. Defaults to `like`'s, else ImageNet's (`[0.5]` for 1 channel). */
+  std?: number[];
+}
+
+/**
+ * Images (file paths or encoded bytes: PNG, JPEG, WebP, …) prepared exactly as `imageFolder`
+ * prepares its evaluation images (centre crop to a square, resize, normalise), as one batch
+ * `[N, channels, size, size]` for `model.predict`. With `like: model`, the model's own input
+ * spec is used, so a mismatch cannot creep in. An unreadable image is a `TORCHLITE_BAD_DATA` error.
+ */
+export async function loadImage(images: string | Buffer | (string | Buffer)[], options?: LoadImageOptions): Promise<Tensor> {
+  const list = Array.isArray(images) ? images : [images];
+  if (list.length === 0 || list.some((image) => typeof image !== 'string' && !Buffer.isBuffer(image))) throw typeError('an image path or Buffer, or a non-empty array of them', 'images', images);
+  const given = checkOptions<LoadImageOptions>(options, 'options', ['like', 'size', 'channels', 'mean', 'std']);
+  const spec = pixelSpec({ ...likeOptions(given.like), ...stripUndefined(given) });
+  const inputs = await Promise.all(
+    list.map((image, n) =>
+      pixelsOf(image, spec).catch((error: Error) => {
+        throw new TorchError('TORCHLITE_BAD_DATA', `cannot read image ${typeof image === 'string' ? image : `images[${n}] (${image.length} bytes)`}: ${error.message}`);
+      }),
+    ),
+  );
+  const batch = new Float32Array(inputs.reduce((n, input) => n + input.length, 0));
+  inputs.forEach((input, n) => batch.set(input, n * input.length));
+  return tensor(batch, [list.length, spec.channels, spec.size, spec.size]);
+}
+
+/** The checked pixel spec from options (and `like`'s, merged in before). */
+function pixelSpec(o: Pick<ImageFolderOptions, 'size' | 'channels' | 'mean' | 'std'>): PixelSpec {
+  const size = o.size === undefined ? 224 : checkPositiveInteger(o.size, 'options.size');
+  const channels = o.channels ?? 3;
+  if (channels !== 1 && channels !== 3) throw typeError('1 or 3', 'options.channels', channels);
+  const fallback = defaultNormalisation(channels);
+  const mean = (o.mean ?? fallback.mean).map((v, i) => checkFiniteNumber(v, `options.mean[${i}]`));
+  const std = (o.std ?? fallback.std).map((v, i) => checkFiniteNumber(v, `options.std[${i}]`));
+  if (mean.length !== channels || std.length !== channels) throw new RangeError(`Expected ${channels} values for \`options.mean\` and \`options.std\` but received ${mean.length} and ${std.length}`);
+  return { size, channels, mean, std };
 }
 
 /** Options taken from a model's input spec, for `like`. */
@@ -118,12 +201,12 @@ function stripUndefined<T extends object>(value: T): Partial<T> {
   return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>;
 }
 
-/** torchvision's RandomResizedCrop box: area 8–100%, aspect 3/4–4/3, ten tries, then a centre crop. */
-function randomResizedCrop(width: number, height: number, random: () => number) {
+/** torchvision's RandomResizedCrop box: an area share in `scale`, an aspect in `ratio`, ten tries, then a centre crop. */
+function randomResizedCrop(width: number, height: number, random: () => number, { scale, ratio: aspect }: { scale: readonly number[]; ratio: readonly number[] }) {
   const area = width * height;
   for (let attempt = 0; attempt < 10; attempt++) {
-    const target = area * (0.08 + random() * 0.92);
-    const ratio = Math.exp(Math.log(3 / 4) + random() * (Math.log(4 / 3) - Math.log(3 / 4)));
+    const target = area * (scale[0] + random() * (scale[1] - scale[0]));
+    const ratio = Math.exp(Math.log(aspect[0]) + random() * (Math.log(aspect[1]) - Math.log(aspect[0])));
     const w = Math.round(Math.sqrt(target * ratio));
     const h = Math.round(Math.sqrt(target / ratio));
     if (w > 0 && h > 0 && w <= width && h <= height)

@@ -1,5 +1,5 @@
 export { type Dataset, idx, type IdxOptions, relabel, type Sample, split, type SplitOptions, subset, type SubsetOptions, tensorDataset, type TensorDatasetOptions } from './dataset';
 export { readIdx, type IdxArray } from './idx';
-export { imageFolder, type ImageFolderOptions } from './images';
+export { type Augment, imageFolder, type ImageFolderOptions, loadImage, type LoadImageOptions } from './images';
 export { Loader, loader, type LoaderBatch, type LoaderOptions } from './loader';
 export { textDataset, type TextDatasetOptions, textFormatOf } from './text';

@@ -3,6 +3,7 @@ import { extname } from 'node:path';
 
 import { readError, TorchError } from '../errors';
 import { type TextInput, textInput, TextTokenizer, textSpecOf, tokenizerOf } from '../text';
+import { classesLike } from '../preprocess';
 import { checkOptions, checkPositiveInteger, checkString, typeError } from '../validate';
 import type { Dataset } from './dataset';
 
@@ -17,7 +18,11 @@ export interface TextDatasetOptions {
   textField?: string;
   /** The field or column holding the label. Defaults to `'label'`. */
   labelField?: string;
-  /** Class names in output order; a label outside them is a bad row. Defaults to `like`'s class names, else the labels found, sorted. */
+  /**
+   * Class names in output order; a label outside them is a bad row. Defaults to `like`'s class
+   * names where every label found is one of them, to the labels found (sorted) where none is
+   * (new classes, to fine-tune for), and is an error where some are.
+   */
   classes?: string[];
   /**
    * Forward's argument names for the token ids and the mask, to pass them by name.
@@ -130,7 +135,7 @@ export async function textDataset(file: string, options: TextDatasetOptions): Pr
   const inputs = o.inputs ?? spec?.inputs;
   if (inputs !== undefined && !(Array.isArray(inputs) && inputs.length === 2 && inputs.every((n) => typeof n === 'string')))
     throw typeError("two argument names, e.g. ['input_ids', 'attention_mask']", 'options.inputs', inputs);
-  const given = o.classes ?? (o.like ? (o.like.metadata as { classes?: string[] } | null)?.classes : undefined);
+  const given = o.classes;
   if (given !== undefined && (!Array.isArray(given) || given.some((c) => typeof c !== 'string'))) throw typeError('an array of class names', 'options.classes', given);
   const format = o.format ?? textFormatOf(file);
   if (format !== 'csv' && format !== 'jsonl') throw typeError("'jsonl' or 'csv' (the file's extension does not say)", 'options.format', o.format);
@@ -162,7 +167,8 @@ export async function textDataset(file: string, options: TextDatasetOptions): Pr
     process.emitWarning(`${file}: skipped ${skipped.length} bad row${skipped.length > 1 ? 's' : ''} (line${skipped.length > 1 ? 's' : ''} ${skipped.slice(0, 10).join(', ')}${skipped.length > 10 ? ', …' : ''})`, { code: 'TORCHLITE_BAD_DATA' });
   if (labelled.length === 0) throw new TorchError('TORCHLITE_BAD_DATA', `${file} has no labelled texts`);
   const numeric = labelled.every((r) => r.label.trim() !== '' && Number.isFinite(Number(r.label)));
-  const classes = given ?? [...new Set(labelled.map((r) => r.label))].sort(numeric ? (a, b) => Number(a) - Number(b) : undefined);
+  const found = [...new Set(labelled.map((r) => r.label))].sort(numeric ? (a, b) => Number(a) - Number(b) : undefined);
+  const classes = given ?? (o.like && classesLike(o.like, found, 'labels')) ?? found;
   const index = new Map(classes.map((c, i) => [c, i]));
   const targets = labelled.map((r) => index.get(r.label)!);
   const ids = labelled.map((r) => Int32Array.from(tok.ids(r.text, maxLength)));
