@@ -117,7 +117,7 @@ export function checkpoint(options: CheckpointOptions): Callback {
       await mkdir(dir, { recursive: true });
       const state = (ctx.callbackState.checkpoint ??= { best: undefined }) as { best?: number };
       const prefix = record.stage > 0 ? `stage-${record.stage}-` : '';
-      await ctx.saveCheckpoint(join(dir, `${prefix}epoch-${record.epoch + 1}.ckpt`));
+      await ctx.saveCheckpoint(join(dir, `${prefix}epoch-${ctx.epoch}.ckpt`));
       if (saveBest && record.val) {
         const value = monitored(record, monitor);
         if (improved(mode, value, state.best)) {

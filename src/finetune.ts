@@ -12,7 +12,7 @@ import { type Callback, callbacksOfThisRank, type EpochRecord, fit, recordTraini
 import { type Loss, crossEntropy } from './loss';
 import { beatsChance, bestTrial, isClassification, type LrSearchPlan, type LrSearchReport, type LrTrial, LR_SEARCH, majorityShare, type Parts, searchFolds, trialPlan, whyNoTrial } from './lrsearch';
 import type { MetricSpec } from './metrics';
-import { BATCH_NORM_POLICIES, type BatchInput, type BatchNormPolicy, Model } from './model';
+import { BATCH_NORM_POLICIES, type BatchInput, type BatchNormPolicy, disposeBatch, Model } from './model';
 import { adamw, type ParamGroupSpec } from './optim';
 import { compilePattern } from './patterns';
 import { oneCycle } from './sched';
@@ -216,13 +216,10 @@ async function tune(model: Model, options: FineTuneOptions): Promise<FineTuneHis
     let finder: FineTuneHistory['lrFinder'];
     let search: LrSearchReport | undefined;
     let baseLr = auto ? Number.NaN : ((o.lr as number | undefined) ?? D.lr);
-    let secondsPerStep: number | undefined;
     if (recorded?.lr !== undefined) baseLr = recorded.lr;
     else {
       if (auto) {
-        const started = performance.now();
         const found = await findLr(cache?.head ?? model, cache?.train ?? o.train, { ...(o.loss && { loss: o.loss }) });
-        secondsPerStep = (performance.now() - started) / 1000 / found.lrs.length;
         baseLr = found.suggestions[rule] * lrScale;
         finder = { rule, scale: lrScale, suggestions: found.suggestions };
       }
@@ -231,7 +228,7 @@ async function tune(model: Model, options: FineTuneOptions): Promise<FineTuneHis
         // again after them, under the policy they chose.
         if (cache) await restoreHead(model, headPath, cache.head);
         const policies = bnPolicy === 'auto' && model.bnPolicy !== 'eval' && bodyBatchNormTrains(model, headPath, recipe) ? [model.bnPolicy, 'eval' as const] : [model.bnPolicy];
-        ({ lr: baseLr, report: search } = await searchLr(model, recipe, o, { centre: baseLr, folds, policies, secondsPerStep }));
+        ({ lr: baseLr, report: search } = await searchLr(model, recipe, o, { centre: baseLr, folds, policies }));
         ({ cache, featureCache } = await headOnlyCache(model, headPath, o, freezeEpochs, resumeStage));
       }
     }
@@ -261,7 +258,7 @@ async function searchLr(
   model: Model,
   recipe: Recipe,
   o: FineTuneOptions,
-  { centre, folds, policies, secondsPerStep }: { centre: number; folds: Parts[]; policies: BatchNormPolicy[]; secondsPerStep?: number },
+  { centre, folds, policies }: { centre: number; folds: Parts[]; policies: BatchNormPolicy[] },
 ): Promise<{ lr: number; report: LrSearchReport }> {
   const classification = isClassification(o.train.dataset, o.loss);
   const lossFn = o.loss ?? crossEntropy();
@@ -270,10 +267,14 @@ async function searchLr(
   const holdout = folds.reduce((n, parts) => n + parts.val.length, 0);
   const chance = classification ? majorityShare(folds) : undefined;
   const runs = plan.length * folds.length;
-  const stepsPerRun = (recipe.freezeEpochs + recipe.epochs) * Math.ceil(o.train.length * (1 - holdout / folds.length / o.train.dataset.length));
-  const announced: LrSearchPlan = { trials: plan.length, folds: folds.length, runs, ...(secondsPerStep !== undefined && { estimatedSeconds: Math.round(runs * stepsPerRun * secondsPerStep) }) };
-  for (const cb of callbacks) await cb.onLrSearch?.(announced);
   const saved = await snapshot(model, { rng: true });
+  // Announced before the first trial, from the time of one whole-model step (then undone):
+  // the head-only steps cost less, so this errs long.
+  const secondsPerStep = await timeOneStep(model, o.train, o.loss);
+  startOver(model, recipe.headPath, saved);
+  const stepsPerRun = (recipe.freezeEpochs + recipe.epochs) * Math.ceil(o.train.length * (1 - holdout / folds.length / o.train.dataset.length));
+  const announced: LrSearchPlan = { trials: plan.length, folds: folds.length, runs, estimatedSeconds: Math.max(1, Math.round(runs * stepsPerRun * secondsPerStep)) };
+  for (const cb of callbacks) await cb.onLrSearch?.(announced);
   const trials: LrTrial[] = [];
   let ran = 0;
   try {
@@ -339,14 +340,17 @@ async function runRecipe(
 ): Promise<void> {
   const { headPath, signal } = recipe;
   const common = { loss: recipe.loss, metrics: run.metrics, callbacks: run.callbacks, signal };
+  const perStage = recipe.stages.map((_, i) => Math.floor(recipe.epochs / recipe.stages.length) + (i < recipe.epochs % recipe.stages.length ? 1 : 0));
+  // Each stage's records count on from the stages before it, as the printed progress does.
+  const epochOffset = (stage: number) => (stage === 0 ? 0 : recipe.freezeEpochs + perStage.slice(0, stage - 1).reduce((a, b) => a + b, 0));
   const phase = async (stage: number, epochCount: number, groups: ParamGroupSpec[], peak: number[], on = { model, train: run.train, val: run.val }): Promise<void> => {
     // Stages a resumed run already finished only replay their freezing, not their training.
     if (epochCount === 0 || signal?.aborted || stage < run.resumeStage) return;
     using optimizer = adamw(groups, { weightDecay: recipe.weightDecay });
     const scheduler = oneCycle(optimizer, { maxLr: peak, totalSteps: epochCount * on.train.length, ...(recipe.pctStart !== undefined && { pctStart: recipe.pctStart }) });
     const resume = stage === run.resumeStage ? run.resume : undefined;
-    const done = await fit(on.model, { ...common, train: on.train, val: on.val, epochs: epochCount, optimizer, scheduler, stage, ...(resume && { resume, resumeRng: run.resumeRng }) });
-    records.push(...done.map((r) => ({ ...r, epoch: records.length + r.epoch })));
+    const done = await fit(on.model, { ...common, train: on.train, val: on.val, epochs: epochCount, optimizer, scheduler, stage, epochOffset: epochOffset(stage), ...(resume && { resume, resumeRng: run.resumeRng }) });
+    records.push(...done);
   };
   if (run.cache) {
     await phase(0, recipe.freezeEpochs, [{ params: /.*/ }], [baseLr], { model: run.cache.head, train: run.cache.train, val: run.cache.val });
@@ -357,7 +361,6 @@ async function runRecipe(
   }
   const lr = baseLr / 2;
   const topLevel = [...new Set(model.parameters().map((p) => p.name.split('.')[0]))];
-  const perStage = recipe.stages.map((_, i) => Math.floor(recipe.epochs / recipe.stages.length) + (i < recipe.epochs % recipe.stages.length ? 1 : 0));
   for (const [i, prefix] of recipe.stages.entries()) {
     if (prefix === 'all') model.unfreeze();
     else model.unfreeze(prefix);
@@ -379,6 +382,22 @@ function bodyBatchNormTrains(model: Model, headPath: string, recipe: Recipe): bo
   const unfrozen = recipe.stages.map((stage) => (stage === 'all' ? () => true : compilePattern(stage)));
   const inHead = compilePattern(headPath);
   return model.modules().some((m) => /BatchNorm/.test(m.type) && m.params > 0 && !inHead(m.path) && unfrozen.some((matches) => matches(m.path)));
+}
+
+/** Seconds of one training step of the whole model on `train`'s first batch; the caller puts the model back. */
+async function timeOneStep(model: Model, train: Loader<BatchInput>, lossFn: Loss | undefined): Promise<number> {
+  const batches = train.batches(0)[Symbol.asyncIterator]();
+  const first = await batches.next();
+  await batches.return?.(undefined);
+  if (first.done) return 0;
+  model.unfreeze();
+  model.train();
+  using optimizer = adamw(model, { lr: 0 });
+  const started = performance.now();
+  await model.trainStep(first.value.input, first.value.target, { loss: lossFn ?? crossEntropy(), optimizer });
+  const seconds = (performance.now() - started) / 1000;
+  disposeBatch(first.value);
+  return seconds;
 }
 
 /** The model as fineTune's first phase starts it: saved weights and generator, new head trainable, body frozen. */

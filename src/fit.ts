@@ -115,12 +115,14 @@ export interface FitOptions {
   amp?: 'bf16' | 'fp16';
   /** @internal fineTune's stage, stored in checkpoints. */
   stage?: number;
+  /** @internal Epochs fineTune's earlier stages trained: records and events count from there, as its history does. */
+  epochOffset?: number;
 }
 
 /** The run: `await` it for the history, or `for await` its events. */
 export interface FitRun extends PromiseLike<EpochRecord[]>, AsyncIterable<FitEvent> {}
 
-const FIT_KEYS = ['train', 'val', 'epochs', 'optimizer', 'loss', 'scheduler', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng', 'clipGradNorm', 'accumulate', 'amp', 'stage'];
+const FIT_KEYS = ['train', 'val', 'epochs', 'optimizer', 'loss', 'scheduler', 'metrics', 'callbacks', 'signal', 'resume', 'resumeRng', 'clipGradNorm', 'accumulate', 'amp', 'stage', 'epochOffset'];
 
 /**
  * Trains for `epochs`, evaluating on `val` after each; see {@link FitOptions}. The model
@@ -239,6 +241,7 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
   const group = groupOf(model);
   callbacks = callbacksOfThisRank(model, callbacks);
   let position: TrainingPosition = { epoch: 0, step: 0, stage: o.stage ?? 0, history: [], callbacks: {} };
+  const offset = o.epochOffset ?? 0;
   if (o.resume) {
     await model.idle(); // operations called before fit (a data-parallel broadcast) come first
     position = await loadCheckpoint(o.resume, { model, optimizer: o.optimizer, scheduler: o.scheduler, rng: o.resumeRng, rank: group?.rank });
@@ -279,7 +282,7 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
     for (let epoch = position.epoch; epoch < o.epochs && stopReason === null; epoch++) {
       const started = Date.now();
       model.train();
-      yield { type: 'epochStart', epoch, batches: o.train.length, stage: position.stage };
+      yield { type: 'epochStart', epoch: epoch + offset, batches: o.train.length, stage: position.stage };
       let lossSum = 0;
       let samples = 0;
       let correct = 0;
@@ -306,7 +309,7 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
           if (r.stepped) position.step += 1;
           const event = {
             type: 'batchEnd' as const,
-            epoch,
+            epoch: epoch + offset,
             batch: batchIndex++,
             batches: o.train.length,
             step: position.step,
@@ -341,7 +344,7 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
         o.scheduler.step(val.loss);
       }
       const record: EpochRecord = {
-        epoch,
+        epoch: epoch + offset,
         trainLoss: samples > 0 ? lossSum / samples : Number.NaN,
         ...(counted > 0 && { trainAccuracy: correct / counted }),
         ...(val && { val }),

@@ -68,11 +68,10 @@ export interface LrSearchPlan {
   /** Whole fine-tunes in all, each on the training part of a fold: `trials × folds`. */
   runs: number;
   /**
-   * Seconds the runs should take, from the range test's seconds per step and the steps of one
-   * run (a rough figure: training the unfrozen body costs more per step than the head alone).
-   * Absent where no range test ran (a given `lr`).
+   * Roughly the seconds the runs will take: the steps of one run times one whole-model step's
+   * time, measured before the trials. It errs long (head-only steps cost less).
    */
-  estimatedSeconds?: number;
+  estimatedSeconds: number;
 }
 
 export type Parts = { train: Dataset<BatchInput>; val: Dataset<BatchInput> };

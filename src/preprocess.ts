@@ -54,6 +54,6 @@ export function classesLike(model: { readonly metadata: unknown }, found: string
   const list = (names: string[]) => names.slice(0, 10).map((c) => `'${c}'`).join(', ') + (names.length > 10 ? ', …' : '');
   throw new TorchError(
     'TORCHLITE_BAD_DATA',
-    `the ${what} ${list(unknown)} ${unknown.length === 1 ? 'is' : 'are'} not among the model's classes (${list(known)}), while others are; fix the names, or pass \`classes\` to say which classes the data has (to fine-tune for new ones)`,
+    `${list(unknown)} ${unknown.length === 1 ? 'is' : 'are'} not among the model's classes (${list(known)}), while the data's other ${what} are; fix the names, or pass \`classes\` to say which classes the data has (to fine-tune for new ones)`,
   );
 }

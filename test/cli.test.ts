@@ -84,6 +84,8 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
     const evaluated = cli('eval', 'ft.pt', '--data', folder, '--json');
     expect(evaluated.status).toBe(0);
     expect(JSON.parse(evaluated.stdout).confusionMatrix).toHaveLength(5);
+    // eval scores with the loss training reported (label smoothing 0.1), and says so.
+    expect(cli('eval', 'ft.pt', '--data', folder).stdout).toMatch(/^loss +\d+\.\d{4} \(cross-entropy with label smoothing 0\.1, as in training\)$/m);
   });
 
   it('scores a folder by the model\'s class names, and refuses classes or inputs it cannot place', async () => {
@@ -141,7 +143,8 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
     expect(await weights('s2.pt')).toEqual(await weights('s1.pt'));
     // --lr-search: says what it will run first, a line per trial as it ends, and how the lr and the BatchNorm policy were chosen.
     const told = cli('finetune', '--model', join(root, 'models', 'fashion-cnn.pt'), '--data', folder, '--epochs', '1', '--freeze-epochs', '1', '--per-class', '20', '--seed', '3', '--lr-search', '--out', 's4.pt');
-    expect(told.stdout).toMatch(/^lr search: 8 trial lrs on 5 folds, 40 whole fine-tunes before the real one$/m);
+    expect(told.stdout).toMatch(/^augmentation: none \(--augment none\|light\|default\)$/m); // 28 px images: no crops, no flips
+    expect(told.stdout).toMatch(/^lr search: 8 trial lrs on 5 folds, 40 whole fine-tunes before the real one, roughly \d+ (s|min)$/m);
     expect(told.stderr.match(/^lr trial \d\/8 {2}lr \S+ (frozen-eval|eval) {2}held-out acc \d+\.\d% {2}loss \d+\.\d{4}( {2}at chance)?$/gm)).toHaveLength(8);
     expect(told.stdout).toMatch(/^lr \S+( under bnPolicy '(frozen-eval|eval)', the lowest held-out loss \+ 2 × error rate of 8 trials|, from the lr given \(or the default\): no trial)/m);
     // --bn-policy fixes the policy: five trials, none named, and the saved recipe records it.

@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 
-import { data, earlyStopping, type EpochRecord, type FitContext, loadPretrained, loss, optim, sched, tensor } from '../src';
+import { data, earlyStopping, type EpochRecord, fineTune, type FitContext, loadPretrained, loss, optim, sched, tensor } from '../src';
 import { classesLike } from '../src/preprocess';
 import { fixture } from './helpers';
 
@@ -33,7 +33,7 @@ describe('data read `like` a model', () => {
     const fresh = await data.imageFolder(await folder(['cat', 'dog']), { like: digits });
     expect(fresh.classes).toEqual(['cat', 'dog']);
     await expect(data.imageFolder(await folder(['3', 'hat']), { like: digits })).rejects.toThrow(
-      expect.objectContaining({ code: 'TORCHLITE_BAD_DATA', message: "the class folders 'hat' is not among the model's classes ('0', '1', '2', '3', '4', '5', '6', '7', '8', '9'), while others are; fix the names, or pass `classes` to say which classes the data has (to fine-tune for new ones)" }),
+      expect.objectContaining({ code: 'TORCHLITE_BAD_DATA', message: "'hat' is not among the model's classes ('0', '1', '2', '3', '4', '5', '6', '7', '8', '9'), while the data's other class folders are; fix the names, or pass `classes` to say which classes the data has (to fine-tune for new ones)" }),
     );
   });
 
@@ -145,5 +145,23 @@ describe('earlyStopping', () => {
     state.epoch = 2; // the last epoch, and a worse one
     await cb.onEpochEnd!(ctx, record(1, 0.9));
     expect(weights()).toEqual(best);
+  });
+});
+
+describe('fineTune epochs', () => {
+  it('numbers epochs as its history does in what callbacks see and print, across stages', async () => {
+    await using model = await loadPretrained(fixture('resnet_small.scripted.pt'));
+    const rows = data.tensorDataset(new Float32Array(32 * 3 * 32 * 32), Int32Array.from({ length: 32 }, (_, i) => i % 3), { inputShape: [3, 32, 32] });
+    const seen: [number, number][] = [];
+    const history = await fineTune(model, {
+      train: data.loader(rows, { batchSize: 16 }),
+      numClasses: 3,
+      freezeEpochs: 2,
+      epochs: 3,
+      unfreeze: ['layer2', 'all'],
+      callbacks: [{ name: 'spy', onEpochEnd: (_ctx, record) => void seen.push([record.epoch, record.stage]) }],
+    });
+    expect(history.map((r) => [r.epoch, r.stage])).toEqual([[0, 0], [1, 0], [2, 1], [3, 1], [4, 2]]);
+    expect(seen).toEqual(history.map((r) => [r.epoch, r.stage]));
   });
 });

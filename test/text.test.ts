@@ -316,3 +316,20 @@ describe('the kinds of TorchScript file tch-rs loads (scripts/fixtures/tch_cases
     expect([await numbers(foo), await numbers(bar)]).toEqual([[1, 2, 3], [1, 7]]);
   });
 });
+
+describe("the README's text example", () => {
+  it("reads new labels `like` the shipped encoder: its tokenizer, the data's classes; and the model's own labels in the model's order", async () => {
+    await using model = await loadPretrained(join(root, 'models', 'fortunes-encoder.pt'));
+    const tickets = write('tickets.jsonl', ['billing', 'bug', 'billing', 'refund'].map((label, i) => JSON.stringify({ text: `ticket ${i} about ${label}`, label })).join('\n'));
+    const train = await data.textDataset(tickets, { like: model });
+    expect(train.classes).toEqual(['billing', 'bug', 'refund']);
+    expect(Array.from({ length: train.length }, (_, i) => train.target(i))).toEqual([0, 1, 0, 2]);
+    expect(train.text).toMatchObject({ maxLength: text.textSpecOf(model)!.maxLength }); // the model's tokenizer
+    const known = await data.textDataset(write('known.jsonl', ['perl', 'art'].map((label) => JSON.stringify({ text: `about ${label}`, label })).join('\n')), { like: model });
+    expect(known.classes).toEqual(text.textSpecOf(model) && (model.metadata as { classes: string[] }).classes);
+    expect([known.target(0), known.target(1)]).toEqual([23, 0]); // 'perl' and 'art' as the model numbers them
+    await expect(data.textDataset(write('mixed.jsonl', ['perl', 'billing'].map((label) => JSON.stringify({ text: label, label })).join('\n')), { like: model })).rejects.toThrow(
+      expect.objectContaining({ code: 'TORCHLITE_BAD_DATA', message: expect.stringMatching(/^'billing' is not among the model's classes \('art', 'computers', .*\), while the data's other labels are; fix the names, or pass `classes`/) }),
+    );
+  });
+});

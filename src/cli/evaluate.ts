@@ -8,7 +8,9 @@ export async function runEval(modelPath: string, flags: InputFlags & TextFlags &
     ? await loadTextDataset(flags.data, model, await textTokenizer(model, flags, modelPath), flags)
     : await loadDataset(flags.data, 't10k', inputSpec(model, flags, modelPath), { classes: parseClasses(flags.classes) });
   const { ds, names } = matchClasses(model, loaded);
-  const metrics = await model.evaluate(data.loader(ds, { batchSize: intFlag(flags.batchSize, '--batch-size') }), { loss: loss.crossEntropy(), metrics: ['accuracy', { topK: 2 }, 'f1', 'confusionMatrix'] });
+  // The loss `finetune` trained and reported with (label smoothing included), so the numbers compare.
+  const labelSmoothing = (model.metadata as { recipe?: { labelSmoothing?: number } } | null)?.recipe?.labelSmoothing ?? 0;
+  const metrics = await model.evaluate(data.loader(ds, { batchSize: intFlag(flags.batchSize, '--batch-size') }), { loss: loss.crossEntropy({ labelSmoothing }), metrics: ['accuracy', { topK: 2 }, 'f1', 'confusionMatrix'] });
   // Rows and columns of the classes the data holds, and the predictions that fell outside them.
   const present = [...new Set(Array.from({ length: ds.length }, (_, i) => ds.target(i)))].sort((a, b) => a - b);
   const full = metrics.confusionMatrix ?? [];
@@ -17,7 +19,7 @@ export async function runEval(modelPath: string, flags: InputFlags & TextFlags &
     console.log(JSON.stringify({ ...metrics, classes: present.map((c) => names[c]), confusionMatrix: matrix }));
     return;
   }
-  console.log(`samples   ${ds.length}\nloss      ${metrics.loss?.toFixed(4)}\naccuracy  ${((metrics.accuracy ?? 0) * 100).toFixed(2)}%\ntop-2     ${((metrics.top2 ?? 0) * 100).toFixed(2)}%\nmacro F1  ${metrics.f1?.toFixed(4)}\n`);
+  console.log(`samples   ${ds.length}\nloss      ${metrics.loss?.toFixed(4)}${labelSmoothing ? ` (cross-entropy with label smoothing ${labelSmoothing}, as in training)` : ''}\naccuracy  ${((metrics.accuracy ?? 0) * 100).toFixed(2)}%\ntop-2     ${((metrics.top2 ?? 0) * 100).toFixed(2)}%\nmacro F1  ${metrics.f1?.toFixed(4)}\n`);
   const labels = present.map((c) => (names[c] ?? String(c)).slice(0, 11));
   const width = Math.max(6, ...labels.map((l) => l.length)) + 1;
   const other = matrix.some((row) => row[row.length - 1] > 0);

@@ -61,7 +61,8 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   const trainLoader = loader(train, { batchSize, shuffle: true, seed });
   const valLoader = loader(val, { batchSize: 256 });
   const steps = stepRecorder();
-  const loss: Loss = losses.crossEntropy({ labelSmoothing: 0.1 });
+  const labelSmoothing = 0.1;
+  const loss: Loss = losses.crossEntropy({ labelSmoothing });
   const history = await fineTune(model, {
     train: trainLoader,
     val: valLoader,
@@ -87,7 +88,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   const final = await model.evaluate(valLoader, { loss, metrics: ['accuracy', 'f1', 'confusionMatrix'] });
   // fit has recorded the classes and the input spec; the model is in eval mode.
   await model.save(flags.out, {
-    metadata: { ...(model.metadata as object), classes: names, ...(input && { input }), recipe: { command: 'torchlite finetune', data: flags.data, epochs: history.epochs, freezeEpochs: history.freezeEpochs, lr: history.lr, lrFinder: history.lrFinder, search: history.search, augment: input && augment, bnPolicy: history.bnPolicy, batchSize, seed, valAccuracy: final.accuracy } },
+    metadata: { ...(model.metadata as object), classes: names, ...(input && { input }), recipe: { command: 'torchlite finetune', data: flags.data, epochs: history.epochs, freezeEpochs: history.freezeEpochs, lr: history.lr, lrFinder: history.lrFinder, search: history.search, augment: input && augment, labelSmoothing, bnPolicy: history.bnPolicy, batchSize, seed, valAccuracy: final.accuracy } },
   });
   if (flags.report)
     await writeReport(flags.report, {
@@ -105,8 +106,8 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
 const announceSearch: Callback = {
   name: 'announceSearch',
   onLrSearch({ trials, folds, runs, estimatedSeconds }) {
-    const time = estimatedSeconds === undefined ? '' : `, roughly ${estimatedSeconds < 90 ? `${estimatedSeconds} s` : `${Math.round(estimatedSeconds / 60)} min`}`;
-    console.log(`lr search: ${trials} trial lrs${folds > 1 ? ` on ${folds} folds` : ''}, ${runs} whole fine-tunes before the real one${time}`);
+    const time = estimatedSeconds < 90 ? `${estimatedSeconds} s` : `${Math.round(estimatedSeconds / 60)} min`;
+    console.log(`lr search: ${trials} trial lrs${folds > 1 ? ` on ${folds} folds` : ''}, ${runs} whole fine-tunes before the real one, roughly ${time}`);
   },
 };
 

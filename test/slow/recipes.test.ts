@@ -144,7 +144,7 @@ describe('fineTune lr', () => {
     const history = await first;
     expect(history).toHaveLength(2);
     expect(model.parameters().find((p) => p.name === 'classifier.2.weight')!.shape[0]).toBe(5);
-    expect((await fineTune(model, { train, numClasses: 3, freezeEpochs: 1, epochs: 0 })).length).toBe(1); // once it settled, another may run
+    expect((await fineTune(model, { train, numClasses: 5, freezeEpochs: 1, epochs: 0 })).length).toBe(1); // once it settled, another may run
   });
 
   it('a resumed run reuses the lr and BatchNorm policy its checkpoint recorded instead of testing again', async () => {

@@ -1,13 +1,13 @@
 // Packs the library as npm would publish it, installs the tarball into a fresh project,
 // and uses it from ESM, CommonJS and a ts-node script.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { cpSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { fixture, root } from './helpers';
+import { fixture, root } from '../helpers';
 
 const run = (cmd: string, args: string[], cwd: string) =>
   execFileSync(cmd, args, { cwd, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, npm_config_loglevel: 'error' } });
@@ -61,6 +61,18 @@ describe('the packed package', () => {
     writeFileSync(join(project, 'bad.ts'), "import { tensor } from 'torchlite';\nconst n: string = tensor([1]).numel;\n");
     expect(() => run(join(project, 'node_modules', '.bin', 'ts-node'), ['bad.ts'], project)).toThrow(/TS2322/);
   });
+
+  it.skipIf(!existsSync('/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz'))("runs the README's quick start as written: type-checked, from the installed package, on the shipped model", () => {
+    // The first TypeScript block of the README, as a user pastes it into an ES module.
+    const readme = readFileSync(join(root, 'README.md'), 'utf8');
+    const code = /```ts\n([\s\S]*?)```/.exec(readme)![1];
+    writeFileSync(join(project, 'quick.mts'), code);
+    run(join(project, 'node_modules', '.bin', 'tsc'), ['--strict', '--module', 'nodenext', '--target', 'es2022', '--types', 'node', '--lib', 'es2022,esnext.disposable', 'quick.mts'], project);
+    const out = run('node', ['quick.mjs'], project);
+    const accuracy = Number(/^test accuracy (\d+\.\d)%$/m.exec(out)![1]);
+    expect(accuracy).toBeGreaterThan(60); // 5 classes: chance is 20%
+    expect(existsSync(join(project, 'finetuned.pt'))).toBe(true);
+  });
 });
 
 describe('a missing addon', () => {
@@ -75,5 +87,14 @@ describe('a missing addon', () => {
     expect(error.message).toContain(`${join(dir, 'build', 'Release', 'torchlite.node')}: not found`);
     expect(error.message).toContain('npm run build:native');
     expect(error.message).toContain('LIBTORCH=/path/to/libtorch');
+  });
+});
+
+describe('building from source under npm install', () => {
+  it('says what it compiles, since npm hides an install script\'s output until it fails', () => {
+    const r = spawnSync('bash', [join(root, 'scripts', 'build-addon.sh')], { cwd: root, encoding: 'utf8', env: { ...process.env, npm_lifecycle_event: 'install' } });
+    expect(r.status).toBe(0);
+    expect(r.stderr).toMatch(/^torchlite: no prebuilt addon fits this machine's LibTorch: compiling one \(\d+ files, \d+ parallel jobs; a few minutes; npm install --foreground-scripts shows the compiler\)$/m);
+    expect(r.stderr).toMatch(/^torchlite: built build\/Release\/torchlite\.node$/m);
   });
 });
