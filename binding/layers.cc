@@ -22,26 +22,6 @@ int64_t intOption(const Napi::Object& spec, const char* key) {
   return spec.Get(key).As<Napi::Number>().Int64Value();
 }
 
-// nn.Linear / nn.Conv2d reset_parameters(): kaiming_uniform_(a=sqrt(5)) for the weight,
-// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias, computed in the same order and with
-// the same double arithmetic as torch/nn/init.py.
-std::pair<torch::Tensor, torch::Tensor> kaimingInit(std::vector<int64_t> shape, bool bias) {
-  torch::NoGradGuard noGrad;
-  torch::Tensor weight = torch::empty(shape);
-  int64_t fanIn = 1;
-  for (size_t i = 1; i < shape.size(); ++i) fanIn *= shape[i];
-  double a = std::sqrt(5.0);
-  double gain = std::sqrt(2.0 / (1 + a * a));
-  double bound = std::sqrt(3.0) * (gain / std::sqrt(static_cast<double>(fanIn)));
-  weight.uniform_(-bound, bound);
-  torch::Tensor biasTensor;
-  if (bias) {
-    double biasBound = fanIn > 0 ? 1 / std::sqrt(static_cast<double>(fanIn)) : 0;
-    biasTensor = torch::empty({shape[0]}).uniform_(-biasBound, biasBound);
-  }
-  return {weight, biasTensor};
-}
-
 torch::Tensor tensorOption(Napi::Env env, const Napi::Object& spec, const char* key) {
   Napi::Object tensors = spec.Get("tensors").As<Napi::Object>();
   Napi::Value value = tensors.Get(key);
@@ -75,6 +55,27 @@ torch::jit::Module newModule(const std::string& name, const std::shared_ptr<torc
 const char* kHeader = "def forward(self, input: Tensor) -> Tensor:\n";
 
 }  // namespace
+
+// nn.Linear / nn.Conv2d reset_parameters(): kaiming_uniform_(a=sqrt(5)) for the weight,
+// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for the bias, computed in the same order and with
+// the same double arithmetic as torch/nn/init.py.
+std::pair<torch::Tensor, torch::Tensor> kaimingInit(std::vector<int64_t> shape, bool bias) {
+  torch::NoGradGuard noGrad;
+  torch::Tensor weight = torch::empty(shape);
+  int64_t fanIn = 1;
+  for (size_t i = 1; i < shape.size(); ++i) fanIn *= shape[i];
+  double a = std::sqrt(5.0);
+  double gain = std::sqrt(2.0 / (1 + a * a));
+  double bound = std::sqrt(3.0) * (gain / std::sqrt(static_cast<double>(fanIn)));
+  weight.uniform_(-bound, bound);
+  torch::Tensor biasTensor;
+  if (bias) {
+    double biasBound = fanIn > 0 ? 1 / std::sqrt(static_cast<double>(fanIn)) : 0;
+    biasTensor = torch::empty({shape[0]}).uniform_(-biasBound, biasBound);
+  }
+  return {weight, biasTensor};
+}
+
 
 torch::jit::Module buildLayer(Napi::Env env, const Napi::Object& spec, const std::string& path, const ModelState& target) {
   const std::shared_ptr<torch::jit::CompilationUnit>& unit = target.module.type()->compilation_unit();

@@ -13,4 +13,8 @@ torch::jit::Module buildLayer(Napi::Env env, const Napi::Object& spec, const std
 // seeded generator gives the same values as the same Python code.
 Napi::Value InitLayerParameters(const Napi::CallbackInfo& info);
 
+// nn.Linear / nn.ConvNd reset_parameters(): the weight of `shape` and (when `bias`) its bias,
+// drawn in PyTorch's order and arithmetic; also fills the zoo's placeholders (weights.cc).
+std::pair<torch::Tensor, torch::Tensor> kaimingInit(std::vector<int64_t> shape, bool bias);
+
 }  // namespace tl

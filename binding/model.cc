@@ -268,6 +268,9 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::SetBatchNormPolicy>("setBatchNormPolicy"),
                          InstanceMethod<&ModelWrap::Save>("save"),
                          InstanceMethod<&ModelWrap::LoadStateDict>("loadStateDict"),
+                         InstanceMethod<&ModelWrap::LoadWeights>("loadWeights"),
+                         InstanceMethod<&ModelWrap::SaveWeights>("saveWeights"),
+                         InstanceMethod<&ModelWrap::Materialize>("materialize"),
                          InstanceMethod<&ModelWrap::Extras>("extras"),
                          InstanceMethod<&ModelWrap::SetChannelsLast>("setChannelsLast"),
                          InstanceMethod<&ModelWrap::Dispose>("dispose"),
@@ -721,7 +724,9 @@ Napi::Value ModelWrap::LoadStateDict(const Napi::CallbackInfo& info) {
 
 Napi::Value ModelWrap::SetChannelsLast(const Napi::CallbackInfo& info) {
   return Locked(info, [&](Napi::Env env, ModelState& state) {
-    chooseChannelsLast(state, info[0].As<Napi::Boolean>().Value(), /*automatic=*/false);
+    // Automatic (loadPretrained's 'auto', applied after a zoo model's weights) or asked for by name.
+    bool automatic = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
+    chooseChannelsLast(state, info[0].As<Napi::Boolean>().Value(), automatic);
     return env.Undefined();
   });
 }

@@ -100,6 +100,10 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value LoadStateDict(const Napi::CallbackInfo& info);
   Napi::Value Extras(const Napi::CallbackInfo& info);
   Napi::Value SetChannelsLast(const Napi::CallbackInfo& info);
+  // Defined in weights.cc: tensors by name from and to safetensors files, and the zoo's placeholders.
+  Napi::Value LoadWeights(const Napi::CallbackInfo& info);
+  Napi::Value SaveWeights(const Napi::CallbackInfo& info);
+  Napi::Value Materialize(const Napi::CallbackInfo& info);
   Napi::Value Info(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 

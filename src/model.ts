@@ -6,6 +6,8 @@ import { dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear
 import type { Optimizer } from './optim';
 import { compilePattern, describePattern, type Pattern } from './patterns';
 import { classNamesOf } from './preprocess';
+import { type LoadWeightsResult, matchWeights, readWeightsIndex, safetensorsHeader } from './weights';
+import { type ZooMetadata, zooArchive, zooWeightsFile } from './zoo';
 import type { Loader } from './data/loader';
 import { type Device, type Dtype, ones, Tensor, zeros } from './tensor';
 import { checkDevice, checkFiniteNumber, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from './validate';
@@ -131,6 +133,19 @@ export interface TensorInfo {
 
 export interface ParameterInfo extends TensorInfo {
   requiresGrad: boolean;
+}
+
+/** Options of {@link Model.loadWeights}. */
+export interface LoadWeightsOptions {
+  /**
+   * Every parameter and buffer of the model must be in the file with its shape, and nothing
+   * else: else a `TORCHLITE_WEIGHTS_MISMATCH` error names the missing, unexpected and
+   * mis-shaped tensors and nothing is loaded. `false` loads what matches and reports the rest,
+   * which is how a pretrained body gets a new head. Defaults to `true`.
+   */
+  strict?: boolean;
+  /** Keeps each tensor's dtype from the file (float16, bfloat16) instead of converting to the model's. Defaults to `false`. */
+  keepDtype?: boolean;
 }
 
 /** Parameter element counts after a freeze, unfreeze or requiresGrad call. */
@@ -300,6 +315,13 @@ export interface LoadOptions {
    * Defaults to `'auto'`.
    */
   channelsLast?: boolean | 'auto';
+  /**
+   * For a zoo model (`'torchvision:resnet50'`): `'none'` (PyTorch's default initialisation of
+   * each layer, drawn from the generator `manualSeed` seeds), a torchvision weights name such
+   * as `'IMAGENET1K_V2'` or `'DEFAULT'` (read from torch.hub's cache, `$TORCH_HOME/hub/checkpoints`),
+   * or a `.safetensors` file. Ignored for a TorchScript file. Defaults to `'DEFAULT'`.
+   */
+  weights?: string;
 }
 
 /** Maps output tensors to public Tensors, keeping arrays and objects. */
@@ -977,6 +999,57 @@ export class Model implements Disposable, AsyncDisposable {
   }
 
   /**
+   * Loads tensors by name from a `.safetensors` file (or a `model.safetensors.index.json` and
+   * its shards), as PyTorch's `load_state_dict` does: the file's Python names (`layer1.0.conv1.weight`)
+   * against this model's parameters and buffers. float16 and bfloat16 files are converted to the
+   * model's dtype unless `keepDtype` asks for the file's. The bytes are read on the model's lane,
+   * one tensor at a time (the extra memory is the largest tensor). Queued behind pending
+   * operations. Resolves what matched; see {@link LoadWeightsOptions.strict}.
+   */
+  loadWeights(file: string, options?: LoadWeightsOptions): Promise<LoadWeightsResult> {
+    return callNativeAsync(async () => {
+      checkString(file, 'file');
+      const o = checkOptions<LoadWeightsOptions>(options, 'options', ['strict', 'keepDtype']);
+      const strict = o.strict ?? true;
+      if (typeof strict !== 'boolean') throw typeError('a boolean', 'options.strict', strict);
+      const keep = o.keepDtype ?? false;
+      if (typeof keep !== 'boolean') throw typeError('a boolean', 'options.keepDtype', keep);
+      const weights = await readWeightsIndex(file);
+      await this.idle(); // the names and shapes below are the ones the load will meet
+      const { entries, ...result } = matchWeights(file, weights, [...this.#snapshot.parameters, ...this.#snapshot.buffers], strict);
+      const live = this.#live;
+      try {
+        await this.#enqueue((handle) => handle.loadWeights(entries.map((e) => ({ ...e, keep }))));
+        if (this.#parallel) this.#parallel.stale = true;
+      } finally {
+        this.#refresh(live);
+      }
+      return result;
+    });
+  }
+
+  /**
+   * Writes the model's parameters and buffers as a `.safetensors` file under their Python
+   * names, which PyTorch loads into the same architecture (`safetensors.torch.load_file`, then
+   * `load_state_dict`). The model's class names and input spec go into the header's
+   * `__metadata__` (as JSON under `torchlite`), beside `metadata` strings given. Written to a
+   * temporary file and renamed, so a crash leaves no half file. Queued behind pending operations.
+   */
+  saveWeights(file: string, options?: { metadata?: Record<string, string> }): Promise<void> {
+    return callNativeAsync(async () => {
+      checkString(file, 'file');
+      const { metadata = {} } = checkOptions<{ metadata?: Record<string, string> }>(options, 'options', ['metadata']);
+      if (metadata === null || typeof metadata !== 'object' || Object.values(metadata).some((v) => typeof v !== 'string')) throw typeError('a record of strings', 'options.metadata', metadata);
+      await this.idle();
+      const tensors = [...this.#snapshot.parameters, ...this.#snapshot.buffers];
+      const own = this.#metadata as { classes?: unknown; input?: unknown; text?: unknown } | undefined;
+      const carried = own && typeof own === 'object' ? { ...(own.classes !== undefined && { classes: own.classes }), ...(own.input !== undefined && { input: own.input }) } : {};
+      const header = safetensorsHeader(tensors, { format: 'pt', ...(Object.keys(carried).length > 0 && { torchlite: JSON.stringify(carried) }), ...metadata });
+      await this.#enqueue((handle) => handle.saveWeights(file, header, tensors.map((t) => t.name)));
+    });
+  }
+
+  /**
    * Switches dropout and normalisation layers to training behaviour (`on = false` is
    * {@link Model.eval}). Queued behind pending operations; `training` shows it at once.
    */
@@ -1082,9 +1155,37 @@ export const CHECKPOINT_STATE = 'torchlite-checkpoint.json';
  */
 export function loadPretrained(path: string, options?: LoadOptions): Promise<Model> {
   return callNativeAsync(async () => {
-    const { model, extras } = await loadArchive(path, options, [CHECKPOINT_STATE]);
+    checkString(path, 'path');
+    const archive = zooArchive(path);
+    if (archive) return loadZoo(archive, options ?? {});
+    const { weights: _weights, ...rest } = checkOptions<LoadOptions>(options, 'options', ['device', 'channelsLast', 'weights']);
+    const { model, extras } = await loadArchive(path, rest, [CHECKPOINT_STATE]);
     return extras[CHECKPOINT_STATE] ? model.eval() : model;
   });
+}
+
+/**
+ * A zoo architecture: its archive in NCHW, the placeholders filled (default initialisation),
+ * then the weights asked for, then the layout asked for (placeholders must not be converted).
+ */
+async function loadZoo(archive: string, options: LoadOptions): Promise<Model> {
+  const { weights = 'DEFAULT', channelsLast = 'auto', device = 'cpu' } = checkOptions<LoadOptions>(options, 'options', ['device', 'channelsLast', 'weights']);
+  checkString(weights, 'options.weights');
+  const target = checkDevice(device, 'options.device');
+  if (channelsLast !== 'auto' && typeof channelsLast !== 'boolean') throw typeError("a boolean or 'auto'", 'options.channelsLast', channelsLast);
+  // On the CPU first: a copy to another device would turn the placeholders into dense zeros.
+  const { model } = await loadArchive(archive, { channelsLast: false }, []);
+  try {
+    const file = zooWeightsFile((model.metadata as { zoo: ZooMetadata }).zoo, weights);
+    await Model.enqueue(model, (handle) => handle.materialize());
+    if (file) await model.loadWeights(file);
+    if (target !== 'cpu') await model.to(target as Device);
+    if (channelsLast !== false) callNative(() => Model.handle(model).setChannelsLast(true, channelsLast === 'auto'));
+    return model.eval();
+  } catch (error) {
+    model.dispose();
+    throw error;
+  }
 }
 
 /** @internal Loads an archive and the named extra files (checkpoint state) in it. */

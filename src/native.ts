@@ -70,8 +70,11 @@ export interface NativeModel {
   setBatchNormPolicy(policy: string): void;
   save(path: string, metadata: string, extras?: Record<string, Buffer>): Promise<void>;
   loadStateDict(dict: Record<string, NativeTensor>, strict: boolean): void;
+  loadWeights(entries: { name: string; file: string; offset: number; bytes: number; dtype: string; shape: number[]; keep: boolean }[]): Promise<void>;
+  saveWeights(path: string, header: Buffer, names: string[]): Promise<void>;
+  materialize(): Promise<number>;
   extras(): Record<string, Buffer>;
-  setChannelsLast(on: boolean): void;
+  setChannelsLast(on: boolean, automatic?: boolean): void;
   dispose(): void;
 }
 
