@@ -11,6 +11,7 @@ export {
   type TrainStepResult,
   type FreezeResult,
   type LoadOptions,
+  type LoadWeightsOptions,
   type ResetClassifierOptions,
   type SaveOptions,
   type ModelInput,
@@ -64,3 +65,6 @@ export { type Callback, type EpochRecord, type FitContext, type FitEvent, type F
 export { checkpoint, type CheckpointOptions, earlyStopping, type EarlyStoppingOptions, jsonlLogger } from './callbacks';
 export { type FineTuneHistory, type FineTuneOptions, fineTune } from './finetune';
 export type { LrSearchPlan, LrSearchReport, LrTrial } from './lrsearch';
+export { type HubFileOptions, hubFile } from './hub';
+export { pull, zooNames } from './zoo';
+export type { LoadWeightsResult } from './weights';

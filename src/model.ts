@@ -7,7 +7,7 @@ import type { Optimizer } from './optim';
 import { compilePattern, describePattern, type Pattern } from './patterns';
 import { classNamesOf } from './preprocess';
 import { type LoadWeightsResult, matchWeights, readWeightsIndex, safetensorsHeader } from './weights';
-import { type ZooMetadata, zooArchive, zooWeightsFile } from './zoo';
+import { type HubModel, hubModel, type ZooMetadata, zooPath, zooWeightsFile } from './zoo';
 import type { Loader } from './data/loader';
 import { type Device, type Dtype, ones, Tensor, zeros } from './tensor';
 import { checkDevice, checkFiniteNumber, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from './validate';
@@ -1156,8 +1156,10 @@ export const CHECKPOINT_STATE = 'torchlite-checkpoint.json';
 export function loadPretrained(path: string, options?: LoadOptions): Promise<Model> {
   return callNativeAsync(async () => {
     checkString(path, 'path');
-    const archive = zooArchive(path);
-    if (archive) return loadZoo(archive, options ?? {});
+    const zoo = /^torchvision:(.+)$/.exec(path);
+    if (zoo) return loadZoo(zooPath(zoo[1]), options ?? {});
+    const hub = await hubModel(path);
+    if (hub) return loadZoo(zooPath(hub.architecture), { ...options, weights: 'none' }, hub);
     const { weights: _weights, ...rest } = checkOptions<LoadOptions>(options, 'options', ['device', 'channelsLast', 'weights']);
     const { model, extras } = await loadArchive(path, rest, [CHECKPOINT_STATE]);
     return extras[CHECKPOINT_STATE] ? model.eval() : model;
@@ -1166,9 +1168,10 @@ export function loadPretrained(path: string, options?: LoadOptions): Promise<Mod
 
 /**
  * A zoo architecture: its archive in NCHW, the placeholders filled (default initialisation),
- * then the weights asked for, then the layout asked for (placeholders must not be converted).
+ * then the weights asked for (or a Hub repository's, behind a head of its class count), then the
+ * layout asked for (placeholders must not be converted).
  */
-async function loadZoo(archive: string, options: LoadOptions): Promise<Model> {
+async function loadZoo(archive: string, options: LoadOptions, hub?: HubModel): Promise<Model> {
   const { weights = 'DEFAULT', channelsLast = 'auto', device = 'cpu' } = checkOptions<LoadOptions>(options, 'options', ['device', 'channelsLast', 'weights']);
   checkString(weights, 'options.weights');
   const target = checkDevice(device, 'options.device');
@@ -1176,8 +1179,13 @@ async function loadZoo(archive: string, options: LoadOptions): Promise<Model> {
   // On the CPU first: a copy to another device would turn the placeholders into dense zeros.
   const { model } = await loadArchive(archive, { channelsLast: false }, []);
   try {
-    const file = zooWeightsFile((model.metadata as { zoo: ZooMetadata }).zoo, weights);
+    const file = hub ? hub.weights : await zooWeightsFile((model.metadata as { zoo: ZooMetadata }).zoo, weights);
     await Model.enqueue(model, (handle) => handle.materialize());
+    if (hub) {
+      if (hub.numClasses !== 1000) model.resetClassifier(hub.numClasses);
+      const own = model.metadata as { classes?: string[] };
+      model.metadata = { ...own, ...(hub.numClasses !== 1000 && { classes: undefined }), ...hub.metadata };
+    }
     if (file) await model.loadWeights(file);
     if (target !== 'cpu') await model.to(target as Device);
     if (channelsLast !== false) callNative(() => Model.handle(model).setChannelsLast(true, channelsLast === 'auto'));

@@ -1,10 +1,14 @@
 // The architectures torchlite ships (models/zoo/, made from torchvision's own classes by
-// scripts/zoo/make_zoo.py): names such as 'torchvision:resnet50', and where their weights are.
+// scripts/zoo/make_zoo.py), the names that reach them ('torchvision:resnet50', 'hf:owner/name'),
+// and where their weights come from.
 import { existsSync, readdirSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 
 import { TorchError } from './errors';
+import { hubFile, parseHubName, torchHubFile } from './hub';
+import { readZipText } from './zip';
 
 /** The zoo's archives: code and names, with placeholders where the weights go. */
 export const ZOO_DIR = join(__dirname, '..', 'models', 'zoo');
@@ -17,15 +21,15 @@ export interface ZooMetadata {
   weights: Record<string, { url: string; classes: number; crop: number; resize: number }>;
 }
 
-/** The archive a `torchvision:NAME` spec names, or undefined for a spec that is a path. */
-export function zooArchive(spec: string): string | undefined {
-  const match = /^torchvision:(.+)$/.exec(spec);
-  if (!match) return undefined;
-  const path = join(ZOO_DIR, `${match[1]}.pt`);
-  if (!existsSync(path)) {
-    const known = readdirSync(ZOO_DIR).filter((f) => f.endsWith('.pt')).map((f) => f.slice(0, -3)).sort();
-    throw new TorchError('TORCHLITE_UNKNOWN_MODEL', `torchlite's zoo has no '${match[1]}'; it has ${known.join(', ')}`);
-  }
+/** The zoo's architectures, by name. */
+export function zooNames(): string[] {
+  return readdirSync(ZOO_DIR).filter((f) => f.endsWith('.pt')).map((f) => f.slice(0, -3)).sort();
+}
+
+/** The archive of a zoo architecture. */
+export function zooPath(architecture: string): string {
+  const path = join(ZOO_DIR, `${architecture}.pt`);
+  if (!existsSync(path)) throw new TorchError('TORCHLITE_UNKNOWN_MODEL', `torchlite's zoo has no '${architecture}'; it has ${zooNames().join(', ')}`);
   return path;
 }
 
@@ -37,24 +41,104 @@ export function hubCheckpoints(): string {
 
 /**
  * The file to load a zoo model's weights from: `weights` itself where it is a path, else the
- * named torchvision weights (`'DEFAULT'`, `'IMAGENET1K_V2'`, …) in torch.hub's cache, where
- * Python's torchvision puts them; undefined for `'none'`.
+ * named torchvision weights (`'DEFAULT'`, `'IMAGENET1K_V2'`, …) from torch.hub's cache, where
+ * Python's torchvision keeps them, downloaded there first when missing; undefined for `'none'`.
  */
-export function zooWeightsFile(zoo: ZooMetadata, weights: string): string | undefined {
+export async function zooWeightsFile(zoo: ZooMetadata, weights: string): Promise<string | undefined> {
   if (weights === 'none') return undefined;
-  if (/[/\\]|\.safetensors$|\.json$/.test(weights)) return weights;
+  if (/[/\\]|\.(safetensors|json|pth|bin)$/.test(weights)) return weights;
   const name = weights === 'DEFAULT' ? zoo.default : weights;
   const published = zoo.weights[name];
   if (!published)
-    throw new TorchError('TORCHLITE_UNKNOWN_MODEL', `${zoo.architecture} has no weights '${weights}'; torchvision publishes ${Object.keys(zoo.weights).join(', ')} (or pass 'none', or a .safetensors file)`);
-  const folder = hubCheckpoints();
-  const file = join(folder, basename(new URL(published.url).pathname));
+    throw new TorchError('TORCHLITE_UNKNOWN_MODEL', `${zoo.architecture} has no weights '${weights}'; torchvision publishes ${Object.keys(zoo.weights).join(', ')} (or pass 'none', or a .safetensors or .pth file)`);
+  const file = join(hubCheckpoints(), new URL(published.url).pathname.split('/').pop()!);
   // A safetensors copy beside torch.hub's file (same name) is read first.
   const converted = file.replace(/\.pth$/, '.safetensors');
   if (existsSync(converted)) return converted;
-  if (existsSync(file)) return file;
-  throw new TorchError(
-    'TORCHLITE_NOT_CACHED',
-    `${zoo.architecture}'s ${name} weights are not in ${folder} (${basename(file)}); torchlite does not download yet: fetch ${published.url} into that folder (Python's torchvision does the same), or pass weights: a .safetensors file, or 'none'`,
-  );
+  return torchHubFile(mirrored(published.url), hubCheckpoints());
+}
+
+/** torchvision's URL through TORCHLITE_TORCHVISION_MIRROR (a base that replaces `https://download.pytorch.org/models/`), where set. */
+function mirrored(url: string): string {
+  const mirror = process.env.TORCHLITE_TORCHVISION_MIRROR;
+  return mirror ? url.replace(/^https:\/\/download\.pytorch\.org\/models\//, mirror.endsWith('/') ? mirror : `${mirror}/`) : url;
+}
+
+/** What loading a Hub repository needs: the zoo architecture, its weights file, and the metadata its config gives. */
+export interface HubModel {
+  architecture: string;
+  weights: string;
+  numClasses: number;
+  metadata: { classes?: string[]; input?: { shape: number[]; mean: number[]; std: number[]; resize: 'center-crop'; resizeTo?: number }; hub: { repo: string; revision: string } };
+}
+
+/** The weights files a Hub repository may hold, in the order they are tried. */
+const HUB_WEIGHTS = ['model.safetensors', 'model.safetensors.index.json', 'pytorch_model.bin'];
+
+/**
+ * A Hub repository (`hf:owner/name[@revision]`) of an architecture the zoo has: timm's
+ * ResNet family, whose parameter names are torchvision's. Its `config.json` names the
+ * architecture and the class count, and its `pretrained_cfg` the preprocessing.
+ */
+export async function hubModel(spec: string): Promise<HubModel | undefined> {
+  const name = parseHubName(spec);
+  if (!name) return undefined;
+  const { repo, revision } = name;
+  const configFile = (await hubFile(repo, 'config.json', { revision }))!;
+  const config = JSON.parse(await readFile(configFile, 'utf8')) as {
+    architecture?: string;
+    architectures?: string[];
+    num_classes?: number;
+    label_names?: string[];
+    pretrained_cfg?: { input_size?: number[]; mean?: number[]; std?: number[]; crop_pct?: number; num_classes?: number };
+  };
+  const architecture = config.architecture;
+  if (!architecture || !/^(resnet(18|34|50|101)|resnext50_32x4d|wide_resnet50_2)$/.test(architecture) || !zooNames().includes(architecture))
+    throw new TorchError(
+      'TORCHLITE_UNSUPPORTED_ARCHITECTURE',
+      `${repo}'s config names ${architecture ?? config.architectures?.join(', ') ?? 'no architecture'}, which torchlite's zoo cannot take yet (from the Hub: timm's ResNet family; for the rest, the torchvision: names, or export the model with scripts/export_model.py)`,
+    );
+  let weights: string | undefined;
+  for (const file of HUB_WEIGHTS) {
+    weights = await hubFile(repo, file, { revision, optional: true });
+    if (weights) break;
+  }
+  if (!weights) throw new TorchError('TORCHLITE_FILE_NOT_FOUND', `${repo}@${revision} has no weights (${HUB_WEIGHTS.join(', ')})`);
+  if (weights.endsWith('.index.json')) {
+    const index = JSON.parse(await readFile(weights, 'utf8')) as { weight_map: Record<string, string> };
+    for (const shard of new Set(Object.values(index.weight_map))) await hubFile(repo, shard, { revision });
+  }
+  const cfg = config.pretrained_cfg ?? {};
+  const numClasses = config.num_classes ?? cfg.num_classes ?? 1000;
+  const [channels, height] = cfg.input_size ?? [3, 224, 224];
+  const input = cfg.mean && cfg.std ? { shape: [channels, height, height], mean: cfg.mean, std: cfg.std, resize: 'center-crop' as const, ...(cfg.crop_pct && { resizeTo: Math.floor(height / cfg.crop_pct) }) } : undefined;
+  return { architecture, weights, numClasses, metadata: { ...(config.label_names && { classes: config.label_names }), ...(input && { input }), hub: { repo, revision } } };
+}
+
+/**
+ * Fills the caches ahead of time, for a machine that will run offline: a `torchvision:` name's
+ * weights (torch.hub's cache), or a Hub repository's config, weights, tokenizer and
+ * preprocessing files. Returns the files, in the caches.
+ */
+export async function pull(spec: string, options: { weights?: string } = {}): Promise<string[]> {
+  const torchvision = /^torchvision:(.+)$/.exec(spec);
+  if (torchvision) {
+    const zoo = (JSON.parse((await readZipText(zooPath(torchvision[1]), '/extra/torchlite.json'))!) as { zoo: ZooMetadata }).zoo;
+    const file = await zooWeightsFile(zoo, options.weights ?? 'DEFAULT');
+    return file ? [file] : [];
+  }
+  const name = parseHubName(spec);
+  if (!name) throw new TorchError('TORCHLITE_UNKNOWN_MODEL', `${spec}: pull takes torchvision:NAME or hf:owner/name[@revision]`);
+  const files: string[] = [];
+  for (const file of ['config.json', 'tokenizer.json', 'tokenizer_config.json', 'preprocessor_config.json', ...HUB_WEIGHTS]) {
+    const path = await hubFile(name.repo, file, { revision: name.revision, optional: true });
+    if (path) files.push(path);
+    if (path && file.startsWith('model.safetensors')) break; // one weights format is enough
+  }
+  const index = files.find((f) => f.endsWith('.index.json'));
+  if (index)
+    for (const shard of new Set(Object.values((JSON.parse(await readFile(index, 'utf8')) as { weight_map: Record<string, string> }).weight_map)))
+      files.push((await hubFile(name.repo, shard, { revision: name.revision }))!);
+  if (files.length === 0) throw new TorchError('TORCHLITE_FILE_NOT_FOUND', `${name.repo}@${name.revision} has none of the files torchlite loads`);
+  return files;
 }

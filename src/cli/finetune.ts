@@ -14,6 +14,7 @@ export interface FinetuneFlags extends InputFlags, TextFlags {
   epochs?: string;
   freezeEpochs?: string;
   lr?: string;
+  weights?: string;
   lrSearch?: boolean;
   augment?: string;
   batchSize: string;
@@ -42,7 +43,7 @@ export async function runFinetune(flags: FinetuneFlags): Promise<void> {
   // validation split, shuffling and augmentation. The same command gives the same model.
   const seed = intFlag(flags.seed, '--seed', 0);
   manualSeed(seed);
-  await using model = await loadPretrained(flags.model, { device: flags.device as 'cpu' });
+  await using model = await loadPretrained(flags.model, { device: flags.device as 'cpu', ...(flags.weights && { weights: flags.weights }) });
   // Labelled texts for a text model, else images shaped by the model's input spec.
   const tokenizer = isTextData(flags.data, flags) ? await textTokenizer(model, flags, flags.model) : undefined;
   const input = tokenizer ? undefined : inputSpec(model, flags, flags.model);

@@ -9,8 +9,8 @@ function readable(metadata: unknown): unknown {
   return { ...meta, text: { ...meta.text, tokenizer: `<tokenizer.json: ${tokenizer.model?.type ?? 'unknown model'}, ${pieces.toLocaleString('en-US')} pieces; --json prints it whole>` } };
 }
 
-export async function runInspect(path: string, options: { json?: boolean }): Promise<void> {
-  await using model = await loadPretrained(path);
+export async function runInspect(path: string, options: { json?: boolean; weights?: string }): Promise<void> {
+  await using model = await loadPretrained(path, { ...(options.weights && { weights: options.weights }) });
   if (options.json) {
     const head = model.classifierHead() ?? null;
     console.log(JSON.stringify({ traced: model.isTraced, head, modules: model.modules(), metadata: model.metadata ?? null }, null, 2));

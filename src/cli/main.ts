@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
 
-import { TorchError, torchVersion } from '..';
+import { pull, TorchError, torchVersion } from '..';
 import { runDemo } from './demo';
 import { runTextDemo } from './demo-text';
 import { choiceFlag } from './flags';
@@ -28,15 +28,27 @@ const SKIP_BAD_ROWS = ['--skip-bad-rows', 'skip unreadable or unlabelled rows of
 program
   .command('inspect')
   .description('print the module table, the detected classifier head, the kind of archive and its metadata')
-  .argument('<model>', 'a TorchScript .pt file')
+  .argument('<model>', 'a TorchScript .pt file, torchvision:NAME or hf:owner/name')
+  .option('--weights <name|file|none>', "a torchvision: model's weights: DEFAULT, a name such as IMAGENET1K_V2, a .safetensors or .pth file, or none", 'DEFAULT')
   .option('--json', 'print machine-readable JSON')
-  .addHelpText('after', '\nExample:\n  torchlite inspect models/fashion-cnn.pt')
+  .addHelpText('after', '\nExamples:\n  torchlite inspect models/fashion-cnn.pt\n  torchlite inspect torchvision:resnet50 --weights none')
   .action(runInspect);
+
+program
+  .command('pull')
+  .description("download a model's files into the caches Python uses (torch.hub's, the Hub's), for a machine that will run offline")
+  .argument('<model>', 'torchvision:NAME or hf:owner/name[@revision]')
+  .option('--weights <name>', "a torchvision: model's weights: DEFAULT or a name such as IMAGENET1K_V2", 'DEFAULT')
+  .addHelpText('after', '\nExamples:\n  torchlite pull torchvision:resnet50\n  torchlite pull hf:timm/resnet50.a1_in1k')
+  .action(async (model: string, flags: { weights: string }) => {
+    for (const file of await pull(model, { weights: flags.weights })) console.log(file);
+  });
 
 program
   .command('finetune')
   .description('replace the head, train it with the body frozen, then unfreeze and train everything')
-  .requiredOption('--model <file>', 'pretrained TorchScript model')
+  .requiredOption('--model <file>', 'pretrained model: a TorchScript .pt file, torchvision:NAME or hf:owner/name')
+  .option('--weights <name|file|none>', "a torchvision: model's weights: DEFAULT, a name such as IMAGENET1K_V2, a .safetensors or .pth file, or none", 'DEFAULT')
   .requiredOption('--data <dir|fashion-mnist|file>', 'a folder with one subfolder per class, fashion-mnist, or labelled texts (JSONL or CSV with text and label fields)')
   .option('--val <dir|file>', 'validation folder or text file (default: 10% of --data, or the fashion-mnist test set)')
   .option('--classes <list>', 'with fashion-mnist: class indices to keep, e.g. 5,6,7,8,9')

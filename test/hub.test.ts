@@ -1,0 +1,191 @@
+// The Hub and torchvision's server on loopback: a node:http server answering the URL shapes
+// @huggingface/hub and torch.hub request (resolve URLs, ETag and X-Repo-Commit headers, range
+// requests), with files made here; the cache is huggingface_hub's layout.
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+
+import { hubFile, loadPretrained, manualSeed, pull, tensor, TorchError } from '../src';
+import { relativeDiff, root } from './helpers';
+
+const COMMIT = 'c0ffee'.padEnd(40, '0');
+const REPO = 'someone/tiny-resnet';
+const sha256 = (data: Buffer) => createHash('sha256').update(data).digest('hex');
+
+/** Served files by repo path, and what the server did: the ranges of body requests, and how it should misbehave. */
+const files = new Map<string, Buffer>();
+const log: string[] = [];
+const trouble = { cutFirst: false, corrupt: false, slow: false };
+let server: Server;
+let endpoint = '';
+let weights: Buffer;
+const config = {
+  architecture: 'resnet18',
+  num_classes: 3,
+  label_names: ['ant', 'bee', 'wasp'],
+  pretrained_cfg: { input_size: [3, 64, 64], mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25], crop_pct: 0.875 },
+};
+
+beforeAll(async () => {
+  manualSeed(0);
+  await using model = await loadPretrained('torchvision:resnet18', { weights: 'none' });
+  model.resetClassifier(3);
+  const dir = mkdtempSync(join(tmpdir(), 'torchlite-hub-src-'));
+  await model.saveWeights(join(dir, 'model.safetensors'));
+  weights = readFileSync(join(dir, 'model.safetensors'));
+  files.set(`${REPO}/model.safetensors`, weights);
+  files.set(`${REPO}/config.json`, Buffer.from(JSON.stringify(config)));
+  server = createServer((req, res) => {
+    const url = new URL(req.url!, 'http://x');
+    const match = /^\/(\w[\w.-]*\/[\w.-]+)\/resolve\/([^/]+)\/(.+)$/.exec(url.pathname) ?? /^\/models\/(.+)$/.exec(url.pathname);
+    const key = match && match.length === 4 ? `${match[1]}/${match[3]}` : match ? `torchvision/${match[1]}` : '';
+    const data = files.get(key);
+    if (!data) {
+      res.writeHead(404, { 'X-Error-Code': 'EntryNotFound' }).end();
+      return;
+    }
+    const lfs = key.endsWith('.safetensors') || key.startsWith('torchvision/');
+    const headers: Record<string, string> = { 'X-Repo-Commit': COMMIT, ETag: `"${lfs ? sha256(data) : createHash('sha1').update(data).digest('hex')}"`, 'Accept-Ranges': 'bytes' };
+    if (lfs) headers['X-Linked-ETag'] = `"${sha256(data)}"`;
+    const range = /bytes=(\d+)-(\d*)/.exec(req.headers.range ?? '');
+    const start = range ? Number(range[1]) : 0;
+    const end = range && range[2] ? Number(range[2]) : data.length - 1;
+    if (req.method === 'HEAD') {
+      res.writeHead(200, { ...headers, 'Content-Length': String(data.length) }).end();
+      return;
+    }
+    if (!(start === 0 && end === 0)) log.push(`${key} ${start}-`);
+    let body = data.subarray(start, end + 1);
+    if (trouble.corrupt) body = Buffer.from(body.map((b) => b ^ 0xff));
+    res.writeHead(range ? 206 : 200, { ...headers, 'Content-Length': String(body.length), ...(range && { 'Content-Range': `bytes ${start}-${end}/${data.length}` }) });
+    if (trouble.cutFirst && body.length > 1000) {
+      trouble.cutFirst = false;
+      res.write(body.subarray(0, Math.floor(body.length / 2)), () => res.destroy());
+      return;
+    }
+    if (trouble.slow) {
+      // In slices over ~1 s, so that two processes overlap.
+      let at = 0;
+      const timer = setInterval(() => {
+        res.write(body.subarray(at, (at += Math.ceil(body.length / 10))));
+        if (at >= body.length) {
+          clearInterval(timer);
+          res.end();
+        }
+      }, 100);
+      return;
+    }
+    res.end(body);
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  endpoint = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+});
+afterAll(() => server?.close());
+
+let cache = '';
+beforeEach(() => {
+  cache = mkdtempSync(join(tmpdir(), 'torchlite-hub-cache-'));
+  Object.assign(process.env, { HF_HUB_CACHE: cache, HF_ENDPOINT: endpoint, HF_HUB_OFFLINE: '0', TORCH_HOME: join(cache, 'torch'), TORCHLITE_TORCHVISION_MIRROR: `${endpoint}/models/` });
+  log.length = 0;
+  Object.assign(trouble, { cutFirst: false, corrupt: false, slow: false });
+});
+
+const folder = () => join(cache, 'models--someone--tiny-resnet');
+
+describe('hf: names on a loopback Hub', () => {
+  it("downloads into huggingface_hub's layout and loads a timm-style ResNet with its classes and preprocessing", async () => {
+    await using model = await loadPretrained(`hf:${REPO}`);
+    expect(readFileSync(join(folder(), 'refs', 'main'), 'utf8')).toBe(COMMIT);
+    const blob = join(folder(), 'blobs', sha256(weights));
+    expect(statSync(blob).size).toBe(weights.length);
+    const pointer = join(folder(), 'snapshots', COMMIT, 'model.safetensors');
+    expect(lstatSync(pointer).isSymbolicLink()).toBe(true);
+    expect(readlinkSync(pointer)).toBe(join('..', '..', 'blobs', sha256(weights))); // relative, as huggingface_hub links
+    expect(model.metadata).toMatchObject({ classes: ['ant', 'bee', 'wasp'], input: { shape: [3, 64, 64], mean: [0.5, 0.5, 0.5], std: [0.25, 0.25, 0.25], resizeTo: 73 }, hub: { repo: REPO, revision: 'main' } });
+    await using direct = await loadPretrained('torchvision:resnet18', { weights: 'none' });
+    direct.resetClassifier(3);
+    await direct.loadWeights(pointer);
+    const x = tensor(Float32Array.from({ length: 2 * 3 * 64 * 64 }, (_, i) => Math.sin(i)), [2, 3, 64, 64]);
+    const [a, b] = [await model.forward(x), await direct.forward(x)] as ReturnType<typeof tensor>[];
+    expect(relativeDiff(a.toTypedArray() as Float32Array, b.toTypedArray() as Float32Array)).toBe(0);
+    expect(log).toEqual([`${REPO}/config.json 0-`, `${REPO}/model.safetensors 0-`]);
+    // A cache hit downloads nothing (a one-byte request checks the revision, as huggingface_hub's HEAD does).
+    log.length = 0;
+    await using again = await loadPretrained(`hf:${REPO}`);
+    expect([log, again.metadata]).toEqual([[], model.metadata]);
+  });
+
+  it('resumes a download cut off half-way from where it stopped', async () => {
+    trouble.cutFirst = true;
+    const error = await hubFile(REPO, 'model.safetensors').catch((e: TorchError) => e);
+    expect((error as TorchError).code).toBe('TORCHLITE_DOWNLOAD_FAILED');
+    expect((error as TorchError).message).toMatch(/run it again to resume$/);
+    const partial = join(folder(), 'blobs', `${sha256(weights)}.incomplete`);
+    const half = statSync(partial).size;
+    expect(half).toBeGreaterThan(0);
+    expect(half).toBeLessThan(weights.length);
+    const path = await hubFile(REPO, 'model.safetensors');
+    expect(log).toEqual([`${REPO}/model.safetensors 0-`, `${REPO}/model.safetensors ${half}-`]);
+    expect(sha256(readFileSync(path!))).toBe(sha256(weights));
+    expect(existsSync(partial)).toBe(false);
+  });
+
+  it("detects a corrupted download by the Hub's sha256 and keeps nothing of it", async () => {
+    trouble.corrupt = true;
+    await expect(hubFile(REPO, 'model.safetensors')).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_CORRUPT_FILE', message: expect.stringContaining(`not ${sha256(weights)}; it was removed, run it again`) }));
+    expect(existsSync(join(folder(), 'blobs', sha256(weights)))).toBe(false);
+    expect(existsSync(join(folder(), 'blobs', `${sha256(weights)}.incomplete`))).toBe(false);
+  });
+
+  it('offline, reads the cache alone, and names a missing file and the cache folder', async () => {
+    await hubFile(REPO, 'config.json');
+    process.env.HF_HUB_OFFLINE = '1';
+    log.length = 0;
+    expect(await hubFile(REPO, 'config.json')).toBe(join(folder(), 'snapshots', COMMIT, 'config.json'));
+    await expect(hubFile(REPO, 'model.safetensors')).rejects.toThrow(
+      new TorchError('TORCHLITE_NOT_CACHED', `HF_HUB_OFFLINE is set and ${REPO}@main's model.safetensors is not in the cache (${folder()}); run \`torchlite pull hf:${REPO}\` where there is a network, or unset HF_HUB_OFFLINE`),
+    );
+    expect(log).toEqual([]);
+  });
+
+  it('two processes loading the same model at once download it once, and both get it whole', async () => {
+    trouble.slow = true;
+    const script = `require(${JSON.stringify(join(root, 'lib'))}).pull('hf:${REPO}').then((f) => console.log(f.length), (e) => { console.error(e.message); process.exit(1); })`;
+    const run = () =>
+      new Promise<{ code: number | null; out: string }>((resolve) => {
+        const child = spawn(process.execPath, ['-e', script], { env: process.env });
+        let out = '';
+        child.stdout.on('data', (d) => (out += d));
+        child.stderr.on('data', (d) => (out += d));
+        child.on('close', (code) => resolve({ code, out }));
+      });
+    const results = await Promise.all([run(), run()]);
+    expect(results.map((r) => r.code)).toEqual([0, 0]);
+    expect(log.filter((l) => l.startsWith(`${REPO}/model.safetensors`))).toHaveLength(1);
+    expect(sha256(readFileSync(join(folder(), 'snapshots', COMMIT, 'model.safetensors')))).toBe(sha256(weights));
+  });
+
+  it('says which architectures it can take', async () => {
+    files.set('someone/bert/config.json', Buffer.from(JSON.stringify({ architectures: ['BertForSequenceClassification'] })));
+    await expect(loadPretrained('hf:someone/bert')).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_UNSUPPORTED_ARCHITECTURE', message: expect.stringMatching(/^someone\/bert's config names BertForSequenceClassification, which torchlite's zoo cannot take yet/) }));
+  });
+});
+
+describe("torchvision: names through torch.hub's cache", () => {
+  it("downloads a published file into $TORCH_HOME/hub/checkpoints and checks the sha256 prefix in its name", async () => {
+    // The server's resnet18-f37072fd.pth is not torchvision's: its hash cannot match the name's prefix.
+    files.set('torchvision/resnet18-f37072fd.pth', weights);
+    await expect(loadPretrained('torchvision:resnet18')).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_CORRUPT_FILE', message: expect.stringContaining('resnet18-f37072fd.pth is corrupt: its sha256 is') }));
+    expect(existsSync(join(cache, 'torch', 'hub', 'checkpoints', 'resnet18-f37072fd.pth'))).toBe(false);
+  });
+
+  it('pull fills the caches ahead of time', async () => {
+    expect(await pull(`hf:${REPO}`)).toEqual([join(folder(), 'snapshots', COMMIT, 'config.json'), join(folder(), 'snapshots', COMMIT, 'model.safetensors')]);
+    await expect(pull('resnet18')).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_UNKNOWN_MODEL' }));
+  });
+});
