@@ -108,6 +108,24 @@ describe.skipIf(!cuda.isAvailable())('CUDA', () => {
     expect(memory.reserved).toBeGreaterThanOrEqual(memory.allocated);
   });
 
+  it('a zoo model loads onto the GPU from safetensors, matches its CPU twin, trains and saves weights', async () => {
+    cuda.setOptions({ tf32: false });
+    manualSeed(3);
+    await using cpu = await loadPretrained('torchvision:mobilenet_v3_small', { weights: 'none' });
+    const dir = (await import('node:fs')).mkdtempSync(join((await import('node:os')).tmpdir(), 'torchlite-zoo-cuda-'));
+    await cpu.saveWeights(join(dir, 'w.safetensors'));
+    await using gpu = await loadPretrained('torchvision:mobilenet_v3_small', { weights: join(dir, 'w.safetensors'), device: 'cuda' });
+    expect(gpu.device).toBe('cuda:0');
+    const x = randn([4, 3, 64, 64]);
+    expect(relativeDiff(await values(await gpu.forward<Tensor>(x.to('cuda'))), await values(await cpu.forward<Tensor>(x)))).toBeLessThanOrEqual(1e-4);
+    gpu.train();
+    const { loss: l } = await gpu.trainStep(x, longs([1, 2, 3, 4]), { loss: loss.crossEntropy(), optimizer: optim.adamw(gpu, { lr: 1e-3 }) });
+    expect(Number.isFinite(l)).toBe(true);
+    await gpu.saveWeights(join(dir, 'trained.safetensors'));
+    await using back = await loadPretrained('torchvision:mobilenet_v3_small', { weights: join(dir, 'trained.safetensors') });
+    expect(back.parameters().length).toBe(cpu.parameters().length);
+  });
+
   it('cuda:N past the last device is a clear error', async () => {
     const index = cuda.deviceCount();
     await expect(loadPretrained(fixture('mlp.scripted.pt'), { device: `cuda:${index}` })).rejects.toMatchObject({
