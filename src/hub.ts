@@ -115,7 +115,7 @@ export async function torchHubFile(url: string, folder: string): Promise<string>
   const file = join(folder, name);
   if (existsSync(file)) return file;
   if (hubSettings().offline || process.env.TORCHLITE_OFFLINE === '1')
-    throw new TorchError('TORCHLITE_NOT_CACHED', `offline, and ${name} is not in ${folder}; run \`torchlite pull\` where there is a network`);
+    throw new TorchError('TORCHLITE_NOT_CACHED', `offline (HF_HUB_OFFLINE or TORCHLITE_OFFLINE is set) and ${name} is not in ${folder}: fetch ${url} into it, or run \`torchlite pull\` where there is a network`);
   await mkdir(folder, { recursive: true });
   const prefix = /-([0-9a-f]{8,})\.\w+$/.exec(name)?.[1];
   await withLock(`${file}.torchlite.lock`, async () => {

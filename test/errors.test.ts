@@ -57,7 +57,7 @@ describe('loading bad files', () => {
       new RangeError("Expected a device ('cpu', 'cuda' or 'cuda:N') for `options.device` but received 'tpu'"),
     );
     await expect(loadPretrained('x.pt', { devcie: 'cpu' } as never)).rejects.toThrow(
-      new TypeError('Unknown option `options.devcie`; known options are `device`, `channelsLast`'),
+      new TypeError('Unknown option `options.devcie`; known options are `device`, `channelsLast`, `weights`'),
     );
   });
 });

@@ -150,16 +150,18 @@ print(json.dumps({"diff": float((y - ours).abs().max() / ours.abs().max()), "met
 
   it('refuses unknown names, uncached weights and torch.save files with what to do', async () => {
     await expect(loadPretrained('torchvision:resnet19')).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_UNKNOWN_MODEL', message: expect.stringMatching(/^torchlite's zoo has no 'resnet19'; it has convnext_tiny, densenet121, /) }));
-    const previous = process.env.TORCH_HOME;
-    process.env.TORCH_HOME = join(dir, 'torch-home');
+    const previous = { TORCH_HOME: process.env.TORCH_HOME, TORCHLITE_OFFLINE: process.env.TORCHLITE_OFFLINE };
+    Object.assign(process.env, { TORCH_HOME: join(dir, 'torch-home'), TORCHLITE_OFFLINE: '1' });
     try {
       await expect(loadPretrained('torchvision:resnet18')).rejects.toThrow(
-        expect.objectContaining({ code: 'TORCHLITE_NOT_CACHED', message: `resnet18's IMAGENET1K_V1 weights are not in ${join(dir, 'torch-home', 'hub', 'checkpoints')} (resnet18-f37072fd.pth); torchlite does not download yet: fetch https://download.pytorch.org/models/resnet18-f37072fd.pth into that folder (Python's torchvision does the same), or pass weights: a .safetensors file, or 'none'` }),
+        expect.objectContaining({ code: 'TORCHLITE_NOT_CACHED', message: `offline (HF_HUB_OFFLINE or TORCHLITE_OFFLINE is set) and resnet18-f37072fd.pth is not in ${join(dir, 'torch-home', 'hub', 'checkpoints')}: fetch https://download.pytorch.org/models/resnet18-f37072fd.pth into it, or run \`torchlite pull\` where there is a network` }),
       );
-      await expect(loadPretrained('torchvision:resnet18', { weights: 'IMAGENET1K_V9' })).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_UNKNOWN_MODEL', message: "resnet18 has no weights 'IMAGENET1K_V9'; torchvision publishes IMAGENET1K_V1 (or pass 'none', or a .safetensors file)" }));
+      await expect(loadPretrained('torchvision:resnet18', { weights: 'IMAGENET1K_V9' })).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_UNKNOWN_MODEL', message: "resnet18 has no weights 'IMAGENET1K_V9'; torchvision publishes IMAGENET1K_V1 (or pass 'none', or a .safetensors or .pth file)" }));
     } finally {
-      if (previous === undefined) delete process.env.TORCH_HOME;
-      else process.env.TORCH_HOME = previous;
+      for (const [key, value] of Object.entries(previous)) {
+        if (value === undefined) delete process.env[key];
+        else process.env[key] = value;
+      }
     }
     await using mlp = await loadPretrained(fixture('mlp.scripted.pt'));
     writeFileSync(join(dir, 'legacy.pth'), Buffer.from([0x80, 0x02, 0x8a, 0x0a]));
