@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 
-import { data, earlyStopping, type EpochRecord, fineTune, type FitContext, loadPretrained, loss, optim, sched, tensor } from '../src';
+import { checkpoint, data, earlyStopping, type EpochRecord, fineTune, fit, type FitContext, loadPretrained, loss, optim, sched, tensor } from '../src';
 import { classesLike } from '../src/preprocess';
 import { fixture } from './helpers';
 
@@ -163,5 +163,17 @@ describe('fineTune epochs', () => {
     });
     expect(history.map((r) => [r.epoch, r.stage])).toEqual([[0, 0], [1, 0], [2, 1], [3, 1], [4, 2]]);
     expect(seen).toEqual(history.map((r) => [r.epoch, r.stage]));
+  });
+});
+
+describe('the best checkpoint', () => {
+  it('loads with loadPretrained, in eval mode, though it was written mid-training', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-best-'));
+    await using model = await loadPretrained(fixture('mlp.scripted.pt'));
+    const rows = data.tensorDataset(new Float32Array(16 * 12).map((_, i) => Math.sin(i)), Int32Array.from({ length: 16 }, (_, i) => i % 4), { inputShape: [12] });
+    await fit(model, { train: data.loader(rows, { batchSize: 8 }), val: data.loader(rows, { batchSize: 8 }), epochs: 2, optimizer: optim.sgd(model, { lr: 0.1 }), callbacks: [checkpoint({ dir })] });
+    await using best = await loadPretrained(join(dir, 'best.ckpt'));
+    expect(best.training).toBe(false);
+    expect(best.parameters().map((p) => p.name)).toEqual(model.parameters().map((p) => p.name));
   });
 });
