@@ -4,7 +4,7 @@
 // family (bench/recipes: make_datasets.py and pretrain_mobilenet.py write them under
 // $TORCHLITE_RECIPES_DIR). A benchmark, not a test.
 //
-//   node bench/finetune-cost.mjs [--per-class 20] [--seeds 0,1,2] [--sweep]
+//   node bench/finetune-cost.mjs [--per-class 20] [--seeds 0,1,2] [--sweep] [--sets demo,cnn,mnv3]
 import { existsSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -52,8 +52,12 @@ async function sweepSet(name, family) {
   return { name: `${family} on ${name} (${perClass * 5} labels)`, model: file, train: (seed) => data.subset(train, { perClass, seed }), test: part(meta.train, meta.train + meta.val) };
 }
 
-const sets = [await fashion()];
-if (args.includes('--sweep')) sets.push(...(await Promise.all([sweepSet('letters', 'cnn'), sweepSet('textures', 'mnv3')])).filter(Boolean));
+const wanted = flag('--sets', args.includes('--sweep') ? 'demo,cnn,mnv3' : 'demo').split(',');
+const sets = [
+  ...(wanted.includes('demo') ? [await fashion()] : []),
+  ...(wanted.includes('cnn') ? [await sweepSet('letters', 'cnn')] : []),
+  ...(wanted.includes('mnv3') ? [await sweepSet('textures', 'mnv3')] : []),
+].filter(Boolean);
 for (const set of sets) {
   console.log(`\n${set.name}, seeds ${seeds.join(', ')}:`);
   console.log('| lr choice | runs | seconds | test accuracy | cost against the default |');

@@ -271,6 +271,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::LoadWeights>("loadWeights"),
                          InstanceMethod<&ModelWrap::SaveWeights>("saveWeights"),
                          InstanceMethod<&ModelWrap::Materialize>("materialize"),
+                         InstanceMethod<&ModelWrap::Reshape>("reshape"),
                          InstanceMethod<&ModelWrap::Extras>("extras"),
                          InstanceMethod<&ModelWrap::SetChannelsLast>("setChannelsLast"),
                          InstanceMethod<&ModelWrap::Dispose>("dispose"),

@@ -190,6 +190,47 @@ Napi::Value ModelWrap::SaveWeights(const Napi::CallbackInfo& info) {
   });
 }
 
+Napi::Value ModelWrap::Reshape(const Napi::CallbackInfo& info) {
+  return Locked(info, [&](Napi::Env env, ModelState& state) {
+    // A zoo architecture sized from a checkpoint's config: its placeholders take the config's
+    // shapes (still without data), and its sizing attributes (heads, epsilons, dropout rates)
+    // the config's values, before the weights arrive.
+    Napi::Object shapes = info[0].As<Napi::Object>();
+    Napi::Array names = shapes.GetPropertyNames();
+    for (uint32_t i = 0; i < names.Length(); ++i) {
+      std::string path = names.Get(i).As<Napi::String>().Utf8Value();
+      std::string name;
+      torch::jit::Module owner = ownerOf(state.module, path, name);
+      if (!owner.hasattr(name) || !owner.attr(name).isTensor()) throw CodedError("TORCHLITE_BAD_STATE", "the model has no tensor '" + path + "'");
+      torch::Tensor current = owner.attr(name).toTensor();
+      if (!isPlaceholder(current) && current.numel() > 1) throw CodedError("TORCHLITE_BAD_STATE", "'" + path + "' already holds data; only a zoo placeholder can be resized");
+      Napi::Array dims = shapes.Get(path).As<Napi::Array>();
+      std::vector<int64_t> shape;
+      for (uint32_t d = 0; d < dims.Length(); ++d) shape.push_back(dims.Get(d).As<Napi::Number>().Int64Value());
+      torch::Tensor fresh = torch::zeros({}, current.options().requires_grad(false)).expand(shape);
+      if (current.requires_grad()) fresh = fresh.detach().requires_grad_(true);
+      owner.setattr(name, fresh);
+    }
+    Napi::Object values = info[1].As<Napi::Object>();
+    Napi::Array keys = values.GetPropertyNames();
+    for (uint32_t i = 0; i < keys.Length(); ++i) {
+      std::string path = keys.Get(i).As<Napi::String>().Utf8Value();
+      std::string name;
+      torch::jit::Module owner = ownerOf(state.module, path, name);
+      if (!owner.hasattr(name)) throw CodedError("TORCHLITE_BAD_STATE", "the model has no attribute '" + path + "'");
+      c10::IValue current = owner.attr(name);
+      double value = values.Get(path).As<Napi::Number>().DoubleValue();
+      if (current.isInt()) owner.setattr(name, static_cast<int64_t>(value));
+      else if (current.isDouble()) owner.setattr(name, value);
+      else throw CodedError("TORCHLITE_BAD_STATE", "'" + path + "' is not a number attribute");
+    }
+    // Cached execution plans were specialised on the old shapes and values.
+    state.module = state.module.clone(true);
+    state.generation++;
+    return env.Undefined();
+  });
+}
+
 Napi::Value ModelWrap::Materialize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {

@@ -146,6 +146,8 @@ export interface LoadWeightsOptions {
   strict?: boolean;
   /** Keeps each tensor's dtype from the file (float16, bfloat16) instead of converting to the model's. Defaults to `false`. */
   keepDtype?: boolean;
+  /** Maps a file's tensor names to the model's (a prefix added or dropped); a tensor it maps to `undefined` is skipped. Defaults to none. */
+  rename?: (name: string) => string | undefined;
 }
 
 /** Parameter element counts after a freeze, unfreeze or requiresGrad call. */
@@ -998,6 +1000,16 @@ export class Model implements Disposable, AsyncDisposable {
     });
   }
 
+  /** @internal A zoo text model sized from a config: its placeholders' shapes and its sizing attributes (see `Reshape` in weights.cc). */
+  static resize(model: Model, shapes: Record<string, number[]>, values: Record<string, number>): void {
+    const live = Model.idleHandle(model, 'resize');
+    try {
+      callNative(() => live.reshape(shapes, values));
+    } finally {
+      model.#refresh(live);
+    }
+  }
+
   /**
    * Loads tensors by name from a `.safetensors` file (or a `model.safetensors.index.json` and
    * its shards), as PyTorch's `load_state_dict` does: the file's Python names (`layer1.0.conv1.weight`)
@@ -1009,12 +1021,14 @@ export class Model implements Disposable, AsyncDisposable {
   loadWeights(file: string, options?: LoadWeightsOptions): Promise<LoadWeightsResult> {
     return callNativeAsync(async () => {
       checkString(file, 'file');
-      const o = checkOptions<LoadWeightsOptions>(options, 'options', ['strict', 'keepDtype']);
+      const o = checkOptions<LoadWeightsOptions>(options, 'options', ['strict', 'keepDtype', 'rename']);
+      if (o.rename !== undefined && typeof o.rename !== 'function') throw typeError('a function', 'options.rename', o.rename);
       const strict = o.strict ?? true;
       if (typeof strict !== 'boolean') throw typeError('a boolean', 'options.strict', strict);
       const keep = o.keepDtype ?? false;
       if (typeof keep !== 'boolean') throw typeError('a boolean', 'options.keepDtype', keep);
       const weights = await readWeightsIndex(file);
+      if (o.rename) weights.entries = weights.entries.flatMap((e) => (o.rename!(e.name) === undefined ? [] : [{ ...e, name: o.rename!(e.name)! }]));
       await this.idle(); // the names and shapes below are the ones the load will meet
       const { entries, ...result } = matchWeights(file, weights, [...this.#snapshot.parameters, ...this.#snapshot.buffers], strict);
       const live = this.#live;
@@ -1180,13 +1194,17 @@ async function loadZoo(archive: string, options: LoadOptions, hub?: HubModel): P
   const { model } = await loadArchive(archive, { channelsLast: false }, []);
   try {
     const file = hub ? hub.weights : await zooWeightsFile((model.metadata as { zoo: ZooMetadata }).zoo, weights);
-    await Model.enqueue(model, (handle) => handle.materialize());
-    if (hub) {
-      if (hub.numClasses !== 1000) model.resetClassifier(hub.numClasses);
-      const own = model.metadata as { classes?: string[] };
-      model.metadata = { ...own, ...(hub.numClasses !== 1000 && { classes: undefined }), ...hub.metadata };
+    if (hub?.text) Model.resize(model, hub.text.shapes, hub.text.values);
+    else if (hub && hub.numClasses !== 1000) model.resetClassifier(hub.numClasses);
+    if (hub) model.metadata = { ...(model.metadata as object), ...(hub.numClasses !== 1000 && { classes: undefined }), ...hub.metadata };
+    if (file) {
+      // The weights go straight into the placeholders; what they leave (a new head) is drawn after.
+      const loaded = await model.loadWeights(file, { strict: !hub?.text, ...(hub?.text && { rename: hub.text.rename }) });
+      const missing = loaded.missing.filter((name) => !name.startsWith('classifier.'));
+      if (missing.length || loaded.mismatched.length)
+        throw new TorchError('TORCHLITE_WEIGHTS_MISMATCH', `${file} does not fit its config.json: ${missing.length} missing (${missing.slice(0, 5).join(', ')}), ${loaded.mismatched.length} mis-shaped (${loaded.mismatched.slice(0, 5).map((m) => `${m.name}: config ${JSON.stringify(m.model)}, file ${JSON.stringify(m.file)}`).join(', ')})`);
     }
-    if (file) await model.loadWeights(file);
+    await Model.enqueue(model, (handle) => handle.materialize());
     if (target !== 'cpu') await model.to(target as Device);
     if (channelsLast !== false) callNative(() => Model.handle(model).setChannelsLast(true, channelsLast === 'auto'));
     return model.eval();

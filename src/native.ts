@@ -73,6 +73,7 @@ export interface NativeModel {
   loadWeights(entries: { name: string; file: string; offset: number; bytes: number; dtype: string; shape: number[]; keep: boolean }[]): Promise<void>;
   saveWeights(path: string, header: Buffer, names: string[]): Promise<void>;
   materialize(): Promise<number>;
+  reshape(shapes: Record<string, number[]>, values: Record<string, number>): void;
   extras(): Record<string, Buffer>;
   setChannelsLast(on: boolean, automatic?: boolean): void;
   dispose(): void;

@@ -8,6 +8,9 @@ import { join } from 'node:path';
 
 import { TorchError } from './errors';
 import { hubFile, parseHubName, torchHubFile } from './hub';
+import type { TextSpec } from './text';
+import { type BertConfig, bertName, bertSizing, classesOf, textArchitecture } from './textzoo';
+import { readWeightsIndex } from './weights';
 import { readZipText } from './zip';
 
 /** The zoo's archives: code and names, with placeholders where the weights go. */
@@ -69,7 +72,9 @@ export interface HubModel {
   architecture: string;
   weights: string;
   numClasses: number;
-  metadata: { classes?: string[]; input?: { shape: number[]; mean: number[]; std: number[]; resize: 'center-crop'; resizeTo?: number }; hub: { repo: string; revision: string } };
+  metadata: { classes?: string[]; input?: { shape: number[]; mean: number[]; std: number[]; resize: 'center-crop'; resizeTo?: number }; text?: TextSpec; hub: { repo: string; revision: string } };
+  /** A text model: the shapes and attributes its config sets, and how checkpoint names map to the model's. */
+  text?: { shapes: Record<string, number[]>; values: Record<string, number>; rename: (name: string) => string | undefined };
 }
 
 /** The weights files a Hub repository may hold, in the order they are tried. */
@@ -88,15 +93,17 @@ export async function hubModel(spec: string): Promise<HubModel | undefined> {
   const config = JSON.parse(await readFile(configFile, 'utf8')) as {
     architecture?: string;
     architectures?: string[];
+    model_type?: string;
     num_classes?: number;
     label_names?: string[];
     pretrained_cfg?: { input_size?: number[]; mean?: number[]; std?: number[]; crop_pct?: number; num_classes?: number };
   };
-  const architecture = config.architecture;
-  if (!architecture || !/^(resnet(18|34|50|101)|resnext50_32x4d|wide_resnet50_2)$/.test(architecture) || !zooNames().includes(architecture))
+  const text = textArchitecture(config);
+  const architecture = text ?? config.architecture;
+  if (!architecture || !(text || /^(resnet(18|34|50|101)|resnext50_32x4d|wide_resnet50_2)$/.test(architecture)) || !zooNames().includes(architecture))
     throw new TorchError(
       'TORCHLITE_UNSUPPORTED_ARCHITECTURE',
-      `${repo}'s config names ${architecture ?? config.architectures?.join(', ') ?? 'no architecture'}, which torchlite's zoo cannot take yet (from the Hub: timm's ResNet family; for the rest, the torchvision: names, or export the model with scripts/export_model.py)`,
+      `${repo}'s config names ${architecture ?? config.architectures?.join(', ') ?? 'no architecture'}, which torchlite's zoo cannot take yet (from the Hub: BERT text classifiers and timm's ResNet family; for the rest, the torchvision: names, or export the model with scripts/export_model.py)`,
     );
   let weights: string | undefined;
   for (const file of HUB_WEIGHTS) {
@@ -107,6 +114,24 @@ export async function hubModel(spec: string): Promise<HubModel | undefined> {
   if (weights.endsWith('.index.json')) {
     const index = JSON.parse(await readFile(weights, 'utf8')) as { weight_map: Record<string, string> };
     for (const shard of new Set(Object.values(index.weight_map))) await hubFile(repo, shard, { revision });
+  }
+  if (text) {
+    const bert = config as unknown as BertConfig;
+    const sizing = bertSizing(bert);
+    const tokenizerFile = await hubFile(repo, 'tokenizer.json', { revision, optional: true });
+    const tokenizer = tokenizerFile ? (JSON.parse(await readFile(tokenizerFile, 'utf8')) as { truncation?: { max_length?: number } | null }) : undefined;
+    const maxLength = Math.min(bert.max_position_embeddings, tokenizer?.truncation?.max_length ?? bert.max_position_embeddings);
+    const classes = classesOf(bert);
+    // BertFor* checkpoints name their body `bert.`; a BertModel's has no prefix.
+    const names = (await readWeightsIndex(weights)).entries.map((e) => e.name);
+    const prefixed = names.some((n) => n.startsWith('bert.'));
+    return {
+      architecture,
+      weights,
+      numClasses: sizing.classes,
+      metadata: { ...(classes && { classes }), ...(tokenizer && { text: { tokenizer, maxLength, inputs: ['input_ids', 'attention_mask'] } }), hub: { repo, revision } },
+      text: { shapes: sizing.shapes, values: sizing.values, rename: (name) => bertName(name, prefixed) },
+    };
   }
   const cfg = config.pretrained_cfg ?? {};
   const numClasses = config.num_classes ?? cfg.num_classes ?? 1000;

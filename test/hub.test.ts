@@ -1,17 +1,17 @@
 // The Hub and torchvision's server on loopback: a node:http server answering the URL shapes
 // @huggingface/hub and torch.hub request (resolve URLs, ETag and X-Repo-Commit headers, range
 // requests), with files made here; the cache is huggingface_hub's layout.
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, lstatSync, mkdtempSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 
-import { hubFile, loadPretrained, manualSeed, pull, tensor, TorchError } from '../src';
-import { relativeDiff, root } from './helpers';
+import { hubFile, loadPretrained, loss, manualSeed, optim, pull, tensor, text, TorchError } from '../src';
+import { PYTHON, relativeDiff, root } from './helpers';
 
 const COMMIT = 'c0ffee'.padEnd(40, '0');
 const REPO = 'someone/tiny-resnet';
@@ -24,6 +24,7 @@ const trouble = { cutFirst: false, corrupt: false, slow: false };
 let server: Server;
 let endpoint = '';
 let weights: Buffer;
+let bertRefs: { ids: number[][]; mask: number[][]; logits: number[] };
 const config = {
   architecture: 'resnet18',
   num_classes: 3,
@@ -82,6 +83,13 @@ beforeAll(async () => {
     }
     res.end(body);
   });
+  // A tiny BERT classifier (and a BertModel checkpoint) that Python wrote, for the text zoo.
+  const bertDir = mkdtempSync(join(tmpdir(), 'torchlite-hub-bert-'));
+  const made = spawnSync(PYTHON, [join(root, 'scripts', 'fixtures', 'bert_parity.py'), bertDir], { encoding: 'utf8' });
+  if (made.status !== 0) throw new Error(`bert_parity.py failed: ${made.stderr}`);
+  bertRefs = JSON.parse(made.stdout);
+  for (const repo of ['tiny-bert', 'bare-bert'])
+    for (const file of readdirSync(join(bertDir, repo))) files.set(`someone/${repo}/${file}`, readFileSync(join(bertDir, repo, file)));
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   endpoint = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
 });
@@ -171,8 +179,10 @@ describe('hf: names on a loopback Hub', () => {
   });
 
   it('says which architectures it can take', async () => {
-    files.set('someone/bert/config.json', Buffer.from(JSON.stringify({ architectures: ['BertForSequenceClassification'] })));
-    await expect(loadPretrained('hf:someone/bert')).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_UNSUPPORTED_ARCHITECTURE', message: expect.stringMatching(/^someone\/bert's config names BertForSequenceClassification, which torchlite's zoo cannot take yet/) }));
+    files.set('someone/gpt/config.json', Buffer.from(JSON.stringify({ model_type: 'gpt2', architectures: ['GPT2LMHeadModel'] })));
+    await expect(loadPretrained('hf:someone/gpt')).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_UNSUPPORTED_ARCHITECTURE', message: expect.stringMatching(/^someone\/gpt's config names GPT2LMHeadModel, which torchlite's zoo cannot take yet/) }));
+    files.set('someone/deep-bert/config.json', Buffer.from(JSON.stringify({ model_type: 'bert', num_hidden_layers: 5 })));
+    await expect(loadPretrained('hf:someone/deep-bert')).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_UNSUPPORTED_ARCHITECTURE', message: "a BERT of 5 layers: torchlite's zoo has BERTs of 1, 2, 3, 4, 6, 8, 10, 12, 24 layers" }));
   });
 });
 
@@ -189,3 +199,62 @@ describe("torchvision: names through torch.hub's cache", () => {
     await expect(pull('resnet18')).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_UNKNOWN_MODEL' }));
   });
 });
+
+describe('BERT text classifiers from the Hub', () => {
+  const ids = () => tensor(bertRefs.ids.flat(), [2, 7], { dtype: 'int64' });
+  const mask = () => tensor(bertRefs.mask.flat(), [2, 7], { dtype: 'int64' });
+
+  it("sizes the zoo's BERT from config.json, skips the pretraining head, and gives Python's logits with its tokenizer and labels", async () => {
+    await using model = await loadPretrained('hf:someone/tiny-bert');
+    const out = (await model.forward(ids(), mask())) as ReturnType<typeof tensor>;
+    expect(out.shape).toEqual([2, 3]);
+    expect(relativeDiff(out.toTypedArray() as Float32Array, bertRefs.logits)).toBeLessThan(1e-5);
+    expect(model.metadata).toMatchObject({ classes: ['neg', 'pos', 'neutral'], text: { maxLength: 40, inputs: ['input_ids', 'attention_mask'] }, zoo: { architecture: 'bert-L2' } });
+    expect(text.tokenizerOf(model)!.encode(['hello world']).ids.shape[0]).toBe(1);
+    expect(model.parameters().find((p) => p.name === 'bert.encoder.layer.1.intermediate.dense.weight')!.shape).toEqual([64, 32]);
+  });
+
+  it("fine-tunes, and Python loads the saved weights into the reference and agrees", async () => {
+    manualSeed(0);
+    await using model = await loadPretrained('hf:someone/tiny-bert');
+    model.train();
+    const opt = optim.adamw(model, { lr: 1e-3 });
+    for (let i = 0; i < 3; i++) await model.trainStep([ids(), mask()], tensor(BigInt64Array.from([0n, 2n])), { loss: loss.crossEntropy(), optimizer: opt });
+    model.eval();
+    const ours = (await model.forward(ids(), mask())) as ReturnType<typeof tensor>;
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-bert-out-'));
+    await model.saveWeights(join(dir, 'tuned.safetensors'));
+    writeFileSync(join(dir, 'case.json'), JSON.stringify({ ids: bertRefs.ids, mask: bertRefs.mask }));
+    const check = spawnSync(
+      PYTHON,
+      [
+        '-c',
+        `import json, sys, torch
+sys.path.insert(0, ${JSON.stringify(join(root, 'scripts', 'fixtures'))}); sys.path.insert(0, ${JSON.stringify(join(root, 'scripts', 'zoo'))})
+from safetensors_io import load_file
+import bert
+from bert_parity import CONFIG
+m = bert.BertForSequenceClassification(CONFIG).eval()
+m.load_state_dict(load_file(sys.argv[1])[0], strict=True)
+case = json.load(open(sys.argv[2]))
+with torch.no_grad():
+    print(json.dumps(m(torch.tensor(case["ids"]), torch.tensor(case["mask"])).flatten().tolist()))`,
+        join(dir, 'tuned.safetensors'),
+        join(dir, 'case.json'),
+      ],
+      { encoding: 'utf8' },
+    );
+    expect(check.stderr).toBe('');
+    expect(relativeDiff(ours.toTypedArray() as Float32Array, JSON.parse(check.stdout))).toBeLessThan(1e-5);
+    expect(relativeDiff(ours.toTypedArray() as Float32Array, bertRefs.logits)).toBeGreaterThan(1e-3); // it did train
+  });
+
+  it('loads a BertModel checkpoint (no prefix, no classifier) behind a fresh classifier', async () => {
+    await using model = await loadPretrained('hf:someone/bare-bert');
+    expect(model.parameters().find((p) => p.name === 'classifier.weight')!.shape).toEqual([2, 32]); // num_labels' default
+    expect((model.metadata as { text?: unknown }).text).toBeUndefined(); // that repository has no tokenizer.json
+    const out = (await model.forward(ids(), mask())) as ReturnType<typeof tensor>;
+    expect(Array.from(out.toTypedArray() as Float32Array).every(Number.isFinite)).toBe(true);
+  });
+});
+
