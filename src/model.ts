@@ -1173,7 +1173,7 @@ export function loadPretrained(path: string, options?: LoadOptions): Promise<Mod
     const zoo = /^torchvision:(.+)$/.exec(path);
     if (zoo) return loadZoo(zooPath(zoo[1]), options ?? {});
     const hub = await hubModel(path);
-    if (hub) return loadZoo(zooPath(hub.architecture), { ...options, weights: 'none' }, hub);
+    if (hub) return loadZoo(zooPath(hub.architecture, hub.text !== undefined), { ...options, weights: 'none' }, hub);
     const { weights: _weights, ...rest } = checkOptions<LoadOptions>(options, 'options', ['device', 'channelsLast', 'weights']);
     const { model, extras } = await loadArchive(path, rest, [CHECKPOINT_STATE]);
     return extras[CHECKPOINT_STATE] ? model.eval() : model;

@@ -24,15 +24,18 @@ export interface ZooMetadata {
   weights: Record<string, { url: string; classes: number; crop: number; resize: number }>;
 }
 
-/** The zoo's architectures, by name. */
+/** The text archives (BERT at each depth), reached through hf: names rather than torchvision: ones. */
+const TEXT_ARCHIVE = /^bert-L\d+$/;
+
+/** The zoo's vision architectures, the names after `torchvision:`. */
 export function zooNames(): string[] {
-  return readdirSync(ZOO_DIR).filter((f) => f.endsWith('.pt')).map((f) => f.slice(0, -3)).sort();
+  return readdirSync(ZOO_DIR).filter((f) => f.endsWith('.pt')).map((f) => f.slice(0, -3)).filter((name) => !TEXT_ARCHIVE.test(name)).sort();
 }
 
-/** The archive of a zoo architecture. */
-export function zooPath(architecture: string): string {
+/** The archive of a zoo architecture: a vision one by its torchvision name, or (with `text`) a text one. */
+export function zooPath(architecture: string, text = false): string {
   const path = join(ZOO_DIR, `${architecture}.pt`);
-  if (!existsSync(path)) throw new TorchError('TORCHLITE_UNKNOWN_MODEL', `torchlite's zoo has no '${architecture}'; it has ${zooNames().join(', ')}`);
+  if (TEXT_ARCHIVE.test(architecture) !== text || !existsSync(path)) throw new TorchError('TORCHLITE_UNKNOWN_MODEL', `torchlite's zoo has no '${architecture}'; it has ${zooNames().join(', ')}`);
   return path;
 }
 
@@ -100,7 +103,7 @@ export async function hubModel(spec: string): Promise<HubModel | undefined> {
   };
   const text = textArchitecture(config);
   const architecture = text ?? config.architecture;
-  if (!architecture || !(text || /^(resnet(18|34|50|101)|resnext50_32x4d|wide_resnet50_2)$/.test(architecture)) || !zooNames().includes(architecture))
+  if (!architecture || !(text || /^(resnet(18|34|50|101)|resnext50_32x4d|wide_resnet50_2)$/.test(architecture)))
     throw new TorchError(
       'TORCHLITE_UNSUPPORTED_ARCHITECTURE',
       `${repo}'s config names ${architecture ?? config.architectures?.join(', ') ?? 'no architecture'}, which torchlite's zoo cannot take yet (from the Hub: BERT text classifiers and timm's ResNet family; for the rest, the torchvision: names, or export the model with scripts/export_model.py)`,

@@ -1,16 +1,16 @@
 // Every zoo architecture against Python eager, from safetensors and from torch.save files:
 // random weights (BatchNorm statistics too), eval mode, within 1e-5 relative.
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { loadPretrained, tensor } from '../../src';
+import { loadPretrained, tensor, zooNames } from '../../src';
 import { hasTorchvision, PYTHON, readF32, relativeDiff, root } from '../helpers';
 
-const ZOO = readdirSync(join(root, 'models', 'zoo')).filter((f) => f.endsWith('.pt')).map((f) => f.slice(0, -3)).sort();
+const ZOO = zooNames();
 const dir = mkdtempSync(join(tmpdir(), 'torchlite-zoo-all-'));
 let shapes: Record<string, number[]> = {};
 
