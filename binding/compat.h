@@ -7,6 +7,11 @@
 
 namespace tl::compat {
 
+// The grad accumulator of a leaf tensor (where a post hook sees its gradient complete): a
+// std::shared_ptr<Node> through 2.12, a c10::intrusive_ptr<Node> from 2.13. Named by what the
+// call returns, so either compiles.
+using GradAccumulator = decltype(torch::autograd::impl::grad_accumulator(std::declval<const at::Tensor&>()));
+
 // 2.x replaced c10::optional by std::optional (c10's name survives only as an alias
 // for a while), so spell it once here.
 #if TORCHLITE_TORCH_AT_LEAST(2, 0)

@@ -475,7 +475,7 @@ struct OverlapState {
   std::unordered_set<const c10::TensorImpl*> hooked;
   // Autograd keeps a parameter's grad accumulator only weakly; the hooks live on it, so
   // the accumulators are kept here (as c10d::Reducer does).
-  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
+  std::vector<compat::GradAccumulator> accumulators;
   GroupPtr group;
   std::optional<GradientSync> sync;  // armed while set
   std::unordered_map<const c10::TensorImpl*, size_t> indexOf;
@@ -528,7 +528,7 @@ OverlapScope armOverlap(const GroupPtr& group, OptimizerState& optimizer, size_t
     const c10::TensorImpl* impl = trained[i].unsafeGetTensorImpl();
     state->indexOf.emplace(impl, trained.size() - 1 - i);  // GradientSync holds them reversed
     if (!state->hooked.insert(impl).second) continue;
-    std::shared_ptr<torch::autograd::Node> accumulator = torch::autograd::impl::grad_accumulator(trained[i]);
+    compat::GradAccumulator accumulator = torch::autograd::impl::grad_accumulator(trained[i]);
     accumulator->add_post_hook(std::make_unique<ReadyHook>(state, impl));
     state->accumulators.push_back(std::move(accumulator));
   }

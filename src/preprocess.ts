@@ -16,6 +16,8 @@ export interface InputSpec {
   std: number[];
   /** `'center-crop'`: scale the short side to the size and crop the centre (torchvision's Resize + CenterCrop, on a square). */
   resize?: 'center-crop';
+  /** The short side's length before the centre crop, where it is larger than the input (torchvision's weights: 256 for a 224 crop). Defaults to the input's side. */
+  resizeTo?: number;
 }
 
 /** The normalisation used when none is given: ImageNet's mean and std for 3 channels, 0.5 and 0.5 for 1. */
@@ -29,7 +31,8 @@ export function inputSpecOf(model: { readonly metadata: unknown }): InputSpec | 
   const numbers = (v: unknown): v is number[] => Array.isArray(v) && v.every((x) => typeof x === 'number' && Number.isFinite(x));
   if (!input || !numbers(input.shape) || input.shape.length !== 3 || !numbers(input.mean) || !numbers(input.std)) return undefined;
   if (input.mean.length !== input.shape[0] || input.std.length !== input.shape[0]) return undefined;
-  return { shape: input.shape, mean: input.mean, std: input.std, resize: 'center-crop' };
+  const resizeTo = Number.isInteger(input.resizeTo) && input.resizeTo! >= input.shape[1] ? input.resizeTo : undefined;
+  return { shape: input.shape, mean: input.mean, std: input.std, resize: 'center-crop', ...(resizeTo && { resizeTo }) };
 }
 
 /** The class names in a model's metadata, if it has them. */

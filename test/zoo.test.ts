@@ -7,7 +7,9 @@ import { join } from 'node:path';
 
 import { beforeAll, describe, expect, it } from 'vitest';
 
-import { loadPretrained, loss, manualSeed, optim, tensor, TorchError } from '../src';
+import sharp from 'sharp';
+
+import { data, loadPretrained, loss, manualSeed, optim, tensor, TorchError } from '../src';
 import { fixture, hasTorchvision, PYTHON, readF32, relativeDiff, root } from './helpers';
 
 const dir = mkdtempSync(join(tmpdir(), 'torchlite-zoo-'));
@@ -146,6 +148,17 @@ print(json.dumps({"diff": float((y - ours).abs().max() / ours.abs().max()), "met
     expect(new Set(mlp.parameters().map((p) => p.dtype))).toEqual(new Set(['bfloat16']));
     const sharded = await mlp.loadWeights(join(dir, 'mlp.safetensors.index.json'));
     expect(sharded.loaded.sort()).toEqual(mlp.parameters().map((p) => p.name).sort());
+  });
+
+  it("prepares images `like` a zoo model as torchvision's eval transform does: the short side to 256, then the centre 224", async () => {
+    await using model = await loadPretrained('torchvision:resnet18', { weights: 'none' });
+    expect((model.metadata as { input: { resizeTo: number } }).input.resizeTo).toBe(256);
+    const image = await sharp({ create: { width: 320, height: 300, channels: 3, background: { r: 10, g: 200, b: 90 } } }).png().toBuffer();
+    const batch = await data.loadImage(image, { like: model });
+    expect(batch.shape).toEqual([1, 3, 224, 224]);
+    const plain = await data.loadImage(image, { like: model, size: 224 }); // a size given: resized to it, no larger pre-crop
+    expect(plain.shape).toEqual([1, 3, 224, 224]);
+    await expect(data.loadImage(image, { like: model, resizeTo: 0 })).rejects.toThrow(new RangeError('Expected a positive integer for `options.resizeTo` but received 0'));
   });
 
   it('refuses unknown names, uncached weights and torch.save files with what to do', async () => {

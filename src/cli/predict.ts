@@ -40,6 +40,6 @@ export async function runPredict(modelPath: string, inputs: string[], flags: Inp
 
 /** Images prepared as the model's input spec says (data.loadImage), with --size/--channels where the model has none. */
 async function imageBatch(model: Model, images: string[], flags: InputFlags, modelPath: string): Promise<Tensor> {
-  const { shape, mean, std } = inputSpec(model, flags, modelPath);
-  return data.loadImage(images, { size: shape[1], channels: shape[0] as 1 | 3, mean, std });
+  const { shape, mean, std, resizeTo } = inputSpec(model, flags, modelPath);
+  return data.loadImage(images, { size: shape[1], channels: shape[0] as 1 | 3, mean, std, ...(resizeTo && { resizeTo }) });
 }

@@ -22,6 +22,8 @@ const IMAGE_EXTENSIONS = new Set(['.png', '.jpg', '.jpeg', '.webp', '.gif', '.ti
 export interface ImageFolderOptions {
   /** Side of the square input, in pixels. Defaults to `224`. */
   size?: number;
+  /** The short side's length before the centre crop (torchvision's 256 for a 224 crop). Defaults to `like`'s where its size is kept, else `size`. */
+  resizeTo?: number;
   /** Per-channel mean subtracted after scaling to [0, 1]. Defaults to ImageNet's `[0.485, 0.456, 0.406]` (or `[0.5]` for 1 channel). */
   mean?: number[];
   /** Per-channel std. Defaults to ImageNet's `[0.229, 0.224, 0.225]` (or `[0.5]` for 1 channel). */
@@ -56,9 +58,10 @@ export interface ImageFolderOptions {
  */
 export async function imageFolder(dir: string, options?: ImageFolderOptions): Promise<Dataset> {
   checkString(dir, 'dir');
-  const given = checkOptions<ImageFolderOptions>(options, 'options', ['size', 'mean', 'std', 'channels', 'augment', 'classes', 'like']);
-  const o = { ...likeOptions(given.like), ...stripUndefined(given) };
-  const { size, channels, mean, std } = pixelSpec(o);
+  const given = checkOptions<ImageFolderOptions>(options, 'options', ['size', 'resizeTo', 'mean', 'std', 'channels', 'augment', 'classes', 'like']);
+  const o = withLike(given);
+  const spec = pixelSpec(o);
+  const { size, channels, mean, std } = spec;
   let entries;
   try {
     entries = await readdir(dir, { withFileTypes: true });
@@ -83,7 +86,6 @@ export async function imageFolder(dir: string, options?: ImageFolderOptions): Pr
       targets.push(index);
     }
   }
-  const spec: PixelSpec = { size, channels, mean, std };
   const augmentation = o.augment === true ? 'default' : o.augment === false || o.augment === undefined ? 'none' : o.augment;
   if (augmentation !== 'none' && !(augmentation in AUGMENTS)) throw typeError("'none', 'light', 'default' or a boolean", 'options.augment', o.augment);
   const dataset = (augment: Augment): Dataset => ({
@@ -93,7 +95,7 @@ export async function imageFolder(dir: string, options?: ImageFolderOptions): Pr
     classes,
     target: (i) => targets[i],
     describe: (i) => files[i],
-    preprocessing: { shape: [channels, size, size], mean, std, resize: 'center-crop' },
+    preprocessing: { shape: [channels, size, size], mean, std, resize: 'center-crop', ...(spec.resizeTo && { resizeTo: spec.resizeTo }) },
     ...(augment !== 'none' && { withoutAugmentation: () => dataset('none') }),
     get: async (i, epoch): Promise<Sample> => ({
       input: await pixelsOf(files[i], spec, augment === 'none' ? undefined : { random: rng(mix(i, epoch, 0x9e3779b9)), ...AUGMENTS[augment] }),
@@ -103,9 +105,10 @@ export async function imageFolder(dir: string, options?: ImageFolderOptions): Pr
   return dataset(augmentation);
 }
 
-/** How pixels become an input: side, channels, and per-channel normalisation. */
+/** How pixels become an input: side (after a resize of the short side to `resizeTo`), channels, and per-channel normalisation. */
 interface PixelSpec {
   size: number;
+  resizeTo?: number;
   channels: 1 | 3;
   mean: number[];
   std: number[];
@@ -115,7 +118,7 @@ interface PixelSpec {
  * An image (a file or encoded bytes) decoded by sharp, off the main thread: resized to a
  * centred square, or cropped at random with `augment`; as normalised CHW floats.
  */
-async function pixelsOf(source: string | Buffer, { size, channels, mean, std }: PixelSpec, augment?: { random: () => number; scale: readonly number[]; ratio: readonly number[]; flip: boolean }): Promise<Float32Array> {
+async function pixelsOf(source: string | Buffer, { size, resizeTo, channels, mean, std }: PixelSpec, augment?: { random: () => number; scale: readonly number[]; ratio: readonly number[]; flip: boolean }): Promise<Float32Array> {
   // Loaded on first use: training on tensors or IDX files needs no image codecs.
   const { default: sharp } = await import('sharp');
   let image = sharp(source, { failOn: 'error' }).removeAlpha();
@@ -124,6 +127,11 @@ async function pixelsOf(source: string | Buffer, { size, channels, mean, std }: 
     const crop = randomResizedCrop(meta.width ?? size, meta.height ?? size, augment.random, augment);
     image = image.extract(crop).resize(size, size, { fit: 'fill' });
     if (augment.flip && augment.random() < 0.5) image = image.flop();
+  } else if (resizeTo && resizeTo > size) {
+    // torchvision's eval transform: the short side to resizeTo, then the centre size × size.
+    const resized = await image.resize(resizeTo, resizeTo, { fit: 'outside' }).raw().toBuffer({ resolveWithObject: true });
+    const { width, height, channels: bands } = resized.info;
+    image = sharp(resized.data, { raw: { width, height, channels: bands } }).extract({ left: Math.floor((width - size) / 2), top: Math.floor((height - size) / 2), width: size, height: size });
   } else {
     image = image.resize(size, size, { fit: 'cover' });
   }
@@ -142,6 +150,8 @@ export interface LoadImageOptions {
   like?: { readonly metadata: unknown };
   /** Side of the square input, in pixels. Defaults to `like`'s, else `224`. */
   size?: number;
+  /** The short side's length before the centre crop (torchvision's 256 for a 224 crop). Defaults to `like`'s where its size is kept, else `size`. */
+  resizeTo?: number;
   /** `3` (RGB) or `1` (grey). Defaults to `like`'s, else `3`. */
   channels?: 1 | 3;
   /** Per-channel mean. Defaults to `like`'s, else ImageNet's (`[0.5]` for 1 channel). */
@@ -159,8 +169,8 @@ export interface LoadImageOptions {
 export async function loadImage(images: string | Buffer | (string | Buffer)[], options?: LoadImageOptions): Promise<Tensor> {
   const list = Array.isArray(images) ? images : [images];
   if (list.length === 0 || list.some((image) => typeof image !== 'string' && !Buffer.isBuffer(image))) throw typeError('an image path or Buffer, or a non-empty array of them', 'images', images);
-  const given = checkOptions<LoadImageOptions>(options, 'options', ['like', 'size', 'channels', 'mean', 'std']);
-  const spec = pixelSpec({ ...likeOptions(given.like), ...stripUndefined(given) });
+  const given = checkOptions<LoadImageOptions>(options, 'options', ['like', 'size', 'resizeTo', 'channels', 'mean', 'std']);
+  const spec = pixelSpec(withLike(given));
   const inputs = await Promise.all(
     list.map((image, n) =>
       pixelsOf(image, spec).catch((error: Error) => {
@@ -174,7 +184,7 @@ export async function loadImage(images: string | Buffer | (string | Buffer)[], o
 }
 
 /** The checked pixel spec from options (and `like`'s, merged in before). */
-function pixelSpec(o: Pick<ImageFolderOptions, 'size' | 'channels' | 'mean' | 'std'>): PixelSpec {
+function pixelSpec(o: Pick<ImageFolderOptions, 'size' | 'channels' | 'mean' | 'std' | 'resizeTo'>): PixelSpec {
   const size = o.size === undefined ? 224 : checkPositiveInteger(o.size, 'options.size');
   const channels = o.channels ?? 3;
   if (channels !== 1 && channels !== 3) throw typeError('1 or 3', 'options.channels', channels);
@@ -182,7 +192,8 @@ function pixelSpec(o: Pick<ImageFolderOptions, 'size' | 'channels' | 'mean' | 's
   const mean = (o.mean ?? fallback.mean).map((v, i) => checkFiniteNumber(v, `options.mean[${i}]`));
   const std = (o.std ?? fallback.std).map((v, i) => checkFiniteNumber(v, `options.std[${i}]`));
   if (mean.length !== channels || std.length !== channels) throw new RangeError(`Expected ${channels} values for \`options.mean\` and \`options.std\` but received ${mean.length} and ${std.length}`);
-  return { size, channels, mean, std };
+  const resizeTo = o.resizeTo === undefined ? undefined : checkPositiveInteger(o.resizeTo, 'options.resizeTo');
+  return { size, channels, mean, std, ...(resizeTo && resizeTo > size && { resizeTo }) };
 }
 
 /** Options taken from a model's input spec, for `like`. */
@@ -194,7 +205,15 @@ function likeOptions(like: ImageFolderOptions['like']): ImageFolderOptions {
     throw new TorchError('TORCHLITE_NO_INPUT_SPEC', 'the model passed as `like` has no input spec in its metadata (`metadata.input`); pass `size`, `channels`, `mean` and `std`');
   const [channels, size] = spec.shape;
   if (channels !== 1 && channels !== 3) throw new TorchError('TORCHLITE_NO_INPUT_SPEC', `the model's input spec has ${channels} channels; image folders make 1 or 3`);
-  return { size, channels, mean: spec.mean, std: spec.std };
+  return { size, channels, mean: spec.mean, std: spec.std, ...(spec.resizeTo && { resizeTo: spec.resizeTo }) };
+}
+
+/** Options given, over `like`'s; `like`'s pre-crop resize only where its size is kept. */
+function withLike<T extends ImageFolderOptions | LoadImageOptions>(given: T): T & { resizeTo?: number } {
+  const like = likeOptions(given.like);
+  const merged = { ...like, ...stripUndefined(given) } as T & { resizeTo?: number };
+  if (given.size !== undefined && given.resizeTo === undefined) delete merged.resizeTo;
+  return merged;
 }
 
 function stripUndefined<T extends object>(value: T): Partial<T> {
