@@ -44,7 +44,8 @@ void assign(torch::jit::Module& root, const std::string& path, const torch::Tens
     return;
   }
   torch::TensorOptions options = keep ? current.options().dtype(value.scalar_type()) : current.options();
-  torch::Tensor fresh = value.to(options, /*non_blocking=*/false, /*copy=*/true).contiguous();
+  // The bytes just read become the parameter where dtype and device already fit: no second copy.
+  torch::Tensor fresh = value.to(options, /*non_blocking=*/false, /*copy=*/false).contiguous();
   fresh.set_requires_grad(current.requires_grad() && fresh.is_floating_point());
   owner.setattr(name, fresh);
 }
