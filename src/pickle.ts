@@ -3,11 +3,9 @@
 // writes. LibTorch's own unpickler turns the OrderedDict of a state dict into None, so it
 // cannot read them. Tensors are located, not read: the addon reads their bytes from the zip's
 // stored (uncompressed) records on a lane.
-import { open } from 'node:fs/promises';
 
-
-import { readError, TorchError } from './errors';
-import { type Handle, readAt, zipRecords } from './zip';
+import { TorchError } from './errors';
+import { readAt, withFile, zipRecords } from './zip';
 import type { Dtype } from './tensor';
 import type { WeightEntry, WeightsFile } from './weights';
 
@@ -258,15 +256,8 @@ function unpickle(data: Buffer, path: string): unknown {
 }
 
 /** The tensors of a torch.save file (a state dict, or a checkpoint holding one under `state_dict`/`model`), located in its zip. */
-export async function readTorchSave(path: string): Promise<WeightsFile> {
-  let handle: Handle;
-  try {
-    handle = await open(path, 'r');
-  } catch (error) {
-    throw readError(error, `cannot read ${path}`);
-  }
-  try {
-    const { size } = await handle.stat();
+export function readTorchSave(path: string): Promise<WeightsFile> {
+  return withFile(path, async (handle, size) => {
     const magic = await readAt(handle, 0, 4);
     if (magic.readUInt32LE(0) !== 0x04034b50)
       throw new TorchError(
@@ -299,7 +290,5 @@ export async function readTorchSave(path: string): Promise<WeightsFile> {
       entries.push({ name, file: path, dtype: ref.storage.dtype, shape: ref.shape, offset: record.offset + ref.offset * element, bytes: expected * element });
     }
     return { entries, metadata: {} };
-  } finally {
-    await handle.close();
-  }
+  });
 }

@@ -1,10 +1,11 @@
 // Weights by name in safetensors files: headers read and matched against a model here, the
 // bytes read and written by the addon on the model's lane (binding/weights.cc).
-import { open, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
 import { readError, TorchError } from './errors';
 import { readTorchSave } from './pickle';
+import { withFile } from './zip';
 import type { Dtype } from './tensor';
 
 /** safetensors' dtype names and torchlite's. */
@@ -63,15 +64,8 @@ export async function readWeightsIndex(path: string): Promise<WeightsFile> {
 }
 
 /** A safetensors file's header: an 8-byte little-endian length, then that many bytes of JSON. */
-async function readSafetensorsHeader(path: string): Promise<WeightsFile> {
-  let handle;
-  try {
-    handle = await open(path, 'r');
-  } catch (error) {
-    throw readError(error, `cannot read ${path}`);
-  }
-  try {
-    const { size } = await handle.stat();
+function readSafetensorsHeader(path: string): Promise<WeightsFile> {
+  return withFile(path, async (handle, size) => {
     const prefix = Buffer.alloc(8);
     await handle.read(prefix, 0, 8, 0);
     const length = Number(prefix.readBigUInt64LE(0));
@@ -98,9 +92,7 @@ async function readSafetensorsHeader(path: string): Promise<WeightsFile> {
     }
     const metadata = (header.__metadata__ ?? {}) as Record<string, string>;
     return { entries, metadata };
-  } finally {
-    await handle.close();
-  }
+  });
 }
 
 /** What {@link Model.loadWeights} matched between a file and a model. */

@@ -64,8 +64,8 @@ export async function zipRecords(path: string, handle: Handle, size: number): Pr
   return entries;
 }
 
-/** The text of the record whose name ends with `suffix` (an archive's `extra/torchlite.json`), or undefined. */
-export async function readZipText(path: string, suffix: string): Promise<string | undefined> {
+/** Runs `use` on the file opened for reading (a coded error where it cannot be), and closes it. */
+export async function withFile<T>(path: string, use: (handle: Handle, size: number) => Promise<T>): Promise<T> {
   let handle: Handle;
   try {
     handle = await open(path, 'r');
@@ -73,12 +73,19 @@ export async function readZipText(path: string, suffix: string): Promise<string 
     throw readError(error, `cannot read ${path}`);
   }
   try {
-    const records = await zipRecords(path, handle, (await handle.stat()).size);
+    return await use(handle, (await handle.stat()).size);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The text of the record whose name ends with `suffix` (an archive's `extra/torchlite.json`), or undefined. */
+export function readZipText(path: string, suffix: string): Promise<string | undefined> {
+  return withFile(path, async (handle, size) => {
+    const records = await zipRecords(path, handle, size);
     const name = [...records.keys()].find((n) => n.endsWith(suffix));
     if (!name) return undefined;
     const record = records.get(name)!;
     return (await readAt(handle, record.offset, record.size)).toString('utf8');
-  } finally {
-    await handle.close();
-  }
+  });
 }

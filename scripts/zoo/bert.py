@@ -102,10 +102,13 @@ class SelfAttention(nn.Module):
         return context.permute(0, 2, 1, 3).reshape(x.size(0), x.size(1), -1)
 
 
-class SelfOutput(nn.Module):
-    def __init__(self, c):
+class DenseNorm(nn.Module):
+    """transformers' BertSelfOutput and BertOutput, which differ only in their input width:
+    a projection to the hidden size, dropout, and a post-norm residual."""
+
+    def __init__(self, c, inputs: int):
         super().__init__()
-        self.dense = nn.Linear(c["hidden_size"], c["hidden_size"])
+        self.dense = nn.Linear(inputs, c["hidden_size"])
         self.LayerNorm = LayerNorm(c["hidden_size"], c.get("layer_norm_eps", 1e-12))
         self.dropout = Dropout(c.get("hidden_dropout_prob", 0.1))
 
@@ -117,7 +120,7 @@ class Attention(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.self = SelfAttention(c)
-        self.output = SelfOutput(c)
+        self.output = DenseNorm(c, c["hidden_size"])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.output(self.self(x, mask), x)
@@ -141,23 +144,12 @@ class Intermediate(nn.Module):
         return F.gelu(x)
 
 
-class Output(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.dense = nn.Linear(c["intermediate_size"], c["hidden_size"])
-        self.LayerNorm = LayerNorm(c["hidden_size"], c.get("layer_norm_eps", 1e-12))
-        self.dropout = Dropout(c.get("hidden_dropout_prob", 0.1))
-
-    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        return self.LayerNorm(self.dropout(self.dense(x)) + residual)
-
-
 class Layer(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.attention = Attention(c)
         self.intermediate = Intermediate(c)
-        self.output = Output(c)
+        self.output = DenseNorm(c, c["intermediate_size"])
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x = self.attention(x, mask)
