@@ -1,6 +1,7 @@
-// BERT-family text encoders for sequence classification, sized from a checkpoint's config.json:
-// the zoo ships scripts/zoo/bert.py scripted at each depth (bert-L<n>); the config sets the
-// placeholders' shapes and the sizing attributes before the weights load.
+// BERT-family text encoders for sequence classification (BERT, RoBERTa), sized from a
+// checkpoint's config.json: the zoo ships scripts/zoo/bert.py scripted at each depth
+// (bert-L<n>, roberta-L<n>); the config sets the placeholders' shapes and the sizing
+// attributes before the weights load.
 import { TorchError } from './errors';
 
 /** The config.json fields a BERT needs, as transformers writes them. */
@@ -28,13 +29,18 @@ export const BERT_DEPTHS = [1, 2, 3, 4, 6, 8, 10, 12, 24];
 /** hidden_act values and bert.py's activation codes. */
 const ACTIVATIONS: Record<string, number> = { gelu: 0, gelu_new: 1, gelu_pytorch_tanh: 1, relu: 2 };
 
-/** Which zoo architecture a config.json asks for, or undefined for one that is not BERT's. */
-export function textArchitecture(config: { model_type?: string; architectures?: string[]; num_hidden_layers?: number }): string | undefined {
-  const bert = config.model_type === 'bert' || config.architectures?.some((a) => /^Bert/.test(a));
-  if (!bert) return undefined;
+/** The text families the zoo has: their prefix in checkpoint names, and whether they pool with a `pooler`. */
+export type TextFamily = 'bert' | 'roberta';
+
+/** Which zoo architecture a config.json asks for (its family and depth), or undefined for one that is not a BERT or RoBERTa. */
+export function textArchitecture(config: { model_type?: string; architectures?: string[]; num_hidden_layers?: number }): { architecture: string; family: TextFamily } | undefined {
+  const family: TextFamily | undefined =
+    config.model_type === 'roberta' || config.architectures?.some((a) => /^Roberta/.test(a)) ? 'roberta' : config.model_type === 'bert' || config.architectures?.some((a) => /^Bert/.test(a)) ? 'bert' : undefined;
+  if (!family) return undefined;
   const depth = config.num_hidden_layers ?? 12;
-  if (!BERT_DEPTHS.includes(depth)) throw new TorchError('TORCHLITE_UNSUPPORTED_ARCHITECTURE', `a BERT of ${depth} layers: torchlite's zoo has BERTs of ${BERT_DEPTHS.join(', ')} layers`);
-  return `bert-L${depth}`;
+  const name = family === 'bert' ? 'BERT' : 'RoBERTa';
+  if (!BERT_DEPTHS.includes(depth)) throw new TorchError('TORCHLITE_UNSUPPORTED_ARCHITECTURE', `a ${name} of ${depth} layers: torchlite's zoo has ${name}s of ${BERT_DEPTHS.join(', ')} layers`);
+  return { architecture: `${family}-L${depth}`, family };
 }
 
 /** The class names of a config's `id2label`, in index order; undefined where it has none. */
@@ -43,8 +49,8 @@ export function classesOf(config: BertConfig): string[] | undefined {
   return Object.entries(config.id2label).sort(([a], [b]) => Number(a) - Number(b)).map(([, name]) => name);
 }
 
-/** Every tensor's shape and every sizing attribute of scripts/zoo/bert.py's model under `config`. */
-export function bertSizing(c: BertConfig): { shapes: Record<string, number[]>; values: Record<string, number>; classes: number } {
+/** Every tensor's shape and every sizing attribute of scripts/zoo/bert.py's model of `family` under `config`. */
+export function bertSizing(c: BertConfig, family: TextFamily): { shapes: Record<string, number[]>; values: Record<string, number>; classes: number } {
   const act = ACTIVATIONS[c.hidden_act ?? 'gelu'];
   if (act === undefined) throw new TorchError('TORCHLITE_UNSUPPORTED_ARCHITECTURE', `hidden_act '${c.hidden_act}': torchlite's BERT has ${Object.keys(ACTIVATIONS).join(', ')}`);
   if (c.hidden_size % c.num_attention_heads !== 0) throw new TorchError('TORCHLITE_CORRUPT_FILE', `config.json: hidden_size ${c.hidden_size} is not a multiple of num_attention_heads ${c.num_attention_heads}`);
@@ -52,19 +58,15 @@ export function bertSizing(c: BertConfig): { shapes: Record<string, number[]>; v
   const classes = classesOf(c)?.length ?? c.num_labels ?? 2;
   const eps = c.layer_norm_eps ?? 1e-12;
   const hidden = c.hidden_dropout_prob ?? 0.1;
+  const body = family;
   const shapes: Record<string, number[]> = {
-    'bert.embeddings.word_embeddings.weight': [c.vocab_size, h],
-    'bert.embeddings.position_embeddings.weight': [c.max_position_embeddings, h],
-    'bert.embeddings.token_type_embeddings.weight': [c.type_vocab_size ?? 2, h],
-    'bert.pooler.dense.weight': [h, h],
-    'bert.pooler.dense.bias': [h],
-    'classifier.weight': [classes, h],
-    'classifier.bias': [classes],
+    [`${body}.embeddings.word_embeddings.weight`]: [c.vocab_size, h],
+    [`${body}.embeddings.position_embeddings.weight`]: [c.max_position_embeddings, h],
+    [`${body}.embeddings.token_type_embeddings.weight`]: [c.type_vocab_size ?? 2, h],
   };
   const values: Record<string, number> = {
-    'bert.embeddings.word_embeddings.padding_idx': c.pad_token_id ?? 0,
-    'bert.embeddings.dropout.p': hidden,
-    'dropout.p': c.classifier_dropout ?? hidden,
+    [`${body}.embeddings.word_embeddings.padding_idx`]: c.pad_token_id ?? (family === 'roberta' ? 1 : 0),
+    [`${body}.embeddings.dropout.p`]: hidden,
   };
   const norm = (path: string) => {
     shapes[`${path}.weight`] = [h];
@@ -75,9 +77,19 @@ export function bertSizing(c: BertConfig): { shapes: Record<string, number[]>; v
     shapes[`${path}.weight`] = [out, inp];
     shapes[`${path}.bias`] = [out];
   };
-  norm('bert.embeddings.LayerNorm');
+  norm(`${body}.embeddings.LayerNorm`);
+  // BERT: a tanh pooler, then dropout and a linear classifier. RoBERTa: no pooler; its head is dense, tanh, out_proj.
+  if (family === 'bert') {
+    linear('bert.pooler.dense', h, h);
+    linear('classifier', classes, h);
+    values['dropout.p'] = c.classifier_dropout ?? hidden;
+  } else {
+    linear('classifier.dense', h, h);
+    linear('classifier.out_proj', classes, h);
+    values['classifier.dropout.p'] = c.classifier_dropout ?? hidden;
+  }
   for (let l = 0; l < c.num_hidden_layers; l++) {
-    const layer = `bert.encoder.layer.${l}`;
+    const layer = `${body}.encoder.layer.${l}`;
     for (const name of ['query', 'key', 'value']) linear(`${layer}.attention.self.${name}`, h, h);
     values[`${layer}.attention.self.num_attention_heads`] = c.num_attention_heads;
     values[`${layer}.attention.self.dropout.p`] = c.attention_probs_dropout_prob ?? 0.1;
@@ -94,11 +106,12 @@ export function bertSizing(c: BertConfig): { shapes: Record<string, number[]>; v
 }
 
 /**
- * A checkpoint name as the model names it: BertModel checkpoints lack the `bert.` prefix that
- * BertFor* checkpoints have; the position-id buffers and pretraining heads (`cls.*`) of
- * BertForPreTraining checkpoints are not the classifier's, and are skipped.
+ * A checkpoint name as the model names it: a bare BertModel's or RobertaModel's checkpoint lacks
+ * the `bert.`/`roberta.` prefix that the *For* classes' have; position-id buffers, poolers the
+ * RoBERTa classifier does not use, and pretraining heads (`cls.*`, `lm_head.*`) are skipped.
  */
-export function bertName(name: string, prefixed: boolean): string | undefined {
-  if (/(^|\.)(position_ids|token_type_ids)$/.test(name) || name.startsWith('cls.')) return undefined;
-  return prefixed || name.startsWith('classifier.') ? name : `bert.${name}`;
+export function bertName(name: string, family: TextFamily, prefixed: boolean): string | undefined {
+  if (/(^|\.)(position_ids|token_type_ids)$/.test(name) || /^(cls|lm_head)\./.test(name)) return undefined;
+  const named = prefixed || name.startsWith('classifier.') ? name : `${family}.${name}`;
+  return family === 'roberta' && named.startsWith('roberta.pooler.') ? undefined : named;
 }

@@ -25,7 +25,7 @@ export interface ZooMetadata {
 }
 
 /** The text archives (BERT at each depth), reached through hf: names rather than torchvision: ones. */
-const TEXT_ARCHIVE = /^bert-L\d+$/;
+const TEXT_ARCHIVE = /^(bert|roberta)-L\d+$/;
 
 /** The zoo's vision architectures, the names after `torchvision:`. */
 export function zooNames(): string[] {
@@ -102,11 +102,11 @@ export async function hubModel(spec: string): Promise<HubModel | undefined> {
     pretrained_cfg?: { input_size?: number[]; mean?: number[]; std?: number[]; crop_pct?: number; num_classes?: number };
   };
   const text = textArchitecture(config);
-  const architecture = text ?? config.architecture;
+  const architecture = text?.architecture ?? config.architecture;
   if (!architecture || !(text || /^(resnet(18|34|50|101)|resnext50_32x4d|wide_resnet50_2)$/.test(architecture)))
     throw new TorchError(
       'TORCHLITE_UNSUPPORTED_ARCHITECTURE',
-      `${repo}'s config names ${architecture ?? config.architectures?.join(', ') ?? 'no architecture'}, which torchlite's zoo cannot take yet (from the Hub: BERT text classifiers and timm's ResNet family; for the rest, the torchvision: names, or export the model with scripts/export_model.py)`,
+      `${repo}'s config names ${architecture ?? config.architectures?.join(', ') ?? 'no architecture'}, which torchlite's zoo cannot take yet (from the Hub: BERT and RoBERTa text classifiers, and timm's ResNet family; for the rest, the torchvision: names, or export the model with scripts/export_model.py)`,
     );
   let weights: string | undefined;
   for (const file of HUB_WEIGHTS) {
@@ -120,20 +120,20 @@ export async function hubModel(spec: string): Promise<HubModel | undefined> {
   }
   if (text) {
     const bert = config as unknown as BertConfig;
-    const sizing = bertSizing(bert);
+    const sizing = bertSizing(bert, text.family);
     const tokenizerFile = await hubFile(repo, 'tokenizer.json', { revision, optional: true });
     const tokenizer = tokenizerFile ? (JSON.parse(await readFile(tokenizerFile, 'utf8')) as { truncation?: { max_length?: number } | null }) : undefined;
     const maxLength = Math.min(bert.max_position_embeddings, tokenizer?.truncation?.max_length ?? bert.max_position_embeddings);
     const classes = classesOf(bert);
-    // BertFor* checkpoints name their body `bert.`; a BertModel's has no prefix.
+    // BertFor*/RobertaFor* checkpoints name their body `bert.`/`roberta.`; a bare model's has no prefix.
     const names = (await readWeightsIndex(weights)).entries.map((e) => e.name);
-    const prefixed = names.some((n) => n.startsWith('bert.'));
+    const prefixed = names.some((n) => n.startsWith(`${text.family}.`));
     return {
       architecture,
       weights,
       numClasses: sizing.classes,
       metadata: { ...(classes && { classes }), ...(tokenizer && { text: { tokenizer, maxLength, inputs: ['input_ids', 'attention_mask'] } }), hub: { repo, revision } },
-      text: { shapes: sizing.shapes, values: sizing.values, rename: (name) => bertName(name, prefixed) },
+      text: { shapes: sizing.shapes, values: sizing.values, rename: (name) => bertName(name, text.family, prefixed) },
     };
   }
   const cfg = config.pretrained_cfg ?? {};

@@ -24,7 +24,8 @@ const trouble = { cutFirst: false, corrupt: false, slow: false };
 let server: Server;
 let endpoint = '';
 let weights: Buffer;
-let bertRefs: { ids: number[][]; mask: number[][]; logits: number[] };
+type TextCase = { ids: number[][]; mask: number[][]; logits: number[] };
+let textRefs: { bert: TextCase; roberta: TextCase };
 const config = {
   architecture: 'resnet18',
   num_classes: 3,
@@ -87,8 +88,8 @@ beforeAll(async () => {
   const bertDir = mkdtempSync(join(tmpdir(), 'torchlite-hub-bert-'));
   const made = spawnSync(PYTHON, [join(root, 'scripts', 'fixtures', 'bert_parity.py'), bertDir], { encoding: 'utf8' });
   if (made.status !== 0) throw new Error(`bert_parity.py failed: ${made.stderr}`);
-  bertRefs = JSON.parse(made.stdout);
-  for (const repo of ['tiny-bert', 'bare-bert'])
+  textRefs = JSON.parse(made.stdout);
+  for (const repo of ['tiny-bert', 'bare-bert', 'tiny-roberta'])
     for (const file of readdirSync(join(bertDir, repo))) files.set(`someone/${repo}/${file}`, readFileSync(join(bertDir, repo, file)));
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   endpoint = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
@@ -201,14 +202,14 @@ describe("torchvision: names through torch.hub's cache", () => {
 });
 
 describe('BERT text classifiers from the Hub', () => {
-  const ids = () => tensor(bertRefs.ids.flat(), [2, 7], { dtype: 'int64' });
-  const mask = () => tensor(bertRefs.mask.flat(), [2, 7], { dtype: 'int64' });
+  const ids = (c: TextCase = textRefs.bert) => tensor(c.ids.flat(), [2, 7], { dtype: 'int64' });
+  const mask = (c: TextCase = textRefs.bert) => tensor(c.mask.flat(), [2, 7], { dtype: 'int64' });
 
   it("sizes the zoo's BERT from config.json, skips the pretraining head, and gives Python's logits with its tokenizer and labels", async () => {
     await using model = await loadPretrained('hf:someone/tiny-bert');
     const out = (await model.forward(ids(), mask())) as ReturnType<typeof tensor>;
     expect(out.shape).toEqual([2, 3]);
-    expect(relativeDiff(out.toTypedArray() as Float32Array, bertRefs.logits)).toBeLessThan(1e-5);
+    expect(relativeDiff(out.toTypedArray() as Float32Array, textRefs.bert.logits)).toBeLessThan(1e-5);
     expect(model.metadata).toMatchObject({ classes: ['neg', 'pos', 'neutral'], text: { maxLength: 40, inputs: ['input_ids', 'attention_mask'] }, zoo: { architecture: 'bert-L2' } });
     expect(text.tokenizerOf(model)!.encode(['hello world']).ids.shape[0]).toBe(1);
     expect(model.parameters().find((p) => p.name === 'bert.encoder.layer.1.intermediate.dense.weight')!.shape).toEqual([64, 32]);
@@ -224,7 +225,7 @@ describe('BERT text classifiers from the Hub', () => {
     const ours = (await model.forward(ids(), mask())) as ReturnType<typeof tensor>;
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-bert-out-'));
     await model.saveWeights(join(dir, 'tuned.safetensors'));
-    writeFileSync(join(dir, 'case.json'), JSON.stringify({ ids: bertRefs.ids, mask: bertRefs.mask }));
+    writeFileSync(join(dir, 'case.json'), JSON.stringify({ ids: textRefs.bert.ids, mask: textRefs.bert.mask }));
     const check = spawnSync(
       PYTHON,
       [
@@ -246,7 +247,16 @@ with torch.no_grad():
     );
     expect(check.stderr).toBe('');
     expect(relativeDiff(ours.toTypedArray() as Float32Array, JSON.parse(check.stdout))).toBeLessThan(1e-5);
-    expect(relativeDiff(ours.toTypedArray() as Float32Array, bertRefs.logits)).toBeGreaterThan(1e-3); // it did train
+    expect(relativeDiff(ours.toTypedArray() as Float32Array, textRefs.bert.logits)).toBeGreaterThan(1e-3); // it did train
+  });
+
+  it("sizes a RoBERTa (positions from the padding index, its dense/out_proj head), skipping the unused pooler and lm_head, and gives Python's logits", async () => {
+    await using model = await loadPretrained('hf:someone/tiny-roberta');
+    const r = textRefs.roberta;
+    const out = (await model.forward(ids(r), mask(r))) as ReturnType<typeof tensor>;
+    expect(out.shape).toEqual([2, 2]);
+    expect(relativeDiff(out.toTypedArray() as Float32Array, r.logits)).toBeLessThan(1e-5);
+    expect((model.metadata as { zoo: { architecture: string } }).zoo.architecture).toBe('roberta-L3');
   });
 
   it('loads a BertModel checkpoint (no prefix, no classifier) behind a fresh classifier', async () => {

@@ -1,5 +1,5 @@
-"""BERT for sequence classification in plain torch, written from Hugging Face's
-transformers/models/bert/modeling_bert.py (BertEmbeddings, BertSelfAttention, BertSelfOutput,
+"""BERT and RoBERTa for sequence classification in plain torch, written from Hugging Face's
+transformers/models/bert/modeling_bert.py and roberta/modeling_roberta.py (BertEmbeddings, BertSelfAttention, BertSelfOutput,
 BertIntermediate, BertOutput, BertPooler, BertForSequenceClassification) with its parameter
 names (`bert.embeddings.word_embeddings.weight`, `bert.encoder.layer.0.attention.self.query.weight`,
 `classifier.weight`, ...), so that its checkpoints load by name. It covers BERT and the BERTs
@@ -66,8 +66,13 @@ class Embedding(nn.Module):
 
 
 class Embeddings(nn.Module):
-    def __init__(self, c):
+    padding_positions: int
+
+    def __init__(self, c, padding_positions: bool = False):
         super().__init__()
+        # RoBERTa numbers positions from the padding index + 1 and gives padding the padding
+        # index (transformers' create_position_ids_from_input_ids); BERT counts from 0.
+        self.padding_positions = int(padding_positions)
         self.word_embeddings = Embedding(c["vocab_size"], c["hidden_size"], c.get("pad_token_id", 0))
         self.position_embeddings = Embedding(c["max_position_embeddings"], c["hidden_size"])
         self.token_type_embeddings = Embedding(c.get("type_vocab_size", 2), c["hidden_size"])
@@ -75,7 +80,12 @@ class Embeddings(nn.Module):
         self.dropout = Dropout(c.get("hidden_dropout_prob", 0.1))
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        positions = torch.arange(input_ids.size(1), device=input_ids.device).unsqueeze(0)
+        if self.padding_positions == 1:
+            pad = self.word_embeddings.padding_idx
+            keep = input_ids.ne(pad).to(torch.long)
+            positions = torch.cumsum(keep, dim=1) * keep + pad
+        else:
+            positions = torch.arange(input_ids.size(1), device=input_ids.device).unsqueeze(0)
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(torch.zeros_like(input_ids)) + self.position_embeddings(positions)
         return self.dropout(self.LayerNorm(x))
 
@@ -176,6 +186,11 @@ class Pooler(nn.Module):
         return torch.tanh(self.dense(x[:, 0]))
 
 
+def extended_mask(attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """transformers' extended attention mask: 0 where attended, the float minimum where padded."""
+    return (1.0 - attention_mask[:, None, None, :].to(dtype)) * -3.4028234663852886e38
+
+
 class Bert(nn.Module):
     def __init__(self, c):
         super().__init__()
@@ -202,9 +217,48 @@ class BertForSequenceClassification(nn.Module):
         return self.classifier(self.dropout(self.bert(input_ids, attention_mask)))
 
 
+class Roberta(nn.Module):
+    """transformers' RobertaModel as RobertaForSequenceClassification builds it: BERT's
+    encoder, RoBERTa's positions, no pooler."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.embeddings = Embeddings(c, padding_positions=True)
+        self.encoder = Encoder(c)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.embeddings(input_ids)
+        return self.encoder(x, extended_mask(attention_mask, x.dtype))
+
+
+class RobertaClassificationHead(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        dropout = c.get("classifier_dropout")
+        self.dense = nn.Linear(c["hidden_size"], c["hidden_size"])
+        self.dropout = Dropout(c.get("hidden_dropout_prob", 0.1) if dropout is None else dropout)
+        self.out_proj = nn.Linear(c["hidden_size"], num_labels(c))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.dropout(x[:, 0])
+        return self.out_proj(self.dropout(torch.tanh(self.dense(x))))
+
+
+class RobertaForSequenceClassification(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.roberta = Roberta(c)
+        self.classifier = RobertaClassificationHead(c)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.roberta(input_ids, attention_mask))
+
+
 def num_labels(c) -> int:
     return len(c["id2label"]) if "id2label" in c else c.get("num_labels", 2)
 
 
+ROBERTA_BASE = {"vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
+                "max_position_embeddings": 514, "type_vocab_size": 1, "layer_norm_eps": 1e-5, "hidden_act": "gelu", "pad_token_id": 1}
 BASE = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
         "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12, "hidden_act": "gelu"}

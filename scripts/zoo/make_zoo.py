@@ -4,8 +4,8 @@ no data, so that each archive holds the code and the names (a few hundred KB), n
 
     /usr/bin/python3 scripts/zoo/make_zoo.py models/zoo [name ...]
 
-Text: bert-L1 ... bert-L24, scripts/zoo/bert.py's BERT for sequence classification at each
-depth torchlite offers (TorchScript fixes the layer count; widths, heads, epsilons and
+Text: bert-L1 ... bert-L24 and roberta-L1 ... roberta-L24, scripts/zoo/bert.py's BERT and
+RoBERTa for sequence classification at each depth torchlite offers (TorchScript fixes the layer count; widths, heads, epsilons and
 activations are set from a checkpoint's config.json at load).
 
 Each archive's torchlite metadata (extra file torchlite.json) records the architecture, the
@@ -60,23 +60,24 @@ TEXT_DEPTHS = [1, 2, 3, 4, 6, 8, 10, 12, 24]
 
 
 def text_archive(name):
-    """bert-L<depth>: BERT-base's shapes as placeholders, resized from a config at load."""
+    """bert-L<depth> and roberta-L<depth>: the base model's shapes as placeholders, resized from a config at load."""
     sys.path.insert(0, os.path.dirname(__file__))
     import bert
 
-    depth = int(name.split("-L")[1])
-    model = bert.BertForSequenceClassification({**bert.BASE, "num_hidden_layers": depth}).eval()
-    metadata = {"zoo": {"architecture": name, "family": "bert", "layers": depth, "source": "scripts/zoo/bert.py"}}
+    family, depth = name.split("-L")[0], int(name.split("-L")[1])
+    make, base = (bert.RobertaForSequenceClassification, bert.ROBERTA_BASE) if family == "roberta" else (bert.BertForSequenceClassification, bert.BASE)
+    model = make({**base, "num_hidden_layers": depth}).eval()
+    metadata = {"zoo": {"architecture": name, "family": family, "layers": depth, "source": "scripts/zoo/bert.py"}}
     return torch.jit.script(hollow(model)), metadata
 
 
 def main():
     out = sys.argv[1]
-    names = sys.argv[2:] or VISION + [f"bert-L{depth}" for depth in TEXT_DEPTHS]
+    names = sys.argv[2:] or VISION + [f"{family}-L{depth}" for family in ("bert", "roberta") for depth in TEXT_DEPTHS]
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
     for name in names:
-        if name.startswith("bert-L"):
+        if name.startswith(("bert-L", "roberta-L")):
             scripted, metadata = text_archive(name)
         else:
             scripted, metadata = torch.jit.script(hollow(torchvision.models.get_model(name, weights=None).eval())), describe(name)
