@@ -1,11 +1,12 @@
-"""Checks scripts/zoo/bert.py (torchlite's BERT) against transformers' own BERT, where
+"""Checks scripts/zoo/bert.py (torchlite's BERT and RoBERTa) against transformers' own, where
 transformers is installed (it is not installable on the Debian machine the tests run on):
 
-    python3 scripts/zoo/check_bert_transformers.py [model ...]   (default: prajjwal1/bert-tiny)
+    python3 scripts/zoo/check_bert_transformers.py [model ...]
+    (default: prajjwal1/bert-tiny and hf-internal-testing/tiny-random-RobertaForSequenceClassification)
 
-For each Hub model: transformers' BertForSequenceClassification (eager attention, eval mode)
-and bert.py's, given the same config and state dict, on random token ids with padding; prints
-the largest relative difference of the logits and exits non-zero above 1e-5.
+For each Hub model: transformers' *ForSequenceClassification (eager attention, eval mode) and
+bert.py's, given the same config and state dict, on random token ids with padding; prints the
+largest relative difference of the logits and exits non-zero above 1e-5.
 """
 import os
 import sys
@@ -19,13 +20,14 @@ import bert  # noqa: E402
 def check(name):
     import transformers
 
-    theirs = transformers.BertForSequenceClassification.from_pretrained(name, attn_implementation="eager").eval()
+    theirs = transformers.AutoModelForSequenceClassification.from_pretrained(name, attn_implementation="eager").eval()
     config = theirs.config.to_dict()
-    ours = bert.BertForSequenceClassification(config).eval()
+    make = bert.RobertaForSequenceClassification if config["model_type"] == "roberta" else bert.BertForSequenceClassification
+    ours = make(config).eval()
     state = {k: v for k, v in theirs.state_dict().items() if not k.endswith(("position_ids", "token_type_ids"))}
     ours.load_state_dict(state, strict=True)
     torch.manual_seed(0)
-    ids = torch.randint(1, config["vocab_size"], (3, 16))
+    ids = torch.randint(2, config["vocab_size"], (3, 16))
     mask = torch.ones_like(ids)
     mask[1, 10:] = 0
     mask[2, 4:] = 0
@@ -38,5 +40,5 @@ def check(name):
 
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or ["prajjwal1/bert-tiny"]
+    names = sys.argv[1:] or ["prajjwal1/bert-tiny", "hf-internal-testing/tiny-random-RobertaForSequenceClassification"]
     sys.exit(0 if all([check(name) for name in names]) else 1)
