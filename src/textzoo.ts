@@ -4,7 +4,7 @@
 // attributes before the weights load.
 import { TorchError } from './errors';
 
-/** The config.json fields a BERT needs, as transformers writes them. */
+/** The config.json fields a BERT or RoBERTa needs, as transformers writes them (DistilBERT's own names are mapped onto them by {@link normalisedConfig}). */
 export interface BertConfig {
   model_type?: string;
   vocab_size: number;
@@ -30,15 +30,15 @@ export const BERT_DEPTHS = [1, 2, 3, 4, 6, 8, 10, 12, 24];
 const ACTIVATIONS: Record<string, number> = { gelu: 0, gelu_new: 1, gelu_pytorch_tanh: 1, relu: 2 };
 
 /** The text families the zoo has: their prefix in checkpoint names, and whether they pool with a `pooler`. */
-export type TextFamily = 'bert' | 'roberta';
+export type TextFamily = 'bert' | 'roberta' | 'distilbert';
 
 /** Which zoo architecture a config.json asks for (its family and depth), or undefined for one that is not a BERT or RoBERTa. */
 export function textArchitecture(config: { model_type?: string; architectures?: string[]; num_hidden_layers?: number }): { architecture: string; family: TextFamily } | undefined {
-  const family: TextFamily | undefined =
-    config.model_type === 'roberta' || config.architectures?.some((a) => /^Roberta/.test(a)) ? 'roberta' : config.model_type === 'bert' || config.architectures?.some((a) => /^Bert/.test(a)) ? 'bert' : undefined;
+  const is = (type: string, prefix: RegExp) => config.model_type === type || config.architectures?.some((a) => prefix.test(a));
+  const family: TextFamily | undefined = is('roberta', /^Roberta/) ? 'roberta' : is('distilbert', /^DistilBert/) ? 'distilbert' : is('bert', /^Bert/) ? 'bert' : undefined;
   if (!family) return undefined;
-  const depth = config.num_hidden_layers ?? 12;
-  const name = family === 'bert' ? 'BERT' : 'RoBERTa';
+  const depth = family === 'distilbert' ? ((config as { n_layers?: number }).n_layers ?? 6) : (config.num_hidden_layers ?? 12);
+  const name = { bert: 'BERT', roberta: 'RoBERTa', distilbert: 'DistilBERT' }[family];
   if (!BERT_DEPTHS.includes(depth)) throw new TorchError('TORCHLITE_UNSUPPORTED_ARCHITECTURE', `a ${name} of ${depth} layers: torchlite's zoo has ${name}s of ${BERT_DEPTHS.join(', ')} layers`);
   return { architecture: `${family}-L${depth}`, family };
 }
@@ -49,11 +49,29 @@ export function classesOf(config: BertConfig): string[] | undefined {
   return Object.entries(config.id2label).sort(([a], [b]) => Number(a) - Number(b)).map(([, name]) => name);
 }
 
+/** DistilBERT's config.json in BERT's names (dim, n_layers, n_heads, hidden_dim, dropout, …); a BERT's or RoBERTa's as it is. */
+export function normalisedConfig(config: Record<string, unknown>, family: TextFamily): BertConfig {
+  if (family !== 'distilbert') return config as unknown as BertConfig;
+  const c = config as { dim: number; n_layers: number; n_heads: number; hidden_dim: number; dropout?: number; attention_dropout?: number; seq_classif_dropout?: number; activation?: string };
+  return {
+    ...(config as unknown as BertConfig),
+    hidden_size: c.dim,
+    num_hidden_layers: c.n_layers,
+    num_attention_heads: c.n_heads,
+    intermediate_size: c.hidden_dim,
+    hidden_dropout_prob: c.dropout ?? 0.1,
+    attention_probs_dropout_prob: c.attention_dropout ?? 0.1,
+    classifier_dropout: c.seq_classif_dropout ?? 0.2,
+    hidden_act: c.activation ?? 'gelu',
+  };
+}
+
 /** Every tensor's shape and every sizing attribute of scripts/zoo/bert.py's model of `family` under `config`. */
 export function bertSizing(c: BertConfig, family: TextFamily): { shapes: Record<string, number[]>; values: Record<string, number>; classes: number } {
   const act = ACTIVATIONS[c.hidden_act ?? 'gelu'];
   if (act === undefined) throw new TorchError('TORCHLITE_UNSUPPORTED_ARCHITECTURE', `hidden_act '${c.hidden_act}': torchlite's BERT has ${Object.keys(ACTIVATIONS).join(', ')}`);
   if (c.hidden_size % c.num_attention_heads !== 0) throw new TorchError('TORCHLITE_CORRUPT_FILE', `config.json: hidden_size ${c.hidden_size} is not a multiple of num_attention_heads ${c.num_attention_heads}`);
+  if (family === 'distilbert') return distilSizing(c, act);
   const [h, i] = [c.hidden_size, c.intermediate_size];
   const classes = classesOf(c)?.length ?? c.num_labels ?? 2;
   const eps = c.layer_norm_eps ?? 1e-12;
@@ -105,13 +123,53 @@ export function bertSizing(c: BertConfig, family: TextFamily): { shapes: Record<
   return { shapes, values, classes };
 }
 
+/** DistilBERT's shapes and attributes (scripts/zoo/bert.py's DistilBertForSequenceClassification). */
+function distilSizing(c: BertConfig, act: number): { shapes: Record<string, number[]>; values: Record<string, number>; classes: number } {
+  const [h, i] = [c.hidden_size, c.intermediate_size];
+  const classes = classesOf(c)?.length ?? c.num_labels ?? 2;
+  const shapes: Record<string, number[]> = {
+    'distilbert.embeddings.word_embeddings.weight': [c.vocab_size, h],
+    'distilbert.embeddings.position_embeddings.weight': [c.max_position_embeddings, h],
+  };
+  const values: Record<string, number> = {
+    'distilbert.embeddings.word_embeddings.padding_idx': c.pad_token_id ?? 0,
+    'distilbert.embeddings.dropout.p': c.hidden_dropout_prob!,
+    'dropout.p': c.classifier_dropout ?? 0.2,
+  };
+  const linear = (path: string, out: number, inp: number) => {
+    shapes[`${path}.weight`] = [out, inp];
+    shapes[`${path}.bias`] = [out];
+  };
+  const norm = (path: string) => {
+    shapes[`${path}.weight`] = [h];
+    shapes[`${path}.bias`] = [h];
+  };
+  norm('distilbert.embeddings.LayerNorm');
+  linear('pre_classifier', h, h);
+  linear('classifier', classes, h);
+  for (let l = 0; l < c.num_hidden_layers; l++) {
+    const layer = `distilbert.transformer.layer.${l}`;
+    for (const name of ['q_lin', 'k_lin', 'v_lin', 'out_lin']) linear(`${layer}.attention.${name}`, h, h);
+    values[`${layer}.attention.n_heads`] = c.num_attention_heads;
+    values[`${layer}.attention.dropout.p`] = c.attention_probs_dropout_prob!;
+    norm(`${layer}.sa_layer_norm`);
+    linear(`${layer}.ffn.lin1`, i, h);
+    linear(`${layer}.ffn.lin2`, h, i);
+    values[`${layer}.ffn.act`] = act;
+    values[`${layer}.ffn.dropout.p`] = c.hidden_dropout_prob!;
+    norm(`${layer}.output_layer_norm`);
+  }
+  return { shapes, values, classes };
+}
+
 /**
- * A checkpoint name as the model names it: a bare BertModel's or RobertaModel's checkpoint lacks
- * the `bert.`/`roberta.` prefix that the *For* classes' have; position-id buffers, poolers the
- * RoBERTa classifier does not use, and pretraining heads (`cls.*`, `lm_head.*`) are skipped.
+ * A checkpoint name as the model names it: a bare BertModel's, RobertaModel's or
+ * DistilBertModel's checkpoint lacks the family prefix that the *For* classes' have;
+ * position-id buffers, poolers the RoBERTa classifier does not use, and pretraining heads
+ * (`cls.*`, `lm_head.*`, DistilBERT's `vocab_*`) are skipped.
  */
 export function bertName(name: string, family: TextFamily, prefixed: boolean): string | undefined {
-  if (/(^|\.)(position_ids|token_type_ids)$/.test(name) || /^(cls|lm_head)\./.test(name)) return undefined;
-  const named = prefixed || name.startsWith('classifier.') ? name : `${family}.${name}`;
+  if (/(^|\.)(position_ids|token_type_ids)$/.test(name) || /^(cls|lm_head|vocab_transform|vocab_layer_norm|vocab_projector)\./.test(name)) return undefined;
+  const named = prefixed || /^(pre_)?classifier\./.test(name) ? name : `${family}.${name}`;
   return family === 'roberta' && named.startsWith('roberta.pooler.') ? undefined : named;
 }

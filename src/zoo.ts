@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { TorchError } from './errors';
 import { hubFile, parseHubName, torchHubFile } from './hub';
 import type { TextSpec } from './text';
-import { type BertConfig, bertName, bertSizing, classesOf, textArchitecture } from './textzoo';
+import { bertName, bertSizing, classesOf, normalisedConfig, textArchitecture } from './textzoo';
 import { readWeightsIndex } from './weights';
 import { readZipText } from './zip';
 
@@ -25,7 +25,7 @@ export interface ZooMetadata {
 }
 
 /** The text archives (BERT at each depth), reached through hf: names rather than torchvision: ones. */
-const TEXT_ARCHIVE = /^(bert|roberta)-L\d+$/;
+const TEXT_ARCHIVE = /^(bert|roberta|distilbert)-L\d+$/;
 
 /** The zoo's vision architectures, the names after `torchvision:`. */
 export function zooNames(): string[] {
@@ -106,7 +106,7 @@ export async function hubModel(spec: string): Promise<HubModel | undefined> {
   if (!architecture || !(text || /^(resnet(18|34|50|101)|resnext50_32x4d|wide_resnet50_2)$/.test(architecture)))
     throw new TorchError(
       'TORCHLITE_UNSUPPORTED_ARCHITECTURE',
-      `${repo}'s config names ${architecture ?? config.architectures?.join(', ') ?? 'no architecture'}, which torchlite's zoo cannot take yet (from the Hub: BERT and RoBERTa text classifiers, and timm's ResNet family; for the rest, the torchvision: names, or export the model with scripts/export_model.py)`,
+      `${repo}'s config names ${architecture ?? config.architectures?.join(', ') ?? 'no architecture'}, which torchlite's zoo cannot take yet (from the Hub: BERT, RoBERTa and DistilBERT text classifiers, and timm's ResNet family; for the rest, the torchvision: names, or export the model with scripts/export_model.py)`,
     );
   let weights: string | undefined;
   for (const file of HUB_WEIGHTS) {
@@ -119,7 +119,7 @@ export async function hubModel(spec: string): Promise<HubModel | undefined> {
     for (const shard of new Set(Object.values(index.weight_map))) await hubFile(repo, shard, { revision });
   }
   if (text) {
-    const bert = config as unknown as BertConfig;
+    const bert = normalisedConfig(config as Record<string, unknown>, text.family);
     const sizing = bertSizing(bert, text.family);
     const tokenizerFile = await hubFile(repo, 'tokenizer.json', { revision, optional: true });
     const tokenizer = tokenizerFile ? (JSON.parse(await readFile(tokenizerFile, 'utf8')) as { truncation?: { max_length?: number } | null }) : undefined;

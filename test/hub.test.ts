@@ -25,7 +25,7 @@ let server: Server;
 let endpoint = '';
 let weights: Buffer;
 type TextCase = { ids: number[][]; mask: number[][]; logits: number[] };
-let textRefs: { bert: TextCase; roberta: TextCase };
+let textRefs: { bert: TextCase; roberta: TextCase; distilbert: TextCase };
 const config = {
   architecture: 'resnet18',
   num_classes: 3,
@@ -89,7 +89,7 @@ beforeAll(async () => {
   const made = spawnSync(PYTHON, [join(root, 'scripts', 'fixtures', 'bert_parity.py'), bertDir], { encoding: 'utf8' });
   if (made.status !== 0) throw new Error(`bert_parity.py failed: ${made.stderr}`);
   textRefs = JSON.parse(made.stdout);
-  for (const repo of ['tiny-bert', 'bare-bert', 'tiny-roberta'])
+  for (const repo of ['tiny-bert', 'bare-bert', 'tiny-roberta', 'tiny-distilbert'])
     for (const file of readdirSync(join(bertDir, repo))) files.set(`someone/${repo}/${file}`, readFileSync(join(bertDir, repo, file)));
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
   endpoint = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
@@ -257,6 +257,15 @@ with torch.no_grad():
     expect(out.shape).toEqual([2, 2]);
     expect(relativeDiff(out.toTypedArray() as Float32Array, r.logits)).toBeLessThan(1e-5);
     expect((model.metadata as { zoo: { architecture: string } }).zoo.architecture).toBe('roberta-L3');
+  });
+
+  it("sizes a DistilBERT from its own config names, skipping the masked-LM projector, and gives Python's logits", async () => {
+    await using model = await loadPretrained('hf:someone/tiny-distilbert');
+    const r = textRefs.distilbert;
+    const out = (await model.forward(ids(r), mask(r))) as ReturnType<typeof tensor>;
+    expect(out.shape).toEqual([2, 4]);
+    expect(relativeDiff(out.toTypedArray() as Float32Array, r.logits)).toBeLessThan(1e-5);
+    expect(model.metadata).toMatchObject({ classes: ['a', 'b', 'c', 'd'], zoo: { architecture: 'distilbert-L2' } });
   });
 
   it('loads a BertModel checkpoint (no prefix, no classifier) behind a fresh classifier', async () => {

@@ -1,5 +1,6 @@
-"""BERT and RoBERTa for sequence classification in plain torch, written from Hugging Face's
-transformers/models/bert/modeling_bert.py and roberta/modeling_roberta.py (BertEmbeddings, BertSelfAttention, BertSelfOutput,
+"""BERT, RoBERTa and DistilBERT for sequence classification in plain torch, written from
+Hugging Face's transformers/models/bert/modeling_bert.py, roberta/modeling_roberta.py and
+distilbert/modeling_distilbert.py (BertEmbeddings, BertSelfAttention, BertSelfOutput,
 BertIntermediate, BertOutput, BertPooler, BertForSequenceClassification) with its parameter
 names (`bert.embeddings.word_embeddings.weight`, `bert.encoder.layer.0.attention.self.query.weight`,
 `classifier.weight`, ...), so that its checkpoints load by name. It covers BERT and the BERTs
@@ -254,10 +255,117 @@ class RobertaForSequenceClassification(nn.Module):
         return self.classifier(self.roberta(input_ids, attention_mask))
 
 
+class DistilEmbeddings(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.word_embeddings = Embedding(c["vocab_size"], c["dim"], c.get("pad_token_id", 0))
+        self.position_embeddings = Embedding(c["max_position_embeddings"], c["dim"])
+        self.LayerNorm = LayerNorm(c["dim"], 1e-12)
+        self.dropout = Dropout(c.get("dropout", 0.1))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        positions = torch.arange(input_ids.size(1), device=input_ids.device).unsqueeze(0)
+        return self.dropout(self.LayerNorm(self.word_embeddings(input_ids) + self.position_embeddings(positions)))
+
+
+class DistilAttention(nn.Module):
+    """transformers' DistilBERT MultiHeadSelfAttention; its masked_fill with the float minimum
+    softmaxes as the additive mask does."""
+
+    n_heads: int
+
+    def __init__(self, c):
+        super().__init__()
+        self.n_heads = c["n_heads"]
+        self.q_lin = nn.Linear(c["dim"], c["dim"])
+        self.k_lin = nn.Linear(c["dim"], c["dim"])
+        self.v_lin = nn.Linear(c["dim"], c["dim"])
+        self.out_lin = nn.Linear(c["dim"], c["dim"])
+        self.dropout = Dropout(c.get("attention_dropout", 0.1))
+
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(x.size(0), x.size(1), self.n_heads, -1).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.heads(self.q_lin(x)), self.heads(self.k_lin(x)), self.heads(self.v_lin(x))
+        scores = torch.matmul(q / math.sqrt(q.size(-1)), k.transpose(2, 3)) + mask
+        context = torch.matmul(self.dropout(scores.softmax(-1)), v)
+        return self.out_lin(context.transpose(1, 2).reshape(x.size(0), x.size(1), -1))
+
+
+class FFN(nn.Module):
+    act: int
+
+    def __init__(self, c):
+        super().__init__()
+        self.lin1 = nn.Linear(c["dim"], c["hidden_dim"])
+        self.lin2 = nn.Linear(c["hidden_dim"], c["dim"])
+        self.dropout = Dropout(c.get("dropout", 0.1))
+        self.act = ACTIVATIONS[c.get("activation", "gelu")]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lin1(x)
+        x = F.relu(x) if self.act == 2 else F.gelu(x)
+        return self.dropout(self.lin2(x))
+
+
+class DistilLayer(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.attention = DistilAttention(c)
+        self.sa_layer_norm = LayerNorm(c["dim"], 1e-12)
+        self.ffn = FFN(c)
+        self.output_layer_norm = LayerNorm(c["dim"], 1e-12)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.sa_layer_norm(self.attention(x, mask) + x)
+        return self.output_layer_norm(self.ffn(x) + x)
+
+
+class DistilTransformer(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.layer = nn.ModuleList([DistilLayer(c) for _ in range(c["n_layers"])])
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for layer in self.layer:
+            x = layer(x, mask)
+        return x
+
+
+class DistilBert(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.embeddings = DistilEmbeddings(c)
+        self.transformer = DistilTransformer(c)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.embeddings(input_ids)
+        return self.transformer(x, extended_mask(attention_mask, x.dtype))
+
+
+class DistilBertForSequenceClassification(nn.Module):
+    """transformers' DistilBertForSequenceClassification: the first token through
+    pre_classifier, ReLU and dropout, then the classifier."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.distilbert = DistilBert(c)
+        self.pre_classifier = nn.Linear(c["dim"], c["dim"])
+        self.classifier = nn.Linear(c["dim"], num_labels(c))
+        self.dropout = Dropout(c.get("seq_classif_dropout", 0.2))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        x = self.distilbert(input_ids, attention_mask)[:, 0]
+        return self.classifier(self.dropout(F.relu(self.pre_classifier(x))))
+
+
 def num_labels(c) -> int:
     return len(c["id2label"]) if "id2label" in c else c.get("num_labels", 2)
 
 
+DISTILBERT_BASE = {"vocab_size": 30522, "dim": 768, "n_layers": 6, "n_heads": 12, "hidden_dim": 3072, "max_position_embeddings": 512,
+                   "activation": "gelu", "pad_token_id": 0}
 ROBERTA_BASE = {"vocab_size": 50265, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
                 "max_position_embeddings": 514, "type_vocab_size": 1, "layer_norm_eps": 1e-5, "hidden_act": "gelu", "pad_token_id": 1}
 BASE = {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,

@@ -1,8 +1,9 @@
-"""Checks scripts/zoo/bert.py (torchlite's BERT and RoBERTa) against transformers' own, where
+"""Checks scripts/zoo/bert.py (torchlite's BERT, RoBERTa and DistilBERT) against transformers' own, where
 transformers is installed (it is not installable on the Debian machine the tests run on):
 
     python3 scripts/zoo/check_bert_transformers.py [model ...]
-    (default: prajjwal1/bert-tiny and hf-internal-testing/tiny-random-RobertaForSequenceClassification)
+    (default: prajjwal1/bert-tiny, hf-internal-testing/tiny-random-RobertaForSequenceClassification
+    and hf-internal-testing/tiny-random-DistilBertForSequenceClassification)
 
 For each Hub model: transformers' *ForSequenceClassification (eager attention, eval mode) and
 bert.py's, given the same config and state dict, on random token ids with padding; prints the
@@ -22,7 +23,7 @@ def check(name):
 
     theirs = transformers.AutoModelForSequenceClassification.from_pretrained(name, attn_implementation="eager").eval()
     config = theirs.config.to_dict()
-    make = bert.RobertaForSequenceClassification if config["model_type"] == "roberta" else bert.BertForSequenceClassification
+    make = {"roberta": bert.RobertaForSequenceClassification, "distilbert": bert.DistilBertForSequenceClassification}.get(config["model_type"], bert.BertForSequenceClassification)
     ours = make(config).eval()
     state = {k: v for k, v in theirs.state_dict().items() if not k.endswith(("position_ids", "token_type_ids"))}
     ours.load_state_dict(state, strict=True)
@@ -40,5 +41,6 @@ def check(name):
 
 
 if __name__ == "__main__":
-    names = sys.argv[1:] or ["prajjwal1/bert-tiny", "hf-internal-testing/tiny-random-RobertaForSequenceClassification"]
+    names = sys.argv[1:] or ["prajjwal1/bert-tiny", "hf-internal-testing/tiny-random-RobertaForSequenceClassification",
+                             "hf-internal-testing/tiny-random-DistilBertForSequenceClassification"]
     sys.exit(0 if all([check(name) for name in names]) else 1)

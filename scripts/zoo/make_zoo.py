@@ -4,8 +4,8 @@ no data, so that each archive holds the code and the names (a few hundred KB), n
 
     /usr/bin/python3 scripts/zoo/make_zoo.py models/zoo [name ...]
 
-Text: bert-L1 ... bert-L24 and roberta-L1 ... roberta-L24, scripts/zoo/bert.py's BERT and
-RoBERTa for sequence classification at each depth torchlite offers (TorchScript fixes the layer count; widths, heads, epsilons and
+Text: bert-L1 ... bert-L24, roberta-L1 ... and distilbert-L1 ..., scripts/zoo/bert.py's BERT,
+RoBERTa and DistilBERT for sequence classification at each depth torchlite offers (TorchScript fixes the layer count; widths, heads, epsilons and
 activations are set from a checkpoint's config.json at load).
 
 Each archive's torchlite metadata (extra file torchlite.json) records the architecture, the
@@ -65,19 +65,23 @@ def text_archive(name):
     import bert
 
     family, depth = name.split("-L")[0], int(name.split("-L")[1])
-    make, base = (bert.RobertaForSequenceClassification, bert.ROBERTA_BASE) if family == "roberta" else (bert.BertForSequenceClassification, bert.BASE)
-    model = make({**base, "num_hidden_layers": depth}).eval()
+    make, base, depth_key = {
+        "bert": (bert.BertForSequenceClassification, bert.BASE, "num_hidden_layers"),
+        "roberta": (bert.RobertaForSequenceClassification, bert.ROBERTA_BASE, "num_hidden_layers"),
+        "distilbert": (bert.DistilBertForSequenceClassification, bert.DISTILBERT_BASE, "n_layers"),
+    }[family]
+    model = make({**base, depth_key: depth}).eval()
     metadata = {"zoo": {"architecture": name, "family": family, "layers": depth, "source": "scripts/zoo/bert.py"}}
     return torch.jit.script(hollow(model)), metadata
 
 
 def main():
     out = sys.argv[1]
-    names = sys.argv[2:] or VISION + [f"{family}-L{depth}" for family in ("bert", "roberta") for depth in TEXT_DEPTHS]
+    names = sys.argv[2:] or VISION + [f"{family}-L{depth}" for family in ("bert", "roberta", "distilbert") for depth in TEXT_DEPTHS]
     os.makedirs(out, exist_ok=True)
     torch.manual_seed(0)
     for name in names:
-        if name.startswith(("bert-L", "roberta-L")):
+        if name.startswith(("bert-L", "roberta-L", "distilbert-L")):
             scripted, metadata = text_archive(name)
         else:
             scripted, metadata = torch.jit.script(hollow(torchvision.models.get_model(name, weights=None).eval())), describe(name)
