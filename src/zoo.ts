@@ -138,9 +138,28 @@ export async function hubModel(spec: string): Promise<HubModel | undefined> {
   }
   const cfg = config.pretrained_cfg ?? {};
   const numClasses = config.num_classes ?? cfg.num_classes ?? 1000;
-  const [channels, height] = cfg.input_size ?? [3, 224, 224];
-  const input = cfg.mean && cfg.std ? { shape: [channels, height, height], mean: cfg.mean, std: cfg.std, resize: 'center-crop' as const, ...(cfg.crop_pct && { resizeTo: Math.floor(height / cfg.crop_pct) }) } : undefined;
+  const input = cfg.mean && cfg.std ? timmInput(cfg) : await imageProcessorInput(repo, revision);
   return { architecture, weights, numClasses, metadata: { ...(config.label_names && { classes: config.label_names }), ...(input && { input }), hub: { repo, revision } } };
+}
+
+type HubInput = NonNullable<HubModel['metadata']['input']>;
+
+/** timm's `pretrained_cfg`: input size, mean, std, and the crop share (the short side is resized to size / crop_pct). */
+function timmInput(cfg: { input_size?: number[]; mean?: number[]; std?: number[]; crop_pct?: number }): HubInput {
+  const [channels, height] = cfg.input_size ?? [3, 224, 224];
+  return { shape: [channels, height, height], mean: cfg.mean!, std: cfg.std!, resize: 'center-crop', ...(cfg.crop_pct && { resizeTo: Math.floor(height / cfg.crop_pct) }) };
+}
+
+/** transformers' `preprocessor_config.json` (an image processor's image_mean, image_std, size and crop_size), where the repository has one. */
+async function imageProcessorInput(repo: string, revision: string): Promise<HubInput | undefined> {
+  const file = await hubFile(repo, 'preprocessor_config.json', { revision, optional: true });
+  if (!file) return undefined;
+  const p = JSON.parse(await readFile(file, 'utf8')) as { image_mean?: number[]; image_std?: number[]; size?: number | { shortest_edge?: number; height?: number }; crop_size?: number | { height?: number } };
+  if (!p.image_mean || !p.image_std) return undefined;
+  const side = (v: number | { shortest_edge?: number; height?: number } | undefined) => (typeof v === 'number' ? v : (v?.height ?? v?.shortest_edge));
+  const resizeTo = side(p.size) ?? 224;
+  const crop = side(p.crop_size) ?? resizeTo;
+  return { shape: [p.image_mean.length, crop, crop], mean: p.image_mean, std: p.image_std, resize: 'center-crop', ...(resizeTo > crop && { resizeTo }) };
 }
 
 /**

@@ -179,6 +179,14 @@ describe('hf: names on a loopback Hub', () => {
     expect(sha256(readFileSync(join(folder(), 'snapshots', COMMIT, 'model.safetensors')))).toBe(sha256(weights));
   });
 
+  it("reads the preprocessing of a repository without timm's pretrained_cfg from transformers' preprocessor_config.json", async () => {
+    files.set('someone/plain-resnet/config.json', Buffer.from(JSON.stringify({ architecture: 'resnet18', num_classes: 3 })));
+    files.set('someone/plain-resnet/model.safetensors', weights);
+    files.set('someone/plain-resnet/preprocessor_config.json', Buffer.from(JSON.stringify({ image_mean: [0.5, 0.4, 0.3], image_std: [0.2, 0.2, 0.2], size: { shortest_edge: 160 }, crop_size: { height: 128, width: 128 } })));
+    await using model = await loadPretrained('hf:someone/plain-resnet');
+    expect((model.metadata as { input: unknown }).input).toEqual({ shape: [3, 128, 128], mean: [0.5, 0.4, 0.3], std: [0.2, 0.2, 0.2], resize: 'center-crop', resizeTo: 160 });
+  });
+
   it('says which architectures it can take', async () => {
     files.set('someone/gpt/config.json', Buffer.from(JSON.stringify({ model_type: 'gpt2', architectures: ['GPT2LMHeadModel'] })));
     await expect(loadPretrained('hf:someone/gpt')).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_UNSUPPORTED_ARCHITECTURE', message: expect.stringMatching(/^someone\/gpt's config names GPT2LMHeadModel, which torchlite's zoo cannot take yet/) }));
