@@ -47,6 +47,12 @@ macro(torchlite_find_libtorch)
     endif()
   endforeach()
   if(TORCHLITE_TORCH_SOURCE)
+    # TorchConfig.cmake finds its libraries with find_library(... PATHS <its lib>), which
+    # searches the system's paths first: with Debian's libtorch-dev also installed, an
+    # unpacked LibTorch's headers would be linked against the system's libraries. Its own
+    # prefix goes first.
+    get_filename_component(_torch_prefix "${Torch_DIR}/../../.." ABSOLUTE)
+    list(PREPEND CMAKE_PREFIX_PATH "${_torch_prefix}")
     find_package(Torch REQUIRED CONFIG)
   else()
     find_package(Torch QUIET CONFIG)
