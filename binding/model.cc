@@ -258,6 +258,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::Predict>("predict"),
                          InstanceMethod<&ModelWrap::To>("to"),
                          InstanceMethod<&ModelWrap::Modules>("modules"),
+                         InstanceMethod<&ModelWrap::Methods>("methods"),
                          InstanceMethod<&ModelWrap::Parameters>("parameters"),
                          InstanceMethod<&ModelWrap::Buffers>("buffers"),
                          InstanceMethod<&ModelWrap::StateDict>("stateDict"),
@@ -561,6 +562,34 @@ Napi::Value ModelWrap::Modules(const Napi::CallbackInfo& info) {
       entry.Set("type", typeName(item.value));
       entry.Set("params", static_cast<double>(parameterCount(item.value, false)));
       entry.Set("trainable", static_cast<double>(parameterCount(item.value, true)));
+      result.Set(result.Length(), entry);
+    }
+    return result;
+  });
+}
+
+Napi::Value ModelWrap::Methods(const Napi::CallbackInfo& info) {
+  return Locked(info, [&](Napi::Env env, ModelState& state) {
+    // The methods `call` can run (forward and @torch.jit.export ones), with TorchScript's
+    // own schema: argument names and types as Python annotates them, defaults as written.
+    Napi::Array result = Napi::Array::New(env);
+    for (const torch::jit::Method& method : state.module.get_methods()) {
+      const c10::FunctionSchema& schema = method.function().getSchema();
+      Napi::Array arguments = Napi::Array::New(env);
+      for (size_t i = 1; i < schema.arguments().size(); ++i) {  // 0 is self
+        const c10::Argument& argument = schema.arguments()[i];
+        Napi::Object entry = Napi::Object::New(env);
+        entry.Set("name", argument.name());
+        entry.Set("type", argument.type()->annotation_str());
+        if (argument.default_value()) entry.Set("default", c10::str(*argument.default_value()));
+        arguments.Set(arguments.Length(), entry);
+      }
+      std::vector<std::string> returns;
+      for (const c10::Argument& value : schema.returns()) returns.push_back(value.type()->annotation_str());
+      Napi::Object entry = Napi::Object::New(env);
+      entry.Set("name", method.name());
+      entry.Set("arguments", arguments);
+      entry.Set("returns", returns.size() == 1 ? returns[0] : "(" + c10::Join(", ", returns) + ")");
       result.Set(result.Length(), entry);
     }
     return result;

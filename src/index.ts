@@ -16,6 +16,7 @@ export {
   type SaveOptions,
   type ModelInput,
   type ModelOutput,
+  type MethodInfo,
   type ModuleInfo,
   type ParameterInfo,
   ScriptObject,

@@ -113,6 +113,15 @@ export class ScriptObject {
   }
 }
 
+/** A method of a model (see {@link Model.methods}). */
+export interface MethodInfo {
+  name: string;
+  /** Its arguments after `self`: name, TorchScript type (`Tensor`, `Dict[str, Tensor]`, `float`, …) and default, as written. */
+  arguments: { name: string; type: string; default?: string }[];
+  /** Its return type (a tuple's as `(T1, T2)`). */
+  returns: string;
+}
+
 export interface ModuleInfo {
   /** Dotted path, as in Python (`layer1.0.conv1`); `''` is the model itself. */
   path: string;
@@ -236,6 +245,7 @@ interface Snapshot {
   device: Device;
   bnPolicy: BatchNormPolicy;
   modules: ModuleInfo[];
+  methods: MethodInfo[];
   parameters: ParameterInfo[];
   buffers: TensorInfo[];
 }
@@ -541,6 +551,7 @@ export class Model implements Disposable, AsyncDisposable {
       device: info.device as Device,
       bnPolicy: info.bnPolicy as BatchNormPolicy,
       modules: handle.modules(),
+      methods: handle.methods(),
       parameters: handle.parameters() as ParameterInfo[],
       buffers: handle.buffers() as TensorInfo[],
     };
@@ -738,6 +749,16 @@ export class Model implements Disposable, AsyncDisposable {
       });
       return this;
     });
+  }
+
+  /**
+   * The methods `forward` and `call` can run (forward and `@torch.jit.export` methods), with
+   * their arguments' names, TorchScript types and defaults, and their return type, as
+   * TorchScript's schema gives them.
+   */
+  methods(): MethodInfo[] {
+    this.#live;
+    return this.#snapshot.methods.map((m) => ({ ...m, arguments: m.arguments.map((a) => ({ ...a })) }));
   }
 
   /** Every submodule, depth first, starting with the model itself at path `''`. */

@@ -60,6 +60,7 @@ export interface NativeModel {
   predict(inputs: NativeInputs): Promise<{ probabilities: NativeTensor; argmax: NativeTensor }>;
   to(device: string): Promise<void>;
   modules(): NativeModuleInfo[];
+  methods(): { name: string; arguments: { name: string; type: string; default?: string }[]; returns: string }[];
   parameters(): (NativeTensorInfo & { requiresGrad: boolean })[];
   buffers(): NativeTensorInfo[];
   stateDict(): Record<string, NativeTensor>;

@@ -221,3 +221,20 @@ describe('worker_threads', () => {
     expect(result.stdout.trim()).toBe('[1,4]');
   });
 });
+
+describe('methods()', () => {
+  it('lists the exported methods with their argument names, TorchScript types, defaults and return types', async () => {
+    await using exported = await loadPretrained(fixture('methods.scripted.pt'));
+    expect(exported.methods()).toEqual([
+      { name: 'encode', arguments: [{ name: 'x', type: 'Tensor' }], returns: 'Tensor' },
+      { name: 'generate', arguments: [{ name: 'batch', type: 'Dict[str, Tensor]' }], returns: 'Dict[str, Tensor]' },
+    ]);
+    await using listed = await loadPretrained(fixture('list_input.scripted.pt'));
+    expect(listed.methods()).toEqual([{ name: 'forward', arguments: [{ name: 'parts', type: 'List[Tensor]' }, { name: 'scale', type: 'float', default: '2.' }], returns: 'Tensor' }]);
+    const copy = listed.methods();
+    copy[0].arguments.pop();
+    expect(listed.methods()[0].arguments).toHaveLength(2); // a copy, not the snapshot
+    listed.dispose();
+    expect(() => listed.methods()).toThrow(expect.objectContaining({ code: 'TORCHLITE_DISPOSED' }));
+  });
+});
