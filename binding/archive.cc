@@ -117,8 +117,7 @@ void syncPath(const std::string& path, int flags) {
 
 }  // namespace
 
-void saveArchive(ModelState& state, const std::string& path, const std::string& metadata,
-                 const std::map<std::string, std::string>& extras) {
+void writeAtomically(const std::string& path, const std::function<void(const std::string& temporary)>& write) {
   fs::path target(path);
   fs::path dir = target.has_parent_path() ? target.parent_path() : fs::path(".");
   std::error_code ec;
@@ -126,21 +125,13 @@ void saveArchive(ModelState& state, const std::string& path, const std::string& 
   if (fs::is_directory(target, ec)) throw CodedError("TORCHLITE_IS_DIRECTORY", path + " is a directory");
   fs::path temp = dir / ("." + target.filename().string() + ".tmp-" + std::to_string(::getpid()));
   try {
-    torch::jit::ExtraFilesMap files(extras.begin(), extras.end());
-    files["torchlite.json"] = metadata;
-    // Saved in NCHW whatever the layout torchlite trains in: Python code that views a
-    // loaded weight (w.view(-1)) would fail on channels-last strides.
-    bool nhwc = state.channelsLast && setChannelsLast(state, false);
-    try {
-      state.module.save(temp.string(), files);
-    } catch (...) {
-      if (nhwc) setChannelsLast(state, true);
-      throw;
-    }
-    if (nhwc) setChannelsLast(state, true);
+    write(temp.string());
   } catch (const c10::Error& error) {
     fs::remove(temp, ec);
     throw CodedError("TORCHLITE_WRITE_FAILED", "cannot write " + path + ": " + error.what_without_backtrace());
+  } catch (...) {
+    fs::remove(temp, ec);
+    throw;
   }
   syncPath(temp.string(), O_RDONLY);
   fs::rename(temp, target, ec);
@@ -149,6 +140,24 @@ void saveArchive(ModelState& state, const std::string& path, const std::string& 
     throw CodedError("TORCHLITE_WRITE_FAILED", "cannot write " + path + ": " + ec.message());
   }
   syncPath(dir.string(), O_RDONLY | O_DIRECTORY);
+}
+
+void saveArchive(ModelState& state, const std::string& path, const std::string& metadata,
+                 const std::map<std::string, std::string>& extras) {
+  writeAtomically(path, [&](const std::string& temporary) {
+    torch::jit::ExtraFilesMap files(extras.begin(), extras.end());
+    files["torchlite.json"] = metadata;
+    // Saved in NCHW whatever the layout torchlite trains in: Python code that views a
+    // loaded weight (w.view(-1)) would fail on channels-last strides.
+    bool nhwc = state.channelsLast && setChannelsLast(state, false);
+    try {
+      state.module.save(temporary, files);
+    } catch (...) {
+      if (nhwc) setChannelsLast(state, true);
+      throw;
+    }
+    if (nhwc) setChannelsLast(state, true);
+  });
   state.metadata = metadata;
 }
 

@@ -76,7 +76,6 @@ std::pair<torch::Tensor, torch::Tensor> kaimingInit(std::vector<int64_t> shape, 
   return {weight, biasTensor};
 }
 
-
 torch::jit::Module buildLayer(Napi::Env env, const Napi::Object& spec, const std::string& path, const ModelState& target) {
   const std::shared_ptr<torch::jit::CompilationUnit>& unit = target.module.type()->compilation_unit();
   std::string kind = spec.Get("kind").As<Napi::String>().Utf8Value();

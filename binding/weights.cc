@@ -1,10 +1,9 @@
 // Weights by name, in and out of files: safetensors tensors read into a model (the header is
 // parsed and matched in TypeScript; this reads the bytes on a lane), a model's tensors written
 // as safetensors, and the zoo's placeholders filled with each layer's default initialisation.
-#include <cmath>
-#include <cstdio>
 #include <fstream>
 
+#include "archive.h"
 #include "job.h"
 #include "layers.h"
 #include "model.h"
@@ -167,11 +166,9 @@ Napi::Value ModelWrap::SaveWeights(const Napi::CallbackInfo& info) {
           std::map<std::string, torch::Tensor> tensors;
           for (const auto& p : state->module.named_parameters()) tensors.emplace(p.name, p.value);
           for (const auto& b : state->module.named_buffers()) tensors.emplace(b.name, b.value);
-          // Written beside the target and renamed over it: a crash leaves the old file whole.
-          std::string temporary = path + ".tmp";
-          {
+          writeAtomically(path, [&](const std::string& temporary) {
             std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-            if (!out) throw CodedError("TORCHLITE_FILE_NOT_FOUND", "cannot write " + temporary);
+            if (!out) throw CodedError("TORCHLITE_WRITE_FAILED", "cannot write " + temporary);
             uint64_t size = headerBytes.size();
             char prefix[8];
             for (int i = 0; i < 8; ++i) prefix[i] = static_cast<char>((size >> (8 * i)) & 0xff);  // little-endian u64
@@ -182,9 +179,8 @@ Napi::Value ModelWrap::SaveWeights(const Napi::CallbackInfo& info) {
               out.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.nbytes()));
             }
             out.flush();
-            if (!out) throw CodedError("TORCHLITE_WRITE_FAILED", "writing " + temporary + " failed (disk full?)");
-          }
-          if (std::rename(temporary.c_str(), path.c_str()) != 0) throw CodedError("TORCHLITE_WRITE_FAILED", "cannot rename " + temporary + " to " + path);
+            if (!out) throw CodedError("TORCHLITE_WRITE_FAILED", "writing " + path + " failed (disk full?)");
+          });
           return true;
         },
         [](Napi::Env env, bool&) { return env.Undefined(); });

@@ -6,7 +6,7 @@ import { dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear
 import type { Optimizer } from './optim';
 import { compilePattern, describePattern, type Pattern } from './patterns';
 import { classNamesOf } from './preprocess';
-import { type LoadWeightsResult, matchWeights, readWeightsIndex, safetensorsHeader } from './weights';
+import { describeMismatch, type LoadWeightsResult, matchWeights, readWeightsIndex, safetensorsHeader } from './weights';
 import { type HubModel, hubModel, type ZooMetadata, zooPath, zooWeightsFile } from './zoo';
 import type { Loader } from './data/loader';
 import { type Device, type Dtype, ones, Tensor, zeros } from './tensor';
@@ -330,8 +330,9 @@ export interface LoadOptions {
   /**
    * For a zoo model (`'torchvision:resnet50'`): `'none'` (PyTorch's default initialisation of
    * each layer, drawn from the generator `manualSeed` seeds), a torchvision weights name such
-   * as `'IMAGENET1K_V2'` or `'DEFAULT'` (read from torch.hub's cache, `$TORCH_HOME/hub/checkpoints`),
-   * or a `.safetensors` file. Ignored for a TorchScript file. Defaults to `'DEFAULT'`.
+   * as `'IMAGENET1K_V2'` or `'DEFAULT'` (read from torch.hub's cache, `$TORCH_HOME/hub/checkpoints`,
+   * downloaded there when missing), or a `.safetensors` or `.pth` file. Ignored for a TorchScript
+   * file. Defaults to `'DEFAULT'`.
    */
   weights?: string;
 }
@@ -1033,7 +1034,7 @@ export class Model implements Disposable, AsyncDisposable {
 
   /**
    * Loads tensors by name from a `.safetensors` file (or a `model.safetensors.index.json` and
-   * its shards), as PyTorch's `load_state_dict` does: the file's Python names (`layer1.0.conv1.weight`)
+   * its shards) or a torch.save file (`.pth`, `.bin`), as PyTorch's `load_state_dict` does: the file's Python names (`layer1.0.conv1.weight`)
    * against this model's parameters and buffers. float16 and bfloat16 files are converted to the
    * model's dtype unless `keepDtype` asks for the file's. The bytes are read on the model's lane,
    * one tensor at a time (the extra memory is the largest tensor). Queued behind pending
@@ -1049,7 +1050,13 @@ export class Model implements Disposable, AsyncDisposable {
       const keep = o.keepDtype ?? false;
       if (typeof keep !== 'boolean') throw typeError('a boolean', 'options.keepDtype', keep);
       const weights = await readWeightsIndex(file);
-      if (o.rename) weights.entries = weights.entries.flatMap((e) => (o.rename!(e.name) === undefined ? [] : [{ ...e, name: o.rename!(e.name)! }]));
+      if (o.rename) {
+        const rename = o.rename;
+        weights.entries = weights.entries.flatMap((e) => {
+          const name = rename(e.name);
+          return name === undefined ? [] : [{ ...e, name }];
+        });
+      }
       await this.idle(); // the names and shapes below are the ones the load will meet
       const { entries, ...result } = matchWeights(file, weights, [...this.#snapshot.parameters, ...this.#snapshot.buffers], strict);
       const live = this.#live;
@@ -1202,9 +1209,10 @@ export function loadPretrained(path: string, options?: LoadOptions): Promise<Mod
 }
 
 /**
- * A zoo architecture: its archive in NCHW, the placeholders filled (default initialisation),
- * then the weights asked for (or a Hub repository's, behind a head of its class count), then the
- * layout asked for (placeholders must not be converted).
+ * A zoo architecture: its archive in NCHW; sized from a Hub config (text) or given a head of its
+ * class count; the weights asked for, straight into the placeholders; the placeholders they
+ * leave filled with default initialisation; then the device and layout asked for (a copy or a
+ * layout change would have densified the placeholders).
  */
 async function loadZoo(archive: string, options: LoadOptions, hub?: HubModel): Promise<Model> {
   const { weights = 'DEFAULT', channelsLast = 'auto', device = 'cpu' } = checkOptions<LoadOptions>(options, 'options', ['device', 'channelsLast', 'weights']);
@@ -1220,10 +1228,11 @@ async function loadZoo(archive: string, options: LoadOptions, hub?: HubModel): P
     if (hub) model.metadata = { ...(model.metadata as object), ...(hub.numClasses !== 1000 && { classes: undefined }), ...hub.metadata };
     if (file) {
       // The weights go straight into the placeholders; what they leave (a new head) is drawn after.
+      // A text checkpoint may lack the classifier (a bare encoder) and hold tensors the rename skips.
       const loaded = await model.loadWeights(file, { strict: !hub?.text, ...(hub?.text && { rename: hub.text.rename }) });
       const missing = loaded.missing.filter((name) => !name.startsWith('classifier.'));
       if (missing.length || loaded.mismatched.length)
-        throw new TorchError('TORCHLITE_WEIGHTS_MISMATCH', `${file} does not fit its config.json: ${missing.length} missing (${missing.slice(0, 5).join(', ')}), ${loaded.mismatched.length} mis-shaped (${loaded.mismatched.slice(0, 5).map((m) => `${m.name}: config ${JSON.stringify(m.model)}, file ${JSON.stringify(m.file)}`).join(', ')})`);
+        throw new TorchError('TORCHLITE_WEIGHTS_MISMATCH', `${file} does not fit its config.json: ${describeMismatch({ missing, unexpected: [], mismatched: loaded.mismatched })}`);
     }
     await Model.enqueue(model, (handle) => handle.materialize());
     if (target !== 'cpu') await model.to(target as Device);

@@ -164,12 +164,12 @@ function distilSizing(c: BertConfig, act: number): { shapes: Record<string, numb
 
 /**
  * A checkpoint name as the model names it: a bare BertModel's, RobertaModel's or
- * DistilBertModel's checkpoint lacks the family prefix that the *For* classes' have;
- * position-id buffers, poolers the RoBERTa classifier does not use, and pretraining heads
- * (`cls.*`, `lm_head.*`, DistilBERT's `vocab_*`) are skipped.
+ * DistilBertModel's checkpoint lacks the family prefix that the *For* classes' have, so a body
+ * name without it gets it; position-id buffers, poolers the RoBERTa classifier does not use, and
+ * pretraining heads (`cls.*`, `lm_head.*`, DistilBERT's `vocab_*`) are skipped.
  */
-export function bertName(name: string, family: TextFamily, prefixed: boolean): string | undefined {
+export function bertName(name: string, family: TextFamily): string | undefined {
   if (/(^|\.)(position_ids|token_type_ids)$/.test(name) || /^(cls|lm_head|vocab_transform|vocab_layer_norm|vocab_projector)\./.test(name)) return undefined;
-  const named = prefixed || /^(pre_)?classifier\./.test(name) ? name : `${family}.${name}`;
+  const named = name.startsWith(`${family}.`) || /^(pre_)?classifier\./.test(name) ? name : `${family}.${name}`;
   return family === 'roberta' && named.startsWith('roberta.pooler.') ? undefined : named;
 }

@@ -128,16 +128,19 @@ export function matchWeights(file: string, weights: WeightsFile, model: { name: 
       entries.push(entry);
     }
   }
-  if (strict && (result.missing.length || result.unexpected.length || result.mismatched.length)) {
-    const few = (label: string, items: string[]) => (items.length ? [`${items.length} ${label} (${items.slice(0, 5).join(', ')}${items.length > 5 ? ', …' : ''})`] : []);
-    const parts = [
-      ...few('missing', result.missing.map((n) => `'${n}'`)),
-      ...few('unexpected', result.unexpected.map((n) => `'${n}'`)),
-      ...few('mis-shaped', result.mismatched.map((m) => `'${m.name}': model ${JSON.stringify(m.model)}, file ${JSON.stringify(m.file)}`)),
-    ];
-    throw new TorchError('TORCHLITE_WEIGHTS_MISMATCH', `${file} does not fit this model: ${parts.join('; ')}. Nothing was loaded; pass strict: false to load the tensors that match (a new head, say)`);
-  }
+  if (strict && (result.missing.length || result.unexpected.length || result.mismatched.length))
+    throw new TorchError('TORCHLITE_WEIGHTS_MISMATCH', `${file} does not fit this model: ${describeMismatch(result)}. Nothing was loaded; pass strict: false to load the tensors that match (a new head, say)`);
   return { ...result, entries };
+}
+
+/** The missing, unexpected and mis-shaped tensors of a match: each kind's count and its first five. */
+export function describeMismatch({ missing, unexpected, mismatched }: Pick<LoadWeightsResult, 'missing' | 'unexpected' | 'mismatched'>): string {
+  const few = (label: string, items: string[]) => (items.length ? [`${items.length} ${label} (${items.slice(0, 5).join(', ')}${items.length > 5 ? ', …' : ''})`] : []);
+  return [
+    ...few('missing', missing.map((n) => `'${n}'`)),
+    ...few('unexpected', unexpected.map((n) => `'${n}'`)),
+    ...few('mis-shaped', mismatched.map((m) => `'${m.name}': model ${JSON.stringify(m.model)}, file ${JSON.stringify(m.file)}`)),
+  ].join('; ');
 }
 
 /** A safetensors header for `tensors` in order, with string `metadata`, padded to 8 bytes as the format asks. */

@@ -10,7 +10,6 @@ import { TorchError } from './errors';
 import { hubFile, parseHubName, torchHubFile } from './hub';
 import type { TextSpec } from './text';
 import { bertName, bertSizing, classesOf, normalisedConfig, textArchitecture } from './textzoo';
-import { readWeightsIndex } from './weights';
 import { readZipText } from './zip';
 
 /** The zoo's archives: code and names, with placeholders where the weights go. */
@@ -125,15 +124,12 @@ export async function hubModel(spec: string): Promise<HubModel | undefined> {
     const tokenizer = tokenizerFile ? (JSON.parse(await readFile(tokenizerFile, 'utf8')) as { truncation?: { max_length?: number } | null }) : undefined;
     const maxLength = Math.min(bert.max_position_embeddings, tokenizer?.truncation?.max_length ?? bert.max_position_embeddings);
     const classes = classesOf(bert);
-    // BertFor*/RobertaFor* checkpoints name their body `bert.`/`roberta.`; a bare model's has no prefix.
-    const names = (await readWeightsIndex(weights)).entries.map((e) => e.name);
-    const prefixed = names.some((n) => n.startsWith(`${text.family}.`));
     return {
       architecture,
       weights,
       numClasses: sizing.classes,
       metadata: { ...(classes && { classes }), ...(tokenizer && { text: { tokenizer, maxLength, inputs: ['input_ids', 'attention_mask'] } }), hub: { repo, revision } },
-      text: { shapes: sizing.shapes, values: sizing.values, rename: (name) => bertName(name, text.family, prefixed) },
+      text: { shapes: sizing.shapes, values: sizing.values, rename: (name) => bertName(name, text.family) },
     };
   }
   const cfg = config.pretrained_cfg ?? {};

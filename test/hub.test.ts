@@ -258,22 +258,16 @@ with torch.no_grad():
     expect(relativeDiff(ours.toTypedArray() as Float32Array, textRefs.bert.logits)).toBeGreaterThan(1e-3); // it did train
   });
 
-  it("sizes a RoBERTa (positions from the padding index, its dense/out_proj head), skipping the unused pooler and lm_head, and gives Python's logits", async () => {
-    await using model = await loadPretrained('hf:someone/tiny-roberta');
-    const r = textRefs.roberta;
+  it.for([
+    { family: 'roberta', about: 'positions from the padding index, its dense/out_proj head; the unused pooler and lm_head skipped', classes: 2, metadata: { zoo: { architecture: 'roberta-L3' } } },
+    { family: 'distilbert', about: 'its own config names; the masked-LM projector skipped', classes: 4, metadata: { classes: ['a', 'b', 'c', 'd'], zoo: { architecture: 'distilbert-L2' } } },
+  ] as const)("sizes a $family ($about) and gives Python's logits", async ({ family, classes, metadata }) => {
+    await using model = await loadPretrained(`hf:someone/tiny-${family}`);
+    const r = textRefs[family];
     const out = (await model.forward(ids(r), mask(r))) as ReturnType<typeof tensor>;
-    expect(out.shape).toEqual([2, 2]);
+    expect(out.shape).toEqual([2, classes]);
     expect(relativeDiff(out.toTypedArray() as Float32Array, r.logits)).toBeLessThan(1e-5);
-    expect((model.metadata as { zoo: { architecture: string } }).zoo.architecture).toBe('roberta-L3');
-  });
-
-  it("sizes a DistilBERT from its own config names, skipping the masked-LM projector, and gives Python's logits", async () => {
-    await using model = await loadPretrained('hf:someone/tiny-distilbert');
-    const r = textRefs.distilbert;
-    const out = (await model.forward(ids(r), mask(r))) as ReturnType<typeof tensor>;
-    expect(out.shape).toEqual([2, 4]);
-    expect(relativeDiff(out.toTypedArray() as Float32Array, r.logits)).toBeLessThan(1e-5);
-    expect(model.metadata).toMatchObject({ classes: ['a', 'b', 'c', 'd'], zoo: { architecture: 'distilbert-L2' } });
+    expect(model.metadata).toMatchObject(metadata);
   });
 
   it('loads a BertModel checkpoint (no prefix, no classifier) behind a fresh classifier', async () => {

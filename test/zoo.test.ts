@@ -1,7 +1,7 @@
 // The architecture zoo and weights by name: torchvision's classes shipped as archives without
 // weights, filled from safetensors files that Python wrote, and written back for Python.
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -182,5 +182,10 @@ print(json.dumps({"diff": float((y - ours).abs().max() / ours.abs().max()), "met
     writeFileSync(join(dir, 'short.safetensors'), Buffer.from([200, 0, 0, 0, 0, 0, 0, 0, 123]));
     await expect(mlp.loadWeights(join(dir, 'short.safetensors'))).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_CORRUPT_FILE' }));
     await expect(mlp.loadWeights(join(dir, 'absent.safetensors'))).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_FILE_NOT_FOUND' }));
+    // saveWeights writes as save() does: a missing folder and a folder in the way are coded errors, and nothing is left behind.
+    await expect(mlp.saveWeights(join(dir, 'no-such-folder', 'w.safetensors'))).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_FILE_NOT_FOUND', message: `no such directory: ${join(dir, 'no-such-folder')}` }));
+    mkdirSync(join(dir, 'taken.safetensors'));
+    await expect(mlp.saveWeights(join(dir, 'taken.safetensors'))).rejects.toThrow(expect.objectContaining({ code: 'TORCHLITE_IS_DIRECTORY' }));
+    expect(readdirSync(dir).filter((f) => f.includes('.tmp'))).toEqual([]);
   });
 });

@@ -137,6 +137,16 @@ class Attention(nn.Module):
         return self.output(self.self(x, mask), x)
 
 
+def activate(x: torch.Tensor, act: int) -> torch.Tensor:
+    """transformers' ACT2FN for the activations the families use: 0 gelu (erf), 1 gelu with
+    the tanh approximation, 2 relu (ACTIVATIONS)."""
+    if act == 1:
+        return F.gelu(x, approximate="tanh")
+    if act == 2:
+        return F.relu(x)
+    return F.gelu(x)
+
+
 class Intermediate(nn.Module):
     act: int
 
@@ -146,13 +156,7 @@ class Intermediate(nn.Module):
         self.act = ACTIVATIONS[c.get("hidden_act", "gelu")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.dense(x)
-        # 0: gelu (erf), 1: gelu with the tanh approximation, 2: relu (ACTIVATIONS).
-        if self.act == 1:
-            return F.gelu(x, approximate="tanh")
-        if self.act == 2:
-            return F.relu(x)
-        return F.gelu(x)
+        return activate(self.dense(x), self.act)
 
 
 class Layer(nn.Module):
@@ -167,10 +171,12 @@ class Layer(nn.Module):
         return self.output(self.intermediate(x), x)
 
 
-class Encoder(nn.Module):
-    def __init__(self, c):
+class LayerStack(nn.Module):
+    """transformers' BertEncoder and DistilBERT's Transformer alike: `layer.<i>`, run in turn."""
+
+    def __init__(self, layers: List[nn.Module]):
         super().__init__()
-        self.layer = nn.ModuleList([Layer(c) for _ in range(c["num_hidden_layers"])])
+        self.layer = nn.ModuleList(layers)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         for layer in self.layer:
@@ -196,7 +202,7 @@ class Bert(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.embeddings = Embeddings(c)
-        self.encoder = Encoder(c)
+        self.encoder = LayerStack([Layer(c) for _ in range(c["num_hidden_layers"])])
         self.pooler = Pooler(c)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -225,7 +231,7 @@ class Roberta(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.embeddings = Embeddings(c, padding_positions=True)
-        self.encoder = Encoder(c)
+        self.encoder = LayerStack([Layer(c) for _ in range(c["num_hidden_layers"])])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x = self.embeddings(input_ids)
@@ -304,9 +310,7 @@ class FFN(nn.Module):
         self.act = ACTIVATIONS[c.get("activation", "gelu")]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.lin1(x)
-        x = F.relu(x) if self.act == 2 else F.gelu(x)
-        return self.dropout(self.lin2(x))
+        return self.dropout(self.lin2(activate(self.lin1(x), self.act)))
 
 
 class DistilLayer(nn.Module):
@@ -322,22 +326,11 @@ class DistilLayer(nn.Module):
         return self.output_layer_norm(self.ffn(x) + x)
 
 
-class DistilTransformer(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.layer = nn.ModuleList([DistilLayer(c) for _ in range(c["n_layers"])])
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        for layer in self.layer:
-            x = layer(x, mask)
-        return x
-
-
 class DistilBert(nn.Module):
     def __init__(self, c):
         super().__init__()
         self.embeddings = DistilEmbeddings(c)
-        self.transformer = DistilTransformer(c)
+        self.transformer = LayerStack([DistilLayer(c) for _ in range(c["n_layers"])])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         x = self.embeddings(input_ids)
