@@ -754,9 +754,7 @@ Napi::Value ModelWrap::LoadStateDict(const Napi::CallbackInfo& info) {
 
 Napi::Value ModelWrap::SetChannelsLast(const Napi::CallbackInfo& info) {
   return Locked(info, [&](Napi::Env env, ModelState& state) {
-    // Automatic (loadPretrained's 'auto', applied after a zoo model's weights) or asked for by name.
-    bool automatic = info.Length() > 1 && info[1].IsBoolean() && info[1].As<Napi::Boolean>().Value();
-    chooseChannelsLast(state, info[0].As<Napi::Boolean>().Value(), automatic);
+    chooseChannelsLast(state, info[0].As<Napi::Boolean>().Value(), /*automatic=*/false);
     return env.Undefined();
   });
 }

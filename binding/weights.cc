@@ -221,8 +221,7 @@ Napi::Value ModelWrap::Reshape(const Napi::CallbackInfo& info) {
       else if (current.isDouble()) owner.setattr(name, value);
       else throw CodedError("TORCHLITE_BAD_STATE", "'" + path + "' is not a number attribute");
     }
-    // Cached execution plans were specialised on the old shapes and values.
-    state.module = state.module.clone(true);
+    // Only a freshly loaded zoo archive is resized, before any forward: no execution plan exists yet.
     state.generation++;
     return env.Undefined();
   });
@@ -232,12 +231,16 @@ Napi::Value ModelWrap::Materialize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
     ModelPtr state = live();
+    // The layout is chosen here, on the lane, once no placeholder is left: converting a large
+    // model to channels-last takes milliseconds the JS thread should not spend.
+    std::string layout = info[0].As<Napi::String>().Utf8Value();  // 'auto', 'on' or 'off'
     return Job<int64_t>::Start(
         env, {state->device, Priority::Training},
-        [state] {
+        [state, layout] {
           std::lock_guard<std::mutex> lock(state->mutex);
           int64_t filled = materialize(state->module);
           if (filled > 0) state->generation++;
+          if (layout != "off") chooseChannelsLast(*state, true, layout == "auto");
           return filled;
         },
         [](Napi::Env env, int64_t& filled) { return Napi::Number::New(env, static_cast<double>(filled)); });

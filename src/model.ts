@@ -1211,8 +1211,8 @@ export function loadPretrained(path: string, options?: LoadOptions): Promise<Mod
 /**
  * A zoo architecture: its archive in NCHW; sized from a Hub config (text) or given a head of its
  * class count; the weights asked for, straight into the placeholders; the placeholders they
- * leave filled with default initialisation; then the device and layout asked for (a copy or a
- * layout change would have densified the placeholders).
+ * leave filled with default initialisation and the layout chosen, in one job on the lane; then
+ * the device asked for (a copy or a layout change would have densified the placeholders).
  */
 async function loadZoo(archive: string, options: LoadOptions, hub?: HubModel): Promise<Model> {
   const { weights = 'DEFAULT', channelsLast = 'auto', device = 'cpu' } = checkOptions<LoadOptions>(options, 'options', ['device', 'channelsLast', 'weights']);
@@ -1234,9 +1234,8 @@ async function loadZoo(archive: string, options: LoadOptions, hub?: HubModel): P
       if (missing.length || loaded.mismatched.length)
         throw new TorchError('TORCHLITE_WEIGHTS_MISMATCH', `${file} does not fit its config.json: ${describeMismatch({ missing, unexpected: [], mismatched: loaded.mismatched })}`);
     }
-    await Model.enqueue(model, (handle) => handle.materialize());
+    await Model.enqueue(model, (handle) => handle.materialize(channelsLast === 'auto' ? 'auto' : channelsLast ? 'on' : 'off'));
     if (target !== 'cpu') await model.to(target as Device);
-    if (channelsLast !== false) callNative(() => Model.handle(model).setChannelsLast(true, channelsLast === 'auto'));
     return model.eval();
   } catch (error) {
     model.dispose();

@@ -73,10 +73,10 @@ export interface NativeModel {
   loadStateDict(dict: Record<string, NativeTensor>, strict: boolean): void;
   loadWeights(entries: { name: string; file: string; offset: number; bytes: number; dtype: string; shape: number[]; keep: boolean }[]): Promise<void>;
   saveWeights(path: string, header: Buffer, names: string[]): Promise<void>;
-  materialize(): Promise<number>;
+  materialize(layout: 'auto' | 'on' | 'off'): Promise<number>;
   reshape(shapes: Record<string, number[]>, values: Record<string, number>): void;
   extras(): Record<string, Buffer>;
-  setChannelsLast(on: boolean, automatic?: boolean): void;
+  setChannelsLast(on: boolean): void;
   dispose(): void;
 }
 

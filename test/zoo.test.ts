@@ -127,6 +127,10 @@ print(json.dumps({"diff": float((y - ours).abs().max() / ours.abs().max()), "met
     expect(Math.max(...conv.map(Math.abs))).toBeGreaterThan(bound * 0.9);
     expect(new Set(w(a, 'bn1.weight'))).toEqual(new Set([1]));
     expect(new Set(w(a, 'bn1.running_var'))).toEqual(new Set([1]));
+    // The layout is chosen on the lane once the placeholders are filled: channels-last by default for convolutions, NCHW when asked.
+    expect(a.memoryFormat).toBe('channelsLast');
+    await using nchw = await loadPretrained('torchvision:resnet18', { weights: 'none', channelsLast: false });
+    expect(nchw.memoryFormat).toBe('contiguous');
     a.train();
     const opt = optim.sgd(a, { lr: 0.01 });
     const { loss: l } = await a.trainStep(tensor(new Float32Array(2 * 3 * 32 * 32).fill(0.5), [2, 3, 32, 32]), tensor(BigInt64Array.from([0n, 1n])), { loss: loss.crossEntropy(), optimizer: opt });
