@@ -133,6 +133,12 @@ void keepFreedMemory() {
 #endif
 }
 
+// The code a LibTorch message without an exception type gets: the phrase table's tests
+// (test/errors.test.ts) check each phrase against the messages LibTorch really raises.
+Napi::Value ClassifyMessage(const Napi::CallbackInfo& info) {
+  return Napi::String::New(info.Env(), classifyMessage(info[0].As<Napi::String>().Utf8Value()));
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   keepFreedMemory();
   configureGraphExecutor();
@@ -160,6 +166,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ProcessGroup", data->groupClass.Value());
   exports.Set("ScriptObject", data->scriptObjectClass.Value());
   exports.Set("computeLoss", Napi::Function::New<ComputeLoss>(env));
+  exports.Set("classifyMessage", Napi::Function::New<ClassifyMessage>(env));
   exports.Set("setNumThreads", Napi::Function::New<SetNumThreads>(env));
   exports.Set("getNumThreads", Napi::Function::New<GetNumThreads>(env));
   exports.Set("setInferenceThreads", Napi::Function::New<SetInferenceThreads>(env));

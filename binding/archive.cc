@@ -1,4 +1,5 @@
 #include "archive.h"
+#include "layout.h"
 
 #include <filesystem>
 #include <fstream>
@@ -72,10 +73,7 @@ bool hasConstantTrainingFlags(const torch::jit::Module& module) {
   for (const torch::jit::Module& child : module.modules()) {
     for (const torch::jit::Method& method : child.get_methods()) {
       for (const torch::jit::Node* node : method.graph()->nodes()) {
-        const std::string kind = node->kind().toQualString();
-        size_t flag = kind == "aten::batch_norm" || kind == "aten::instance_norm" ? 5
-                      : kind.find("dropout") != std::string::npos                 ? 2
-                                                                                  : 0;
+        size_t flag = trainingFlagInput(node->kind().toQualString());
         if (flag != 0 && node->inputs().size() > flag &&
             node->input(flag)->node()->kind() == c10::prim::Constant)
           return true;

@@ -1,5 +1,6 @@
 #include "common.h"
 
+#include <algorithm>
 #include <array>
 #include <utility>
 
@@ -23,30 +24,57 @@ std::string rootCause(const std::string& message) {
     }
   }
   std::string cause = best == std::string::npos ? message : message.substr(best + skip);
+  cause.erase(0, std::min(cause.size(), cause.find_first_not_of(" \n")));  // 2.x opens some messages with a blank line
   while (!cause.empty() && (cause.back() == '\n' || cause.back() == ' ')) cause.pop_back();
   return cause;
 }
 
+// The fallback for plain c10::Error and the interpreter's std::runtime_error, which carry no
+// type to go by. Only the first line of the root cause is read: what follows it may quote the
+// model's source, whose names (`argument_1`, `shape`) must not decide the code. First match
+// wins; each phrase has a test on LibTorch 1.13 and 2.x (test/errors.test.ts).
+struct Phrase {
+  const char* text;
+  const char* code;
+};
+constexpr Phrase kPhrases[] = {
+    {"out of memory", "TORCH_OOM"},
+    {"Unknown builtin op", "TORCH_UNKNOWN_OP"},
+    // The dtype phrases come before "shape" and "argument": "Expected tensor for argument #1
+    // 'indices' to have one of the following scalar types".
+    {"scalar type", "TORCH_DTYPE"},
+    {"Input type (", "TORCH_DTYPE"},
+    {"dtype", "TORCH_DTYPE"},
+    {"not implemented for", "TORCH_DTYPE"},
+    // Before the shape phrases: "index 5 is out of bounds for dimension 0 with size 3".
+    {"out of bounds", "TORCH_INDEX"},
+    {"index out of range", "TORCH_INDEX"},
+    {"shape", "TORCH_SHAPE"},
+    {"size mismatch", "TORCH_SHAPE"},
+    {"dimension", "TORCH_SHAPE"},
+    {"Expected 3D", "TORCH_SHAPE"},
+    {"channels", "TORCH_SHAPE"},
+    {"argument", "TORCH_ARGUMENT"},
+};
+
+}  // namespace
+
+std::string firstLine(const std::string& text) {
+  size_t start = text.find_first_not_of(" \n");
+  if (start == std::string::npos) return "";
+  return text.substr(start, text.find('\n', start) - start);
+}
+
 bool contains(const std::string& text, const char* needle) { return text.find(needle) != std::string::npos; }
 
-// The fallback: c10 raises most shape and dtype failures as plain c10::Error, and the
-// TorchScript interpreter rethrows what fails inside it as std::runtime_error, so the
-// code comes from the message; these phrases are stable across LibTorch 1.13 and 2.x.
-std::string classify(const std::string& cause) {
-  if (contains(cause, "out of memory")) return "TORCH_OOM";
-  if (contains(cause, "scalar type") || contains(cause, "dtype") || contains(cause, "Expected object of scalar") ||
-      contains(cause, "expected both vectors to have same dtype") || contains(cause, "but found Long") ||
-      contains(cause, "but found Float") || contains(cause, "not implemented for"))
-    return "TORCH_DTYPE";
-  // Before the shape phrases: "index 5 is out of bounds for dimension 0 with size 3".
-  if (contains(cause, "out of bounds") || contains(cause, "index out of range")) return "TORCH_INDEX";
-  if (contains(cause, "shape") || contains(cause, "size mismatch") || contains(cause, "dimension") ||
-      contains(cause, "Expected 3D") || contains(cause, "Expected 4D") || contains(cause, "must match the size") ||
-      contains(cause, "cannot be multiplied") || contains(cause, "Sizes of tensors") || contains(cause, "channels"))
-    return "TORCH_SHAPE";
-  if (contains(cause, "Expected a value of type") || contains(cause, "argument")) return "TORCH_ARGUMENT";
+std::string classifyMessage(const std::string& cause) {
+  std::string line = firstLine(cause);
+  for (const Phrase& phrase : kPhrases)
+    if (contains(line, phrase.text)) return phrase.code;
   return "TORCH_ERROR";
 }
+
+namespace {
 
 // A Python exception raised by TorchScript code (`raise ValueError(...)`) keeps its
 // class name through the interpreter.
@@ -81,15 +109,15 @@ ErrorInfo describe(std::exception_ptr error) {
   } catch (const torch::jit::JITException& e) {
     std::string cause = rootCause(e.what());
     std::string code = codeOfPythonClass(e.getPythonClassName().value_or(""));
-    return {code.empty() ? classify(cause) : code, cause, e.what()};
+    return {code.empty() ? classifyMessage(cause) : code, cause, e.what()};
   } catch (const c10::Error& e) {
     std::string cause = rootCause(e.what_without_backtrace());
-    return {classify(cause), cause, e.what()};
+    return {classifyMessage(cause), cause, e.what()};
   } catch (const std::bad_alloc&) {
     return {"TORCH_OOM", "out of memory", ""};
   } catch (const std::exception& e) {
     std::string cause = rootCause(e.what());
-    return {classify(cause), cause, e.what()};
+    return {classifyMessage(cause), cause, e.what()};
   } catch (...) {
     return {"TORCH_ERROR", "unknown native error", ""};
   }
@@ -170,9 +198,12 @@ Napi::Array fromShape(Napi::Env env, c10::IntArrayRef shape) {
   return array;
 }
 
-std::string getString(const Napi::Object& options, const char* key, const std::string& fallback) {
-  Napi::Value value = options.Get(key);
-  return value.IsString() ? value.As<Napi::String>().Utf8Value() : fallback;
+Napi::Value Baton::field(const char* key, napi_valuetype type) const {
+  Napi::Value value = object_.Get(key);
+  if (value.IsUndefined() || (type != napi_undefined && value.Type() != type))
+    throw CodedError("TORCHLITE_INTERNAL", what_ + "." + key + " is " + (value.IsUndefined() ? "missing" : "of the wrong type") +
+                                               " in what torchlite's JS passed to its addon; this is a bug in torchlite, please report it");
+  return value;
 }
 
 }  // namespace tl

@@ -26,6 +26,12 @@ struct ErrorInfo {
 };
 
 ErrorInfo describe(std::exception_ptr error);
+// The TORCH_* code of a LibTorch message that carries no exception type to go by, from its
+// first line only (see kPhrases in common.cc).
+std::string classifyMessage(const std::string& cause);
+// The first non-blank line of `text`.
+std::string firstLine(const std::string& text);
+bool contains(const std::string& text, const char* needle);
 Napi::Error toJsError(Napi::Env env, const ErrorInfo& info);
 
 // Runs a synchronous binding body. node-addon-api only forwards Napi::Error, so any
@@ -57,6 +63,27 @@ T takeExternal(const Napi::CallbackInfo& info, const char* message) {
   return *info[0].As<Napi::External<T>>().Data();
 }
 
+// A validated options object from JS (a "baton", as sharp calls it). JS owns every default and
+// sends every field, so C++ has none to drift from; a missing or mistyped field is a bug in
+// torchlite, reported as TORCHLITE_INTERNAL naming it (tests send batons that lack each one).
+class Baton {
+ public:
+  Baton(Napi::Object object, std::string what) : object_(object), what_(std::move(what)) {}
+  double number(const char* key) const { return field(key, napi_number).As<Napi::Number>().DoubleValue(); }
+  int64_t integer(const char* key) const { return field(key, napi_number).As<Napi::Number>().Int64Value(); }
+  bool boolean(const char* key) const { return field(key, napi_boolean).As<Napi::Boolean>().Value(); }
+  std::string string(const char* key) const { return field(key, napi_string).As<Napi::String>().Utf8Value(); }
+  Baton object(const char* key) const { return Baton(field(key, napi_object).As<Napi::Object>(), what_ + "." + key); }
+  // A field of any type, null included (null is how JS says "none").
+  Napi::Value value(const char* key) const { return field(key, napi_undefined); }
+
+ private:
+  // `type` napi_undefined: any type but undefined.
+  Napi::Value field(const char* key, napi_valuetype type) const;
+  Napi::Object object_;
+  std::string what_;
+};
+
 c10::ScalarType parseDtype(const std::string& name);
 std::string dtypeName(c10::ScalarType type);
 // Validates availability too: a CUDA device on a machine without one is a coded error.
@@ -65,6 +92,5 @@ std::string deviceName(const torch::Device& device);
 
 std::vector<int64_t> toShape(const Napi::Value& value);
 Napi::Array fromShape(Napi::Env env, c10::IntArrayRef shape);
-std::string getString(const Napi::Object& options, const char* key, const std::string& fallback);
 
 }  // namespace tl

@@ -1,6 +1,6 @@
 // Distributed: a process group on PyTorch's c10d (a TCPStore rendezvous, Gloo, and NCCL
 // for CUDA tensors), the collectives JS calls, and the gradient averaging the fused train
-// step runs. The c10d headers stay in distributed.cc, so the rest of the addon compiles
+// step runs. The c10d headers stay in binding/distributed/, so the rest of the addon compiles
 // without them.
 #pragma once
 #include <memory>
@@ -20,7 +20,6 @@ using GroupPtr = std::shared_ptr<GroupState>;
 // grad when no rank had one. Returns true when some rank met a non-finite loss since the
 // last update; the grads are then dropped and every rank skips the update together. After
 // armOverlap, the buckets already sent during backward are only waited for.
-constexpr size_t kDefaultBucketBytes = 25u << 20;  // DDP's bucket_cap_mb
 bool syncGradients(GroupState& group, OptimizerState& optimizer, size_t bucketBytes);
 
 // DDP's overlap of the gradient allreduce with backward (dataParallel's `overlap`), on the
@@ -42,12 +41,13 @@ class OverlapScope {
 OverlapScope armOverlap(const GroupPtr& group, OptimizerState& optimizer, size_t bucketBytes);
 
 // How a data-parallel model's training jobs sync: JS sends it with each trainStep and flush
-// (`{ group, buffers, overlap, bucketBytes }`, from the model's data-parallel link).
+// (`{ group, buffers, overlap, bucketBytes }` from the model's data-parallel link, or null;
+// distributed.ts owns the defaults).
 struct SyncOptions {
-  GroupPtr group;             // none: the model is not data-parallel
-  bool buffers = true;        // start each forward from rank 0's buffers, as DDP does
-  bool overlap = false;       // send the grads' buckets during backward (armOverlap)
-  size_t bucketBytes = kDefaultBucketBytes;
+  GroupPtr group;          // none: the model is not data-parallel
+  bool buffers = false;    // start each forward from rank 0's buffers, as DDP does
+  bool overlap = false;    // send the grads' buckets during backward (armOverlap)
+  size_t bucketBytes = 0;  // DDP's bucket_cap_mb
 };
 SyncOptions parseSyncOptions(const Napi::Value& value);
 

@@ -1,5 +1,6 @@
 #include "loss.h"
 
+#include "job.h"
 #include "tensor.h"
 
 namespace tl {
@@ -70,20 +71,18 @@ torch::Tensor floatTarget(const LossConfig& config, const torch::Tensor& output,
 
 }  // namespace
 
-LossConfig parseLoss(Napi::Env env, const Napi::Object& spec) {
+LossConfig parseLoss(Napi::Env env, const Baton& spec) {
   LossConfig config;
-  config.kind = spec.Get("kind").As<Napi::String>().Utf8Value();
-  config.reduction = getString(spec, "reduction", "mean");
-  auto number = [&](const char* key, double fallback) {
-    Napi::Value value = spec.Get(key);
-    return value.IsNumber() ? value.As<Napi::Number>().DoubleValue() : fallback;
-  };
-  config.labelSmoothing = number("labelSmoothing", 0);
-  config.ignoreIndex = static_cast<int64_t>(number("ignoreIndex", -100));
-  config.beta = number("beta", 1);
-  config.delta = number("delta", 1);
-  if (spec.Get("weight").IsObject()) config.weight = TensorWrap::From(env, spec.Get("weight"));
-  if (spec.Get("posWeight").IsObject()) config.posWeight = TensorWrap::From(env, spec.Get("posWeight"));
+  config.kind = spec.string("kind");
+  config.classifies = spec.boolean("classifies");
+  config.reduction = spec.string("reduction");
+  config.labelSmoothing = spec.number("labelSmoothing");
+  config.ignoreIndex = spec.integer("ignoreIndex");
+  config.beta = spec.number("beta");
+  config.delta = spec.number("delta");
+  Napi::Value weight = spec.value("weight"), posWeight = spec.value("posWeight");
+  if (!weight.IsNull()) config.weight = TensorWrap::From(env, weight);
+  if (!posWeight.IsNull()) config.posWeight = TensorWrap::From(env, posWeight);
   return config;
 }
 
@@ -132,7 +131,7 @@ torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& rawOutp
 }
 
 bool countsCorrect(const LossConfig& config, const torch::Tensor& target) {
-  return (config.kind == "crossEntropy" || config.kind == "nll") && !target.is_floating_point();
+  return config.classifies && !target.is_floating_point();
 }
 
 int64_t correctPredictions(const torch::Tensor& output, const torch::Tensor& target, int64_t ignoreIndex) {
@@ -143,12 +142,20 @@ int64_t correctPredictions(const torch::Tensor& output, const torch::Tensor& tar
   return hits.sum().item<int64_t>();
 }
 
+// A job on the output's device lane: the target checks read values back (.item()), which on
+// the JS thread would wait for the device.
 Napi::Value ComputeLoss(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
-    LossConfig config = parseLoss(env, info[0].As<Napi::Object>());
-    torch::NoGradGuard noGrad;
-    return TensorWrap::Wrap(env, computeLoss(config, TensorWrap::From(env, info[1]), TensorWrap::From(env, info[2])));
+    LossConfig config = parseLoss(env, Baton(info[0].As<Napi::Object>(), "loss"));
+    torch::Tensor output = TensorWrap::From(env, info[1]), target = TensorWrap::From(env, info[2]);
+    return Job<torch::Tensor>::Start(
+        env, {output.device(), Priority::Inference},
+        [config, output, target] {
+          torch::NoGradGuard noGrad;
+          return computeLoss(config, output, target);
+        },
+        [](Napi::Env env, torch::Tensor& value) -> Napi::Value { return TensorWrap::Wrap(env, value); });
   });
 }
 

@@ -6,17 +6,19 @@
 namespace tl {
 
 struct LossConfig {
+  // Every field comes from the JS spec (loss.ts owns the defaults).
   std::string kind;  // crossEntropy, nll, bceWithLogits, mse, l1, smoothL1, huber
-  std::string reduction = "mean";
+  bool classifies = false;  // class scores against class indices: accuracy applies
+  std::string reduction;
   double labelSmoothing = 0;
-  int64_t ignoreIndex = -100;
-  double beta = 1;   // smoothL1
-  double delta = 1;  // huber
+  int64_t ignoreIndex = 0;
+  double beta = 0;   // smoothL1
+  double delta = 0;  // huber
   torch::Tensor weight;     // per-class weight (crossEntropy, nll)
   torch::Tensor posWeight;  // bceWithLogits
 };
 
-LossConfig parseLoss(Napi::Env env, const Napi::Object& spec);
+LossConfig parseLoss(Napi::Env env, const Baton& spec);
 // With `deferredBad`, class-index targets are checked without a host sync: indices out
 // of range are counted into *deferredBad (a device scalar) and ignored, so no kernel
 // ever sees them; the caller reports the count when it next reads from the device.

@@ -8,7 +8,9 @@
 #include "compat.h"
 #include "ivalue.h"
 #include "job.h"
+#include "inference.h"
 #include "layers.h"
+#include "layout.h"
 #include "surgery.h"
 #include "tensor.h"
 
@@ -43,26 +45,6 @@ Napi::Object describeTensor(Napi::Env env, const std::string& name, const torch:
   return entry;
 }
 
-// The strides of `format` even where contiguous() would keep the tensor as it is: with one
-// input channel (a grayscale batch, a first conv's weight) or a 1x1 kernel both layouts
-// describe the same memory, and LibTorch picks a convolution's layout from the strides. A
-// grayscale batch left in NCHW strides made the small CNN run its whole first stage in NCHW
-// (a third of its channels-last gain lost), and a 1x1 weight left in NHWC strides kept
-// its convolution in NHWC after the model went back to NCHW. to() rewrites the strides
-// whenever the suggested format differs.
-torch::Tensor toMemoryFormat(const torch::Tensor& tensor, torch::MemoryFormat format) {
-  return tensor.to(tensor.options(), /*non_blocking=*/false, /*copy=*/false, format);
-}
-
-torch::Tensor prepareTensor(const ModelState& state, torch::Tensor tensor) {
-  if (tensor.device() != state.device) {
-    if (state.device.is_cuda() && tensor.is_cpu() && !tensor.is_pinned()) tensor = tensor.pin_memory();
-    tensor = tensor.to(state.device, /*non_blocking=*/true);
-  }
-  if (state.channelsLast && tensor.dim() == 4) tensor = toMemoryFormat(tensor, torch::MemoryFormat::ChannelsLast);
-  return tensor;
-}
-
 }  // namespace
 
 std::unique_lock<std::mutex> lockIdle(ModelState& state, const char* what) {
@@ -70,178 +52,6 @@ std::unique_lock<std::mutex> lockIdle(ModelState& state, const char* what) {
   if (!lock)
     throw CodedError("TORCHLITE_MODEL_BUSY", std::string(what) + " is running a job; await its pending operations first");
   return lock;
-}
-
-namespace {
-
-// What a hint may need from the inputs, read before they move into the call.
-struct InputFacts {
-  bool anyDouble = false;
-  std::vector<int64_t> firstShape;  // of the first tensor input; empty when there is none
-};
-
-// view() needs strides it can reuse; a convolution's channels-last output fails it where the
-// NCHW one passes (models written as `x.view(x.size(0), -1)` before a Linear).
-bool isLayoutFailure(const std::string& message) {
-  return message.find("view size is not compatible with input tensor's size and stride") != std::string::npos;
-}
-
-std::string hintFor(const ModelState& state, const InputFacts& inputs, const ErrorInfo& failure, std::string& code) {
-  // Only after the automatic choice has passed its trial, or when channels-last was asked for.
-  if (state.channelsLast && isLayoutFailure(failure.message))
-    return "The model runs in channels-last layout (NHWC), in which this graph's view() cannot run: load it with "
-           "`{ channelsLast: false }` or call `model.channelsLast(false)`";
-  torch::Tensor firstConv;  // the first 4-D weight: a Conv2d's [out, in / groups, kh, kw]
-  c10::ScalarType weights = c10::kFloat;
-  bool sawFloat = false;
-  for (const torch::Tensor& parameter : state.module.parameters()) {
-    if (!sawFloat && parameter.is_floating_point()) {
-      weights = parameter.scalar_type();
-      sawFloat = true;
-    }
-    if (!firstConv.defined() && parameter.dim() == 4) firstConv = parameter;
-  }
-  auto shape = [](const std::vector<int64_t>& s) { return c10::str(c10::IntArrayRef(s)); };
-  if (inputs.anyDouble && weights != c10::kDouble && failure.code == "TORCH_DTYPE") {
-    code = "TORCH_DTYPE";
-    return "The input is float64 but the model's weights are " + dtypeName(weights) +
-           ": build the input from a Float32Array, or convert it with `input.to('" + dtypeName(weights) + "')`";
-  }
-  const std::vector<int64_t>& in = inputs.firstShape;
-  if (!firstConv.defined() || in.empty()) return "";
-  if (in.size() == 3) {
-    code = "TORCH_SHAPE";
-    std::vector<int64_t> batched = in;
-    batched.insert(batched.begin(), 1);
-    return "The input has shape " + shape(in) + ", without a batch dimension: the model takes [N, C, H, W]; for one sample use shape " + shape(batched);
-  }
-  if (in.size() == 4 && failure.message.find("channels") != std::string::npos) {
-    code = "TORCH_SHAPE";
-    int64_t channels = firstConv.size(1);
-    return "The model's first convolution takes " + std::to_string(channels) + "-channel input but the input has " +
-           std::to_string(in[1]) + " channels (shape " + shape(in) + "); load images with `channels: " + std::to_string(channels) + "`";
-  }
-  return "";
-}
-
-}  // namespace
-
-namespace {
-
-// Runs `run` on a model whose channels-last layout was chosen automatically and has not yet
-// been through a forward. If the graph cannot run in NHWC, the model goes back to NCHW and
-// the same call runs again from the same state: the buffers (BatchNorm's running statistics,
-// which the failed pass may have updated) and the CPU generator (dropout's draws) are put
-// back first, so the result is exactly that of a model that never tried.
-template <typename Run>
-c10::IValue onLayoutTrial(ModelState& state, std::vector<c10::IValue>& inputs, Run run) {
-  std::vector<torch::Tensor> buffers;
-  std::vector<torch::Tensor> saved;
-  {
-    torch::NoGradGuard noGrad;
-    for (const torch::Tensor& buffer : state.module.buffers()) {
-      buffers.push_back(buffer);
-      saved.push_back(buffer.clone());
-    }
-  }
-  at::Generator generator = at::detail::getDefaultCPUGenerator();
-  torch::Tensor rng;
-  {
-    std::lock_guard<std::mutex> lock(generator.mutex());
-    rng = generator.get_state();
-  }
-  try {
-    c10::IValue output = run(std::vector<c10::IValue>(inputs));
-    state.layoutOnTrial = false;
-    return output;
-  } catch (const std::exception&) {
-    if (!isLayoutFailure(describe(std::current_exception()).message)) throw;
-  }
-  {
-    torch::NoGradGuard noGrad;
-    for (size_t i = 0; i < buffers.size(); ++i) buffers[i].copy_(saved[i]);
-  }
-  {
-    std::lock_guard<std::mutex> lock(generator.mutex());
-    generator.set_state(rng);
-  }
-  chooseChannelsLast(state, false, /*automatic=*/false);
-  for (c10::IValue& input : inputs)
-    if (input.isTensor() && input.toTensor().dim() == 4) input = toMemoryFormat(input.toTensor(), torch::MemoryFormat::Contiguous);
-  return run(std::move(inputs));
-}
-
-}  // namespace
-
-c10::IValue runForward(ModelState& state, std::vector<c10::IValue> inputs) {
-  InputFacts facts;
-  for (const c10::IValue& input : inputs) {
-    if (!input.isTensor()) continue;
-    const torch::Tensor& tensor = input.toTensor();
-    if (facts.firstShape.empty()) facts.firstShape = tensor.sizes().vec();
-    facts.anyDouble = facts.anyDouble || tensor.scalar_type() == c10::kDouble;
-  }
-  try {
-    if (state.layoutOnTrial)
-      return onLayoutTrial(state, inputs, [&](std::vector<c10::IValue> args) { return state.module.forward(std::move(args)); });
-    return state.module.forward(std::move(inputs));
-  } catch (const std::exception&) {
-    ErrorInfo failure = describe(std::current_exception());
-    std::string code = failure.code;
-    std::string hint = hintFor(state, facts, failure, code);
-    if (hint.empty()) throw;
-    throw CodedError(code, failure.message + ". " + hint, failure.backtrace);
-  }
-}
-
-void chooseChannelsLast(ModelState& state, bool on, bool automatic) {
-  bool changed = setChannelsLast(state, on);
-  // Asked for by name, a model without 4-D weights still gets its 4-D inputs in NHWC;
-  // chosen automatically, it stays as it is (a text model's [B, 1, 1, L] mask gains nothing).
-  if (!changed && !automatic) state.channelsLast = on;
-  state.layoutAutomatic = state.layoutOnTrial = changed && on && automatic;
-}
-
-bool setChannelsLast(ModelState& state, bool on) {
-  std::vector<torch::Tensor> planes;
-  for (const torch::Tensor& parameter : state.module.parameters())
-    if (parameter.dim() == 4) planes.push_back(parameter);
-  if (planes.empty()) return false;
-  torch::NoGradGuard noGrad;
-  // set_data keeps each parameter's identity (optimizers hold them) while changing its layout.
-  for (torch::Tensor& parameter : planes) parameter.set_data(toMemoryFormat(parameter, on ? torch::MemoryFormat::ChannelsLast : torch::MemoryFormat::Contiguous));
-  state.channelsLast = on;
-  return true;
-}
-
-void guardNhwcBackward(ModelState& state) {
-  if (!state.channelsLast || !state.device.is_cpu()) return;
-  // Once per structure: replace() is the only way a layer comes or goes.
-  if (state.hazardGeneration != state.generation) {
-    state.nhwcHazard = nhwcBackwardHazard(state.module);
-    state.hazardGeneration = state.generation;
-  }
-  if (state.nhwcHazard.empty()) return;
-  if (state.layoutAutomatic) {
-    chooseChannelsLast(state, false, /*automatic=*/false);
-    return;
-  }
-  throw CodedError("TORCHLITE_UNSAFE_LAYOUT",
-                   "training " + state.nhwcHazard +
-                       " in channels-last on the CPU corrupts memory inside LibTorch's oneDNN kernels; call "
-                       "model.channelsLast(false) before training on the CPU (inference in channels-last is safe), or "
-                       "train on a GPU");
-}
-
-void prepareInputs(const ModelState& state, std::vector<c10::IValue>& inputs) {
-  for (c10::IValue& input : inputs) {
-    if (input.isTensor()) {
-      input = prepareTensor(state, input.toTensor());
-    } else if (input.isTensorList()) {
-      c10::List<torch::Tensor> list = input.toTensorList();
-      for (size_t i = 0; i < list.size(); ++i) list.set(i, prepareTensor(state, list.get(i)));
-    }
-  }
 }
 
 Napi::Function ModelWrap::Define(Napi::Env env) {
@@ -348,68 +158,6 @@ Napi::Value ModelWrap::FromLayer(const Napi::CallbackInfo& info) {
 }
 
 namespace {
-
-// Whether the copy gives the model's output for `input`, without a LibTorch warning: the
-// inference passes have bugs for some models (MobileNetV3 in 1.13: wrong outputs, and an
-// "output ... was resized" warning), so a copy is trusted only once checked.
-bool agrees(ModelState& model, ModelState& copy, const torch::Tensor& input) {
-  std::vector<c10::IValue> mine{input}, theirs{input};
-  prepareInputs(model, mine);
-  c10::IValue expected = runForward(model, std::move(mine));
-  compat::WarningCollector warnings;
-  try {
-    prepareInputs(copy, theirs);
-    c10::IValue got = runForward(copy, std::move(theirs));
-    if (!expected.isTensor() || !got.isTensor() || !got.toTensor().sizes().equals(expected.toTensor().sizes())) return false;
-    torch::Tensor want = expected.toTensor().to(torch::kFloat), have = got.toTensor().to(torch::kFloat);
-    bool close = ((have - want).abs() / want.abs().clamp_min(1)).max().item<double>() < 1e-4;
-    return close && warnings.messages.empty();
-  } catch (const std::exception&) {
-    return false;
-  }
-}
-
-}  // namespace
-
-// A frozen copy in eval mode, optimised for inference as torch.jit.optimize_for_inference
-// does (BatchNorm folded into the convolutions, oneDNN's prepacked weights on the CPU):
-// fineTune's feature cache runs the frozen body through it. It shares no tensor with the
-// model. Checked against the model on the probe batch and on its first sample (a batch size
-// of its own); null when freezing fails or the copy disagrees (within 1e-4) or warns.
-Napi::Value ModelWrap::InferenceCopy(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    ModelPtr state = live();
-    torch::Tensor probe = TensorWrap::From(env, info[0]);
-    return Job<ModelPtr>::Start(
-        env, {state->device, Priority::Inference},
-        [state, probe]() -> ModelPtr {
-          std::lock_guard<std::mutex> lock(state->mutex);
-          torch::NoGradGuard noGrad;
-          ModelPtr copy;
-          try {
-            torch::jit::Module module = state->module.clone();
-            module.eval();
-            GraphOptimizing optimizing;
-            copy = std::make_shared<ModelState>(torch::jit::optimize_for_inference(module), state->device);
-          } catch (const std::exception&) {
-            return nullptr;  // a module freezing cannot take (attributes set in forward, ...)
-          }
-          bool good = agrees(*state, *copy, probe) && (probe.size(0) == 1 || agrees(*state, *copy, probe.narrow(0, 0, 1)));
-          return good ? copy : nullptr;
-        },
-        [](Napi::Env env, ModelPtr& copy) -> Napi::Value { return copy ? Wrap(env, copy) : env.Null(); });
-  });
-}
-
-// A method of the model by name; a model may export others beside forward, or no forward.
-torch::jit::Method methodOf(const ModelState& state, const std::string& name) {
-  if (auto method = state.module.find_method(name)) return *method;
-  throw CodedError("TORCHLITE_NO_SUCH_METHOD", "the model has no method '" + name + "'; it exports " + methodNames(*state.module.type()) +
-                                                   (name == "forward" ? ": call one with model.call(name, ...inputs)" : ""));
-}
-
-namespace {
 std::string argumentList(const c10::FunctionSchema& schema) {
   std::string names;
   for (size_t i = 1; i < schema.arguments().size(); ++i) names += (i > 1 ? ", " : "") + schema.arguments()[i].name();
@@ -445,47 +193,6 @@ std::vector<c10::IValue> ModelWrap::Inputs(Napi::Env env, const ModelState& stat
     }
   }
   return inputs;
-}
-
-Napi::Value ModelWrap::Forward(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    ModelPtr state = live();
-    return Job<c10::IValue>::Start(
-        env, {state->device, Priority::Inference},
-        [state, inputs = Inputs(env, *state, info[0])]() mutable {
-          std::lock_guard<std::mutex> lock(state->mutex);
-          // Grad mode is thread-local, so it has to be set on the lane itself. Not
-          // c10::InferenceMode: once the profiling executor has built autodiff subgraphs
-          // for training, they save their inputs even with grad mode off, and an inference
-          // tensor (the frozen body's output) cannot be saved (measured: "Inference tensors
-          // cannot be saved for backward" in eval after a head-only step).
-          torch::NoGradGuard noGrad;
-          prepareInputs(*state, inputs);
-          return runForward(*state, std::move(inputs));
-        },
-        [state](Napi::Env env, c10::IValue& output) { return fromIValue(env, output, state); });
-  });
-}
-
-// Any exported method, without gradients, in the model's current mode (as forward).
-Napi::Value ModelWrap::Call(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    ModelPtr state = live();
-    std::string name = info[0].As<Napi::String>().Utf8Value();
-    return Job<c10::IValue>::Start(
-        env, {state->device, Priority::Inference},
-        [state, name, inputs = Inputs(env, *state, info[1], name)]() mutable {
-          std::lock_guard<std::mutex> lock(state->mutex);
-          torch::NoGradGuard noGrad;  // not InferenceMode: see Forward
-          prepareInputs(*state, inputs);
-          torch::jit::Method method = methodOf(*state, name);
-          if (state->layoutOnTrial) return onLayoutTrial(*state, inputs, [&](std::vector<c10::IValue> args) { return method(std::move(args)); });
-          return method(std::move(inputs));
-        },
-        [state](Napi::Env env, c10::IValue& output) { return fromIValue(env, output, state); });
-  });
 }
 
 namespace {
@@ -616,14 +323,28 @@ Napi::Value ModelWrap::Buffers(const Napi::CallbackInfo& info) {
   });
 }
 
+// A copy of every parameter and buffer, taken on the lane in the queue's order: views would
+// change under a later step, and a read on the inference lane could tear against one.
 Napi::Value ModelWrap::StateDict(const Napi::CallbackInfo& info) {
-  return Locked(info, [&](Napi::Env env, ModelState& state) {
-    Napi::Object result = Napi::Object::New(env);
-    // Detached views share storage with the model, as PyTorch's state_dict() does;
-    // torchlite tensors are read-only from JS, so nothing can write through them.
-    for (const auto& item : state.module.named_parameters()) result.Set(item.name, TensorWrap::Wrap(env, item.value.detach()));
-    for (const auto& item : state.module.named_buffers()) result.Set(item.name, TensorWrap::Wrap(env, item.value.detach()));
-    return result;
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    using Entries = std::vector<std::pair<std::string, torch::Tensor>>;
+    return Job<Entries>::Start(
+        env, {state->device, Priority::Inference},
+        [state] {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          torch::NoGradGuard noGrad;
+          Entries entries;
+          for (const auto& item : state->module.named_parameters()) entries.emplace_back(item.name, item.value.detach().clone());
+          for (const auto& item : state->module.named_buffers()) entries.emplace_back(item.name, item.value.detach().clone());
+          return entries;
+        },
+        [](Napi::Env env, Entries& entries) -> Napi::Value {
+          Napi::Object result = Napi::Object::New(env);
+          for (auto& [name, tensor] : entries) result.Set(name, TensorWrap::Wrap(env, tensor));
+          return result;
+        });
   });
 }
 
@@ -724,38 +445,43 @@ Napi::Value ModelWrap::Save(const Napi::CallbackInfo& info) {
   });
 }
 
+// Copies tensors in by name, as a job. Everything is checked before anything is copied, so a
+// dict that does not fit leaves the model untouched.
 Napi::Value ModelWrap::LoadStateDict(const Napi::CallbackInfo& info) {
-  return Locked(info, [&](Napi::Env env, ModelState& state) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
     Napi::Object source = info[0].As<Napi::Object>();
-    std::map<std::string, torch::Tensor> targets;
-    for (const auto& item : state.module.named_parameters()) targets.emplace(item.name, item.value);
-    for (const auto& item : state.module.named_buffers()) targets.emplace(item.name, item.value);
+    bool strict = info[1].As<Napi::Boolean>().Value();
+    std::vector<std::pair<std::string, torch::Tensor>> values;
     Napi::Array names = source.GetPropertyNames();
-    std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;
-    // Check everything before copying anything, so a bad dict leaves the model untouched.
     for (uint32_t i = 0; i < names.Length(); ++i) {
       std::string name = names.Get(i).As<Napi::String>().Utf8Value();
-      auto found = targets.find(name);
-      if (found == targets.end()) throw CodedError("TORCHLITE_BAD_STATE", "the model has no parameter or buffer '" + name + "'");
-      torch::Tensor value = TensorWrap::From(env, source.Get(name));
-      if (value.sizes() != found->second.sizes())
-        throw CodedError("TORCHLITE_BAD_STATE", "'" + name + "' has shape " + c10::str(value.sizes()) +
-                                                    " but the model's has " + c10::str(found->second.sizes()));
-      copies.emplace_back(found->second, value);
-      targets.erase(found);
+      values.emplace_back(name, TensorWrap::From(env, source.Get(name)));
     }
-    if (info[1].As<Napi::Boolean>().Value() && !targets.empty())
-      throw CodedError("TORCHLITE_BAD_STATE", "the state dict lacks '" + targets.begin()->first + "'");
-    torch::NoGradGuard noGrad;
-    for (auto& [target, value] : copies) target.copy_(value);
-    return env.Undefined();
-  });
-}
-
-Napi::Value ModelWrap::SetChannelsLast(const Napi::CallbackInfo& info) {
-  return Locked(info, [&](Napi::Env env, ModelState& state) {
-    chooseChannelsLast(state, info[0].As<Napi::Boolean>().Value(), /*automatic=*/false);
-    return env.Undefined();
+    return Job<bool>::Start(
+        env, {state->device, Priority::Training},
+        [state, strict, values = std::move(values)] {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          std::map<std::string, torch::Tensor> targets;
+          for (const auto& item : state->module.named_parameters()) targets.emplace(item.name, item.value);
+          for (const auto& item : state->module.named_buffers()) targets.emplace(item.name, item.value);
+          std::vector<std::pair<torch::Tensor, torch::Tensor>> copies;
+          for (const auto& [name, value] : values) {
+            auto found = targets.find(name);
+            if (found == targets.end()) throw CodedError("TORCHLITE_BAD_STATE", "the model has no parameter or buffer '" + name + "'");
+            if (value.sizes() != found->second.sizes())
+              throw CodedError("TORCHLITE_BAD_STATE", "'" + name + "' has shape " + c10::str(value.sizes()) +
+                                                          " but the model's has " + c10::str(found->second.sizes()));
+            copies.emplace_back(found->second, value);
+            targets.erase(found);
+          }
+          if (strict && !targets.empty()) throw CodedError("TORCHLITE_BAD_STATE", "the state dict lacks '" + targets.begin()->first + "'");
+          torch::NoGradGuard noGrad;
+          for (auto& [target, value] : copies) target.copy_(value);
+          return true;
+        },
+        [](Napi::Env env, bool&) { return env.Undefined(); });
   });
 }
 

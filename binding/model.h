@@ -39,29 +39,6 @@ using ModelPtr = std::shared_ptr<ModelState>;
 // TORCHLITE_MODEL_BUSY when a job holds it.
 std::unique_lock<std::mutex> lockIdle(ModelState& state, const char* what);
 
-// Moves input tensors to the model's device (from pinned memory, without blocking the
-// host, when that is CUDA) and into channels-last when the model uses it. Runs on the
-// lane, inside a job.
-void prepareInputs(const ModelState& state, std::vector<c10::IValue>& inputs);
-
-// The model's forward. The failures new users meet most (a float64 input, a missing batch
-// dimension, the wrong number of channels) are rethrown with what to change: LibTorch's
-// own message names an inner layer ("running_mean should contain 32 elements not 16").
-c10::IValue runForward(ModelState& state, std::vector<c10::IValue> inputs);
-
-// Puts the model's 4-D parameters in channels-last (NHWC) or back in NCHW; later inputs
-// follow. Returns false, changing nothing, when the model has no 4-D parameter.
-bool setChannelsLast(ModelState& state, bool on);
-
-// The layout a model asks for: `automatic` (loadPretrained's 'auto') only takes models with
-// 4-D weights, and makes their first forward a trial that can fall back to NCHW.
-void chooseChannelsLast(ModelState& state, bool on, bool automatic);
-
-// Before a backward pass on the CPU in channels-last: a model with a layer oneDNN cannot
-// train in NHWC (see nhwcBackwardHazard) goes back to NCHW when the layout was chosen
-// automatically, and fails with TORCHLITE_UNSAFE_LAYOUT when it was asked for by name.
-void guardNhwcBackward(ModelState& state);
-
 class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
  public:
   static Napi::Function Define(Napi::Env env);
@@ -83,8 +60,9 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value Forward(const Napi::CallbackInfo& info);
   Napi::Value Call(const Napi::CallbackInfo& info);
   Napi::Value ProbeGradients(const Napi::CallbackInfo& info);
-  // Defined in train.cc, beside the step they run.
+  // Defined in train.cc, beside the step it runs.
   Napi::Value TrainStep(const Napi::CallbackInfo& info);
+  // Defined in inference.cc, with Forward, Call and InferenceCopy.
   Napi::Value EvalBatch(const Napi::CallbackInfo& info);
   Napi::Value Predict(const Napi::CallbackInfo& info);
   Napi::Value To(const Napi::CallbackInfo& info);
@@ -100,6 +78,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value Save(const Napi::CallbackInfo& info);
   Napi::Value LoadStateDict(const Napi::CallbackInfo& info);
   Napi::Value Extras(const Napi::CallbackInfo& info);
+  // Defined in layout.cc.
   Napi::Value SetChannelsLast(const Napi::CallbackInfo& info);
   // Defined in weights.cc: tensors by name from and to safetensors files, and the zoo's placeholders.
   Napi::Value LoadWeights(const Napi::CallbackInfo& info);

@@ -22,23 +22,18 @@ Kind parseKind(const std::string& name) {
   throw CodedError("TORCHLITE_BAD_ARGUMENT", "unknown optimizer '" + name + "'");
 }
 
-// Reads the options present on a JS object over `base`, so a group can override a few.
-GroupOptions parseOptions(const Napi::Object& object, GroupOptions options) {
-  auto number = [&](const char* key, double& out) {
-    if (object.Get(key).IsNumber()) out = object.Get(key).As<Napi::Number>().DoubleValue();
-  };
-  auto flag = [&](const char* key, bool& out) {
-    if (object.Get(key).IsBoolean()) out = object.Get(key).As<Napi::Boolean>().Value();
-  };
-  number("lr", options.lr);
-  number("momentum", options.momentum);
-  number("dampening", options.dampening);
-  number("weightDecay", options.weightDecay);
-  number("beta1", options.beta1);
-  number("beta2", options.beta2);
-  number("eps", options.eps);
-  flag("nesterov", options.nesterov);
-  flag("amsgrad", options.amsgrad);
+// Every field comes from JS (optim.ts owns the defaults of each optimizer).
+GroupOptions parseOptions(const Baton& baton) {
+  GroupOptions options;
+  options.lr = baton.number("lr");
+  options.momentum = baton.number("momentum");
+  options.dampening = baton.number("dampening");
+  options.weightDecay = baton.number("weightDecay");
+  options.beta1 = baton.number("beta1");
+  options.beta2 = baton.number("beta2");
+  options.eps = baton.number("eps");
+  options.nesterov = baton.boolean("nesterov");
+  options.amsgrad = baton.boolean("amsgrad");
   return options;
 }
 
@@ -153,7 +148,7 @@ std::vector<GroupOptions> parseGroupOptions(const Napi::Value& value) {
   std::vector<GroupOptions> result;
   if (!value.IsArray()) return result;
   Napi::Array array = value.As<Napi::Array>();
-  for (uint32_t i = 0; i < array.Length(); ++i) result.push_back(parseOptions(array.Get(i).As<Napi::Object>(), {}));
+  for (uint32_t i = 0; i < array.Length(); ++i) result.push_back(parseOptions(Baton(array.Get(i).As<Napi::Object>(), "group options")));
   return result;
 }
 
@@ -273,7 +268,7 @@ Napi::Value OptimizerWrap::Create(const Napi::CallbackInfo& info) {
     // broadcast, a forward) runs.
     for (uint32_t i = 0; i < groups.Length(); ++i) {
       Napi::Object group = groups.Get(i).As<Napi::Object>();
-      state->addGroup(toNames(group.Get("names")), parseOptions(group.Get("options").As<Napi::Object>(), {}));
+      state->addGroup(toNames(group.Get("names")), parseOptions(Baton(group.Get("options").As<Napi::Object>(), "group options")));
     }
     return addonData(env).optimizerClass.New({Napi::External<OptimizerPtr>::New(env, &state)});
   });
@@ -281,7 +276,7 @@ Napi::Value OptimizerWrap::Create(const Napi::CallbackInfo& info) {
 
 Napi::Value OptimizerWrap::AddGroup(const Napi::CallbackInfo& info) {
   return Locked(info, [&](Napi::Env env, OptimizerState& state) {
-    state.addGroup(toNames(info[0]), parseOptions(info[1].As<Napi::Object>(), {}));
+    state.addGroup(toNames(info[0]), parseOptions(Baton(info[1].As<Napi::Object>(), "group options")));
     return env.Undefined();
   });
 }

@@ -6,16 +6,17 @@
 
 namespace tl {
 
-struct OverlapState;  // distributed.cc
+struct OverlapState;  // distributed/gradsync.cc
 
+// Every field comes from JS, which owns the defaults (optim.ts's DEFAULTS).
 struct GroupOptions {
-  double lr = 1e-3;
+  double lr = 0;
   double momentum = 0;
   double dampening = 0;
   double weightDecay = 0;
-  double beta1 = 0.9;
-  double beta2 = 0.999;
-  double eps = 1e-8;
+  double beta1 = 0;
+  double beta2 = 0;
+  double eps = 0;
   bool nesterov = false;
   bool amsgrad = false;
 };

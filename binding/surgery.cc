@@ -1,4 +1,5 @@
 #include "surgery.h"
+#include "layout.h"
 
 #include <functional>
 #include <limits>
@@ -144,6 +145,11 @@ void replaceSubmodule(ModelState& state, const std::string& path, torch::jit::Mo
   state.generation += 1;
 }
 
+size_t trainingFlagInput(const std::string& kind) {
+  if (kind == "aten::batch_norm" || kind == "aten::instance_norm") return 5;
+  return kind.find("dropout") != std::string::npos ? 2 : 0;  // aten::dropout, feature_dropout, alpha_dropout, ...
+}
+
 std::vector<std::string> fixTracedTrainingFlags(torch::jit::Module& module) {
   std::vector<std::string> warnings;
   std::set<c10::ClassType*> done;
@@ -154,9 +160,7 @@ std::vector<std::string> fixTracedTrainingFlags(torch::jit::Module& module) {
     for (const auto& graph : methodGraphs(type)) {
       forEachNode(graph->block(), [&](Node* node) {
         const std::string kind = node->kind().toQualString();
-        size_t flag = kind == "aten::batch_norm" || kind == "aten::instance_norm" ? 5
-                      : kind.find("dropout") != std::string::npos                 ? 2
-                                                                                  : 0;
+        size_t flag = trainingFlagInput(kind);
         if (flag == 0 || node->inputs().size() <= flag || node->input(flag)->node()->kind() != c10::prim::Constant)
           return;
         if (!hasTraining) {

@@ -11,6 +11,10 @@ void replaceSubmodule(ModelState& state, const std::string& path, torch::jit::Mo
 
 // Rewrites the constant `training` arguments a tracer baked into normalisation and
 // dropout calls to read self.training. Returns a warning per construct left unfixed.
+// Which input of an op node is its `training` flag (batch_norm's 5, dropout's 2), or 0 for an
+// op without one: tracing freezes that input into a constant.
+size_t trainingFlagInput(const std::string& kind);
+
 std::vector<std::string> fixTracedTrainingFlags(torch::jit::Module& module);
 
 // Puts BatchNorm layers in eval mode while the model trains: those whose parameters are

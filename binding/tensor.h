@@ -34,6 +34,7 @@ class TensorWrap : public Napi::ObjectWrap<TensorWrap> {
   Napi::Value Read(const Napi::CallbackInfo& info);
   Napi::Value Item(const Napi::CallbackInfo& info);
   Napi::Value To(const Napi::CallbackInfo& info);
+  Napi::Value ToAsync(const Napi::CallbackInfo& info);
   Napi::Value Rows(const Napi::CallbackInfo& info);
   Napi::Value Dispose(const Napi::CallbackInfo& info);
 

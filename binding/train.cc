@@ -6,20 +6,14 @@
 #include "compat.h"
 #include "ivalue.h"
 #include "job.h"
+#include "inference.h"
+#include "layout.h"
 #include "surgery.h"
 #include "tensor.h"
 
 namespace tl {
 namespace {
 
-// Models that return a tuple (logits, extras) train on their first tensor, as
-// torchvision's Inception does with its aux logits.
-torch::Tensor firstTensor(const c10::IValue& value) {
-  if (value.isTensor()) return value.toTensor();
-  if (value.isTuple() && !value.toTupleRef().elements().empty()) return firstTensor(value.toTupleRef().elements()[0]);
-  if (value.isList() && value.toListRef().size() > 0) return firstTensor(value.toListRef()[0]);
-  throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "training needs a model whose forward returns a tensor (or a tuple starting with one)");
-}
 
 std::optional<compat::AutocastScope> autocastFor(const std::string& amp, const torch::Device& device) {
   if (amp == "none") return std::nullopt;
@@ -51,32 +45,17 @@ torch::Tensor clipGradNorm(const std::vector<torch::Tensor>& params, double maxN
   return total;
 }
 
-// Runs `body` with the model in eval mode and restores the mode (and BatchNorm policy) after.
-template <class F>
-auto inEvalMode(ModelState& model, F&& body) -> decltype(body()) {
-  bool wasTraining = model.module.is_training();
-  model.module.eval();
-  struct Restore {
-    ModelState& model;
-    bool training;
-    ~Restore() {
-      model.module.train(training);
-      applyBatchNormPolicy(model);
-    }
-  } restore{model, wasTraining};
-  torch::NoGradGuard noGrad;  // not InferenceMode: see ModelWrap::Forward
-  return body();
-}
 
-StepOptions parseStepOptions(const Napi::Object& object) {
+StepOptions parseStepOptions(const Baton& baton) {
   StepOptions options;
-  if (object.Get("accumulate").IsNumber()) options.accumulate = object.Get("accumulate").As<Napi::Number>().Int64Value();
-  if (object.Get("clipGradNorm").IsNumber()) options.clipGradNorm = object.Get("clipGradNorm").As<Napi::Number>().DoubleValue();
-  options.amp = getString(object, "amp", "none");
-  options.throwOnNonFinite = getString(object, "nonFinite", "skip") == "throw";
-  if (object.Get("readLoss").IsBoolean()) options.readLoss = object.Get("readLoss").As<Napi::Boolean>().Value();
-  options.groups = parseGroupOptions(object.Get("groups"));
-  options.sync = parseSyncOptions(object.Get("sync"));
+  options.accumulate = baton.integer("accumulate");
+  Napi::Value clip = baton.value("clipGradNorm");
+  options.clipGradNorm = clip.IsNull() ? 0 : clip.As<Napi::Number>().DoubleValue();
+  options.amp = baton.string("amp");
+  options.throwOnNonFinite = baton.string("nonFinite") == "throw";
+  options.readLoss = baton.boolean("readLoss");
+  options.groups = parseGroupOptions(baton.value("groups"));
+  options.sync = parseSyncOptions(baton.value("sync"));
   return options;
 }
 
@@ -216,13 +195,15 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
     ModelPtr state = live();
     Napi::Array batches = info[0].As<Napi::Array>();
     Napi::Object options = info[1].As<Napi::Object>();
-    OptimizerPtr optimizer = OptimizerWrap::StateOf(env, options.Get("optimizer"));
-    LossConfig loss = parseLoss(env, options.Get("loss").As<Napi::Object>());
-    StepOptions step = parseStepOptions(options);
+    Baton baton(options, "trainStep options");
+    OptimizerPtr optimizer = OptimizerWrap::StateOf(env, baton.value("optimizer"));
+    LossConfig loss = parseLoss(env, baton.object("loss"));
+    StepOptions step = parseStepOptions(baton);
     // fit's windows: each step's group options, read off its schedule ahead of the job.
     std::vector<std::vector<GroupOptions>> perStep;
-    if (options.Get("groupsPerStep").IsArray()) {
-      Napi::Array all = options.Get("groupsPerStep").As<Napi::Array>();
+    Napi::Value windows = baton.value("groupsPerStep");
+    if (!windows.IsNull()) {
+      Napi::Array all = windows.As<Napi::Array>();
       for (uint32_t i = 0; i < all.Length(); ++i) perStep.push_back(parseGroupOptions(all.Get(i)));
       if (perStep.size() != batches.Length()) throw CodedError("TORCHLITE_BAD_ARGUMENT", "groupsPerStep needs one entry per batch");
     }
@@ -251,80 +232,6 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
           Napi::Array array = Napi::Array::New(env, results.size());
           for (size_t i = 0; i < results.size(); ++i) array.Set(i, stepResultToJs(env, results[i]));
           return array;
-        });
-  });
-}
-
-// One evaluation batch in eval mode. The scores and targets come back as host arrays
-// copied on the lane, so the metrics in JS never run LibTorch (or wait for a GPU) on
-// the event loop.
-Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    ModelPtr state = live();
-    std::optional<LossConfig> loss;
-    if (info[2].IsObject()) loss = parseLoss(env, info[2].As<Napi::Object>());
-    torch::Tensor target = info[1].IsObject() ? TensorWrap::From(env, info[1]) : torch::Tensor();
-    // Rows past `keep` repeat earlier samples (a distributed shard's padding) and are not scored.
-    int64_t keep = info[3].IsNumber() ? info[3].As<Napi::Number>().Int64Value() : -1;
-    struct Result {
-      torch::Tensor scores;   // float32, contiguous, on the CPU
-      torch::Tensor targets;  // float64, on the CPU
-      // Empty without a loss to compute; a diverged model's NaN is kept, not taken for "none".
-      std::optional<double> loss;
-    };
-    return Job<Result>::Start(
-        env, {state->device, Priority::Inference},
-        [state, loss, target, keep, inputs = Inputs(env, *state, info[0])]() mutable {
-          std::lock_guard<std::mutex> lock(state->mutex);
-          return inEvalMode(*state, [&] {
-            prepareInputs(*state, inputs);
-            torch::Tensor output = firstTensor(runForward(*state, std::move(inputs)));
-            if (keep >= 0 && keep < output.size(0)) {
-              output = output.narrow(0, 0, keep);
-              if (target.defined()) target = target.narrow(0, 0, keep);
-            }
-            Result result;
-            // A batch of padding only has no rows left, and no loss (the mean of none is NaN).
-            if (loss && target.defined() && output.size(0) > 0) result.loss = computeLoss(*loss, output, target).item<double>();
-            result.scores = output.to(torch::kCPU, torch::kFloat).contiguous();
-            if (target.defined()) result.targets = target.to(torch::kCPU, torch::kDouble).contiguous();
-            return result;
-          });
-        },
-        [](Napi::Env env, Result& r) -> Napi::Value {
-          Napi::Object result = Napi::Object::New(env);
-          result.Set("scores", hostArray(env, r.scores));
-          result.Set("shape", fromShape(env, r.scores.sizes()));
-          if (r.targets.defined()) result.Set("targets", hostArray(env, r.targets));
-          if (r.loss) result.Set("loss", *r.loss);
-          return result;
-        });
-  });
-}
-
-Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  return guard(env, [&] {
-    ModelPtr state = live();
-    using Result = std::pair<torch::Tensor, torch::Tensor>;
-    return Job<Result>::Start(
-        env, {state->device, Priority::Inference},
-        [state, inputs = Inputs(env, *state, info[0])]() mutable {
-          std::lock_guard<std::mutex> lock(state->mutex);
-          return inEvalMode(*state, [&] {
-            prepareInputs(*state, inputs);
-            torch::Tensor output = firstTensor(runForward(*state, std::move(inputs))).to(torch::kFloat);
-            if (output.dim() < 2)
-              throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "predict needs class scores of shape [N, C, ...] but the model returned " + c10::str(output.sizes()));
-            return Result{torch::softmax(output, 1), output.argmax(1)};
-          });
-        },
-        [](Napi::Env env, Result& r) -> Napi::Value {
-          Napi::Object result = Napi::Object::New(env);
-          result.Set("probabilities", TensorWrap::Wrap(env, r.first));
-          result.Set("argmax", TensorWrap::Wrap(env, r.second));
-          return result;
         });
   });
 }

@@ -4,6 +4,7 @@
 #include <fstream>
 
 #include "archive.h"
+#include "layout.h"
 #include "job.h"
 #include "layers.h"
 #include "model.h"

@@ -81,7 +81,7 @@ export function earlyStopping(options?: EarlyStoppingOptions): Callback {
       }
       const last = ctx.stopping || ctx.epoch >= ctx.epochs;
       if (last && best) {
-        best.restore();
+        await best.restore();
         best.dispose();
         best = undefined;
       }

@@ -93,8 +93,8 @@ export async function loadCheckpoint(path: string, state: Omit<TrainingState, 'p
   try {
     if (!extras[STATE]) throw new TorchError('TORCHLITE_BAD_STATE', `${path} is a model but not a torchlite checkpoint`);
     const json = JSON.parse(extras[STATE].toString('utf8')) as CheckpointJson;
-    const weights = saved.stateDict();
-    state.model.loadStateDict(weights);
+    const weights = (await saved.stateDict());
+    await state.model.loadStateDict(weights);
     Object.values(weights).forEach((t) => t.dispose());
     const blob = extras[TENSORS] ?? Buffer.alloc(0);
     const perParam: OptimizerStateDict['state'] = {};

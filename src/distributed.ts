@@ -2,7 +2,7 @@
 // Gloo collectives, and NCCL for CUDA tensors in CUDA builds (binding/distributed.cc). One
 // process per rank, started by `torchlite run --nproc N` or torchrun, which pass the rank
 // and rendezvous address in torchrun's environment variables.
-import { TorchError } from './errors';
+import { misuse, TorchError } from './errors';
 import { callNativeAsync } from './errors';
 import { type DataParallelLink, kDataParallel, Model } from './model';
 import { native, type NativeProcessGroup } from './native';
@@ -211,8 +211,8 @@ export async function init(options?: InitOptions): Promise<ProcessGroup> {
       timeoutMs,
       initTimeoutMs,
       threads,
-      ...(agent && { agentPrefix: `/worker/attempt_${envInteger('TORCHELASTIC_RESTART_COUNT', 0, 0)}/` }),
-      ...(interfaces && { interfaces }),
+      agentPrefix: agent ? `/worker/attempt_${envInteger('TORCHELASTIC_RESTART_COUNT', 0, 0)}/` : '',
+      interfaces: interfaces ?? [],
       nccl,
     }),
   );
@@ -253,7 +253,7 @@ export function dataParallel(model: Model, options: DataParallelOptions): Model 
   if (o.broadcastBuffers !== undefined && typeof o.broadcastBuffers !== 'boolean') throw typeError('a boolean', 'options.broadcastBuffers', o.broadcastBuffers);
   if (o.overlap !== undefined && typeof o.overlap !== 'boolean') throw typeError('a boolean', 'options.overlap', o.overlap);
   const bucketCapMb = checkPositiveNumber(o.bucketCapMb ?? 25, 'options.bucketCapMb');
-  if (groups.has(model)) throw new TorchError('TORCHLITE_BAD_ARGUMENT', 'this model is already data-parallel');
+  if (groups.has(model)) throw misuse('TORCHLITE_BAD_ARGUMENT', 'this model is already data-parallel');
   const group = o.group;
   const link: DataParallelLink = {
     group: ProcessGroup.handle(group),

@@ -56,9 +56,11 @@ export type TorchErrorCode =
   | 'TORCH_VALUE'
   | 'TORCH_OOM'
   | 'TORCH_NOT_IMPLEMENTED'
+  | 'TORCH_UNKNOWN_OP'
+  | 'TORCHLITE_INTERNAL'
   | 'TORCH_ERROR';
 
-/** A failure inside LibTorch or while reading and writing files. Misuse throws `TypeError`/`RangeError` instead. */
+/** A failure inside LibTorch or while reading and writing files. Misuse throws `TypeError`/`RangeError` instead (see {@link MisuseError}). */
 export class TorchError extends Error {
   /** A stable code to branch on; the message may change between versions. */
   readonly code: TorchErrorCode;
@@ -71,6 +73,25 @@ export class TorchError extends Error {
     this.code = code;
     if (options.backtrace) this.backtrace = options.backtrace;
   }
+}
+
+/**
+ * Misuse of the API, as better-sqlite3 reports it: a `TypeError` that also carries a stable
+ * `code` (a busy model, a model put inside itself, an optimizer used with another model).
+ */
+export type MisuseError = TypeError & { readonly code: TorchErrorCode };
+
+/** The codes that mean misuse: the native side raises them too, and they reach JS as `TypeError`s. */
+const MISUSE_CODES: ReadonlySet<string> = new Set<TorchErrorCode>(['TORCHLITE_MODEL_BUSY', 'TORCHLITE_BAD_ARGUMENT']);
+
+/** A {@link MisuseError}. */
+export function misuse(code: TorchErrorCode, message: string): MisuseError {
+  return Object.assign(new TypeError(message), { code });
+}
+
+/** `TORCHLITE_MODEL_BUSY`: a synchronous method that would overtake the model's pending operations. */
+export function busyError(message: string): MisuseError {
+  return misuse('TORCHLITE_MODEL_BUSY', message);
 }
 
 interface NativeFailure {
@@ -89,8 +110,10 @@ function isNativeFailure(error: unknown): error is NativeFailure & Error {
 
 function convert(error: unknown, stack: string | undefined): unknown {
   if (error instanceof TorchError || !isNativeFailure(error)) return error;
-  const converted = new TorchError(error.code as TorchErrorCode, error.message, { backtrace: error.backtrace });
-  if (stack !== undefined) converted.stack = `TorchError: ${error.message}${stack.slice(stack.indexOf('\n'))}`;
+  const converted = MISUSE_CODES.has(error.code)
+    ? misuse(error.code as TorchErrorCode, error.message)
+    : new TorchError(error.code as TorchErrorCode, error.message, { backtrace: error.backtrace });
+  if (stack !== undefined) converted.stack = `${converted.name}: ${error.message}${stack.slice(stack.indexOf('\n'))}`;
   return converted;
 }
 

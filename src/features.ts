@@ -7,7 +7,7 @@
 import type { Dataset } from './data/dataset';
 import { tensorDataset } from './data/dataset';
 import { type Loader, loader } from './data/loader';
-import { TorchError } from './errors';
+import { misuse, TorchError } from './errors';
 import { type BatchInput, disposeBatch, Model } from './model';
 import { native } from './native';
 import { dropout, identity, linear, sequential } from './nn';
@@ -109,7 +109,7 @@ export async function prepareFeatureCache(
   options: { train: Loader<BatchInput>; val?: Loader<BatchInput>; dropout: number; mode: boolean | 'auto'; budget: number; blocked?: string },
 ): Promise<FeatureCache | FeatureCacheReport> {
   const refuse = (reason: string): FeatureCacheReport => {
-    if (options.mode === true) throw new TorchError('TORCHLITE_BAD_ARGUMENT', `cacheFeatures: true cannot apply: ${reason}; pass cacheFeatures: 'auto' (or false) to train the whole model instead`);
+    if (options.mode === true) throw misuse('TORCHLITE_BAD_ARGUMENT', `cacheFeatures: true cannot apply: ${reason}; pass cacheFeatures: 'auto' (or false) to train the whole model instead`);
     return { used: false, reason };
   };
   if (options.mode === false) return { used: false, reason: 'cacheFeatures: false' };
@@ -125,7 +125,7 @@ export async function prepareFeatureCache(
   const wasTraining = model.training;
   model.eval();
   const original = await model.forward(probe.input);
-  const dict = model.stateDict();
+  const dict = (await model.stateDict());
   // The new head's own initial weights, so training starts where the whole model's would.
   const linearHead = headLayer(inFeatures, outFeatures, dict[`${headPath}.weight`], dict[`${headPath}.bias`]);
   model.replace(headPath, identity());
@@ -227,7 +227,7 @@ export async function restoreHead(model: Model, headPath: string, head: Model): 
   if (head.disposed) return;
   await model.idle();
   await head.idle();
-  const dict = head.stateDict();
+  const dict = (await head.stateDict());
   // The Linear's weights: `weight`, or `1.weight` behind a replayed dropout.
   const named = (suffix: string) => Object.entries(dict).find(([name]) => name === suffix || name.endsWith(`.${suffix}`))?.[1];
   try {

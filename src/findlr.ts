@@ -10,7 +10,7 @@ import { type Loss, crossEntropy } from './loss';
 import type { BatchInput, Model } from './model';
 import { native } from './native';
 import { adamw } from './optim';
-import { type Tensor, tensor } from './tensor';
+import { tensor } from './tensor';
 import { checkFiniteNumber, checkOptions, checkPositiveInteger, rangeError, typeError } from './validate';
 
 export interface FindLrOptions {
@@ -87,7 +87,7 @@ export async function findLr(model: Model, loader: Loader<BatchInput>, options?:
       }
     }
   } finally {
-    saved.restore();
+    await saved.restore();
     saved.dispose();
     optimizer.dispose();
   }
@@ -106,28 +106,24 @@ export async function findLr(model: Model, loader: Loader<BatchInput>, options?:
 /** A model's state as {@link snapshot} saved it. */
 export interface Snapshot {
   /** Puts the weights, buffers, training mode and (if saved) the generator back; may be called again. */
-  restore(): void;
+  restore(): Promise<void>;
   dispose(): void;
 }
 
 /** The model's weights and buffers, its training mode and the random generator, to put back after trial training. */
 export async function snapshot(model: Model, options: { rng: boolean }): Promise<Snapshot> {
   await model.idle();
-  const saved: [string, Tensor][] = [];
-  for (const [name, t] of Object.entries(model.stateDict())) {
-    saved.push([name, tensor((await t.read()) as Float32Array, t.shape, { dtype: t.dtype })]);
-    t.dispose();
-  }
+  const saved = await model.stateDict();
   const rng = options.rng ? native.getRngState() : null;
   const wasTraining = model.training;
   return {
-    restore() {
-      model.loadStateDict(Object.fromEntries(saved));
+    async restore() {
+      await model.loadStateDict(saved);
       if (rng) native.setRngState(rng);
       model.train(wasTraining);
     },
     dispose() {
-      saved.forEach(([, t]) => t.dispose());
+      Object.values(saved).forEach((t) => t.dispose());
     },
   };
 }

@@ -5,7 +5,7 @@ import { performance } from 'node:perf_hooks';
 import { readCheckpointPosition } from './checkpoint';
 import type { Loader } from './data/loader';
 import { groupOf } from './distributed';
-import { TorchError } from './errors';
+import { misuse } from './errors';
 import { FEATURE_CACHE_BUDGET, type FeatureCache, type FeatureCacheReport, prepareFeatureCache, restoreHead } from './features';
 import { findLr, type LrRule, type Snapshot, snapshot } from './findlr';
 import { type Callback, callbacksOfThisRank, type EpochRecord, fit, recordTrainingData } from './fit';
@@ -166,7 +166,7 @@ const tuning = new WeakSet<Model>();
 export async function fineTune(model: Model, options: FineTuneOptions): Promise<FineTuneHistory> {
   if (!(model instanceof Model)) throw typeError('a Model', 'model', model);
   // Checked before the first await, so that a second call is refused before it touches the head.
-  if (tuning.has(model)) throw new TorchError('TORCHLITE_MODEL_BUSY', 'fineTune is already running on this model; await it (or abort it through its `signal`) before starting another');
+  if (tuning.has(model)) throw misuse('TORCHLITE_MODEL_BUSY', 'fineTune is already running on this model; await it (or abort it through its `signal`) before starting another');
   tuning.add(model);
   try {
     return await tune(model, options);
@@ -271,7 +271,7 @@ async function searchLr(
   // Announced before the first trial, from the time of one whole-model step (then undone):
   // the head-only steps cost less, so this errs long.
   const secondsPerStep = await timeOneStep(model, o.train, o.loss);
-  startOver(model, recipe.headPath, saved);
+  await startOver(model, recipe.headPath, saved);
   const stepsPerRun = (recipe.freezeEpochs + recipe.epochs) * Math.ceil(o.train.length * (1 - holdout / folds.length / o.train.dataset.length));
   const announced: LrSearchPlan = { trials: plan.length, folds: folds.length, runs, estimatedSeconds: Math.max(1, Math.round(runs * stepsPerRun * secondsPerStep)) };
   for (const cb of callbacks) await cb.onLrSearch?.(announced);
@@ -283,7 +283,7 @@ async function searchLr(
       let [loss, hits] = [0, 0];
       for (const parts of folds) {
         if (o.signal?.aborted) break;
-        if (ran++ > 0) startOver(model, recipe.headPath, saved);
+        if (ran++ > 0) await startOver(model, recipe.headPath, saved);
         const fitOn = o.train.withDataset(parts.train);
         const { cache } = await headOnlyCache(model, recipe.headPath, { ...o, train: fitOn, val: undefined, callbacks: undefined }, recipe.freezeEpochs, -1);
         try {
@@ -302,7 +302,7 @@ async function searchLr(
       for (const cb of callbacks) await cb.onLrTrial?.(trial, k, plan.length);
     }
   } finally {
-    startOver(model, recipe.headPath, saved);
+    await startOver(model, recipe.headPath, saved);
     saved.dispose();
   }
   if (trials.length === 0) {
@@ -401,8 +401,8 @@ async function timeOneStep(model: Model, train: Loader<BatchInput>, lossFn: Loss
 }
 
 /** The model as fineTune's first phase starts it: saved weights and generator, new head trainable, body frozen. */
-function startOver(model: Model, headPath: string, saved: Snapshot): void {
-  saved.restore();
+async function startOver(model: Model, headPath: string, saved: Snapshot): Promise<void> {
+  await saved.restore();
   model.freeze();
   model.unfreeze(headPath);
 }

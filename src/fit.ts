@@ -6,7 +6,7 @@ import { groupOf } from './distributed';
 import { crossEntropy, Loss } from './loss';
 import type { LrSearchPlan, LrTrial } from './lrsearch';
 import type { Metrics, MetricSpec } from './metrics';
-import { type BatchInput, disposeBatch, kStepGroups, Model, type TrainStepOptions, type TrainStepResult } from './model';
+import { type BatchInput, disposeBatch, Model, type TrainStepOptions, type TrainStepResult } from './model';
 import { native } from './native';
 import { Optimizer } from './optim';
 import { PlateauScheduler, Scheduler } from './sched';
@@ -207,10 +207,7 @@ async function trainWindow(model: Model, window: LoaderBatch<BatchInput>[], step
     return groups;
   });
   if (saved) scheduler!.loadStateDict(saved);
-  const results = await model.trainSteps(
-    window.map((b) => ({ input: b.input, target: b.target })),
-    { ...step, [kStepGroups]: perStep } as TrainStepOptions,
-  );
+  const results = await Model.trainWindow(model, window.map((b) => ({ input: b.input, target: b.target })), step, perStep);
   return results.map((r) => {
     if (r.stepped) scheduler?.step();
     return { ...r, lr: lrNow() };

@@ -1,4 +1,4 @@
-import { callNative } from './errors';
+import { callNativeAsync } from './errors';
 import { native, type NativeTensor } from './native';
 import { Tensor, tensor } from './tensor';
 import { checkFiniteNumber, checkInteger, checkOneOf, checkOptions, checkPositiveNumber, rangeError, typeError } from './validate';
@@ -23,19 +23,21 @@ export class Loss {
 
   /** Whether class-index targets make this a classification loss (accuracy applies): `crossEntropy` and `nll`. */
   get classifies(): boolean {
-    return CLASSIFICATION_KINDS.includes(this.kind);
+    return this.spec.classifies as boolean;
   }
 
-  /** The loss of `output` against `target`, without recording gradients. */
-  compute(output: Tensor, target: Tensor): Tensor {
-    const out = Tensor.handle(output);
-    const tgt = Tensor.handle(target);
-    return new Tensor(callNative(() => native.computeLoss(this.spec, out, tgt)));
+  /** The loss of `output` against `target`, without recording gradients, computed as a job on `output`'s device lane. */
+  compute(output: Tensor, target: Tensor): Promise<Tensor> {
+    return callNativeAsync(async () => {
+      const out = Tensor.handle(output);
+      const tgt = Tensor.handle(target);
+      return new Tensor(await native.computeLoss(this.spec, out, tgt));
+    });
   }
 }
 
 const REDUCTIONS = ['mean', 'sum', 'none'] as const;
-/** The losses whose class-index targets make accuracy meaningful (loss.cc's `classifies` mirrors it for the native step). */
+/** The losses whose class-index targets make accuracy meaningful; the native step reads it from the spec. */
 const CLASSIFICATION_KINDS = ['crossEntropy', 'nll'];
 
 /** The native handle of a per-class weight given as a Tensor or number[], if any. */
@@ -52,10 +54,17 @@ function classWeight(value: unknown, name: string): NativeTensor | undefined {
   throw typeError('a non-empty number[] or a Tensor', name, value);
 }
 
+/**
+ * Every field the native loss reads, at its default: the one place these defaults live (the
+ * addon reads each field with no fallback of its own).
+ */
+const SPEC_DEFAULTS = { reduction: 'mean', labelSmoothing: 0, ignoreIndex: -100, beta: 1, delta: 1, weight: null, posWeight: null };
+
 function make(kind: string, options: unknown, known: string[], build: (o: Record<string, unknown>) => Record<string, unknown> = () => ({})): Loss {
   const o = checkOptions<Record<string, unknown>>(options, 'options', ['reduction', ...known]) as Record<string, unknown>;
-  const reduction = o.reduction === undefined ? 'mean' : checkOneOf(o.reduction, 'options.reduction', REDUCTIONS);
-  return new Loss({ kind, reduction, ...build(o) });
+  const reduction = o.reduction === undefined ? SPEC_DEFAULTS.reduction : checkOneOf(o.reduction, 'options.reduction', REDUCTIONS);
+  const given = Object.fromEntries(Object.entries(build(o)).filter(([, value]) => value !== undefined));
+  return new Loss({ ...SPEC_DEFAULTS, kind, classifies: CLASSIFICATION_KINDS.includes(kind), reduction, ...given });
 }
 
 export interface CrossEntropyOptions {
@@ -75,11 +84,11 @@ export interface CrossEntropyOptions {
  */
 export function crossEntropy(options?: CrossEntropyOptions): Loss {
   return make('crossEntropy', options, ['labelSmoothing', 'weight', 'ignoreIndex'], (o) => {
-    const smoothing = o.labelSmoothing === undefined ? 0 : checkFiniteNumber(o.labelSmoothing, 'options.labelSmoothing');
+    const smoothing = o.labelSmoothing === undefined ? SPEC_DEFAULTS.labelSmoothing : checkFiniteNumber(o.labelSmoothing, 'options.labelSmoothing');
     if (smoothing < 0 || smoothing >= 1) throw rangeError('a number in [0, 1)', 'options.labelSmoothing', smoothing);
     return {
       labelSmoothing: smoothing,
-      ignoreIndex: o.ignoreIndex === undefined ? -100 : checkInteger(o.ignoreIndex, 'options.ignoreIndex', -Number.MAX_SAFE_INTEGER),
+      ignoreIndex: o.ignoreIndex === undefined ? undefined : checkInteger(o.ignoreIndex, 'options.ignoreIndex', -Number.MAX_SAFE_INTEGER),
       weight: classWeight(o.weight, 'options.weight'),
     };
   });
@@ -97,7 +106,7 @@ export interface NllOptions {
 /** Negative log-likelihood over log-probabilities, like `torch.nn.NLLLoss`. */
 export function nll(options?: NllOptions): Loss {
   return make('nll', options, ['weight', 'ignoreIndex'], (o) => ({
-    ignoreIndex: o.ignoreIndex === undefined ? -100 : checkInteger(o.ignoreIndex, 'options.ignoreIndex', -Number.MAX_SAFE_INTEGER),
+    ignoreIndex: o.ignoreIndex === undefined ? undefined : checkInteger(o.ignoreIndex, 'options.ignoreIndex', -Number.MAX_SAFE_INTEGER),
     weight: classWeight(o.weight, 'options.weight'),
   }));
 }
@@ -132,10 +141,10 @@ export function l1(options?: RegressionOptions): Loss {
 
 /** Smooth L1, like `torch.nn.SmoothL1Loss`. `beta` defaults to `1`. */
 export function smoothL1(options?: RegressionOptions & { beta?: number }): Loss {
-  return make('smoothL1', options, ['beta'], (o) => ({ beta: o.beta === undefined ? 1 : checkPositiveNumber(o.beta, 'options.beta') }));
+  return make('smoothL1', options, ['beta'], (o) => ({ beta: o.beta === undefined ? undefined : checkPositiveNumber(o.beta, 'options.beta') }));
 }
 
 /** Huber loss, like `torch.nn.HuberLoss`. `delta` defaults to `1`. */
 export function huber(options?: RegressionOptions & { delta?: number }): Loss {
-  return make('huber', options, ['delta'], (o) => ({ delta: o.delta === undefined ? 1 : checkPositiveNumber(o.delta, 'options.delta') }));
+  return make('huber', options, ['delta'], (o) => ({ delta: o.delta === undefined ? undefined : checkPositiveNumber(o.delta, 'options.delta') }));
 }

@@ -3,7 +3,7 @@
 // bench/recipes/sweep.mjs imports them to score rules on recorded trials, and
 // bench/recipes/README.md tells how each was measured.
 import { type Dataset, split } from './data/dataset';
-import { TorchError } from './errors';
+import { misuse } from './errors';
 import type { Loss } from './loss';
 import type { BatchInput, BatchNormPolicy } from './model';
 
@@ -96,7 +96,7 @@ export function searchFolds(ds: Dataset<BatchInput>, loss: Loss | undefined): Pa
     }
   };
   const first = fold(0);
-  if (!first) throw new TorchError('TORCHLITE_BAD_ARGUMENT', `lrSearch: true cannot apply: ${ds.length} training samples leave none to hold out for the trials; pass lrSearch: false`);
+  if (!first) throw misuse('TORCHLITE_BAD_ARGUMENT', `lrSearch: true cannot apply: ${ds.length} training samples leave none to hold out for the trials; pass lrSearch: false`);
   if (first.val.length >= LR_SEARCH.minHoldout) return [first];
   // Folds of tiny classes can come out empty (a class of 3 fills three folds of one).
   const rest = Array.from({ length: LR_SEARCH.folds - 1 }, (_, i) => fold(i + 1)).filter((parts) => parts !== undefined);

@@ -6,9 +6,15 @@ import { join, resolve } from 'node:path';
 import { TorchError } from './errors';
 import { checkInteger, checkPositiveInteger } from './validate';
 
+/** A new tensor's options: `dtype` null keeps the data's own. */
 export interface NativeTensorOptions {
-  dtype?: string;
-  device?: string;
+  dtype: string | null;
+  device: string;
+}
+
+export interface NativeConversion {
+  dtype: string;
+  device: string;
 }
 
 export interface NativeTensor {
@@ -19,8 +25,9 @@ export interface NativeTensor {
   toTypedArray(): ArrayBufferView;
   read(): Promise<ArrayBufferView>;
   item(): number | boolean;
-  to(options: NativeTensorOptions): NativeTensor;
-  rows(indices: Int32Array): NativeTensor;
+  to(options: NativeConversion): NativeTensor;
+  toAsync(options: NativeConversion): Promise<NativeTensor>;
+  rows(indices: Int32Array): Promise<NativeTensor>;
   dispose(): void;
 }
 
@@ -63,20 +70,20 @@ export interface NativeModel {
   methods(): { name: string; arguments: { name: string; type: string; default?: string }[]; returns: string }[];
   parameters(): (NativeTensorInfo & { requiresGrad: boolean })[];
   buffers(): NativeTensorInfo[];
-  stateDict(): Record<string, NativeTensor>;
+  stateDict(): Promise<Record<string, NativeTensor>>;
   setTraining(on: boolean): void;
   info(): { training: boolean; traced: boolean; device: string; metadata: string; bnPolicy: string; channelsLast: boolean; warnings: string[] };
   replace(path: string, spec: object): void;
   setRequiresGrad(names: string[], flag: boolean): void;
   setBatchNormPolicy(policy: string): void;
   save(path: string, metadata: string, extras?: Record<string, Buffer>): Promise<void>;
-  loadStateDict(dict: Record<string, NativeTensor>, strict: boolean): void;
+  loadStateDict(dict: Record<string, NativeTensor>, strict: boolean): Promise<void>;
   loadWeights(entries: { name: string; file: string; offset: number; bytes: number; dtype: string; shape: number[]; keep: boolean }[]): Promise<void>;
   saveWeights(path: string, header: Buffer, names: string[]): Promise<void>;
   materialize(layout: 'auto' | 'on' | 'off'): Promise<number>;
   reshape(shapes: Record<string, number[]>, values: Record<string, number>): void;
   extras(): Record<string, Buffer>;
-  setChannelsLast(on: boolean): void;
+  setChannelsLast(on: boolean): Promise<void>;
   dispose(): void;
 }
 
@@ -93,16 +100,16 @@ export interface NativeGroupOptions {
 }
 
 export interface NativeOptimizer {
-  addGroup(names: string[], options: Partial<NativeGroupOptions>): void;
+  addGroup(names: string[], options: NativeGroupOptions): void;
   groups(): (NativeGroupOptions & { params: string[] })[];
   stateDict(): { state: Record<string, Record<string, unknown>>; pending: number };
   loadStateDict(state: Record<string, Record<string, unknown>>, pending: number): void;
-  flush(window: number, groups: NativeGroupOptions[], sync?: NativeSync): Promise<boolean>;
+  flush(window: number, groups: NativeGroupOptions[], sync: NativeSync | null): Promise<boolean>;
   dispose(): void;
 }
 
 export interface NativeOptimizerClass {
-  create(model: NativeModel, kind: string, groups: { names: string[]; options: Partial<NativeGroupOptions> }[]): NativeOptimizer;
+  create(model: NativeModel, kind: string, groups: { names: string[]; options: NativeGroupOptions }[]): NativeOptimizer;
 }
 
 export interface NativeStepResult {
@@ -166,7 +173,8 @@ export interface NativeAddon {
   Optimizer: NativeOptimizerClass;
   ProcessGroup: NativeProcessGroupClass;
   ScriptObject: abstract new (...args: never[]) => NativeScriptObject;
-  computeLoss(spec: object, output: NativeTensor, target: NativeTensor): NativeTensor;
+  computeLoss(spec: object, output: NativeTensor, target: NativeTensor): Promise<NativeTensor>;
+  classifyMessage(message: string): string;
   setNumThreads(n: number): void;
   getNumThreads(): number;
   setInferenceThreads(n: number): void;

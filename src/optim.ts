@@ -1,4 +1,4 @@
-import { callNative, callNativeAsync, disposedError, TorchError } from './errors';
+import { callNative, callNativeAsync, disposedError, misuse, TorchError } from './errors';
 import { kStepOptimizer, Model } from './model';
 import type { NativeGroupOptions, NativeOptimizer } from './native';
 import { native } from './native';
@@ -53,10 +53,12 @@ const KNOWN: Record<OptimizerKind, string[]> = {
   adam: ['lr', 'weightDecay', 'noDecay', 'betas', 'eps', 'amsgrad'],
   adamw: ['lr', 'weightDecay', 'noDecay', 'betas', 'eps', 'amsgrad'],
 };
-const DEFAULTS: Record<OptimizerKind, Partial<NativeGroupOptions>> = {
-  sgd: { lr: 1e-2 },
-  adam: { lr: 1e-3 },
-  adamw: { lr: 1e-3, weightDecay: 1e-2 },
+/** Every group option of each optimizer at its default: the one place they live (the addon has none). */
+const ADAM: NativeGroupOptions = { lr: 1e-3, momentum: 0, dampening: 0, weightDecay: 0, beta1: 0.9, beta2: 0.999, eps: 1e-8, nesterov: false, amsgrad: false };
+const DEFAULTS: Record<OptimizerKind, NativeGroupOptions> = {
+  sgd: { ...ADAM, lr: 1e-2 },
+  adam: ADAM,
+  adamw: { ...ADAM, weightDecay: 1e-2 },
 };
 
 function nonNegative(value: unknown, name: string): number {
@@ -157,7 +159,7 @@ export class Optimizer implements Disposable {
   static bind(optimizer: Optimizer, model: Model): NativeOptimizer {
     if (optimizer.#disposed) throw disposedError('Optimizer');
     if (optimizer.#model !== null && optimizer.#model !== model)
-      throw new TorchError('TORCHLITE_BAD_ARGUMENT', 'this optimizer belongs to another model');
+      throw misuse('TORCHLITE_BAD_ARGUMENT', 'this optimizer belongs to another model');
     if (optimizer.#native === null) {
       optimizer.#model = model;
       const groups = optimizer.#pending.flatMap((group) => optimizer.#resolve(model, group));
@@ -184,7 +186,7 @@ export class Optimizer implements Disposable {
     return this.#groups.map(({ params: _params, ...options }) => options);
   }
 
-  #resolve(model: Model, group: PendingGroup): { names: string[]; options: Partial<NativeGroupOptions> }[] {
+  #resolve(model: Model, group: PendingGroup): { names: string[]; options: NativeGroupOptions }[] {
     const params = model.parameters();
     const selected =
       group.pattern === undefined ? params.filter((p) => p.requiresGrad) : params.filter((p) => compilePattern(group.pattern!, 'params')(p.name));
@@ -304,7 +306,7 @@ export class Optimizer implements Disposable {
 
   #requireBound(what: string): NativeOptimizer {
     const live = this.#live;
-    if (live === null) throw new TorchError('TORCHLITE_BAD_ARGUMENT', `${what}() needs the optimizer bound to a model: pass the model to optim.${this.kind}() or run a trainStep first`);
+    if (live === null) throw misuse('TORCHLITE_BAD_ARGUMENT', `${what}() needs the optimizer bound to a model: pass the model to optim.${this.kind}() or run a trainStep first`);
     return live;
   }
 

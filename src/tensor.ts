@@ -1,5 +1,5 @@
 import { callNative, callNativeAsync, disposedError } from './errors';
-import { native, type NativeTensor, type NativeTensorOptions } from './native';
+import { native, type NativeTensor, type NativeConversion, type NativeTensorOptions } from './native';
 import { checkDevice, checkFiniteNumber, checkInteger, checkOneOf, checkOptions, rangeError, typeError } from './validate';
 
 export const DTYPES = ['float32', 'float64', 'float16', 'bfloat16', 'int64', 'int32', 'int16', 'int8', 'uint8', 'bool'] as const;
@@ -100,13 +100,29 @@ export class Tensor implements Disposable {
     return callNative(() => live.item());
   }
 
-  /** A copy on another device or with another dtype, e.g. `t.to('cuda')` or `t.to('float64')`. */
+  /**
+   * A copy on another device or with another dtype, e.g. `t.to('cuda')` or `t.to('float64')`.
+   * Synchronous: it runs on the JS thread (about 1.5 ms per MB converted), so keep it for small
+   * tensors and use {@link Tensor.toAsync} for large ones; a copy off a GPU is refused with
+   * `TORCHLITE_DEVICE_SYNC` (it would wait for the device).
+   */
   to(target: Device | Dtype): Tensor {
     const live = this.#live;
-    const options: NativeTensorOptions = (DTYPES as readonly string[]).includes(target)
-      ? { dtype: target }
-      : { device: checkDevice(target, 'target') };
+    const options = this.#conversion(target);
     return new Tensor(callNative(() => live.to(options)));
+  }
+
+  /** {@link Tensor.to} as a job on the tensor's device lane, off the event loop. */
+  toAsync(target: Device | Dtype): Promise<Tensor> {
+    return callNativeAsync(async () => {
+      const live = this.#live;
+      return new Tensor(await live.toAsync(this.#conversion(target)));
+    });
+  }
+
+  #conversion(target: Device | Dtype): NativeConversion {
+    const dtype = (DTYPES as readonly string[]).includes(target);
+    return { device: dtype ? this.device : checkDevice(target, 'target'), dtype: dtype ? (target as Dtype) : this.dtype };
   }
 
   /** Frees the native memory now. Idempotent; any later use throws `TORCHLITE_DISPOSED`. */
@@ -130,11 +146,15 @@ function checkShape(shape: unknown, name = 'shape'): number[] {
   return shape as number[];
 }
 
-function nativeOptions(options: unknown, name: string): NativeTensorOptions {
+/**
+ * The native options of a new tensor, every field given: `dtype` defaults to `fallback`
+ * (`null` keeps the data's own dtype), `device` to the CPU.
+ */
+function nativeOptions(options: unknown, name: string, fallback: Dtype | null): NativeTensorOptions {
   const { dtype, device } = checkOptions<TensorOptions>(options, name, ['dtype', 'device']);
   return {
-    ...(dtype !== undefined && { dtype: checkOneOf(dtype, `${name}.dtype`, DTYPES) }),
-    ...(device !== undefined && { device: checkDevice(device, `${name}.device`) }),
+    dtype: dtype === undefined ? fallback : checkOneOf(dtype, `${name}.dtype`, DTYPES),
+    device: device === undefined ? 'cpu' : checkDevice(device, `${name}.device`),
   };
 }
 
@@ -163,7 +183,7 @@ export function tensor(data: TensorData, shape?: number[], options?: TensorOptio
   const numel = dims.reduce((a, b) => a * b, 1);
   if (numel !== length)
     throw new RangeError(`Expected data of ${numel} elements for \`shape\` [${dims.join(', ')}] but received ${length} elements`);
-  const opts = nativeOptions(options, 'options');
+  const opts = nativeOptions(options, 'options', null);
   return new Tensor(callNative(() => native.Tensor.fromArray(array, dims, opts)));
 }
 
@@ -179,14 +199,14 @@ export function ones(shape: number[], options?: TensorOptions): Tensor {
 
 function full(shape: number[], value: number, options: TensorOptions | undefined): Tensor {
   const dims = checkShape(shape);
-  const opts = nativeOptions(options, 'options');
+  const opts = nativeOptions(options, 'options', 'float32');
   return new Tensor(callNative(() => native.Tensor.full(dims, value, opts)));
 }
 
 /** Samples from N(0, 1), drawn from the generator seeded by {@link manualSeed}. */
 export function randn(shape: number[], options?: TensorOptions): Tensor {
   const dims = checkShape(shape);
-  const opts = nativeOptions(options, 'options');
+  const opts = nativeOptions(options, 'options', 'float32');
   return new Tensor(callNative(() => native.Tensor.randn(dims, opts)));
 }
 
@@ -200,7 +220,7 @@ export function arange(start: number, end?: number, step = 1, options?: TensorOp
   if (step === 0 || Math.sign(to - from) * Math.sign(step) < 0) throw rangeError(`a step that moves from ${from} towards ${to}`, 'step', step);
   // As in PyTorch, integer bounds give int64 unless a dtype is asked for.
   const integral = [from, to, step].every(Number.isSafeInteger);
-  const opts = { dtype: integral ? 'int64' : 'float32', ...nativeOptions(options, 'options') };
+  const opts = nativeOptions(options, 'options', integral ? 'int64' : 'float32');
   return new Tensor(callNative(() => native.Tensor.arange(from, to, step, opts)));
 }
 

@@ -136,7 +136,7 @@ describe.skipIf(!hasFashion)('torchlite finetune, eval and predict on an image f
     expect(run('s3.pt', '4').final.loss).not.toBe(a.final.loss); // another seed gives another model
     const weights = async (file: string) => {
       const m = await loadPretrained(join(work, file));
-      const values = Array.from(m.stateDict()['classifier.2.weight'].toTypedArray() as Float32Array);
+      const values = Array.from((await m.stateDict())['classifier.2.weight'].toTypedArray() as Float32Array);
       m.dispose();
       return values;
     };

@@ -49,7 +49,7 @@ describe('call order', () => {
     // A step queued before freeze() trains everything; one queued after trains nothing frozen.
     m.train();
     const opt = optim.sgd(m, { lr: 0.1 });
-    const w0 = await values(m.stateDict()['net.0.weight']);
+    const w0 = await values((await m.stateDict())['net.0.weight']);
     const first = m.trainStep(x, labels(4, 5), { loss: ce, optimizer: opt });
     const frozen = m.freeze('net.0');
     expect(frozen.frozen).toBe(32 * 12 + 32);
@@ -57,10 +57,10 @@ describe('call order', () => {
     expect(m.modules().find((mod) => mod.path === 'net.0')?.trainable).toBe(0);
     await first;
     await m.idle(); // the freeze queued behind the step
-    const w1 = await values(m.stateDict()['net.0.weight']);
+    const w1 = await values((await m.stateDict())['net.0.weight']);
     expect(w1).not.toEqual(w0);
     await m.trainStep(x, labels(4, 5), { loss: ce, optimizer: opt });
-    expect(await values(m.stateDict()['net.0.weight'])).toEqual(w1);
+    expect(await values((await m.stateDict())['net.0.weight'])).toEqual(w1);
 
     // eval() after a queued forward lands after it; training shows the new mode at once.
     const queued = m.forward(x);
@@ -73,25 +73,50 @@ describe('call order', () => {
     m.dispose();
   });
 
-  it('refuses every state read and write that would overtake pending work', async () => {
+  it('refuses synchronous state changes that would overtake pending work, with a TypeError that keeps its code', async () => {
     const m = await loadPretrained(fixture('mlp.scripted.pt'));
     const other = await loadPretrained(fixture('mlp.scripted.pt'));
     const opt = optim.adam(m, { lr: 1e-3 });
     m.train();
     const step = m.trainStep(randn([4, 12]), labels(4, 4), { loss: ce, optimizer: opt });
-    expect(() => m.stateDict()).toThrow(busy);
-    expect(() => m.stateDict()).toThrow('stateDict() cannot run while the model has 1 operation pending; await them first (e.g. `await model.idle()`)');
-    expect(() => m.loadStateDict(other.stateDict())).toThrow(busy);
     expect(() => m.resetClassifier(3)).toThrow(busy);
-    expect(() => m.resetParameters()).toThrow(busy);
+    expect(() => m.resetClassifier(3)).toThrow(TypeError);
     expect(() => opt.stateDict()).toThrow(busy);
     expect(() => opt.addParamGroup({ params: 'net.4', lr: 1 })).toThrow(busy);
+    expect(() => m.memoryFormat).toThrow(busy);
     // A busy model cannot be copied into another either.
     expect(() => other.replace('net.4', m)).toThrow(busy);
     await step;
     expect(() => opt.stateDict()).not.toThrow();
     m.dispose();
     other.dispose();
+  });
+
+  it('takes stateDict() as a copy on the queue: it sees the steps called before it and none called after', async () => {
+    await using m = await loadPretrained(fixture('mlp.scripted.pt'));
+    const opt = optim.sgd(m, { lr: 0.5 });
+    m.train();
+    const x = randn([4, 12]);
+    const before = await values((await m.stateDict())['net.0.weight']);
+    const first = m.trainStep(x, labels(4, 4), { loss: ce, optimizer: opt });
+    const snapshot = m.stateDict(); // called between the two steps
+    const second = m.trainStep(x, labels(4, 4), { loss: ce, optimizer: opt });
+    await Promise.all([first, second]);
+    const taken = (await snapshot)['net.0.weight'];
+    const now = (await m.stateDict())['net.0.weight'];
+    expect(await values(taken)).not.toEqual(before); // the first step is in it
+    expect(await values(taken)).not.toEqual(await values(now)); // the second is not
+    await m.trainStep(x, labels(4, 4), { loss: ce, optimizer: opt });
+    expect(await values(now)).not.toEqual(await values((await m.stateDict())['net.0.weight'])); // a copy, not a view
+    // loadStateDict queues too: it lands after the step called before it, and is what a read after it sees.
+    const stepBefore = m.trainStep(x, labels(4, 4), { loss: ce, optimizer: opt });
+    const restored = m.loadStateDict({ 'net.0.weight': taken }, { strict: false });
+    await Promise.all([stepBefore, restored]);
+    expect(await values((await m.stateDict())['net.0.weight'])).toEqual(await values(taken));
+    await expect(m.loadStateDict({ 'net.0.weight': randn([2, 2]) }, { strict: false })).rejects.toMatchObject({
+      code: 'TORCHLITE_BAD_STATE',
+      message: "'net.0.weight' has shape [2, 2] but the model's has [32, 12]",
+    });
   });
 
   it('refuses to put a model inside itself, directly or in a sequential, instead of hanging', async () => {
@@ -117,7 +142,7 @@ describe('call order', () => {
     optA.paramGroups[0].lr = 0.01;
     await first;
     await b.trainStep(x, y, { loss: ce, optimizer: optB });
-    expect(await values(a.stateDict()['net.0.weight'])).toEqual(await values(b.stateDict()['net.0.weight']));
+    expect(await values((await a.stateDict())['net.0.weight'])).toEqual(await values((await b.stateDict())['net.0.weight']));
     a.dispose();
     b.dispose();
   });

@@ -29,7 +29,7 @@ async function setup(seed = 0) {
   return { model, optimizer, train, val, scheduler };
 }
 
-const weightsOf = (model: Model) => Object.fromEntries(Object.entries(model.stateDict()).map(([k, t]) => [k, Array.from(t.toTypedArray() as Float32Array)]));
+const weightsOf = async (model: Model) => Object.fromEntries(Object.entries(await model.stateDict()).map(([k, t]) => [k, Array.from(t.toTypedArray() as Float32Array)]));
 
 describe('fit', () => {
   it('trains, evaluates each epoch, and streams typed events', async () => {
@@ -74,7 +74,7 @@ describe('fit', () => {
     const straight = await setup();
     const { model: _m, ...run } = straight;
     await fit(straight.model, { ...run, epochs: 4 });
-    const expected = weightsOf(straight.model);
+    const expected = await weightsOf(straight.model);
     straight.model.dispose();
 
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-ckpt-'));
@@ -90,7 +90,7 @@ describe('fit', () => {
     const { model: _s, ...secondRun } = second;
     const history = await fit(second.model, { ...secondRun, epochs: 4, resume: join(dir, 'epoch-2.ckpt') });
     expect(history.map((r) => r.epoch)).toEqual([0, 1, 2, 3]);
-    expect(weightsOf(second.model)).toEqual(expected);
+    expect(await weightsOf(second.model)).toEqual(expected);
     second.model.dispose();
   });
 
@@ -172,7 +172,7 @@ describe('fineTune resume', () => {
     manualSeed(0);
     const straight = await loadPretrained(SHIPPED);
     await fineTune(straight, { ...(await options()), callbacks: [checkpoint({ dir: mkdtempSync(join(tmpdir(), 'torchlite-ft-')) })] });
-    const expected = weightsOf(straight);
+    const expected = await weightsOf(straight);
     straight.dispose();
 
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-ft-'));
@@ -189,7 +189,7 @@ describe('fineTune resume', () => {
     const second = await loadPretrained(SHIPPED);
     const rest = await fineTune(second, { ...(await options()), resume: join(dir, 'stage-1-epoch-1.ckpt') });
     expect(rest.map((r) => r.stage)).toEqual([1, 2]);
-    expect(weightsOf(second)).toEqual(expected);
+    expect(await weightsOf(second)).toEqual(expected);
     second.dispose();
   });
 });
@@ -197,13 +197,13 @@ describe('fineTune resume', () => {
 describe('findLr', () => {
   it('sweeps the lr, suggests one inside the swept range, plots, and restores the model', async () => {
     const { model, train } = await setup();
-    const before = weightsOf(model);
+    const before = await weightsOf(model);
     const result = await findLr(model, train, { steps: 40, startLr: 1e-5, endLr: 1 });
     expect(result.lrs.length).toBeGreaterThan(10);
     expect(result.lrs[0]).toBeCloseTo(1e-5, 12);
     expect(result.suggestion).toBeGreaterThan(1e-5);
     expect(result.suggestion).toBeLessThan(1);
-    expect(weightsOf(model)).toEqual(before);
+    expect(await weightsOf(model)).toEqual(before);
     const svg = join(mkdtempSync(join(tmpdir(), 'torchlite-lr-')), 'lr.svg');
     await result.plot(svg);
     expect(readFileSync(svg, 'utf8')).toContain('<svg');
@@ -226,7 +226,7 @@ describe('fit on in-memory data (many steps per native job)', () => {
     const events: number[][] = [];
     const log = { name: 'log', observesBatches: true, onBatchEnd: (_: unknown, e: { step: number; loss: number; lr: number }) => void events.push([e.step, e.loss, e.lr]) };
     const history = await fit(model, { train, val: data.loader(ds, { batchSize: 50 }), epochs: 3, optimizer, scheduler, callbacks: [log], ...extra });
-    const result = { history: history.map((r) => [r.trainLoss, r.val, r.lr]), weights: weightsOf(model), events };
+    const result = { history: history.map((r) => [r.trainLoss, r.val, r.lr]), weights: await weightsOf(model), events };
     model.dispose();
     return result;
   }

@@ -115,11 +115,11 @@ describe('Model', () => {
     expect(() => model.parameters('layer')).toThrow(expect.objectContaining({ code: 'TORCHLITE_NO_MATCH' }));
   });
 
-  it('lists buffers and exposes a state dict', () => {
+  it('lists buffers and exposes a state dict', async () => {
     const buffers = model.buffers();
     expect(buffers.map((b) => b.name)).toContain('bn1.running_mean');
     expect(buffers.find((b) => b.name === 'bn1.num_batches_tracked')).toEqual({ name: 'bn1.num_batches_tracked', shape: [], dtype: 'int64', numel: 1 });
-    const state = model.stateDict();
+    const state = (await model.stateDict());
     expect(Object.keys(state)).toHaveLength(32 + buffers.length);
     expect(state['fc.weight'].shape).toEqual([10, 16]);
     for (const t of Object.values(state)) t.dispose();

@@ -132,19 +132,19 @@ describe('earlyStopping', () => {
 
   it('restoreBest puts back the best epoch’s weights when the run ends', async () => {
     await using mlp = await loadPretrained(fixture('mlp.scripted.pt'));
-    const weights = () => Array.from(mlp.stateDict()['net.0.weight'].toTypedArray() as Float32Array);
+    const weights = async () => Array.from((await mlp.stateDict())['net.0.weight'].toTypedArray() as Float32Array);
     const cb = earlyStopping({ patience: 5, restoreBest: true });
     const { ctx, state } = context(mlp, undefined, 2);
     state.epoch = 1;
     await cb.onEpochEnd!(ctx, record(0, 0.5));
-    const best = weights();
+    const best = await weights();
     mlp.train();
     const opt = optim.sgd(mlp, { lr: 0.5 });
     await mlp.trainStep(tensor(new Float32Array(4 * 12).fill(1), [4, 12]), tensor(BigInt64Array.from([0n, 1n, 2n, 3n])), { loss: loss.crossEntropy(), optimizer: opt });
-    expect(weights()).not.toEqual(best);
+    expect(await weights()).not.toEqual(best);
     state.epoch = 2; // the last epoch, and a worse one
     await cb.onEpochEnd!(ctx, record(1, 0.9));
-    expect(weights()).toEqual(best);
+    expect(await weights()).toEqual(best);
   });
 });
 

@@ -97,7 +97,7 @@ describe('replace', () => {
     await using model = await loadPretrained(fixture('resnet_small.scripted.pt'));
     const head = nn.linear(16, 2);
     model.replace('fc', head);
-    const state = model.stateDict();
+    const state = (await model.stateDict());
     const w = state['fc.weight'].toTypedArray() as Float32Array;
     const b = state['fc.bias'].toTypedArray() as Float32Array;
     const python = [-0.24786823987960815, -0.19721531867980957, -0.1803189516067505, -0.2242240607738495];
@@ -165,11 +165,11 @@ describe('freeze', () => {
     expect(model.parameters().filter((p) => p.requiresGrad).map((p) => p.name)).toEqual([
       'layer2.1.conv1.weight', 'layer2.1.bn1.weight', 'layer2.1.bn1.bias', 'layer2.1.conv2.weight', 'layer2.1.bn2.weight', 'layer2.1.bn2.bias', 'fc.weight', 'fc.bias',
     ]);
-    const before = model.stateDict();
+    const before = (await model.stateDict());
     const snapshot = Object.fromEntries(Object.entries(before).map(([k, t]) => [k, t.toTypedArray()]));
     model.train();
     for (let i = 0; i < 3; i++) await model.forward(randn([4, 3, 16, 16]));
-    const after = model.stateDict();
+    const after = (await model.stateDict());
     for (const name of Object.keys(snapshot)) {
       if (!name.includes('running_')) continue;
       const changed = maxAbsDiff(after[name].toTypedArray() as Float32Array, snapshot[name] as Float32Array) > 0;
@@ -179,14 +179,14 @@ describe('freeze', () => {
     model.bnPolicy = 'train';
     expect(model.bnPolicy).toBe('train');
     await model.forward(randn([4, 3, 16, 16]));
-    const trained = model.stateDict();
+    const trained = (await model.stateDict());
     expect(maxAbsDiff(trained['bn1.running_mean'].toTypedArray() as Float32Array, snapshot['bn1.running_mean'] as Float32Array)).toBeGreaterThan(0);
     // 'eval': every BatchNorm, trainable or not, normalises by its running statistics and
     // leaves them alone while the model trains.
     model.bnPolicy = 'eval';
     expect([model.bnPolicy, model.training]).toEqual(['eval', true]);
     await model.forward(randn([4, 3, 16, 16]));
-    const held = model.stateDict();
+    const held = (await model.stateDict());
     for (const name of Object.keys(snapshot)) if (name.includes('running_')) expect([name, held[name].toTypedArray()]).toEqual([name, trained[name].toTypedArray()]);
     model.train();
     expect(model.parameters().filter((p) => p.requiresGrad).length).toBe(8); // its scale and shift still train
@@ -209,13 +209,13 @@ describe('traced models after the training-flag fix', () => {
     await using model = await loadPretrained(fixture('resnet_small.traced.pt'));
     expect(model.isTraced).toBe(true);
     const input = decode(refs.resnet_small.input);
-    const mean = () => model.stateDict()['bn1.running_mean'].toTypedArray() as Float32Array;
-    const start = mean();
+    const mean = async () => (await model.stateDict())['bn1.running_mean'].toTypedArray() as Float32Array;
+    const start = await mean();
     const evalOut = (await model.forward<Tensor>(input)).toTypedArray() as Float32Array;
-    expect(maxAbsDiff(mean(), start)).toBe(0);
+    expect(maxAbsDiff(await mean(), start)).toBe(0);
     model.train();
     await model.forward(input);
-    expect(maxAbsDiff(mean(), start)).toBeGreaterThan(0);
+    expect(maxAbsDiff(await mean(), start)).toBeGreaterThan(0);
     // Dropout: with BatchNorm policy frozen-eval and everything frozen, only dropout differs.
     model.freeze();
     const a = (await model.forward<Tensor>(input)).toTypedArray() as Float32Array;

@@ -138,6 +138,15 @@ describe('Tensor', () => {
     expect(t.to('cpu').device).toBe('cpu');
   });
 
+  it('converts off the event loop with toAsync, to the same values', async () => {
+    const t = tensor([1.7, -2.2]);
+    const d = await t.toAsync('float64');
+    expect([d.dtype, Array.from(d.toTypedArray() as Float64Array)]).toEqual(['float64', Array.from(t.to('float64').toTypedArray() as Float64Array)]);
+    expect((await t.toAsync('int32')).toTypedArray()).toEqual(new Int32Array([1, -2]));
+    expect((await t.toAsync('cpu')).device).toBe('cpu');
+    await expect(t.toAsync('cuda:7' as never)).rejects.toMatchObject({ code: expect.stringMatching(/^TORCHLITE_(CUDA_UNAVAILABLE|BAD_DEVICE)$/) });
+  });
+
   it('item() needs exactly one element', () => {
     expect(() => tensor([1, 2]).item()).toThrow(new RangeError('Expected a tensor with one element for `item()` but received 2 elements'));
     expect(tensor([1], [1], { dtype: 'bool' }).item()).toBe(true);

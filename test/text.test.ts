@@ -61,7 +61,7 @@ describe('several inputs', () => {
       losses.push((await model.trainStep(input, target, { loss: loss.crossEntropy(), optimizer })).loss);
     }
     expect(relativeDiff(losses, refs.losses)).toBeLessThan(1e-5);
-    const state = model.stateDict();
+    const state = (await model.stateDict());
     for (const [name, expected] of Object.entries(refs.params)) expect(relativeDiff(await values(state[name]), expected)).toBeLessThan(1e-5);
     model.eval();
     const { ids, mask } = batch(0);
@@ -116,9 +116,9 @@ describe('several inputs', () => {
 
   it('resetParameters redraws the weights but keeps the position ids, a buffer that is no statistic', async () => {
     await using model = await loadPretrained(fixture('encoder.scripted.pt'));
-    const before = await values(model.stateDict()['tokens.weight']);
-    model.resetParameters();
-    const after = model.stateDict();
+    const before = await values((await model.stateDict())['tokens.weight']);
+    await model.resetParameters();
+    const after = (await model.stateDict());
     expect(Array.from(after.position_ids.toTypedArray() as BigInt64Array, Number)).toEqual(Array.from({ length: 32 }, (_, i) => i));
     expect(await values(after['tokens.weight'])).not.toEqual(before);
     expect(await values(after['embedding_norm.weight'])).toEqual(Array(16).fill(1));

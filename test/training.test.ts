@@ -31,7 +31,7 @@ describe('losses match PyTorch', () => {
   const pred = tensor(inputs.pred, [6, 3]);
   const target = tensor(inputs.target, [6, 3]);
   const weight = [1, 2, 0.5, 1.5];
-  const cases: [string, () => Tensor][] = [
+  const cases: [string, () => Promise<Tensor>][] = [
     ['crossEntropy', () => loss.crossEntropy().compute(logits, classes)],
     ['crossEntropy_smooth_weight_sum', () => loss.crossEntropy({ weight, labelSmoothing: 0.2, reduction: 'sum' }).compute(logits, classes)],
     ['crossEntropy_soft', () => loss.crossEntropy().compute(logits, tensor(inputs.soft, [6, 4]))],
@@ -42,7 +42,7 @@ describe('losses match PyTorch', () => {
     ['smoothL1', () => loss.smoothL1({ beta: 0.5 }).compute(pred, target)],
     ['huber_none', () => loss.huber({ delta: 0.7, reduction: 'none' }).compute(pred, target)],
   ];
-  it.each(cases.filter(([name]) => name !== 'nll'))('%s', (name, compute) => relClose(values(compute()), expected[name], 1e-6));
+  it.each(cases.filter(([name]) => name !== 'nll'))('%s', async (name, compute) => relClose(values(await compute()), expected[name], 1e-6));
 
   it('nll over log-probabilities', async () => {
     // log_softmax computed by a model-free path: softmax's log from the same logits.
@@ -51,24 +51,21 @@ describe('losses match PyTorch', () => {
       const max = Math.max(...row);
       return v - max - Math.log(row.reduce((s, x) => s + Math.exp(x - max), 0));
     });
-    relClose(values(loss.nll({ weight }).compute(tensor(logp, [6, 4]), classes)), expected.nll, 1e-6);
+    relClose(values(await loss.nll({ weight }).compute(tensor(logp, [6, 4]), classes)), expected.nll, 1e-6);
   });
 
-  it('rejects bad targets with coded errors', () => {
+  it('rejects bad targets with coded errors', async () => {
     const ce = loss.crossEntropy();
-    const code = (fn: () => unknown) => {
-      try {
-        fn();
-        return 'no error';
-      } catch (e) {
-        return `${(e as TorchError).code}: ${(e as Error).message}`;
-      }
-    };
-    expect(code(() => ce.compute(logits, longs([0, 1, 2, 4, 0, 0])))).toBe('TORCHLITE_BAD_TARGET: class index 4 at target position 3 is out of range for 4 classes');
-    expect(code(() => ce.compute(logits, longs([0, 1, 2])))).toBe('TORCHLITE_BAD_TARGET: crossEntropy expects class-index targets of shape [6] for outputs [6, 4] but received [3]');
-    expect(code(() => loss.nll().compute(logits, tensor([0, 1, 2, 3, 0, 1])))).toBe("TORCHLITE_BAD_TARGET: nll expects class indices of dtype int64 but received float32 targets of shape [6] for outputs [6, 4]; make them with tensor(BigInt64Array.from(labels, BigInt)) or tensor(labels, undefined, { dtype: 'int64' })");
-    expect(code(() => loss.mse().compute(pred, tensor(new Float32Array(6), [6, 1])))).toBe('TORCHLITE_BAD_TARGET: mse expects a target of the output\'s shape [6, 3] but received [6, 1]');
-    expect(code(() => loss.crossEntropy({ weight: [1, 2] }).compute(logits, classes))).toBe('TORCHLITE_BAD_TARGET: crossEntropy has a class weight of 2 entries for 4 classes');
+    const code = (fn: () => Promise<unknown>) =>
+      fn().then(
+        () => 'no error',
+        (e: TorchError) => `${e.code}: ${e.message}`,
+      );
+    expect(await code(() => ce.compute(logits, longs([0, 1, 2, 4, 0, 0])))).toBe('TORCHLITE_BAD_TARGET: class index 4 at target position 3 is out of range for 4 classes');
+    expect(await code(() => ce.compute(logits, longs([0, 1, 2])))).toBe('TORCHLITE_BAD_TARGET: crossEntropy expects class-index targets of shape [6] for outputs [6, 4] but received [3]');
+    expect(await code(() => loss.nll().compute(logits, tensor([0, 1, 2, 3, 0, 1])))).toBe("TORCHLITE_BAD_TARGET: nll expects class indices of dtype int64 but received float32 targets of shape [6] for outputs [6, 4]; make them with tensor(BigInt64Array.from(labels, BigInt)) or tensor(labels, undefined, { dtype: 'int64' })");
+    expect(await code(() => loss.mse().compute(pred, tensor(new Float32Array(6), [6, 1])))).toBe('TORCHLITE_BAD_TARGET: mse expects a target of the output\'s shape [6, 3] but received [6, 1]');
+    expect(await code(() => loss.crossEntropy({ weight: [1, 2] }).compute(logits, classes))).toBe('TORCHLITE_BAD_TARGET: crossEntropy has a class weight of 2 entries for 4 classes');
     expect(() => loss.crossEntropy({ labelSmoothing: 1 })).toThrow(new RangeError('Expected a number in [0, 1) for `options.labelSmoothing` but received 1'));
     expect(() => loss.mse({ reduction: 'avg' as never })).toThrow(RangeError);
   });
@@ -178,7 +175,7 @@ describe('20 training steps match PyTorch within 1e-5 relative', () => {
     }
     const expected = refs.training.runs[name];
     relClose(losses, expected.losses, 1e-5);
-    const state = model.stateDict();
+    const state = (await model.stateDict());
     for (const [param, weights] of Object.entries(expected.weights as Record<string, number[]>)) relClose(values(state[param]), weights, 1e-5);
   });
 });
@@ -192,9 +189,9 @@ describe('trainStep', () => {
     for (let i = 0; i < 3; i++) await model.trainStep(batch(i).x, batch(i).y, { loss: ce, optimizer: opt });
     model.freeze();
     model.unfreeze('net.4');
-    const before = Object.fromEntries(Object.entries(model.stateDict()).map(([k, t]) => [k, values(t)]));
+    const before = Object.fromEntries(Object.entries((await model.stateDict())).map(([k, t]) => [k, values(t)]));
     for (let i = 3; i < 8; i++) await model.trainStep(batch(i).x, batch(i).y, { loss: ce, optimizer: opt });
-    const after = model.stateDict();
+    const after = (await model.stateDict());
     for (const [name, weights] of Object.entries(before)) {
       if (name.startsWith('net.4.')) expect(values(after[name])).not.toEqual(weights);
       else expect(values(after[name])).toEqual(weights); // bit-identical
@@ -215,25 +212,25 @@ describe('trainStep', () => {
     expect(first.stepped).toBe(false);
     const second = await halves.trainStep(tensor(xs.slice(48), [4, 12]), longs(ys.slice(4)), { loss: ce, optimizer: halfOpt, accumulate: 2 });
     expect(second.stepped).toBe(true);
-    relClose(values(halves.stateDict()['net.0.weight']), values(full.stateDict()['net.0.weight']), 1e-5);
+    relClose(values((await halves.stateDict())['net.0.weight']), values((await full.stateDict())['net.0.weight']), 1e-5);
     // A partial window: flush averages over the micro-batches it holds.
     await using partial = await loadPretrained(fixture('mlp.scripted.pt'));
     const partialOpt = optim.sgd(partial, { lr: 0.5 });
     await partial.trainStep(x, y, { loss: ce, optimizer: partialOpt, accumulate: 4 });
     expect(await partialOpt.flush(4)).toBe(true);
     expect(await partialOpt.flush(4)).toBe(false);
-    relClose(values(partial.stateDict()['net.0.weight']), values(full.stateDict()['net.0.weight']), 1e-5);
+    relClose(values((await partial.stateDict())['net.0.weight']), values((await full.stateDict())['net.0.weight']), 1e-5);
   });
 
   it('skips a non-finite loss, or throws when asked', async () => {
     await using model = await loadPretrained(fixture('mlp.scripted.pt'));
     const opt = optim.sgd(model, { lr: 0.1 });
     const bad = tensor(new Float32Array(96).fill(Number.NaN), [8, 12]);
-    const before = values(model.stateDict()['net.0.weight']);
+    const before = values((await model.stateDict())['net.0.weight']);
     const result = await model.trainStep(bad, batch(0).y, { loss: loss.crossEntropy(), optimizer: opt });
     expect(result).toMatchObject({ skipped: true, stepped: false });
     expect(Number.isNaN(result.loss)).toBe(true);
-    expect(values(model.stateDict()['net.0.weight'])).toEqual(before);
+    expect(values((await model.stateDict())['net.0.weight'])).toEqual(before);
     await expect(model.trainStep(bad, batch(0).y, { loss: loss.crossEntropy(), optimizer: opt, nonFinite: 'throw' })).rejects.toMatchObject({ code: 'TORCH_NONFINITE_LOSS' });
     expect((await model.trainStep(batch(0).x, batch(0).y, { loss: loss.crossEntropy(), optimizer: opt })).stepped).toBe(true);
   });
@@ -292,7 +289,7 @@ describe('trainStep', () => {
       model.replace('fc', nn.sequential(nn.dropout(0.5), nn.linear(16, 10)));
       const opt = optim.adamw(model, { lr: 1e-2 });
       for (let i = 0; i < 3; i++) await model.trainStep(randn([4, 3, 16, 16]), longs([1, 2, 3, 4]), { loss: loss.crossEntropy(), optimizer: opt });
-      return values(model.stateDict()['fc.1.weight']);
+      return values((await model.stateDict())['fc.1.weight']);
     }
     expect(await run()).toEqual(await run());
   });
@@ -310,7 +307,7 @@ describe('optimizer state', () => {
     expect(Object.keys(saved.state)).toContain('net.0.weight');
     expect(saved.state['net.0.weight'].step).toBe(3);
     expect(saved.groups[1].lr).toBe(0.004);
-    const weights = values(a.stateDict()['net.0.weight']);
+    const weights = values((await a.stateDict())['net.0.weight']);
     await using b = await loadPretrained(fixture('mlp.scripted.pt'));
     // c continues from a's weights (saved and reloaded) with a's optimizer state.
     const file = join(mkdtempSync(join(tmpdir(), 'torchlite-opt-')), 'a.pt');
@@ -323,8 +320,8 @@ describe('optimizer state', () => {
       await a.trainStep(batch(i).x, batch(i).y, { loss: ce, optimizer: optA });
       await c.trainStep(batch(i).x, batch(i).y, { loss: ce, optimizer: optC });
     }
-    expect(values(c.stateDict()['net.2.weight'])).toEqual(values(a.stateDict()['net.2.weight']));
-    expect(weights).not.toEqual(values(a.stateDict()['net.0.weight']));
+    expect(values((await c.stateDict())['net.2.weight'])).toEqual(values((await a.stateDict())['net.2.weight']));
+    expect(weights).not.toEqual(values((await a.stateDict())['net.0.weight']));
     expect(() => optim.sgd(b).loadStateDict(saved)).toThrow(TypeError);
   });
 });
@@ -356,13 +353,13 @@ describe('evaluate and predict', () => {
     // A diverged model used to score 100% with a loss of 0: every class counted as the truth's
     // equal, and a NaN loss was taken for "no loss".
     await using model = await loadPretrained(fixture('mlp.scripted.pt'));
-    const dict = model.stateDict();
+    const dict = (await model.stateDict());
     const { x, y } = batch(0);
     const truth = refs.training.ys.slice(0, 8) as number[];
     const share = (classes: number[]) => truth.filter((t) => classes.includes(t)).length / 8;
     for (const value of [0, Number.NaN]) {
       const filled = (name: string) => tensor(new Float32Array(dict[name].shape.reduce((a, b) => a * b, 1)).fill(value), dict[name].shape);
-      model.loadStateDict({ ...dict, 'net.4.weight': filled('net.4.weight'), 'net.4.bias': filled('net.4.bias') });
+      await model.loadStateDict({ ...dict, 'net.4.weight': filled('net.4.weight'), 'net.4.bias': filled('net.4.bias') });
       const result = await model.evaluate([{ input: x, target: y }], { loss: loss.crossEntropy(), metrics: ['accuracy', { topK: 2 }, 'confusionMatrix'] });
       expect(result.accuracy).toBe(share([0]));
       expect(result.top2).toBe(share([0, 1]));
@@ -416,9 +413,12 @@ describe('device options', () => {
       for (let step = 0; step < 3; step++) expect((await model.trainStep(x, longs([1, 2, 3, 4]), { loss: loss.crossEntropy(), optimizer: opt })).stepped).toBe(true);
     }
     expect(nhwc.memoryFormat).toBe('channelsLast'); // trained in NHWC
-    const [a, b] = [plain.stateDict(), nhwc.stateDict()];
+    const [a, b] = [(await plain.stateDict()), (await nhwc.stateDict())];
     for (const name of Object.keys(a)) expect(relativeDiff(Array.from(b[name].toTypedArray() as ArrayLike<number>, Number), Array.from(a[name].toTypedArray() as ArrayLike<number>, Number))).toBeLessThan(1e-5);
-    expect(nhwc.channelsLast(false).memoryFormat).toBe('contiguous');
+    nhwc.channelsLast(false); // a job on the lane: memoryFormat reads the model once it has run
+    expect(() => nhwc.memoryFormat).toThrow(expect.objectContaining({ code: 'TORCHLITE_MODEL_BUSY' }));
+    await nhwc.idle();
+    expect(nhwc.memoryFormat).toBe('contiguous');
     await expect(loadPretrained(fixture('mlp.scripted.pt'), { channelsLast: 'yes' as never })).rejects.toThrow(
       new TypeError("Expected a boolean or 'auto' for `options.channelsLast` but received 'yes'"),
     );
@@ -459,7 +459,7 @@ torch.jit.script(ViewNet()).save(sys.argv[1])
       manualSeed(3);
       const losses = [];
       for (let step = 0; step < 2; step++) losses.push((await model.trainStep(x, y, { loss: loss.crossEntropy(), optimizer: opt })).loss);
-      const state = Object.fromEntries(Object.entries(model.stateDict()).map(([name, t]) => [name, Array.from(t.toTypedArray() as ArrayLike<number>, Number)]));
+      const state = Object.fromEntries(Object.entries((await model.stateDict())).map(([name, t]) => [name, Array.from(t.toTypedArray() as ArrayLike<number>, Number)]));
       const after = model.memoryFormat;
       model.dispose();
       return { before, after, losses, state };
@@ -559,7 +559,7 @@ describe('trainSteps', () => {
     for (const { input, target } of batches) one.push((await a.trainStep(input, target, { loss: ce, optimizer: optA })).loss);
     const many = await b.trainSteps(batches, { loss: ce, optimizer: optB });
     expect(many.map((r) => r.loss)).toEqual(one);
-    expect(values(b.stateDict()['net.4.weight'])).toEqual(values(a.stateDict()['net.4.weight']));
+    expect(values((await b.stateDict())['net.4.weight'])).toEqual(values((await a.stateDict())['net.4.weight']));
     await expect(b.trainSteps([], { loss: ce, optimizer: optB })).rejects.toThrow(new TypeError('Expected a non-empty array of { input, target } batches for `batches` but received an array of length 0'));
   });
 });

@@ -119,14 +119,14 @@ print(json.dumps({"diff": float((y - ours).abs().max() / ours.abs().max()), "met
     await using a = await loadPretrained('torchvision:resnet18', { weights: 'none' });
     manualSeed(5);
     await using b = await loadPretrained('torchvision:resnet18', { weights: 'none' });
-    const w = (m: typeof a, name: string) => Array.from(m.stateDict()[name].toTypedArray() as Float32Array);
-    expect(w(a, 'layer1.0.conv1.weight')).toEqual(w(b, 'layer1.0.conv1.weight'));
-    const conv = w(a, 'layer1.0.conv1.weight');
+    const w = async (m: typeof a, name: string) => Array.from((await m.stateDict())[name].toTypedArray() as Float32Array);
+    expect(await w(a, 'layer1.0.conv1.weight')).toEqual(await w(b, 'layer1.0.conv1.weight'));
+    const conv = await w(a, 'layer1.0.conv1.weight');
     const bound = Math.sqrt(3) * Math.sqrt(2 / 6) / Math.sqrt(64 * 9); // kaiming_uniform(a=√5), fan-in 576
     expect(Math.max(...conv.map(Math.abs))).toBeLessThanOrEqual(bound);
     expect(Math.max(...conv.map(Math.abs))).toBeGreaterThan(bound * 0.9);
-    expect(new Set(w(a, 'bn1.weight'))).toEqual(new Set([1]));
-    expect(new Set(w(a, 'bn1.running_var'))).toEqual(new Set([1]));
+    expect(new Set(await w(a, 'bn1.weight'))).toEqual(new Set([1]));
+    expect(new Set(await w(a, 'bn1.running_var'))).toEqual(new Set([1]));
     // The layout is chosen on the lane once the placeholders are filled: channels-last by default for convolutions, NCHW when asked.
     expect(a.memoryFormat).toBe('channelsLast');
     await using nchw = await loadPretrained('torchvision:resnet18', { weights: 'none', channelsLast: false });
@@ -139,10 +139,10 @@ print(json.dumps({"diff": float((y - ours).abs().max() / ours.abs().max()), "met
 
   it('reads float16, bfloat16 and sharded files, converting to the model\'s dtype unless asked to keep the file\'s', async () => {
     await using mlp = await loadPretrained(fixture('mlp.scripted.pt'));
-    const before = mlp.stateDict();
+    const before = (await mlp.stateDict());
     const half = await mlp.loadWeights(join(dir, 'mlp.f16.safetensors'));
     expect(half.metadata).toEqual({ note: 'half' });
-    for (const [name, t] of Object.entries(mlp.stateDict())) {
+    for (const [name, t] of Object.entries((await mlp.stateDict()))) {
       expect(t.dtype).toBe('float32');
       const want = Array.from(before[name].toTypedArray() as Float32Array);
       const got = Array.from(t.toTypedArray() as Float32Array);

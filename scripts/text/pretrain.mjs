@@ -128,8 +128,8 @@ for (let epoch = 0; epoch < mlmEpochs; epoch++) {
 
 // Stage 2: the topics, starting from the language model's body.
 const model = await loadPretrained(initial('classifier', ['--classes', String(SOURCE_TOPICS.length)]));
-const body = Object.fromEntries(Object.entries(mlm.stateDict()).filter(([name]) => !/^(lm_|pooler\.|classifier\.)/.test(name)));
-model.loadStateDict(body, { strict: false });
+const body = Object.fromEntries(Object.entries((await mlm.stateDict())).filter(([name]) => !/^(lm_|pooler\.|classifier\.)/.test(name)));
+await model.loadStateDict(body, { strict: false });
 mlm.dispose();
 writeJsonl(join(work, 'source.jsonl'), readFortunes(SOURCE_TOPICS).filter((r) => !isHeldOut(r.text)));
 const all = await data.textDataset(join(work, 'source.jsonl'), { tokenizer: tok, classes: SOURCE_TOPICS });

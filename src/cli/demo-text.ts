@@ -99,9 +99,9 @@ export async function runTextDemo(flags: TextDemoFlags): Promise<void> {
     (
       await approach(
         'from scratch',
-        (model) => {
+        async (model) => {
           model.resetClassifier(LANGUAGES.length);
-          model.resetParameters();
+          await model.resetParameters();
         },
         oneCycleFit(1e-2),
       )

@@ -87,9 +87,9 @@ export async function runDemo(flags: DemoFlags): Promise<void> {
     (model, callbacks) => fineTune(model, { train: trainLoader, val: testLoader, numClasses: 5, dropout: 0.2, freezeEpochs: 1, epochs: epochs - 1, lr: 2e-2, lrMult: 3, unfreeze: ['features.8', 'all'], loss, callbacks }),
     () => undefined,
   );
-  const scratch = await approach('from scratch', oneCycleFit(3e-3), (model) => {
+  const scratch = await approach('from scratch', oneCycleFit(3e-3), async (model) => {
     model.resetClassifier(5, { dropout: 0.2 });
-    model.resetParameters();
+    await model.resetParameters();
   });
   scratch.dispose();
 

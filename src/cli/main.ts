@@ -142,7 +142,9 @@ async function main(): Promise<void> {
     await program.parseAsync(process.argv);
   } catch (error) {
     if (error instanceof CommanderError) process.exit(error.exitCode === 0 ? 0 : 2);
-    const coded = error instanceof TorchError ? ` [${error.code}]` : '';
+    // TorchErrors and misuse TypeErrors both carry torchlite's code.
+    const code = error instanceof TorchError || error instanceof TypeError ? (error as { code?: unknown }).code : undefined;
+    const coded = typeof code === 'string' ? ` [${code}]` : '';
     console.error(`torchlite: ${(error as Error).message}${coded}`);
     // Misuse (bad flags, bad data) is exit 2; failures inside LibTorch or I/O are 1.
     const misuse = error instanceof TypeError || error instanceof RangeError || (error instanceof TorchError && error.code === 'TORCHLITE_BAD_DATA');

@@ -1,4 +1,4 @@
-import { TorchError } from '../errors';
+import { misuse, TorchError } from '../errors';
 import { Tensor, tensor } from '../tensor';
 import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, rangeError, typeError } from '../validate';
 import { readIdx } from './idx';
@@ -47,8 +47,8 @@ export interface Dataset<I extends BatchInput = Tensor> {
   collate?(inputs: Sample['input'][]): I;
   /** The same samples without random augmentation (`data.split` uses it for the validation part). */
   withoutAugmentation?(): Dataset<I>;
-  /** @internal A batch of samples gathered natively, for data already in memory as tensors. */
-  rows?(indices: number[]): { input: I; target: Tensor };
+  /** @internal A batch of samples gathered natively (a job), for data already in memory as tensors. */
+  rows?(indices: number[]): Promise<{ input: I; target: Tensor }>;
 }
 
 type NumericArray = Float32Array | Float64Array | Int32Array | Int16Array | Int8Array | Uint8Array | BigInt64Array;
@@ -111,10 +111,11 @@ export function tensorDataset(inputs: Tensor | ArrayBufferView | number[], targe
       }),
       describe: (i) => `sample ${i}`,
     },
-    (indices) => {
+    async (indices) => {
       const at = Int32Array.from(indices);
       const { input, target } = tensors();
-      return { input: new Tensor(Tensor.handle(input).rows(at)), target: new Tensor(Tensor.handle(target).rows(at)) };
+      const [x, y] = await Promise.all([Tensor.handle(input).rows(at), Tensor.handle(target).rows(at)]);
+      return { input: new Tensor(x), target: new Tensor(y) };
     },
   );
 }
@@ -170,8 +171,8 @@ export async function idx(imagesPath: string, labelsPath: string, options?: IdxO
 function view<I extends BatchInput>(base: Dataset<I>, indices: number[], remap?: Map<number, number>, classes?: string[]): Dataset<I> {
   const rows =
     base.rows &&
-    ((at: number[]) => {
-      const batch = base.rows!(at.map((i) => indices[i]));
+    (async (at: number[]) => {
+      const batch = await base.rows!(at.map((i) => indices[i]));
       if (!remap) return batch;
       batch.target.dispose();
       return { input: batch.input, target: tensor(BigInt64Array.from(at, (i) => BigInt(remap.get(base.target(indices[i]))!))) };
@@ -234,7 +235,7 @@ export function split<I extends BatchInput>(ds: Dataset<I>, options: SplitOption
   const order = permutation(ds.length, checkInteger(o.seed ?? 0, 'options.seed', 0));
   const held = new Set<number>();
   if (o.stratify) {
-    const floats = () => new TorchError('TORCHLITE_BAD_ARGUMENT', 'stratify needs class-index targets but the dataset has float targets; split without stratify');
+    const floats = () => misuse('TORCHLITE_BAD_ARGUMENT', 'stratify needs class-index targets but the dataset has float targets; split without stratify');
     if (ds.targetShape.length > 0) throw floats();
     const byClass = new Map<number, number[]>();
     for (const i of order) {

@@ -159,7 +159,7 @@ export class Loader<I extends BatchInput = Tensor> implements AsyncIterable<Load
 
   async #collate(indices: number[], epoch: number, padding: number): Promise<LoaderBatch<I> | null> {
     const ds = this.dataset;
-    if (ds.rows) return { ...ds.rows(indices), indices, ...(padding > 0 && { padding }) };
+    if (ds.rows) return { ...(await ds.rows(indices)), indices, ...(padding > 0 && { padding }) };
     const settled = await Promise.allSettled(indices.map(async (i) => ds.get(i, epoch)));
     const samples: Sample[] = [];
     const kept: number[] = [];

@@ -75,6 +75,8 @@ describe.skipIf(!cuda.isAvailable())('CUDA', () => {
     expect(order).toEqual(['predict', 'train']);
     expect(runtime.queue().map((lane) => lane.lane)).toContain('cuda:0');
     expect(() => out.toTypedArray()).toThrow(expect.objectContaining({ code: 'TORCHLITE_DEVICE_SYNC' }));
+    expect(() => out.to('cpu')).toThrow(expect.objectContaining({ code: 'TORCHLITE_DEVICE_SYNC', message: "to('cpu') of a cuda:0 tensor would block the event loop until the device is done; use `await tensor.toAsync('cpu')`" }));
+    expect((await out.toAsync('cpu')).device).toBe('cpu');
     expect((await out.read()).length).toBe(4);
     await cuda.synchronize();
   });
@@ -181,7 +183,7 @@ with torch.no_grad(): print(json.dumps(m(x).float().flatten().tolist()))`, [file
       const losses = [];
       for (const b of batches) losses.push((await model.trainStep(b.input, b.target, { loss: loss.mse(), optimizer: opt })).loss);
       const weights = [];
-      for (const p of Object.values(model.stateDict())) weights.push(...(await values(p)));
+      for (const p of Object.values((await model.stateDict()))) weights.push(...(await values(p)));
       return { losses, weights };
     };
     const plain = await run(false);

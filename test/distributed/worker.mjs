@@ -12,7 +12,7 @@ torchlite.setNumThreads(1);
 
 const flat = async (model) => {
   const values = [];
-  for (const [name, t] of Object.entries(model.stateDict()).sort(([a], [b]) => a.localeCompare(b))) {
+  for (const [name, t] of Object.entries((await model.stateDict())).sort(([a], [b]) => a.localeCompare(b))) {
     values.push(...(await t.read()));
     t.dispose();
   }
@@ -35,7 +35,7 @@ const optimizers = {
 async function equivalence(group, kind, { freeze = false, accumulate = 1, overlap = false } = {}) {
   const B = 8;
   const model = await loadPretrained(MLP);
-  if (group.rank === 1) model.resetParameters(); // starts different: dataParallel broadcasts rank 0's
+  if (group.rank === 1) await model.resetParameters(); // starts different: dataParallel broadcasts rank 0's
   // With overlap, buckets of ~100 bytes: every parameter its own, sent as backward finishes it.
   dist.dataParallel(model, { group, ...(overlap && { overlap, bucketCapMb: 1e-4 }) });
   await model.idle();

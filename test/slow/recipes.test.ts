@@ -21,7 +21,7 @@ async function tune(options: Partial<FineTuneOptions> = {}) {
   manualSeed(3);
   const model = await loadPretrained(SHIPPED);
   const history = await fineTune(model, { train: data.loader(await fashion('train'), { batchSize: 32, shuffle: true, seed: 3 }), numClasses: 5, freezeEpochs: 1, epochs: 3, ...options });
-  const weights = Array.from((await (model.stateDict()['classifier.2.weight'] as Tensor).read()) as Float32Array);
+  const weights = Array.from((await ((await model.stateDict())['classifier.2.weight'] as Tensor).read()) as Float32Array);
   const { accuracy } = await model.evaluate(data.loader(await fashion('t10k'), { batchSize: 250 }), { metrics: ['accuracy'] });
   const { bnPolicy } = model;
   model.dispose();

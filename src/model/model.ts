@@ -1,0 +1,650 @@
+// The Model façade: one object per loaded model, whose methods validate their arguments,
+// queue the native work in call order (queue.ts) and keep the JS snapshot the getters read.
+import { callNative, callNativeAsync, disposedError, misuse, TorchError } from '../errors';
+import type { Metrics } from '../metrics';
+import { native, type NativeInputs, type NativeModel, type NativeSync, type NativeTensor, type NativeGroupOptions } from '../native';
+import { dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear, sequential, specOf } from '../nn';
+import type { Pattern } from '../patterns';
+import { compilePattern, describePattern } from '../patterns';
+import { type Device, ones, Tensor, zeros } from '../tensor';
+import { checkDevice, checkFiniteNumber, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from '../validate';
+import { type LoadWeightsResult, matchWeights, readWeightsIndex, safetensorsHeader } from '../weights';
+import { evaluation, type EvaluateOptions, type Prediction } from './inference';
+import { type Batch, type BatchInput, batchArgs, type ModelInput, type ModelOutput, type ReadQueue, unwrapInput, wrapOutput } from './io';
+import { carriedMetadata, type LoadWeightsOptions, metadataText, type SaveOptions } from './persist';
+import { type DataParallelLink, kDataParallel } from './protocols';
+import { OperationQueue } from './queue';
+import { formatSummary, type MethodInfo, type ModuleInfo, type ParameterInfo, readSnapshot, type Snapshot, type TensorInfo } from './snapshot';
+import { stepBaton, type TrainStepOptions, type TrainStepResult } from './step';
+import { BATCH_NORM_POLICIES, type BatchNormPolicy, classifierHead, type FreezeResult, markRequiresGrad, type ResetClassifierOptions, selectParameters } from './surgery';
+
+/**
+ * A TorchScript model. Everything done to a model happens in call order:
+ *
+ * - **Queued** (run one at a time, off the event loop): `forward`, `call`, `predict`,
+ *   `evaluate`, `trainStep`, `trainSteps`, `stateDict`, `loadStateDict`, `loadWeights`,
+ *   `save`, `saveWeights`, `to`, and an optimizer's `flush`.
+ * - **Queued behind them, returning at once**: `train`/`eval`, `freeze`/`unfreeze`/
+ *   `requiresGrad`, `bnPolicy = …` and `channelsLast`. They apply when the operations
+ *   called before them are done; the getters show their effect straight away.
+ * - **Synchronous, refused while operations are pending** with `TORCHLITE_MODEL_BUSY` (a
+ *   `TypeError`; await them first, e.g. `await model.idle()`): `replace`, `resetClassifier`
+ *   and `resetParameters` (they build one layer, or draw one set of weights, on the JS
+ *   thread: well under a millisecond for a classifier head; copying a loaded model in as a
+ *   module copies its weights), and an optimizer's `addParamGroup`, `stateDict` and
+ *   `loadStateDict`.
+ * - **Never blocking**: `training`, `device`, `isTraced`, `bnPolicy`, `metadata`,
+ *   `methods()`, `modules()`, `parameters()`, `buffers()` and `summary()` read a snapshot
+ *   kept in JS.
+ */
+export class Model implements Disposable, AsyncDisposable {
+  #native: NativeModel | null;
+  readonly #queue = new OperationQueue();
+  #metadata: unknown;
+  #snapshot: Snapshot;
+  #warnedEvalStep = false;
+  #parallel: DataParallelLink | null = null;
+
+  /** @internal Use {@link loadPretrained}. */
+  constructor(handle: NativeModel) {
+    this.#native = handle;
+    const { warnings, metadata } = handle.info();
+    for (const warning of warnings) process.emitWarning(warning, { code: 'TORCHLITE_TRACED' });
+    try {
+      this.#metadata = metadata === '' ? undefined : JSON.parse(metadata);
+    } catch {
+      handle.dispose();
+      throw new TorchError('TORCHLITE_CORRUPT_FILE', 'the archive\'s torchlite.json metadata is not valid JSON');
+    }
+    this.#snapshot = readSnapshot(handle);
+  }
+
+  /** @internal The native handle, for other torchlite modules. */
+  static handle(model: Model): NativeModel {
+    if (model.#native === null) throw disposedError('Model');
+    return model.#native;
+  }
+
+  /** @internal The native handle for a synchronous method that must not overtake queued work. */
+  static idleHandle(model: Model, what: string): NativeModel {
+    const handle = Model.handle(model);
+    model.#queue.requireIdle(what);
+    return handle;
+  }
+
+  get #live(): NativeModel {
+    return Model.handle(this);
+  }
+
+  /** @internal Queues work that touches this model (a ScriptObject's method, a zoo model's placeholders) behind its other operations. */
+  static enqueue<T>(model: Model, op: (handle: NativeModel) => Promise<T>, read = false): Promise<T> {
+    return model.#enqueue(op, read);
+  }
+
+  #enqueue<T>(op: (handle: NativeModel) => Promise<T>, read = false): Promise<T> {
+    const handle = this.#live;
+    return this.#queue.run(() => op(handle), read);
+  }
+
+  /** Where this model's ScriptObjects queue their calls. */
+  readonly #reads: ReadQueue = (op) => this.#enqueue(op, true);
+
+  /**
+   * Queues a training operation; on a data-parallel model it also takes its place in the
+   * group's order of collectives now, at the call, and first re-broadcasts rank 0's
+   * parameters if they changed since. `op` gets how to sync, for the native job (`null` alone).
+   */
+  #enqueueStep<T>(op: (handle: NativeModel, sync: NativeSync | null) => Promise<T>): Promise<T> {
+    const link = this.#parallel;
+    if (link === null) return this.#enqueue((handle) => op(handle, null));
+    const handle = this.#live;
+    const turn = link.turn();
+    return this.#queue.runInTurn(turn, async () => {
+      await turn.ready;
+      if (link.stale) {
+        await link.group.broadcastModel(handle);
+        link.stale = false;
+      }
+      return op(handle, { group: link.group, buffers: link.broadcastBuffers, overlap: link.overlap, bucketBytes: link.bucketBytes });
+    });
+  }
+
+  /** @internal See {@link DataParallelLink}; the broadcast of rank 0's parameters is queued now. */
+  [kDataParallel](link: DataParallelLink): void {
+    this.#parallel = link;
+    link.stale = true;
+    void this.#enqueueStep(async () => undefined).catch(() => undefined);
+  }
+
+  /** @internal Queues an optimizer update (a flush) as a training operation. */
+  static enqueueStep<T>(model: Model, op: (handle: NativeModel, sync: NativeSync | null) => Promise<T>): Promise<T> {
+    return model.#enqueueStep(op);
+  }
+
+  /** Runs a cheap native change now when the model is idle, else queued behind pending work. */
+  #apply(change: (handle: NativeModel) => void): void {
+    const handle = this.#live;
+    this.#queue.apply(() => callNative(() => change(handle)));
+  }
+
+  /** Resolves when every operation called so far has settled (whether it succeeded or not). */
+  idle(): Promise<void> {
+    return this.#queue.idle();
+  }
+
+  /** How many operations are queued or running on this model. */
+  get pending(): number {
+    return this.#queue.pending;
+  }
+
+  /** Runs `forward` without recording gradients (like `torch.no_grad()`) and returns its outputs. Runs ahead of queued training on the same device. */
+  forward<T extends ModelOutput = Tensor>(...inputs: ModelInput[]): Promise<T> {
+    return callNativeAsync(async () => {
+      const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
+      return wrapOutput(await this.#enqueue((handle) => handle.forward(args), true), this.#reads) as T;
+    });
+  }
+
+  /**
+   * @internal A frozen copy in eval mode, optimised for inference as
+   * `torch.jit.optimize_for_inference` does (BatchNorm folded into the convolutions), sharing
+   * nothing with this model; fineTune's feature cache runs the frozen body through it.
+   * `undefined` unless it gives this model's output on `probe` and on its first sample
+   * (within 1e-4, without a LibTorch warning): freezing fails for some modules and its
+   * passes get others wrong.
+   */
+  inferenceCopy(probe: Tensor): Promise<Model | undefined> {
+    return callNativeAsync(async () => {
+      const copy = await this.#enqueue((handle) => handle.inferenceCopy(Tensor.handle(probe)), true);
+      return copy === null ? undefined : new Model(copy);
+    });
+  }
+
+  /**
+   * Calls an exported method other than forward (`@torch.jit.export`), e.g.
+   * `model.call('generate', { ids, mask })`: a plain object is a `Dict[str, …]` argument, and
+   * dict results come back as objects. Runs like `forward`: without gradients, in the model's
+   * current mode. An unknown name is `TORCHLITE_NO_SUCH_METHOD`, listing the exported ones
+   * (see {@link Model.methods}).
+   */
+  call<T extends ModelOutput = ModelOutput>(method: string, ...inputs: ModelInput[]): Promise<T> {
+    return callNativeAsync(async () => {
+      checkString(method, 'method');
+      const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
+      return wrapOutput(await this.#enqueue((handle) => handle.call(method, args), true), this.#reads) as T;
+    });
+  }
+
+  /**
+   * Forward, loss, backward, gradient clipping, optimizer step and grad reset in one
+   * native job. Runs in the model's current mode: call `train()` first (a step in eval
+   * mode emits a `TORCHLITE_EVAL_MODE_STEP` warning, once per model). The optimizer's
+   * group options (lr, …) are taken as they are at the call.
+   */
+  trainStep(input: BatchInput, target: Tensor, options: TrainStepOptions): Promise<TrainStepResult> {
+    return callNativeAsync(async () => {
+      const step = this.#stepBaton(options, null);
+      const batch: [NativeInputs, NativeTensor] = [batchArgs(input, 'input'), Tensor.handle(target)];
+      const [result] = await this.#enqueueStep((handle, sync) => handle.trainStep([batch], { ...step, sync }));
+      return result;
+    });
+  }
+
+  /**
+   * Several train steps in one native job, in order, with the same options. For small,
+   * overhead-bound models this removes the per-call thread hand-off; lrs stay as they are
+   * for the whole call (step schedulers between calls). Inference waiting on the same
+   * device runs between two steps.
+   */
+  trainSteps(batches: readonly Batch[], options: TrainStepOptions): Promise<TrainStepResult[]> {
+    return Model.trainWindow(this, batches, options, null);
+  }
+
+  /**
+   * @internal fit's windows: `trainSteps` with each step's group options, read off the
+   * schedule ahead of the job (`null`: the optimizer's options now, for every step).
+   */
+  static trainWindow(model: Model, batches: readonly Batch[], options: TrainStepOptions, groupsPerStep: NativeGroupOptions[][] | null): Promise<TrainStepResult[]> {
+    return callNativeAsync(async () => {
+      if (!Array.isArray(batches) || batches.length === 0) throw typeError('a non-empty array of { input, target } batches', 'batches', batches);
+      const step = model.#stepBaton(options, groupsPerStep);
+      const work = batches.map((b, i): [NativeInputs, NativeTensor] => [batchArgs(b?.input, `batches[${i}].input`), Tensor.handle(b?.target)]);
+      return model.#enqueueStep((handle, sync) => handle.trainStep(work, { ...step, sync }));
+    });
+  }
+
+  #stepBaton(options: TrainStepOptions, groupsPerStep: NativeGroupOptions[][] | null) {
+    if (!this.#snapshot.training && !this.#warnedEvalStep) {
+      this.#warnedEvalStep = true;
+      process.emitWarning('trainStep() on a model in eval mode: dropout is off and BatchNorm neither uses batch statistics nor updates its running ones. Call model.train() first (this warning is shown once per model).', { code: 'TORCHLITE_EVAL_MODE_STEP' });
+    }
+    return stepBaton(options, this, groupsPerStep);
+  }
+
+  /**
+   * Runs batches in eval mode without gradients (the mode is restored after) and
+   * returns the mean loss and the metrics. The whole pass is one queued operation, so
+   * operations called after it see none of it half-done; `batches` must not wait on
+   * this model's own queue.
+   */
+  evaluate(batches: Iterable<Batch> | AsyncIterable<Batch>, options?: EvaluateOptions): Promise<Metrics> {
+    return callNativeAsync(async () => {
+      const { pass, turn } = evaluation(this, batches, options);
+      const handle = this.#live;
+      return turn ? this.#queue.runInTurn(turn, () => pass(handle), true) : this.#enqueue(pass, true);
+    });
+  }
+
+  /** Class probabilities (softmax over dimension 1) and the argmax, computed in eval mode ahead of queued training. */
+  predict(input: BatchInput): Promise<Prediction> {
+    return callNativeAsync(async () => {
+      const args = batchArgs(input, 'input');
+      const { probabilities, argmax } = await this.#enqueue((handle) => handle.predict(args), true);
+      return { probabilities: new Tensor(probabilities), argmax: new Tensor(argmax) };
+    });
+  }
+
+  /**
+   * Keeps 4-D weights, and 4-D inputs on their way in, in channels-last (NHWC) layout,
+   * which oneDNN and cuDNN run faster for many CNNs (on the CPU it is the default: see
+   * `LoadOptions.channelsLast`); `false` goes back to NCHW. Outputs are unchanged. Queued
+   * behind pending operations, as a job on the model's lane (converting a ResNet's weights
+   * takes milliseconds).
+   */
+  channelsLast(on = true): this {
+    if (typeof on !== 'boolean') throw typeError('a boolean', 'on', on);
+    void this.#enqueue((handle) => handle.setChannelsLast(on)).catch(() => undefined);
+    return this;
+  }
+
+  /** Moves parameters and buffers to `device`. */
+  to(device: Device): Promise<this> {
+    return callNativeAsync(async () => {
+      const target = checkDevice(device, 'device');
+      await this.#enqueue(async (handle) => {
+        await handle.to(target);
+        this.#snapshot.device = handle.info().device as Device;
+      });
+      return this;
+    });
+  }
+
+  /**
+   * The methods `forward` and `call` can run (forward and `@torch.jit.export` methods), with
+   * their arguments' names, TorchScript types and defaults, and their return type, as
+   * TorchScript's schema gives them.
+   */
+  methods(): MethodInfo[] {
+    this.#live;
+    return this.#snapshot.methods.map((m) => ({ ...m, arguments: m.arguments.map((a) => ({ ...a })) }));
+  }
+
+  /** Every submodule, depth first, starting with the model itself at path `''`. */
+  modules(): ModuleInfo[] {
+    this.#live;
+    return this.#snapshot.modules.map((m) => ({ ...m }));
+  }
+
+  /** Parameters in definition order, optionally only those whose names match `pattern`. */
+  parameters(pattern?: Pattern): ParameterInfo[] {
+    this.#live;
+    const all = this.#snapshot.parameters.map((p) => ({ ...p, shape: [...p.shape] }));
+    if (pattern === undefined) return all;
+    const matches = compilePattern(pattern);
+    const selected = all.filter((p) => matches(p.name));
+    if (selected.length === 0)
+      throw new TorchError('TORCHLITE_NO_MATCH', `No parameter matches ${describePattern(pattern)}`);
+    return selected;
+  }
+
+  /** Buffers (BatchNorm running statistics and the like) in definition order. */
+  buffers(): TensorInfo[] {
+    this.#live;
+    return this.#snapshot.buffers.map((b) => ({ ...b, shape: [...b.shape] }));
+  }
+
+  /**
+   * Copies of the parameters and buffers by name, taken on the model's queue after the
+   * operations called before (so a later step does not change them); dispose them when done.
+   */
+  stateDict(): Promise<Record<string, Tensor>> {
+    return callNativeAsync(async () => {
+      const raw = await this.#enqueue((handle) => handle.stateDict(), true);
+      return Object.fromEntries(Object.entries(raw).map(([name, handle]) => [name, new Tensor(handle)]));
+    });
+  }
+
+  /**
+   * Copies parameters and buffers from `dict` (as {@link Model.stateDict} returns) by name,
+   * queued behind pending operations. With `strict` (the default) every parameter and buffer
+   * must be present; nothing is copied unless all names and shapes match.
+   */
+  loadStateDict(dict: Record<string, Tensor>, options?: { strict?: boolean }): Promise<void> {
+    return callNativeAsync(async () => {
+      const { strict = true } = checkOptions<{ strict?: boolean }>(options, 'options', ['strict']);
+      if (typeof strict !== 'boolean') throw typeError('a boolean', 'options.strict', strict);
+      if (dict === null || typeof dict !== 'object') throw typeError('a record of Tensors', 'dict', dict);
+      const handles = Object.fromEntries(Object.entries(dict).map(([name, t]) => [name, Tensor.handle(t)]));
+      await this.#enqueue((handle) => handle.loadStateDict(handles, strict));
+      if (this.#parallel) this.#parallel.stale = true;
+    });
+  }
+
+  /**
+   * Draws every parameter afresh as PyTorch's constructors would from the shapes alone
+   * (kaiming-uniform weights with their biases, normalisation weights 1 and biases 0) and
+   * resets normalisation statistics (running variances 1, means and counts 0; other buffers,
+   * such as a text model's position ids, are kept): the same network, untrained, for
+   * a from-scratch baseline. Draws from the generator seeded by `manualSeed` at the call;
+   * the copy in is queued behind pending operations.
+   */
+  resetParameters(): Promise<void> {
+    return callNativeAsync(async () => {
+      this.#live;
+      const params = this.#snapshot.parameters;
+      const names = new Set(params.map((p) => p.name));
+      const fresh: Record<string, Tensor> = {};
+      try {
+        for (const p of params) {
+          if (p.shape.length < 2) continue;
+          const prefix = p.name.slice(0, -'weight'.length);
+          const init = callNative(() => native.initLayerParameters(p.shape, names.has(`${prefix}bias`)));
+          fresh[p.name] = new Tensor(init.weight);
+          if (init.bias) fresh[`${prefix}bias`] = new Tensor(init.bias);
+        }
+        for (const p of params) if (!(p.name in fresh)) fresh[p.name] = (p.name.endsWith('weight') ? ones : zeros)(p.shape, { dtype: p.dtype });
+        // Only normalisation statistics are state to forget; other buffers are constants of the
+        // architecture (a text model's position ids, an attention mask) that zeros would break.
+        for (const b of this.#snapshot.buffers)
+          if (/(^|\.)(running_mean|running_var|num_batches_tracked)$/.test(b.name)) fresh[b.name] = (b.name.endsWith('running_var') ? ones : zeros)(b.shape, { dtype: b.dtype });
+        await this.loadStateDict(fresh, { strict: false });
+      } finally {
+        for (const t of Object.values(fresh)) t.dispose();
+      }
+    });
+  }
+
+  /** A table of modules with their parameter counts, and totals. */
+  summary(): string {
+    this.#live;
+    return formatSummary(this.#snapshot);
+  }
+
+  /**
+   * Puts `module` at `path` (`fc`, `classifier.3`, `layer1.0.conv1`): a native layer, an
+   * `nn.sequential`, `nn.identity()`, or another loaded model (copied in; it must be
+   * idle). The new parameters are trainable and on the model's device. Siblings that
+   * share the replaced module's class keep working. Synchronous; refused while operations
+   * are pending.
+   */
+  replace(path: string, module: Layer | Model): this {
+    checkString(path, 'path');
+    const spec = this.#specOf(module, 'module');
+    const live = Model.idleHandle(this, 'replace()');
+    try {
+      callNative(() => live.replace(path, spec));
+      if (this.#parallel) this.#parallel.stale = true;
+    } finally {
+      this.#snapshot = readSnapshot(live);
+    }
+    return this;
+  }
+
+  /** @internal This model as a module to copy into another (`replace`, `nn.sequential`). */
+  [kLayerSpec](): LayerSpec {
+    return { kind: 'model', tensors: {}, model: this.#live, source: this };
+  }
+
+  /**
+   * The spec of `module`, refusing this model itself anywhere inside it (copying it would
+   * wait on its own lock) and models with operations pending (the copy would overtake them).
+   */
+  #specOf(module: unknown, name: string): LayerSpec {
+    const spec = specOf(module, name);
+    const models = (s: LayerSpec): Model[] => [...(s.source instanceof Model ? [s.source] : []), ...(s.children ?? []).flatMap(models)];
+    for (const model of models(spec)) {
+      if (model === this) throw misuse('TORCHLITE_BAD_ARGUMENT', 'A model cannot be put inside itself; load a second copy to use it as a module');
+      Model.idleHandle(model, 'Copying a model into another');
+    }
+    return spec;
+  }
+
+  /**
+   * Replaces the final classifier Linear (`fc`, the last Linear of `classifier`, `head`,
+   * `heads.head`, …) by a fresh `nn.linear(inFeatures, numClasses)`, optionally behind
+   * dropout, like timm's `reset_classifier`. Returns the path it replaced. Synchronous;
+   * refused while operations are pending.
+   */
+  resetClassifier(numClasses: number, options?: ResetClassifierOptions): string {
+    checkPositiveInteger(numClasses, 'numClasses');
+    const { dropout = 0 } = checkOptions<ResetClassifierOptions>(options, 'options', ['dropout']);
+    checkFiniteNumber(dropout, 'options.dropout');
+    if (dropout < 0 || dropout >= 1) throw rangeError('a probability in [0, 1)', 'options.dropout', dropout);
+    Model.idleHandle(this, 'resetClassifier()');
+    const path = this.classifierHead();
+    if (path === undefined) throw new TorchError('TORCHLITE_NO_MATCH', 'No Linear classifier found in the model');
+    const [, inFeatures] = this.parameters(`${path}.weight`)[0].shape;
+    const head = linear(inFeatures, numClasses);
+    this.replace(path, dropout > 0 ? sequential(dropoutLayer(dropout), head) : head);
+    return path;
+  }
+
+  /**
+   * The path of the final classifier Linear: the last Linear under a usual head name
+   * (`fc`, `classifier`, `head`, `heads`, …), else the model's last Linear; `undefined`
+   * when there is none. This is what {@link Model.resetClassifier} replaces.
+   */
+  classifierHead(): string | undefined {
+    this.#live;
+    return classifierHead(this.#snapshot.modules);
+  }
+
+  /** Stops training the parameters under `patterns` (all when omitted). Their grads are cleared. */
+  freeze(patterns?: Pattern): FreezeResult {
+    return this.requiresGrad(patterns, false);
+  }
+
+  /** Trains the parameters under `patterns` (all when omitted) again. */
+  unfreeze(patterns?: Pattern): FreezeResult {
+    return this.requiresGrad(patterns, true);
+  }
+
+  /**
+   * Sets `requiresGrad` on the parameters whose names match `patterns` (a module or
+   * parameter path prefix, a glob, a RegExp, or an array; `undefined` means all). A
+   * pattern that matches nothing throws `TORCHLITE_NO_MATCH`. Queued behind pending
+   * operations; the result and `parameters()` show the new state at once.
+   */
+  requiresGrad(patterns: Pattern | undefined, flag: boolean): FreezeResult {
+    if (typeof flag !== 'boolean') throw typeError('a boolean', 'flag', flag);
+    this.#live;
+    const names = selectParameters(this.#snapshot, patterns);
+    this.#apply((handle) => handle.setRequiresGrad([...names], flag));
+    return markRequiresGrad(this.#snapshot, names, flag);
+  }
+
+  /** How BatchNorm layers with frozen parameters behave in `train()`. Defaults to `'frozen-eval'`. Setting it is queued behind pending operations. */
+  get bnPolicy(): BatchNormPolicy {
+    this.#live;
+    return this.#snapshot.bnPolicy;
+  }
+
+  set bnPolicy(policy: BatchNormPolicy) {
+    const value = checkOneOf(policy, 'bnPolicy', BATCH_NORM_POLICIES);
+    this.#apply((handle) => handle.setBatchNormPolicy(value));
+    this.#snapshot.bnPolicy = value;
+  }
+
+  /**
+   * Writes a TorchScript archive that Python's `torch.jit.load` reads, atomically
+   * (temporary file, fsync, rename).
+   */
+  save(path: string, options?: SaveOptions): Promise<void> {
+    return this.#save(path, options, undefined);
+  }
+
+  /** @internal Saves with further extra files (checkpoint state) beside the metadata. */
+  static saveWithExtras(model: Model, path: string, extras: Record<string, Buffer>): Promise<void> {
+    return model.#save(path, undefined, extras);
+  }
+
+  #save(path: string, options: SaveOptions | undefined, extras: Record<string, Buffer> | undefined): Promise<void> {
+    return callNativeAsync(async () => {
+      checkString(path, 'path');
+      const { metadata = this.#metadata } = checkOptions<SaveOptions>(options, 'options', ['metadata']);
+      const text = metadataText(metadata);
+      await this.#enqueue((handle) => handle.save(path, text, extras));
+      this.#metadata = metadata;
+    });
+  }
+
+  /** @internal A zoo text model sized from a config: its placeholders' shapes and its sizing attributes (see `Reshape` in weights.cc). */
+  static resize(model: Model, shapes: Record<string, number[]>, values: Record<string, number>): void {
+    const live = Model.idleHandle(model, 'resize');
+    try {
+      callNative(() => live.reshape(shapes, values));
+    } finally {
+      model.#snapshot = readSnapshot(live);
+    }
+  }
+
+  /**
+   * Loads tensors by name from a `.safetensors` file (or a `model.safetensors.index.json` and
+   * its shards) or a torch.save file (`.pth`, `.bin`), as PyTorch's `load_state_dict` does: the file's Python names (`layer1.0.conv1.weight`)
+   * against this model's parameters and buffers. float16 and bfloat16 files are converted to the
+   * model's dtype unless `keepDtype` asks for the file's. The bytes are read on the model's lane,
+   * one tensor at a time (the extra memory is the largest tensor). Queued behind pending
+   * operations. Resolves what matched; see {@link LoadWeightsOptions.strict}.
+   */
+  loadWeights(file: string, options?: LoadWeightsOptions): Promise<LoadWeightsResult> {
+    return callNativeAsync(async () => {
+      checkString(file, 'file');
+      const o = checkOptions<LoadWeightsOptions>(options, 'options', ['strict', 'keepDtype', 'rename']);
+      if (o.rename !== undefined && typeof o.rename !== 'function') throw typeError('a function', 'options.rename', o.rename);
+      const strict = o.strict ?? true;
+      if (typeof strict !== 'boolean') throw typeError('a boolean', 'options.strict', strict);
+      const keep = o.keepDtype ?? false;
+      if (typeof keep !== 'boolean') throw typeError('a boolean', 'options.keepDtype', keep);
+      const weights = await readWeightsIndex(file);
+      if (o.rename) {
+        const rename = o.rename;
+        weights.entries = weights.entries.flatMap((e) => {
+          const name = rename(e.name);
+          return name === undefined ? [] : [{ ...e, name }];
+        });
+      }
+      await this.idle(); // the names and shapes below are the ones the load will meet
+      const { entries, ...result } = matchWeights(file, weights, [...this.#snapshot.parameters, ...this.#snapshot.buffers], strict);
+      const live = this.#live;
+      try {
+        await this.#enqueue((handle) => handle.loadWeights(entries.map((e) => ({ ...e, keep }))));
+        if (this.#parallel) this.#parallel.stale = true;
+      } finally {
+        this.#snapshot = readSnapshot(live);
+      }
+      return result;
+    });
+  }
+
+  /**
+   * Writes the model's parameters and buffers as a `.safetensors` file under their Python
+   * names, which PyTorch loads into the same architecture (`safetensors.torch.load_file`, then
+   * `load_state_dict`). The model's class names and input spec go into the header's
+   * `__metadata__` (as JSON under `torchlite`), beside `metadata` strings given. Written to a
+   * temporary file and renamed, so a crash leaves no half file. Queued behind pending operations.
+   */
+  saveWeights(file: string, options?: { metadata?: Record<string, string> }): Promise<void> {
+    return callNativeAsync(async () => {
+      checkString(file, 'file');
+      const { metadata = {} } = checkOptions<{ metadata?: Record<string, string> }>(options, 'options', ['metadata']);
+      if (metadata === null || typeof metadata !== 'object' || Object.values(metadata).some((v) => typeof v !== 'string')) throw typeError('a record of strings', 'options.metadata', metadata);
+      await this.idle();
+      const tensors = [...this.#snapshot.parameters, ...this.#snapshot.buffers];
+      const header = safetensorsHeader(tensors, { format: 'pt', ...carriedMetadata(this.#metadata), ...metadata });
+      await this.#enqueue((handle) => handle.saveWeights(file, header, tensors.map((t) => t.name)));
+    });
+  }
+
+  /**
+   * Switches dropout and normalisation layers to training behaviour (`on = false` is
+   * {@link Model.eval}). Queued behind pending operations; `training` shows it at once.
+   */
+  train(on = true): this {
+    if (typeof on !== 'boolean') throw typeError('a boolean', 'on', on);
+    this.#apply((handle) => handle.setTraining(on));
+    this.#snapshot.training = on;
+    return this;
+  }
+
+  /** Switches to inference behaviour. */
+  eval(): this {
+    return this.train(false);
+  }
+
+  get training(): boolean {
+    this.#live;
+    return this.#snapshot.training;
+  }
+
+  get device(): Device {
+    this.#live;
+    return this.#snapshot.device;
+  }
+
+  /**
+   * The layout 4-D weights and inputs run in now: `'channelsLast'` (NHWC) or `'contiguous'`
+   * (NCHW). Read off the model itself, since an automatic choice can fall back on the first
+   * call (see `LoadOptions.channelsLast`): while operations are pending it throws
+   * `TORCHLITE_MODEL_BUSY` (await `model.idle()` first).
+   */
+  get memoryFormat(): 'channelsLast' | 'contiguous' {
+    const live = Model.idleHandle(this, 'memoryFormat');
+    return callNative(() => live.info()).channelsLast ? 'channelsLast' : 'contiguous';
+  }
+
+  /** Whether the archive came from `torch.jit.trace` rather than `torch.jit.script`. */
+  get isTraced(): boolean {
+    this.#live;
+    return this.#snapshot.traced;
+  }
+
+  /**
+   * The JSON metadata saved with the model by torchlite, if any: by convention
+   * `classes` (names in output order) and `input` (see `InputSpec`), which `fit` fills
+   * from the training data and `save` writes. Assign to change what `save` writes.
+   */
+  get metadata(): unknown {
+    return this.#metadata;
+  }
+
+  set metadata(value: unknown) {
+    this.#metadata = value;
+  }
+
+  get disposed(): boolean {
+    return this.#native === null;
+  }
+
+  /**
+   * Releases the model. Idempotent. Later calls throw `TORCHLITE_DISPOSED`; operations
+   * already queued finish first, and the memory is freed after them.
+   */
+  dispose(): void {
+    void this.#release();
+  }
+
+  #release(): Promise<void> {
+    const handle = this.#native;
+    this.#native = null;
+    return this.#queue.everything().then(() => handle?.dispose());
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** Waits for queued operations, then releases the model. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.#release();
+  }
+}
