@@ -1,3 +1,4 @@
+// TorchScript archives: loading (with the traced-model fixes) and atomic saving.
 #include "archive.h"
 #include "layout.h"
 

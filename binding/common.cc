@@ -1,3 +1,4 @@
+// Errors (C++ failures to coded JS errors), the baton reader, and the dtype/device codecs.
 #include "common.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// The lanes: one thread per CPU class and per GPU, each running its jobs in priority order.
 #include "executor.h"
 
 #include <chrono>

@@ -1,3 +1,4 @@
+// JS values to TorchScript IValues and back, typed by the method schema.
 #include "ivalue.h"
 
 #include "script_object.h"

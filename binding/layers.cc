@@ -1,3 +1,4 @@
+// Native layers (nn.*) built as TorchScript modules inside the target model.
 #include "layers.h"
 
 #include <cmath>

@@ -1,3 +1,4 @@
+// Loss functions with PyTorch semantics, and the target checks before them.
 #include "loss.h"
 
 #include "job.h"

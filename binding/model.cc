@@ -1,3 +1,4 @@
+// ModelWrap: loading, the module tree and its facts, state copies, surgery entry points, save.
 #include "model.h"
 
 #include <algorithm>

@@ -1,3 +1,4 @@
+// SGD, Adam and AdamW as PyTorch's foreach code runs them, with state keyed by parameter name.
 #include "optimizer.h"
 
 #include <algorithm>

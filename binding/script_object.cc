@@ -1,3 +1,4 @@
+// Instances of TorchScript classes that a model method returned, and their methods.
 #include "script_object.h"
 
 #include "addon.h"

@@ -1,3 +1,4 @@
+// Module surgery: replacing submodules, the BatchNorm policies, the traced training flags.
 #include "surgery.h"
 #include "layout.h"
 

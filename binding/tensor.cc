@@ -1,3 +1,4 @@
+// TensorWrap: tensors from and to JS arrays, conversions, and reads off the event loop.
 #include "tensor.h"
 
 #include <cstring>

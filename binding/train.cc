@@ -1,3 +1,4 @@
+// The fused training step: forward, loss, backward, clipping, sync and update in one job.
 #include "train.h"
 
 #include <cmath>

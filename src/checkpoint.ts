@@ -2,7 +2,8 @@
 // with the training state in two extra files: JSON (options, schedule, position, RNG)
 // and the optimizer's state tensors as raw bytes indexed by parameter name.
 import { TorchError } from './errors';
-import { CHECKPOINT_STATE, loadArchive, Model } from './model';
+import { CHECKPOINT_STATE, Model } from './model';
+import { loadArchive } from './model/load';
 import { native } from './native';
 import { Optimizer, type OptimizerStateDict } from './optim';
 import type { PlateauScheduler, Scheduler } from './sched';

@@ -4,7 +4,8 @@
 // and rendezvous address in torchrun's environment variables.
 import { misuse, TorchError } from './errors';
 import { callNativeAsync } from './errors';
-import { type DataParallelLink, kDataParallel, Model } from './model';
+import { Model } from './model';
+import { type DataParallelLink, kDataParallel } from './model/protocols';
 import { native, type NativeProcessGroup } from './native';
 import { Tensor } from './tensor';
 import { checkInteger, checkOneOf, checkOptions, checkPositiveInteger, checkPositiveNumber, checkString, rangeError, typeError } from './validate';

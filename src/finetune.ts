@@ -12,7 +12,8 @@ import { type Callback, callbacksOfThisRank, type EpochRecord, fit, recordTraini
 import { type Loss, crossEntropy } from './loss';
 import { beatsChance, bestTrial, isClassification, type LrSearchPlan, type LrSearchReport, type LrTrial, LR_SEARCH, majorityShare, type Parts, searchFolds, trialPlan, whyNoTrial } from './lrsearch';
 import type { MetricSpec } from './metrics';
-import { BATCH_NORM_POLICIES, type BatchInput, type BatchNormPolicy, disposeBatch, Model } from './model';
+import { BATCH_NORM_POLICIES, type BatchInput, type BatchNormPolicy, Model } from './model';
+import { disposeBatch } from './model/io';
 import { adamw, type ParamGroupSpec } from './optim';
 import { compilePattern } from './patterns';
 import { oneCycle } from './sched';

@@ -1,3 +1,4 @@
+// torchlite's public API.
 export { TorchError, type TorchErrorCode } from './errors';
 export {
   loadPretrained,

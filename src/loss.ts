@@ -1,3 +1,4 @@
+// Losses: their options and defaults, and the spec the native step reads.
 import { callNativeAsync } from './errors';
 import { native, type NativeTensor } from './native';
 import { Tensor, tensor } from './tensor';

@@ -1,5 +1,7 @@
+// Optimizers: param groups by pattern, their defaults, and state dicts keyed by name.
 import { callNative, callNativeAsync, disposedError, misuse, TorchError } from './errors';
-import { kStepOptimizer, Model } from './model';
+import { Model } from './model';
+import { kStepOptimizer } from './model/protocols';
 import type { NativeGroupOptions, NativeOptimizer } from './native';
 import { native } from './native';
 import { compilePattern, describePattern, type Pattern } from './patterns';

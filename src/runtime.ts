@@ -1,3 +1,4 @@
+// Process-wide settings: thread budgets, speed options, the lanes' queues and CUDA memory.
 import { callNative, callNativeAsync } from './errors';
 import { native } from './native';
 import type { Device } from './tensor';

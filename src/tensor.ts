@@ -1,3 +1,4 @@
+// Tensor: a handle on a LibTorch tensor, made from and read into typed arrays.
 import { callNative, callNativeAsync, disposedError } from './errors';
 import { native, type NativeTensor, type NativeConversion, type NativeTensorOptions } from './native';
 import { checkDevice, checkFiniteNumber, checkInteger, checkOneOf, checkOptions, rangeError, typeError } from './validate';

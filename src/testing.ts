@@ -1,6 +1,7 @@
 // Test hooks, kept out of the package's public surface (index.ts does not export them).
 import { callNativeAsync } from './errors';
-import { Model, type ModelInput, unwrapInput } from './model';
+import { Model, type ModelInput } from './model';
+import { unwrapInput } from './model/io';
 import { native } from './native';
 
 /**

@@ -1,99 +1,123 @@
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, expect, it } from 'vitest';
-import { loadPretrained, tensor, TorchError } from '../src';
-import { native } from '../src/native';
-import { hasTorch, PYTHON } from './helpers';
 
-/** Runs a Python script with the reference torch and returns its JSON output. */
-function python<T>(source: string, ...args: string[]): T {
-  const dir = mkdtempSync(join(tmpdir(), 'torchlite-errors-'));
-  writeFileSync(join(dir, 'script.py'), source);
-  const run = spawnSync(PYTHON, [join(dir, 'script.py'), ...args], { encoding: 'utf8' });
-  if (run.status !== 0) throw new Error(run.stderr);
-  return JSON.parse(run.stdout || 'null') as T;
+import { describe, expect, it } from 'vitest';
+
+import { cuda, loadPretrained, tensor, TorchError } from '../src';
+import { decode, fixture, hasTorch, python, refs } from './helpers';
+
+const dir = mkdtempSync(join(tmpdir(), 'torchlite-errors-'));
+const write = (name: string, data: Uint8Array | string) => {
+  const path = join(dir, name);
+  writeFileSync(path, data);
+  return path;
+};
+
+async function rejection(promise: Promise<unknown>): Promise<TorchError> {
+  const error = await promise.then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  expect(error).toBeInstanceOf(TorchError);
+  return error as TorchError;
 }
 
-// Each phrase of common.cc's table, with an op that makes the LibTorch this Python links raise
-// a message containing it (so the table is checked against 1.13's and 2.x's real wording).
-const PHRASES = `
-import json, torch
-import torch.nn.functional as F
-def one(x: torch.Tensor) -> torch.Tensor:
-    return x + 1
-cases = [
-  ("scalar type", "TORCH_DTYPE", lambda: F.nll_loss(torch.zeros(2, 3), torch.zeros(2))),
-  ("Input type (", "TORCH_DTYPE", lambda: F.conv2d(torch.zeros(1, 3, 4, 4, dtype=torch.float64), torch.zeros(2, 3, 3, 3), torch.zeros(2))),
-  ("dtype", "TORCH_DTYPE", lambda: torch.dot(torch.zeros(3), torch.zeros(3, dtype=torch.float64))),
-  ("not implemented for", "TORCH_DTYPE", lambda: torch.mm(torch.zeros(2, 2, dtype=torch.bool), torch.zeros(2, 2, dtype=torch.bool))),
-  ("out of bounds", "TORCH_INDEX", lambda: torch.zeros(3)[torch.tensor([5])]),
-  ("index out of range", "TORCH_INDEX", lambda: F.embedding(torch.tensor([5]), torch.zeros(3, 2))),
-  ("shape", "TORCH_SHAPE", lambda: torch.zeros(6).view(2, 5)),
-  ("size mismatch", "TORCH_SHAPE", lambda: torch.mv(torch.zeros(4, 10), torch.zeros(3))),
-  ("dimension", "TORCH_SHAPE", lambda: torch.zeros(3) + torch.zeros(4)),
-  ("Expected 3D", "TORCH_SHAPE", lambda: F.conv2d(torch.zeros(2, 3), torch.zeros(8, 3, 3, 3))),
-  ("channels", "TORCH_SHAPE", lambda: F.conv2d(torch.zeros(2, 1, 8, 8), torch.zeros(8, 3, 3, 3))),
-  ("argument", "TORCH_ARGUMENT", lambda: torch.jit.script(one)()),
-]
-out = []
-for phrase, code, fail in cases:
-    try:
-        fail()
-        out.append([phrase, code, None])
-    except Exception as e:
-        out.append([phrase, code, str(e)])
-print(json.dumps(out))
-`;
-
-describe('error codes', () => {
-  it('come from the first line of the message, through one table of phrases, each checked against the LibTorch that raised it', () => {
-    expect(native.classifyMessage('CUDA out of memory. Tried to allocate 2.00 GiB')).toBe('TORCH_OOM');
-    expect(native.classifyMessage('\nUnknown builtin op: torchvision::nms.\nCould not find any similar ops to torchvision::nms.')).toBe('TORCH_UNKNOWN_OP');
-    expect(native.classifyMessage('something else went wrong')).toBe('TORCH_ERROR');
-    // What follows the first line (quoted model source) never decides the code.
-    expect(native.classifyMessage('something else went wrong\n    argument_1: Tensor, shape: List[int]')).toBe('TORCH_ERROR');
-    if (!hasTorch) return;
-    const cases = python<[string, string, string | null][]>(PHRASES);
-    for (const [phrase, code, message] of cases) {
-      expect(message, `no failure for '${phrase}'`).not.toBeNull();
-      expect(message!.split('\n')[0], `'${phrase}' in this LibTorch's message`).toContain(phrase);
-      expect([phrase, native.classifyMessage(message!)]).toEqual([phrase, code]);
-    }
+describe('loading bad files', () => {
+  const scripted = readFileSync(fixture('mlp.scripted.pt'));
+  const cases: [string, () => string, string, RegExp][] = [
+    ['a missing file', () => join(dir, 'missing.pt'), 'TORCHLITE_FILE_NOT_FOUND', /^no such file: .*missing\.pt$/],
+    ['a directory', () => dir, 'TORCHLITE_IS_DIRECTORY', /is a directory, not a TorchScript \.pt file$/],
+    ['an empty file', () => write('empty.pt', ''), 'TORCHLITE_NOT_TORCHSCRIPT', /empty\.pt is empty$/],
+    ['a truncated .pt', () => write('truncated.pt', scripted.subarray(0, scripted.length >> 1)), 'TORCHLITE_CORRUPT_FILE', /truncated\.pt is a truncated or damaged archive$/],
+    ['random bytes', () => write('random.pt', Uint8Array.from({ length: 4096 }, (_, i) => (i * 7919 + 13) % 251)), 'TORCHLITE_NOT_TORCHSCRIPT', /random\.pt is not a TorchScript archive \(no zip signature\)$/],
+    ['a torch.save(state_dict) file', () => fixture('state_dict.pt'), 'TORCHLITE_NOT_TORCHSCRIPT', /state_dict\.pt holds torch\.save\(\) data \(a state_dict or pickled module\), not TorchScript; export the model with torch\.jit\.script/],
+  ];
+  it.each(cases)('%s', async (_, path, code, message) => {
+    const error = await rejection(loadPretrained(path()));
+    expect(error.code).toBe(code);
+    expect(error.message).toMatch(message);
   });
 
-  it.runIf(hasTorch)("does not depend on the model's quoted source: an unknown op gets TORCH_UNKNOWN_OP whatever the argument names", async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'torchlite-unknown-op-'));
-    python(
-      `import sys, torch, torchvision
-class A(torch.nn.Module):
-    def forward(self, argument_1: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return torch.ops.torchvision.nms(argument_1, scores, 0.5)
-class B(torch.nn.Module):
-    def forward(self, boxes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return torch.ops.torchvision.nms(boxes, scores, 0.5)
-torch.jit.script(A()).save(sys.argv[1] + '/a.pt')
-torch.jit.script(B()).save(sys.argv[1] + '/b.pt')
-`,
-      dir,
+  it('points the stack at the caller, not at native code', async () => {
+    const error = await rejection(loadPretrained(join(dir, 'nope.pt')));
+    expect(error.stack?.split('\n')[0]).toBe(`TorchError: no such file: ${join(dir, 'nope.pt')}`);
+    expect(error.stack).toContain('errors.test.ts');
+  });
+
+  it.skipIf(cuda.isAvailable())("refuses device 'cuda' without CUDA", async () => {
+    const error = await rejection(loadPretrained(fixture('mlp.scripted.pt'), { device: 'cuda' }));
+    expect(error.code).toBe('TORCHLITE_CUDA_UNAVAILABLE');
+    expect(error.message).toMatch(/^device 'cuda' requested but CUDA is not available/);
+  });
+
+  it('throws TypeError/RangeError for misuse', async () => {
+    await expect(loadPretrained(42 as never)).rejects.toThrow(new TypeError('Expected a non-empty string for `path` but received 42'));
+    await expect(loadPretrained('x.pt', { device: 'tpu' as never })).rejects.toThrow(
+      new RangeError("Expected a device ('cpu', 'cuda' or 'cuda:N') for `options.device` but received 'tpu'"),
     );
-    const codes = [];
-    for (const name of ['a.pt', 'b.pt']) codes.push(await loadPretrained(join(dir, name)).catch((e: TorchError) => [e.code, e.message.split('\n')[0]]));
-    expect(codes).toEqual([
-      ['TORCH_UNKNOWN_OP', 'Unknown builtin op: torchvision::nms.'],
-      ['TORCH_UNKNOWN_OP', 'Unknown builtin op: torchvision::nms.'],
-    ]);
+    await expect(loadPretrained('x.pt', { devcie: 'cpu' } as never)).rejects.toThrow(
+      new TypeError('Unknown option `options.devcie`; known options are `device`, `channelsLast`, `weights`'),
+    );
+  });
+});
+
+describe('bad forward inputs', () => {
+  it('wrong input rank gets TORCH_SHAPE with the root cause first', async () => {
+    await using model = await loadPretrained(fixture('resnet_small.scripted.pt'));
+    const error = await rejection(model.forward(tensor(new Float32Array(6), [2, 3])));
+    expect(error.code).toBe('TORCH_SHAPE');
+    expect(error.message).toBe('Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: [2, 3]');
+    expect(error.backtrace).toContain('TorchScript');
   });
 
-  it.runIf(hasTorch)('gives a float64 input to a convolution with a bias TORCH_DTYPE and the hint', async () => {
-    const dir = mkdtempSync(join(tmpdir(), 'torchlite-bias-'));
-    python(`import sys, torch\ntorch.jit.script(torch.nn.Conv2d(3, 4, 3)).save(sys.argv[1] + '/conv.pt')\n`, dir);
-    await using model = await loadPretrained(join(dir, 'conv.pt'));
-    const input = tensor(new Float64Array(2 * 3 * 5 * 5), [2, 3, 5, 5]);
-    const error = await model.forward(input).catch((e: unknown) => e);
-    expect(error).toBeInstanceOf(TorchError);
-    expect(error).toMatchObject({ code: 'TORCH_DTYPE' });
-    expect((error as Error).message).toMatch(/^Input type \(double\) and bias type \(float\) should be the same\. The input is float64 but the model's weights are float32: build the input from a Float32Array, or convert it with `input\.to\('float32'\)`$/);
+  it('wrong input dtype gets TORCH_DTYPE', async () => {
+    await using model = await loadPretrained(fixture('mlp.traced.pt'));
+    const error = await rejection(model.forward(tensor(new Float64Array(24), [2, 12])));
+    expect(error.code).toBe('TORCH_DTYPE');
+    expect(error.message).toMatch(/expected .*scalar type|dtype/i);
+  });
+
+  it('token ids must be integers', async () => {
+    await using model = await loadPretrained(fixture('text.scripted.pt'));
+    const error = await rejection(model.forward(tensor(new Float32Array(8), [2, 4])));
+    expect(error.code).toBe('TORCH_DTYPE');
+  });
+
+  it('a wrong argument count or type gets TORCH_ARGUMENT', async () => {
+    await using model = await loadPretrained(fixture('mlp.scripted.pt'));
+    const input = decode(refs.mlp.input);
+    expect((await rejection(model.forward(input, input))).code).toBe('TORCH_ARGUMENT');
+    expect((await rejection(model.forward(3))).code).toBe('TORCH_ARGUMENT');
+    await expect(model.forward({})).rejects.toThrow(
+      new TorchError('TORCH_ARGUMENT', "expected a value of type 'Tensor' but received an object; plain objects are only for Dict[str, ...] arguments"),
+    );
+    await expect(model.forward(new Map() as never)).rejects.toThrow(
+      new TypeError('Expected a Tensor, number, boolean, string, or an array or plain object of them for `inputs[0]` but received a Map'),
+    );
+  });
+
+  it('a disposed tensor as input gets TORCHLITE_DISPOSED', async () => {
+    await using model = await loadPretrained(fixture('mlp.scripted.pt'));
+    const input = decode(refs.mlp.input);
+    input.dispose();
+    expect((await rejection(model.forward(input))).code).toBe('TORCHLITE_DISPOSED');
+  });
+
+  it('the model stays usable after failures', async () => {
+    await using model = await loadPretrained(fixture('mlp.scripted.pt'));
+    await model.forward(tensor([1, 2])).catch(() => undefined);
+    const out = await model.forward(decode(refs.mlp.input));
+    expect(out.shape).toEqual([4, 4]);
+  });
+});
+
+describe('metadata', () => {
+  it.skipIf(!hasTorch)('an archive with broken torchlite.json metadata gets a coded error', async () => {
+    const path = join(dir, 'bad-meta.pt');
+    python(`import sys, torch
+m = torch.jit.load(sys.argv[1])
+torch.jit.save(m, sys.argv[2], _extra_files={'torchlite.json': '{not json'})`, [fixture('mlp.scripted.pt'), path]);
+    await expect(loadPretrained(path)).rejects.toMatchObject({ code: 'TORCHLITE_CORRUPT_FILE', message: "the archive's torchlite.json metadata is not valid JSON" });
   });
 });

@@ -1,3 +1,4 @@
+// Datasets: in-memory tensors, IDX files, splits, subsets and relabelling.
 import { misuse, TorchError } from '../errors';
 import { Tensor, tensor } from '../tensor';
 import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, rangeError, typeError } from '../validate';

@@ -1,3 +1,4 @@
+// The IDX format (MNIST, Fashion-MNIST), gzipped or not.
 import { readFile } from 'node:fs/promises';
 import { gunzip } from 'node:zlib';
 import { promisify } from 'node:util';

@@ -1,3 +1,4 @@
+// Images: folders of class subfolders, decoding and augmentation through sharp.
 import { readdir } from 'node:fs/promises';
 import { extname, join } from 'node:path';
 

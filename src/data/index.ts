@@ -1,3 +1,4 @@
+// The data namespace.
 export { type Dataset, idx, type IdxOptions, relabel, type Sample, split, type SplitOptions, subset, type SubsetOptions, tensorDataset, type TensorDatasetOptions } from './dataset';
 export { readIdx, type IdxArray } from './idx';
 export { type Augment, imageFolder, type ImageFolderOptions, loadImage, type LoadImageOptions } from './images';

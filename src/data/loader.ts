@@ -1,6 +1,8 @@
+// The loader: shuffled, prefetched batches, sharded over ranks.
 import { ProcessGroup } from '../distributed';
 import { TorchError } from '../errors';
-import { type BatchInput, kShardGroup, type ShardGroup } from '../model';
+import type { BatchInput } from '../model';
+import { kShardGroup, type ShardGroup } from '../model/protocols';
 import { native } from '../native';
 import { Tensor, tensor } from '../tensor';
 import { checkInteger, checkOptions, checkPositiveInteger, typeError } from '../validate';

@@ -1,3 +1,4 @@
+// Text datasets: JSONL and CSV files, tokenized.
 import { readFile } from 'node:fs/promises';
 import { extname } from 'node:path';
 
