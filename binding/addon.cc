@@ -58,6 +58,10 @@ Napi::Value Queue(const Napi::CallbackInfo& info) {
     lane.Set("queuedTraining", static_cast<double>(lanes[i].queuedTraining));
     lane.Set("running", lanes[i].running);
     lane.Set("completed", static_cast<double>(lanes[i].completed));
+    lane.Set("rejected", static_cast<double>(lanes[i].rejected));
+    lane.Set("timedOut", static_cast<double>(lanes[i].timedOut));
+    lane.Set("waitP50Ms", lanes[i].waitP50Ms);
+    lane.Set("waitP99Ms", lanes[i].waitP99Ms);
     result.Set(i, lane);
   }
   return result;
@@ -133,6 +137,16 @@ void keepFreedMemory() {
 #endif
 }
 
+Napi::Value SetTrainingThreadsWhileServing(const Napi::CallbackInfo& info) {
+  Executor::instance().setTrainingThreadsWhileServing(info[0].As<Napi::Number>().Int32Value());
+  return info.Env().Undefined();
+}
+
+Napi::Value SetMaxQueuedInference(const Napi::CallbackInfo& info) {
+  Executor::instance().setMaxQueuedInference(static_cast<size_t>(info[0].As<Napi::Number>().Int64Value()));
+  return info.Env().Undefined();
+}
+
 // The code a LibTorch message without an exception type gets: the phrase table's tests
 // (test/errors.test.ts) check each phrase against the messages LibTorch really raises.
 Napi::Value ClassifyMessage(const Napi::CallbackInfo& info) {
@@ -172,6 +186,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setInferenceThreads", Napi::Function::New<SetInferenceThreads>(env));
   exports.Set("getInferenceThreads", Napi::Function::New<GetInferenceThreads>(env));
   exports.Set("queue", Napi::Function::New<Queue>(env));
+  exports.Set("setMaxQueuedInference", Napi::Function::New<SetMaxQueuedInference>(env));
+  exports.Set("setTrainingThreadsWhileServing", Napi::Function::New<SetTrainingThreadsWhileServing>(env));
   exports.Set("externalMemory", Napi::Function::New<ExternalMemory>(env));
   exports.Set("initLayerParameters", Napi::Function::New<InitLayerParameters>(env));
   exports.Set("getRngState", Napi::Function::New<GetRngState>(env));

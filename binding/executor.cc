@@ -1,6 +1,7 @@
 // The lanes: one thread per CPU class and per GPU, each running its jobs in priority order.
 #include "executor.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 
@@ -84,6 +85,7 @@ Lane::~Lane() {
 
 void Lane::post(Task task, Priority priority) {
   bool sleeping;
+  task.posted = std::chrono::steady_clock::now();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     queues_[static_cast<int>(priority)].push_back(std::move(task));
@@ -91,6 +93,13 @@ void Lane::post(Task task, Priority priority) {
     sleeping = sleeping_;
   }
   if (sleeping) wake_.notify_one();
+}
+
+bool Lane::admit(size_t limit) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (queues_[0].size() < limit) return true;
+  rejected_.fetch_add(1, std::memory_order_relaxed);
+  return false;
 }
 
 LaneStats Lane::stats() {
@@ -101,6 +110,15 @@ LaneStats Lane::stats() {
   stats.queuedTraining = static_cast<int64_t>(queues_[1].size()) + (resumed_ && !busy_ ? 1 : 0);
   stats.running = busy_.load();
   stats.completed = completed_;
+  stats.rejected = rejected_.load();
+  stats.timedOut = timedOut_.load();
+  size_t n = std::min(waitCount_, waits_.size());
+  if (n > 0) {
+    std::vector<float> sorted(waits_.begin(), waits_.begin() + static_cast<std::ptrdiff_t>(n));
+    std::sort(sorted.begin(), sorted.end());
+    stats.waitP50Ms = sorted[n / 2];
+    stats.waitP99Ms = sorted[std::min(n - 1, n * 99 / 100)];
+  }
   return stats;
 }
 
@@ -110,6 +128,8 @@ bool Lane::nextTask(Task& task) {
   if (!queues_[0].empty()) {
     task = std::move(queues_[0].front());
     queues_[0].pop_front();
+    std::chrono::duration<float, std::milli> waited = std::chrono::steady_clock::now() - task.posted;
+    waits_[waitCount_++ % waits_.size()] = waited.count();
   } else if (resumed_) {
     task = std::move(resumed_);
     resumed_ = Task{};
@@ -177,9 +197,17 @@ Executor& Executor::instance() {
 Executor::Executor() : threads_(at::get_num_threads()) {}
 
 void Executor::applyCpuThreads(bool inferenceLane) {
-  int inference = inferenceThreads_.load();
-  bool shared = inferenceLane && cpuTraining_ && cpuTraining_->busy();
-  setIntraOpThreads(shared ? std::max(inference, 1) : threads_.load());
+  using namespace std::chrono;
+  int64_t now = duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+  if (inferenceLane) {
+    lastInference_.store(now, std::memory_order_relaxed);
+    bool shared = cpuTraining_ && cpuTraining_->busy();
+    setIntraOpThreads(shared ? std::max(inferenceThreads_.load(), 1) : threads_.load());
+    return;
+  }
+  int whileServing = trainingWhileServing_.load();
+  bool serving = whileServing > 0 && now - lastInference_.load(std::memory_order_relaxed) < 1000;
+  setIntraOpThreads(serving ? whileServing : threads_.load());
 }
 
 Lane& Executor::laneFor(const torch::Device& device, Priority priority) {

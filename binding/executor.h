@@ -14,7 +14,9 @@
 // Each CUDA device gets a lane of its own, with its own stream and device guard, so
 // several GPUs run side by side; both priority classes share it.
 #pragma once
+#include <array>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -55,6 +57,7 @@ enum class Priority { Inference = 0, Training = 1 };
 struct Task {
   std::function<bool()> run;
   std::function<void()> deliver;
+  std::chrono::steady_clock::time_point posted;  // set by Lane::post, for the wait statistics
   explicit operator bool() const { return static_cast<bool>(run); }
 };
 
@@ -64,6 +67,10 @@ struct LaneStats {
   int64_t queuedTraining = 0;
   bool running = false;
   uint64_t completed = 0;
+  uint64_t rejected = 0;  // inference refused at the call: the lane's queue was full
+  uint64_t timedOut = 0;  // inference that reached the lane past its deadline, and did not run
+  double waitP50Ms = 0;   // how long the last (up to 1,024) inference jobs waited in the queue
+  double waitP99Ms = 0;
 };
 
 class Lane {
@@ -76,6 +83,9 @@ class Lane {
   Lane& operator=(const Lane&) = delete;
 
   void post(Task task, Priority priority);
+  // Whether an inference job may join the queue (under `limit` queued); counts a refusal.
+  bool admit(size_t limit);
+  void countTimeout() { timedOut_.fetch_add(1, std::memory_order_relaxed); }
   LaneStats stats();
   bool busy() const { return busy_.load(std::memory_order_acquire); }
 
@@ -95,6 +105,10 @@ class Lane {
   std::atomic<size_t> queued_{0};
   std::atomic<bool> busy_{false};
   uint64_t completed_ = 0;
+  std::atomic<uint64_t> rejected_{0};
+  std::atomic<uint64_t> timedOut_{0};
+  std::array<float, 1024> waits_{};  // inference queue waits in ms, a ring; guarded by mutex_
+  size_t waitCount_ = 0;
   std::thread thread_;
 };
 
@@ -113,6 +127,13 @@ class Executor {
   // the training lane instead (ahead of queued training, behind the running step).
   void setInferenceThreads(int threads);
   int inferenceThreads() const { return inferenceThreads_.load(); }
+  // Intra-op threads of CPU training while the CPU inference lane has served in the last
+  // second; 0 keeps setThreads' count. Leaves inference a core on a machine that also serves.
+  void setTrainingThreadsWhileServing(int threads) { trainingWhileServing_.store(threads); }
+  int trainingThreadsWhileServing() const { return trainingWhileServing_.load(); }
+  // How many inference jobs a lane may hold queued; more are refused with TORCHLITE_OVERLOADED.
+  void setMaxQueuedInference(size_t limit) { maxQueuedInference_.store(limit); }
+  size_t maxQueuedInference() const { return maxQueuedInference_.load(); }
 
  private:
   Executor();
@@ -120,6 +141,9 @@ class Executor {
 
   std::atomic<int> threads_{1};
   std::atomic<int> inferenceThreads_{1};
+  std::atomic<size_t> maxQueuedInference_{0};  // set from JS (runtime.ts owns the default)
+  std::atomic<int> trainingWhileServing_{0};
+  std::atomic<int64_t> lastInference_{0};  // steady-clock ms of the inference lane's last slice
   std::mutex mutex_;  // guards the lane list; lanes are created on first use, never removed
   std::unique_ptr<Lane> cpuTraining_;
   std::unique_ptr<Lane> cpuInference_;

@@ -161,7 +161,7 @@ Napi::Value ModelWrap::Forward(const Napi::CallbackInfo& info) {
   return guard(env, [&] {
     ModelPtr state = live();
     return Job<c10::IValue>::Start(
-        env, {state->device, Priority::Inference},
+        env, {state->device, Priority::Inference, parseAdmission(info[1])},
         [state, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           // Grad mode is thread-local, so it has to be set on the lane itself. Not
@@ -184,7 +184,7 @@ Napi::Value ModelWrap::Call(const Napi::CallbackInfo& info) {
     ModelPtr state = live();
     std::string name = info[0].As<Napi::String>().Utf8Value();
     return Job<c10::IValue>::Start(
-        env, {state->device, Priority::Inference},
+        env, {state->device, Priority::Inference, parseAdmission(info[2])},
         [state, name, inputs = Inputs(env, *state, info[1], name)]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           torch::NoGradGuard noGrad;  // not InferenceMode: see Forward
@@ -250,7 +250,7 @@ Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
     ModelPtr state = live();
     using Result = std::pair<torch::Tensor, torch::Tensor>;
     return Job<Result>::Start(
-        env, {state->device, Priority::Inference},
+        env, {state->device, Priority::Inference, parseAdmission(info[1])},
         [state, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           return inEvalMode(*state, [&] {
@@ -265,6 +265,95 @@ Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
           Napi::Object result = Napi::Object::New(env);
           result.Set("probabilities", TensorWrap::Wrap(env, r.first));
           result.Set("argmax", TensorWrap::Wrap(env, r.second));
+          return result;
+        });
+  });
+}
+
+namespace {
+
+// Cuts every tensor of `value` along dimension 0 into pieces of `sizes` rows, as copies (a
+// view would keep the whole batch's output alive for each request); other values are shared.
+std::vector<c10::IValue> splitRows(const c10::IValue& value, const std::vector<int64_t>& sizes) {
+  std::vector<c10::IValue> parts(sizes.size());
+  if (value.isTensor()) {
+    const torch::Tensor& whole = value.toTensor();
+    if (whole.dim() == 0 || whole.size(0) != c10::sum_integers(sizes))
+      throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "dynamic batching needs outputs with one row per input row, but the model returned " +
+                                                           c10::str(whole.sizes()) + " for " + std::to_string(c10::sum_integers(sizes)) +
+                                                           " rows; turn batching off for this model");
+    std::vector<torch::Tensor> pieces = whole.split_with_sizes(sizes, 0);
+    for (size_t i = 0; i < sizes.size(); ++i) parts[i] = pieces[i].clone();
+  } else if (value.isTuple()) {
+    std::vector<std::vector<c10::IValue>> items(sizes.size());
+    for (const c10::IValue& element : value.toTupleRef().elements()) {
+      std::vector<c10::IValue> cut = splitRows(element, sizes);
+      for (size_t i = 0; i < sizes.size(); ++i) items[i].push_back(cut[i]);
+    }
+    for (size_t i = 0; i < sizes.size(); ++i) parts[i] = c10::ivalue::Tuple::create(std::move(items[i]));
+  } else if (value.isTensorList()) {
+    std::vector<c10::List<torch::Tensor>> lists(sizes.size());
+    for (const torch::Tensor& element : value.toTensorVector()) {
+      std::vector<c10::IValue> cut = splitRows(element, sizes);
+      for (size_t i = 0; i < sizes.size(); ++i) lists[i].push_back(cut[i].toTensor());
+    }
+    for (size_t i = 0; i < sizes.size(); ++i) parts[i] = lists[i];
+  } else if (value.isGenericDict()) {
+    c10::Dict<c10::IValue, c10::IValue> dict = value.toGenericDict();
+    std::vector<c10::impl::GenericDict> dicts;
+    for (size_t i = 0; i < sizes.size(); ++i) dicts.emplace_back(dict.keyType(), dict.valueType());
+    for (const auto& entry : dict) {
+      std::vector<c10::IValue> cut = splitRows(entry.value(), sizes);
+      for (size_t i = 0; i < sizes.size(); ++i) dicts[i].insert(entry.key(), cut[i]);
+    }
+    for (size_t i = 0; i < sizes.size(); ++i) parts[i] = dicts[i];
+  } else {
+    std::fill(parts.begin(), parts.end(), value);
+  }
+  return parts;
+}
+
+}  // namespace
+
+// Dynamic batching (model.batching): the requests' single tensor inputs concatenated along
+// dimension 0, one forward (or predict) for all, and each request's rows cut back out. One
+// job, so the batch is one read in the model's queue and one slot on its lane.
+Napi::Value ModelWrap::ForwardBatch(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  return guard(env, [&] {
+    ModelPtr state = live();
+    Napi::Array array = info[0].As<Napi::Array>();
+    bool predict = info[1].As<Napi::String>().Utf8Value() == "predict";
+    std::vector<torch::Tensor> inputs;
+    std::vector<int64_t> sizes;
+    for (uint32_t i = 0; i < array.Length(); ++i) {
+      inputs.push_back(TensorWrap::From(env, array.Get(i)));
+      sizes.push_back(inputs.back().dim() == 0 ? 1 : inputs.back().size(0));
+    }
+    using Result = std::vector<c10::IValue>;
+    return Job<Result>::Start(
+        env, {state->device, Priority::Inference},
+        [state, inputs, sizes, predict]() -> Result {
+          std::lock_guard<std::mutex> lock(state->mutex);
+          std::vector<c10::IValue> batch{torch::cat(inputs, 0)};
+          auto run = [&] {
+            prepareInputs(*state, batch);
+            return runForward(*state, std::move(batch));
+          };
+          if (!predict) {
+            torch::NoGradGuard noGrad;  // not InferenceMode: see Forward
+            return splitRows(run(), sizes);
+          }
+          return inEvalMode(*state, [&] {
+            torch::Tensor output = firstTensor(run()).to(torch::kFloat);
+            if (output.dim() < 2)
+              throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "predict needs class scores of shape [N, C, ...] but the model returned " + c10::str(output.sizes()));
+            return splitRows(c10::ivalue::Tuple::create({torch::softmax(output, 1), output.argmax(1)}), sizes);
+          });
+        },
+        [state](Napi::Env env, Result& parts) -> Napi::Value {
+          Napi::Array result = Napi::Array::New(env, parts.size());
+          for (size_t i = 0; i < parts.size(); ++i) result.Set(i, fromIValue(env, parts[i], state));
           return result;
         });
   });

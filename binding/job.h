@@ -3,6 +3,8 @@
 // environment's thread-safe function. State the work needs is captured by value
 // (shared_ptr), so a JS object disposed or collected meanwhile cannot free it.
 #pragma once
+#include <atomic>
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -13,10 +15,31 @@
 
 namespace tl {
 
-// Where a job runs: the lane of its device, in its priority class.
+// What an inference request asks of its lane (JS's `timeoutMs` and `signal`): a time to start
+// by, and a flag JS raises to withdraw it. A job that reaches its lane past the one, or with
+// the other raised, does not run.
+struct Admission {
+  std::optional<std::chrono::steady_clock::time_point> deadline;
+  std::shared_ptr<std::atomic<bool>> withdrawn = std::make_shared<std::atomic<bool>>(false);
+};
+
+// Reads `{ timeoutMs }` (null: no deadline) from a request baton; the deadline counts from now.
+inline Admission parseAdmission(const Napi::Value& value) {
+  Admission admission;
+  Napi::Value timeout = Baton(value.As<Napi::Object>(), "request options").value("timeoutMs");
+  if (!timeout.IsNull())
+    admission.deadline = std::chrono::steady_clock::now() +
+                         std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                             std::chrono::duration<double, std::milli>(timeout.As<Napi::Number>().DoubleValue()));
+  return admission;
+}
+
+// Where a job runs: the lane of its device, in its priority class; inference may carry an
+// admission.
 struct Place {
   torch::Device device;
   Priority priority;
+  std::optional<Admission> admission = std::nullopt;
 };
 
 template <class Result>
@@ -39,14 +62,37 @@ class Job {
   }
 
   static Napi::Promise StartSteps(Napi::Env env, Place place, Step step, Settle settle) {
-    Lane& lane = Executor::instance().laneFor(place.device, place.priority);
+    Executor& executor = Executor::instance();
+    Lane& lane = executor.laneFor(place.device, place.priority);
+    if (place.priority == Priority::Inference && !lane.admit(executor.maxQueuedInference()))
+      throw CodedError("TORCHLITE_OVERLOADED", "the " + deviceName(place.device) + " lane already holds " +
+                                                   std::to_string(executor.maxQueuedInference()) +
+                                                   " queued inference jobs; retry later, or raise the limit with runtime.setQueueLimits({ lane })");
     auto* job = new Job(env, std::move(settle));
     Napi::Promise promise = job->deferred_.Promise();
+    std::optional<Admission> admission = std::move(place.admission);
+    if (admission) {
+      // The promise carries how to withdraw the request while it waits (an AbortSignal).
+      std::shared_ptr<std::atomic<bool>> flag = admission->withdrawn;
+      promise.Set("withdraw", Napi::Function::New(env, [flag](const Napi::CallbackInfo& info) {
+        flag->store(true, std::memory_order_release);
+        return info.Env().Undefined();
+      }));
+    }
     AddonData& data = addonData(env);
     data.jobStarted(env);
     std::shared_ptr<CompletionChannel> channel = data.completions;
-    lane.post(Task{[job, step = std::move(step)]() mutable {
+    lane.post(Task{[job, step = std::move(step), admission = std::move(admission), &lane]() mutable {
                      try {
+                       if (admission && !job->result_) {
+                         if (admission->withdrawn->load(std::memory_order_acquire))
+                           throw CodedError("TORCHLITE_ABORTED", "the request was withdrawn before it started");
+                         if (admission->deadline && std::chrono::steady_clock::now() > *admission->deadline) {
+                           lane.countTimeout();
+                           throw CodedError("TORCHLITE_TIMEOUT", "the request waited in the lane's queue past its deadline (timeoutMs) and did not run");
+                         }
+                         admission.reset();  // checked once, at the start
+                       }
                        return step(job->result_);
                      } catch (...) {
                        job->error_ = describe(std::current_exception());

@@ -67,6 +67,7 @@ Napi::Function ModelWrap::Define(Napi::Env env) {
                          InstanceMethod<&ModelWrap::TrainStep>("trainStep"),
                          InstanceMethod<&ModelWrap::EvalBatch>("evalBatch"),
                          InstanceMethod<&ModelWrap::Predict>("predict"),
+                         InstanceMethod<&ModelWrap::ForwardBatch>("forwardBatch"),
                          InstanceMethod<&ModelWrap::To>("to"),
                          InstanceMethod<&ModelWrap::Modules>("modules"),
                          InstanceMethod<&ModelWrap::Methods>("methods"),

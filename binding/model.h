@@ -65,6 +65,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   // Defined in inference.cc, with Forward, Call and InferenceCopy.
   Napi::Value EvalBatch(const Napi::CallbackInfo& info);
   Napi::Value Predict(const Napi::CallbackInfo& info);
+  Napi::Value ForwardBatch(const Napi::CallbackInfo& info);
   Napi::Value To(const Napi::CallbackInfo& info);
   Napi::Value Modules(const Napi::CallbackInfo& info);
   Napi::Value Methods(const Napi::CallbackInfo& info);

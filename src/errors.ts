@@ -58,6 +58,9 @@ export type TorchErrorCode =
   | 'TORCH_NOT_IMPLEMENTED'
   | 'TORCH_UNKNOWN_OP'
   | 'TORCHLITE_INTERNAL'
+  | 'TORCHLITE_OVERLOADED'
+  | 'TORCHLITE_TIMEOUT'
+  | 'TORCHLITE_ABORTED'
   | 'TORCH_ERROR';
 
 /** A failure inside LibTorch or while reading and writing files. Misuse throws `TypeError`/`RangeError` instead (see {@link MisuseError}). */

@@ -24,6 +24,10 @@ export {
   type TensorInfo,
   TensorList,
   tensorList,
+  type RequestOptions,
+  type InferenceRequests,
+  type BatchingOptions,
+  type BatchingStats,
 } from './model';
 export type { TrainingPosition } from './checkpoint';
 export * as data from './data';
@@ -47,7 +51,7 @@ export * as sched from './sched';
 export type { PlateauScheduler, Scheduler } from './sched';
 export type { Layer } from './nn';
 export type { Pattern } from './patterns';
-export { cuda, type CudaMemory, getNumThreads, type LaneState, setNumThreads, type SpeedOptions, torchVersion } from './runtime';
+export { cuda, type CudaMemory, getNumThreads, type LaneState, type QueueLimits, setNumThreads, type SpeedOptions, torchVersion } from './runtime';
 export * as runtime from './runtime';
 export {
   arange,

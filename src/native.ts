@@ -58,13 +58,14 @@ export interface NativeTensorInfo {
 export type NativeInputs = unknown[] | Record<string, unknown>;
 
 export interface NativeModel {
-  forward(inputs: unknown[]): Promise<unknown>;
+  forward(inputs: unknown[], admission: { timeoutMs: number | null }): Promise<unknown>;
   inferenceCopy(probe: NativeTensor): Promise<NativeModel | null>;
   probeGradients(inputs: unknown[]): Promise<Record<string, boolean>>;
   trainStep(batches: [NativeInputs, NativeTensor][], options: object): Promise<NativeStepResult[]>;
-  call(method: string, inputs: unknown[]): Promise<unknown>;
+  call(method: string, inputs: unknown[], admission: { timeoutMs: number | null }): Promise<unknown>;
   evalBatch(inputs: NativeInputs, target: NativeTensor | null, loss: object | null, keep?: number): Promise<{ scores: Float32Array; shape: number[]; targets?: Float64Array; loss?: number }>;
-  predict(inputs: NativeInputs): Promise<{ probabilities: NativeTensor; argmax: NativeTensor }>;
+  predict(inputs: NativeInputs, admission: { timeoutMs: number | null }): Promise<{ probabilities: NativeTensor; argmax: NativeTensor }>;
+  forwardBatch(inputs: NativeTensor[], kind: 'forward' | 'predict'): Promise<unknown[]>;
   to(device: string): Promise<void>;
   modules(): NativeModuleInfo[];
   methods(): { name: string; arguments: { name: string; type: string; default?: string }[]; returns: string }[];
@@ -179,7 +180,9 @@ export interface NativeAddon {
   getNumThreads(): number;
   setInferenceThreads(n: number): void;
   getInferenceThreads(): number;
-  queue(): { lane: string; queuedInference: number; queuedTraining: number; running: boolean; completed: number }[];
+  queue(): { lane: string; queuedInference: number; queuedTraining: number; running: boolean; completed: number; rejected: number; timedOut: number; waitP50Ms: number; waitP99Ms: number }[];
+  setMaxQueuedInference(limit: number): void;
+  setTrainingThreadsWhileServing(threads: number): void;
   externalMemory(): number;
   getRngState(): Buffer;
   setRngState(state: Buffer): void;
@@ -244,6 +247,18 @@ const threads = process.env.TORCHLITE_NUM_THREADS;
 native.setNumThreads(
   threads === undefined ? availableParallelism() : checkPositiveInteger(Number(threads), 'TORCHLITE_NUM_THREADS'),
 );
+/**
+ * How many inference requests may wait: on one model (in its queue, behind its training), and
+ * on one lane. More are refused at the call with `TORCHLITE_OVERLOADED`, so that an overloaded
+ * server pushes back instead of queueing without bound. See `runtime.setQueueLimits`.
+ */
+export const queueLimits = { model: 64, lane: 256 };
+native.setMaxQueuedInference(queueLimits.lane);
+
+const whileServing = process.env.TORCHLITE_TRAINING_THREADS_WHILE_SERVING;
+if (whileServing !== undefined)
+  native.setTrainingThreadsWhileServing(checkInteger(Number(whileServing), 'TORCHLITE_TRAINING_THREADS_WHILE_SERVING', 0, 'a non-negative integer'));
+
 const inferenceThreads = process.env.TORCHLITE_INFERENCE_THREADS;
 if (inferenceThreads !== undefined)
   native.setInferenceThreads(checkInteger(Number(inferenceThreads), 'TORCHLITE_INFERENCE_THREADS', 0, 'a non-negative integer'));

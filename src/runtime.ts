@@ -1,6 +1,6 @@
 // Process-wide settings: thread budgets, speed options, the lanes' queues and CUDA memory.
 import { callNative, callNativeAsync } from './errors';
-import { native } from './native';
+import { native, queueLimits } from './native';
 import type { Device } from './tensor';
 import { checkDevice, checkInteger, checkOptions, checkPositiveInteger, typeError } from './validate';
 
@@ -43,6 +43,37 @@ export interface LaneState {
   running: boolean;
   /** Jobs finished since the process started. */
   completed: number;
+  /** Inference requests refused with `TORCHLITE_OVERLOADED` because this lane's queue was full. */
+  rejected: number;
+  /** Inference requests that reached this lane past their deadline and did not run (`TORCHLITE_TIMEOUT`). */
+  timedOut: number;
+  /** How long the last (up to 1,024) inference jobs waited in this lane's queue, median and 99th percentile, in ms. */
+  waitP50Ms: number;
+  waitP99Ms: number;
+}
+
+/** Caps on waiting inference requests; see {@link setQueueLimits}. */
+export interface QueueLimits {
+  /** Requests waiting on one model (behind its other operations, or on its lane). Defaults to `64`. */
+  model?: number;
+  /** Inference jobs queued on one lane, from every model. Defaults to `256`. */
+  lane?: number;
+}
+
+/**
+ * Caps the inference requests (`forward`, `call`, `predict`) that may wait, process-wide: one
+ * more is refused at once with `TORCHLITE_OVERLOADED`, so an overloaded server can answer 503
+ * instead of letting its queue, and every request's latency, grow without bound. Returns the
+ * limits now in force.
+ */
+export function setQueueLimits(limits: QueueLimits): Required<QueueLimits> {
+  const o = checkOptions<QueueLimits>(limits, 'limits', ['model', 'lane']);
+  if (o.model !== undefined) queueLimits.model = checkPositiveInteger(o.model, 'limits.model');
+  if (o.lane !== undefined) {
+    queueLimits.lane = checkPositiveInteger(o.lane, 'limits.lane');
+    native.setMaxQueuedInference(queueLimits.lane);
+  }
+  return { ...queueLimits };
 }
 
 /** Jobs queued and running on each lane, process-wide (all worker threads). Lanes appear on first use. */

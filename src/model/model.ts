@@ -9,6 +9,8 @@ import { compilePattern, describePattern } from '../patterns';
 import { type Device, ones, Tensor, zeros } from '../tensor';
 import { checkDevice, checkFiniteNumber, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from '../validate';
 import { type LoadWeightsResult, matchWeights, readWeightsIndex, safetensorsHeader } from '../weights';
+import { type AdmissionBaton, checkModelCapacity, type RequestOptions, Ticket } from './admission';
+import { type BatchingOptions, type BatchingStats, Batcher, type BatchKind } from './batching';
 import { evaluation, type EvaluateOptions, type Prediction } from './inference';
 import { type Batch, type BatchInput, batchArgs, type ModelInput, type ModelOutput, type ReadQueue, unwrapInput, wrapOutput } from './io';
 import { carriedMetadata, type LoadWeightsOptions, metadataText, type SaveOptions } from './persist';
@@ -17,6 +19,13 @@ import { OperationQueue } from './queue';
 import { formatSummary, type MethodInfo, type ModuleInfo, type ParameterInfo, readSnapshot, type Snapshot, type TensorInfo } from './snapshot';
 import { stepBaton, type TrainStepOptions, type TrainStepResult } from './step';
 import { BATCH_NORM_POLICIES, type BatchNormPolicy, classifierHead, type FreezeResult, markRequiresGrad, type ResetClassifierOptions, selectParameters } from './surgery';
+
+/** `forward`, `call` and `predict` bound to request options (see {@link Model.with}). */
+export interface InferenceRequests {
+  forward<T extends ModelOutput = Tensor>(...inputs: ModelInput[]): Promise<T>;
+  call<T extends ModelOutput = ModelOutput>(method: string, ...inputs: ModelInput[]): Promise<T>;
+  predict(input: BatchInput): Promise<Prediction>;
+}
 
 /**
  * A TorchScript model. Everything done to a model happens in call order:
@@ -44,6 +53,7 @@ export class Model implements Disposable, AsyncDisposable {
   #snapshot: Snapshot;
   #warnedEvalStep = false;
   #parallel: DataParallelLink | null = null;
+  #batcher: Batcher | null = null;
 
   /** @internal Use {@link loadPretrained}. */
   constructor(handle: NativeModel) {
@@ -68,6 +78,7 @@ export class Model implements Disposable, AsyncDisposable {
   /** @internal The native handle for a synchronous method that must not overtake queued work. */
   static idleHandle(model: Model, what: string): NativeModel {
     const handle = Model.handle(model);
+    model.#batcher?.flushAll(); // requests waiting for their batch count as pending
     model.#queue.requireIdle(what);
     return handle;
   }
@@ -83,6 +94,7 @@ export class Model implements Disposable, AsyncDisposable {
 
   #enqueue<T>(op: (handle: NativeModel) => Promise<T>, read = false): Promise<T> {
     const handle = this.#live;
+    if (!read) this.#batcher?.flushAll(); // requests called before this write start before it
     return this.#queue.run(() => op(handle), read);
   }
 
@@ -98,6 +110,7 @@ export class Model implements Disposable, AsyncDisposable {
     const link = this.#parallel;
     if (link === null) return this.#enqueue((handle) => op(handle, null));
     const handle = this.#live;
+    this.#batcher?.flushAll();
     const turn = link.turn();
     return this.#queue.runInTurn(turn, async () => {
       await turn.ready;
@@ -124,25 +137,111 @@ export class Model implements Disposable, AsyncDisposable {
   /** Runs a cheap native change now when the model is idle, else queued behind pending work. */
   #apply(change: (handle: NativeModel) => void): void {
     const handle = this.#live;
+    this.#batcher?.flushAll(); // requests called before this change start before it
     this.#queue.apply(() => callNative(() => change(handle)));
   }
 
   /** Resolves when every operation called so far has settled (whether it succeeded or not). */
   idle(): Promise<void> {
+    this.#batcher?.flushAll();
     return this.#queue.idle();
+  }
+
+  /**
+   * Dynamic batching of `forward` and `predict` requests that pass one tensor with a batch
+   * dimension: those that arrive within `maxDelayMs` of the first, with the same row shape,
+   * dtype and device, run as one batch of up to `maxBatch` rows (one job, one forward), and
+   * each request gets its own rows back. Results equal running each alone for models whose
+   * rows do not interact (BatchNorm in eval mode, no batch statistics), up to the float
+   * rounding of a larger matrix product. `false` turns it off. Off by default.
+   */
+  batching(options: BatchingOptions | false): this {
+    this.#live;
+    if (options === false) {
+      this.#batcher?.flushAll();
+      this.#batcher = null;
+      return this;
+    }
+    this.#batcher = new Batcher(options, async (kind, inputs) => {
+      const handles = inputs.map((t) => Tensor.handle(t));
+      return this.#enqueue((handle) => handle.forwardBatch(handles, kind), true);
+    });
+    return this;
+  }
+
+  /** What batching did since it was turned on; `undefined` while it is off. */
+  get batchingStats(): BatchingStats | undefined {
+    return this.#batcher?.stats;
+  }
+
+  /** A request through the batcher: refused at the call over the model's cap, and while it waits as `#request` is. */
+  #batched(kind: BatchKind, input: Tensor, options: RequestOptions | undefined): Promise<unknown> {
+    const batcher = this.#batcher!;
+    const ticket = new Ticket(options);
+    try {
+      checkModelCapacity(this.#queue.pendingReads + batcher.waiting);
+      this.#live;
+      Tensor.handle(input);
+      const refusal = ticket.refusal();
+      if (refusal !== undefined) throw refusal;
+      return batcher.add(kind, input, ticket).finally(() => ticket.done());
+    } catch (error) {
+      ticket.done();
+      return Promise.reject(error);
+    }
   }
 
   /** How many operations are queued or running on this model. */
   get pending(): number {
-    return this.#queue.pending;
+    return this.#queue.pending + (this.#batcher?.waiting ?? 0);
   }
 
-  /** Runs `forward` without recording gradients (like `torch.no_grad()`) and returns its outputs. Runs ahead of queued training on the same device. */
+  /**
+   * Runs `forward` without recording gradients (like `torch.no_grad()`) and returns its
+   * outputs. Runs ahead of queued training on the same device. For a deadline or an
+   * AbortSignal, use `model.with({ timeoutMs, signal }).forward(...)`.
+   */
   forward<T extends ModelOutput = Tensor>(...inputs: ModelInput[]): Promise<T> {
+    return this.#forward(inputs, undefined);
+  }
+
+  #forward<T extends ModelOutput>(inputs: ModelInput[], options: RequestOptions | undefined): Promise<T> {
     return callNativeAsync(async () => {
+      if (this.#batcher && inputs.length === 1 && this.#batcher.takes(inputs[0])) return wrapOutput(await this.#batched('forward', inputs[0], options), this.#reads) as T;
       const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
-      return wrapOutput(await this.#enqueue((handle) => handle.forward(args), true), this.#reads) as T;
+      return wrapOutput(await this.#request(options, (handle, admission) => handle.forward(args, admission)), this.#reads) as T;
     });
+  }
+
+  /**
+   * An inference request on this model's queue: refused at once over the model's cap
+   * (`TORCHLITE_OVERLOADED`), and, with `options`, refused while it waits once its deadline
+   * passes or its signal aborts.
+   */
+  #request<T>(options: RequestOptions | undefined, post: (handle: NativeModel, admission: AdmissionBaton) => Promise<T>): Promise<T> {
+    const ticket = new Ticket(options);
+    try {
+      checkModelCapacity(this.#queue.pendingReads);
+      const handle = this.#live;
+      return this.#queue.run(() => ticket.posted(post(handle, ticket.baton())), true, ticket);
+    } catch (error) {
+      ticket.done();
+      throw error;
+    }
+  }
+
+  /**
+   * `forward`, `call` and `predict` with request options: a deadline to start by
+   * (`timeoutMs`) and an `AbortSignal`, as a server passes them per request, e.g.
+   * `await model.with({ timeoutMs: 200, signal }).predict(x)`.
+   */
+  with(options: RequestOptions): InferenceRequests {
+    new Ticket(options).done(); // validated at once
+    return {
+      forward: <T extends ModelOutput = Tensor>(...inputs: ModelInput[]) => this.#forward<T>(inputs, options),
+      call: <T extends ModelOutput = ModelOutput>(method: string, ...inputs: ModelInput[]) => this.#call<T>(method, inputs, options),
+      predict: (input: BatchInput) => this.predict(input, options),
+    };
   }
 
   /**
@@ -168,10 +267,14 @@ export class Model implements Disposable, AsyncDisposable {
    * (see {@link Model.methods}).
    */
   call<T extends ModelOutput = ModelOutput>(method: string, ...inputs: ModelInput[]): Promise<T> {
+    return this.#call(method, inputs, undefined);
+  }
+
+  #call<T extends ModelOutput>(method: string, inputs: ModelInput[], options: RequestOptions | undefined): Promise<T> {
     return callNativeAsync(async () => {
       checkString(method, 'method');
       const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
-      return wrapOutput(await this.#enqueue((handle) => handle.call(method, args), true), this.#reads) as T;
+      return wrapOutput(await this.#request(options, (handle, admission) => handle.call(method, args, admission)), this.#reads) as T;
     });
   }
 
@@ -235,11 +338,18 @@ export class Model implements Disposable, AsyncDisposable {
     });
   }
 
-  /** Class probabilities (softmax over dimension 1) and the argmax, computed in eval mode ahead of queued training. */
-  predict(input: BatchInput): Promise<Prediction> {
+  /**
+   * Class probabilities (softmax over dimension 1) and the argmax, computed in eval mode ahead
+   * of queued training; `options` gives the request a deadline or an AbortSignal.
+   */
+  predict(input: BatchInput, options?: RequestOptions): Promise<Prediction> {
     return callNativeAsync(async () => {
+      if (this.#batcher?.takes(input)) {
+        const [probabilities, argmax] = (await this.#batched('predict', input, options)) as NativeTensor[];
+        return { probabilities: new Tensor(probabilities), argmax: new Tensor(argmax) };
+      }
       const args = batchArgs(input, 'input');
-      const { probabilities, argmax } = await this.#enqueue((handle) => handle.predict(args), true);
+      const { probabilities, argmax } = await this.#request(options, (handle, admission) => handle.predict(args, admission));
       return { probabilities: new Tensor(probabilities), argmax: new Tensor(argmax) };
     });
   }

@@ -2,6 +2,18 @@
 // consecutive reads (inference) allowed to run together.
 import { busyError } from '../errors';
 
+/** What can refuse a queued operation: a request's deadline or abort (see admission.ts). */
+export interface QueueAdmission {
+  /** Why the operation must not start now, if it must not. */
+  refusal(): unknown;
+  /** Rejects when the operation is refused while it waits. */
+  readonly refused: Promise<never>;
+  /** Told when the operation leaves the wait (its deadline is then the lane's to check). */
+  started(): void;
+  /** Told when the operation has settled, however it ended. */
+  done(): void;
+}
+
 /**
  * Runs operations in call order. Consecutive reads (inference) do not wait for each other:
  * they reach their lane together and run back to back there, in call order, so a server's
@@ -13,20 +25,39 @@ export class OperationQueue {
   #lastWrite: Promise<unknown> = Promise.resolve();
   #reads: Promise<unknown>[] = [];
   #pending = 0;
+  #pendingReads = 0;
 
   /** How many operations are queued or running. */
   get pending(): number {
     return this.#pending;
   }
 
-  /** Queues `op` behind the operations queued before it (behind the last write only, for a read). */
-  run<T>(op: () => Promise<T>, read = false): Promise<T> {
+  /** How many of them are reads. */
+  get pendingReads(): number {
+    return this.#pendingReads;
+  }
+
+  /**
+   * Queues `op` behind the operations queued before it (behind the last write only, for a
+   * read). With `admission`, `op` is not started if it is refused by then, and the returned
+   * promise rejects as soon as it is refused while waiting (its place is given up at once).
+   */
+  run<T>(op: () => Promise<T>, read = false, admission?: QueueAdmission): Promise<T> {
     this.#pending += 1;
+    if (read) this.#pendingReads += 1;
     const before = read ? this.#lastWrite : this.#everything();
-    const run = before.then(op);
+    const start = () => {
+      const refusal = admission?.refusal();
+      if (refusal !== undefined) throw refusal;
+      admission?.started();
+      return op();
+    };
+    const run = admission ? Promise.race([before.then(start), admission.refused]) : before.then(start);
     // Registered before the caller's own reaction, so `pending` is down when it resumes.
     const done = () => {
       this.#pending -= 1;
+      if (read) this.#pendingReads -= 1;
+      admission?.done();
     };
     const settled = run.then(done, done);
     if (read) {
