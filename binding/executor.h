@@ -127,10 +127,12 @@ class Executor {
   // the training lane instead (ahead of queued training, behind the running step).
   void setInferenceThreads(int threads);
   int inferenceThreads() const { return inferenceThreads_.load(); }
-  // Intra-op threads of CPU training while the CPU inference lane has served in the last
-  // second; 0 keeps setThreads' count. Leaves inference a core on a machine that also serves.
+  // Intra-op threads of CPU training while serving requests (forward, call, predict) ran on
+  // the CPU in the last second: -1 leaves the inference lane its threads (setThreads' count
+  // less setInferenceThreads', at least 1), 0 keeps setThreads' count, n uses n.
   void setTrainingThreadsWhileServing(int threads) { trainingWhileServing_.store(threads); }
-  int trainingThreadsWhileServing() const { return trainingWhileServing_.load(); }
+  // Called by a serving request's job as it starts.
+  void noteServing(const torch::Device& device);
   // How many inference jobs a lane may hold queued; more are refused with TORCHLITE_OVERLOADED.
   void setMaxQueuedInference(size_t limit) { maxQueuedInference_.store(limit); }
   size_t maxQueuedInference() const { return maxQueuedInference_.load(); }
@@ -142,8 +144,8 @@ class Executor {
   std::atomic<int> threads_{1};
   std::atomic<int> inferenceThreads_{1};
   std::atomic<size_t> maxQueuedInference_{0};  // set from JS (runtime.ts owns the default)
-  std::atomic<int> trainingWhileServing_{0};
-  std::atomic<int64_t> lastInference_{0};  // steady-clock ms of the inference lane's last slice
+  std::atomic<int> trainingWhileServing_{0};  // set from JS (runtime.ts owns the default)
+  std::atomic<int64_t> lastServing_{INT64_MIN / 2};  // steady-clock ms of the last CPU serving request
   std::mutex mutex_;  // guards the lane list; lanes are created on first use, never removed
   std::unique_ptr<Lane> cpuTraining_;
   std::unique_ptr<Lane> cpuInference_;

@@ -332,7 +332,7 @@ Napi::Value ModelWrap::ForwardBatch(const Napi::CallbackInfo& info) {
     }
     using Result = std::vector<c10::IValue>;
     return Job<Result>::Start(
-        env, {state->device, Priority::Inference},
+        env, {state->device, Priority::Inference, Admission{}},  // a serving request: see Executor::noteServing
         [state, inputs, sizes, predict]() -> Result {
           std::lock_guard<std::mutex> lock(state->mutex);
           std::vector<c10::IValue> batch{torch::cat(inputs, 0)};

@@ -82,7 +82,7 @@ class Job {
     AddonData& data = addonData(env);
     data.jobStarted(env);
     std::shared_ptr<CompletionChannel> channel = data.completions;
-    lane.post(Task{[job, step = std::move(step), admission = std::move(admission), &lane]() mutable {
+    lane.post(Task{[job, step = std::move(step), admission = std::move(admission), &lane, device = place.device]() mutable {
                      try {
                        if (admission && !job->result_) {
                          if (admission->withdrawn->load(std::memory_order_acquire))
@@ -91,6 +91,7 @@ class Job {
                            lane.countTimeout();
                            throw CodedError("TORCHLITE_TIMEOUT", "the request waited in the lane's queue past its deadline (timeoutMs) and did not run");
                          }
+                         Executor::instance().noteServing(device);
                          admission.reset();  // checked once, at the start
                        }
                        return step(job->result_);

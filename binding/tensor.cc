@@ -234,15 +234,20 @@ Napi::Value TensorWrap::Item(const Napi::CallbackInfo& info) {
   });
 }
 
-// info: { device, dtype }, both given (tensor.ts fills in the tensor's own). Synchronous, for
-// small tensors: a copy off a GPU is refused, since it would block the event loop until the
-// device is done (the asynchronous form is ToAsync).
+namespace {
+// A conversion's `{ device, dtype }`, both given (tensor.ts fills in the tensor's own).
+std::pair<torch::Device, c10::ScalarType> conversionOf(const Napi::Value& value) {
+  Baton options(value.As<Napi::Object>(), "tensor.to options");
+  return {parseDevice(options.string("device")), parseDtype(options.string("dtype"))};
+}
+}  // namespace
+
+// Synchronous, for small tensors: a copy off a GPU is refused, since it would block the event
+// loop until the device is done (the asynchronous form is ToAsync).
 Napi::Value TensorWrap::To(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
-    Baton options(info[0].As<Napi::Object>(), "tensor.to options");
-    torch::Device device = parseDevice(options.string("device"));
-    c10::ScalarType dtype = parseDtype(options.string("dtype"));
+    auto [device, dtype] = conversionOf(info[0]);
     const torch::Tensor& tensor = live();
     if (!tensor.is_cpu() && device.is_cpu())
       throw CodedError("TORCHLITE_DEVICE_SYNC", "to('cpu') of a " + deviceName(tensor.device()) +
@@ -256,12 +261,10 @@ Napi::Value TensorWrap::To(const Napi::CallbackInfo& info) {
 Napi::Value TensorWrap::ToAsync(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
-    Baton options(info[0].As<Napi::Object>(), "tensor.to options");
-    torch::Device device = parseDevice(options.string("device"));
-    c10::ScalarType dtype = parseDtype(options.string("dtype"));
+    std::pair<torch::Device, c10::ScalarType> to = conversionOf(info[0]);
     torch::Tensor tensor = live();
     return Job<torch::Tensor>::Start(
-        env, {tensor.device(), Priority::Inference}, [tensor, device, dtype] { return tensor.to(device, dtype); },
+        env, {tensor.device(), Priority::Inference}, [tensor, to] { return tensor.to(to.first, to.second); },
         [](Napi::Env env, torch::Tensor& result) -> Napi::Value { return Wrap(env, result); });
   });
 }

@@ -255,9 +255,11 @@ native.setNumThreads(
 export const queueLimits = { model: 64, lane: 256 };
 native.setMaxQueuedInference(queueLimits.lane);
 
+// 'auto' (-1): while serving requests run on the CPU, training leaves the inference lane its threads.
 const whileServing = process.env.TORCHLITE_TRAINING_THREADS_WHILE_SERVING;
-if (whileServing !== undefined)
-  native.setTrainingThreadsWhileServing(checkInteger(Number(whileServing), 'TORCHLITE_TRAINING_THREADS_WHILE_SERVING', 0, 'a non-negative integer'));
+native.setTrainingThreadsWhileServing(
+  whileServing === undefined || whileServing === 'auto' ? -1 : checkInteger(Number(whileServing), 'TORCHLITE_TRAINING_THREADS_WHILE_SERVING', 0, "a non-negative integer or 'auto'"),
+);
 
 const inferenceThreads = process.env.TORCHLITE_INFERENCE_THREADS;
 if (inferenceThreads !== undefined)

@@ -8,7 +8,12 @@ import type { QueueAdmission } from './queue';
 export interface BatchingOptions {
   /** Most rows (samples) in one batch; a request with more runs alone. Defaults to `16`. */
   maxBatch?: number;
-  /** Longest the first request of a batch waits for others to join it, in milliseconds. Defaults to `2`. */
+  /**
+   * Longest the first request of a batch waits for others to join it, in milliseconds. While a
+   * batch of the same kind is still running, the next one also gathers until it finishes, so
+   * batches grow with the load; with `0`, a request that finds the model idle starts at once.
+   * Defaults to `0`.
+   */
   maxDelayMs?: number;
 }
 
@@ -36,6 +41,8 @@ interface OpenBatch {
   rows: number;
   waiting: Waiting[];
   timer: NodeJS.Timeout;
+  /** Its delay is over (or it is full), but the previous batch of its key had not started yet. */
+  due: boolean;
 }
 
 /** @internal Runs one batch: the inputs in order, one result per input. */
@@ -47,13 +54,15 @@ export class Batcher {
   readonly maxDelayMs: number;
   readonly #run: RunBatch;
   readonly #open = new Map<string, OpenBatch>();
+  /** Keys with a batch on its way: the next one of the key waits for it (see #flush). */
+  readonly #running = new Set<string>();
   #batches = 0;
   #requests = 0;
 
   constructor(options: BatchingOptions, run: RunBatch) {
     const o = checkOptions<BatchingOptions>(options, 'options', ['maxBatch', 'maxDelayMs']);
     this.maxBatch = o.maxBatch === undefined ? 16 : checkPositiveInteger(o.maxBatch, 'options.maxBatch');
-    const delay = o.maxDelayMs === undefined ? 2 : checkFiniteNumber(o.maxDelayMs, 'options.maxDelayMs');
+    const delay = o.maxDelayMs === undefined ? 0 : checkFiniteNumber(o.maxDelayMs, 'options.maxDelayMs');
     if (delay < 0) throw rangeError('a non-negative number', 'options.maxDelayMs', delay);
     this.maxDelayMs = delay;
     this.#run = run;
@@ -81,11 +90,11 @@ export class Batcher {
     return new Promise((resolve, reject) => {
       let batch = this.#open.get(key);
       if (batch && batch.rows + input.shape[0] > this.maxBatch) {
-        this.#flush(key);
+        this.#flush(key, true);
         batch = undefined;
       }
       if (!batch) {
-        batch = { kind, rows: 0, waiting: [], timer: setTimeout(() => this.#flush(key), this.maxDelayMs) };
+        batch = { kind, rows: 0, waiting: [], timer: setTimeout(() => this.#flush(key), this.maxDelayMs), due: false };
         this.#open.set(key, batch);
       }
       batch.waiting.push({ input, admission, resolve, reject });
@@ -99,18 +108,28 @@ export class Batcher {
           reject(error);
         }
       });
-      if (batch.rows >= this.maxBatch) this.#flush(key);
+      // Full, or nothing to wait for: a request that finds the model idle starts at once.
+      if (batch.rows >= this.maxBatch || (this.maxDelayMs === 0 && !this.#running.has(key))) this.#flush(key);
     });
   }
 
   /** Starts every open batch now (before a write joins the model's queue, so call order holds). */
   flushAll(): void {
-    for (const key of [...this.#open.keys()]) this.#flush(key);
+    for (const key of [...this.#open.keys()]) this.#flush(key, true);
   }
 
-  #flush(key: string): void {
+  /**
+   * Starts the open batch of `key`. Unless `force`d, it waits while the previous batch of its
+   * key is on its way: a busy model then gathers more requests per batch instead of queueing
+   * small batches behind each other (the batch grows with the load, up to `maxBatch`).
+   */
+  #flush(key: string, force = false): void {
     const batch = this.#open.get(key);
     if (!batch) return;
+    if (!force && this.#running.has(key)) {
+      batch.due = true;
+      return;
+    }
     this.#open.delete(key);
     clearTimeout(batch.timer);
     const live = batch.waiting.filter((w) => {
@@ -122,12 +141,19 @@ export class Batcher {
     live.forEach((w) => w.admission?.started());
     this.#batches += 1;
     this.#requests += live.length;
+    this.#running.add(key);
     this.#run(
       batch.kind,
       live.map((w) => w.input),
-    ).then(
-      (results) => live.forEach((w, i) => w.resolve(results[i])),
-      (error: unknown) => live.forEach((w) => w.reject(error)),
-    );
+    )
+      .then(
+        (results) => live.forEach((w, i) => w.resolve(results[i])),
+        (error: unknown) => live.forEach((w) => w.reject(error)),
+      )
+      .finally(() => {
+        this.#running.delete(key);
+        const next = this.#open.get(key);
+        if (next && (next.due || next.rows >= this.maxBatch)) this.#flush(key);
+      });
   }
 }
