@@ -16,6 +16,7 @@
 #include "layers.h"
 #include "script_object.h"
 #include "loss.h"
+#include "ops.h"
 #include "optimizer.h"
 #include "model.h"
 #include "tensor.h"
@@ -181,6 +182,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("ScriptObject", data->scriptObjectClass.Value());
   exports.Set("computeLoss", Napi::Function::New<ComputeLoss>(env));
   exports.Set("classifyMessage", Napi::Function::New<ClassifyMessage>(env));
+  exports.Set("loadOpsLibrary", Napi::Function::New<LoadOpsLibrary>(env));
+  exports.Set("torchLibraryPath", Napi::Function::New<TorchLibraryPath>(env));
   exports.Set("setNumThreads", Napi::Function::New<SetNumThreads>(env));
   exports.Set("getNumThreads", Napi::Function::New<GetNumThreads>(env));
   exports.Set("setInferenceThreads", Napi::Function::New<SetInferenceThreads>(env));

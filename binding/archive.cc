@@ -36,8 +36,10 @@ void checkFile(const std::string& path) {
     throw CodedError("TORCHLITE_NOT_TORCHSCRIPT", path + " is not a TorchScript archive (no zip signature)");
 }
 
+// The reader's own failures, by the first line of their message (what follows can quote
+// the model's code, whose paths would match these phrases).
 [[noreturn]] void explainLoadFailure(const std::string& path, const c10::Error& error) {
-  std::string message = error.what_without_backtrace();
+  std::string message = firstLine(error.what_without_backtrace());
   if (message.find("constants.pkl") != std::string::npos || message.find("code/") != std::string::npos)
     throw CodedError("TORCHLITE_NOT_TORCHSCRIPT",
                      path + " holds torch.save() data (a state_dict or pickled module), not TorchScript; export "

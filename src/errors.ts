@@ -61,6 +61,7 @@ export type TorchErrorCode =
   | 'TORCHLITE_OVERLOADED'
   | 'TORCHLITE_TIMEOUT'
   | 'TORCHLITE_ABORTED'
+  | 'TORCHLITE_OPS_LOAD'
   | 'TORCH_ERROR';
 
 /** A failure inside LibTorch or while reading and writing files. Misuse throws `TypeError`/`RangeError` instead (see {@link MisuseError}). */

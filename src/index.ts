@@ -53,6 +53,7 @@ export type { Layer } from './nn';
 export type { Pattern } from './patterns';
 export { cuda, type CudaMemory, getNumThreads, type LaneState, type QueueLimits, setNumThreads, type SpeedOptions, torchVersion } from './runtime';
 export * as runtime from './runtime';
+export * as ops from './ops';
 export {
   arange,
   type Device,

@@ -176,6 +176,8 @@ export interface NativeAddon {
   ScriptObject: abstract new (...args: never[]) => NativeScriptObject;
   computeLoss(spec: object, output: NativeTensor, target: NativeTensor): Promise<NativeTensor>;
   classifyMessage(message: string): string;
+  loadOpsLibrary(path: string): Promise<void>;
+  torchLibraryPath(): string | null;
   setNumThreads(n: number): void;
   getNumThreads(): number;
   setInferenceThreads(n: number): void;

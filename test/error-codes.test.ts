@@ -3,9 +3,12 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadPretrained, tensor, TorchError } from '../src';
+import { loadPretrained, tensor, TorchError, torchVersion } from '../src';
 import { native } from '../src/native';
 import { hasTorch, PYTHON } from './helpers';
+
+// This file meets an unknown op on purpose: torchvision's ops stay unloaded here.
+process.env.TORCHLITE_TORCHVISION_OPS = '0';
 
 /** Runs a Python script with the reference torch and returns its JSON output. */
 function python<T>(source: string, ...args: string[]): T {
@@ -80,9 +83,13 @@ torch.jit.script(B()).save(sys.argv[1] + '/b.pt')
     );
     const codes = [];
     for (const name of ['a.pt', 'b.pt']) codes.push(await loadPretrained(join(dir, name)).catch((e: TorchError) => [e.code, e.message.split('\n')[0]]));
+    const said =
+      "the model uses the operator torchvision::nms, which is not registered: it calls torchvision's operators: install torchvision's for LibTorch " +
+      `${torchVersion} (Debian: apt-get install python3-torchvision; with a pip torch, the torchvision release that matches it), which torchlite then loads by itself, ` +
+      'or load the library with ops.load(path) or TORCHLITE_TORCHVISION_OPS=path. (Unknown builtin op: torchvision::nms.)';
     expect(codes).toEqual([
-      ['TORCH_UNKNOWN_OP', 'Unknown builtin op: torchvision::nms.'],
-      ['TORCH_UNKNOWN_OP', 'Unknown builtin op: torchvision::nms.'],
+      ['TORCH_UNKNOWN_OP', said],
+      ['TORCH_UNKNOWN_OP', said],
     ]);
   });
 

@@ -21,19 +21,20 @@ std::string seconds(std::chrono::milliseconds ms) {
 
 // Gloo and the store report a lost peer or a timeout only in their message text, which has
 // been stable from 1.13 to 2.x.
-CodedError explain(const GroupState& group, const std::string& cause, const char* what) {
+CodedError explain(const GroupState& group, const std::string& message, const char* what) {
+  std::string cause = firstLine(message);  // classified by its first line only
   std::string peer = group.size == 2 ? "rank " + std::to_string(1 - group.rank) : "a peer";
   std::string me = "rank " + std::to_string(group.rank);
   if (contains(cause, "Connection closed by peer") || contains(cause, "Connection reset") || contains(cause, "Broken pipe") ||
       contains(cause, "Socket closed") || contains(cause, "Connection refused"))
     return CodedError("TORCHLITE_DIST_PEER_LOST", me + " lost its connection to " + peer + " during " + what +
                                                       ": that process exited or crashed, and the group cannot go on. Exit this process too "
-                                                      "(`torchlite run` stops the other ranks and reports the first failure). (" + cause + ")");
+                                                      "(`torchlite run` stops the other ranks and reports the first failure). (" + message + ")");
   if (contains(cause, "imed out") || contains(cause, "imeout"))
     return CodedError("TORCHLITE_DIST_TIMEOUT", me + ": " + what + " waited " + seconds(group.timeout) + " for " + peer +
                                                     " without an answer: a rank is stuck, far behind, or calling collectives in another order. "
-                                                    "Raise `timeoutMs` if a rank legitimately needs longer. (" + cause + ")");
-  return CodedError("TORCHLITE_DIST_ERROR", me + ": " + what + " failed: " + cause);
+                                                    "Raise `timeoutMs` if a rank legitimately needs longer. (" + message + ")");
+  return CodedError("TORCHLITE_DIST_ERROR", me + ": " + what + " failed: " + message);
 }
 
 // Throws when the group cannot be used: destroyed, or failed before.

@@ -1,0 +1,48 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadPretrained, ops, type Tensor, tensor, torchVersion } from '../src';
+import { native } from '../src/native';
+import { hasTorchvision, python } from './helpers';
+
+const dir = mkdtempSync(join(tmpdir(), 'torchlite-ops-'));
+// torchvision's ops are found for this LibTorch only when the torchvision beside it is built for it.
+const systemTorch = /^\/(usr\/)?lib\//.test(native.torchLibraryPath() ?? '');
+
+describe('custom-op libraries', () => {
+  it.runIf(hasTorchvision && systemTorch)("finds torchvision's ops by itself: a model calling torchvision::nms loads and agrees with Python", async () => {
+    const boxes = [0, 0, 10, 10, 1, 1, 11, 11, 20, 20, 30, 30, 21, 21, 29, 31, 0, 0, 5, 5];
+    const scores = [0.9, 0.8, 0.7, 0.95, 0.3];
+    // From a file: torch.jit.script needs the module's source.
+    writeFileSync(
+      join(dir, 'nms.py'),
+      `import sys, json, torch, torchvision
+def keep(boxes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    return torchvision.ops.nms(boxes, scores, 0.5)
+class Nms(torch.nn.Module):
+    def forward(self, boxes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return torch.ops.torchvision.nms(boxes, scores, 0.5)
+torch.jit.script(Nms()).save(sys.argv[1])
+b = torch.tensor(${JSON.stringify(boxes)}, dtype=torch.float32).view(-1, 4)
+print(json.dumps(keep(b, torch.tensor(${JSON.stringify(scores)})).tolist()))`,
+    );
+    const expected = JSON.parse(python('import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")', [join(dir, 'nms.py'), join(dir, 'nms.pt')]));
+    await using model = await loadPretrained(join(dir, 'nms.pt'));
+    const kept = await model.forward<Tensor>(tensor(boxes, [5, 4]), tensor(scores));
+    expect(Array.from(kept.toTypedArray() as BigInt64Array, Number)).toEqual(expected);
+    expect(ops.loaded().some((file) => /torchvision\/_C.*\.so$/.test(file))).toBe(true);
+  });
+
+  it('refuses what it cannot load, with coded errors that say why', async () => {
+    await expect(ops.load(join(dir, 'missing.so'))).rejects.toMatchObject({ code: 'TORCHLITE_FILE_NOT_FOUND' });
+    writeFileSync(join(dir, 'other.so'), Buffer.from('\x7fELF....libtorch_cpu.so.9.9\0....', 'latin1'));
+    await expect(ops.load(join(dir, 'other.so'))).rejects.toMatchObject({
+      code: 'TORCHLITE_OPS_LOAD',
+      message: expect.stringMatching(new RegExp(`is built for libtorch_cpu\\.so\\.9\\.9, but torchlite runs on libtorch_cpu\\.so.* \\(LibTorch ${torchVersion.replace(/\./g, '\\.')}\\); install the build of that library that matches LibTorch`)),
+    });
+    writeFileSync(join(dir, 'garbage.so'), 'not a library');
+    await expect(ops.load(join(dir, 'garbage.so'))).rejects.toMatchObject({ code: 'TORCHLITE_OPS_LOAD', message: expect.stringContaining('cannot load the op library') });
+    await expect(ops.load(42 as never)).rejects.toThrow(new TypeError("Expected a non-empty string for `path` but received 42"));
+  });
+});
