@@ -81,6 +81,15 @@ LossConfig parseLoss(Napi::Env env, const Baton& spec) {
   config.ignoreIndex = spec.integer("ignoreIndex");
   config.beta = spec.number("beta");
   config.delta = spec.number("delta");
+  Napi::Value lossWeights = spec.value("lossWeights");
+  if (!lossWeights.IsNull()) {
+    Napi::Object weights = lossWeights.As<Napi::Object>();
+    Napi::Array names = weights.GetPropertyNames();
+    for (uint32_t i = 0; i < names.Length(); ++i) {
+      std::string name = names.Get(i).As<Napi::String>().Utf8Value();
+      config.lossWeights[name] = weights.Get(name).As<Napi::Number>().DoubleValue();
+    }
+  }
   Napi::Value weight = spec.value("weight"), posWeight = spec.value("posWeight");
   if (!weight.IsNull()) config.weight = TensorWrap::From(env, weight);
   if (!posWeight.IsNull()) config.posWeight = TensorWrap::From(env, posWeight);
@@ -129,6 +138,35 @@ torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& rawOutp
   if (config.kind == "smoothL1") return torch::smooth_l1_loss(output, t, reduction, config.beta);
   if (config.kind == "huber") return torch::huber_loss(output, t, reduction, config.delta);
   throw CodedError("TORCHLITE_BAD_ARGUMENT", "unknown loss '" + config.kind + "'");
+}
+
+torch::Tensor modelLoss(const LossConfig& config, const c10::IValue& output, std::vector<std::pair<std::string, torch::Tensor>>& named) {
+  const c10::IValue& losses = output.isTuple() && !output.toTupleRef().elements().empty() ? output.toTupleRef().elements()[0] : output;
+  if (losses.isTensor()) {
+    torch::Tensor value = losses.toTensor();
+    if (value.numel() != 1)
+      throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "with loss.fromModel(), a loss tensor must hold one value but the model returned " + c10::str(value.sizes()));
+    return value.reshape({}).to(torch::kFloat);
+  }
+  if (losses.isGenericDict()) {
+    torch::Tensor total;
+    for (const auto& entry : losses.toGenericDict()) {
+      if (!entry.key().isString() || !entry.value().isTensor() || entry.value().toTensor().numel() != 1)
+        throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "with loss.fromModel(), a dict of losses must map names to one-value tensors");
+      std::string name = entry.key().toStringRef();
+      torch::Tensor value = entry.value().toTensor().reshape({}).to(torch::kFloat);
+      named.emplace_back(name, value.detach());
+      auto weight = config.lossWeights.find(name);
+      torch::Tensor weighted = weight == config.lossWeights.end() ? value : value * weight->second;
+      total = total.defined() ? total + weighted : weighted;
+    }
+    if (!total.defined()) throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "with loss.fromModel(), the model returned an empty dict of losses");
+    return total;
+  }
+  throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT",
+                   "with loss.fromModel(), the model's training forward must return a loss tensor, a dict of named losses, or a tuple "
+                   "starting with that dict (as torchvision's scripted detection models do), but it returned " + losses.tagKind() +
+                   "; is the model in train() mode, and does its forward take the targets?");
 }
 
 bool countsCorrect(const LossConfig& config, const torch::Tensor& target) {

@@ -1,6 +1,8 @@
 // Loss functions with PyTorch's semantics, and the target checks that turn LibTorch's
 // cryptic failures (or silent broadcasting) into coded errors.
 #pragma once
+#include <map>
+
 #include "common.h"
 
 namespace tl {
@@ -16,6 +18,9 @@ struct LossConfig {
   double delta = 0;  // huber
   torch::Tensor weight;     // per-class weight (crossEntropy, nll)
   torch::Tensor posWeight;  // bceWithLogits
+  // kind "model": the model's training forward computes its losses; named ones are summed
+  // with these weights (a name not listed weighs 1).
+  std::map<std::string, double> lossWeights;
 };
 
 LossConfig parseLoss(Napi::Env env, const Baton& spec);
@@ -24,6 +29,10 @@ LossConfig parseLoss(Napi::Env env, const Baton& spec);
 // ever sees them; the caller reports the count when it next reads from the device.
 torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& output, torch::Tensor target,
                           torch::Tensor* deferredBad = nullptr);
+// The loss a model computed itself (kind "model"): a scalar tensor, a dict of named losses
+// (weighted and summed), or a tuple whose first item is that dict (torchvision's scripted
+// detection models return (losses, detections)). `named` receives each named loss, detached.
+torch::Tensor modelLoss(const LossConfig& config, const c10::IValue& output, std::vector<std::pair<std::string, torch::Tensor>>& named);
 // Whether outputs are class scores and targets class indices, so accuracy means something.
 bool countsCorrect(const LossConfig& config, const torch::Tensor& target);
 int64_t correctPredictions(const torch::Tensor& output, const torch::Tensor& target, int64_t ignoreIndex);

@@ -71,6 +71,7 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
   // Grad and autocast modes are thread-local: they are set here, on the lane.
   torch::AutoGradMode enableGrad(true);
   torch::Tensor output, value;
+  std::vector<std::pair<std::string, torch::Tensor>> named;  // a model-computed loss's parts
   const GroupPtr& group = options.sync.group;
   if (group && options.sync.buffers) {
     std::vector<torch::Tensor> buffers;
@@ -81,10 +82,16 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
   prepareInputs(model, inputs);
   {
     auto autocast = autocastFor(options.amp, model.device);
-    output = firstTensor(runForward(model, std::move(inputs)));
-    value = computeLoss(loss, output, target, options.readLoss ? nullptr : &model.badTargets);
+    if (loss.kind == "model") {
+      value = modelLoss(loss, runForward(model, std::move(inputs)), named);
+    } else {
+      output = firstTensor(runForward(model, std::move(inputs)));
+      value = computeLoss(loss, output, target, options.readLoss ? nullptr : &model.badTargets);
+    }
   }
   StepResult result;
+  if (options.readLoss)
+    for (const auto& [name, part] : named) result.losses.emplace_back(name, part.item<double>());
   if (!options.readLoss) {
     // No host sync: the loss joins a device-side sum read at the next readLoss step, and
     // non-finite losses and bad targets are only noticed then.
@@ -181,6 +188,11 @@ Napi::Object stepResultToJs(Napi::Env env, const StepResult& r) {
   result.Set("skipped", r.skipped);
   result.Set("stepped", r.stepped);
   if (r.gradNorm >= 0) result.Set("gradNorm", r.gradNorm);
+  if (!r.losses.empty()) {
+    Napi::Object losses = Napi::Object::New(env);
+    for (const auto& [name, value] : r.losses) losses.Set(name, value);
+    result.Set("losses", losses);
+  }
   return result;
 }
 
@@ -211,7 +223,9 @@ Napi::Value ModelWrap::TrainStep(const Napi::CallbackInfo& info) {
     std::vector<std::pair<std::vector<c10::IValue>, torch::Tensor>> work;
     for (uint32_t i = 0; i < batches.Length(); ++i) {
       Napi::Array batch = batches.Get(i).As<Napi::Array>();
-      work.emplace_back(Inputs(env, *state, batch.Get(0u)), TensorWrap::From(env, batch.Get(1u)));
+      // A model that computes its own loss takes the targets among its inputs: no target here.
+      Napi::Value target = batch.Get(1u);
+      work.emplace_back(Inputs(env, *state, batch.Get(0u)), target.IsNull() ? torch::Tensor() : TensorWrap::From(env, target));
     }
     using Results = std::vector<StepResult>;
     return Job<Results>::StartSteps(

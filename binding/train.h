@@ -21,6 +21,7 @@ struct StepOptions {
 
 struct StepResult {
   double loss = 0;  // NaN when not read (readLoss: false)
+  std::vector<std::pair<std::string, double>> losses;  // a model-computed loss's named parts, when read
   int64_t lossSteps = 1;  // how many steps `loss` averages
   int64_t correct = -1;  // -1 when the loss is not a classification loss
   bool skipped = false;

@@ -22,6 +22,16 @@ export class Loss {
     return this.spec.kind as string;
   }
 
+  /** Whether the model computes this loss itself (see {@link fromModel}). */
+  get fromModel(): boolean {
+    return this.kind === 'model';
+  }
+
+  /** @internal Where the targets go among the model's inputs: the argument name for named inputs. */
+  get targetArgument(): string {
+    return (this.spec.targetArgument as string | undefined) ?? 'targets';
+  }
+
   /** Whether class-index targets make this a classification loss (accuracy applies): `crossEntropy` and `nll`. */
   get classifies(): boolean {
     return this.spec.classifies as boolean;
@@ -30,6 +40,7 @@ export class Loss {
   /** The loss of `output` against `target`, without recording gradients, computed as a job on `output`'s device lane. */
   compute(output: Tensor, target: Tensor): Promise<Tensor> {
     return callNativeAsync(async () => {
+      if (this.fromModel) throw new TypeError('loss.fromModel() has nothing to compute from outputs: the model computes it, in trainStep');
       const out = Tensor.handle(output);
       const tgt = Tensor.handle(target);
       return new Tensor(await native.computeLoss(this.spec, out, tgt));
@@ -59,7 +70,7 @@ function classWeight(value: unknown, name: string): NativeTensor | undefined {
  * Every field the native loss reads, at its default: the one place these defaults live (the
  * addon reads each field with no fallback of its own).
  */
-const SPEC_DEFAULTS = { reduction: 'mean', labelSmoothing: 0, ignoreIndex: -100, beta: 1, delta: 1, weight: null, posWeight: null };
+const SPEC_DEFAULTS = { reduction: 'mean', labelSmoothing: 0, ignoreIndex: -100, beta: 1, delta: 1, weight: null, posWeight: null, lossWeights: null };
 
 function make(kind: string, options: unknown, known: string[], build: (o: Record<string, unknown>) => Record<string, unknown> = () => ({})): Loss {
   const o = checkOptions<Record<string, unknown>>(options, 'options', ['reduction', ...known]) as Record<string, unknown>;
@@ -148,4 +159,29 @@ export function smoothL1(options?: RegressionOptions & { beta?: number }): Loss 
 /** Huber loss, like `torch.nn.HuberLoss`. `delta` defaults to `1`. */
 export function huber(options?: RegressionOptions & { delta?: number }): Loss {
   return make('huber', options, ['delta'], (o) => ({ delta: o.delta === undefined ? undefined : checkPositiveNumber(o.delta, 'options.delta') }));
+}
+
+export interface FromModelOptions {
+  /** Weights of the named losses the model returns, summed into the one that trains (`{ loss_classifier: 2 }`); a name not listed weighs 1. Defaults to all 1. */
+  weights?: Record<string, number>;
+  /** For inputs given as an object of named arguments, the argument that takes the targets (`'labels'` for Hugging Face models). Defaults to `'targets'`. */
+  argument?: string;
+}
+
+/**
+ * The loss the model computes itself: its training forward takes the targets after its other
+ * inputs (the last positional argument, or `argument` for named inputs) and returns a loss
+ * tensor, a dict of named losses, or a tuple whose first item is that dict (torchvision's
+ * scripted detection models return `(losses, detections)`). Named losses are summed (with
+ * `weights`) and each is reported in `TrainStepResult.losses`. Targets may be a Tensor or any
+ * model input, such as a list of per-image dicts of tensors.
+ */
+export function fromModel(options?: FromModelOptions): Loss {
+  const o = checkOptions<FromModelOptions>(options, 'options', ['weights', 'argument']);
+  const weights = o.weights ?? {};
+  if (weights === null || typeof weights !== 'object') throw typeError('a record of numbers', 'options.weights', weights);
+  for (const [name, w] of Object.entries(weights)) checkFiniteNumber(w, `options.weights.${name}`);
+  const argument = o.argument === undefined ? 'targets' : o.argument;
+  if (typeof argument !== 'string' || argument === '') throw typeError('an argument name', 'options.argument', argument);
+  return new Loss({ ...SPEC_DEFAULTS, kind: 'model', classifies: false, lossWeights: { ...weights }, targetArgument: argument });
 }

@@ -61,7 +61,7 @@ export interface NativeModel {
   forward(inputs: unknown[], admission: { timeoutMs: number | null }): Promise<unknown>;
   inferenceCopy(probe: NativeTensor): Promise<NativeModel | null>;
   probeGradients(inputs: unknown[]): Promise<Record<string, boolean>>;
-  trainStep(batches: [NativeInputs, NativeTensor][], options: object): Promise<NativeStepResult[]>;
+  trainStep(batches: [NativeInputs, NativeTensor | null][], options: object): Promise<NativeStepResult[]>;
   call(method: string, inputs: unknown[], admission: { timeoutMs: number | null }): Promise<unknown>;
   evalBatch(inputs: NativeInputs, target: NativeTensor | null, loss: object | null, keep?: number): Promise<{ scores: Float32Array; shape: number[]; targets?: Float64Array; loss?: number }>;
   predict(inputs: NativeInputs, admission: { timeoutMs: number | null }): Promise<{ probabilities: NativeTensor; argmax: NativeTensor }>;
@@ -115,6 +115,7 @@ export interface NativeOptimizerClass {
 
 export interface NativeStepResult {
   loss: number;
+  losses?: Record<string, number>;
   correct?: number;
   skipped: boolean;
   stepped: boolean;

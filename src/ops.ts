@@ -74,29 +74,30 @@ export function torchvisionCandidates(torchLibrary: string): string[] {
   });
 }
 
-let torchvisionLookup: Promise<void> | undefined;
+let torchvisionLookup: Promise<boolean> | undefined;
 
 /**
- * @internal torchvision's ops, once per process, before the first model loads:
+ * @internal torchvision's ops, once per process, when a model first needs them:
  * `TORCHLITE_TORCHVISION_OPS` names the library, or turns the lookup off (`0`); else the first
- * candidate built for this LibTorch is loaded. A failure is a warning: models without
- * torchvision's ops do not need it.
+ * candidate built for this LibTorch is loaded. Resolves whether they are loaded; a failure is
+ * a warning, and the model's load then fails with what to install.
  */
-export function ensureTorchvisionOps(): Promise<void> {
+export function ensureTorchvisionOps(): Promise<boolean> {
   torchvisionLookup ??= (async () => {
     const setting = process.env.TORCHLITE_TORCHVISION_OPS;
-    if (setting === '0' || setting === 'off' || setting === 'false') return;
+    if (setting === '0' || setting === 'off' || setting === 'false') return false;
     const ours = native.torchLibraryPath();
     const candidates = setting ? [setting] : ours === null ? [] : torchvisionCandidates(ours);
     for (const candidate of candidates) {
       try {
         if (!setting && !sameTorch(await neededTorch(candidate), ours!)) continue;
         await load(candidate);
-        return;
+        return true;
       } catch (error) {
         process.emitWarning(`torchvision's ops were not loaded from ${candidate}: ${(error as Error).message}`, { code: 'TORCHLITE_OPS' });
       }
     }
+    return false;
   })();
   return torchvisionLookup;
 }

@@ -54,6 +54,7 @@ export interface Evaluation {
 export function evaluation(model: { readonly metadata: unknown }, batches: Iterable<Batch> | AsyncIterable<Batch>, options: EvaluateOptions | undefined): Evaluation {
   const o = checkOptions<EvaluateOptions>(options, 'options', ['loss', 'metrics']);
   if (o.loss !== undefined && !(o.loss instanceof Loss)) throw typeError('a Loss from `loss.*`', 'options.loss', o.loss);
+  if (o.loss?.fromModel) throw new TypeError('evaluate() computes a loss from the outputs; a model that computes its own (loss.fromModel()) does so in train mode, in trainStep');
   const classification = o.loss === undefined || o.loss.classifies;
   const specs = o.metrics ?? (o.loss && classification ? (['accuracy'] as MetricSpec[]) : []);
   if (!Array.isArray(specs)) throw typeError('an array of metrics', 'options.metrics', specs);
@@ -75,8 +76,8 @@ export function evaluation(model: { readonly metadata: unknown }, batches: Itera
     for await (const batch of batches as AsyncIterable<PaddedBatch>) {
       const args = batchArgs(batch.input as BatchInput, 'batch.input');
       const padding = batch.padding ?? 0;
-      const keep = padding > 0 ? batch.target.shape[0] - padding : undefined;
-      const { scores, shape, targets, loss } = await handle.evalBatch(args, Tensor.handle(batch.target), lossSpec, keep);
+      const keep = padding > 0 ? (batch.target as Tensor).shape[0] - padding : undefined;
+      const { scores, shape, targets, loss } = await handle.evalBatch(args, Tensor.handle(batch.target as Tensor), lossSpec, keep);
       const n = shape[0] ?? 1;
       if (loss !== undefined) lossSum += loss * n;
       samples += n;

@@ -1,7 +1,7 @@
 // What crosses a model's boundary: batch inputs and method arguments unwrapped into native
 // values, outputs wrapped into Tensors, arrays, objects and ScriptObjects.
 import { callNative, callNativeAsync, disposedError } from '../errors';
-import { native, type NativeScriptObject, type NativeTensor } from '../native';
+import { native, type NativeInputs, type NativeScriptObject, type NativeTensor } from '../native';
 import { Tensor } from '../tensor';
 import { checkString, typeError } from '../validate';
 
@@ -112,7 +112,8 @@ export class ScriptObject {
 /** One batch for {@link Model.evaluate}. */
 export interface Batch {
   input: BatchInput;
-  target: Tensor;
+  /** A Tensor; for `loss.fromModel()`, any model input (a list of per-image dicts of tensors). */
+  target: Tensor | ModelInput;
 }
 
 /** @internal Maps output tensors to public Tensors, keeping arrays and objects; ScriptObjects queue their calls on `queue`. */
@@ -159,5 +160,17 @@ export function inputTensors(input: BatchInput | ModelInput): Tensor[] {
 
 /** @internal Frees a batch's tensors. */
 export function disposeBatch(batch: Batch): void {
-  for (const t of [...inputTensors(batch.input), batch.target]) t.dispose();
+  for (const t of [...inputTensors(batch.input), ...inputTensors(batch.target)]) t.dispose();
+}
+
+/**
+ * @internal A training batch as the native step takes it: the model's arguments, and the
+ * target tensor; for a loss the model computes itself, the targets join the arguments (the
+ * last positional one, or `argument` for named inputs) and no target goes beside them.
+ */
+export function stepBatch(input: BatchInput, target: Tensor | ModelInput, names: [string, string], fromModel: { argument: string } | undefined): [NativeInputs, NativeTensor | null] {
+  const args = batchArgs(input, names[0]);
+  if (!fromModel) return [args, Tensor.handle(target as Tensor)];
+  const targets = unwrapInput(target, names[1]);
+  return [Array.isArray(args) ? [...args, targets] : { ...args, [fromModel.argument]: targets }, null];
 }

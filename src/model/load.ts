@@ -101,24 +101,36 @@ export async function loadArchive(path: string, options: LoadOptions | undefined
   const { device = 'cpu', channelsLast = 'auto' } = checkOptions<LoadOptions>(options, 'options', ['device', 'channelsLast']);
   const target = checkDevice(device, 'options.device');
   if (channelsLast !== 'auto' && typeof channelsLast !== 'boolean') throw typeError("a boolean or 'auto'", 'options.channelsLast', channelsLast);
-  await ensureTorchvisionOps();
-  const handle = await native.Model.load(path, target, extraNames, channelsLast === 'auto' ? 'auto' : channelsLast ? 'on' : 'off').catch((error: unknown) => {
-    throw explainUnknownOp(error);
+  const layout = channelsLast === 'auto' ? 'auto' : channelsLast ? 'on' : 'off';
+  const handle = await native.Model.load(path, target, extraNames, layout).catch(async (error: unknown) => {
+    // torchvision's ops are loaded when a model first needs them, then the load runs again:
+    // Debian's build of them drags in OpenCV, GStreamer and GLib, which a process that never
+    // meets a detection model (or that decodes images with sharp) is better without.
+    if (!unknownOp(error)?.startsWith('torchvision::') || !(await ensureTorchvisionOps())) throw explainUnknownOp(error);
+    return native.Model.load(path, target, extraNames, layout).catch((again: unknown) => {
+      throw explainUnknownOp(again);
+    });
   });
   return { model: new Model(handle), extras: handle.extras() };
 }
 
+/** The operator a TORCH_UNKNOWN_OP failure names. */
+function unknownOp(error: unknown): string | undefined {
+  const failure = error as { code?: string; message?: string };
+  return failure.code === 'TORCH_UNKNOWN_OP' ? /Unknown builtin op: ([\w:.]+?)\.?(?:\s|$)/.exec(failure.message ?? '')?.[1] : undefined;
+}
+
 /** Adds to a TORCH_UNKNOWN_OP failure what to install or load for the operator it names. */
 function explainUnknownOp(error: unknown): unknown {
-  const failure = error as { code?: string; message?: string };
-  const op = failure.code === 'TORCH_UNKNOWN_OP' ? /Unknown builtin op: ([\w:.]+?)\.?(?:\s|$)/.exec(failure.message ?? '')?.[1] : undefined;
+  const op = unknownOp(error);
   if (!op) return error;
+  const failure = error as { message: string };
   const version = native.torchVersion;
   const what = op.startsWith('torchvision::')
     ? `it calls torchvision's operators: install torchvision's for LibTorch ${version} (Debian: apt-get install python3-torchvision; with a pip torch, the torchvision release that matches it), which torchlite then loads by itself, or load the library with ops.load(path) or TORCHLITE_TORCHVISION_OPS=path`
     : op.startsWith('aten::')
       ? `LibTorch ${version} does not have ${op}, which a newer PyTorch added: build torchlite against the LibTorch of the PyTorch that saved the model (LIBTORCH=/path/to/libtorch npm run build:native; see docs/building.md)`
       : `load the library that defines ${op} with ops.load(path) first`;
-  (error as Error).message = `the model uses the operator ${op}, which is not registered: ${what}. (${failure.message!.split('\n')[0]})`;
+  (error as Error).message = `the model uses the operator ${op}, which is not registered: ${what}. (${failure.message.split('\n')[0]})`;
   return error;
 }

@@ -1,8 +1,9 @@
 // The Model façade: one object per loaded model, whose methods validate their arguments,
 // queue the native work in call order (queue.ts) and keep the JS snapshot the getters read.
 import { callNative, callNativeAsync, disposedError, misuse, TorchError } from '../errors';
+import { Loss } from '../loss';
 import type { Metrics } from '../metrics';
-import { native, type NativeInputs, type NativeModel, type NativeSync, type NativeTensor, type NativeGroupOptions } from '../native';
+import { native, type NativeModel, type NativeSync, type NativeTensor, type NativeGroupOptions } from '../native';
 import { dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear, sequential, specOf } from '../nn';
 import type { Pattern } from '../patterns';
 import { compilePattern, describePattern } from '../patterns';
@@ -12,13 +13,19 @@ import { type LoadWeightsResult, matchWeights, readWeightsIndex, safetensorsHead
 import { type AdmissionBaton, checkModelCapacity, type RequestOptions, Ticket } from './admission';
 import { type BatchingOptions, type BatchingStats, Batcher, type BatchKind } from './batching';
 import { evaluation, type EvaluateOptions, type Prediction } from './inference';
-import { type Batch, type BatchInput, batchArgs, type ModelInput, type ModelOutput, type ReadQueue, unwrapInput, wrapOutput } from './io';
+import { type Batch, type BatchInput, batchArgs, type ModelInput, type ModelOutput, type ReadQueue, stepBatch, unwrapInput, wrapOutput } from './io';
 import { carriedMetadata, type LoadWeightsOptions, metadataText, type SaveOptions } from './persist';
 import { type DataParallelLink, kDataParallel } from './protocols';
 import { OperationQueue } from './queue';
 import { formatSummary, type MethodInfo, type ModuleInfo, type ParameterInfo, readSnapshot, type Snapshot, type TensorInfo } from './snapshot';
 import { stepBaton, type TrainStepOptions, type TrainStepResult } from './step';
 import { BATCH_NORM_POLICIES, type BatchNormPolicy, classifierHead, type FreezeResult, markRequiresGrad, type ResetClassifierOptions, selectParameters } from './surgery';
+
+/** Where a loss the model computes itself takes its targets; `undefined` for other losses. */
+function fromModelOf(options: TrainStepOptions): { argument: string } | undefined {
+  const loss = (options as Partial<TrainStepOptions> | null)?.loss;
+  return loss instanceof Loss && loss.fromModel ? { argument: loss.targetArgument } : undefined;
+}
 
 /** `forward`, `call` and `predict` bound to request options (see {@link Model.with}). */
 export interface InferenceRequests {
@@ -284,10 +291,10 @@ export class Model implements Disposable, AsyncDisposable {
    * mode emits a `TORCHLITE_EVAL_MODE_STEP` warning, once per model). The optimizer's
    * group options (lr, …) are taken as they are at the call.
    */
-  trainStep(input: BatchInput, target: Tensor, options: TrainStepOptions): Promise<TrainStepResult> {
+  trainStep(input: BatchInput, target: Tensor | ModelInput, options: TrainStepOptions): Promise<TrainStepResult> {
     return callNativeAsync(async () => {
       const step = this.#stepBaton(options, null);
-      const batch: [NativeInputs, NativeTensor] = [batchArgs(input, 'input'), Tensor.handle(target)];
+      const batch = stepBatch(input, target, ['input', 'target'], fromModelOf(options));
       const [result] = await this.#enqueueStep((handle, sync) => handle.trainStep([batch], { ...step, sync }));
       return result;
     });
@@ -311,7 +318,8 @@ export class Model implements Disposable, AsyncDisposable {
     return callNativeAsync(async () => {
       if (!Array.isArray(batches) || batches.length === 0) throw typeError('a non-empty array of { input, target } batches', 'batches', batches);
       const step = model.#stepBaton(options, groupsPerStep);
-      const work = batches.map((b, i): [NativeInputs, NativeTensor] => [batchArgs(b?.input, `batches[${i}].input`), Tensor.handle(b?.target)]);
+      const fromModel = fromModelOf(options);
+      const work = batches.map((b, i) => stepBatch(b?.input, b?.target, [`batches[${i}].input`, `batches[${i}].target`], fromModel));
       return model.#enqueueStep((handle, sync) => handle.trainStep(work, { ...step, sync }));
     });
   }

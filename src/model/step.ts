@@ -44,6 +44,8 @@ export interface TrainStepResult {
   stepped: boolean;
   /** The total gradient norm before clipping, when `clipGradNorm` is set. */
   gradNorm?: number;
+  /** Each named loss of a model that computes its own (`loss.fromModel()`), when read. */
+  losses?: Record<string, number>;
 }
 
 /** The defaults of the options above that have one, as the native step receives them. */
