@@ -24,7 +24,10 @@ struct Admission {
 };
 
 // Reads `{ timeoutMs }` (null: no deadline) from a request baton; the deadline counts from now.
-inline Admission parseAdmission(const Napi::Value& value) {
+// A null baton is torchlite's own inference (fineTune's feature cache): no admission, and it
+// does not count as serving (see Executor::noteServing).
+inline std::optional<Admission> parseAdmission(const Napi::Value& value) {
+  if (value.IsNull()) return std::nullopt;
   Admission admission;
   Napi::Value timeout = Baton(value.As<Napi::Object>(), "request options").value("timeoutMs");
   if (!timeout.IsNull())

@@ -70,7 +70,7 @@ async function featuresOf(model: Model, dataset: Dataset<BatchInput>, batchSize:
   let width = 0;
   // In index order: the feature loader rebuilds each epoch's order from the same seed.
   for await (const batch of loader(dataset, { batchSize }).batches(0)) {
-    const out = await model.forward(batch.input);
+    const out = await Model.internalForward(model, batch.input);
     if (!(out instanceof Tensor) || out.shape.length !== 2) throw new TorchError('TORCHLITE_UNSUPPORTED_OUTPUT', 'the head does not take flat features');
     width = out.shape[1];
     chunks.push((await out.read()) as Float32Array);
@@ -125,7 +125,7 @@ export async function prepareFeatureCache(
   const probe = (await loader(options.train.dataset, { batchSize: Math.min(options.train.batchSize, 16) }).batches(0).next()).value;
   const wasTraining = model.training;
   model.eval();
-  const original = await model.forward(probe.input);
+  const original = await Model.internalForward(model, probe.input);
   const dict = (await model.stateDict());
   // The new head's own initial weights, so training starts where the whole model's would.
   const linearHead = headLayer(inFeatures, outFeatures, dict[`${headPath}.weight`], dict[`${headPath}.bias`]);
@@ -134,13 +134,13 @@ export async function prepareFeatureCache(
   let fast: Model | undefined;
   try {
     // The head must be the model's last step: its output on the features is the model's.
-    const features = await model.forward(probe.input);
+    const features = await Model.internalForward(model, probe.input);
     const flat = features instanceof Tensor && original instanceof Tensor && features.shape.length === 2 && features.shape[1] === inFeatures;
     const p = flat && bodyDropouts(model, headPath).length === 1 ? await dropoutBeforeHead(model, probe.input, features as Tensor) : 0;
     head = new Model(native.Model.fromLayer((p > 0 ? sequential(dropout(p), linearHead) : linearHead).spec)); // copies the weights
     if (model.device !== 'cpu') await head.to(model.device);
     head.eval();
-    const again = flat && p >= 0 ? ((await head.forward(features)) as Tensor) : undefined;
+    const again = flat && p >= 0 ? ((await Model.internalForward(head, features)) as Tensor) : undefined;
     const same = again !== undefined && again.shape.join() === (original as Tensor).shape.join() && maxRelative((await again.read()) as Float32Array, (await (original as Tensor).read()) as Float32Array) < 1e-4;
     fast = same ? await inferenceBody(model, probe.input) : undefined;
     for (const t of [features, original, probe.input, probe.target, again]) if (t instanceof Tensor) t.dispose();
@@ -198,7 +198,7 @@ async function dropoutBeforeHead(model: Model, input: Tensor, evalFeatures: Tens
   let replayed: Tensor | undefined;
   try {
     model.train();
-    trainFeatures = (await model.forward(input)) as Tensor;
+    trainFeatures = (await Model.internalForward(model, input)) as Tensor;
     model.eval();
     const kept = (await trainFeatures.read()) as Float32Array;
     const plain = (await evalFeatures.read()) as Float32Array;
@@ -210,7 +210,7 @@ async function dropoutBeforeHead(model: Model, input: Tensor, evalFeatures: Tens
     check = new Model(native.Model.fromLayer(dropout(p).spec));
     check.train();
     native.setRngState(state);
-    replayed = (await check.forward(evalFeatures)) as Tensor;
+    replayed = (await Model.internalForward(check, evalFeatures)) as Tensor;
     return maxRelative((await replayed.read()) as Float32Array, kept) < 1e-5 ? p : -1;
   } finally {
     native.setRngState(state);

@@ -58,7 +58,7 @@ export interface NativeTensorInfo {
 export type NativeInputs = unknown[] | Record<string, unknown>;
 
 export interface NativeModel {
-  forward(inputs: unknown[], admission: { timeoutMs: number | null }): Promise<unknown>;
+  forward(inputs: unknown[], admission: { timeoutMs: number | null } | null): Promise<unknown>;
   inferenceCopy(probe: NativeTensor): Promise<NativeModel | null>;
   probeGradients(inputs: unknown[]): Promise<Record<string, boolean>>;
   trainStep(batches: [NativeInputs, NativeTensor | null][], options: object): Promise<NativeStepResult[]>;

@@ -221,6 +221,18 @@ export class Model implements Disposable, AsyncDisposable {
   }
 
   /**
+   * @internal A forward of torchlite's own (fineTune's feature cache): queued as `forward` is,
+   * but not a serving request, so it neither batches nor makes training leave the inference
+   * lane its threads (which would make a run's rounding depend on timing).
+   */
+  static internalForward<T extends ModelOutput = Tensor>(model: Model, ...inputs: ModelInput[]): Promise<T> {
+    return callNativeAsync(async () => {
+      const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
+      return wrapOutput(await model.#enqueue((handle) => handle.forward(args, null), true), model.#reads) as T;
+    });
+  }
+
+  /**
    * An inference request on this model's queue: refused at once over the model's cap
    * (`TORCHLITE_OVERLOADED`), and, with `options`, refused while it waits once its deadline
    * passes or its signal aborts.
