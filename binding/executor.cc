@@ -210,8 +210,8 @@ void Executor::noteServing(const torch::Device& device) {
 // Measured on a 2-core VM (bench/serve-load.mjs): with training's team on both cores, a
 // served request competes with it for a core and training's own step slows (the two teams
 // oversubscribe the machine); leaving inference its core while requests flow kept predict's
-// p99 at 1.2x idle where it was 1.6x, and training ran faster, not slower (1.36-1.42x its
-// rate on two threads). The choice is per slice, so it follows the requests within a step.
+// p99 at 1.14-1.20x idle where it was 1.31-1.77x, and training kept 98-104% of its rate alone
+// where it kept 60-63%. The choice is per slice, so it follows the requests within a step.
 void Executor::applyCpuThreads(bool inferenceLane) {
   int threads = threads_.load();
   if (inferenceLane) {

@@ -120,6 +120,7 @@ bool agrees(ModelState& model, ModelState& copy, const torch::Tensor& input) {
 }
 
 }  // namespace
+
 // A frozen copy in eval mode, optimised for inference as torch.jit.optimize_for_inference
 // does (BatchNorm folded into the convolutions, oneDNN's prepacked weights on the CPU):
 // fineTune's feature cache runs the frozen body through it. It shares no tensor with the
@@ -244,6 +245,19 @@ Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
   });
 }
 
+namespace {
+
+// predict's answer from a forward's output: softmax over dimension 1 of its first tensor, and
+// the argmax.
+std::pair<torch::Tensor, torch::Tensor> classScores(const c10::IValue& output) {
+  torch::Tensor scores = firstTensor(output).to(torch::kFloat);
+  if (scores.dim() < 2)
+    throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "predict needs class scores of shape [N, C, ...] but the model returned " + c10::str(scores.sizes()));
+  return {torch::softmax(scores, 1), scores.argmax(1)};
+}
+
+}  // namespace
+
 Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
@@ -255,10 +269,7 @@ Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
           std::lock_guard<std::mutex> lock(state->mutex);
           return inEvalMode(*state, [&] {
             prepareInputs(*state, inputs);
-            torch::Tensor output = firstTensor(runForward(*state, std::move(inputs))).to(torch::kFloat);
-            if (output.dim() < 2)
-              throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "predict needs class scores of shape [N, C, ...] but the model returned " + c10::str(output.sizes()));
-            return Result{torch::softmax(output, 1), output.argmax(1)};
+            return classScores(runForward(*state, std::move(inputs)));
           });
         },
         [](Napi::Env env, Result& r) -> Napi::Value {
@@ -345,10 +356,8 @@ Napi::Value ModelWrap::ForwardBatch(const Napi::CallbackInfo& info) {
             return splitRows(run(), sizes);
           }
           return inEvalMode(*state, [&] {
-            torch::Tensor output = firstTensor(run()).to(torch::kFloat);
-            if (output.dim() < 2)
-              throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "predict needs class scores of shape [N, C, ...] but the model returned " + c10::str(output.sizes()));
-            return splitRows(c10::ivalue::Tuple::create({torch::softmax(output, 1), output.argmax(1)}), sizes);
+            auto [probabilities, argmax] = classScores(run());
+            return splitRows(c10::ivalue::Tuple::create({probabilities, argmax}), sizes);
           });
         },
         [state](Napi::Env env, Result& parts) -> Napi::Value {

@@ -87,7 +87,7 @@ class Job {
     std::shared_ptr<CompletionChannel> channel = data.completions;
     lane.post(Task{[job, step = std::move(step), admission = std::move(admission), &lane, device = place.device]() mutable {
                      try {
-                       if (admission && !job->result_) {
+                       if (admission) {
                          if (admission->withdrawn->load(std::memory_order_acquire))
                            throw CodedError("TORCHLITE_ABORTED", "the request was withdrawn before it started");
                          if (admission->deadline && std::chrono::steady_clock::now() > *admission->deadline) {

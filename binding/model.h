@@ -78,6 +78,7 @@ class ModelWrap : public Napi::ObjectWrap<ModelWrap> {
   Napi::Value SetBatchNormPolicy(const Napi::CallbackInfo& info);
   Napi::Value Save(const Napi::CallbackInfo& info);
   Napi::Value LoadStateDict(const Napi::CallbackInfo& info);
+  Napi::Value ResetParameters(const Napi::CallbackInfo& info);
   Napi::Value Extras(const Napi::CallbackInfo& info);
   // Defined in layout.cc.
   Napi::Value SetChannelsLast(const Napi::CallbackInfo& info);

@@ -79,6 +79,7 @@ export interface NativeModel {
   setBatchNormPolicy(policy: string): void;
   save(path: string, metadata: string, extras?: Record<string, Buffer>): Promise<void>;
   loadStateDict(dict: Record<string, NativeTensor>, strict: boolean): Promise<void>;
+  resetParameters(plan: { name: string; init: 'kaiming' | 'ones' | 'zeros'; bias: string | null }[]): Promise<void>;
   loadWeights(entries: { name: string; file: string; offset: number; bytes: number; dtype: string; shape: number[]; keep: boolean }[]): Promise<void>;
   saveWeights(path: string, header: Buffer, names: string[]): Promise<void>;
   materialize(layout: 'auto' | 'on' | 'off'): Promise<number>;

@@ -37,16 +37,26 @@ function sameTorch(needed: string | undefined, ours: string): boolean {
 export function load(path: string): Promise<void> {
   return callNativeAsync(async () => {
     checkString(path, 'path');
-    const file = resolve(path);
-    if (loadedLibraries.has(file)) return;
-    if (!existsSync(file)) throw new TorchError('TORCHLITE_FILE_NOT_FOUND', `no such file: ${file}`);
-    const ours = native.torchLibraryPath();
-    const needed = await neededTorch(file);
-    if (ours !== null && !sameTorch(needed, ours))
-      throw new TorchError('TORCHLITE_OPS_LOAD', `${file} is built for ${needed}, but torchlite runs on ${basename(ours)} (LibTorch ${native.torchVersion}); install the build of that library that matches LibTorch ${native.torchVersion}`);
-    await native.loadOpsLibrary(file);
-    loadedLibraries.add(file);
+    await loadLibrary(resolve(path), 'refuse');
   });
+}
+
+/**
+ * Loads `file` unless it is loaded already; one built for another LibTorch is refused with
+ * `TORCHLITE_OPS_LOAD`, or skipped (resolving false) when the lookup only tries candidates.
+ */
+async function loadLibrary(file: string, otherTorch: 'refuse' | 'skip'): Promise<boolean> {
+  if (loadedLibraries.has(file)) return true;
+  if (!existsSync(file)) throw new TorchError('TORCHLITE_FILE_NOT_FOUND', `no such file: ${file}`);
+  const ours = native.torchLibraryPath();
+  const needed = await neededTorch(file);
+  if (ours !== null && !sameTorch(needed, ours)) {
+    if (otherTorch === 'skip') return false;
+    throw new TorchError('TORCHLITE_OPS_LOAD', `${file} is built for ${needed}, but torchlite runs on ${basename(ours)} (LibTorch ${native.torchVersion}); install the build of that library that matches LibTorch ${native.torchVersion}`);
+  }
+  await native.loadOpsLibrary(file);
+  loadedLibraries.add(file);
+  return true;
 }
 
 /** The op libraries loaded so far, by `ops.load` or the automatic torchvision lookup. */
@@ -90,9 +100,7 @@ export function ensureTorchvisionOps(): Promise<boolean> {
     const candidates = setting ? [setting] : ours === null ? [] : torchvisionCandidates(ours);
     for (const candidate of candidates) {
       try {
-        if (!setting && !sameTorch(await neededTorch(candidate), ours!)) continue;
-        await load(candidate);
-        return true;
+        if (await loadLibrary(resolve(candidate), setting ? 'refuse' : 'skip')) return true;
       } catch (error) {
         process.emitWarning(`torchvision's ops were not loaded from ${candidate}: ${(error as Error).message}`, { code: 'TORCHLITE_OPS' });
       }

@@ -57,9 +57,10 @@ export interface LaneState {
  * run on the CPU in the last second. `'auto'` leaves the inference lane its threads (the
  * training count less {@link setInferenceThreads}', at least 1); `0` keeps the full count;
  * `n` uses `n`. Measured on a 2-core VM serving mobilenet_v3_small at 50 req/s while another
- * model trained: `'auto'` kept predict's p99 at 1.24x idle (1.61x with the full count) and
- * training ran at 136% of its rate alone (71%). Process-wide. Defaults to `'auto'` (or
- * `TORCHLITE_TRAINING_THREADS_WHILE_SERVING`).
+ * model trained: `'auto'` kept predict's p99 at 1.14x idle (1.31x with the full count) and
+ * training at 104% of its rate alone (63%). On a machine with many cores, leaving one costs
+ * training up to 1/cores of its threads while requests flow. Process-wide. Defaults to
+ * `'auto'` (or `TORCHLITE_TRAINING_THREADS_WHILE_SERVING`).
  */
 export function setTrainingThreadsWhileServing(threads: number | 'auto'): void {
   native.setTrainingThreadsWhileServing(threads === 'auto' ? -1 : checkInteger(threads, 'threads', 0, "a non-negative integer or 'auto'"));

@@ -4,9 +4,9 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { type Layer, loadPretrained, type Model, manualSeed, nn, randn, type Tensor, TorchError } from '../src';
+import { type Layer, loadPretrained, loss, type Model, manualSeed, nn, optim, randn, type Tensor, tensor, TorchError } from '../src';
 import { probeGradients } from '../src/testing';
-import { decode, fixture, hasTorch, maxAbsDiff, outputDiff, pythonForward, refs } from './helpers';
+import { decode, fixture, hasTorch, maxAbsDiff, outputDiff, python, pythonForward, refs } from './helpers';
 
 const out = mkdtempSync(join(tmpdir(), 'torchlite-surgery-'));
 
@@ -244,5 +244,24 @@ describe('save', () => {
     await expect(model.save(file, { metadata: cyclic })).rejects.toThrow(TypeError);
     const { readdirSync } = await import('node:fs');
     expect(readdirSync(out).filter((f) => f.includes('.tmp-'))).toEqual([]);
+  });
+});
+
+describe('resetParameters', () => {
+  it.runIf(hasTorch)("draws PyTorch's constructors' weights under the same seed, as a job queued behind a pending step", async () => {
+    await using model = await loadPretrained(fixture('mlp.scripted.pt'));
+    const expected = JSON.parse(
+      python(`import json, torch
+torch.manual_seed(3)
+layers = [torch.nn.Linear(12, 32), torch.nn.Linear(32, 16), torch.nn.Linear(16, 4)]
+print(json.dumps({f"net.{2 * i}.{n}": p.detach().flatten().tolist() for i, l in enumerate(layers) for n, p in l.named_parameters()}))`),
+    ) as Record<string, number[]>;
+    model.train();
+    const step = model.trainStep(randn([4, 12]), tensor(BigInt64Array.of(0n, 1n, 2n, 3n)), { loss: loss.crossEntropy(), optimizer: optim.sgd(model, { lr: 0.5 }) });
+    manualSeed(3);
+    const reset = model.resetParameters(); // queued behind the step: the step does not touch what it draws
+    await Promise.all([step, reset]);
+    const state = await model.stateDict();
+    for (const [name, values] of Object.entries(expected)) expect(maxAbsDiff(state[name].toTypedArray() as Float32Array, values), name).toBeLessThan(1e-7);
   });
 });

@@ -40,20 +40,18 @@ export class Ticket {
   readonly refused: Promise<never>;
 
   constructor(options: RequestOptions | undefined) {
-    const o = checkOptions<RequestOptions>(options, 'options', ['timeoutMs', 'signal']);
-    if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw typeError('an AbortSignal', 'options.signal', o.signal);
+    const o = checkRequestOptions(options);
     this.#signal = o.signal;
     this.refused = new Promise<never>((_, reject) => {
       this.#refuse = reject;
     });
     this.refused.catch(() => undefined); // observed by the race in `run`; never unhandled
     if (o.timeoutMs !== undefined) {
-      const ms = checkPositiveNumber(o.timeoutMs, 'options.timeoutMs');
-      this.#deadline = performance.now() + ms;
+      this.#deadline = performance.now() + o.timeoutMs;
       // On the lane the native job keeps its own deadline; this one covers the wait in JS.
       this.#timer = setTimeout(() => {
         if (!this.#started) this.#refuse(timeoutError());
-      }, ms);
+      }, o.timeoutMs);
     }
     this.#signal?.addEventListener('abort', this.#onAbort, { once: true });
   }
@@ -86,6 +84,14 @@ export class Ticket {
     clearTimeout(this.#timer);
     this.#signal?.removeEventListener('abort', this.#onAbort);
   }
+}
+
+/** @internal `options` checked: a positive `timeoutMs` and an AbortSignal, each optional. */
+export function checkRequestOptions(options: RequestOptions | undefined): RequestOptions {
+  const o = checkOptions<RequestOptions>(options, 'options', ['timeoutMs', 'signal']);
+  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw typeError('an AbortSignal', 'options.signal', o.signal);
+  if (o.timeoutMs !== undefined) checkPositiveNumber(o.timeoutMs, 'options.timeoutMs');
+  return o;
 }
 
 /** Refuses a request at the call when `waiting` requests already wait on its model. */

@@ -3,14 +3,14 @@
 import { callNative, callNativeAsync, disposedError, misuse, TorchError } from '../errors';
 import { Loss } from '../loss';
 import type { Metrics } from '../metrics';
-import { native, type NativeModel, type NativeSync, type NativeTensor, type NativeGroupOptions } from '../native';
+import type { NativeGroupOptions, NativeModel, NativeSync, NativeTensor } from '../native';
 import { dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear, sequential, specOf } from '../nn';
 import type { Pattern } from '../patterns';
 import { compilePattern, describePattern } from '../patterns';
-import { type Device, ones, Tensor, zeros } from '../tensor';
+import { type Device, Tensor } from '../tensor';
 import { checkDevice, checkFiniteNumber, checkOneOf, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from '../validate';
 import { type LoadWeightsResult, matchWeights, readWeightsIndex, safetensorsHeader } from '../weights';
-import { type AdmissionBaton, checkModelCapacity, type RequestOptions, Ticket } from './admission';
+import { type AdmissionBaton, checkModelCapacity, checkRequestOptions, type RequestOptions, Ticket } from './admission';
 import { type BatchingOptions, type BatchingStats, Batcher, type BatchKind } from './batching';
 import { evaluation, type EvaluateOptions, type Prediction } from './inference';
 import { type Batch, type BatchInput, batchArgs, type ModelInput, type ModelOutput, type ReadQueue, stepBatch, unwrapInput, wrapOutput } from './io';
@@ -38,17 +38,16 @@ export interface InferenceRequests {
  * A TorchScript model. Everything done to a model happens in call order:
  *
  * - **Queued** (run one at a time, off the event loop): `forward`, `call`, `predict`,
- *   `evaluate`, `trainStep`, `trainSteps`, `stateDict`, `loadStateDict`, `loadWeights`,
- *   `save`, `saveWeights`, `to`, and an optimizer's `flush`.
+ *   `evaluate`, `trainStep`, `trainSteps`, `stateDict`, `loadStateDict`, `resetParameters`,
+ *   `loadWeights`, `save`, `saveWeights`, `to`, and an optimizer's `flush`.
  * - **Queued behind them, returning at once**: `train`/`eval`, `freeze`/`unfreeze`/
  *   `requiresGrad`, `bnPolicy = …` and `channelsLast`. They apply when the operations
  *   called before them are done; the getters show their effect straight away.
  * - **Synchronous, refused while operations are pending** with `TORCHLITE_MODEL_BUSY` (a
- *   `TypeError`; await them first, e.g. `await model.idle()`): `replace`, `resetClassifier`
- *   and `resetParameters` (they build one layer, or draw one set of weights, on the JS
- *   thread: well under a millisecond for a classifier head; copying a loaded model in as a
- *   module copies its weights), and an optimizer's `addParamGroup`, `stateDict` and
- *   `loadStateDict`.
+ *   `TypeError`; await them first, e.g. `await model.idle()`): `replace` and `resetClassifier`
+ *   (they build one layer on the JS thread: well under a millisecond for a classifier head;
+ *   copying a loaded model in as a module copies its weights), and an optimizer's
+ *   `addParamGroup`, `stateDict` and `loadStateDict`.
  * - **Never blocking**: `training`, `device`, `isTraced`, `bnPolicy`, `metadata`,
  *   `methods()`, `modules()`, `parameters()`, `buffers()` and `summary()` read a snapshot
  *   kept in JS.
@@ -74,6 +73,8 @@ export class Model implements Disposable, AsyncDisposable {
       throw new TorchError('TORCHLITE_CORRUPT_FILE', 'the archive\'s torchlite.json metadata is not valid JSON');
     }
     this.#snapshot = readSnapshot(handle);
+    // Requests waiting for their batch start before any write or synchronous change.
+    this.#queue.beforeWrite = () => this.#batcher?.flushAll();
   }
 
   /** @internal The native handle, for other torchlite modules. */
@@ -85,7 +86,6 @@ export class Model implements Disposable, AsyncDisposable {
   /** @internal The native handle for a synchronous method that must not overtake queued work. */
   static idleHandle(model: Model, what: string): NativeModel {
     const handle = Model.handle(model);
-    model.#batcher?.flushAll(); // requests waiting for their batch count as pending
     model.#queue.requireIdle(what);
     return handle;
   }
@@ -101,7 +101,6 @@ export class Model implements Disposable, AsyncDisposable {
 
   #enqueue<T>(op: (handle: NativeModel) => Promise<T>, read = false): Promise<T> {
     const handle = this.#live;
-    if (!read) this.#batcher?.flushAll(); // requests called before this write start before it
     return this.#queue.run(() => op(handle), read);
   }
 
@@ -117,7 +116,6 @@ export class Model implements Disposable, AsyncDisposable {
     const link = this.#parallel;
     if (link === null) return this.#enqueue((handle) => op(handle, null));
     const handle = this.#live;
-    this.#batcher?.flushAll();
     const turn = link.turn();
     return this.#queue.runInTurn(turn, async () => {
       await turn.ready;
@@ -144,13 +142,11 @@ export class Model implements Disposable, AsyncDisposable {
   /** Runs a cheap native change now when the model is idle, else queued behind pending work. */
   #apply(change: (handle: NativeModel) => void): void {
     const handle = this.#live;
-    this.#batcher?.flushAll(); // requests called before this change start before it
     this.#queue.apply(() => callNative(() => change(handle)));
   }
 
   /** Resolves when every operation called so far has settled (whether it succeeded or not). */
   idle(): Promise<void> {
-    this.#batcher?.flushAll();
     return this.#queue.idle();
   }
 
@@ -255,7 +251,7 @@ export class Model implements Disposable, AsyncDisposable {
    * `await model.with({ timeoutMs: 200, signal }).predict(x)`.
    */
   with(options: RequestOptions): InferenceRequests {
-    new Ticket(options).done(); // validated at once
+    checkRequestOptions(options);
     return {
       forward: <T extends ModelOutput = Tensor>(...inputs: ModelInput[]) => this.#forward<T>(inputs, options),
       call: <T extends ModelOutput = ModelOutput>(method: string, ...inputs: ModelInput[]) => this.#call<T>(method, inputs, options),
@@ -465,32 +461,29 @@ export class Model implements Disposable, AsyncDisposable {
    * (kaiming-uniform weights with their biases, normalisation weights 1 and biases 0) and
    * resets normalisation statistics (running variances 1, means and counts 0; other buffers,
    * such as a text model's position ids, are kept): the same network, untrained, for
-   * a from-scratch baseline. Draws from the generator seeded by `manualSeed` at the call;
-   * the copy in is queued behind pending operations.
+   * a from-scratch baseline. Draws from the generator seeded by `manualSeed`, in a job queued
+   * behind pending operations (off the event loop).
    */
   resetParameters(): Promise<void> {
     return callNativeAsync(async () => {
       this.#live;
       const params = this.#snapshot.parameters;
       const names = new Set(params.map((p) => p.name));
-      const fresh: Record<string, Tensor> = {};
-      try {
-        for (const p of params) {
-          if (p.shape.length < 2) continue;
-          const prefix = p.name.slice(0, -'weight'.length);
-          const init = callNative(() => native.initLayerParameters(p.shape, names.has(`${prefix}bias`)));
-          fresh[p.name] = new Tensor(init.weight);
-          if (init.bias) fresh[`${prefix}bias`] = new Tensor(init.bias);
-        }
-        for (const p of params) if (!(p.name in fresh)) fresh[p.name] = (p.name.endsWith('weight') ? ones : zeros)(p.shape, { dtype: p.dtype });
-        // Only normalisation statistics are state to forget; other buffers are constants of the
-        // architecture (a text model's position ids, an attention mask) that zeros would break.
-        for (const b of this.#snapshot.buffers)
-          if (/(^|\.)(running_mean|running_var|num_batches_tracked)$/.test(b.name)) fresh[b.name] = (b.name.endsWith('running_var') ? ones : zeros)(b.shape, { dtype: b.dtype });
-        await this.loadStateDict(fresh, { strict: false });
-      } finally {
-        for (const t of Object.values(fresh)) t.dispose();
+      const plan: { name: string; init: 'kaiming' | 'ones' | 'zeros'; bias: string | null }[] = [];
+      const drawn = new Set<string>();
+      for (const p of params) {
+        if (p.shape.length < 2) continue;
+        const bias = `${p.name.slice(0, -'weight'.length)}bias`;
+        plan.push({ name: p.name, init: 'kaiming', bias: names.has(bias) ? bias : null });
+        drawn.add(p.name).add(bias);
       }
+      for (const p of params) if (!drawn.has(p.name)) plan.push({ name: p.name, init: p.name.endsWith('weight') ? 'ones' : 'zeros', bias: null });
+      // Only normalisation statistics are state to forget; other buffers are constants of the
+      // architecture (a text model's position ids, an attention mask) that zeros would break.
+      for (const b of this.#snapshot.buffers)
+        if (/(^|\.)(running_mean|running_var|num_batches_tracked)$/.test(b.name)) plan.push({ name: b.name, init: b.name.endsWith('running_var') ? 'ones' : 'zeros', bias: null });
+      await this.#enqueue((handle) => handle.resetParameters(plan));
+      if (this.#parallel) this.#parallel.stale = true;
     });
   }
 

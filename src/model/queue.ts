@@ -27,6 +27,13 @@ export class OperationQueue {
   #pending = 0;
   #pendingReads = 0;
 
+  /**
+   * Runs before every write joins the queue, before a synchronous change, and before the queue
+   * is checked idle or awaited: what the owner holds back from the queue (requests waiting for
+   * a batch) joins it first, so call order holds.
+   */
+  beforeWrite: () => void = () => undefined;
+
   /** How many operations are queued or running. */
   get pending(): number {
     return this.#pending;
@@ -43,9 +50,10 @@ export class OperationQueue {
    * promise rejects as soon as it is refused while waiting (its place is given up at once).
    */
   run<T>(op: () => Promise<T>, read = false, admission?: QueueAdmission): Promise<T> {
+    if (!read) this.beforeWrite();
     this.#pending += 1;
     if (read) this.#pendingReads += 1;
-    const before = read ? this.#lastWrite : this.#everything();
+    const before = read ? this.#lastWrite : this.everything();
     const start = () => {
       const refusal = admission?.refusal();
       if (refusal !== undefined) throw refusal;
@@ -95,27 +103,26 @@ export class OperationQueue {
 
   /** Runs a cheap synchronous change now when nothing is queued, else queues it as a write. */
   apply(change: () => void): void {
+    this.beforeWrite();
     if (this.#pending === 0) change();
     else void this.run(async () => change()).catch(() => undefined);
   }
 
   /** Throws `TORCHLITE_MODEL_BUSY` (a TypeError) when operations are pending: `what` would overtake them. */
   requireIdle(what: string): void {
+    this.beforeWrite();
     if (this.#pending > 0)
       throw busyError(`${what} cannot run while the model has ${this.#pending} operation${this.#pending === 1 ? '' : 's'} pending; await them first (e.g. \`await model.idle()\`)`);
   }
 
   /** Settles when everything queued so far has. */
   everything(): Promise<unknown> {
-    return this.#everything();
-  }
-
-  #everything(): Promise<unknown> {
     return this.#reads.length === 0 ? this.#lastWrite : Promise.all([this.#lastWrite, ...this.#reads]);
   }
 
   /** Resolves when every operation queued so far, and any queued meanwhile, has settled. */
   async idle(): Promise<void> {
-    while (this.#pending > 0) await this.#everything();
+    this.beforeWrite();
+    while (this.#pending > 0) await this.everything();
   }
 }
