@@ -18,7 +18,15 @@ torch::Tensor firstTensor(const c10::IValue& value) {
   if (value.isTensor()) return value.toTensor();
   if (value.isTuple() && !value.toTupleRef().elements().empty()) return firstTensor(value.toTupleRef().elements()[0]);
   if (value.isList() && value.toListRef().size() > 0) return firstTensor(value.toListRef()[0]);
-  throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "training and predict need a model whose forward returns a tensor (or a tuple starting with one)");
+  // torchvision's segmentation models return {"out": scores, "aux": auxiliary scores}.
+  if (value.isGenericDict()) {
+    const c10::Dict<c10::IValue, c10::IValue> dict = value.toGenericDict();
+    auto out = dict.find("out");
+    if (out != dict.end()) return firstTensor(out->value());
+  }
+  throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT",
+                   "training and predict need a model whose forward returns a tensor, a tuple starting with one, or a dict with an "
+                   "\"out\" tensor (as torchvision's segmentation models return)");
 }
 
 namespace {
@@ -197,9 +205,62 @@ Napi::Value ModelWrap::Call(const Napi::CallbackInfo& info) {
   });
 }
 
-// One evaluation batch in eval mode. The scores and targets come back as host arrays
-// copied on the lane, so the metrics in JS never run LibTorch (or wait for a GPU) on
-// the event loop.
+namespace {
+
+// The same value with every tensor copied to the CPU: a detector's outputs, read in JS.
+c10::IValue onHost(const c10::IValue& value) {
+  if (value.isTensor()) return value.toTensor().cpu();
+  if (value.isTuple()) {
+    std::vector<c10::IValue> items;
+    for (const c10::IValue& item : value.toTupleRef().elements()) items.push_back(onHost(item));
+    return c10::ivalue::Tuple::create(std::move(items));
+  }
+  if (value.isList()) {
+    c10::impl::GenericList list(value.toList().elementType());
+    for (const c10::IValue& item : value.toListRef()) list.push_back(onHost(item));
+    return list;
+  }
+  if (value.isGenericDict()) {
+    const c10::Dict<c10::IValue, c10::IValue> dict = value.toGenericDict();
+    c10::impl::GenericDict copy(dict.keyType(), dict.valueType());
+    for (const auto& entry : dict) copy.insert(entry.key(), onHost(entry.value()));
+    return copy;
+  }
+  return value;
+}
+
+// The first `keep` rows of each tensor of a dict output.
+c10::IValue firstRows(const c10::IValue& value, int64_t keep) {
+  if (value.isTensor()) return value.toTensor().narrow(0, 0, std::min(keep, value.toTensor().size(0)));
+  if (!value.isGenericDict()) return value;
+  const c10::Dict<c10::IValue, c10::IValue> dict = value.toGenericDict();
+  c10::impl::GenericDict copy(dict.keyType(), dict.valueType());
+  for (const auto& entry : dict) copy.insert(entry.key(), firstRows(entry.value(), keep));
+  return copy;
+}
+
+// Per-element class scores [N, C, ...] against class indices [N, ...]: the C × C confusion
+// matrix (rows: targets) of the argmax, targets outside [0, C) (ignoreIndex 255) left out.
+torch::Tensor confusionOf(const torch::Tensor& scores, const torch::Tensor& target) {
+  int64_t classes = scores.size(1);
+  if (target.is_floating_point() || target.dim() != scores.dim() - 1)
+    throw CodedError("TORCHLITE_BAD_TARGET", "per-pixel metrics need class-index targets with the scores' shape less dimension 1 (scores " +
+                                             c10::str(scores.sizes()) + ") but received " + (target.is_floating_point() ? "float " : "") +
+                                             "targets " + c10::str(target.sizes()));
+  torch::Tensor truth = target.to(scores.device(), torch::kLong).flatten();
+  torch::Tensor predicted = scores.argmax(1).flatten();
+  torch::Tensor valid = truth.ge(0).logical_and(truth.lt(classes));
+  torch::Tensor cells = truth.masked_select(valid) * classes + predicted.masked_select(valid);
+  return torch::bincount(cells, {}, classes * classes).view({classes, classes});
+}
+
+}  // namespace
+
+// One evaluation batch in eval mode, as `mode` asks: "scores" (the output's rows, for metrics
+// over samples), "confusion" (per-pixel class scores counted into a confusion matrix on the
+// lane: a segmentation batch's scores are megabytes) or "outputs" (the whole output, for a
+// detector's boxes). What comes back is copied to the host on the lane, so the metrics in JS
+// never run LibTorch (or wait for a GPU) on the event loop.
 Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   return guard(env, [&] {
@@ -209,36 +270,61 @@ Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
     torch::Tensor target = info[1].IsObject() ? TensorWrap::From(env, info[1]) : torch::Tensor();
     // Rows past `keep` repeat earlier samples (a distributed shard's padding) and are not scored.
     int64_t keep = info[3].IsNumber() ? info[3].As<Napi::Number>().Int64Value() : -1;
+    std::string mode = info[4].As<Napi::String>().Utf8Value();
     struct Result {
-      torch::Tensor scores;   // float32, contiguous, on the CPU
-      torch::Tensor targets;  // float64, on the CPU
+      torch::Tensor scores;     // float32, contiguous, on the CPU ("scores")
+      torch::Tensor targets;    // float64, on the CPU ("scores")
+      torch::Tensor confusion;  // float64 [C, C], on the CPU ("confusion")
+      c10::IValue outputs;      // on the CPU ("outputs")
+      int64_t samples = 0;
       // Empty without a loss to compute; a diverged model's NaN is kept, not taken for "none".
       std::optional<double> loss;
     };
     return Job<Result>::Start(
         env, {state->device, Priority::Inference},
-        [state, loss, target, keep, inputs = Inputs(env, *state, info[0])]() mutable {
+        [state, loss, target, keep, mode, inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           return inEvalMode(*state, [&] {
             prepareInputs(*state, inputs);
-            torch::Tensor output = firstTensor(runForward(*state, std::move(inputs)));
-            if (keep >= 0 && keep < output.size(0)) {
-              output = output.narrow(0, 0, keep);
-              if (target.defined()) target = target.narrow(0, 0, keep);
-            }
+            c10::IValue out = runForward(*state, std::move(inputs));
             Result result;
+            if (mode == "outputs") {
+              result.outputs = onHost(out);
+              return result;
+            }
+            if (keep >= 0) {
+              out = firstRows(out, keep);
+              if (target.defined()) target = target.narrow(0, 0, std::min(keep, target.size(0)));
+            }
+            torch::Tensor output = firstTensor(out);
+            result.samples = output.dim() == 0 ? 1 : output.size(0);
             // A batch of padding only has no rows left, and no loss (the mean of none is NaN).
-            if (loss && target.defined() && output.size(0) > 0) result.loss = computeLoss(*loss, output, target).item<double>();
+            if (loss && target.defined() && result.samples > 0) {
+              std::vector<std::pair<std::string, torch::Tensor>> named;
+              result.loss = (loss->outputWeights.empty() ? computeLoss(*loss, output, target) : outputsLoss(*loss, out, target, named)).item<double>();
+            }
+            if (mode == "confusion") {
+              if (target.defined()) result.confusion = confusionOf(output, target).to(torch::kCPU, torch::kDouble).contiguous();
+              return result;
+            }
             result.scores = output.to(torch::kCPU, torch::kFloat).contiguous();
             if (target.defined()) result.targets = target.to(torch::kCPU, torch::kDouble).contiguous();
             return result;
           });
         },
-        [](Napi::Env env, Result& r) -> Napi::Value {
+        [state](Napi::Env env, Result& r) -> Napi::Value {
           Napi::Object result = Napi::Object::New(env);
-          result.Set("scores", hostArray(env, r.scores));
-          result.Set("shape", fromShape(env, r.scores.sizes()));
+          if (!r.outputs.isNone()) {
+            result.Set("outputs", fromIValue(env, r.outputs, state));
+            return result;
+          }
+          result.Set("samples", static_cast<double>(r.samples));
+          if (r.scores.defined()) {
+            result.Set("scores", hostArray(env, r.scores));
+            result.Set("shape", fromShape(env, r.scores.sizes()));
+          }
           if (r.targets.defined()) result.Set("targets", hostArray(env, r.targets));
+          if (r.confusion.defined()) result.Set("confusion", hostArray(env, r.confusion));
           if (r.loss) result.Set("loss", *r.loss);
           return result;
         });

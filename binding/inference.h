@@ -15,7 +15,7 @@ c10::IValue runForward(ModelState& state, std::vector<c10::IValue> inputs);
 torch::jit::Method methodOf(const ModelState& state, const std::string& name);
 
 // Models that return a tuple (logits, extras) train and predict on their first tensor, as
-// torchvision's Inception does with its aux logits.
+// torchvision's Inception does with its aux logits; a dict output, on its "out" entry.
 torch::Tensor firstTensor(const c10::IValue& value);
 
 // Runs `body` with the model in eval mode and without gradients, and restores the mode (and

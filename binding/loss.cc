@@ -70,6 +70,19 @@ torch::Tensor floatTarget(const LossConfig& config, const torch::Tensor& output,
   return target.to(output.scalar_type());
 }
 
+// A record of names to numbers (null: none).
+std::map<std::string, double> weightsOf(const Napi::Value& value) {
+  std::map<std::string, double> weights;
+  if (value.IsNull()) return weights;
+  Napi::Object record = value.As<Napi::Object>();
+  Napi::Array names = record.GetPropertyNames();
+  for (uint32_t i = 0; i < names.Length(); ++i) {
+    std::string name = names.Get(i).As<Napi::String>().Utf8Value();
+    weights[name] = record.Get(name).As<Napi::Number>().DoubleValue();
+  }
+  return weights;
+}
+
 }  // namespace
 
 LossConfig parseLoss(Napi::Env env, const Baton& spec) {
@@ -81,15 +94,8 @@ LossConfig parseLoss(Napi::Env env, const Baton& spec) {
   config.ignoreIndex = spec.integer("ignoreIndex");
   config.beta = spec.number("beta");
   config.delta = spec.number("delta");
-  Napi::Value lossWeights = spec.value("lossWeights");
-  if (!lossWeights.IsNull()) {
-    Napi::Object weights = lossWeights.As<Napi::Object>();
-    Napi::Array names = weights.GetPropertyNames();
-    for (uint32_t i = 0; i < names.Length(); ++i) {
-      std::string name = names.Get(i).As<Napi::String>().Utf8Value();
-      config.lossWeights[name] = weights.Get(name).As<Napi::Number>().DoubleValue();
-    }
-  }
+  config.lossWeights = weightsOf(spec.value("lossWeights"));
+  config.outputWeights = weightsOf(spec.value("outputWeights"));
   Napi::Value weight = spec.value("weight"), posWeight = spec.value("posWeight");
   if (!weight.IsNull()) config.weight = TensorWrap::From(env, weight);
   if (!posWeight.IsNull()) config.posWeight = TensorWrap::From(env, posWeight);
@@ -169,16 +175,40 @@ torch::Tensor modelLoss(const LossConfig& config, const c10::IValue& output, std
                    "; is the model in train() mode, and does its forward take the targets?");
 }
 
+torch::Tensor outputsLoss(const LossConfig& config, const c10::IValue& output, const torch::Tensor& target,
+                          std::vector<std::pair<std::string, torch::Tensor>>& named, torch::Tensor* deferredBad) {
+  if (!output.isGenericDict())
+    throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "the loss weighs the entries of a dict output (`outputs`), but the model returned " +
+                                                         output.tagKind() + "; leave `outputs` out for a model with one output");
+  const c10::Dict<c10::IValue, c10::IValue> dict = output.toGenericDict();
+  torch::Tensor total;
+  for (const auto& [name, weight] : config.outputWeights) {
+    auto entry = dict.find(name);
+    if (entry == dict.end() || !entry->value().isTensor()) {
+      std::string keys;
+      for (const auto& e : dict) keys += (keys.empty() ? "'" : ", '") + (e.key().isString() ? e.key().toStringRef() : "?") + "'";
+      throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "the loss weighs the output '" + name + "', but the model's dict output has " +
+                                                           (keys.empty() ? "no entries" : keys) + "; name those in `outputs`");
+    }
+    torch::Tensor value = computeLoss(config, entry->value().toTensor(), target, deferredBad);
+    named.emplace_back(name, value.detach());
+    torch::Tensor weighted = value * weight;
+    total = total.defined() ? total + weighted : weighted;
+  }
+  return total;
+}
+
 bool countsCorrect(const LossConfig& config, const torch::Tensor& target) {
   return config.classifies && !target.is_floating_point();
 }
 
-int64_t correctPredictions(const torch::Tensor& output, const torch::Tensor& target, int64_t ignoreIndex) {
+std::pair<int64_t, int64_t> correctPredictions(const torch::Tensor& output, const torch::Tensor& target, int64_t ignoreIndex) {
   torch::Tensor indices = target.to(output.device(), torch::kLong);
-  torch::Tensor hits = output.argmax(1).eq(indices);
-  // A negative ignore index can never equal an argmax, so only a class-valued one needs masking.
-  if (ignoreIndex >= 0) hits = hits.logical_and(indices.ne(ignoreIndex));
-  return hits.sum().item<int64_t>();
+  torch::Tensor scored = indices.ne(ignoreIndex);
+  torch::Tensor hits = output.argmax(1).eq(indices).logical_and(scored);
+  // One read back for both counts.
+  torch::Tensor counts = torch::stack({hits.sum(), scored.sum()}).cpu();
+  return {counts[0].item<int64_t>(), counts[1].item<int64_t>()};
 }
 
 // A job on the output's device lane: the target checks read values back (.item()), which on

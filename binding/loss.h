@@ -21,6 +21,10 @@ struct LossConfig {
   // kind "model": the model's training forward computes its losses; named ones are summed
   // with these weights (a name not listed weighs 1).
   std::map<std::string, double> lossWeights;
+  // Other kinds, with a model whose forward returns a dict of outputs (a segmentation model's
+  // "out" and "aux"): the loss of each listed entry against the same target, weighted and
+  // summed. Empty: the loss of the one output (firstTensor's).
+  std::map<std::string, double> outputWeights;
 };
 
 LossConfig parseLoss(Napi::Env env, const Baton& spec);
@@ -33,9 +37,14 @@ torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& output,
 // (weighted and summed), or a tuple whose first item is that dict (torchvision's scripted
 // detection models return (losses, detections)). `named` receives each named loss, detached.
 torch::Tensor modelLoss(const LossConfig& config, const c10::IValue& output, std::vector<std::pair<std::string, torch::Tensor>>& named);
+// The weighted sum of the losses of a dict output's entries named in config.outputWeights;
+// `named` receives each entry's loss, detached.
+torch::Tensor outputsLoss(const LossConfig& config, const c10::IValue& output, const torch::Tensor& target,
+                          std::vector<std::pair<std::string, torch::Tensor>>& named, torch::Tensor* deferredBad = nullptr);
 // Whether outputs are class scores and targets class indices, so accuracy means something.
 bool countsCorrect(const LossConfig& config, const torch::Tensor& target);
-int64_t correctPredictions(const torch::Tensor& output, const torch::Tensor& target, int64_t ignoreIndex);
+// Correct top-1 predictions, and the targets scored (not ignoreIndex): samples, or pixels for dense targets.
+std::pair<int64_t, int64_t> correctPredictions(const torch::Tensor& output, const torch::Tensor& target, int64_t ignoreIndex);
 
 Napi::Value ComputeLoss(const Napi::CallbackInfo& info);
 

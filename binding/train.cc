@@ -85,8 +85,10 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
     if (loss.kind == "model") {
       value = modelLoss(loss, runForward(model, std::move(inputs)), named);
     } else {
-      output = firstTensor(runForward(model, std::move(inputs)));
-      value = computeLoss(loss, output, target, options.readLoss ? nullptr : &model.badTargets);
+      c10::IValue out = runForward(model, std::move(inputs));
+      output = firstTensor(out);
+      torch::Tensor* deferredBad = options.readLoss ? nullptr : &model.badTargets;
+      value = loss.outputWeights.empty() ? computeLoss(loss, output, target, deferredBad) : outputsLoss(loss, out, target, named, deferredBad);
     }
   }
   StepResult result;
@@ -117,7 +119,7 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
   } else {
     result.loss = value.item<double>();
   }
-  if (options.readLoss && countsCorrect(loss, target)) result.correct = correctPredictions(output.detach(), target, loss.ignoreIndex);
+  if (options.readLoss && countsCorrect(loss, target)) std::tie(result.correct, result.scored) = correctPredictions(output.detach(), target, loss.ignoreIndex);
   // Armed before the skip decision too: a skipping rank still sends its (zero) buckets.
   std::optional<OverlapScope> overlap;
   if (group && options.sync.overlap && optimizer.pending + 1 >= options.accumulate) overlap.emplace(armOverlap(group, optimizer, options.sync.bucketBytes));
@@ -184,7 +186,10 @@ Napi::Object stepResultToJs(Napi::Env env, const StepResult& r) {
   Napi::Object result = Napi::Object::New(env);
   result.Set("loss", r.loss);
   if (r.lossSteps > 1) result.Set("lossSteps", static_cast<double>(r.lossSteps));
-  if (r.correct >= 0) result.Set("correct", static_cast<double>(r.correct));
+  if (r.correct >= 0) {
+    result.Set("correct", static_cast<double>(r.correct));
+    result.Set("scored", static_cast<double>(r.scored));
+  }
   result.Set("skipped", r.skipped);
   result.Set("stepped", r.stepped);
   if (r.gradNorm >= 0) result.Set("gradNorm", r.gradNorm);

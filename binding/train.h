@@ -24,6 +24,7 @@ struct StepResult {
   std::vector<std::pair<std::string, double>> losses;  // a model-computed loss's named parts, when read
   int64_t lossSteps = 1;  // how many steps `loss` averages
   int64_t correct = -1;  // -1 when the loss is not a classification loss
+  int64_t scored = 0;    // the targets `correct` is out of
   bool skipped = false;
   bool stepped = false;
   double gradNorm = -1;  // -1 when not clipped

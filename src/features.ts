@@ -4,6 +4,7 @@
 // generator draws): they are computed once, and a model made of the head alone trains on
 // them. The result equals training the whole model, within float noise, at the cost of one
 // forward pass over the data. Nothing here draws from the generator that training would not.
+import type { BatchTarget } from './data/dataset';
 import type { Dataset } from './data/dataset';
 import { tensorDataset } from './data/dataset';
 import { type Loader, loader } from './data/loader';
@@ -35,8 +36,8 @@ export interface FeatureCacheReport {
 /** What {@link prepareFeatureCache} hands fineTune when the cache applies. */
 export interface FeatureCache {
   head: Model;
-  train: Loader<BatchInput>;
-  val?: Loader<BatchInput>;
+  train: Loader<BatchInput, BatchTarget>;
+  val?: Loader<BatchInput, BatchTarget>;
   report: FeatureCacheReport;
 }
 
@@ -53,7 +54,7 @@ function bodyDropouts(model: Model, headPath: string): string[] {
     .map((m) => m.path);
 }
 
-function reasonNotToCache(model: Model, headPath: string, train: Loader<BatchInput>, val: Loader<BatchInput> | undefined, newHeadDropout: number): string | undefined {
+function reasonNotToCache(model: Model, headPath: string, train: Loader<BatchInput, BatchTarget>, val: Loader<BatchInput, BatchTarget> | undefined, newHeadDropout: number): string | undefined {
   if (train.dataset.collate) return "the model's inputs are not one tensor a sample (the cache covers image-like inputs)";
   if (newHeadDropout > 0) return 'dropout before the new head draws new masks every epoch';
   if (model.bnPolicy === 'train') return "BatchNorm policy 'train' updates the frozen body's statistics every step";
@@ -65,7 +66,7 @@ function reasonNotToCache(model: Model, headPath: string, train: Loader<BatchInp
 }
 
 /** The model's outputs with the head made an identity: the head's inputs, as one float array per dataset. */
-async function featuresOf(model: Model, dataset: Dataset<BatchInput>, batchSize: number): Promise<{ data: Float32Array; width: number }> {
+async function featuresOf(model: Model, dataset: Dataset<BatchInput, BatchTarget>, batchSize: number): Promise<{ data: Float32Array; width: number }> {
   const chunks: Float32Array[] = [];
   let width = 0;
   // In index order: the feature loader rebuilds each epoch's order from the same seed.
@@ -87,7 +88,7 @@ async function featuresOf(model: Model, dataset: Dataset<BatchInput>, batchSize:
 }
 
 /** A dataset of `features` with the targets of `source`, sample for sample: class indices, or float targets of its shape. */
-async function featureDataset(source: Dataset<BatchInput>, features: Float32Array, width: number): Promise<Dataset> {
+async function featureDataset(source: Dataset<BatchInput, BatchTarget>, features: Float32Array, width: number): Promise<Dataset> {
   const n = source.length;
   // As the loader tells them apart: a sample's target is a number where it is a class index.
   const classIndices = n === 0 || typeof (await source.get(0, 0)).target === 'number';
@@ -107,7 +108,7 @@ async function featureDataset(source: Dataset<BatchInput>, features: Float32Arra
 export async function prepareFeatureCache(
   model: Model,
   headPath: string,
-  options: { train: Loader<BatchInput>; val?: Loader<BatchInput>; dropout: number; mode: boolean | 'auto'; budget: number; blocked?: string },
+  options: { train: Loader<BatchInput, BatchTarget>; val?: Loader<BatchInput, BatchTarget>; dropout: number; mode: boolean | 'auto'; budget: number; blocked?: string },
 ): Promise<FeatureCache | FeatureCacheReport> {
   const refuse = (reason: string): FeatureCacheReport => {
     if (options.mode === true) throw misuse('TORCHLITE_BAD_ARGUMENT', `cacheFeatures: true cannot apply: ${reason}; pass cacheFeatures: 'auto' (or false) to train the whole model instead`);

@@ -1,6 +1,7 @@
 // The LR range test (Leslie Smith; fastai's lr_find): train briefly with an exponentially
 // rising lr, watch the loss, and suggest the lr where it falls fastest. The model's
 // weights, buffers and the RNG are restored afterwards.
+import type { BatchTarget } from './data/dataset';
 import { writeFile } from 'node:fs/promises';
 
 import { lineChart } from './chart';
@@ -46,7 +47,7 @@ export interface LrFinderResult {
   plot(path: string): Promise<void>;
 }
 
-export async function findLr(model: Model, loader: Loader<BatchInput>, options?: FindLrOptions): Promise<LrFinderResult> {
+export async function findLr(model: Model, loader: Loader<BatchInput, BatchTarget>, options?: FindLrOptions): Promise<LrFinderResult> {
   const o = checkOptions<FindLrOptions>(options, 'options', ['startLr', 'endLr', 'steps', 'loss', 'restoreRng']);
   if (o.restoreRng !== undefined && typeof o.restoreRng !== 'boolean') throw typeError('a boolean', 'options.restoreRng', o.restoreRng);
   const startLr = checkFiniteNumber(o.startLr ?? 1e-7, 'options.startLr');

@@ -1,5 +1,6 @@
 // fineTune(): the fastai recipe (new head, body frozen, one-cycle; then unfreeze with
 // discriminative lrs) on top of fit, with an lr read off a range test or searched (lrsearch.ts).
+import type { BatchTarget } from './data/dataset';
 import { performance } from 'node:perf_hooks';
 
 import { readCheckpointPosition } from './checkpoint';
@@ -38,8 +39,8 @@ export const FINE_TUNE_DEFAULTS = Object.freeze({
 });
 
 export interface FineTuneOptions {
-  train: Loader<BatchInput>;
-  val?: Loader<BatchInput>;
+  train: Loader<BatchInput, BatchTarget>;
+  val?: Loader<BatchInput, BatchTarget>;
   /** Replaces the head with a fresh Linear of this many outputs. Defaults to keeping the head. */
   numClasses?: number;
   /** Dropout before the new head. Defaults to `0`. */
@@ -336,7 +337,7 @@ async function runRecipe(
   model: Model,
   recipe: Recipe,
   baseLr: number,
-  run: { train: Loader<BatchInput>; val?: Loader<BatchInput>; cache?: FeatureCache; metrics?: MetricSpec[]; callbacks: Callback[]; resume?: string; resumeStage: number; resumeRng?: boolean },
+  run: { train: Loader<BatchInput, BatchTarget>; val?: Loader<BatchInput, BatchTarget>; cache?: FeatureCache; metrics?: MetricSpec[]; callbacks: Callback[]; resume?: string; resumeStage: number; resumeRng?: boolean },
   records: EpochRecord[],
 ): Promise<void> {
   const { headPath, signal } = recipe;
@@ -386,7 +387,7 @@ function bodyBatchNormTrains(model: Model, headPath: string, recipe: Recipe): bo
 }
 
 /** Seconds of one training step of the whole model on `train`'s first batch; the caller puts the model back. */
-async function timeOneStep(model: Model, train: Loader<BatchInput>, lossFn: Loss | undefined): Promise<number> {
+async function timeOneStep(model: Model, train: Loader<BatchInput, BatchTarget>, lossFn: Loss | undefined): Promise<number> {
   const batches = train.batches(0)[Symbol.asyncIterator]();
   const first = await batches.next();
   await batches.return?.(undefined);

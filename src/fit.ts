@@ -1,5 +1,6 @@
 // fit(): epochs of trainStep over a Loader, evaluation after each, callbacks, AbortSignal,
 // checkpoints and exact resume.
+import type { BatchTarget } from './data/dataset';
 import { loadCheckpoint, saveCheckpoint, type TrainingPosition } from './checkpoint';
 import type { Loader, LoaderBatch } from './data/loader';
 import { groupOf } from './distributed';
@@ -20,6 +21,8 @@ export interface EpochRecord {
   epoch: number;
   /** Mean training loss over the epoch's batches. */
   trainLoss: number;
+  /** The mean of each named loss over the epoch: a detector's (`loss.fromModel()`), or each output a loss's `outputs` weighs. */
+  trainLosses?: Record<string, number>;
   /** Training accuracy, for class-index targets. */
   trainAccuracy?: number;
   /** Metrics on the validation loader, with `loss`. */
@@ -33,7 +36,7 @@ export interface EpochRecord {
 
 export type FitEvent =
   | { type: 'epochStart'; epoch: number; batches: number; stage: number }
-  | { type: 'batchEnd'; epoch: number; batch: number; batches: number; step: number; loss: number; lr: number; accuracy?: number }
+  | { type: 'batchEnd'; epoch: number; batch: number; batches: number; step: number; loss: number; lr: number; accuracy?: number; losses?: Record<string, number> }
   | { type: 'epochEnd'; record: EpochRecord }
   | { type: 'checkpoint'; path: string; epoch: number }
   | { type: 'stopped'; reason: string };
@@ -85,9 +88,9 @@ export interface Callback {
 }
 
 export interface FitOptions {
-  train: Loader<BatchInput>;
+  train: Loader<BatchInput, BatchTarget>;
   /** Evaluated after each epoch. Defaults to none. */
-  val?: Loader<BatchInput>;
+  val?: Loader<BatchInput, BatchTarget>;
   /** Total epochs, counting those a resumed checkpoint already did. */
   epochs: number;
   optimizer: Optimizer;
@@ -167,6 +170,11 @@ export function fit(model: Model, options: FitOptions): FitRun {
 /** Steps per native job in fit's windows: few enough that an abort or an event waits little. */
 const STEPS_PER_JOB = 16;
 
+/** Samples in a batch: the rows of its target, or the images of a list of per-image targets. */
+function batchSize(batch: LoaderBatch<BatchInput, BatchTarget>): number {
+  return Array.isArray(batch.target) ? batch.target.length : (batch.target as { shape: number[] }).shape[0];
+}
+
 /** Groups consecutive batches into windows of up to `size`. */
 async function* windows<T>(batches: AsyncIterable<T>, size: number): AsyncGenerator<T[]> {
   let window: T[] = [];
@@ -190,7 +198,7 @@ type StepSpec = Pick<TrainStepOptions, 'loss' | 'optimizer' | 'accumulate' | 'cl
  * is put back and stepped once per update the job made, so a skipped step (a non-finite
  * loss) delays the schedule exactly as it would have.
  */
-async function trainWindow(model: Model, window: LoaderBatch<BatchInput>[], step: StepSpec, scheduler: Scheduler | undefined, windowed: boolean): Promise<(TrainStepResult & { lr: number })[]> {
+async function trainWindow(model: Model, window: LoaderBatch<BatchInput, BatchTarget>[], step: StepSpec, scheduler: Scheduler | undefined, windowed: boolean): Promise<(TrainStepResult & { lr: number })[]> {
   const optimizer = step.optimizer;
   const lrNow = () => optimizer.paramGroups[0]?.lr ?? 0;
   if (!windowed) {
@@ -219,7 +227,7 @@ async function trainWindow(model: Model, window: LoaderBatch<BatchInput>[], step
  * The model now answers in the training data's classes and expects its preprocessing:
  * recorded so that save() and checkpoints carry them (see InputSpec).
  */
-export function recordTrainingData(model: Model, dataset: Loader<BatchInput>['dataset']): void {
+export function recordTrainingData(model: Model, dataset: Loader<BatchInput, BatchTarget>['dataset']): void {
   const { preprocessing, text, classes } = dataset;
   if (preprocessing || text || classes) {
     const meta = model.metadata !== null && typeof model.metadata === 'object' ? model.metadata : {};
@@ -285,6 +293,7 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
       let samples = 0;
       let correct = 0;
       let counted = 0;
+      const named: Record<string, number> = {};
       let batchIndex = 0;
       const step = { loss: lossFn, optimizer: o.optimizer, accumulate, ...(o.clipGradNorm && { clipGradNorm: o.clipGradNorm }), ...(o.amp && { amp: o.amp }) };
       for await (const window of windows(o.train.batches(epoch), windowed ? STEPS_PER_JOB : 1)) {
@@ -295,14 +304,15 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
         }
         const done = await trainWindow(model, window, step, o.scheduler instanceof Scheduler ? o.scheduler : undefined, windowed);
         for (const [k, r] of done.entries()) {
-          const n = window[k].target.shape[0];
+          const n = batchSize(window[k]);
           if (!r.skipped) {
             lossSum += r.loss * n;
             samples += n;
+            for (const [name, value] of Object.entries(r.losses ?? {})) named[name] = (named[name] ?? 0) + value * n;
           }
           if (r.correct !== undefined) {
             correct += r.correct;
-            counted += n;
+            counted += r.scored ?? n;
           }
           if (r.stepped) position.step += 1;
           const event = {
@@ -314,6 +324,7 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
             loss: r.loss,
             lr: r.lr,
             ...(counted > 0 && { accuracy: correct / counted }),
+            ...(r.losses && { losses: r.losses }),
           };
           for (const cb of callbacks) await cb.onBatchEnd?.(ctx, event);
           yield event;
@@ -336,7 +347,8 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
         rngs = all.map((t) => Buffer.from((t.toTypedArray() as Uint8Array).buffer).toString('base64'));
         [state, ...all].forEach((t) => t.dispose());
       }
-      const val = o.val ? await model.evaluate(o.val, { loss: lossFn, ...(o.metrics && { metrics: o.metrics }) }) : undefined;
+      // A loss the model computes needs train mode and targets: validation scores the metrics only.
+      const val = o.val ? await model.evaluate(o.val, { ...(!lossFn.fromModel && { loss: lossFn }), ...(o.metrics && { metrics: o.metrics }) }) : undefined;
       if (o.scheduler instanceof PlateauScheduler) {
         if (val?.loss === undefined) throw new RangeError('Expected a `val` loader for a reduceOnPlateau scheduler but received none');
         o.scheduler.step(val.loss);
@@ -344,6 +356,7 @@ async function* run(model: Model, o: FitOptions, callbacks: Callback[]): AsyncGe
       const record: EpochRecord = {
         epoch: epoch + offset,
         trainLoss: samples > 0 ? lossSum / samples : Number.NaN,
+        ...(Object.keys(named).length > 0 && samples > 0 && { trainLosses: Object.fromEntries(Object.entries(named).map(([name, sum]) => [name, sum / samples])) }),
         ...(counted > 0 && { trainAccuracy: correct / counted }),
         ...(val && { val }),
         lr: o.optimizer.paramGroups.map((g) => g.lr),

@@ -44,6 +44,7 @@ export { lineChart, type Series } from './chart';
 export * as loss from './loss';
 export type { Loss } from './loss';
 export type { Metrics, MetricSpec } from './metrics';
+export { CocoEvaluator, type CocoSummary, type Detections, type GroundTruth } from './cocoeval';
 export * as nn from './nn';
 export * as optim from './optim';
 export type { Optimizer, OptimizerStateDict, ParamGroup } from './optim';

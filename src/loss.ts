@@ -70,16 +70,38 @@ function classWeight(value: unknown, name: string): NativeTensor | undefined {
  * Every field the native loss reads, at its default: the one place these defaults live (the
  * addon reads each field with no fallback of its own).
  */
-const SPEC_DEFAULTS = { reduction: 'mean', labelSmoothing: 0, ignoreIndex: -100, beta: 1, delta: 1, weight: null, posWeight: null, lossWeights: null };
+const SPEC_DEFAULTS = { reduction: 'mean', labelSmoothing: 0, ignoreIndex: -100, beta: 1, delta: 1, weight: null, posWeight: null, lossWeights: null, outputWeights: null };
+
+/**
+ * Every loss computed from outputs takes `outputs`: for a model whose forward returns a dict
+ * of outputs, the weight of each entry's loss against the same target (torchvision's
+ * segmentation models: `{ out: 1, aux: 0.5 }`, as its reference training weighs them). Each
+ * entry's loss is reported in `TrainStepResult.losses`. Without it, a dict output trains on
+ * its `out` entry. Defaults to none.
+ */
+export interface OutputsOption {
+  outputs?: Record<string, number>;
+}
+
+function outputWeights(value: unknown): Record<string, number> | undefined {
+  if (value === undefined) return undefined;
+  if (value === null || typeof value !== 'object' || Array.isArray(value) || Object.keys(value).length === 0)
+    throw typeError('a record of output names to weights, e.g. { out: 1, aux: 0.5 }', 'options.outputs', value);
+  for (const [name, w] of Object.entries(value)) {
+    checkFiniteNumber(w, `options.outputs.${name}`);
+    if (w < 0) throw rangeError('a non-negative number', `options.outputs.${name}`, w);
+  }
+  return { ...(value as Record<string, number>) };
+}
 
 function make(kind: string, options: unknown, known: string[], build: (o: Record<string, unknown>) => Record<string, unknown> = () => ({})): Loss {
-  const o = checkOptions<Record<string, unknown>>(options, 'options', ['reduction', ...known]) as Record<string, unknown>;
+  const o = checkOptions<Record<string, unknown>>(options, 'options', ['reduction', 'outputs', ...known]) as Record<string, unknown>;
   const reduction = o.reduction === undefined ? SPEC_DEFAULTS.reduction : checkOneOf(o.reduction, 'options.reduction', REDUCTIONS);
-  const given = Object.fromEntries(Object.entries(build(o)).filter(([, value]) => value !== undefined));
+  const given = Object.fromEntries(Object.entries({ ...build(o), outputWeights: outputWeights(o.outputs) }).filter(([, value]) => value !== undefined));
   return new Loss({ ...SPEC_DEFAULTS, kind, classifies: CLASSIFICATION_KINDS.includes(kind), reduction, ...given });
 }
 
-export interface CrossEntropyOptions {
+export interface CrossEntropyOptions extends OutputsOption {
   /** Mixes the one-hot target with a uniform distribution, in [0, 1). Defaults to `0`. */
   labelSmoothing?: number;
   /** A weight per class. Defaults to equal weights. */
@@ -106,7 +128,7 @@ export function crossEntropy(options?: CrossEntropyOptions): Loss {
   });
 }
 
-export interface NllOptions {
+export interface NllOptions extends OutputsOption {
   /** A weight per class. Defaults to equal weights. */
   weight?: number[] | Tensor;
   /** A target value that contributes nothing. Defaults to `-100`. */
@@ -123,7 +145,7 @@ export function nll(options?: NllOptions): Loss {
   }));
 }
 
-export interface BceWithLogitsOptions {
+export interface BceWithLogitsOptions extends OutputsOption {
   /** Weight of positive examples per class, for imbalanced multi-label data. Defaults to `1`. */
   posWeight?: number[] | Tensor;
   /** Defaults to `'mean'`. */
@@ -136,7 +158,7 @@ export function bceWithLogits(options?: BceWithLogitsOptions): Loss {
 }
 
 /** Options of the regression losses. */
-export interface RegressionOptions {
+export interface RegressionOptions extends OutputsOption {
   /** Defaults to `'mean'`. */
   reduction?: Reduction;
 }

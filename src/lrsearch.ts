@@ -2,6 +2,7 @@
 // folds, scored, and one chosen. The rules and their constants live here once, in LR_SEARCH;
 // bench/recipes/sweep.mjs imports them to score rules on recorded trials, and
 // bench/recipes/README.md tells how each was measured.
+import type { BatchTarget } from './data/dataset';
 import { type Dataset, split } from './data/dataset';
 import { misuse } from './errors';
 import type { Loss } from './loss';
@@ -74,10 +75,10 @@ export interface LrSearchPlan {
   estimatedSeconds: number;
 }
 
-export type Parts = { train: Dataset<BatchInput>; val: Dataset<BatchInput> };
+export type Parts = { train: Dataset<BatchInput, BatchTarget>; val: Dataset<BatchInput, BatchTarget> };
 
 /** Class-index targets under a classification loss: the held-out split is stratified, and the trials report accuracy too. */
-export function isClassification(ds: Dataset<BatchInput>, loss: Loss | undefined): boolean {
+export function isClassification(ds: Dataset<BatchInput, BatchTarget>, loss: Loss | undefined): boolean {
   return ds.targetShape.length === 0 && (loss === undefined || loss.classifies);
 }
 
@@ -85,7 +86,7 @@ export function isClassification(ds: Dataset<BatchInput>, loss: Loss | undefined
  * The held-out folds the search scores on (a fifth of each class each): one, or all five
  * where one holds out fewer than `minHoldout` samples; a coded error where none can be held out.
  */
-export function searchFolds(ds: Dataset<BatchInput>, loss: Loss | undefined): Parts[] {
+export function searchFolds(ds: Dataset<BatchInput, BatchTarget>, loss: Loss | undefined): Parts[] {
   const stratify = isClassification(ds, loss);
   const fold = (index: number): Parts | undefined => {
     try {

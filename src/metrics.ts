@@ -1,8 +1,15 @@
 // Metrics accumulated over batches from model outputs and targets, on the JS side:
 // outputs are small ([N, C]) next to the forward that produced them.
 
-/** A metric name, or `{ topK: k }` for top-k accuracy. */
-export type MetricSpec = 'accuracy' | 'f1' | 'confusionMatrix' | 'mae' | 'mse' | { topK: number };
+/**
+ * A metric name, or `{ topK: k }` for top-k accuracy. `'miou'` is the mean intersection over
+ * union of the classes (per pixel for segmentation); `'map'` and `'maskMap'` are COCO's box and
+ * mask mAP of a detector (see `Metrics.map`).
+ */
+export type MetricSpec = 'accuracy' | 'f1' | 'confusionMatrix' | 'mae' | 'mse' | 'miou' | 'map' | 'maskMap' | { topK: number };
+
+/** The metrics that score a detector's boxes and masks rather than class scores. */
+export const DETECTION_METRICS = ['map', 'maskMap'] as const;
 
 /** What `evaluate` returns: the mean loss (when a loss was given) and each requested metric. */
 export interface Metrics {
@@ -12,6 +19,29 @@ export interface Metrics {
   confusionMatrix?: number[][];
   mae?: number;
   mse?: number;
+  /**
+   * Mean IoU over the classes that occur in the targets or the predictions (a class in
+   * neither has no IoU and is left out, as `nanmean` leaves it).
+   */
+  miou?: number;
+  /** Each class's IoU, with `NaN` for a class in neither targets nor predictions; with `miou`. */
+  iou?: number[];
+  /** COCO box AP at IoU .50:.05:.95 (all areas, 100 detections an image), with `'map'`. */
+  map?: number;
+  /** Box AP at IoU .50, with `'map'`. */
+  map50?: number;
+  /** Box AP at IoU .75, with `'map'`. */
+  map75?: number;
+  /** Box AP of small (< 32² px), medium and large objects, with `'map'`; −1 where no object has that size. */
+  mapSmall?: number;
+  mapMedium?: number;
+  mapLarge?: number;
+  /** Box AR with 100 detections an image, with `'map'`. */
+  mar100?: number;
+  /** COCO mask AP at IoU .50:.05:.95, .50 and .75, with `'maskMap'`. */
+  maskMap?: number;
+  maskMap50?: number;
+  maskMap75?: number;
   [topK: `top${number}`]: number;
 }
 
@@ -70,6 +100,28 @@ export class MetricAccumulator {
     }
   }
 
+  /**
+   * Adds a confusion matrix (`classes` × `classes`, rows: targets) counted natively from
+   * per-element class scores, such as a segmentation batch's pixels.
+   */
+  addConfusion(cells: ArrayLike<number>, classes: number): void {
+    if (this.#specs.some((s) => typeof s !== 'string')) throw new TypeError('top-k accuracy needs one class-score row a sample; per-pixel targets have a confusion matrix only: ask for accuracy, f1, miou or confusionMatrix');
+    this.#confusion ??= [];
+    while (this.#confusion.length < classes) this.#confusion.push([]);
+    for (const row of this.#confusion) while (row.length < classes) row.push(0);
+    let trace = 0;
+    let total = 0;
+    for (let i = 0; i < classes; i++)
+      for (let j = 0; j < classes; j++) {
+        const n = cells[i * classes + j];
+        this.#confusion[i][j] += n;
+        total += n;
+        if (i === j) trace += n;
+      }
+    this.#count += total;
+    this.#correct.set(1, (this.#correct.get(1) ?? 0) + trace);
+  }
+
   /** @internal Every sum behind the metrics, as one array to add up over ranks, with the confusion matrix at `classes` × `classes`. */
   sums(classes: number): number[] {
     if (!this.#classifies()) classes = 0;
@@ -90,7 +142,7 @@ export class MetricAccumulator {
   }
 
   #classifies(): boolean {
-    return this.#specs.some((s) => typeof s !== 'string' || ['accuracy', 'f1', 'confusionMatrix'].includes(s));
+    return this.#specs.some((s) => typeof s !== 'string' || ['accuracy', 'f1', 'confusionMatrix', 'miou'].includes(s));
   }
 
   #ks(): number[] {
@@ -105,11 +157,22 @@ export class MetricAccumulator {
       else if (spec === 'mse') out.mse = this.#sqError / this.#elements;
       else if (spec === 'confusionMatrix') out.confusionMatrix = this.#confusion ?? [];
       else if (spec === 'f1') out.f1 = macroF1(this.#confusion ?? []);
+      else if (spec === 'miou') Object.assign(out, meanIou(this.#confusion ?? []));
       else if (spec === 'accuracy') out.accuracy = (this.#correct.get(1) ?? 0) / this.#count;
-      else out[name as `top${number}`] = (this.#correct.get(spec.topK) ?? 0) / this.#count;
+      else if (typeof spec === 'object') out[name as `top${number}`] = (this.#correct.get(spec.topK) ?? 0) / this.#count;
     }
     return out;
   }
+}
+
+/** Each class's IoU from a confusion matrix (NaN for a class in neither targets nor predictions), and their mean over the rest. */
+function meanIou(confusion: number[][]): { miou: number; iou: number[] } {
+  const iou = confusion.map((row, c) => {
+    const union = row.reduce((a, b) => a + b, 0) + confusion.reduce((a, r) => a + r[c], 0) - row[c];
+    return union === 0 ? Number.NaN : row[c] / union;
+  });
+  const present = iou.filter((v) => !Number.isNaN(v));
+  return { miou: present.length === 0 ? Number.NaN : present.reduce((a, b) => a + b, 0) / present.length, iou };
 }
 
 /** Macro F1 over the classes that occur in targets or predictions, as scikit-learn computes it. */

@@ -63,7 +63,7 @@ export interface NativeModel {
   probeGradients(inputs: unknown[]): Promise<Record<string, boolean>>;
   trainStep(batches: [NativeInputs, NativeTensor | null][], options: object): Promise<NativeStepResult[]>;
   call(method: string, inputs: unknown[], admission: { timeoutMs: number | null }): Promise<unknown>;
-  evalBatch(inputs: NativeInputs, target: NativeTensor | null, loss: object | null, keep?: number): Promise<{ scores: Float32Array; shape: number[]; targets?: Float64Array; loss?: number }>;
+  evalBatch(inputs: NativeInputs, target: NativeTensor | null, loss: object | null, keep: number | undefined, mode: 'scores' | 'confusion' | 'outputs'): Promise<NativeEvalBatch>;
   predict(inputs: NativeInputs, admission: { timeoutMs: number | null }): Promise<{ probabilities: NativeTensor; argmax: NativeTensor }>;
   forwardBatch(inputs: NativeTensor[], kind: 'forward' | 'predict'): Promise<unknown[]>;
   to(device: string): Promise<void>;
@@ -114,10 +114,22 @@ export interface NativeOptimizerClass {
   create(model: NativeModel, kind: string, groups: { names: string[]; options: NativeGroupOptions }[]): NativeOptimizer;
 }
 
+/** One evaluation batch: what its mode asks for ("scores", "confusion" or "outputs"). */
+export interface NativeEvalBatch {
+  samples?: number;
+  scores?: Float32Array;
+  shape?: number[];
+  targets?: Float64Array;
+  confusion?: Float64Array;
+  outputs?: unknown;
+  loss?: number;
+}
+
 export interface NativeStepResult {
   loss: number;
   losses?: Record<string, number>;
   correct?: number;
+  scored?: number;
   skipped: boolean;
   stepped: boolean;
   gradNorm?: number;

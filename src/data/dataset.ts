@@ -3,7 +3,8 @@ import { misuse, TorchError } from '../errors';
 import { Tensor, tensor } from '../tensor';
 import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, rangeError, typeError } from '../validate';
 import { readIdx } from './idx';
-import type { BatchInput } from '../model';
+import type { BatchInput, ModelInput } from '../model';
+import type { MetricSpec } from '../metrics';
 import type { InputSpec } from '../preprocess';
 import type { TextSpec } from '../text';
 import { permutation } from './random';
@@ -15,16 +16,27 @@ import { permutation } from './random';
  */
 export interface Sample {
   input: Float32Array | Int32Array;
-  target: number | Float32Array;
+  /** A class index, a float target, or named parts (a detection's boxes, labels and masks) that the dataset's `collateTargets` batches. */
+  target: number | Float32Array | TargetParts;
+  /** This sample's input shape, where samples differ in size (detection images). Defaults to the dataset's `inputShape`. */
+  shape?: number[];
 }
+
+/** A structured target: named arrays with their shapes, e.g. boxes `[n, 4]`, labels `[n]`, masks `[n, H, W]`. */
+export interface TargetParts {
+  [name: string]: { data: Float32Array | BigInt64Array | Uint8Array | Int32Array; shape: number[] };
+}
+
+/** What a batch's target is: a Tensor, or what a dataset's `collateTargets` makes (a list of per-image dicts of tensors). */
+export type BatchTarget = Tensor | ModelInput;
 
 /**
  * A random-access dataset. `get` may be async (image decoding); `target` never decodes.
  * `I` is what its batches' input is: one Tensor, unless `collate` makes another {@link BatchInput}.
  */
-export interface Dataset<I extends BatchInput = Tensor> {
+export interface Dataset<I extends BatchInput = Tensor, T extends BatchTarget = Tensor> {
   readonly length: number;
-  /** Shape of one input, e.g. `[1, 28, 28]`. */
+  /** Shape of one input, e.g. `[1, 28, 28]`; −1 marks a size that differs between samples. */
   readonly inputShape: number[];
   /** Shape of one float target (`[]` for class indices). */
   readonly targetShape: number[];
@@ -45,11 +57,15 @@ export interface Dataset<I extends BatchInput = Tensor> {
    * arrays of one shape: e.g. token ids padded to the longest of the batch, returned as
    * `[ids, mask]`. Without it the loader stacks the float arrays into `[B, ...inputShape]`.
    */
-  collate?(inputs: Sample['input'][]): I;
+  collate?(inputs: Sample['input'][], samples: Sample[]): I;
+  /** Makes one batch's target from its samples' targets, for structured ones: a detection's list of per-image dicts. Without it the loader stacks class indices or float targets. */
+  collateTargets?(targets: Sample['target'][]): T;
+  /** The metrics that score a model on this data when `evaluate` or `fit` is given none: `['map']` for detection. Defaults to accuracy for a classification loss. */
+  readonly metrics?: MetricSpec[];
   /** The same samples without random augmentation (`data.split` uses it for the validation part). */
-  withoutAugmentation?(): Dataset<I>;
+  withoutAugmentation?(): Dataset<I, T>;
   /** @internal A batch of samples gathered natively (a job), for data already in memory as tensors. */
-  rows?(indices: number[]): Promise<{ input: I; target: Tensor }>;
+  rows?(indices: number[]): Promise<{ input: I; target: T }>;
 }
 
 type NumericArray = Float32Array | Float64Array | Int32Array | Int16Array | Int8Array | Uint8Array | BigInt64Array;
@@ -125,7 +141,7 @@ export function tensorDataset(inputs: Tensor | ArrayBufferView | number[], targe
  * Gives `ds` its native batch gather, not enumerable: a dataset made by spreading this one
  * with its own `get` must be read through that `get`.
  */
-function withRows<I extends BatchInput>(ds: Dataset<I>, rows: Dataset<I>['rows']): Dataset<I> {
+function withRows<I extends BatchInput, T extends BatchTarget>(ds: Dataset<I, T>, rows: Dataset<I, T>['rows']): Dataset<I, T> {
   return rows ? Object.defineProperty(ds, 'rows', { value: rows, enumerable: false }) : ds;
 }
 
@@ -169,14 +185,14 @@ export async function idx(imagesPath: string, labelsPath: string, options?: IdxO
 }
 
 /** A view of `base` through `indices`, optionally with remapped class indices. */
-function view<I extends BatchInput>(base: Dataset<I>, indices: number[], remap?: Map<number, number>, classes?: string[]): Dataset<I> {
+function view<I extends BatchInput, T extends BatchTarget>(base: Dataset<I, T>, indices: number[], remap?: Map<number, number>, classes?: string[]): Dataset<I, T> {
   const rows =
     base.rows &&
     (async (at: number[]) => {
       const batch = await base.rows!(at.map((i) => indices[i]));
       if (!remap) return batch;
-      batch.target.dispose();
-      return { input: batch.input, target: tensor(BigInt64Array.from(at, (i) => BigInt(remap.get(base.target(indices[i]))!))) };
+      (batch.target as Tensor).dispose();
+      return { input: batch.input, target: tensor(BigInt64Array.from(at, (i) => BigInt(remap.get(base.target(indices[i]))!))) as T };
     });
   return withRows({
     length: indices.length,
@@ -192,11 +208,13 @@ function view<I extends BatchInput>(base: Dataset<I>, indices: number[], remap?:
     ...(base.preprocessing && { preprocessing: base.preprocessing }),
     ...(base.text && { text: base.text }),
     ...(base.collate && { collate: base.collate }),
+    ...(base.collateTargets && { collateTargets: base.collateTargets }),
+    ...(base.metrics && { metrics: base.metrics }),
     ...(base.withoutAugmentation && { withoutAugmentation: () => view(base.withoutAugmentation!(), indices, remap, classes) }),
   }, rows);
 }
 
-function checkDataset<I extends BatchInput>(ds: Dataset<I>, name: string): Dataset<I> {
+function checkDataset<I extends BatchInput, T extends BatchTarget>(ds: Dataset<I, T>, name: string): Dataset<I, T> {
   if (ds === null || typeof ds !== 'object' || typeof (ds as Dataset).get !== 'function' || typeof (ds as Dataset).length !== 'number')
     throw typeError('a Dataset from `data.*`', name, ds);
   return ds;
@@ -222,7 +240,7 @@ export interface SplitOptions {
 }
 
 /** Splits a dataset at random into train and validation views; the validation view is never augmented. */
-export function split<I extends BatchInput>(ds: Dataset<I>, options: SplitOptions): { train: Dataset<I>; val: Dataset<I> } {
+export function split<I extends BatchInput, T extends BatchTarget>(ds: Dataset<I, T>, options: SplitOptions): { train: Dataset<I, T>; val: Dataset<I, T> } {
   checkDataset(ds, 'ds');
   const o = checkOptions<SplitOptions>(options, 'options', ['val', 'seed', 'stratify', 'fold']);
   const fraction = checkFiniteNumber(o.val, 'options.val');
@@ -260,7 +278,7 @@ export function split<I extends BatchInput>(ds: Dataset<I>, options: SplitOption
  * scored against the right outputs. A class of `ds` missing from `classes` is a
  * `TORCHLITE_UNKNOWN_CLASSES` error that names it.
  */
-export function relabel<I extends BatchInput>(ds: Dataset<I>, classes: readonly string[]): Dataset<I> {
+export function relabel<I extends BatchInput, T extends BatchTarget>(ds: Dataset<I, T>, classes: readonly string[]): Dataset<I, T> {
   checkDataset(ds, 'ds');
   if (!Array.isArray(classes) || classes.some((c) => typeof c !== 'string')) throw typeError('an array of class names', 'classes', classes);
   if (!ds.classes) throw new TorchError('TORCHLITE_BAD_DATA', 'the dataset has no class names to match');
@@ -281,7 +299,7 @@ export interface SubsetOptions {
 }
 
 /** A class-balanced subset, for small labelled budgets, optionally of some classes only (renumbered). */
-export function subset<I extends BatchInput>(ds: Dataset<I>, options: SubsetOptions): Dataset<I> {
+export function subset<I extends BatchInput, T extends BatchTarget>(ds: Dataset<I, T>, options: SubsetOptions): Dataset<I, T> {
   checkDataset(ds, 'ds');
   const o = checkOptions<SubsetOptions>(options, 'options', ['perClass', 'classes', 'seed']);
   const perClass = o.perClass === undefined ? Infinity : checkPositiveInteger(o.perClass, 'options.perClass');

@@ -6,7 +6,7 @@ import { kShardGroup, type ShardGroup } from '../model/protocols';
 import { native } from '../native';
 import { Tensor, tensor } from '../tensor';
 import { checkInteger, checkOptions, checkPositiveInteger, typeError } from '../validate';
-import type { Dataset, Sample } from './dataset';
+import type { BatchTarget, Dataset, Sample } from './dataset';
 import { mix, permutation } from './random';
 
 export interface LoaderOptions {
@@ -41,10 +41,10 @@ interface Shard {
   group?: ProcessGroup;
 }
 
-/** A batch: inputs `[B, ...inputShape]` (or what the dataset's `collate` makes) and targets (int64 `[B]` or float `[B, ...]`). */
-export interface LoaderBatch<I extends BatchInput = Tensor> {
+/** A batch: inputs `[B, ...inputShape]` (or what the dataset's `collate` makes) and targets (int64 `[B]`, float `[B, ...]`, or what its `collateTargets` makes). */
+export interface LoaderBatch<I extends BatchInput = Tensor, T extends BatchTarget = Tensor> {
   input: I;
-  target: Tensor;
+  target: T;
   /** Dataset indices in the batch, in order. */
   indices: number[];
   /** How many trailing samples repeat earlier ones to even out a distributed shard; `evaluate` leaves them out. */
@@ -55,8 +55,8 @@ export interface LoaderBatch<I extends BatchInput = Tensor> {
  * Batches a dataset as an async iterable, preparing the next batches while the current one
  * trains. Each `for await` runs one epoch; epoch `e`'s order depends only on `seed` and `e`.
  */
-export class Loader<I extends BatchInput = Tensor> implements AsyncIterable<LoaderBatch<I>> {
-  readonly dataset: Dataset<I>;
+export class Loader<I extends BatchInput = Tensor, T extends BatchTarget = Tensor> implements AsyncIterable<LoaderBatch<I, T>> {
+  readonly dataset: Dataset<I, T>;
   readonly batchSize: number;
   readonly #o: Required<Omit<LoaderOptions, 'batchSize' | 'distributed'>>;
   readonly #shard: Shard | undefined;
@@ -65,7 +65,7 @@ export class Loader<I extends BatchInput = Tensor> implements AsyncIterable<Load
   readonly #warned = new Set<number>();
 
   /** @internal Use {@link loader}. */
-  constructor(dataset: Dataset<I>, batchSize: number, options: Required<Omit<LoaderOptions, 'batchSize' | 'distributed'>>, shard?: Shard) {
+  constructor(dataset: Dataset<I, T>, batchSize: number, options: Required<Omit<LoaderOptions, 'batchSize' | 'distributed'>>, shard?: Shard) {
     this.dataset = dataset;
     this.batchSize = batchSize;
     this.#o = options;
@@ -89,7 +89,7 @@ export class Loader<I extends BatchInput = Tensor> implements AsyncIterable<Load
   }
 
   /** @internal The same batching (size, shuffle, seed, sharding) over another dataset: the feature cache, or a part of this one. */
-  withDataset(dataset: Dataset<I>): Loader<I> {
+  withDataset(dataset: Dataset<I, T>): Loader<I, T> {
     return new Loader(dataset, this.batchSize, this.#o, this.#shard);
   }
 
@@ -129,15 +129,15 @@ export class Loader<I extends BatchInput = Tensor> implements AsyncIterable<Load
     return Math.min(position, Math.max(0, Math.ceil((this.dataset.length - rank) / worldSize)));
   }
 
-  [Symbol.asyncIterator](): AsyncIterator<LoaderBatch<I>> {
+  [Symbol.asyncIterator](): AsyncIterator<LoaderBatch<I, T>> {
     return this.batches(this.epoch++);
   }
 
   /** The batches of `epoch`, starting at batch `from` (to resume mid-epoch). */
-  async *batches(epoch: number, from = 0): AsyncGenerator<LoaderBatch<I>> {
+  async *batches(epoch: number, from = 0): AsyncGenerator<LoaderBatch<I, T>> {
     const order = this.order(epoch);
     const count = this.length;
-    const ahead: Promise<LoaderBatch<I> | null>[] = [];
+    const ahead: Promise<LoaderBatch<I, T> | null>[] = [];
     let next = from;
     const fill = () => {
       while (ahead.length <= this.#o.prefetch && next < count) {
@@ -159,7 +159,7 @@ export class Loader<I extends BatchInput = Tensor> implements AsyncIterable<Load
     }
   }
 
-  async #collate(indices: number[], epoch: number, padding: number): Promise<LoaderBatch<I> | null> {
+  async #collate(indices: number[], epoch: number, padding: number): Promise<LoaderBatch<I, T> | null> {
     const ds = this.dataset;
     if (ds.rows) return { ...(await ds.rows(indices)), indices, ...(padding > 0 && { padding }) };
     const settled = await Promise.allSettled(indices.map(async (i) => ds.get(i, epoch)));
@@ -179,12 +179,14 @@ export class Loader<I extends BatchInput = Tensor> implements AsyncIterable<Load
     });
     if (samples.length === 0) return null;
     const floatTargets = typeof samples[0].target !== 'number';
-    const target = floatTargets
-      ? tensor(concat(samples.map((s) => s.target as Float32Array)), [samples.length, ...ds.targetShape])
-      : tensor(BigInt64Array.from(samples, (s) => BigInt(s.target as number)));
+    const target = ds.collateTargets
+      ? ds.collateTargets(samples.map((s) => s.target))
+      : ((floatTargets
+          ? tensor(concat(samples.map((s) => s.target as Float32Array)), [samples.length, ...ds.targetShape])
+          : tensor(BigInt64Array.from(samples, (s) => BigInt(s.target as number)))) as T);
     // A padding sample that failed to load was dropped with the rest; count only those kept.
     const padded = Math.min(padding, kept.length);
-    return { input: ds.collate ? ds.collate(samples.map((s) => s.input)) : (stack(samples, ds.inputShape) as I), target, indices: kept, ...(padded > 0 && { padding: padded }) };
+    return { input: ds.collate ? ds.collate(samples.map((s) => s.input), samples) : (stack(samples, ds.inputShape) as I), target, indices: kept, ...(padded > 0 && { padding: padded }) };
   }
 }
 
@@ -207,7 +209,7 @@ function concat(parts: Float32Array[]): Float32Array {
 }
 
 /** Batches `dataset`; see {@link LoaderOptions}. */
-export function loader<I extends BatchInput = Tensor>(dataset: Dataset<I>, options?: LoaderOptions): Loader<I> {
+export function loader<I extends BatchInput = Tensor, T extends BatchTarget = Tensor>(dataset: Dataset<I, T>, options?: LoaderOptions): Loader<I, T> {
   if (dataset === null || typeof dataset !== 'object' || typeof dataset.get !== 'function') throw typeError('a Dataset from `data.*`', 'dataset', dataset);
   const o = checkOptions<LoaderOptions>(options, 'options', ['batchSize', 'shuffle', 'seed', 'dropLast', 'prefetch', 'strict', 'distributed']);
   const flag = (value: unknown, name: string) => {

@@ -1,13 +1,14 @@
 // Evaluation: the options, the checks made at the call, and the pass that one queued
 // operation runs over the batches (summed over ranks for a sharded loader).
-import { TorchError } from '../errors';
+import { CocoEvaluator } from '../cocoeval';
+import { misuse, TorchError } from '../errors';
 import { Loss } from '../loss';
-import { MetricAccumulator, type Metrics, type MetricSpec } from '../metrics';
+import { DETECTION_METRICS, MetricAccumulator, type Metrics, type MetricSpec } from '../metrics';
 import type { NativeModel } from '../native';
 import { classNamesOf } from '../preprocess';
 import { Tensor } from '../tensor';
 import { checkOneOf, checkOptions, checkPositiveInteger, typeError } from '../validate';
-import { type Batch, batchArgs, type BatchInput } from './io';
+import { type Batch, batchArgs, type BatchInput, inputTensors, type ModelInput, type ModelOutput, wrapOutput } from './io';
 import { kShardGroup, type ShardGroup } from './protocols';
 
 export interface EvaluateOptions {
@@ -54,20 +55,28 @@ export interface Evaluation {
 export function evaluation(model: { readonly metadata: unknown }, batches: Iterable<Batch> | AsyncIterable<Batch>, options: EvaluateOptions | undefined): Evaluation {
   const o = checkOptions<EvaluateOptions>(options, 'options', ['loss', 'metrics']);
   if (o.loss !== undefined && !(o.loss instanceof Loss)) throw typeError('a Loss from `loss.*`', 'options.loss', o.loss);
-  if (o.loss?.fromModel) throw new TypeError('evaluate() computes a loss from the outputs; a model that computes its own (loss.fromModel()) does so in train mode, in trainStep');
+  if (o.loss?.fromModel) throw new TypeError("evaluate() computes a loss from the outputs; a model that computes its own (loss.fromModel()) does so in train mode, in trainStep. Leave `loss` out, and score a detector with metrics: ['map']");
   const classification = o.loss === undefined || o.loss.classifies;
-  const specs = o.metrics ?? (o.loss && classification ? (['accuracy'] as MetricSpec[]) : []);
+  const dataMetrics = (batches as { dataset?: { metrics?: MetricSpec[] } }).dataset?.metrics;
+  const specs = o.metrics ?? dataMetrics ?? (o.loss && classification ? (['accuracy'] as MetricSpec[]) : []);
   if (!Array.isArray(specs)) throw typeError('an array of metrics', 'options.metrics', specs);
   specs.forEach((spec, i) => {
     if (typeof spec === 'object' && spec !== null && 'topK' in spec) checkPositiveInteger(spec.topK, `options.metrics[${i}].topK`);
-    else checkOneOf(spec, `options.metrics[${i}]`, ['accuracy', 'f1', 'confusionMatrix', 'mae', 'mse'] as const);
+    else checkOneOf(spec, `options.metrics[${i}]`, ['accuracy', 'f1', 'confusionMatrix', 'mae', 'mse', 'miou', 'map', 'maskMap'] as const);
   });
+  const detection = specs.filter((spec): spec is (typeof DETECTION_METRICS)[number] => DETECTION_METRICS.includes(spec as never));
+  if (detection.length > 0 && (detection.length < specs.length || o.loss))
+    throw new TypeError("'map' and 'maskMap' score a detector's boxes and masks: ask for them without a loss or other metrics");
   if (batches === null || typeof batches !== 'object' || !(Symbol.iterator in batches || Symbol.asyncIterator in batches))
     throw typeError('an iterable of { input, target } batches', 'batches', batches);
   checkSameClasses(model, (batches as { dataset?: { classes?: string[] } }).dataset?.classes);
+  const shard = (batches as Partial<Record<typeof kShardGroup, ShardGroup>>)[kShardGroup];
+  if (detection.length > 0) {
+    if (shard) throw misuse('TORCHLITE_BAD_ARGUMENT', 'mAP over a sharded loader is not supported yet: evaluate on one rank with a loader without `distributed`');
+    return { pass: (handle) => detectionPass(handle, batches, detection) };
+  }
   const metrics = new MetricAccumulator(specs);
   const lossSpec = o.loss?.spec ?? null;
-  const shard = (batches as Partial<Record<typeof kShardGroup, ShardGroup>>)[kShardGroup];
   const turn = shard?.turn();
   const pass = async (handle: NativeModel): Promise<Metrics> => {
     let lossSum = 0;
@@ -75,14 +84,24 @@ export function evaluation(model: { readonly metadata: unknown }, batches: Itera
     let classes = 0;
     for await (const batch of batches as AsyncIterable<PaddedBatch>) {
       const args = batchArgs(batch.input as BatchInput, 'batch.input');
+      const target = batch.target as Tensor;
       const padding = batch.padding ?? 0;
-      const keep = padding > 0 ? (batch.target as Tensor).shape[0] - padding : undefined;
-      const { scores, shape, targets, loss } = await handle.evalBatch(args, Tensor.handle(batch.target as Tensor), lossSpec, keep);
-      const n = shape[0] ?? 1;
-      if (loss !== undefined) lossSum += loss * n;
+      const keep = padding > 0 ? target.shape[0] - padding : undefined;
+      // Class indices per pixel (or per token): counted into a confusion matrix natively.
+      const dense = target.shape.length >= 2 && !target.dtype.startsWith('float') && specs.length > 0;
+      const r = await handle.evalBatch(args, Tensor.handle(target), lossSpec, keep, dense ? 'confusion' : 'scores');
+      const n = r.samples!;
+      if (r.loss !== undefined) lossSum += r.loss * n;
       samples += n;
-      classes = Math.max(classes, shape[1] ?? 1);
-      if (specs.length > 0 && n > 0) metrics.add(scores, targets!, shape[1] ?? 1);
+      if (dense) {
+        const width = Math.round(Math.sqrt(r.confusion!.length));
+        classes = Math.max(classes, width);
+        metrics.addConfusion(r.confusion!, width);
+      } else {
+        const shape = r.shape!;
+        classes = Math.max(classes, shape[1] ?? 1);
+        if (specs.length > 0 && n > 0) metrics.add(r.scores!, r.targets!, shape[1] ?? 1);
+      }
     }
     if (shard && turn) {
       // Every rank's sums, padding left out: the metrics of the whole dataset.
@@ -96,4 +115,56 @@ export function evaluation(model: { readonly metadata: unknown }, batches: Itera
     return { ...(o.loss && { loss: lossSum / samples }), ...metrics.result() };
   };
   return { pass, ...(turn && { turn }) };
+}
+
+/** The per-image detections in a detector's output: a list of dicts, or torchvision's scripted `(losses, detections)`. */
+function detectionsIn(output: ModelOutput): Record<string, Tensor>[] {
+  const isList = (value: ModelOutput) => Array.isArray(value) && value.every((item) => item !== null && typeof item === 'object' && !Array.isArray(item) && 'boxes' in item);
+  const list = isList(output) ? output : Array.isArray(output) && output.length === 2 && isList(output[1]) ? output[1] : null;
+  if (list === null)
+    throw new TorchError('TORCHLITE_UNSUPPORTED_OUTPUT', "mAP needs a detector whose eval forward returns a list of per-image dicts of boxes, labels and scores (or torchvision's scripted (losses, detections))");
+  return list as Record<string, Tensor>[];
+}
+
+/** A detector's pass: its eval outputs against the batches' per-image targets, scored as COCO does. */
+async function detectionPass(handle: NativeModel, batches: Iterable<Batch> | AsyncIterable<Batch>, specs: (typeof DETECTION_METRICS)[number][]): Promise<Metrics> {
+  const boxes = specs.includes('map') ? new CocoEvaluator('bbox') : undefined;
+  const masks = specs.includes('maskMap') ? new CocoEvaluator('segm') : undefined;
+  const read = (t: Tensor | undefined) => (t === undefined ? undefined : (t.toTypedArray() as ArrayLike<number | bigint> as ArrayLike<number>));
+  for await (const batch of batches as AsyncIterable<Batch>) {
+    const targets = batch.target as Record<string, Tensor>[];
+    if (!Array.isArray(targets) || !targets.every((t) => t !== null && typeof t === 'object' && t.boxes instanceof Tensor && t.labels instanceof Tensor))
+      throw typeError('a list of per-image { boxes, labels } targets (as data.coco and data.voc make)', 'batch.target', batch.target);
+    const { outputs } = await handle.evalBatch(batchArgs(batch.input as BatchInput, 'batch.input'), null, null, undefined, 'outputs');
+    const output = wrapOutput(outputs, (op) => op());
+    try {
+      const detections = detectionsIn(output);
+      if (detections.length !== targets.length)
+        throw new TorchError('TORCHLITE_UNSUPPORTED_OUTPUT', `the detector returned ${detections.length} images' detections for a batch of ${targets.length} targets`);
+      detections.forEach((d, i) => {
+        const t = targets[i];
+        const truth = { boxes: read(t.boxes)!, labels: read(t.labels)!, iscrowd: read(t.iscrowd), area: read(t.area) };
+        const found = { boxes: read(d.boxes)!, labels: read(d.labels)!, scores: read(d.scores)! };
+        boxes?.add(truth, found);
+        if (masks) {
+          if (!(t.masks instanceof Tensor) || !(d.masks instanceof Tensor)) throw misuse('TORCHLITE_BAD_ARGUMENT', "'maskMap' needs masks in the targets (read with masks: true) and a detector that predicts them (Mask R-CNN)");
+          const [height, width] = t.masks.shape.slice(-2);
+          masks.add({ ...truth, masks: read(t.masks) }, { ...found, masks: read(d.masks) }, { height, width });
+        }
+      });
+    } finally {
+      for (const t of inputTensors(output as ModelInput)) t.dispose();
+    }
+  }
+  if ((boxes ?? masks)!.images === 0) throw new RangeError('Expected at least one batch for `batches` but received none');
+  const out: Metrics = {};
+  if (boxes) {
+    const s = boxes.summary();
+    Object.assign(out, { map: s.map, map50: s.map50, map75: s.map75, mapSmall: s.mapSmall, mapMedium: s.mapMedium, mapLarge: s.mapLarge, mar100: s.mar100 });
+  }
+  if (masks) {
+    const s = masks.summary();
+    Object.assign(out, { maskMap: s.map, maskMap50: s.map50, maskMap75: s.map75 });
+  }
+  return out;
 }

@@ -38,13 +38,15 @@ export interface TrainStepResult {
   lossSteps?: number;
   /** Correct top-1 predictions in the batch, for class-index targets. */
   correct?: number;
+  /** The targets `correct` is out of: the batch's samples, or its pixels for per-pixel targets, less those equal to the loss's `ignoreIndex`. */
+  scored?: number;
   /** True when a non-finite loss (or an fp16 overflow) skipped the update. */
   skipped: boolean;
   /** True when this call applied an optimizer update (false while accumulating). */
   stepped: boolean;
   /** The total gradient norm before clipping, when `clipGradNorm` is set. */
   gradNorm?: number;
-  /** Each named loss of a model that computes its own (`loss.fromModel()`), when read. */
+  /** Each named loss, when read: of a model that computes its own (`loss.fromModel()`), or of each output a loss's `outputs` weighs. */
   losses?: Record<string, number>;
 }
 
