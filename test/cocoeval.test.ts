@@ -8,7 +8,7 @@ const gt = (boxes: number[][], labels: number[], extra: Partial<GroundTruth> = {
 const dt = (boxes: number[][], labels: number[], scores: number[]): Detections => ({ boxes: boxes.flat(), labels, scores });
 
 /** Each number to 12 places: precision divides by tp + fp + ε, as pycocotools does, so a perfect score is 1 − 2e-16. */
-function expectNear(actual: Record<string, number> | number[], expected: Record<string, number> | number[]): void {
+function expectNear(actual: object, expected: Record<string, number> | number[]): void {
   for (const [key, value] of Object.entries(expected)) expect((actual as Record<string, number>)[key], key).toBeCloseTo(value, 12);
 }
 

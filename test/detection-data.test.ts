@@ -91,7 +91,7 @@ describe('data.coco', () => {
       const labels = Array.from(target.labels.data as BigInt64Array, Number);
       const k = labels.indexOf(2);
       if (k < 0) continue; // cropped away
-      const [x1, y1, x2, y2] = Array.from(target.boxes.data).slice(4 * k, 4 * k + 4) as number[];
+      const [x1, y1, x2, y2] = Array.from(target.boxes.data as Float32Array).slice(4 * k, 4 * k + 4);
       // The box bounds the bright pixels (resampling blurs its edge by up to a pixel or two).
       let [minX, minY, maxX, maxY] = [Infinity, Infinity, -1, -1];
       for (let y = 0; y < height; y++)
@@ -143,7 +143,7 @@ describe('data.coco', () => {
     // Within a pixel of the edge, a box is clipped; without area, dropped (as torchvision's reference does).
     const dir = await cocoFolder({ annotations: [{ id: 5, image_id: 1, category_id: 7, bbox: [30, 20, 10.5, 10.5] }, { id: 6, image_id: 1, category_id: 7, bbox: [3, 3, 0, 4] }] });
     const target = (await (await data.coco(join(dir, 'ann.json'))).get(0, 0)).target as data.TargetParts;
-    expect(Array.from(target.boxes.data)).toEqual([30, 20, 40, 30]);
+    expect(Array.from(target.boxes.data as Float32Array)).toEqual([30, 20, 40, 30]);
     const empty = mkdtempSync(join(tmpdir(), 'torchlite-coco-'));
     writeFileSync(join(empty, 'ann.json'), '  \n');
     await expect(data.coco(join(empty, 'ann.json'))).rejects.toMatchObject({ code: 'TORCHLITE_BAD_DATA', message: `COCO annotation file ${join(empty, 'ann.json')} is empty` });
@@ -172,7 +172,7 @@ describe('data.voc', () => {
     const ds = await data.voc(dir);
     expect(ds.classes).toEqual(['__background__', 'cat', 'dog']);
     const target = (await ds.get(0, 0)).target as data.TargetParts;
-    expect(Array.from(target.boxes.data)).toEqual([10, 5, 30, 15, 0, 0, 4, 3]);
+    expect(Array.from(target.boxes.data as Float32Array)).toEqual([10, 5, 30, 15, 0, 0, 4, 3]);
     expect(Array.from(target.labels.data as BigInt64Array, Number)).toEqual([2, 1]);
     expect(Array.from(target.iscrowd.data as BigInt64Array, Number)).toEqual([0, 1]);
   });

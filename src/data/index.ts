@@ -6,3 +6,4 @@ export { Loader, loader, type LoaderBatch, type LoaderOptions } from './loader';
 export { textDataset, type TextDatasetOptions, textFormatOf } from './text';
 export { coco, type DetectionAugment, type DetectionDataOptions, type DetectionInput, type DetectionTarget, voc } from './detection';
 export { decodeRle, polygonMask, type Rle } from './masks';
+export { segmentation, type SegmentationAugment, type SegmentationDataOptions } from './segmentation';
