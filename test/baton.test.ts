@@ -31,7 +31,7 @@ describe('batons', () => {
     await using model = await loadPretrained(fixture('mlp.scripted.pt'));
     const baton = stepBaton({ loss: loss.crossEntropy(), optimizer: optim.adamw(model) }, model);
     expect(baton).toMatchObject({ accumulate: 1, clipGradNorm: null, amp: 'none', nonFinite: 'skip', readLoss: true, groupsPerStep: null });
-    expect(baton.loss).toEqual({ kind: 'crossEntropy', classifies: true, reduction: 'mean', labelSmoothing: 0, ignoreIndex: -100, beta: 1, delta: 1, weight: null, posWeight: null, lossWeights: null });
+    expect(baton.loss).toEqual({ kind: 'crossEntropy', classifies: true, reduction: 'mean', labelSmoothing: 0, ignoreIndex: -100, beta: 1, delta: 1, weight: null, posWeight: null, lossWeights: null, outputWeights: null });
     expect(baton.groups).toEqual([{ lr: 1e-3, momentum: 0, dampening: 0, weightDecay: 1e-2, beta1: 0.9, beta2: 0.999, eps: 1e-8, nesterov: false, amsgrad: false }]);
     expect(loss.mse().classifies).toBe(false);
   });

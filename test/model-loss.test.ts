@@ -84,7 +84,7 @@ describe.runIf(hasTorch)('a model that computes its own loss', () => {
     // A Linear takes one argument: the targets as a second one is refused by its schema.
     await expect(model.trainStep(tensor([1, 2, 3, 4], [1, 4]), tensor([0]), { loss: loss.fromModel(), optimizer: optim.sgd(model) })).rejects.toMatchObject({ code: 'TORCH_ARGUMENT' });
     await expect(model.evaluate([], { loss: loss.fromModel() })).rejects.toThrow(
-      new TypeError('evaluate() computes a loss from the outputs; a model that computes its own (loss.fromModel()) does so in train mode, in trainStep'),
+      new TypeError("evaluate() computes a loss from the outputs; a model that computes its own (loss.fromModel()) does so in train mode, in trainStep. Leave `loss` out, and score a detector with metrics: ['map']"),
     );
     await expect(loss.fromModel().compute(tensor([1]), tensor([1]))).rejects.toThrow(TypeError);
     expect(() => loss.fromModel({ weights: { a: Number.NaN } })).toThrow(new RangeError('Expected a finite number for `options.weights.a` but received NaN'));
