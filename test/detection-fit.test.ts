@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
-import { CocoEvaluator, data, fit, type FitEvent, loadPretrained, loss, optim, type Tensor, tensorList } from '../src';
+import { CocoEvaluator, data, fineTune, fit, type FitEvent, loadPretrained, loss, optim, type Tensor, tensorList } from '../src';
 import { hasTorch, PYTHON } from './helpers';
 
 // A detector small enough for the fast suite, with torchvision's interface: forward(images,
@@ -120,6 +120,23 @@ describe.runIf(hasTorch)('fine-tuning a detector on COCO-format data', () => {
     const expected = JSON.parse(python.stdout) as number[];
     Array.from(mine.boxes.toTypedArray() as Float32Array).forEach((v, i) => expect(v).toBeCloseTo(expected[i], 4));
   }, 60_000);
+
+  it("fineTune trains a new head for the data's classes first, then the whole detector", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-detect-'));
+    writeFileSync(join(dir, 'make.py'), MAKE);
+    expect(spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'tiny.pt')], { encoding: 'utf8' }).status).toBe(0);
+    const file = await boxes(dir);
+    const ds = await data.coco(file);
+    await using model = await loadPretrained(join(dir, 'tiny.pt'));
+    const history = await fineTune(model, { train: data.loader(ds, { batchSize: 2 }), val: data.loader(ds, { batchSize: 3 }), numClasses: ds.classes!.length, loss: loss.fromModel(), freezeEpochs: 1, epochs: 1, lr: 1e-3 });
+    expect(history.map((r) => r.stage)).toEqual([0, 1]);
+    expect(history.featureCache).toMatchObject({ used: false });
+    for (const record of history) {
+      expect(Object.keys(record.trainLosses!).sort()).toEqual(['loss_box', 'loss_cls']);
+      expect(record.val!.map).toBeGreaterThanOrEqual(0);
+    }
+    expect(model.parameters('cls.weight')[0].shape).toEqual([3, 8]);
+  });
 
   it("refuses mAP with a loss, and a loss the model computes in evaluate", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-detect-'));

@@ -4,7 +4,7 @@ import { callNative, callNativeAsync, disposedError, misuse, TorchError } from '
 import { Loss } from '../loss';
 import type { Metrics } from '../metrics';
 import type { NativeGroupOptions, NativeModel, NativeSync, NativeTensor } from '../native';
-import { dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear, sequential, specOf } from '../nn';
+import { conv2d, dropout as dropoutLayer, kLayerSpec, type Layer, type LayerSpec, linear, sequential, specOf } from '../nn';
 import type { Pattern } from '../patterns';
 import { compilePattern, describePattern } from '../patterns';
 import { type Device, Tensor } from '../tensor';
@@ -19,7 +19,7 @@ import { type DataParallelLink, kDataParallel } from './protocols';
 import { OperationQueue } from './queue';
 import { formatSummary, type MethodInfo, type ModuleInfo, type ParameterInfo, readSnapshot, type Snapshot, type TensorInfo } from './snapshot';
 import { stepBaton, type TrainStepOptions, type TrainStepResult } from './step';
-import { BATCH_NORM_POLICIES, type BatchNormPolicy, classifierHead, type FreezeResult, markRequiresGrad, type ResetClassifierOptions, selectParameters } from './surgery';
+import { BATCH_NORM_POLICIES, type BatchNormPolicy, classifierHead, detectorPredictors, type FreezeResult, segmenterClassifiers, markRequiresGrad, type ResetClassifierOptions, selectParameters } from './surgery';
 
 /** Where a loss the model computes itself takes its targets; `undefined` for other losses. */
 function fromModelOf(options: TrainStepOptions): { argument: string } | undefined {
@@ -537,6 +537,15 @@ export class Model implements Disposable, AsyncDisposable {
    * `heads.head`, …) by a fresh `nn.linear(inFeatures, numClasses)`, optionally behind
    * dropout, like timm's `reset_classifier`. Returns the path it replaced. Synchronous;
    * refused while operations are pending.
+   *
+   * For a torchvision Faster or Mask R-CNN, `numClasses` counts the background, as
+   * torchvision's do: the box predictor's two Linears are replaced as `FastRCNNPredictor`
+   * builds them (the same draws under the same seed), a Mask R-CNN's last mask convolution by
+   * a fresh `nn.conv2d` (the tutorial's `MaskRCNNPredictor` also redraws the transposed
+   * convolution before it, which keeps its pretrained weights here), and the path returned is
+   * `roi_heads`, the heads to train first. For a torchvision segmentation model (FCN,
+   * DeepLabV3, LR-ASPP), its per-pixel classifier convolutions (the auxiliary one too) are
+   * replaced by fresh 1×1 `nn.conv2d`s, and the path returned is `classifier`.
    */
   resetClassifier(numClasses: number, options?: ResetClassifierOptions): string {
     checkPositiveInteger(numClasses, 'numClasses');
@@ -544,6 +553,20 @@ export class Model implements Disposable, AsyncDisposable {
     checkFiniteNumber(dropout, 'options.dropout');
     if (dropout < 0 || dropout >= 1) throw rangeError('a probability in [0, 1)', 'options.dropout', dropout);
     Model.idleHandle(this, 'resetClassifier()');
+    const detector = detectorPredictors(this.#snapshot.modules);
+    if (detector) {
+      const inputs = (path: string) => this.parameters(`${path}.weight`)[0].shape[1];
+      // In the order the predictors draw them, so a seed gives torchvision's weights.
+      this.replace(detector.classes, linear(inputs(detector.classes), numClasses));
+      this.replace(detector.boxes, linear(inputs(detector.boxes), numClasses * 4));
+      if (detector.masks) this.replace(detector.masks, conv2d(inputs(detector.masks), numClasses, 1));
+      return 'roi_heads';
+    }
+    const segmenter = segmenterClassifiers(this.#snapshot.modules);
+    if (segmenter) {
+      for (const path of segmenter) this.replace(path, conv2d(this.parameters(`${path}.weight`)[0].shape[1], numClasses, 1));
+      return 'classifier';
+    }
     const path = this.classifierHead();
     if (path === undefined) throw new TorchError('TORCHLITE_NO_MATCH', 'No Linear classifier found in the model');
     const [, inFeatures] = this.parameters(`${path}.weight`)[0].shape;

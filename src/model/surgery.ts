@@ -25,6 +25,34 @@ export interface ResetClassifierOptions {
   dropout?: number;
 }
 
+/**
+ * @internal A torchvision R-CNN detector's predictors, which `resetClassifier` sizes for new
+ * classes as the fine-tuning tutorial does (`FastRCNNPredictor`, `MaskRCNNPredictor`):
+ * `undefined` for other models. RetinaNet's and SSD's heads are refused: their forward
+ * reshapes by a `num_classes` attribute fixed when the model was scripted.
+ */
+export function detectorPredictors(modules: readonly ModuleInfo[]): { classes: string; boxes: string; masks?: string } | undefined {
+  const has = (path: string, type: string) => modules.some((m) => m.path === path && m.type === type);
+  if (has('head.classification_head.cls_logits', 'Conv2d') || modules.some((m) => m.path === 'head.classification_head.module_list'))
+    throw new TorchError('TORCHLITE_UNSUPPORTED_SURGERY', "RetinaNet's and SSD's classification heads reshape by a num_classes fixed when the model was scripted: export the model with num_classes set for your classes (torchvision's num_classes argument), then fine-tune it");
+  if (!has('roi_heads.box_predictor.cls_score', 'Linear') || !has('roi_heads.box_predictor.bbox_pred', 'Linear')) return undefined;
+  return {
+    classes: 'roi_heads.box_predictor.cls_score',
+    boxes: 'roi_heads.box_predictor.bbox_pred',
+    ...(has('roi_heads.mask_predictor.mask_fcn_logits', 'Conv2d') && { masks: 'roi_heads.mask_predictor.mask_fcn_logits' }),
+  };
+}
+
+/**
+ * @internal A torchvision segmentation model's per-pixel classifier convolutions (FCN's and
+ * DeepLabV3's `classifier.4` and `aux_classifier.4`, LR-ASPP's two), which `resetClassifier`
+ * sizes for new classes; `undefined` for other models.
+ */
+export function segmenterClassifiers(modules: readonly ModuleInfo[]): string[] | undefined {
+  const convs = ['classifier.4', 'aux_classifier.4', 'classifier.low_classifier', 'classifier.high_classifier'].filter((path) => modules.some((m) => m.path === path && m.type === 'Conv2d'));
+  return convs.length > 0 && !modules.some((m) => m.type === 'Linear') ? convs : undefined;
+}
+
 // Where classifier heads live in common architectures (torchvision, timm), checked in order.
 const HEAD_PATHS = ['fc', 'classifier', 'head', 'heads.head', 'heads', 'head.fc', 'last_linear'];
 

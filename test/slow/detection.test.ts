@@ -49,7 +49,7 @@ for _ in range(3):
 print(json.dumps(steps))`;
 
 // Python loads torchlite's fine-tuned detector and runs it on the first image.
-const LOAD_DETECTOR = `import sys, json, torch
+const LOAD_DETECTOR = `import sys, json, torch, torchvision  # torchvision registers its ops (nms) for the loader
 m = torch.jit.load(sys.argv[1]).eval()
 x = (torch.arange(3 * 200 * 240, dtype=torch.float64) * 7 % 97 / 97).float().view(3, 200, 240)
 _, d = m([x])
