@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { CocoEvaluator, data, fineTune, fit, type FitEvent, loadPretrained, loss, optim, type Tensor, tensorList } from '../src';
-import { hasTorch, PYTHON } from './helpers';
+import { hasTorch, PYTHON, root } from './helpers';
 
 // A detector small enough for the fast suite, with torchvision's interface: forward(images,
 // targets=None) returns (losses, detections), the losses only in train mode. It predicts one
@@ -137,6 +137,29 @@ describe.runIf(hasTorch)('fine-tuning a detector on COCO-format data', () => {
     }
     expect(model.parameters('cls.weight')[0].shape).toEqual([3, 8]);
   });
+
+  it('torchlite finetune --task detect and predict print boxes with class names', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-detect-cli-'));
+    writeFileSync(join(dir, 'make.py'), MAKE);
+    expect(spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'tiny.pt')], { encoding: 'utf8' }).status).toBe(0);
+    const file = await boxes(dir);
+    const cli = (...args: string[]) => spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), ...args], { encoding: 'utf8', cwd: dir });
+    const out = join(dir, 'tuned.pt');
+    const run = cli('finetune', '--model', join(dir, 'tiny.pt'), '--task', 'detect', '--data', file, '--val', file, '--epochs', '1', '--freeze-epochs', '1', '--batch-size', '2', '--out', out, '--json');
+    expect(run.status, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout.trim().split('\n').pop()!) as { classes: string[]; final: { map: number } };
+    expect(result.classes).toEqual(['__background__', 'box', 'slab']);
+    expect(result.final.map).toBeGreaterThanOrEqual(0);
+    const predicted = cli('predict', out, join(dir, '0.png'), join(dir, '1.png'), '--threshold', '0', '--json');
+    expect(predicted.status, predicted.stderr).toBe(0);
+    const answers = JSON.parse(predicted.stdout) as { file: string; objects: { label: string; score: number; box: number[] }[] }[];
+    expect(answers.map((a) => a.file)).toEqual([join(dir, '0.png'), join(dir, '1.png')]);
+    for (const answer of answers) {
+      expect(answer.objects).toHaveLength(1);
+      expect(['box', 'slab']).toContain(answer.objects[0].label);
+      expect(answer.objects[0].box).toHaveLength(4);
+    }
+  }, 60_000);
 
   it("refuses mAP with a loss, and a loss the model computes in evaluate", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-detect-'));

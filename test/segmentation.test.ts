@@ -6,7 +6,7 @@ import { crc32, deflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { data, fit, loadPretrained, loss, optim, tensor } from '../src';
-import { hasTorch, PYTHON } from './helpers';
+import { hasTorch, PYTHON, root } from './helpers';
 
 /** An 8-bit palette PNG holding `indices` as they are (sharp would write colours). */
 function palettePng(indices: Uint8Array, width: number, height: number): Buffer {
@@ -219,4 +219,50 @@ describe.runIf(hasTorch)('segmentation training', () => {
     expect(history[3].val!.miou).toBeGreaterThan(history[0].val!.miou! - 1e-9);
     expect(history[3].trainLoss).toBeLessThan(history[0].trainLoss);
   }, 60_000);
+});
+
+// torchvision's FCN layout in miniature: a body, then classifier and aux_classifier heads whose
+// fifth layer (index 4) is the 1×1 convolution that sizes the classes.
+const FCN = `import sys, torch
+import torch.nn.functional as F
+from typing import Dict
+def head():
+    return torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Conv2d(8, 21, 1))
+class FCN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.backbone = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.classifier = head()
+        self.aux_classifier = head()
+    def forward(self, x) -> Dict[str, torch.Tensor]:
+        f = F.relu(self.backbone(x))
+        return {"out": self.classifier(f), "aux": self.aux_classifier(f)}
+torch.jit.script(FCN()).save(sys.argv[1])
+`;
+
+describe.runIf(hasTorch)('torchlite finetune --task segment', () => {
+  it('sizes the classifier convolutions for --classes, trains on out and aux, and predicts mask PNGs', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-seg-cli-'));
+    writeFileSync(join(dir, 'make.py'), FCN);
+    expect(spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'fcn.pt')], { encoding: 'utf8' }).status).toBe(0);
+    const { images, masks } = await folder(10);
+    const cli = (...args: string[]) => spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), ...args], { encoding: 'utf8', cwd: dir });
+    const out = join(dir, 'tuned.pt');
+    const run = cli('finetune', '--model', join(dir, 'fcn.pt'), '--task', 'segment', '--data', images, '--masks', masks, '--classes', 'background,bright,dark', '--size', '16', '--epochs', '1', '--freeze-epochs', '1', '--batch-size', '4', '--out', out, '--json');
+    expect(run.status, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout.trim().split('\n').pop()!) as { classes: string[]; final: { miou: number; accuracy: number }; history: { trainLosses: Record<string, number> }[] };
+    expect(result.classes).toEqual(['background', 'bright', 'dark']);
+    expect(Object.keys(result.history[0].trainLosses).sort()).toEqual(['aux', 'out']);
+    expect(result.final.miou).toBeGreaterThanOrEqual(0);
+    const predicted = cli('predict', out, join(images, '0.png'), '--masks-dir', dir, '--json');
+    expect(predicted.status, predicted.stderr).toBe(0);
+    const [answer] = JSON.parse(predicted.stdout) as { mask: string; classes: { class: string; share: number }[] }[];
+    expect(answer.mask).toBe(join(dir, '0.mask.png'));
+    expect(answer.classes.map((c) => c.class)).toEqual(['background', 'bright', 'dark']);
+    expect(await sharp(answer.mask).metadata()).toMatchObject({ width: 16, height: 16 });
+    const missing = cli('finetune', '--model', join(dir, 'fcn.pt'), '--task', 'segment', '--data', images, '--classes', 'a,b');
+    expect(missing.status).not.toBe(0);
+    expect(missing.stderr).toContain('finetune --task segment needs --masks <dir>');
+  }, 120_000);
 });

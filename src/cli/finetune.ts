@@ -1,12 +1,15 @@
 import { type Augment, type BatchInput, type Callback, checkpoint, data, type Dataset, fineTune, type FineTuneHistory, loadPretrained, type Loss, loss as losses, manualSeed, progressBar } from '..';
 import { type InputFlags, inputSpec, isTextData, loadDataset, loadTextDataset, parseClasses, type TextFlags, textTokenizer } from './data';
 import { choiceFlag, intFlag, numberFlag } from './flags';
+import { finetuneDetector, finetuneSegmenter } from './tasks';
 
 const { loader, split, subset } = data;
 import { stepRecorder, writeReport } from './report';
 
 export interface FinetuneFlags extends InputFlags, TextFlags {
   model: string;
+  task: string;
+  masks?: string;
   data: string;
   val?: string;
   classes?: string;
@@ -31,6 +34,9 @@ export interface FinetuneFlags extends InputFlags, TextFlags {
 }
 
 export async function runFinetune(flags: FinetuneFlags): Promise<void> {
+  const task = choiceFlag(flags.task, '--task', ['classify', 'detect', 'segment'] as const);
+  if (task === 'detect') return finetuneDetector(flags);
+  if (task === 'segment') return finetuneSegmenter(flags);
   const epochs = flags.epochs === undefined ? undefined : intFlag(flags.epochs, '--epochs', 0);
   const freezeEpochs = flags.freezeEpochs === undefined ? undefined : intFlag(flags.freezeEpochs, '--freeze-epochs', 0);
   const batchSize = intFlag(flags.batchSize, '--batch-size');

@@ -1,6 +1,7 @@
 import { type BatchInput, classNamesOf, data, loadPretrained, type Model, type Tensor, text } from '..';
 import { type InputFlags, inputSpec, type TextFlags, textTokenizer } from './data';
 import { intFlag } from './flags';
+import { predictDenseTask } from './tasks';
 
 /** Texts from the command line, or one a line from stdin when none is given (or `-`). */
 async function readTexts(args: string[]): Promise<string[]> {
@@ -18,9 +19,10 @@ async function textBatch(model: Model, texts: string[], flags: TextFlags, modelP
   return text.textInput(tokenizer.encode(texts), text.textSpecOf(model)?.inputs);
 }
 
-export async function runPredict(modelPath: string, inputs: string[], flags: InputFlags & TextFlags & { top: string; json?: boolean }): Promise<void> {
+export async function runPredict(modelPath: string, inputs: string[], flags: InputFlags & TextFlags & { top: string; json?: boolean; threshold?: string; masksDir?: string }): Promise<void> {
   const k = intFlag(flags.top, '--top');
   await using model = await loadPretrained(modelPath);
+  if (inputs.length > 0 && (await predictDenseTask(model, inputs, flags))) return;
   const isText = flags.text === true || flags.tokenizer !== undefined || text.textSpecOf(model) !== undefined;
   const items = isText ? await readTexts(inputs) : inputs;
   if (items.length === 0) throw new RangeError('Expected image files to predict on but received none');

@@ -9,6 +9,7 @@ import { type TensorList, tensorList } from '../model/io';
 import { type Tensor, tensor } from '../tensor';
 import { checkFiniteNumber, checkOptions, checkString, rangeError, typeError } from '../validate';
 import type { Dataset, Sample, TargetParts } from './dataset';
+import { chwFloats } from './images';
 import { decodeRle, type Placement, placeBoxes, placeMask, polygonMask, type Rle } from './masks';
 import { mix, rng } from './random';
 
@@ -311,8 +312,7 @@ async function detectionSample(record: ImageRecord, placement: Placement, masks:
   if (flip) image = image.flop();
   const { data, info } = await image.raw().toBuffer({ resolveWithObject: true });
   const pixels = width * height;
-  const input = new Float32Array(3 * pixels);
-  for (let p = 0; p < pixels; p++) for (let c = 0; c < 3; c++) input[c * pixels + p] = data[p * info.channels + Math.min(c, info.channels - 1)] / 255;
+  const input = chwFloats(data, info.channels, 3);
   const { boxes, kept } = placeBoxes(record.boxes, placement);
   const n = kept.length;
   const target: TargetParts = {

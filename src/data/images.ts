@@ -138,12 +138,22 @@ async function pixelsOf(source: string | Buffer, { size, resizeTo, channels, mea
   }
   image = channels === 1 ? image.greyscale() : image.toColourspace('srgb');
   const { data, info } = await image.raw().toBuffer({ resolveWithObject: true });
-  const pixels = size * size;
-  const input = new Float32Array(channels * pixels);
-  // HWC bytes to normalised CHW floats.
+  return chwFloats(data, info.channels, channels, mean, std);
+}
+
+/**
+ * @internal Decoded HWC bytes (of `bands` bands) as `channels` CHW floats in [0, 1],
+ * normalised by per-channel `mean` and `std` when given; a grey image fills every channel.
+ */
+export function chwFloats(data: Buffer, bands: number, channels: number, mean?: number[], std?: number[]): Float32Array {
+  const pixels = data.length / bands;
+  const out = new Float32Array(channels * pixels);
   for (let p = 0; p < pixels; p++)
-    for (let c = 0; c < channels; c++) input[c * pixels + p] = (data[p * info.channels + Math.min(c, info.channels - 1)] / 255 - mean[c]) / std[c];
-  return input;
+    for (let c = 0; c < channels; c++) {
+      const value = data[p * bands + Math.min(c, bands - 1)] / 255;
+      out[c * pixels + p] = mean && std ? (value - mean[c]) / std[c] : value;
+    }
+  return out;
 }
 
 export interface LoadImageOptions {
@@ -234,4 +244,20 @@ function randomResizedCrop(width: number, height: number, random: () => number, 
   }
   const side = Math.min(width, height);
   return { left: Math.floor((width - side) / 2), top: Math.floor((height - side) / 2), width: side, height: side };
+}
+
+/**
+ * An image at its own size as `[3, height, width]` RGB floats in [0, 1], unnormalised: the
+ * input torchvision's detectors take (they resize and normalise inside). An unreadable
+ * image is a `TORCHLITE_BAD_DATA` error.
+ */
+export async function readImage(image: string | Buffer): Promise<Tensor> {
+  if (typeof image !== 'string' && !Buffer.isBuffer(image)) throw typeError('an image path or Buffer', 'image', image);
+  const { default: sharp } = await import('sharp');
+  try {
+    const { data, info } = await sharp(image, { failOn: 'error' }).removeAlpha().toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+    return tensor(chwFloats(data, info.channels, 3), [3, info.height, info.width]);
+  } catch (error) {
+    throw new TorchError('TORCHLITE_BAD_DATA', `cannot read image ${typeof image === 'string' ? image : `(${image.length} bytes)`}: ${(error as Error).message}`);
+  }
 }

@@ -8,6 +8,7 @@ import { defaultNormalisation } from '../preprocess';
 import { type Tensor, tensor } from '../tensor';
 import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from '../validate';
 import type { Dataset, Sample, TargetParts } from './dataset';
+import { chwFloats } from './images';
 import { type Placement, placeMask } from './masks';
 import { pngIndices } from './png';
 import { mix, rng } from './random';
@@ -151,8 +152,5 @@ async function segmentationSample(
   let image = sharp(pair.image, { failOn: 'error' }).removeAlpha().toColourspace('srgb').extract(placement.crop).resize(size, size, { fit: 'fill' });
   if (placement.flip) image = image.flop();
   const { data, info } = await image.raw().toBuffer({ resolveWithObject: true });
-  const pixels = size * size;
-  const input = new Float32Array(3 * pixels);
-  for (let p = 0; p < pixels; p++) for (let c = 0; c < 3; c++) input[c * pixels + p] = (data[p * info.channels + Math.min(c, info.channels - 1)] / 255 - mean[c]) / std[c];
-  return { input, target: { mask: { data: placeMask(mask.data, mask.width, placement), shape: [size, size] } } };
+  return { input: chwFloats(data, info.channels, 3, mean, std), target: { mask: { data: placeMask(mask.data, mask.width, placement), shape: [size, size] } } };
 }
