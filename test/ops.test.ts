@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadPretrained, ops, type Tensor, tensor, torchVersion } from '../src';
 import { native } from '../src/native';
-import { hasTorchvision, python } from './helpers';
+import { hasTorch, hasTorchvision, python } from './helpers';
 
 const dir = mkdtempSync(join(tmpdir(), 'torchlite-ops-'));
 // torchvision's ops are found for this LibTorch only when the torchvision beside it is built for it.
@@ -44,5 +44,34 @@ print(json.dumps(keep(b, torch.tensor(${JSON.stringify(scores)})).tolist()))`,
     writeFileSync(join(dir, 'garbage.so'), 'not a library');
     await expect(ops.load(join(dir, 'garbage.so'))).rejects.toMatchObject({ code: 'TORCHLITE_OPS_LOAD', message: expect.stringContaining('cannot load the op library') });
     await expect(ops.load(42 as never)).rejects.toThrow(new TypeError("Expected a non-empty string for `path` but received 42"));
+  });
+});
+
+// A model saved by a newer PyTorch: its code calls an aten operator that LibTorch 1.13 lacks
+// (added in PyTorch 2.2). Made from a 1.13 archive whose code is edited to call it.
+const NEWER = `import sys, torch, zipfile
+class M(torch.nn.Module):
+    def forward(self, x):
+        return torch.relu(x)
+torch.jit.script(M()).save(sys.argv[1] + '.base')
+src = zipfile.ZipFile(sys.argv[1] + '.base')
+out = zipfile.ZipFile(sys.argv[1], 'w', zipfile.ZIP_STORED)
+for info in src.infolist():
+    data = src.read(info.filename)
+    if info.filename.endswith('.py'):
+        data = data.replace(b'torch.relu(', b'torch._scaled_dot_product_flash_attention_for_cpu(')
+    out.writestr(info, data)
+out.close()
+`;
+
+describe('an operator this LibTorch lacks', () => {
+  it.runIf(hasTorch && torchVersion.startsWith('1.'))('names the operator and the LibTorch to build against', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-newer-'));
+    writeFileSync(join(dir, 'make.py'), NEWER);
+    python('import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")', [join(dir, 'make.py'), join(dir, 'newer.pt')]);
+    await expect(loadPretrained(join(dir, 'newer.pt'))).rejects.toMatchObject({
+      code: 'TORCH_UNKNOWN_OP',
+      message: `the model uses the operator aten::_scaled_dot_product_flash_attention_for_cpu, which is not registered: LibTorch ${torchVersion} does not have aten::_scaled_dot_product_flash_attention_for_cpu, which a newer PyTorch added: build torchlite against the LibTorch of the PyTorch that saved the model (LIBTORCH=/path/to/libtorch npm run build:native; see docs/building.md). (Unknown builtin op: aten::_scaled_dot_product_flash_attention_for_cpu.)`,
+    });
   });
 });
