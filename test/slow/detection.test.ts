@@ -53,7 +53,7 @@ const LOAD_DETECTOR = `import sys, json, torch, torchvision  # torchvision regis
 m = torch.jit.load(sys.argv[1]).eval()
 x = (torch.arange(3 * 200 * 240, dtype=torch.float64) * 7 % 97 / 97).float().view(3, 200, 240)
 _, d = m([x])
-print(json.dumps({"boxes": list(d[0]["boxes"].shape), "max_label": int(d[0]["labels"].max()) if d[0]["labels"].numel() else 0, "classes": m.roi_heads.box_predictor.cls_score.out_features}))`;
+print(json.dumps({"boxes": list(d[0]["boxes"].shape), "max_label": int(d[0]["labels"].max()) if d[0]["labels"].numel() else 0, "classes": m.roi_heads.box_predictor.cls_score.weight.shape[0]}))`;
 
 // LR-ASPP (mobilenet_v3) with its two classifier convolutions replaced for 3 classes, the
 // backbone frozen, SGD on per-pixel cross-entropy with ignore index 255.
