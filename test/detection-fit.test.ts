@@ -161,6 +161,23 @@ describe.runIf(hasTorch)('fine-tuning a detector on COCO-format data', () => {
     }
   }, 60_000);
 
+  it('torchlite demo detect pretrains, fine-tunes and trains from scratch, and reports COCO mAP', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-demo-detect-'));
+    const run = spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), 'demo', 'detect', '--quick', '--json', '--out', join(dir, 'det.pt')], { encoding: 'utf8', cwd: dir });
+    expect(run.status, run.stderr).toBe(0);
+    const result = JSON.parse(run.stdout.trim().split('\n').pop()!) as { budget: number; outcomes: { name: string; map: number; map50: number }[] };
+    expect(result.budget).toBe(60);
+    expect(result.outcomes.map((o) => o.name)).toEqual(['fine-tune the pretrained detector', 'same detector from scratch']);
+    for (const o of result.outcomes) for (const v of [o.map, o.map50]) expect(v >= 0 && v <= 1).toBe(true);
+    // The demo's detector takes its 96×96 scenes.
+    await sharp(Buffer.alloc(96 * 96 * 3, 90), { raw: { width: 96, height: 96, channels: 3 } }).png().toFile(join(dir, 'scene.png'));
+    const predicted = spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), 'predict', join(dir, 'det.pt'), join(dir, 'scene.png'), '--threshold', '0', '--json'], { encoding: 'utf8', cwd: dir });
+    expect(predicted.status, predicted.stderr).toBe(0);
+    const [answer] = JSON.parse(predicted.stdout) as { objects: { label: string }[] }[];
+    expect(answer.objects.length).toBeGreaterThan(0);
+    expect(['Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot']).toContain(answer.objects[0].label);
+  }, 120_000);
+
   it("refuses mAP with a loss, and a loss the model computes in evaluate", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-detect-'));
     writeFileSync(join(dir, 'make.py'), MAKE);

@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander';
 
 import { pull, TorchError, torchVersion } from '..';
 import { runDemo } from './demo';
+import { runDetectDemo } from './demo-detect';
 import { runTextDemo } from './demo-text';
 import { choiceFlag } from './flags';
 import { runEval } from './evaluate';
@@ -113,10 +114,10 @@ program
 
 program
   .command('demo')
-  .description('images (default): fine-tune the shipped CNN on Fashion-MNIST classes 5-9; text: fine-tune the shipped text encoder to tell the language of fortunes it has never read; each compared with head-only and from-scratch training')
-  .argument('[kind]', 'images or text', 'images')
-  .option('--budget <n>', 'labelled training samples (default: 100 images, 8 texts a language)')
-  .option('--epochs <n>', 'epochs per approach (default: 12 for images, 10 for text)')
+  .description('images (default): fine-tune the shipped CNN on Fashion-MNIST classes 5-9; text: fine-tune the shipped text encoder to tell the language of fortunes it has never read; each compared with head-only and from-scratch training; detect: a small detector pretrained on scenes of five Fashion-MNIST classes, fine-tuned on five others against training it from scratch')
+  .argument('[kind]', 'images, text or detect', 'images')
+  .option('--budget <n>', 'labelled training samples (default: 100 images, 8 texts a language, 120 scenes)')
+  .option('--epochs <n>', 'epochs per approach (default: 12 for images, 10 for text, 25 for detect)')
   .option('--target <accuracy>', 'test accuracy for the steps-to-target column', '0.8')
   .option('--model <file>', 'text: the encoder to fine-tune, one scripts/text/pretrain.mjs wrote (default: models/fortunes-encoder.pt)')
   .option('--data-dir <dir>', 'folder with the Fashion-MNIST IDX files or the fortune files (default: the Debian packages)')
@@ -124,8 +125,11 @@ program
   .option('--report <file>', 'HTML report', 'demo-report.html')
   .option('--quick', 'a small, fast run (200 images, 5 epochs, 500 test images; text: 3 epochs, 20 test texts a language)')
   .option('--json', 'print machine-readable results')
-  .addHelpText('after', '\nExamples:\n  torchlite demo --budget 250 --epochs 8\n  torchlite demo text')
-  .action((kind: string, flags) => (choiceFlag(kind, 'kind', ['images', 'text'] as const) === 'text' ? runTextDemo(flags) : runDemo(flags)));
+  .addHelpText('after', '\nExamples:\n  torchlite demo --budget 250 --epochs 8\n  torchlite demo text\n  torchlite demo detect --quick')
+  .action((kind: string, flags) => {
+    const which = choiceFlag(kind, 'kind', ['images', 'text', 'detect'] as const);
+    return which === 'text' ? runTextDemo(flags) : which === 'detect' ? runDetectDemo(flags) : runDemo(flags);
+  });
 
 program
   .command('run')
