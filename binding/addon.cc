@@ -14,6 +14,7 @@
 #include "distributed.h"
 #include "executor.h"
 #include "layers.h"
+#include "lora.h"
 #include "script_object.h"
 #include "loss.h"
 #include "ops.h"
@@ -193,6 +194,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setTrainingThreadsWhileServing", Napi::Function::New<SetTrainingThreadsWhileServing>(env));
   exports.Set("externalMemory", Napi::Function::New<ExternalMemory>(env));
   exports.Set("initLayerParameters", Napi::Function::New<InitLayerParameters>(env));
+  exports.Set("loraUse", Napi::Function::New<LoraUse>(env));
+  exports.Set("loraMerge", Napi::Function::New<LoraMerge>(env));
+  exports.Set("loraUnmerge", Napi::Function::New<LoraUnmerge>(env));
   exports.Set("getRngState", Napi::Function::New<GetRngState>(env));
   exports.Set("setRngState", Napi::Function::New<SetRngState>(env));
   exports.Set("cudaMemory", Napi::Function::New<CudaMemory>(env));

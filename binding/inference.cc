@@ -9,6 +9,7 @@
 #include "ivalue.h"
 #include "job.h"
 #include "layout.h"
+#include "lora.h"
 #include "loss.h"
 #include "tensor.h"
 
@@ -171,7 +172,7 @@ Napi::Value ModelWrap::Forward(const Napi::CallbackInfo& info) {
     ModelPtr state = live();
     return Job<c10::IValue>::Start(
         env, {state->device, Priority::Inference, parseAdmission(info[1])},
-        [state, inputs = Inputs(env, *state, info[0])]() mutable {
+        [state, adapter = requestAdapter(info[1]), inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           // Grad mode is thread-local, so it has to be set on the lane itself. Not
           // c10::InferenceMode: once the profiling executor has built autodiff subgraphs
@@ -180,7 +181,7 @@ Napi::Value ModelWrap::Forward(const Napi::CallbackInfo& info) {
           // cannot be saved for backward" in eval after a head-only step).
           torch::NoGradGuard noGrad;
           prepareInputs(*state, inputs);
-          return runForward(*state, std::move(inputs));
+          return withAdapter(*state, adapter, [&] { return runForward(*state, std::move(inputs)); });
         },
         [state](Napi::Env env, c10::IValue& output) { return fromIValue(env, output, state); });
   });
@@ -194,12 +195,14 @@ Napi::Value ModelWrap::Call(const Napi::CallbackInfo& info) {
     std::string name = info[0].As<Napi::String>().Utf8Value();
     return Job<c10::IValue>::Start(
         env, {state->device, Priority::Inference, parseAdmission(info[2])},
-        [state, name, inputs = Inputs(env, *state, info[1], name)]() mutable {
+        [state, name, adapter = requestAdapter(info[2]), inputs = Inputs(env, *state, info[1], name)]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           torch::NoGradGuard noGrad;  // not InferenceMode: see Forward
           prepareInputs(*state, inputs);
           torch::jit::Method method = methodOf(*state, name);
-          return runInLayout(*state, std::move(inputs), [&](std::vector<c10::IValue> args) { return method(std::move(args)); });
+          return withAdapter(*state, adapter, [&] {
+            return runInLayout(*state, std::move(inputs), [&](std::vector<c10::IValue> args) { return method(std::move(args)); });
+          });
         },
         [state](Napi::Env env, c10::IValue& output) { return fromIValue(env, output, state); });
   });
@@ -351,11 +354,11 @@ Napi::Value ModelWrap::Predict(const Napi::CallbackInfo& info) {
     using Result = std::pair<torch::Tensor, torch::Tensor>;
     return Job<Result>::Start(
         env, {state->device, Priority::Inference, parseAdmission(info[1])},
-        [state, inputs = Inputs(env, *state, info[0])]() mutable {
+        [state, adapter = requestAdapter(info[1]), inputs = Inputs(env, *state, info[0])]() mutable {
           std::lock_guard<std::mutex> lock(state->mutex);
           return inEvalMode(*state, [&] {
             prepareInputs(*state, inputs);
-            return classScores(runForward(*state, std::move(inputs)));
+            return withAdapter(*state, adapter, [&] { return classScores(runForward(*state, std::move(inputs))); });
           });
         },
         [](Napi::Env env, Result& r) -> Napi::Value {

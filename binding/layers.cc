@@ -5,6 +5,7 @@
 #include <iomanip>
 #include <sstream>
 
+#include "lora.h"
 #include "model.h"
 #include "tensor.h"
 
@@ -141,6 +142,7 @@ torch::jit::Module buildLayer(Napi::Env env, const Napi::Object& spec, const std
     module.define(body + "    return input\n");
     return module;
   }
+  if (kind == "lora") return buildLora(env, spec, path, target);
   if (kind == "model") {
     // Another loaded model is copied in through its serialised form, imported into this
     // unit so its class names are mangled instead of clashing with the target's.

@@ -17,6 +17,9 @@ struct ModelState {
   std::string metadata;  // JSON text stored by torchlite's save, "" when absent
   std::vector<std::string> warnings;  // traced constructs that load could not fix
   std::map<std::string, std::string> extras;  // other extra files asked for at load (checkpoint state)
+  // LoRA: the base weights as they were before lora.merge folded an adapter in, by the
+  // wrapper's path, so unmerging restores them bit for bit.
+  std::map<std::string, torch::Tensor> loraUnmerged;
   std::string bnPolicy = "frozen-eval";  // 'frozen-eval', 'train' or 'eval' (see applyBatchNormPolicy)
   bool channelsLast = false;          // 4-D weights and inputs in NHWC (oneDNN/cuDNN fast paths)
   bool layoutAutomatic = false;       // channels-last chosen by loadPretrained's 'auto' (CPU only)

@@ -95,6 +95,11 @@ torch::jit::Module resolveParent(const torch::jit::Module& root, const std::stri
 
 }  // namespace
 
+torch::jit::Module submoduleAt(const torch::jit::Module& root, const std::string& path) {
+  std::string name;
+  return resolveParent(root, path, name).attr(name).toModule();
+}
+
 void replaceSubmodule(ModelState& state, const std::string& path, torch::jit::Module replacement) {
   std::string name;
   torch::jit::Module parent = resolveParent(state.module, path, name);

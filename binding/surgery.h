@@ -5,6 +5,9 @@
 
 namespace tl {
 
+// The submodule at a dotted `path`, or TORCHLITE_NO_SUCH_MODULE naming the part missing.
+torch::jit::Module submoduleAt(const torch::jit::Module& root, const std::string& path);
+
 // Puts `replacement` at `path`. Refuses paths that do not exist, parents that use the
 // child other than through forward, and models with no submodule calls left.
 void replaceSubmodule(ModelState& state, const std::string& path, torch::jit::Module replacement);

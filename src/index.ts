@@ -41,6 +41,8 @@ export { progressBar } from './progress';
 export * as text from './text';
 export type { EncodedTexts, TextInput, TextSpec, TextTokenizer, TokenizerOptions } from './text';
 export { lineChart, type Series } from './chart';
+export * as lora from './lora';
+export type { LoraOptions, LoraResult } from './lora';
 export * as loss from './loss';
 export type { Loss } from './loss';
 export type { Metrics, MetricSpec } from './metrics';

@@ -203,6 +203,9 @@ export interface NativeAddon {
   getRngState(): Buffer;
   setRngState(state: Buffer): void;
   initLayerParameters(shape: number[], bias: boolean): { weight: NativeTensor; bias?: NativeTensor };
+  loraUse(model: NativeModel, name: string): Promise<void>;
+  loraMerge(model: NativeModel, name: string): Promise<void>;
+  loraUnmerge(model: NativeModel): Promise<void>;
   randperm(n: number, seed: number): Float64Array;
   cudaInfo(): { available: boolean; deviceCount: number };
   cudaMemory(device: string, resetPeak: boolean): { allocated: number; reserved: number; peak: number };

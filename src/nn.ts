@@ -8,7 +8,7 @@ import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, ra
 /** @internal What crosses to the native side. */
 export interface LayerSpec {
   kind: string;
-  tensors: { weight?: NativeTensor; bias?: NativeTensor };
+  tensors: Record<string, NativeTensor | undefined>;
   children?: LayerSpec[];
   model?: unknown;
   /** The loaded Model behind `model`, for JS-side checks; not read natively. */

@@ -2,7 +2,7 @@
 // per-model cap, checked while a request waits in the model's queue and again on its lane.
 import { TorchError } from '../errors';
 import { queueLimits } from '../native';
-import { checkOptions, checkPositiveNumber, typeError } from '../validate';
+import { checkOptions, checkPositiveNumber, checkString, typeError } from '../validate';
 
 /** Options of one inference request (`predict`, or `model.with(options).forward(...)`). */
 export interface RequestOptions {
@@ -14,11 +14,18 @@ export interface RequestOptions {
   timeoutMs?: number;
   /** Aborting it rejects the request at once with the signal's reason (an `AbortError`); if it has not started, it never runs. Defaults to none. */
   signal?: AbortSignal;
+  /**
+   * The LoRA adapter this request runs (see `lora.apply`), without switching the model's: the
+   * request sees that adapter from start to end, whatever runs before and after it. Requests
+   * naming one are not batched. Defaults to the model's active adapter (`lora.use`).
+   */
+  adapter?: string;
 }
 
-/** @internal What the native job reads: the time left to start (`null`: no deadline). */
+/** @internal What the native job reads: the time left to start (`null`: no deadline), and the adapter (`''`: the active one). */
 export interface AdmissionBaton {
   timeoutMs: number | null;
+  adapter: string;
 }
 
 /** A native job's promise, which can be withdrawn while it waits on its lane. */
@@ -28,6 +35,7 @@ type Withdrawable<T> = Promise<T> & { withdraw?: () => void };
 export class Ticket {
   readonly #deadline: number | undefined;
   readonly #signal: AbortSignal | undefined;
+  readonly #adapter: string;
   #posted: Withdrawable<unknown> | undefined;
   #started = false;
   #refuse!: (error: unknown) => void;
@@ -42,6 +50,7 @@ export class Ticket {
   constructor(options: RequestOptions | undefined) {
     const o = checkRequestOptions(options);
     this.#signal = o.signal;
+    this.#adapter = o.adapter ?? '';
     this.refused = new Promise<never>((_, reject) => {
       this.#refuse = reject;
     });
@@ -65,7 +74,7 @@ export class Ticket {
 
   /** The baton for the native job: the time left to start. */
   baton(): AdmissionBaton {
-    return { timeoutMs: this.#deadline === undefined ? null : Math.max(0, this.#deadline - performance.now()) };
+    return { timeoutMs: this.#deadline === undefined ? null : Math.max(0, this.#deadline - performance.now()), adapter: this.#adapter };
   }
 
   /** Marks the request as out of the model's queue: from here its deadline is the lane's to check. */
@@ -88,7 +97,8 @@ export class Ticket {
 
 /** @internal `options` checked: a positive `timeoutMs` and an AbortSignal, each optional. */
 export function checkRequestOptions(options: RequestOptions | undefined): RequestOptions {
-  const o = checkOptions<RequestOptions>(options, 'options', ['timeoutMs', 'signal']);
+  const o = checkOptions<RequestOptions>(options, 'options', ['timeoutMs', 'signal', 'adapter']);
+  if (o.adapter !== undefined) checkString(o.adapter, 'options.adapter');
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw typeError('an AbortSignal', 'options.signal', o.signal);
   if (o.timeoutMs !== undefined) checkPositiveNumber(o.timeoutMs, 'options.timeoutMs');
   return o;

@@ -210,7 +210,7 @@ export class Model implements Disposable, AsyncDisposable {
 
   #forward<T extends ModelOutput>(inputs: ModelInput[], options: RequestOptions | undefined): Promise<T> {
     return callNativeAsync(async () => {
-      if (this.#batcher && inputs.length === 1 && this.#batcher.takes(inputs[0])) return wrapOutput(await this.#batched('forward', inputs[0], options), this.#reads) as T;
+      if (this.#batcher && !options?.adapter && inputs.length === 1 && this.#batcher.takes(inputs[0])) return wrapOutput(await this.#batched('forward', inputs[0], options), this.#reads) as T;
       const args = inputs.map((input, i) => unwrapInput(input, `inputs[${i}]`));
       return wrapOutput(await this.#request(options, (handle, admission) => handle.forward(args, admission)), this.#reads) as T;
     });
@@ -360,7 +360,7 @@ export class Model implements Disposable, AsyncDisposable {
    */
   predict(input: BatchInput, options?: RequestOptions): Promise<Prediction> {
     return callNativeAsync(async () => {
-      if (this.#batcher?.takes(input)) {
+      if (this.#batcher?.takes(input) && !options?.adapter) {
         const [probabilities, argmax] = (await this.#batched('predict', input, options)) as NativeTensor[];
         return { probabilities: new Tensor(probabilities), argmax: new Tensor(argmax) };
       }

@@ -1,0 +1,183 @@
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { loadPretrained, lora, loss, manualSeed, optim, type Tensor, tensor } from '../src';
+import { hasTorch, PYTHON, root } from './helpers';
+
+const ENCODER = join(root, 'models', 'fortunes-encoder.pt');
+const REFERENCE = join(root, 'scripts', 'fixtures', 'lora_reference.py');
+
+function reference<T>(...args: string[]): T {
+  const dir = mkdtempSync(join(tmpdir(), 'torchlite-lora-'));
+  const out = join(dir, 'out.json');
+  const run = spawnSync(PYTHON, [REFERENCE, ...args.map((a) => a.replace('<out>', out).replace('<dir>', dir))], { encoding: 'utf8' });
+  if (run.status !== 0) throw new Error(run.stderr);
+  return { ...(JSON.parse(readFileSync(out, 'utf8')) as object), dir } as T;
+}
+
+const relative = (actual: ArrayLike<number>, expected: ArrayLike<number>) => {
+  let worst = 0;
+  for (let i = 0; i < expected.length; i++) worst = Math.max(worst, Math.abs(actual[i] - expected[i]) / Math.max(Math.abs(expected[i]), 1e-3));
+  return worst;
+};
+
+interface TextReference {
+  losses: number[];
+  A: number[];
+  B: number[];
+  batches: { ids: number[]; mask: number[]; target: number[] }[];
+  logits?: number[];
+  config?: Record<string, unknown>;
+  keys?: string[];
+}
+
+describe.runIf(hasTorch)('LoRA', () => {
+  it("trains the text encoder's attention projections as PEFT does: 10 AdamW steps, losses and adapter weights", async () => {
+    const expected = reference<TextReference>('text', ENCODER, '<out>', '-');
+    await using model = await loadPretrained(ENCODER);
+    manualSeed(7);
+    const applied = lora.apply(model, { targets: /attention\.(query|value)$/, r: 8, alpha: 16 });
+    expect(applied.modules).toEqual(['layers.0.attention.query', 'layers.0.attention.value', 'layers.1.attention.query', 'layers.1.attention.value']);
+    // 4 modules × (8 × 64 + 64 × 8) adapter parameters train; everything else is frozen.
+    expect(applied.trainable).toBe(4 * 2 * 8 * 64);
+    expect(model.parameters().filter((p) => p.requiresGrad).map((p) => p.name)).toEqual([
+      'layers.0.attention.query.lora_A.default.weight',
+      'layers.0.attention.query.lora_B.default.weight',
+      'layers.0.attention.value.lora_A.default.weight',
+      'layers.0.attention.value.lora_B.default.weight',
+      'layers.1.attention.query.lora_A.default.weight',
+      'layers.1.attention.query.lora_B.default.weight',
+      'layers.1.attention.value.lora_A.default.weight',
+      'layers.1.attention.value.lora_B.default.weight',
+    ]);
+    expect(model.summary()).toContain('LoraLayer');
+    const batches = expected.batches.map((b) => ({ input: [tensor(BigInt64Array.from(b.ids, BigInt), [8, 12]), tensor(BigInt64Array.from(b.mask, BigInt), [8, 12])], target: tensor(BigInt64Array.from(b.target, BigInt)) }));
+    const optimizer = optim.adamw(model, { lr: 1e-3, weightDecay: 0.01 });
+    model.train();
+    manualSeed(11); // dropout's draws, as in Python
+    const losses = [];
+    for (let step = 0; step < 10; step++) losses.push((await model.trainStep(batches[step % 2].input, batches[step % 2].target, { loss: loss.crossEntropy(), optimizer })).loss);
+    expect(relative(losses, expected.losses)).toBeLessThan(1e-5);
+    const state = await model.stateDict();
+    expect(relative(state['layers.0.attention.query.lora_A.default.weight'].toTypedArray() as Float32Array, expected.A)).toBeLessThan(1e-5);
+    expect(relative(state['layers.0.attention.query.lora_B.default.weight'].toTypedArray() as Float32Array, expected.B)).toBeLessThan(1e-5);
+
+    // Saved as PEFT saves it, loaded by the reference into a fresh base: the same logits.
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-adapter-'));
+    await lora.save(model, dir, { baseModel: 'fortunes-encoder' });
+    model.eval();
+    const mine = (await model.forward(...(batches[0].input as Tensor[]))) as Tensor;
+    const loaded = reference<TextReference>('text', ENCODER, '<out>', dir);
+    expect(loaded.keys).toContain('base_model.model.layers.0.attention.query.lora_A.weight');
+    expect(loaded.keys).toHaveLength(8);
+    expect(loaded.config).toMatchObject({ peft_type: 'LORA', r: 8, lora_alpha: 16, lora_dropout: 0, bias: 'none', base_model_name_or_path: 'fortunes-encoder', target_modules: applied.modules });
+    expect(relative(mine.toTypedArray() as Float32Array, loaded.logits!)).toBeLessThan(1e-5);
+
+    // Merged, the base weights carry the adapter: the same logits, and unmerging restores them bit for bit.
+    const before = (state['layers.0.attention.query.base_layer.weight'].toTypedArray() as Float32Array).slice();
+    await lora.merge(model);
+    const merged = (await model.forward(...(batches[0].input as Tensor[]))) as Tensor;
+    expect(relative(merged.toTypedArray() as Float32Array, mine.toTypedArray() as Float32Array)).toBeLessThan(1e-5);
+    const folded = (await model.stateDict())['layers.0.attention.query.base_layer.weight'].toTypedArray() as Float32Array;
+    expect(Array.from(folded)).not.toEqual(Array.from(before));
+    await expect(lora.merge(model)).rejects.toMatchObject({ code: 'TORCHLITE_BAD_STATE' });
+    await lora.unmerge(model);
+    expect(Array.from((await model.stateDict())['layers.0.attention.query.base_layer.weight'].toTypedArray() as Float32Array)).toEqual(Array.from(before));
+
+    // Loaded back onto a fresh base by torchlite: the same logits.
+    await using again = await loadPretrained(ENCODER);
+    const result = await lora.load(again, dir);
+    expect(result.modules).toEqual(applied.modules);
+    again.eval();
+    const reloaded = (await again.forward(...(batches[0].input as Tensor[]))) as Tensor;
+    expect(relative(reloaded.toTypedArray() as Float32Array, mine.toTypedArray() as Float32Array)).toBeLessThan(1e-6);
+  }, 60_000);
+
+  it("trains a CNN's Conv2d layers as PEFT does", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-lora-cnn-'));
+    const expected = reference<{ losses: number[]; A: number[]; B: number[]; batches: { x: number[]; y: number[] }[] }>('cnn', join(dir, 'cnn.pt'), '<out>');
+    await using model = await loadPretrained(join(dir, 'cnn.pt'), { channelsLast: false });
+    manualSeed(7);
+    const applied = lora.apply(model, { targets: /^conv/, r: 4, alpha: 8 });
+    expect(applied.modules).toEqual(['conv1', 'conv2', 'conv3']);
+    const batches = expected.batches.map((b) => ({ x: tensor(b.x, [4, 3, 12, 12]), y: tensor(BigInt64Array.from(b.y, BigInt)) }));
+    const optimizer = optim.adamw(model, { lr: 1e-3, weightDecay: 0.01 });
+    model.train();
+    const losses = [];
+    for (let step = 0; step < 10; step++) losses.push((await model.trainStep(batches[step % 2].x, batches[step % 2].y, { loss: loss.crossEntropy(), optimizer })).loss);
+    expect(relative(losses, expected.losses)).toBeLessThan(1e-5);
+    const state = await model.stateDict();
+    expect(state['conv2.lora_A.default.weight'].shape).toEqual([4, 8, 3, 3]);
+    expect(state['conv2.lora_B.default.weight'].shape).toEqual([16, 4, 1, 1]);
+    expect(relative(state['conv2.lora_A.default.weight'].toTypedArray() as Float32Array, expected.A)).toBeLessThan(1e-5);
+    expect(relative(state['conv2.lora_B.default.weight'].toTypedArray() as Float32Array, expected.B)).toBeLessThan(1e-5);
+    // Merging a convolution's adapter folds B·A over its kernel.
+    model.eval();
+    const plain = (await model.forward(batches[0].x)) as Tensor;
+    await lora.merge(model);
+    const merged = (await model.forward(batches[0].x)) as Tensor;
+    expect(relative(merged.toTypedArray() as Float32Array, plain.toTypedArray() as Float32Array)).toBeLessThan(1e-5);
+  }, 60_000);
+
+  it('serves two adapters chosen per request while a third trains, each answer as that adapter alone gives it', async () => {
+    await using model = await loadPretrained(ENCODER);
+    manualSeed(1);
+    lora.apply(model, { targets: /attention\.(query|value)$/, name: 'a' });
+    lora.apply(model, { targets: /attention\.(query|value)$/, name: 'b' });
+    // Non-zero B factors, so that the adapters differ from the base and from each other.
+    const state = await model.stateDict();
+    const update: Record<string, Tensor> = {};
+    for (const [name, value] of Object.entries(state))
+      if (/lora_B\.(a|b)\.weight$/.test(name)) update[name] = tensor(Float32Array.from({ length: value.shape[0] * value.shape[1] }, (_, i) => Math.sin(i + (name.includes('.a.') ? 1 : 2)) / 10), value.shape);
+    await model.loadStateDict(update, { strict: false });
+    lora.apply(model, { targets: /attention\.(query|value)$/, name: 'c' });
+    await lora.use(model, 'c');
+    model.eval();
+    const ids = tensor(BigInt64Array.from({ length: 4 * 10 }, (_, i) => BigInt(1 + ((i * 37) % 500))), [4, 10]);
+    const mask = tensor(new BigInt64Array(40).fill(1n), [4, 10]);
+    // predict runs in eval mode whatever the model's mode, so the requests below see no dropout while c trains.
+    const alone = async (adapter: string) => Array.from((await model.predict([ids, mask], { adapter })).probabilities.toTypedArray() as Float32Array);
+    const [a, b] = [await alone('a'), await alone('b')];
+    expect(relative(a, b)).toBeGreaterThan(1e-4);
+    // c trains (the optimizer holds its factors only) while requests for a and b interleave.
+    model.train();
+    const optimizer = optim.adamw(model, { lr: 1e-2 });
+    const target = tensor(BigInt64Array.of(0n, 1n, 2n, 3n));
+    const training = (async () => {
+      for (let step = 0; step < 6; step++) await model.trainStep([ids, mask], target, { loss: loss.crossEntropy(), optimizer });
+    })();
+    const answers = await Promise.all(Array.from({ length: 12 }, (_, i) => (i % 2 === 0 ? 'a' : 'b')).map(async (adapter) => ({ adapter, out: await alone(adapter) })));
+    await training;
+    model.eval();
+    for (const { adapter, out } of answers) expect(relative(out, adapter === 'a' ? a : b)).toBeLessThan(1e-6);
+    // The model still runs c, which trained; a request for an adapter it lacks is refused.
+    const c = Array.from((await model.predict([ids, mask])).probabilities.toTypedArray() as Float32Array);
+    expect(relative(c, a)).toBeGreaterThan(1e-4);
+    await expect(model.predict([ids, mask], { adapter: 'd' })).rejects.toMatchObject({ code: 'TORCHLITE_NO_MATCH', message: "the model has no LoRA adapter 'd' (it has 'a', 'b', 'c')" });
+    expect(lora.adapters(model)).toEqual(['a', 'b', 'c']);
+  }, 60_000);
+
+  it('says what is wrong', async () => {
+    await using model = await loadPretrained(ENCODER);
+    expect(() => lora.apply(model, { targets: 'nothing.here' })).toThrow(expect.objectContaining({ code: 'TORCHLITE_NO_MATCH', message: 'No Linear or Conv2d module matches nothing.here (LoRA wraps those)' }));
+    expect(() => lora.apply(model, { targets: '*.query', name: 'tenant-a' })).toThrow("Expected a name of letters, digits and _, not starting with a digit for `options.name` but received 'tenant-a'");
+    expect(() => lora.apply(model, { targets: '*.query', dropout: 1 })).toThrow(RangeError);
+    lora.apply(model, { targets: 'layers.*.attention.query', name: 'a' });
+    expect(() => lora.apply(model, { targets: 'layers.*.attention.query', name: 'a' })).toThrow("The model already has the LoRA adapter 'a'; pass another name");
+    await expect(lora.use(model, 'b')).rejects.toMatchObject({ code: 'TORCHLITE_NO_MATCH', message: "The model has no LoRA adapter 'b' (it has 'a')" });
+    // An adapter for another base: its shapes name the module.
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-adapter-'));
+    await lora.save(model, dir, { name: 'a' });
+    const { writeFileSync } = await import('node:fs');
+    writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 4, lora_alpha: 8, target_modules: ['layers.0.attention.query', 'layers.1.attention.query'] }));
+    await using other = await loadPretrained(ENCODER);
+    await expect(lora.load(other, dir)).rejects.toMatchObject({
+      code: 'TORCHLITE_WEIGHTS_MISMATCH',
+      message: "the adapter's base_model.model.layers.0.attention.query.lora_A.weight has shape [8, 64] but 'layers.0.attention.query' takes [4, 64] (r 4): the adapter was trained on another base model",
+    });
+    writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 8, target_modules: ['encoder.layer.0.attention.self.query'] }));
+    await expect(lora.load(other, dir)).rejects.toMatchObject({ code: 'TORCHLITE_WEIGHTS_MISMATCH', message: `the adapter in ${dir} targets 'encoder.layer.0.attention.self.query', which the model does not have: is it the adapter's base model?` });
+  });
+});
