@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadPretrained, lora, loss, manualSeed, optim, type Tensor, tensor } from '../src';
-import { hasTorch, PYTHON, root } from './helpers';
+import { fixture, hasTorch, PYTHON, root } from './helpers';
 
 const ENCODER = join(root, 'models', 'fortunes-encoder.pt');
 const REFERENCE = join(root, 'scripts', 'fixtures', 'lora_reference.py');
@@ -86,6 +86,18 @@ describe.runIf(hasTorch)('LoRA', () => {
     await lora.unmerge(model);
     expect(Array.from((await model.stateDict())['layers.0.attention.query.base_layer.weight'].toTypedArray() as Float32Array)).toEqual(Array.from(before));
 
+    // The whole model, wrappers and all, saves as TorchScript that Python runs.
+    await model.save(join(dir, 'with-adapter.pt'));
+    const ids = batches[0].input[0].toTypedArray() as BigInt64Array;
+    const masks = batches[0].input[1].toTypedArray() as BigInt64Array;
+    const python = spawnSync(
+      PYTHON,
+      ['-c', 'import sys, json, torch\nm = torch.jit.load(sys.argv[1]).eval()\nids = torch.tensor(json.loads(sys.argv[2])).view(8, 12)\nmask = torch.tensor(json.loads(sys.argv[3])).view(8, 12)\nprint(json.dumps(m(ids, mask).flatten().tolist()))', join(dir, 'with-adapter.pt'), JSON.stringify(Array.from(ids, Number)), JSON.stringify(Array.from(masks, Number))],
+      { encoding: 'utf8' },
+    );
+    expect(python.status, python.stderr).toBe(0);
+    expect(relative(JSON.parse(python.stdout) as number[], mine.toTypedArray() as Float32Array)).toBeLessThan(1e-5);
+
     // Loaded back onto a fresh base by torchlite: the same logits.
     await using again = await loadPretrained(ENCODER);
     const result = await lora.load(again, dir);
@@ -158,6 +170,23 @@ describe.runIf(hasTorch)('LoRA', () => {
     await expect(model.predict([ids, mask], { adapter: 'd' })).rejects.toMatchObject({ code: 'TORCHLITE_NO_MATCH', message: "the model has no LoRA adapter 'd' (it has 'a', 'b', 'c')" });
     expect(lora.adapters(model)).toEqual(['a', 'b', 'c']);
   }, 60_000);
+
+  it('wraps the Linears of a traced model too, and trains them', async () => {
+    await using model = await loadPretrained(fixture('mlp.traced.pt'));
+    const linears = model.modules().filter((m) => m.type === 'Linear').map((m) => m.path);
+    const applied = lora.apply(model, { targets: linears, r: 2 });
+    expect(applied.modules).toEqual(linears);
+    const x = tensor(Float32Array.from({ length: 4 * model.parameters()[0].shape[1] }, (_, i) => Math.sin(i)), [4, model.parameters()[0].shape[1]]);
+    const before = Array.from(((await model.forward(x)) as Tensor).toTypedArray() as Float32Array);
+    model.train();
+    const optimizer = optim.sgd(model, { lr: 0.1 });
+    for (let i = 0; i < 3; i++) await model.trainStep(x, tensor(BigInt64Array.of(0n, 1n, 0n, 1n)), { loss: loss.crossEntropy(), optimizer });
+    model.eval();
+    const after = Array.from(((await model.forward(x)) as Tensor).toTypedArray() as Float32Array);
+    expect(relative(after, before)).toBeGreaterThan(1e-4);
+    // Only the adapters moved.
+    expect(model.parameters().filter((p) => p.requiresGrad).every((p) => p.name.includes('.lora_'))).toBe(true);
+  });
 
   it('says what is wrong', async () => {
     await using model = await loadPretrained(ENCODER);
