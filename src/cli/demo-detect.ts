@@ -7,7 +7,7 @@ import { join, resolve } from 'node:path';
 
 import { data, type EpochRecord, fit, loadPretrained, loss, manualSeed, type Metrics, nn, optim, progressBar, tensor } from '..';
 import { FASHION_CLASSES, FASHION_DIR } from './data';
-import { intFlag } from './flags';
+import { type DemoBaseFlags, intFlag } from './flags';
 import { textTable } from './report';
 import { readFashion, writeScenes } from './scenes';
 
@@ -19,15 +19,6 @@ const NEW_CLASSES = [5, 6, 7, 8, 9];
 /** The heatmap's starting logit: a 0.1 prior on every cell, as CenterNet (and tinydet.py) start. */
 const HEATMAP_PRIOR = -2.19;
 
-export interface DetectDemoFlags {
-  budget?: string;
-  epochs?: string;
-  dataDir?: string;
-  out: string;
-  quick?: boolean;
-  json?: boolean;
-}
-
 interface Outcome {
   name: string;
   metrics: Metrics;
@@ -35,7 +26,7 @@ interface Outcome {
   history: EpochRecord[];
 }
 
-export async function runDetectDemo(flags: DetectDemoFlags): Promise<void> {
+export async function runDetectDemo(flags: DemoBaseFlags): Promise<void> {
   const quick = flags.quick === true;
   const budget = intFlag(flags.budget ?? (quick ? '60' : '120'), '--budget');
   const epochs = intFlag(flags.epochs ?? (quick ? '6' : '25'), '--epochs');

@@ -9,20 +9,14 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import { data, type EpochRecord, fineTune, fit, loadPretrained, loss as losses, manualSeed, type Model, optim, sched, text, TorchError } from '..';
-import { intFlag } from './flags';
+import { type DemoBaseFlags, intFlag } from './flags';
 import { FORTUNES_DIR, isHeldOut, type LabelledText, LANGUAGES, readLanguages, writeJsonl } from './fortunes';
 import { textTable } from './report';
 
 export const TEXT_MODEL = resolve(__dirname, '..', '..', 'models', 'fortunes-encoder.pt');
 
-export interface TextDemoFlags {
+export interface TextDemoFlags extends DemoBaseFlags {
   model?: string;
-  budget?: string;
-  epochs?: string;
-  dataDir?: string;
-  out: string;
-  quick?: boolean;
-  json?: boolean;
 }
 
 /** Test fortunes per language; the labelled budget is drawn from the rest. */

@@ -5,22 +5,16 @@ import { resolve } from 'node:path';
 
 import { data, type EpochRecord, fineTune, fit, lineChart, loadPretrained, loss as losses, manualSeed, type Model, optim, progressBar, sched, tensor } from '..';
 import { FASHION_CLASSES, inputSpec, loadDataset } from './data';
-import { intFlag, numberFlag } from './flags';
+import { type DemoBaseFlags, intFlag, numberFlag } from './flags';
 import { stepRecorder, textTable, writeReport } from './report';
 
 const { loader, subset } = data;
 
 export const SHIPPED_MODEL = resolve(__dirname, '..', '..', 'models', 'fashion-cnn.pt');
 
-export interface DemoFlags {
-  budget?: string;
-  epochs?: string;
+export interface DemoFlags extends DemoBaseFlags {
   target: string;
-  dataDir?: string;
-  out: string;
   report: string;
-  quick?: boolean;
-  json?: boolean;
 }
 
 interface Outcome {

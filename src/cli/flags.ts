@@ -17,3 +17,13 @@ export function choiceFlag<T extends string>(value: string, name: string, allowe
   if (!(allowed as readonly string[]).includes(value)) throw rangeError(`one of ${allowed.join(', ')}`, name, value);
   return value as T;
 }
+
+/** The flags every demo takes. */
+export interface DemoBaseFlags {
+  budget?: string;
+  epochs?: string;
+  dataDir?: string;
+  out: string;
+  quick?: boolean;
+  json?: boolean;
+}

@@ -3,7 +3,7 @@ import { join } from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
-import { cuda, distributed, loadPretrained, loss, manualSeed, nn, optim, randn, runtime, type Tensor, tensor, TorchError } from '../../src';
+import { cuda, distributed, loadPretrained, lora, loss, manualSeed, nn, optim, randn, runtime, type Tensor, tensor, tensorList, TorchError } from '../../src';
 import { native } from '../../src/native';
 import { exportTorchvision, fixture, freePort, hasTorchvision, maxAbsDiff, python, readF32, relativeDiff } from '../helpers';
 
@@ -197,5 +197,59 @@ with torch.no_grad(): print(json.dumps(m(x).float().flatten().tolist()))`, [file
     await using model = await loadPretrained(fixture('resnet_small.scripted.pt'), { device: 'cuda' });
     model.replace('fc', nn.linear(16, 3));
     expect((await model.forward<Tensor>(randn([2, 3, 16, 16], { device: 'cuda' }))).device).toBe('cuda:0');
+  });
+});
+
+describe.skipIf(!cuda.isAvailable())('CUDA: detection and LoRA', () => {
+  it('a detector trains on the GPU from per-image targets on the CPU, and scores mAP', async () => {
+    // Tensors made here: the device machine's node_modules carries no sharp to decode images.
+    const image = (k: number) => {
+      const pixels = new Float32Array(3 * 96 * 96).fill(0.1);
+      for (let c = 0; c < 3; c++) for (let yy = 10 + k * 5; yy < 50 + k * 5; yy++) pixels.fill(0.9, c * 9216 + yy * 96 + 20, c * 9216 + yy * 96 + 60);
+      return tensor(pixels, [3, 96, 96]);
+    };
+    const batches = [0, 1].map((b) => ({
+      input: [tensorList([image(2 * b), image(2 * b + 1)])],
+      target: [2 * b, 2 * b + 1].map((k) => ({ boxes: tensor([20, 10 + k * 5, 60, 50 + k * 5], [1, 4]), labels: longs([1]) })),
+    }));
+    await using model = await loadPretrained(join(__dirname, '..', '..', 'models', 'tinydet.pt'), { device: 'cuda' });
+    const optimizer = optim.adamw(model, { lr: 1e-3 });
+    model.train();
+    for (let epoch = 0; epoch < 3; epoch++)
+      for (const batch of batches) {
+        const r = await model.trainStep(batch.input, batch.target, { loss: loss.fromModel(), optimizer });
+        expect(Object.keys(r.losses!).sort()).toEqual(['loss_heatmap', 'loss_offset', 'loss_size']);
+      }
+    model.eval();
+    const metrics = await model.evaluate(batches, { metrics: ['map'] });
+    expect(metrics.map).toBeGreaterThanOrEqual(0);
+  });
+
+  it('LoRA on the GPU trains as on the CPU, merges and unmerges exactly, and serves per-request adapters', async () => {
+    const encoder = join(__dirname, '..', '..', 'models', 'fortunes-encoder.pt');
+    const ids = tensor(BigInt64Array.from({ length: 4 * 12 }, (_, i) => BigInt(1 + ((i * 37) % 900))), [4, 12]);
+    const mask = tensor(new BigInt64Array(48).fill(1n), [4, 12]);
+    const y = longs([0, 1, 2, 3]);
+    const losses: number[][] = [];
+    for (const device of ['cpu', 'cuda'] as const) {
+      await using model = await loadPretrained(encoder, { device });
+      manualSeed(3);
+      lora.apply(model, { targets: /attention\.(query|value)$/, r: 8, alpha: 16 });
+      model.eval(); // no dropout: the devices' generators differ
+      const optimizer = optim.adamw(model, { lr: 1e-2 });
+      const run = [];
+      for (let i = 0; i < 3; i++) run.push((await model.trainStep([ids, mask], y, { loss: loss.crossEntropy(), optimizer })).loss);
+      losses.push(run);
+      if (device === 'cuda') {
+        const name = 'layers.0.attention.query.base_layer.weight';
+        const before = await values((await model.stateDict())[name]);
+        await lora.merge(model);
+        await lora.unmerge(model);
+        expect(Array.from(await values((await model.stateDict())[name]))).toEqual(Array.from(before));
+        const plain = await values((await model.predict([ids, mask], { adapter: 'default' })).probabilities);
+        expect(plain.length).toBe(4 * model.parameters('classifier.weight')[0].shape[0]);
+      }
+    }
+    expect(relativeDiff(losses[1], losses[0])).toBeLessThan(1e-4);
   });
 });
