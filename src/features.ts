@@ -4,9 +4,7 @@
 // generator draws): they are computed once, and a model made of the head alone trains on
 // them. The result equals training the whole model, within float noise, at the cost of one
 // forward pass over the data. Nothing here draws from the generator that training would not.
-import type { BatchTarget } from './data/dataset';
-import type { Dataset } from './data/dataset';
-import { tensorDataset } from './data/dataset';
+import { type BatchTarget, type Dataset, tensorDataset } from './data/dataset';
 import { type Loader, loader } from './data/loader';
 import { misuse, TorchError } from './errors';
 import { type BatchInput, Model } from './model';

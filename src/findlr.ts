@@ -1,10 +1,10 @@
 // The LR range test (Leslie Smith; fastai's lr_find): train briefly with an exponentially
 // rising lr, watch the loss, and suggest the lr where it falls fastest. The model's
 // weights, buffers and the RNG are restored afterwards.
-import type { BatchTarget } from './data/dataset';
 import { writeFile } from 'node:fs/promises';
 
 import { lineChart } from './chart';
+import type { BatchTarget } from './data/dataset';
 import type { Loader } from './data/loader';
 import { groupOf } from './distributed';
 import { type Loss, crossEntropy } from './loss';

@@ -1,15 +1,16 @@
 // fineTune(): the fastai recipe (new head, body frozen, one-cycle; then unfreeze with
 // discriminative lrs) on top of fit, with an lr read off a range test or searched (lrsearch.ts).
-import type { BatchTarget } from './data/dataset';
 import { performance } from 'node:perf_hooks';
 
 import { readCheckpointPosition } from './checkpoint';
+import type { BatchTarget } from './data/dataset';
 import type { Loader } from './data/loader';
 import { groupOf } from './distributed';
 import { misuse } from './errors';
 import { FEATURE_CACHE_BUDGET, type FeatureCache, type FeatureCacheReport, prepareFeatureCache, restoreHead } from './features';
 import { findLr, type LrRule, type Snapshot, snapshot } from './findlr';
 import { type Callback, callbacksOfThisRank, type EpochRecord, fit, recordTrainingData } from './fit';
+import { adapters } from './lora';
 import { type Loss, crossEntropy } from './loss';
 import { beatsChance, bestTrial, isClassification, type LrSearchPlan, type LrSearchReport, type LrTrial, LR_SEARCH, majorityShare, type Parts, searchFolds, trialPlan, whyNoTrial } from './lrsearch';
 import type { MetricSpec } from './metrics';
@@ -146,6 +147,8 @@ export type FineTuneHistory = EpochRecord[] & {
 /** What one fineTune trains, whatever the lr and the data: the trials and the final run share it. */
 interface Recipe {
   headPath: string;
+  /** What the 'all' stage unfreezes: every parameter, or for a model with LoRA adapters those trainable when fineTune began. */
+  body?: string[];
   stages: string[];
   freezeEpochs: number;
   epochs: number;
@@ -206,9 +209,12 @@ async function tune(model: Model, options: FineTuneOptions): Promise<FineTuneHis
   const head = o.numClasses === undefined ? undefined : model.resetClassifier(o.numClasses, { dropout: o.dropout ?? 0 });
   const headPath = head ?? model.classifierHead();
   if (headPath === undefined) throw new RangeError('Expected a model with a Linear head for `fineTune` but found none; pass `numClasses`');
+  // A model with LoRA adapters trains them (and what was left trainable beside them) where
+  // another would unfreeze its whole body: its base weights stay frozen.
+  const body = adapters(model).length > 0 ? model.parameters().filter((p) => p.requiresGrad).map((p) => p.name) : undefined;
   model.freeze();
   model.unfreeze(headPath);
-  const recipe: Recipe = { headPath, stages, freezeEpochs, epochs, lrMult, weightDecay: o.weightDecay ?? D.weightDecay, pctStart: o.pctStart, loss: o.loss, signal: o.signal };
+  const recipe: Recipe = { headPath, ...(body && { body }), stages, freezeEpochs, epochs, lrMult, weightDecay: o.weightDecay ?? D.weightDecay, pctStart: o.pctStart, loss: o.loss, signal: o.signal };
   let { cache, featureCache } = await headOnlyCache(model, headPath, o, freezeEpochs, resumeStage);
   try {
     // A resumed run reuses the lr its checkpoint recorded: a new range test or search on
@@ -364,7 +370,7 @@ async function runRecipe(
   const lr = baseLr / 2;
   const topLevel = [...new Set(model.parameters().map((p) => p.name.split('.')[0]))];
   for (const [i, prefix] of recipe.stages.entries()) {
-    if (prefix === 'all') model.unfreeze();
+    if (prefix === 'all') model.unfreeze(recipe.body);
     else model.unfreeze(prefix);
     // Discriminative lrs: each top-level block gets its own group, lr rising geometrically
     // from lr/lrMult (first block) to lr (the head).

@@ -1,7 +1,7 @@
 // fit(): epochs of trainStep over a Loader, evaluation after each, callbacks, AbortSignal,
 // checkpoints and exact resume.
-import type { BatchTarget } from './data/dataset';
 import { loadCheckpoint, saveCheckpoint, type TrainingPosition } from './checkpoint';
+import type { BatchTarget } from './data/dataset';
 import type { Loader, LoaderBatch } from './data/loader';
 import { groupOf } from './distributed';
 import { crossEntropy, Loss } from './loss';

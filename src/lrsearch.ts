@@ -2,8 +2,7 @@
 // folds, scored, and one chosen. The rules and their constants live here once, in LR_SEARCH;
 // bench/recipes/sweep.mjs imports them to score rules on recorded trials, and
 // bench/recipes/README.md tells how each was measured.
-import type { BatchTarget } from './data/dataset';
-import { type Dataset, split } from './data/dataset';
+import { type BatchTarget, type Dataset, split } from './data/dataset';
 import { misuse } from './errors';
 import type { Loss } from './loss';
 import type { BatchInput, BatchNormPolicy } from './model';

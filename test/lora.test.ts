@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { loadPretrained, lora, loss, manualSeed, optim, type Tensor, tensor } from '../src';
+import { data, fineTune, loadPretrained, lora, loss, manualSeed, optim, type Tensor, tensor } from '../src';
 import { fixture, hasTorch, PYTHON, root } from './helpers';
 
 const ENCODER = join(root, 'models', 'fortunes-encoder.pt');
@@ -208,5 +208,26 @@ describe.runIf(hasTorch)('LoRA', () => {
     });
     writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 8, target_modules: ['encoder.layer.0.attention.self.query'] }));
     await expect(lora.load(other, dir)).rejects.toMatchObject({ code: 'TORCHLITE_WEIGHTS_MISMATCH', message: `the adapter in ${dir} targets 'encoder.layer.0.attention.self.query', which the model does not have: is it the adapter's base model?` });
+  });
+});
+
+describe('LoRA with fineTune', () => {
+  it('trains the adapters and the head, never the base weights', async () => {
+    await using model = await loadPretrained(fixture('mlp.scripted.pt'));
+    const head = model.classifierHead()!;
+    const linears = model.modules().filter((m) => m.type === 'Linear' && m.path !== head).map((m) => m.path);
+    lora.apply(model, { targets: linears, r: 2, modulesToSave: head });
+    const before = await model.stateDict();
+    const inputs = model.parameters(`${linears[0]}.base_layer.weight`)[0].shape[1];
+    const x = Float32Array.from({ length: 64 * inputs }, (_, i) => Math.sin(i * 0.37));
+    const classes = model.parameters(`${head}.weight`)[0].shape[0];
+    const ds = data.tensorDataset(tensor(x, [64, inputs]), Int32Array.from({ length: 64 }, (_, i) => i % classes));
+    await fineTune(model, { train: data.loader(ds, { batchSize: 16 }), freezeEpochs: 1, epochs: 2, lr: 1e-2 });
+    const after = await model.stateDict();
+    const moved = (name: string) => Array.from(after[name].toTypedArray() as Float32Array).some((v, i) => v !== (before[name].toTypedArray() as Float32Array)[i]);
+    for (const name of Object.keys(before)) {
+      if (name.includes('.lora_B.') || name.startsWith(`${head}.`)) expect(moved(name), name).toBe(true);
+      else if (!name.includes('.lora_A.')) expect(moved(name), name).toBe(false);
+    }
   });
 });
