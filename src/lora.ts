@@ -3,9 +3,10 @@
 // as PEFT draws it) and B (zeros) whose product, times alpha / r, adds to its output.
 // Adapters save and load in PEFT's format (adapter_model.safetensors, adapter_config.json).
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 
 import { callNativeAsync, readError, TorchError } from './errors';
+import { hubFile, parseHubName } from './hub';
 import { Model } from './model';
 import { native } from './native';
 import { Layer } from './nn';
@@ -218,14 +219,18 @@ export interface LoadAdapterOptions {
 }
 
 /**
- * Loads a PEFT adapter (`dir/adapter_config.json` and `dir/adapter_model.safetensors`) onto
- * its base model: wraps the modules its config targets, then reads its weights. A target the
- * model lacks, or a weight whose shape is not the module's, is a `TORCHLITE_WEIGHTS_MISMATCH`
- * error naming the module; nothing is loaded then.
+ * Loads a PEFT adapter (`dir/adapter_config.json` and `dir/adapter_model.safetensors`, or a
+ * Hub repository's as `hf:owner/name[@revision]`, through the cache as `loadPretrained`
+ * reads it) onto its base model: wraps the modules its config targets, then reads its
+ * weights. A target the model lacks, or a weight whose shape is not the module's, is a
+ * `TORCHLITE_WEIGHTS_MISMATCH` error naming the module; nothing is loaded then.
  */
-export function load(model: Model, dir: string, options?: LoadAdapterOptions): Promise<LoraResult> {
+export function load(model: Model, source: string, options?: LoadAdapterOptions): Promise<LoraResult> {
   return callNativeAsync(async () => {
-    checkString(dir, 'dir');
+    checkString(source, 'source');
+    const hub = parseHubName(source);
+    const dir = hub ? dirname((await hubFile(hub.repo, 'adapter_config.json', { revision: hub.revision }))!) : source;
+    if (hub) await hubFile(hub.repo, 'adapter_model.safetensors', { revision: hub.revision });
     const o = checkOptions<LoadAdapterOptions>(options, 'options', ['name']);
     const name = o.name === undefined ? 'default' : checkString(o.name, 'options.name');
     let text;

@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -199,7 +199,6 @@ describe.runIf(hasTorch)('LoRA', () => {
     // An adapter for another base: its shapes name the module.
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-adapter-'));
     await lora.save(model, dir, { name: 'a' });
-    const { writeFileSync } = await import('node:fs');
     writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 4, lora_alpha: 8, target_modules: ['layers.0.attention.query', 'layers.1.attention.query'] }));
     await using other = await loadPretrained(ENCODER);
     await expect(lora.load(other, dir)).rejects.toMatchObject({
@@ -208,6 +207,35 @@ describe.runIf(hasTorch)('LoRA', () => {
     });
     writeFileSync(join(dir, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', r: 8, target_modules: ['encoder.layer.0.attention.self.query'] }));
     await expect(lora.load(other, dir)).rejects.toMatchObject({ code: 'TORCHLITE_WEIGHTS_MISMATCH', message: `the adapter in ${dir} targets 'encoder.layer.0.attention.self.query', which the model does not have: is it the adapter's base model?` });
+  });
+});
+
+describe('LoRA from the Hub cache', () => {
+  it("loads an adapter named hf:owner/name from the cache, offline, as huggingface_hub lays it out", async () => {
+    await using model = await loadPretrained(ENCODER);
+    manualSeed(2);
+    lora.apply(model, { targets: /attention\.value$/, r: 4 });
+    const cache = mkdtempSync(join(tmpdir(), 'torchlite-hub-'));
+    const commit = 'a'.repeat(40);
+    const folder = join(cache, 'models--someone--encoder-lora');
+    await lora.save(model, join(folder, 'snapshots', commit));
+    mkdirSync(join(folder, 'refs'));
+    writeFileSync(join(folder, 'refs', 'main'), commit);
+    const saved = { cache: process.env.HF_HUB_CACHE, offline: process.env.HF_HUB_OFFLINE };
+    Object.assign(process.env, { HF_HUB_CACHE: cache, HF_HUB_OFFLINE: '1' });
+    try {
+      await using other = await loadPretrained(ENCODER);
+      const result = await lora.load(other, 'hf:someone/encoder-lora');
+      expect(result.modules).toEqual(['layers.0.attention.value', 'layers.1.attention.value']);
+      const a = (await model.stateDict())['layers.1.attention.value.lora_A.default.weight'].toTypedArray();
+      expect((await other.stateDict())['layers.1.attention.value.lora_A.default.weight'].toTypedArray()).toEqual(a);
+      await expect(lora.load(other, 'hf:someone/missing', { name: 'b' })).rejects.toMatchObject({ code: 'TORCHLITE_NOT_CACHED' });
+    } finally {
+      for (const [key, value] of [['HF_HUB_CACHE', saved.cache], ['HF_HUB_OFFLINE', saved.offline]] as const) {
+        if (value === undefined) delete process.env[key];
+        else process.env[key] = value;
+      }
+    }
   });
 });
 
