@@ -155,8 +155,13 @@ torch::Tensor modelLoss(const LossConfig& config, const c10::IValue& output, std
     return value.reshape({}).to(torch::kFloat);
   }
   if (losses.isGenericDict()) {
+    // Hugging Face's models return {"loss": …, "logits": …} when given labels: the loss alone trains.
+    const c10::Dict<c10::IValue, c10::IValue> dict = losses.toGenericDict();
+    auto hf = dict.find("loss");
+    if (hf != dict.end() && hf->value().isTensor() && hf->value().toTensor().numel() == 1)
+      return hf->value().toTensor().reshape({}).to(torch::kFloat);
     torch::Tensor total;
-    for (const auto& entry : losses.toGenericDict()) {
+    for (const auto& entry : dict) {
       if (!entry.key().isString() || !entry.value().isTensor() || entry.value().toTensor().numel() != 1)
         throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "with loss.fromModel(), a dict of losses must map names to one-value tensors");
       std::string name = entry.key().toStringRef();

@@ -193,8 +193,9 @@ export interface FromModelOptions {
 /**
  * The loss the model computes itself: its training forward takes the targets after its other
  * inputs (the last positional argument, or `argument` for named inputs) and returns a loss
- * tensor, a dict of named losses, or a tuple whose first item is that dict (torchvision's
- * scripted detection models return `(losses, detections)`). Named losses are summed (with
+ * tensor, a dict of named losses, a dict with a `loss` entry beside others (Hugging Face's
+ * `{ loss, logits }`: the `loss` trains), or a tuple whose first item is one of those
+ * (torchvision's scripted detection models return `(losses, detections)`). Named losses are summed (with
  * `weights`) and each is reported in `TrainStepResult.losses`. Targets may be a Tensor or any
  * model input, such as a list of per-image dicts of tensors.
  */

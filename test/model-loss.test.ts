@@ -90,3 +90,49 @@ describe.runIf(hasTorch)('a model that computes its own loss', () => {
     expect(() => loss.fromModel({ weights: { a: Number.NaN } })).toThrow(new RangeError('Expected a finite number for `options.weights.a` but received NaN'));
   });
 });
+
+// A Hugging Face-style classifier: named inputs, `labels` optional, a dict with the loss beside the logits.
+const HF = `import sys, json, torch
+from typing import Dict, Optional
+class Classifier(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embeddings = torch.nn.Embedding(20, 8)
+        self.classifier = torch.nn.Linear(8, 3)
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        mask = attention_mask.unsqueeze(-1).float()
+        logits = self.classifier((self.embeddings(input_ids) * mask).sum(1) / mask.sum(1))
+        if labels is None:
+            return {"logits": logits}
+        return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+torch.jit.script(Classifier()).save(sys.argv[1])
+m = torch.jit.load(sys.argv[1])
+ids = torch.tensor([[1, 2, 3, 0], [4, 5, 0, 0]]); mask = (ids > 0).long(); labels = torch.tensor([2, 0])
+opt = torch.optim.SGD(m.parameters(), lr=0.5)
+steps = []
+for _ in range(3):
+    loss = m(ids, mask, labels)["loss"]
+    opt.zero_grad(); loss.backward(); opt.step()
+    steps.append(loss.item())
+print(json.dumps(steps))
+`;
+
+describe.runIf(hasTorch)('a Hugging Face-style model that takes labels', () => {
+  it('trains on the loss it returns beside its logits, the labels passed by name', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'torchlite-hf-loss-'));
+    writeFileSync(join(dir, 'make.py'), HF);
+    const run = spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'hf.pt')], { encoding: 'utf8' });
+    expect(run.status, run.stderr).toBe(0);
+    const expected = JSON.parse(run.stdout.trim().split('\n').pop()!) as number[];
+    await using model = await loadPretrained(join(dir, 'hf.pt'));
+    model.train();
+    const input_ids = tensor(BigInt64Array.of(1n, 2n, 3n, 0n, 4n, 5n, 0n, 0n), [2, 4]);
+    const attention_mask = tensor(BigInt64Array.of(1n, 1n, 1n, 0n, 1n, 1n, 0n, 0n), [2, 4]);
+    const optimizer = optim.sgd(model, { lr: 0.5 });
+    for (const value of expected) {
+      const step = await model.trainStep({ input_ids, attention_mask }, tensor(BigInt64Array.of(2n, 0n)), { loss: loss.fromModel({ argument: 'labels' }), optimizer });
+      expect(step.loss).toBeCloseTo(value, 5);
+    }
+  });
+});
