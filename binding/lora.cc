@@ -2,6 +2,7 @@
 // graph, and the jobs that switch, merge and unmerge adapters.
 #include "lora.h"
 
+#include <algorithm>
 #include <iomanip>
 #include <sstream>
 
@@ -115,59 +116,41 @@ bool isLoraLayer(const torch::jit::Module& module) {
   return module.type()->name() && module.type()->name()->name().find(kWrapperClass) == 0 && module.hasattr("adapter_names");
 }
 
-torch::jit::Module buildLora(Napi::Env env, const Napi::Object& spec, const std::string& path, const ModelState& target) {
-  const std::shared_ptr<torch::jit::CompilationUnit>& unit = target.module.type()->compilation_unit();
-  torch::jit::Module current = submoduleAt(target.module, path);
-  bool wrapped = isLoraLayer(current);
-  torch::jit::Module base = wrapped ? current.attr("base_layer").toModule() : current;
-  std::vector<Adapter> adapters = wrapped ? adaptersOf(current) : std::vector<Adapter>{};
-  Adapter added{spec.Get("adapter").As<Napi::String>().Utf8Value(), spec.Get("scaling").As<Napi::Number>().DoubleValue(),
-                spec.Get("dropout").As<Napi::Number>().DoubleValue()};
-  for (const Adapter& a : adapters)
-    if (a.name == added.name)
-      throw CodedError("TORCHLITE_BAD_ARGUMENT", "'" + path + "' already has the adapter '" + added.name + "'; choose another name, or lora.remove it first");
-  if (wrapped && !current.attr("merged").toStringRef().empty())
-    throw CodedError("TORCHLITE_BAD_STATE", "'" + path + "' has the adapter '" + current.attr("merged").toStringRef() + "' merged; lora.unmerge first");
-  bool conv = spec.Get("layer").As<Napi::String>().Utf8Value() == "conv2d";
-  std::optional<ConvShape> shape = conv ? std::optional<ConvShape>(convShapeOf(base, path)) : std::nullopt;
-  torch::Tensor weight = base.attr("weight").toTensor();
-  Napi::Object tensors = spec.Get("tensors").As<Napi::Object>();
-  // On the base's device and in its dtype, and trainable (the base itself stays frozen).
-  auto adopt = [&](const char* key) { return TensorWrap::From(env, tensors.Get(key)).to(weight.device(), weight.scalar_type()).detach().clone().set_requires_grad(true); };
-  torch::Tensor a = adopt("A"), b = adopt("B");
+namespace {
 
+// One adapter of a wrapper with its factor modules.
+struct Factors {
+  Adapter adapter;
+  torch::jit::Module a, b;
+};
+
+// A wrapper around `base` holding `adapters`, running `active`.
+torch::jit::Module wrapperOf(const std::shared_ptr<torch::jit::CompilationUnit>& unit, const torch::jit::Module& base,
+                             const std::vector<Factors>& adapters, const c10::IValue& active) {
   torch::jit::Module wrapper = newModule(kWrapperClass, unit);
   wrapper.register_module("base_layer", base);
   torch::jit::Module loraA = newModule("LoraFactors", unit), loraB = newModule("LoraFactors", unit);
-  if (wrapped) {
-    torch::jit::Module oldA = current.attr("lora_A").toModule(), oldB = current.attr("lora_B").toModule();
-    for (const Adapter& adapter : adapters) {
-      loraA.register_module(adapter.name, oldA.attr(adapter.name).toModule());
-      loraB.register_module(adapter.name, oldB.attr(adapter.name).toModule());
-    }
+  c10::impl::GenericList names(c10::StringType::get()), scalings(c10::FloatType::get()), dropouts(c10::FloatType::get());
+  for (const Factors& f : adapters) {
+    loraA.register_module(f.adapter.name, f.a);
+    loraB.register_module(f.adapter.name, f.b);
+    names.push_back(f.adapter.name);
+    scalings.push_back(f.adapter.scaling);
+    dropouts.push_back(f.adapter.dropout);
   }
-  loraA.register_module(added.name, factor(unit, a, shape));
-  loraB.register_module(added.name, factor(unit, b, shape ? std::optional<ConvShape>(ConvShape{{1, 1}, {0, 0}, {1, 1}}) : std::nullopt));
   wrapper.register_module("lora_A", loraA);
   wrapper.register_module("lora_B", loraB);
-  adapters.push_back(added);
-  c10::impl::GenericList names(c10::StringType::get()), scalings(c10::FloatType::get()), dropouts(c10::FloatType::get());
-  for (const Adapter& adapter : adapters) {
-    names.push_back(adapter.name);
-    scalings.push_back(adapter.scaling);
-    dropouts.push_back(adapter.dropout);
-  }
   wrapper.register_attribute("adapter_names", c10::ListType::ofStrings(), names);
   wrapper.register_attribute("scalings", c10::ListType::ofFloats(), scalings);
   wrapper.register_attribute("dropouts", c10::ListType::ofFloats(), dropouts);
-  // PEFT activates the first adapter; one added later waits for lora.use.
-  wrapper.register_attribute("active", c10::StringType::get(), wrapped ? current.attr("active") : c10::IValue(added.name));
+  wrapper.register_attribute("active", c10::StringType::get(), active);
   wrapper.register_attribute("merged", c10::StringType::get(), c10::IValue(std::string()));
   // forward as PEFT's: the base's output, plus the active adapter's B(A(dropout(x))) × alpha / r
-  // unless that adapter is merged into the base already.
-  // Submodules built in C++ are called through .forward: the compiler resolves no __call__ for them.
+  // unless that adapter is merged into the base already. Submodules built in C++ are called
+  // through .forward: the compiler resolves no __call__ for them.
   std::string body = "def forward(self, input: Tensor) -> Tensor:\n    result = self.base_layer.forward(input)\n";
-  for (const Adapter& adapter : adapters) {
+  for (const Factors& f : adapters) {
+    const Adapter& adapter = f.adapter;
     std::string x = adapter.dropout > 0 ? "torch.dropout(input, " + number(adapter.dropout) + ", self.training)" : "input";
     body += "    if self.active == \"" + adapter.name + "\" and self.merged != \"" + adapter.name + "\":\n" +
             "        result = result + self.lora_B." + adapter.name + ".forward(self.lora_A." + adapter.name + ".forward(" + x + ")) * " +
@@ -175,6 +158,48 @@ torch::jit::Module buildLora(Napi::Env env, const Napi::Object& spec, const std:
   }
   wrapper.define(body + "    return result\n");
   return wrapper;
+}
+
+// The adapters a wrapper holds, with their factor modules.
+std::vector<Factors> factorsOf(const torch::jit::Module& wrapper) {
+  std::vector<Factors> all;
+  torch::jit::Module a = wrapper.attr("lora_A").toModule(), b = wrapper.attr("lora_B").toModule();
+  for (const Adapter& adapter : adaptersOf(wrapper)) all.push_back({adapter, a.attr(adapter.name).toModule(), b.attr(adapter.name).toModule()});
+  return all;
+}
+
+}  // namespace
+
+torch::jit::Module buildLora(Napi::Env env, const Napi::Object& spec, const std::string& path, const ModelState& target) {
+  const std::shared_ptr<torch::jit::CompilationUnit>& unit = target.module.type()->compilation_unit();
+  torch::jit::Module current = submoduleAt(target.module, path);
+  bool wrapped = isLoraLayer(current);
+  torch::jit::Module base = wrapped ? current.attr("base_layer").toModule() : current;
+  std::vector<Factors> adapters = wrapped ? factorsOf(current) : std::vector<Factors>{};
+  std::string name = spec.Get("adapter").As<Napi::String>().Utf8Value();
+  if (wrapped && !current.attr("merged").toStringRef().empty())
+    throw CodedError("TORCHLITE_BAD_STATE", "'" + path + "' has the adapter '" + current.attr("merged").toStringRef() + "' merged; lora.unmerge first");
+  auto held = std::find_if(adapters.begin(), adapters.end(), [&](const Factors& f) { return f.adapter.name == name; });
+  if (spec.Get("remove").ToBoolean().Value()) {
+    if (held == adapters.end()) throw CodedError("TORCHLITE_NO_MATCH", "'" + path + "' has no adapter '" + name + "'");
+    adapters.erase(held);
+    // The last adapter gone, the original module goes back in its place.
+    if (adapters.empty()) return base;
+    const std::string& active = current.attr("active").toStringRef();
+    return wrapperOf(unit, base, adapters, active == name ? c10::IValue(adapters.front().adapter.name) : current.attr("active"));
+  }
+  if (held != adapters.end())
+    throw CodedError("TORCHLITE_BAD_ARGUMENT", "'" + path + "' already has the adapter '" + name + "'; choose another name, or lora.remove it first");
+  bool conv = spec.Get("layer").As<Napi::String>().Utf8Value() == "conv2d";
+  std::optional<ConvShape> shape = conv ? std::optional<ConvShape>(convShapeOf(base, path)) : std::nullopt;
+  torch::Tensor weight = base.attr("weight").toTensor();
+  Napi::Object tensors = spec.Get("tensors").As<Napi::Object>();
+  // On the base's device and in its dtype, and trainable (the base itself stays frozen).
+  auto adopt = [&](const char* key) { return TensorWrap::From(env, tensors.Get(key)).to(weight.device(), weight.scalar_type()).detach().clone().set_requires_grad(true); };
+  Adapter added{name, spec.Get("scaling").As<Napi::Number>().DoubleValue(), spec.Get("dropout").As<Napi::Number>().DoubleValue()};
+  adapters.push_back({added, factor(unit, adopt("A"), shape), factor(unit, adopt("B"), shape ? std::optional<ConvShape>(ConvShape{{1, 1}, {0, 0}, {1, 1}}) : std::nullopt)});
+  // PEFT activates the first adapter; one added later waits for lora.use.
+  return wrapperOf(unit, base, adapters, wrapped ? current.attr("active") : c10::IValue(name));
 }
 
 std::string requestAdapter(const Napi::Value& options) {

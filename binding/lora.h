@@ -10,7 +10,8 @@ namespace tl {
 bool isLoraLayer(const torch::jit::Module& module);
 
 // The wrapper for a "lora" layer spec around the module now at `path`: a Linear or Conv2d, or
-// a wrapper already, whose base and adapters the new one keeps beside the adapter added.
+// a wrapper already, whose base and adapters the new one keeps beside the adapter added. With
+// `remove`, the wrapper without that adapter, or the base module once none is left.
 torch::jit::Module buildLora(Napi::Env env, const Napi::Object& spec, const std::string& path, const ModelState& target);
 
 // Jobs on a model's lane, under its lock: which adapter the wrappers run (`""`: none);

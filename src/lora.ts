@@ -111,7 +111,7 @@ export function apply(model: Model, options: LoraOptions): LoraResult {
     draw(kind === 'linear' ? [out, r] : [out, r, 1, 1]);
     const a = draw([r, inputs, ...kernel]);
     const b = Tensor.handle(zeros(kind === 'linear' ? [out, r] : [out, r, 1, 1]));
-    model.replace(path, new Layer({ kind: 'lora', layer: kind, adapter: name, scaling: alpha / r, dropout, tensors: { A: a, B: b } }, `LoRA(${path}, ${name})`));
+    model.replace(path, new Layer({ kind: 'lora', layer: kind, adapter: name, remove: false, scaling: alpha / r, dropout, tensors: { A: a, B: b } }, `LoRA(${path}, ${name})`));
   }
   model.freeze();
   const trained = [...targets.flatMap(({ path }) => [`${path}.lora_A.${name}`, `${path}.lora_B.${name}`]), ...toSave];
@@ -119,6 +119,19 @@ export function apply(model: Model, options: LoraOptions): LoraResult {
   adapters.set(name, { r, alpha, dropout, modules: targets.map((t) => t.path), modulesToSave: toSave });
   adaptersOf.set(model, adapters);
   return { adapter: name, modules: targets.map((t) => t.path), trainable, total: trainable + frozen };
+}
+
+/**
+ * Unloads adapter `name`: every wrapper drops it, and a module left without adapters gets its
+ * original layer back (the parameter names with it). An active adapter removed hands over to
+ * the first one left. Refused while it is merged (`lora.unmerge` first). Synchronous, as
+ * {@link apply}; refused while operations are pending (`await model.idle()` first).
+ */
+export function remove(model: Model, name = 'default'): void {
+  if (!(model instanceof Model)) throw typeError('a Model', 'model', model);
+  const config = configOf(model, checkString(name, 'name'));
+  for (const path of config.modules) model.replace(path, new Layer({ kind: 'lora', adapter: name, remove: true, tensors: {} }, `without LoRA ${name}`));
+  adaptersOf.get(model)!.delete(name);
 }
 
 /** The names of the model's adapters, in the order they were added. */

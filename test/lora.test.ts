@@ -138,7 +138,7 @@ describe.runIf(hasTorch)('LoRA', () => {
     expect(relative(merged.toTypedArray() as Float32Array, plain.toTypedArray() as Float32Array)).toBeLessThan(1e-5);
   }, 60_000);
 
-  it('serves two adapters chosen per request while a third trains, each answer as that adapter alone gives it', async () => {
+  it('serves two adapters chosen per request while a third trains, each answer as that adapter alone gives it, and unloads them', async () => {
     await using model = await loadPretrained(ENCODER);
     manualSeed(1);
     lora.apply(model, { targets: /attention\.(query|value)$/, name: 'a' });
@@ -174,6 +174,22 @@ describe.runIf(hasTorch)('LoRA', () => {
     expect(relative(c, a)).toBeGreaterThan(1e-4);
     await expect(model.predict([ids, mask], { adapter: 'd' })).rejects.toMatchObject({ code: 'TORCHLITE_NO_MATCH', message: "the model has no LoRA adapter 'd' (it has 'a', 'b', 'c')" });
     expect(lora.adapters(model)).toEqual(['a', 'b', 'c']);
+
+    // Unloaded one by one, the model keeps serving the others, then gets its own layers back.
+    await model.idle();
+    lora.remove(model, 'a');
+    expect(lora.adapters(model)).toEqual(['b', 'c']);
+    expect(model.parameters().some((p) => p.name.includes('.lora_A.a.'))).toBe(false);
+    expect(relative(await alone('b'), b)).toBeLessThan(1e-6);
+    await expect(model.predict([ids, mask], { adapter: 'a' })).rejects.toMatchObject({ code: 'TORCHLITE_NO_MATCH' });
+    lora.remove(model, 'b');
+    lora.remove(model, 'c');
+    expect(model.modules().filter((m) => m.type === 'LoraLayer')).toEqual([]);
+    expect(model.parameters('layers.0.attention.query.weight')).toHaveLength(1);
+    await using base = await loadPretrained(ENCODER);
+    base.eval();
+    expect(relative(Array.from((await model.predict([ids, mask])).probabilities.toTypedArray() as Float32Array), Array.from((await base.predict([ids, mask])).probabilities.toTypedArray() as Float32Array))).toBe(0);
+    expect(() => lora.remove(model, 'c')).toThrow(expect.objectContaining({ code: 'TORCHLITE_NO_MATCH' }));
   }, 60_000);
 
   it('wraps the Linears of a traced model too, and trains them', async () => {
