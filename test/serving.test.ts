@@ -74,8 +74,10 @@ describe.runIf(hasTorch)('serving: deadlines, caps and aborts', () => {
     await using slow = await loadPretrained(join(dir, 'slow.pt'));
     await using m = await loadPretrained(join(dir, 'counter.pt'));
     const before = runtime.queue().find((l) => l.lane === 'cpu:inference')?.timedOut ?? 0;
-    const busy = slow.forward(randn([160, 160]));
-    const late = m.with({ timeoutMs: 1 }).forward(x());
+    const busy = slow.forward(randn([192, 192]));
+    // 20 ms: long enough that a pause on a loaded machine cannot expire it before it is posted
+    // (the model's queue would refuse it, uncounted by the lane), short beside the busy forward.
+    const late = m.with({ timeoutMs: 20 }).forward(x());
     await expect(late).rejects.toMatchObject({ code: 'TORCHLITE_TIMEOUT' });
     await busy;
     expect(await m.call('count')).toBe(0);
