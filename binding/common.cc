@@ -207,4 +207,25 @@ Napi::Value Baton::field(const char* key, napi_valuetype type) const {
   return value;
 }
 
+c10::IValue mapTensors(const c10::IValue& value, const std::function<torch::Tensor(const torch::Tensor&)>& f) {
+  if (value.isTensor()) return f(value.toTensor());
+  if (value.isTuple()) {
+    std::vector<c10::IValue> items;
+    for (const c10::IValue& item : value.toTupleRef().elements()) items.push_back(mapTensors(item, f));
+    return c10::ivalue::Tuple::create(std::move(items));
+  }
+  if (value.isList()) {
+    c10::impl::GenericList list(value.toList().elementType());
+    for (const c10::IValue& item : value.toListRef()) list.push_back(mapTensors(item, f));
+    return list;
+  }
+  if (value.isGenericDict()) {
+    const c10::Dict<c10::IValue, c10::IValue> dict = value.toGenericDict();
+    c10::impl::GenericDict copy(dict.keyType(), dict.valueType());
+    for (const auto& entry : dict) copy.insert(entry.key(), mapTensors(entry.value(), f));
+    return copy;
+  }
+  return value;
+}
+
 }  // namespace tl

@@ -91,6 +91,11 @@ torch::Device parseDevice(const std::string& name);
 std::string deviceName(const torch::Device& device);
 
 std::vector<int64_t> toShape(const Napi::Value& value);
+
+// `value` with `f` applied to every tensor in it, however nested in lists, tuples and dicts
+// (a detector's list of per-image dicts); lists and dicts keep their element types. Other
+// values are shared.
+c10::IValue mapTensors(const c10::IValue& value, const std::function<torch::Tensor(const torch::Tensor&)>& f);
 Napi::Array fromShape(Napi::Env env, c10::IntArrayRef shape);
 
 }  // namespace tl

@@ -210,38 +210,6 @@ Napi::Value ModelWrap::Call(const Napi::CallbackInfo& info) {
 
 namespace {
 
-// The same value with every tensor copied to the CPU: a detector's outputs, read in JS.
-c10::IValue onHost(const c10::IValue& value) {
-  if (value.isTensor()) return value.toTensor().cpu();
-  if (value.isTuple()) {
-    std::vector<c10::IValue> items;
-    for (const c10::IValue& item : value.toTupleRef().elements()) items.push_back(onHost(item));
-    return c10::ivalue::Tuple::create(std::move(items));
-  }
-  if (value.isList()) {
-    c10::impl::GenericList list(value.toList().elementType());
-    for (const c10::IValue& item : value.toListRef()) list.push_back(onHost(item));
-    return list;
-  }
-  if (value.isGenericDict()) {
-    const c10::Dict<c10::IValue, c10::IValue> dict = value.toGenericDict();
-    c10::impl::GenericDict copy(dict.keyType(), dict.valueType());
-    for (const auto& entry : dict) copy.insert(entry.key(), onHost(entry.value()));
-    return copy;
-  }
-  return value;
-}
-
-// The first `keep` rows of each tensor of a dict output.
-c10::IValue firstRows(const c10::IValue& value, int64_t keep) {
-  if (value.isTensor()) return value.toTensor().narrow(0, 0, std::min(keep, value.toTensor().size(0)));
-  if (!value.isGenericDict()) return value;
-  const c10::Dict<c10::IValue, c10::IValue> dict = value.toGenericDict();
-  c10::impl::GenericDict copy(dict.keyType(), dict.valueType());
-  for (const auto& entry : dict) copy.insert(entry.key(), firstRows(entry.value(), keep));
-  return copy;
-}
-
 // Per-element class scores [N, C, ...] against class indices [N, ...]: the C × C confusion
 // matrix (rows: targets) of the argmax, targets outside [0, C) (ignoreIndex 255) left out.
 torch::Tensor confusionOf(const torch::Tensor& scores, const torch::Tensor& target) {
@@ -292,11 +260,12 @@ Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
             c10::IValue out = runForward(*state, std::move(inputs));
             Result result;
             if (mode == "outputs") {
-              result.outputs = onHost(out);
+              // A detector's boxes, read in JS.
+              result.outputs = mapTensors(out, [](const torch::Tensor& t) { return t.cpu(); });
               return result;
             }
             if (keep >= 0) {
-              out = firstRows(out, keep);
+              out = mapTensors(out, [keep](const torch::Tensor& t) { return t.dim() == 0 ? t : t.narrow(0, 0, std::min(keep, t.size(0))); });
               if (target.defined()) target = target.narrow(0, 0, std::min(keep, target.size(0)));
             }
             torch::Tensor output = firstTensor(out);
@@ -304,7 +273,7 @@ Napi::Value ModelWrap::EvalBatch(const Napi::CallbackInfo& info) {
             // A batch of padding only has no rows left, and no loss (the mean of none is NaN).
             if (loss && target.defined() && result.samples > 0) {
               std::vector<std::pair<std::string, torch::Tensor>> named;
-              result.loss = (loss->outputWeights.empty() ? computeLoss(*loss, output, target) : outputsLoss(*loss, out, target, named)).item<double>();
+              result.loss = outputLoss(*loss, out, output, target, named).item<double>();
             }
             if (mode == "confusion") {
               if (target.defined()) result.confusion = confusionOf(output, target).to(torch::kCPU, torch::kDouble).contiguous();

@@ -30,34 +30,6 @@ torch::Tensor prepareTensor(const ModelState& state, torch::Tensor tensor) {
   return tensor;
 }
 
-// Every tensor of an input, however nested: a detector's targets are a list of dicts of them.
-c10::IValue prepareValue(const ModelState& state, const c10::IValue& value) {
-  if (value.isTensor()) return prepareTensor(state, value.toTensor());
-  if (value.isTensorList()) {
-    c10::List<torch::Tensor> list = value.toTensorList();
-    for (size_t i = 0; i < list.size(); ++i) list.set(i, prepareTensor(state, list.get(i)));
-    return list;
-  }
-  if (value.isList()) {
-    c10::impl::GenericList list = value.toList();
-    for (size_t i = 0; i < list.size(); ++i) list.set(i, prepareValue(state, list.get(i)));
-    return list;
-  }
-  if (value.isGenericDict()) {
-    c10::impl::GenericDict dict = value.toGenericDict();
-    std::vector<c10::IValue> keys;
-    for (const auto& entry : dict) keys.push_back(entry.key());
-    for (const c10::IValue& key : keys) dict.insert_or_assign(key, prepareValue(state, dict.at(key)));
-    return dict;
-  }
-  if (value.isTuple()) {
-    std::vector<c10::IValue> items;
-    for (const c10::IValue& item : value.toTupleRef().elements()) items.push_back(prepareValue(state, item));
-    return c10::ivalue::Tuple::create(std::move(items));
-  }
-  return value;
-}
-
 std::vector<c10::IValue> inNchw(const std::vector<c10::IValue>& inputs) {
   std::vector<c10::IValue> result(inputs);
   for (c10::IValue& input : result)
@@ -100,7 +72,8 @@ void settleLayout(ModelState& state, std::vector<c10::IValue>& inputs, const Met
 }  // namespace
 
 void prepareInputs(const ModelState& state, std::vector<c10::IValue>& inputs) {
-  for (c10::IValue& input : inputs) input = prepareValue(state, input);
+  // Every tensor, however nested: a detector's targets are a list of dicts of them.
+  for (c10::IValue& input : inputs) input = mapTensors(input, [&](const torch::Tensor& t) { return prepareTensor(state, t); });
 }
 
 c10::IValue runInLayout(ModelState& state, std::vector<c10::IValue> inputs, const MethodRun& run) {

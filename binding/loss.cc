@@ -180,8 +180,9 @@ torch::Tensor modelLoss(const LossConfig& config, const c10::IValue& output, std
                    "; is the model in train() mode, and does its forward take the targets?");
 }
 
-torch::Tensor outputsLoss(const LossConfig& config, const c10::IValue& output, const torch::Tensor& target,
-                          std::vector<std::pair<std::string, torch::Tensor>>& named, torch::Tensor* deferredBad) {
+torch::Tensor outputLoss(const LossConfig& config, const c10::IValue& output, const torch::Tensor& main, const torch::Tensor& target,
+                         std::vector<std::pair<std::string, torch::Tensor>>& named, torch::Tensor* deferredBad) {
+  if (config.outputWeights.empty()) return computeLoss(config, main, target, deferredBad);
   if (!output.isGenericDict())
     throw CodedError("TORCHLITE_UNSUPPORTED_OUTPUT", "the loss weighs the entries of a dict output (`outputs`), but the model returned " +
                                                          output.tagKind() + "; leave `outputs` out for a model with one output");

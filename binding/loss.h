@@ -37,10 +37,11 @@ torch::Tensor computeLoss(const LossConfig& config, const torch::Tensor& output,
 // (weighted and summed), or a tuple whose first item is that dict (torchvision's scripted
 // detection models return (losses, detections)). `named` receives each named loss, detached.
 torch::Tensor modelLoss(const LossConfig& config, const c10::IValue& output, std::vector<std::pair<std::string, torch::Tensor>>& named);
-// The weighted sum of the losses of a dict output's entries named in config.outputWeights;
-// `named` receives each entry's loss, detached.
-torch::Tensor outputsLoss(const LossConfig& config, const c10::IValue& output, const torch::Tensor& target,
-                          std::vector<std::pair<std::string, torch::Tensor>>& named, torch::Tensor* deferredBad = nullptr);
+// The loss of a forward's `output` against `target`: of `main` (its first tensor), or with
+// config.outputWeights, the weighted sum of the losses of the dict output's entries named
+// there, each put in `named`, detached. `deferredBad` as computeLoss takes it.
+torch::Tensor outputLoss(const LossConfig& config, const c10::IValue& output, const torch::Tensor& main, const torch::Tensor& target,
+                         std::vector<std::pair<std::string, torch::Tensor>>& named, torch::Tensor* deferredBad = nullptr);
 // Whether outputs are class scores and targets class indices, so accuracy means something.
 bool countsCorrect(const LossConfig& config, const torch::Tensor& target);
 // Correct top-1 predictions, and the targets scored (not ignoreIndex): samples, or pixels for dense targets.

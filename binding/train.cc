@@ -87,13 +87,17 @@ StepResult trainStep(ModelState& model, OptimizerState& optimizer, const LossCon
     } else {
       c10::IValue out = runForward(model, std::move(inputs));
       output = firstTensor(out);
-      torch::Tensor* deferredBad = options.readLoss ? nullptr : &model.badTargets;
-      value = loss.outputWeights.empty() ? computeLoss(loss, output, target, deferredBad) : outputsLoss(loss, out, target, named, deferredBad);
+      value = outputLoss(loss, out, output, target, named, options.readLoss ? nullptr : &model.badTargets);
     }
   }
   StepResult result;
-  if (options.readLoss)
-    for (const auto& [name, part] : named) result.losses.emplace_back(name, part.item<double>());
+  if (options.readLoss && !named.empty()) {
+    // One read back for every part.
+    std::vector<torch::Tensor> parts;
+    for (const auto& item : named) parts.push_back(item.second);
+    torch::Tensor values = torch::stack(parts).to(torch::kCPU, torch::kDouble);
+    for (size_t i = 0; i < named.size(); ++i) result.losses.emplace_back(named[i].first, values[static_cast<int64_t>(i)].item<double>());
+  }
   if (!options.readLoss) {
     // No host sync: the loss joins a device-side sum read at the next readLoss step, and
     // non-finite losses and bad targets are only noticed then.

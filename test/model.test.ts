@@ -5,7 +5,7 @@ import { join } from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { loadPretrained, loss, type Model, optim, randn, Tensor, tensor, TorchError } from '../src';
+import { type Batch, loadPretrained, loss, type MetricSpec, type Model, optim, randn, Tensor, tensor, TorchError } from '../src';
 import { decode, fixture, maxAbsDiff, outputDiff, refs, root } from './helpers';
 
 const ARCHITECTURES = ['resnet_small', 'mobilenet_small', 'mlp', 'tuple_out', 'text'] as const;
@@ -58,6 +58,19 @@ describe('outputs', () => {
     const [logits, embedding] = await model.forward<Tensor[]>(decode(refs.tuple_out.input));
     expect(logits.shape).toEqual([3, 3]);
     expect(embedding.shape).toEqual([3, 8]);
+  });
+
+  it('leaves a padded batch\'s repeated rows out of the scores of a tuple output, as of a tensor output', async () => {
+    await using model = await loadPretrained(fixture('tuple_out.scripted.pt'));
+    const x = decode(refs.tuple_out.input);
+    const rows = Array.from(x.toTypedArray() as Float32Array);
+    // The first sample again as a distributed shard's padding: evaluate must not score it.
+    const padded = tensor([...rows, ...rows.slice(0, 6)], [4, 6]);
+    const y = tensor(BigInt64Array.of(0n, 1n, 2n));
+    const options = { loss: loss.crossEntropy(), metrics: ['accuracy', 'confusionMatrix'] as MetricSpec[] };
+    const plain = await model.evaluate([{ input: x, target: y }], options);
+    const withPadding = await model.evaluate([{ input: padded, target: tensor(BigInt64Array.of(0n, 1n, 2n, 0n)), padding: 1 } as Batch], options);
+    expect(withPadding).toEqual(plain);
   });
 
   it('maps a dict output to an object of tensors', async () => {
