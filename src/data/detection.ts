@@ -7,10 +7,10 @@ import { basename, extname, join } from 'node:path';
 import { readError, TorchError } from '../errors';
 import { type TensorList, tensorList } from '../model/io';
 import { type Tensor, tensor } from '../tensor';
-import { checkFiniteNumber, checkOptions, checkString, rangeError, typeError } from '../validate';
+import { checkOptions, checkString, typeError } from '../validate';
 import type { Dataset, Sample, TargetParts } from './dataset';
 import { chwFloats } from './images';
-import { decodeRle, type Placement, placeBoxes, placeMask, polygonMask, type Rle } from './masks';
+import { checkCropFlip, decodeRle, type Placement, placeBoxes, placeMask, polygonMask, randomCrop, type Rle } from './masks';
 import { mix, rng } from './random';
 
 /** Geometric augmentation of detection images; boxes and masks move with the pixels. */
@@ -258,24 +258,18 @@ function augmentOf(value: DetectionDataOptions['augment']): Required<DetectionAu
   if (value === true || value === 'default') return { flip: true, crop: 1, scale: [1, 1] };
   if (value === null || typeof value !== 'object') throw typeError("'none', 'default', a boolean or { flip, crop, scale }", 'options.augment', value);
   const a = checkOptions<DetectionAugment>(value, 'options.augment', ['flip', 'crop', 'scale']);
-  if (a.flip !== undefined && typeof a.flip !== 'boolean') throw typeError('a boolean', 'options.augment.flip', a.flip);
-  const crop = a.crop === undefined ? 1 : checkFiniteNumber(a.crop, 'options.augment.crop');
-  if (crop <= 0 || crop > 1) throw rangeError('a share in (0, 1]', 'options.augment.crop', crop);
   const scale = a.scale ?? [1, 1];
   if (!Array.isArray(scale) || scale.length !== 2 || !scale.every((v) => Number.isFinite(v) && v > 0) || scale[0] > scale[1])
     throw typeError('[min, max] positive factors', 'options.augment.scale', a.scale);
-  return { flip: a.flip ?? true, crop, scale: [scale[0], scale[1]] };
+  return { ...checkCropFlip(a, 1), scale: [scale[0], scale[1]] };
 }
 
 /** Where `augment` takes an image of `width` × `height` (no change without it). */
 function placementOf(width: number, height: number, augment: Required<DetectionAugment> | null, random: () => number): Placement {
   if (!augment) return { crop: { left: 0, top: 0, width, height }, width, height, flip: false };
-  const side = (size: number) => Math.max(1, Math.round(size * (augment.crop + random() * (1 - augment.crop))));
-  const cw = side(width);
-  const ch = side(height);
-  const crop = { left: Math.floor(random() * (width - cw + 1)), top: Math.floor(random() * (height - ch + 1)), width: cw, height: ch };
+  const crop = randomCrop(width, height, augment.crop, random);
   const factor = augment.scale[0] + random() * (augment.scale[1] - augment.scale[0]);
-  return { crop, width: Math.max(1, Math.round(cw * factor)), height: Math.max(1, Math.round(ch * factor)), flip: augment.flip && random() < 0.5 };
+  return { crop, width: Math.max(1, Math.round(crop.width * factor)), height: Math.max(1, Math.round(crop.height * factor)), flip: augment.flip && random() < 0.5 };
 }
 
 function detectionDataset(records: ImageRecord[], classes: string[], o: DetectionDataOptions, source: string): Dataset<DetectionInput, DetectionTarget[]> {

@@ -1,5 +1,7 @@
-// Object masks from COCO's encodings (polygons, run-length), and the nearest-neighbour crops,
-// resizes and flips that keep them on their image's pixels. Bitmaps are row-major H × W bytes.
+// Object masks from COCO's encodings (polygons, run-length), the random crops and flips that
+// detection and segmentation data share, and the nearest-neighbour placement that keeps masks
+// and boxes on their image's pixels. Bitmaps are row-major H × W bytes.
+import { checkFiniteNumber, rangeError, typeError } from '../validate';
 
 /** COCO's run-length encoding: column-major runs, starting with background, as numbers or pycocotools' compressed string. */
 export interface Rle {
@@ -84,6 +86,22 @@ export interface Placement {
   width: number;
   height: number;
   flip: boolean;
+}
+
+/** `flip` and `crop` of an augmentation's options, checked; `crop` defaults to `defaultCrop`, `flip` to `true`. */
+export function checkCropFlip(options: { flip?: unknown; crop?: unknown }, defaultCrop: number): { flip: boolean; crop: number } {
+  if (options.flip !== undefined && typeof options.flip !== 'boolean') throw typeError('a boolean', 'options.augment.flip', options.flip);
+  const crop = options.crop === undefined ? defaultCrop : checkFiniteNumber(options.crop, 'options.augment.crop');
+  if (crop <= 0 || crop > 1) throw rangeError('a share in (0, 1]', 'options.augment.crop', crop);
+  return { flip: options.flip ?? true, crop };
+}
+
+/** A random rectangle of a `width` × `height` image whose sides are each a random share in [`minShare`, 1] of the image's. */
+export function randomCrop(width: number, height: number, minShare: number, random: () => number): Placement['crop'] {
+  const share = (n: number) => Math.max(1, Math.round(n * (minShare + random() * (1 - minShare))));
+  const cw = share(width);
+  const ch = share(height);
+  return { left: Math.floor(random() * (width - cw + 1)), top: Math.floor(random() * (height - ch + 1)), width: cw, height: ch };
 }
 
 /** A bitmap of `width` × `height` through `placement`, nearest-neighbour (labels must not blend). */

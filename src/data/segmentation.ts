@@ -6,10 +6,10 @@ import { basename, extname, join } from 'node:path';
 import { readError, TorchError } from '../errors';
 import { defaultNormalisation } from '../preprocess';
 import { type Tensor, tensor } from '../tensor';
-import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from '../validate';
+import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, checkString, typeError } from '../validate';
 import type { Dataset, Sample, TargetParts } from './dataset';
 import { chwFloats } from './images';
-import { type Placement, placeMask } from './masks';
+import { checkCropFlip, type Placement, placeMask, randomCrop } from './masks';
 import { pngIndices } from './png';
 import { mix, rng } from './random';
 
@@ -50,11 +50,7 @@ function augmentOf(value: SegmentationDataOptions['augment']): Required<Segmenta
   if (value === undefined || value === false || value === 'none') return null;
   if (value === true || value === 'default') return { flip: true, crop: 0.5 };
   if (value === null || typeof value !== 'object') throw typeError("'none', 'default', a boolean or { flip, crop }", 'options.augment', value);
-  const a = checkOptions<SegmentationAugment>(value, 'options.augment', ['flip', 'crop']);
-  if (a.flip !== undefined && typeof a.flip !== 'boolean') throw typeError('a boolean', 'options.augment.flip', a.flip);
-  const crop = a.crop === undefined ? 0.5 : checkFiniteNumber(a.crop, 'options.augment.crop');
-  if (crop <= 0 || crop > 1) throw rangeError('a share in (0, 1]', 'options.augment.crop', crop);
-  return { flip: a.flip ?? true, crop };
+  return checkCropFlip(checkOptions<SegmentationAugment>(value, 'options.augment', ['flip', 'crop']), 0.5);
 }
 
 /** Where an image of `width` × `height` goes: a random crop and flip with `augment`, else the centre square; then `size` × `size`. */
@@ -63,11 +59,7 @@ function placementOf(width: number, height: number, size: number, augment: Requi
     const side = Math.min(width, height);
     return { crop: { left: Math.floor((width - side) / 2), top: Math.floor((height - side) / 2), width: side, height: side }, width: size, height: size, flip: false };
   }
-  const share = (n: number) => Math.max(1, Math.round(n * (augment.crop + random() * (1 - augment.crop))));
-  const cw = share(width);
-  const ch = share(height);
-  const crop = { left: Math.floor(random() * (width - cw + 1)), top: Math.floor(random() * (height - ch + 1)), width: cw, height: ch };
-  return { crop, width: size, height: size, flip: augment.flip && random() < 0.5 };
+  return { crop: randomCrop(width, height, augment.crop, random), width: size, height: size, flip: augment.flip && random() < 0.5 };
 }
 
 /**

@@ -130,7 +130,8 @@ function detectionsIn(output: ModelOutput): Record<string, Tensor>[] {
 async function detectionPass(handle: NativeModel, batches: Iterable<Batch> | AsyncIterable<Batch>, specs: (typeof DETECTION_METRICS)[number][]): Promise<Metrics> {
   const boxes = specs.includes('map') ? new CocoEvaluator('bbox') : undefined;
   const masks = specs.includes('maskMap') ? new CocoEvaluator('segm') : undefined;
-  const read = (t: Tensor | undefined) => (t === undefined ? undefined : (t.toTypedArray() as ArrayLike<number | bigint> as ArrayLike<number>));
+  // Read off the event loop: a Mask R-CNN's masks of a batch are megabytes.
+  const read = async (t: Tensor | undefined) => (t === undefined ? undefined : ((await t.read()) as ArrayLike<number | bigint> as ArrayLike<number>));
   for await (const batch of batches as AsyncIterable<Batch>) {
     const targets = batch.target as Record<string, Tensor>[];
     if (!Array.isArray(targets) || !targets.every((t) => t !== null && typeof t === 'object' && t.boxes instanceof Tensor && t.labels instanceof Tensor))
@@ -141,17 +142,18 @@ async function detectionPass(handle: NativeModel, batches: Iterable<Batch> | Asy
       const detections = detectionsIn(output);
       if (detections.length !== targets.length)
         throw new TorchError('TORCHLITE_UNSUPPORTED_OUTPUT', `the detector returned ${detections.length} images' detections for a batch of ${targets.length} targets`);
-      detections.forEach((d, i) => {
+      for (const [i, d] of detections.entries()) {
         const t = targets[i];
-        const truth = { boxes: read(t.boxes)!, labels: read(t.labels)!, iscrowd: read(t.iscrowd), area: read(t.area) };
-        const found = { boxes: read(d.boxes)!, labels: read(d.labels)!, scores: read(d.scores)! };
+        const [gtBoxes, gtLabels, iscrowd, area, dtBoxes, dtLabels, scores] = await Promise.all([t.boxes, t.labels, t.iscrowd, t.area, d.boxes, d.labels, d.scores].map(read));
+        const truth = { boxes: gtBoxes!, labels: gtLabels!, iscrowd, area };
+        const found = { boxes: dtBoxes!, labels: dtLabels!, scores: scores! };
         boxes?.add(truth, found);
         if (masks) {
           if (!(t.masks instanceof Tensor) || !(d.masks instanceof Tensor)) throw misuse('TORCHLITE_BAD_ARGUMENT', "'maskMap' needs masks in the targets (read with masks: true) and a detector that predicts them (Mask R-CNN)");
           const [height, width] = t.masks.shape.slice(-2);
-          masks.add({ ...truth, masks: read(t.masks) }, { ...found, masks: read(d.masks) }, { height, width });
+          masks.add({ ...truth, masks: await read(t.masks) }, { ...found, masks: await read(d.masks) }, { height, width });
         }
-      });
+      }
     } finally {
       for (const t of inputTensors(output as ModelInput)) t.dispose();
     }

@@ -553,9 +553,9 @@ export class Model implements Disposable, AsyncDisposable {
     checkFiniteNumber(dropout, 'options.dropout');
     if (dropout < 0 || dropout >= 1) throw rangeError('a probability in [0, 1)', 'options.dropout', dropout);
     Model.idleHandle(this, 'resetClassifier()');
+    const inputs = (path: string) => this.parameters(`${path}.weight`)[0].shape[1];
     const detector = detectorPredictors(this.#snapshot.modules);
     if (detector) {
-      const inputs = (path: string) => this.parameters(`${path}.weight`)[0].shape[1];
       // In the order the predictors draw them, so a seed gives torchvision's weights.
       this.replace(detector.classes, linear(inputs(detector.classes), numClasses));
       this.replace(detector.boxes, linear(inputs(detector.boxes), numClasses * 4));
@@ -564,13 +564,12 @@ export class Model implements Disposable, AsyncDisposable {
     }
     const segmenter = segmenterClassifiers(this.#snapshot.modules);
     if (segmenter) {
-      for (const path of segmenter) this.replace(path, conv2d(this.parameters(`${path}.weight`)[0].shape[1], numClasses, 1));
+      for (const path of segmenter) this.replace(path, conv2d(inputs(path), numClasses, 1));
       return 'classifier';
     }
     const path = this.classifierHead();
     if (path === undefined) throw new TorchError('TORCHLITE_NO_MATCH', 'No Linear classifier found in the model');
-    const [, inFeatures] = this.parameters(`${path}.weight`)[0].shape;
-    const head = linear(inFeatures, numClasses);
+    const head = linear(inputs(path), numClasses);
     this.replace(path, dropout > 0 ? sequential(dropoutLayer(dropout), head) : head);
     return path;
   }
