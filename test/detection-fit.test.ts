@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { CocoEvaluator, data, fineTune, fit, type FitEvent, loadPretrained, loss, optim, type Tensor, tensorList } from '../src';
-import { hasTorch, PYTHON, root } from './helpers';
+import { hasTorch, PYTHON, pythonScript, root } from './helpers';
 
 // A detector small enough for the fast suite, with torchvision's interface: forward(images,
 // targets=None) returns (losses, detections), the losses only in train mode. It predicts one
@@ -65,9 +65,7 @@ async function boxes(dir: string): Promise<string> {
 describe.runIf(hasTorch)('fine-tuning a detector on COCO-format data', () => {
   it('fits with the losses it computes, reports each, and scores COCO mAP on validation', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-detect-'));
-    writeFileSync(join(dir, 'make.py'), MAKE);
-    const made = spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'tiny.pt')], { encoding: 'utf8' });
-    expect(made.status, made.stderr).toBe(0);
+    pythonScript(MAKE, [join(dir, 'tiny.pt')]);
     const file = await boxes(dir);
     const train = data.loader(await data.coco(file, { augment: true }), { batchSize: 2, shuffle: true });
     const val = data.loader(await data.coco(file), { batchSize: 3 });
@@ -123,8 +121,7 @@ describe.runIf(hasTorch)('fine-tuning a detector on COCO-format data', () => {
 
   it("fineTune trains a new head for the data's classes first, then the whole detector", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-detect-'));
-    writeFileSync(join(dir, 'make.py'), MAKE);
-    expect(spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'tiny.pt')], { encoding: 'utf8' }).status).toBe(0);
+    pythonScript(MAKE, [join(dir, 'tiny.pt')]);
     const file = await boxes(dir);
     const ds = await data.coco(file);
     await using model = await loadPretrained(join(dir, 'tiny.pt'));
@@ -140,8 +137,7 @@ describe.runIf(hasTorch)('fine-tuning a detector on COCO-format data', () => {
 
   it('torchlite finetune --task detect and predict print boxes with class names', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-detect-cli-'));
-    writeFileSync(join(dir, 'make.py'), MAKE);
-    expect(spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'tiny.pt')], { encoding: 'utf8' }).status).toBe(0);
+    pythonScript(MAKE, [join(dir, 'tiny.pt')]);
     const file = await boxes(dir);
     const cli = (...args: string[]) => spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), ...args], { encoding: 'utf8', cwd: dir });
     const out = join(dir, 'tuned.pt');
@@ -180,8 +176,7 @@ describe.runIf(hasTorch)('fine-tuning a detector on COCO-format data', () => {
 
   it("refuses mAP with a loss, and a loss the model computes in evaluate", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-detect-'));
-    writeFileSync(join(dir, 'make.py'), MAKE);
-    expect(spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'tiny.pt')], { encoding: 'utf8' }).status).toBe(0);
+    pythonScript(MAKE, [join(dir, 'tiny.pt')]);
     const val = data.loader(await data.coco(await boxes(dir)), { batchSize: 3 });
     await using model = await loadPretrained(join(dir, 'tiny.pt'));
     await expect(model.evaluate(val, { loss: loss.crossEntropy() })).rejects.toThrow("'map' and 'maskMap' score a detector's boxes and masks: ask for them without a loss or other metrics");

@@ -62,11 +62,31 @@ function pythonHas(module: string): boolean {
 export const hasTorch = pythonHas('torch');
 export const hasTorchvision = hasTorch && pythonHas('torchvision');
 
-/** Runs Python code with /usr/bin/python3 and returns stdout; throws with stderr on failure. */
-export function python(code: string, args: string[] = []): string {
-  const result = spawnSync(PYTHON, ['-c', code, ...args], { encoding: 'utf8', maxBuffer: 64 << 20 });
+/** Runs Python (the arguments after the interpreter) and returns stdout; throws with stderr on failure. */
+function runPython(argv: string[]): string {
+  const result = spawnSync(PYTHON, argv, { encoding: 'utf8', maxBuffer: 64 << 20 });
   if (result.status !== 0) throw new Error(`python failed: ${result.stderr}`);
   return result.stdout;
+}
+
+/** Runs Python code with /usr/bin/python3 and returns stdout; throws with stderr on failure. */
+export function python(code: string, args: string[] = []): string {
+  return runPython(['-c', code, ...args]);
+}
+
+/**
+ * Runs a Python script given as its source, from a file (TorchScript needs one to script the
+ * classes it defines), with `args`; returns stdout, throws with stderr on failure.
+ */
+export function pythonScript(source: string, args: string[] = []): string {
+  const file = join(mkdtempSync(join(tmpdir(), 'torchlite-script-')), 'script.py');
+  writeFileSync(file, source);
+  return runPython([file, ...args]);
+}
+
+/** {@link pythonScript}'s last line of output, as JSON. */
+export function pythonJson<T>(source: string, args: string[] = []): T {
+  return JSON.parse(pythonScript(source, args).trim().split('\n').pop()!) as T;
 }
 
 /** Largest difference relative to the largest reference magnitude. */

@@ -1,10 +1,9 @@
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadPretrained, loss, optim, tensor } from '../src';
-import { hasTorch, PYTHON } from './helpers';
+import { hasTorch, pythonJson, pythonScript } from './helpers';
 
 // A model that computes its own losses from structured targets, as detection models do: a
 // list of per-image dicts whose tensors differ in size from image to image.
@@ -49,10 +48,7 @@ print(json.dumps(steps))
 describe.runIf(hasTorch)('a model that computes its own loss', () => {
   it('trains on structured targets as Python does, reporting each named loss', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-model-loss-'));
-    writeFileSync(join(dir, 'make.py'), MAKE);
-    const run = spawnSync(PYTHON, [join(dir, 'make.py'), dir], { encoding: 'utf8' });
-    expect(run.status, run.stderr).toBe(0);
-    const expected = JSON.parse(run.stdout.trim().split('\n').pop()!) as { loss: number; loss_box: number; loss_cls: number }[];
+    const expected = pythonJson<{ loss: number; loss_box: number; loss_cls: number }[]>(MAKE, [dir]);
     await using model = await loadPretrained(join(dir, 'detector.pt'));
     model.train();
     const images = [tensor(Float32Array.from({ length: 120 }, (_, i) => i / 100), [4, 5, 6]), tensor(new Float32Array(84).fill(1 / 3), [4, 3, 7])];
@@ -77,8 +73,7 @@ describe.runIf(hasTorch)('a model that computes its own loss', () => {
 
   it('says what is wrong when the model does not return losses, and refuses it where it cannot apply', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-model-loss-'));
-    writeFileSync(join(dir, 'make.py'), 'import sys, torch\ntorch.jit.script(torch.nn.Linear(4, 2)).save(sys.argv[1])\n');
-    expect(spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'linear.pt')]).status).toBe(0);
+    pythonScript('import sys, torch\ntorch.jit.script(torch.nn.Linear(4, 2)).save(sys.argv[1])\n', [join(dir, 'linear.pt')]);
     await using model = await loadPretrained(join(dir, 'linear.pt'));
     model.train();
     // A Linear takes one argument: the targets as a second one is refused by its schema.
@@ -121,10 +116,7 @@ print(json.dumps(steps))
 describe.runIf(hasTorch)('a Hugging Face-style model that takes labels', () => {
   it('trains on the loss it returns beside its logits, the labels passed by name', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-hf-loss-'));
-    writeFileSync(join(dir, 'make.py'), HF);
-    const run = spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'hf.pt')], { encoding: 'utf8' });
-    expect(run.status, run.stderr).toBe(0);
-    const expected = JSON.parse(run.stdout.trim().split('\n').pop()!) as number[];
+    const expected = pythonJson<number[]>(HF, [join(dir, 'hf.pt')]);
     await using model = await loadPretrained(join(dir, 'hf.pt'));
     model.train();
     const input_ids = tensor(BigInt64Array.of(1n, 2n, 3n, 0n, 4n, 5n, 0n, 0n), [2, 4]);

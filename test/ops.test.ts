@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadPretrained, ops, type Tensor, tensor, torchVersion } from '../src';
 import { native } from '../src/native';
-import { hasTorch, hasTorchvision, python } from './helpers';
+import { hasTorch, hasTorchvision, python, pythonScript } from './helpers';
 
 const dir = mkdtempSync(join(tmpdir(), 'torchlite-ops-'));
 // torchvision's ops are found for this LibTorch only when the torchvision beside it is built for it.
@@ -67,8 +67,7 @@ out.close()
 describe('an operator this LibTorch lacks', () => {
   it.runIf(hasTorch && torchVersion.startsWith('1.'))('names the operator and the LibTorch to build against', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-newer-'));
-    writeFileSync(join(dir, 'make.py'), NEWER);
-    python('import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")', [join(dir, 'make.py'), join(dir, 'newer.pt')]);
+    pythonScript(NEWER, [join(dir, 'newer.pt')]);
     await expect(loadPretrained(join(dir, 'newer.pt'))).rejects.toMatchObject({
       code: 'TORCH_UNKNOWN_OP',
       message: `the model uses the operator aten::_scaled_dot_product_flash_attention_for_cpu, which is not registered: LibTorch ${torchVersion} does not have aten::_scaled_dot_product_flash_attention_for_cpu, which a newer PyTorch added: build torchlite against the LibTorch of the PyTorch that saved the model (LIBTORCH=/path/to/libtorch npm run build:native; see docs/building.md). (Unknown builtin op: aten::_scaled_dot_product_flash_attention_for_cpu.)`,

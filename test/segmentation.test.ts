@@ -6,7 +6,7 @@ import { crc32, deflateSync } from 'node:zlib';
 import sharp from 'sharp';
 import { describe, expect, it } from 'vitest';
 import { data, fit, loadPretrained, loss, optim, tensor } from '../src';
-import { hasTorch, PYTHON, root } from './helpers';
+import { hasTorch, pythonJson, pythonScript, root } from './helpers';
 
 /** An 8-bit palette PNG holding `indices` as they are (sharp would write colours). */
 function palettePng(indices: Uint8Array, width: number, height: number): Buffer {
@@ -163,10 +163,7 @@ print(json.dumps({"steps": steps, "confusion": cm.tolist(), "iou": iou.tolist(),
 describe.runIf(hasTorch)('segmentation training', () => {
   it("trains on out and aux with torchvision's weights, per-pixel with ignoreIndex 255, and scores mIoU as Python", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-seg-'));
-    writeFileSync(join(dir, 'make.py'), MAKE);
-    const run = spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'seg.pt')], { encoding: 'utf8' });
-    expect(run.status, run.stderr).toBe(0);
-    const expected = JSON.parse(run.stdout.trim().split('\n').pop()!) as { steps: { loss: number; out: number; aux: number }[]; confusion: number[][]; iou: number[]; accuracy: number };
+    const expected = pythonJson<{ steps: { loss: number; out: number; aux: number }[]; confusion: number[][]; iou: number[]; accuracy: number }>(MAKE, [join(dir, 'seg.pt')]);
     const { readFileSync } = await import('node:fs');
     const raw = readFileSync(join(dir, 'seg.pt.x'));
     const xs = new Float32Array(raw.buffer.slice(raw.byteOffset, raw.byteOffset + raw.length));
@@ -203,8 +200,7 @@ describe.runIf(hasTorch)('segmentation training', () => {
 
   it('fits a segmentation folder: pixel accuracy and mIoU on validation', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-seg-'));
-    writeFileSync(join(dir, 'make.py'), MAKE);
-    expect(spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'seg.pt')], { encoding: 'utf8' }).status).toBe(0);
+    pythonScript(MAKE, [join(dir, 'seg.pt')]);
     const { images, masks } = await folder(4);
     const train = data.loader(await data.segmentation(images, masks, { size: 16, augment: true, classes: ['background', 'bright', 'dark'] }), { batchSize: 2, shuffle: true });
     const val = data.loader(await data.segmentation(images, masks, { size: 16, classes: ['background', 'bright', 'dark'] }), { batchSize: 2 });
@@ -244,8 +240,7 @@ torch.jit.script(FCN()).save(sys.argv[1])
 describe.runIf(hasTorch)('torchlite finetune --task segment', () => {
   it('sizes the classifier convolutions for --classes, trains on out and aux, and predicts mask PNGs', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-seg-cli-'));
-    writeFileSync(join(dir, 'make.py'), FCN);
-    expect(spawnSync(PYTHON, [join(dir, 'make.py'), join(dir, 'fcn.pt')], { encoding: 'utf8' }).status).toBe(0);
+    pythonScript(FCN, [join(dir, 'fcn.pt')]);
     const { images, masks } = await folder(10);
     const cli = (...args: string[]) => spawnSync('node', [join(root, 'lib', 'cli', 'main.js'), ...args], { encoding: 'utf8', cwd: dir });
     const out = join(dir, 'tuned.pt');

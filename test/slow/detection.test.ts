@@ -1,18 +1,11 @@
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadPretrained, loss, manualSeed, nn, ops, optim, type Tensor, tensor, tensorList } from '../../src';
-import { hasTorchvision, python } from '../helpers';
+import { hasTorchvision, pythonJson } from '../helpers';
 
 const relative = (a: number, b: number) => Math.abs(a - b) / Math.abs(b);
-
-/** Runs a Python script file made from `source` with `args`; its last line is JSON. */
-function runPython<T>(dir: string, source: string, args: string[]): T {
-  writeFileSync(join(dir, 'make.py'), source);
-  const out = python('import runpy, sys; sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name="__main__")', [join(dir, 'make.py'), ...args]);
-  return JSON.parse(out.trim().split('\n').pop()!) as T;
-}
 
 // Python's side of fine-tuning with the backbone frozen: `m` scripted as `s`, in train mode
 // with its BatchNorms in eval, as torchlite's default policy keeps frozen ones.
@@ -83,7 +76,7 @@ print(json.dumps(steps))`;
 describe('fine-tuning torchvision detection and segmentation models', () => {
   it.runIf(hasTorchvision)("a Faster R-CNN with a new box predictor and a frozen backbone gives Python's four losses over 3 steps, and Python loads it", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-detection-'));
-    const expected = runPython<Record<string, number>[]>(dir, DETECTOR, [join(dir, 'frcnn.pt')]);
+    const expected = pythonJson<Record<string, number>[]>(DETECTOR, [join(dir, 'frcnn.pt')]);
     await using model = await loadPretrained(join(dir, 'frcnn.pt'), { channelsLast: false }); // Python's layout, for its rounding
     expect(ops.loaded().some((file) => file.includes('torchvision'))).toBe(true);
     manualSeed(5); // FastRCNNPredictor's two layers, drawn in its order
@@ -106,7 +99,7 @@ describe('fine-tuning torchvision detection and segmentation models', () => {
     }
     model.eval();
     await model.save(join(dir, 'tuned.pt'));
-    const loaded = runPython<{ boxes: number[]; max_label: number; classes: number }>(dir, LOAD_DETECTOR, [join(dir, 'tuned.pt')]);
+    const loaded = pythonJson<{ boxes: number[]; max_label: number; classes: number }>(LOAD_DETECTOR, [join(dir, 'tuned.pt')]);
     expect(loaded.classes).toBe(3);
     expect(loaded.boxes[1]).toBe(4);
     expect(loaded.max_label).toBeLessThan(3);
@@ -114,7 +107,7 @@ describe('fine-tuning torchvision detection and segmentation models', () => {
 
   it.runIf(hasTorchvision)("an LR-ASPP with new classifier convolutions gives Python's per-pixel losses over 3 steps", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-segmentation-'));
-    const expected = runPython<number[]>(dir, SEGMENTER, [join(dir, 'lraspp.pt')]);
+    const expected = pythonJson<number[]>(SEGMENTER, [join(dir, 'lraspp.pt')]);
     await using model = await loadPretrained(join(dir, 'lraspp.pt'), { channelsLast: false });
     manualSeed(5);
     model.replace('classifier.low_classifier', nn.conv2d(40, 3, 1));
@@ -153,7 +146,7 @@ print(json.dumps(out))`;
 describe('torchvision detectors', () => {
   it.runIf(hasTorchvision)("load and detect as Python does; a Mask R-CNN's predictors resize for new classes and train with masks", async () => {
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-detectors-'));
-    const expected = runPython<Record<string, { boxes: number[]; scores: number[]; n: number }>>(dir, ZOO, [dir]);
+    const expected = pythonJson<Record<string, { boxes: number[]; scores: number[]; n: number }>>(ZOO, [dir]);
     const x = tensor(Float32Array.from({ length: 3 * 160 * 200 }, (_, i) => ((i * 7) % 97) / 97), [3, 160, 200]);
     for (const [name, want] of Object.entries(expected)) {
       await using model = await loadPretrained(join(dir, `${name}.pt`), { channelsLast: false });
