@@ -9,7 +9,7 @@ import { callNativeAsync, readError, TorchError } from './errors';
 import { hubFile, parseHubName } from './hub';
 import { Model } from './model';
 import { native } from './native';
-import { Layer } from './nn';
+import type { LayerSpec } from './nn';
 import { compilePattern, describePattern, type Pattern } from './patterns';
 import { Tensor, zeros } from './tensor';
 import { checkFiniteNumber, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from './validate';
@@ -102,17 +102,18 @@ export function apply(model: Model, options: LoraOptions): LoraResult {
   const toSave = saving ? model.modules().filter((m) => m.path && saving(m.path)).map((m) => m.path) : [];
   if (saving && toSave.length === 0) throw new TorchError('TORCHLITE_NO_MATCH', `No module matches ${describePattern(o.modulesToSave!)} (options.modulesToSave)`);
 
-  for (const { path, kind, weight } of targets) {
+  const draw = (shape: number[]) => native.initLayerParameters(shape, false).weight;
+  const wrappers = targets.map(({ path, kind, weight }): [string, LayerSpec] => {
     const [out, inputs, ...kernel] = weight;
-    const draw = (shape: number[]) => native.initLayerParameters(shape, false).weight;
     // PEFT's update_layer: nn.Linear(in, r) and nn.Linear(r, out) draw in their constructors,
     // then reset_lora_parameters redraws A and zeroes B.
     draw([r, inputs, ...kernel]);
     draw(kind === 'linear' ? [out, r] : [out, r, 1, 1]);
     const a = draw([r, inputs, ...kernel]);
     const b = Tensor.handle(zeros(kind === 'linear' ? [out, r] : [out, r, 1, 1]));
-    model.replace(path, new Layer({ kind: 'lora', layer: kind, adapter: name, remove: false, scaling: alpha / r, dropout, tensors: { A: a, B: b } }, `LoRA(${path}, ${name})`));
-  }
+    return [path, { kind: 'lora', layer: kind, adapter: name, remove: false, scaling: alpha / r, dropout, tensors: { A: a, B: b } }];
+  });
+  Model.replaceAll(model, wrappers);
   model.freeze();
   const trained = [...targets.flatMap(({ path }) => [`${path}.lora_A.${name}`, `${path}.lora_B.${name}`]), ...toSave];
   const { trainable, frozen } = model.unfreeze(trained);
@@ -130,7 +131,7 @@ export function apply(model: Model, options: LoraOptions): LoraResult {
 export function remove(model: Model, name = 'default'): void {
   if (!(model instanceof Model)) throw typeError('a Model', 'model', model);
   const config = configOf(model, checkString(name, 'name'));
-  for (const path of config.modules) model.replace(path, new Layer({ kind: 'lora', adapter: name, remove: true, tensors: {} }, `without LoRA ${name}`));
+  Model.replaceAll(model, config.modules.map((path): [string, LayerSpec] => [path, { kind: 'lora', adapter: name, remove: true, tensors: {} }]));
   adaptersOf.get(model)!.delete(name);
 }
 

@@ -502,15 +502,22 @@ export class Model implements Disposable, AsyncDisposable {
    */
   replace(path: string, module: Layer | Model): this {
     checkString(path, 'path');
-    const spec = this.#specOf(module, 'module');
-    const live = Model.idleHandle(this, 'replace()');
-    try {
-      callNative(() => live.replace(path, spec));
-      if (this.#parallel) this.#parallel.stale = true;
-    } finally {
-      this.#snapshot = readSnapshot(live);
-    }
+    Model.replaceAll(this, [[path, this.#specOf(module, 'module')]]);
     return this;
+  }
+
+  /**
+   * @internal Several replacements in order (LoRA's wrappers), the module tree read back once
+   * after them rather than after each: a ResNet-50's tree takes about 3 ms to read.
+   */
+  static replaceAll(model: Model, entries: readonly [path: string, spec: LayerSpec][]): void {
+    const live = Model.idleHandle(model, 'replace()');
+    try {
+      for (const [path, spec] of entries) callNative(() => live.replace(path, spec));
+      if (model.#parallel) model.#parallel.stale = true;
+    } finally {
+      model.#snapshot = readSnapshot(live);
+    }
   }
 
   /** @internal This model as a module to copy into another (`replace`, `nn.sequential`). */
