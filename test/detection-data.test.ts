@@ -117,6 +117,14 @@ describe('data.coco', () => {
     expect((await ds.withoutAugmentation!().get(0, 3)).shape).toEqual([3, 30, 40]);
   });
 
+  it('refuses augmentation options it cannot apply', async () => {
+    const file = join(await cocoFolder(), 'ann.json');
+    await expect(data.coco(file, { augment: { crop: 0 } })).rejects.toThrow(new RangeError('Expected a share in (0, 1] for `options.augment.crop` but received 0'));
+    await expect(data.coco(file, { augment: { flip: 'yes' as never } })).rejects.toThrow(new TypeError("Expected a boolean for `options.augment.flip` but received 'yes'"));
+    await expect(data.coco(file, { augment: { scale: [2, 1] } })).rejects.toThrow(TypeError);
+    await expect(data.coco(file, { augment: 'strong' as never })).rejects.toThrow(TypeError);
+  });
+
   it('names the annotation that is wrong', async () => {
     const read = async (overrides: Parameters<typeof cocoFolder>[0], options?: data.DetectionDataOptions) => {
       const dir = await cocoFolder(overrides);

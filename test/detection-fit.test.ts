@@ -148,6 +148,9 @@ describe.runIf(hasTorch)('fine-tuning a detector on COCO-format data', () => {
     expect(result.final.map).toBeGreaterThanOrEqual(0);
     const predicted = cli('predict', out, join(dir, '0.png'), join(dir, '1.png'), '--threshold', '0', '--json');
     expect(predicted.status, predicted.stderr).toBe(0);
+    const badThreshold = cli('predict', out, join(dir, '0.png'), '--threshold', '2');
+    expect(badThreshold.status).not.toBe(0);
+    expect(badThreshold.stderr).toContain("Expected a score from 0 to 1 for `--threshold` but received '2'");
     const answers = JSON.parse(predicted.stdout) as { file: string; objects: { label: string; score: number; box: number[] }[] }[];
     expect(answers.map((a) => a.file)).toEqual([join(dir, '0.png'), join(dir, '1.png')]);
     for (const answer of answers) {

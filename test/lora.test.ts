@@ -217,6 +217,7 @@ describe.runIf(hasTorch)('LoRA', () => {
     lora.apply(model, { targets: 'layers.*.attention.query', name: 'a' });
     expect(() => lora.apply(model, { targets: 'layers.*.attention.query', name: 'a' })).toThrow("The model already has the LoRA adapter 'a'; pass another name");
     await expect(lora.use(model, 'b')).rejects.toMatchObject({ code: 'TORCHLITE_NO_MATCH', message: "The model has no LoRA adapter 'b' (it has 'a')" });
+    await expect(model.predict([tensor(BigInt64Array.of(1n), [1, 1]), tensor(BigInt64Array.of(1n), [1, 1])], { adapter: 3 as never })).rejects.toThrow(new TypeError('Expected a non-empty string for `options.adapter` but received 3'));
     // An adapter for another base: its shapes name the module.
     const dir = mkdtempSync(join(tmpdir(), 'torchlite-adapter-'));
     await lora.save(model, dir, { name: 'a' });

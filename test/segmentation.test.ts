@@ -100,6 +100,13 @@ describe('data.segmentation', () => {
     }
   });
 
+  it('refuses options it cannot apply', async () => {
+    const { images, masks } = await folder(1);
+    await expect(data.segmentation(images, masks, { augment: { crop: 1.5 } })).rejects.toThrow(new RangeError('Expected a share in (0, 1] for `options.augment.crop` but received 1.5'));
+    await expect(data.segmentation(images, masks, { ignoreIndex: 300 })).rejects.toThrow(new RangeError('Expected an integer from 0 to 255 for `options.ignoreIndex` but received 300'));
+    await expect(data.segmentation(images, masks, { mean: [0.5] })).rejects.toThrow(new RangeError('Expected 3 values for `options.mean` and `options.std` but received 1 and 3'));
+  });
+
   it('names the mask that is wrong', async () => {
     const { images, masks } = await folder(1);
     const ds = await data.segmentation(images, masks, { size: 8, classes: ['background', 'bright'] });

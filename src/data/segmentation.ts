@@ -6,7 +6,7 @@ import { basename, extname, join } from 'node:path';
 import { readError, TorchError } from '../errors';
 import { defaultNormalisation } from '../preprocess';
 import { type Tensor, tensor } from '../tensor';
-import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, checkString, typeError } from '../validate';
+import { checkFiniteNumber, checkInteger, checkOptions, checkPositiveInteger, checkString, rangeError, typeError } from '../validate';
 import type { Dataset, Sample, TargetParts } from './dataset';
 import { chwFloats } from './images';
 import { checkCropFlip, type Placement, placeMask, randomCrop } from './masks';
@@ -79,6 +79,8 @@ export async function segmentation(imagesDir: string, masksDir: string, options?
   const std = (o.std ?? fallback.std).map((v, i) => checkFiniteNumber(v, `options.std[${i}]`));
   if (mean.length !== 3 || std.length !== 3) throw new RangeError(`Expected 3 values for \`options.mean\` and \`options.std\` but received ${mean.length} and ${std.length}`);
   const ignoreIndex = o.ignoreIndex === undefined ? 255 : checkInteger(o.ignoreIndex, 'options.ignoreIndex', 0, 'an integer from 0 to 255');
+  // Masks hold bytes: a larger index would never match a pixel.
+  if (ignoreIndex > 255) throw rangeError('an integer from 0 to 255', 'options.ignoreIndex', ignoreIndex);
   if (o.classes !== undefined && (!Array.isArray(o.classes) || o.classes.some((c) => typeof c !== 'string'))) throw typeError('an array of class names', 'options.classes', o.classes);
   const list = async (dir: string) => {
     try {
